@@ -1,0 +1,2 @@
+//! Definitions shared by every gpuslice component.
+pub mod units;
