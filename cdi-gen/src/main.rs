@@ -1,1 +1,112 @@
-fn main() {}
+//! `gpuslice-cdi`: argument parsing over the library; see `lib.rs` for what it does.
+
+mod observability;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use gpuslice_cdi::{Format, GenerateOptions, Sources};
+
+/// Publish this node's GPU slices to container engines as a CDI spec.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Node configuration.
+    #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// NVML library to load instead of libnvidia-ml.so.1.
+    #[arg(long, env = "GPUSLICE_NVML_LIB")]
+    nvml_lib: Option<PathBuf>,
+    /// Root under which /dev/nvidia* are looked up.
+    #[arg(long, default_value = "/")]
+    dev_root: PathBuf,
+}
+
+impl Common {
+    fn sources(self) -> Sources {
+        Sources { config_path: self.config, nvml_lib: self.nvml_lib, dev_root: self.dev_root }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the CDI spec (default <spec_dir>/gpuslice.yaml) and each slice's limits file.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// Write the spec here instead; `-` for standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Spec format (default: json for *.json, yaml otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Write limits files under this directory instead of the config's state_dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print the slices the config makes of this node's GPUs.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check that a CDI spec file would load in a container engine.
+    Validate {
+        /// The spec file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    observability::init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpuslice-cdi: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate { common, output, format, state_dir } => {
+            let g = gpuslice_cdi::generate(&common.sources(), &GenerateOptions { output, format, state_dir })?;
+            if let Some(path) = g.spec_path {
+                let names: Vec<&str> = g.spec.devices.iter().map(|d| d.name.as_str()).collect();
+                eprintln!(
+                    "wrote {} ({} devices of kind {}: {})",
+                    path.display(),
+                    names.len(),
+                    g.spec.kind,
+                    names.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::List { common } => {
+            let (_, _, plan) = gpuslice_cdi::load_plan(&common.sources())?;
+            print!("{}", gpuslice_cdi::list_table(&plan));
+            Ok(())
+        }
+        Command::Validate { file } => {
+            let spec = gpuslice_cdi::validate_file(&file)?;
+            let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+            println!(
+                "{}: valid CDI {} spec of kind {} with {} devices: {}",
+                file.display(),
+                spec.cdi_version,
+                spec.kind,
+                names.len(),
+                names.join(", ")
+            );
+            Ok(())
+        }
+    }
+}

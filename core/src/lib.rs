@@ -1,2 +1,15 @@
-//! Definitions shared by every gpuslice component.
+//! Definitions shared by every gpuslice component, so that each exists once.
+//!
+//! A node's life starts with [`config::Config`], read from `/etc/gpuslice/config.toml`.
+//! `gpuslice-cdi` asks NVML for the GPUs, and [`plan::plan`] turns config plus GPUs into the
+//! node's devices: `slice0`, `slice1`, … (or whole GPUs `gpu<N>`). Each device becomes a CDI
+//! device ([`cdi`]) in the spec container engines read, and its [`limits::Limits`] are
+//! written to `/run/gpuslice/slices/<name>/limits`, where the hook mounts them read-only into
+//! the container and the interception library reads them.
+
+pub mod cdi;
+pub mod config;
+pub mod fsutil;
+pub mod limits;
+pub mod plan;
 pub mod units;

@@ -18,9 +18,7 @@ pub struct ByteSize(pub u64);
 pub enum ByteSizeError {
     #[error("empty size")]
     Empty,
-    #[error(
-        "`{0}` is not a size: expected a number with an optional unit (B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
-    )]
+    #[error("`{0}` is not a size: expected a number with an optional unit (B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")]
     Malformed(String),
     #[error("`{0}` has an unknown unit: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB")]
     UnknownUnit(String),
@@ -61,9 +59,7 @@ impl FromStr for ByteSize {
         if s.is_empty() {
             return Err(ByteSizeError::Empty);
         }
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, unit) = (&s[..split], s[split..].trim_start());
         if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
             return Err(ByteSizeError::Malformed(s.to_owned()));
@@ -83,14 +79,10 @@ impl FromStr for ByteSize {
                 if frac.contains('.') {
                     return Err(ByteSizeError::Malformed(s.to_owned()));
                 }
-                let whole: u64 = whole
-                    .parse()
-                    .map_err(|_| ByteSizeError::Overflow(s.to_owned()))?;
+                let whole: u64 = whole.parse().map_err(|_| ByteSizeError::Overflow(s.to_owned()))?;
                 // Fractions are exact to the byte: scale the fraction's digits by the unit.
                 let digits = frac.len().min(18) as u32;
-                let frac: u128 = frac[..digits as usize]
-                    .parse()
-                    .map_err(|_| ByteSizeError::Malformed(s.to_owned()))?;
+                let frac: u128 = frac[..digits as usize].parse().map_err(|_| ByteSizeError::Malformed(s.to_owned()))?;
                 let frac_bytes = frac * u128::from(multiplier) / 10u128.pow(digits);
                 whole
                     .checked_mul(multiplier)
@@ -105,13 +97,8 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     /// The largest binary unit that divides the size exactly, so it reads back the same.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, m) in [
-            ("TiB", 1u64 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ] {
-            if self.0 >= m && self.0 % m == 0 {
+        for (name, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{name}", self.0 / m);
             }
         }
@@ -137,9 +124,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("size {v} is negative")))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("size {v} is negative")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.parse().map_err(E::custom)
@@ -167,26 +152,11 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!("".parse::<ByteSize>(), Err(ByteSizeError::Empty));
-        assert!(matches!(
-            "GiB".parse::<ByteSize>(),
-            Err(ByteSizeError::Malformed(_))
-        ));
-        assert!(matches!(
-            "1.2.3GiB".parse::<ByteSize>(),
-            Err(ByteSizeError::Malformed(_))
-        ));
-        assert!(matches!(
-            "-1GiB".parse::<ByteSize>(),
-            Err(ByteSizeError::Malformed(_))
-        ));
-        assert!(matches!(
-            "10 gigs".parse::<ByteSize>(),
-            Err(ByteSizeError::UnknownUnit(_))
-        ));
-        assert!(matches!(
-            "99999999999TiB".parse::<ByteSize>(),
-            Err(ByteSizeError::Overflow(_))
-        ));
+        assert!(matches!("GiB".parse::<ByteSize>(), Err(ByteSizeError::Malformed(_))));
+        assert!(matches!("1.2.3GiB".parse::<ByteSize>(), Err(ByteSizeError::Malformed(_))));
+        assert!(matches!("-1GiB".parse::<ByteSize>(), Err(ByteSizeError::Malformed(_))));
+        assert!(matches!("10 gigs".parse::<ByteSize>(), Err(ByteSizeError::UnknownUnit(_))));
+        assert!(matches!("99999999999TiB".parse::<ByteSize>(), Err(ByteSizeError::Overflow(_))));
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! What the node has: GPUs through NVML, device nodes under the dev root.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use gpuslice_core::plan::GpuInfo;
+use nvml_wrapper::Nvml;
+
+/// The library NVML is loaded from unless told otherwise.
+pub const DEFAULT_NVML_LIB: &str = "libnvidia-ml.so.1";
+
+/// Why the node could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error(
+        "cannot load NVML from {lib}: {reason}; is the NVIDIA driver installed? (--nvml-lib or GPUSLICE_NVML_LIB selects another library)"
+    )]
+    Load { lib: String, reason: String },
+    #[error(
+        "NVML from {lib} could not initialise: {reason}; is the NVIDIA kernel module loaded? (nvidia-smi shows the same)"
+    )]
+    Init { lib: String, reason: String },
+    #[error("NVML query {what} failed: {reason}")]
+    Query { what: String, reason: String },
+    #[error(
+        "GPU {index} ({uuid}) has no device node {path}: is the nvidia module loaded and its nodes created (nvidia-modprobe), or is --dev-root wrong?"
+    )]
+    MissingNode { index: u32, uuid: String, path: PathBuf },
+    #[error("{path} is not a character device")]
+    NotCharDevice { path: PathBuf },
+    #[error("reading {path}: {source}")]
+    Stat { path: PathBuf, source: std::io::Error },
+}
+
+/// The driver and its GPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub driver_version: String,
+    /// CUDA version the driver supports, as NVML encodes it (13000 = 13.0).
+    pub cuda_version: i32,
+    pub gpus: Vec<GpuInfo>,
+}
+
+impl NodeInfo {
+    /// `13.0` for 13000.
+    pub fn cuda_version_string(&self) -> String {
+        format!("{}.{}", self.cuda_version / 1000, (self.cuda_version % 1000) / 10)
+    }
+}
+
+/// Reads the driver and every GPU through NVML loaded from `lib`.
+pub fn discover(lib: Option<&Path>) -> Result<NodeInfo, DiscoverError> {
+    let lib_name = lib.map_or_else(|| DEFAULT_NVML_LIB.to_owned(), |p| p.display().to_string());
+    let lib_os: &OsStr = lib.map_or(OsStr::new(DEFAULT_NVML_LIB), Path::as_os_str);
+    let nvml = Nvml::builder().lib_path(lib_os).init().map_err(|e| match e {
+        nvml_wrapper::error::NvmlError::LibloadingError(err) => {
+            DiscoverError::Load { lib: lib_name.clone(), reason: err.to_string() }
+        }
+        other => DiscoverError::Init { lib: lib_name.clone(), reason: other.to_string() },
+    })?;
+    let q = |what: &str| {
+        let what = what.to_owned();
+        move |e: nvml_wrapper::error::NvmlError| DiscoverError::Query { what: what.clone(), reason: e.to_string() }
+    };
+    let driver_version = nvml.sys_driver_version().map_err(q("driver version"))?;
+    let cuda_version = nvml.sys_cuda_driver_version().map_err(q("CUDA version"))?;
+    let count = nvml.device_count().map_err(q("device count"))?;
+    let mut gpus = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let at = |what: &str| format!("{what} of GPU {index}");
+        let d = nvml.device_by_index(index).map_err(q(&at("handle")))?;
+        let mig_enabled = match d.mig_mode() {
+            Ok(m) => m.current == 1,
+            // GPUs without MIG support answer NotSupported.
+            Err(nvml_wrapper::error::NvmlError::NotSupported) => false,
+            Err(e) => return Err(q(&at("MIG mode"))(e)),
+        };
+        gpus.push(GpuInfo {
+            index,
+            uuid: d.uuid().map_err(q(&at("UUID")))?,
+            name: d.name().map_err(q(&at("name")))?,
+            memory_total: d.memory_info().map_err(q(&at("memory")))?.total,
+            minor: d.minor_number().map_err(q(&at("minor number")))?,
+            pci_bus_id: d.pci_info().map_err(q(&at("PCI info")))?.bus_id,
+            mig_enabled,
+        });
+    }
+    Ok(NodeInfo { driver_version, cuda_version, gpus })
+}
+
+/// A device node as found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFile {
+    /// Path inside the container, e.g. `/dev/nvidia0`.
+    pub path: String,
+    /// Path on the host: the same path under the dev root.
+    pub host_path: PathBuf,
+    pub major: u64,
+    pub minor: u64,
+}
+
+/// Looks up `/dev/<name>` under `dev_root`: `Ok(None)` when it does not exist.
+pub fn find_node(dev_root: &Path, name: &str) -> Result<Option<NodeFile>, DiscoverError> {
+    let path = format!("/dev/{name}");
+    let host_path = dev_root.join(path.trim_start_matches('/'));
+    let meta = match std::fs::symlink_metadata(&host_path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(DiscoverError::Stat { path: host_path, source }),
+    };
+    if !meta.file_type().is_char_device() {
+        return Err(DiscoverError::NotCharDevice { path: host_path });
+    }
+    let rdev = meta.rdev();
+    Ok(Some(NodeFile { path, host_path, major: libc::major(rdev).into(), minor: libc::minor(rdev).into() }))
+}
+
+/// The control nodes every GPU container needs, those present under `dev_root`.
+pub const CONTROL_NODES: &[&str] = &["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"];
+
+/// The node of one GPU, which must exist.
+pub fn gpu_node(dev_root: &Path, gpu: &GpuInfo) -> Result<NodeFile, DiscoverError> {
+    let name = format!("nvidia{}", gpu.minor);
+    find_node(dev_root, &name)?.ok_or_else(|| DiscoverError::MissingNode {
+        index: gpu.index,
+        uuid: gpu.uuid.clone(),
+        path: dev_root.join("dev").join(&name),
+    })
+}

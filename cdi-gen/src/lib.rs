@@ -1,0 +1,203 @@
+//! `gpuslice-cdi`: publishes a node's GPU slices to container engines as a CDI spec.
+//!
+//! One `generate` run, end to end: [`Config`] is read and checked
+//! (`/etc/gpuslice/config.toml`); [`discover::discover`] loads NVML and lists the GPUs;
+//! [`gpuslice_core::plan::plan`] turns both into devices (`slice0`, `slice1`, …, `gpu<N>` for
+//! whole GPUs); each GPU's `/dev/nvidia<minor>` and the shared control nodes are looked up
+//! under the dev root; [`spec::build`] makes the spec, which is checked with
+//! [`gpuslice_core::cdi::validate`]. Only when all of that succeeded is anything written:
+//! each device's `limits` file under the state dir, then the spec, atomically with mode 0644.
+
+pub mod discover;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use gpuslice_core::cdi::{self, Spec};
+use gpuslice_core::config::Config;
+use gpuslice_core::fsutil;
+use gpuslice_core::limits::Limits;
+use gpuslice_core::plan::{self, Plan};
+
+use crate::discover::NodeInfo;
+
+/// The spec file's name in the spec dir.
+pub const SPEC_FILE: &str = "gpuslice.yaml";
+
+/// How a spec is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+/// Where the node's facts come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub config_path: PathBuf,
+    pub nvml_lib: Option<PathBuf>,
+    pub dev_root: PathBuf,
+}
+
+/// Reads config and GPUs and plans the devices.
+pub fn load_plan(sources: &Sources) -> Result<(Config, NodeInfo, Plan)> {
+    let config = load_config(&sources.config_path)?;
+    let node = discover::discover(sources.nvml_lib.as_deref())?;
+    let plan = plan::plan(&config, &node.gpus).with_context(|| sources.config_path.display().to_string())?;
+    Ok((config, node, plan))
+}
+
+/// Reads the config; a missing file at the default path means all defaults.
+pub fn load_config(path: &Path) -> Result<Config> {
+    if path == Path::new(gpuslice_core::config::DEFAULT_CONFIG_PATH) && !path.exists() {
+        tracing::info!(?path, "no config file; using the defaults");
+        return Ok(Config::default());
+    }
+    Config::load(path).with_context(|| path.display().to_string())
+}
+
+/// What `generate` should write where.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// `None`: `<spec_dir>/gpuslice.yaml`; `Some("-")`: standard output.
+    pub output: Option<PathBuf>,
+    pub format: Option<Format>,
+    /// `None`: the config's `state_dir`.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What `generate` did.
+#[derive(Debug)]
+pub struct Generated {
+    pub spec: Spec,
+    /// Where the spec went; `None` for standard output.
+    pub spec_path: Option<PathBuf>,
+    pub limits: Vec<Limits>,
+}
+
+/// Plans, builds and checks the spec, then writes the limits files and the spec.
+pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> {
+    let (config, node, plan) = load_plan(sources)?;
+    if plan.devices.is_empty() {
+        bail!("NVML reports no GPU on this node: there is nothing to publish");
+    }
+    let mut gpu_nodes = BTreeMap::new();
+    for gpu in &node.gpus {
+        gpu_nodes.insert(gpu.index, discover::gpu_node(&sources.dev_root, gpu)?);
+    }
+    let mut control_nodes = Vec::new();
+    for name in discover::CONTROL_NODES {
+        match discover::find_node(&sources.dev_root, name)? {
+            Some(n) => control_nodes.push(n),
+            None => {
+                tracing::warn!(node = %name, dev_root = %sources.dev_root.display(), "control device node not found; leaving it out")
+            }
+        }
+    }
+    let state_dir = opts.state_dir.clone().unwrap_or_else(|| config.state_dir.clone());
+    let spec = spec::build(&spec::Inputs {
+        config: &config,
+        node: &node,
+        plan: &plan,
+        gpu_nodes: &gpu_nodes,
+        control_nodes: &control_nodes,
+        state_dir: &state_dir,
+    });
+    cdi::validate(&spec).context("the generated spec is not valid CDI (a bug in gpuslice-cdi)")?;
+
+    let (spec_path, format) = match &opts.output {
+        Some(p) if p.as_os_str() == "-" => (None, opts.format.unwrap_or(Format::Yaml)),
+        Some(p) => (Some(p.clone()), opts.format.unwrap_or_else(|| format_for(p))),
+        None => (Some(config.spec_dir.join(SPEC_FILE)), opts.format.unwrap_or(Format::Yaml)),
+    };
+    let text = render(&spec, format)?;
+
+    let mut limits = Vec::with_capacity(plan.devices.len());
+    for d in &plan.devices {
+        let written = d
+            .limits()
+            .store(&state_dir)
+            .with_context(|| format!("writing the limits of {} under {}", d.name, state_dir.display()))?;
+        limits.push(written);
+    }
+    match &spec_path {
+        None => std::io::stdout().write_all(text.as_bytes()).context("writing the spec to standard output")?,
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fsutil::create_dir_all_mode(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            fsutil::write_atomic(path, text.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(Generated { spec, spec_path, limits })
+}
+
+/// JSON for `.json` files, YAML otherwise.
+fn format_for(path: &Path) -> Format {
+    if path.extension().is_some_and(|e| e == "json") { Format::Json } else { Format::Yaml }
+}
+
+/// The spec as text, YAML with a header comment or pretty JSON.
+pub fn render(spec: &Spec, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Yaml => format!(
+            "# Generated by gpuslice-cdi {}; do not edit: change /etc/gpuslice/config.toml and run `gpuslice-cdi generate`.\n{}",
+            env!("CARGO_PKG_VERSION"),
+            serde_yaml::to_string(spec)?
+        ),
+        Format::Json => serde_json::to_string_pretty(spec)? + "\n",
+    })
+}
+
+/// The plan as a table.
+pub fn list_table(plan: &Plan) -> String {
+    let rows: Vec<[String; 6]> = plan
+        .devices
+        .iter()
+        .map(|d| {
+            [
+                d.name.clone(),
+                d.gpu_index.to_string(),
+                d.gpu_uuid.clone(),
+                format!("{:.2}", d.memory_bytes as f64 / (1u64 << 30) as f64),
+                d.cores_percent.to_string(),
+                d.mode.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["SLICE", "GPU", "UUID", "MEMORY (GiB)", "CORES (%)", "MODE"];
+    let right_aligned = [false, true, false, true, true, false];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let cells: Vec<String> =
+            row.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if right_aligned[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) }
+                })
+                .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// Reads and checks a spec file as an engine would load it.
+pub fn validate_file(path: &Path) -> Result<Spec> {
+    let text = fsutil::read_bounded(path, 16 << 20)
+        .with_context(|| format!("reading {}", path.display()))?
+        .with_context(|| format!("{} is larger than 16 MiB", path.display()))?;
+    let spec: Spec = serde_yaml::from_str(&text).with_context(|| format!("{}: not a CDI spec", path.display()))?;
+    cdi::validate(&spec).with_context(|| path.display().to_string())?;
+    if !matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "json")) {
+        tracing::warn!(path = %path.display(), "engines only read spec files named *.yaml or *.json");
+    }
+    Ok(spec)
+}

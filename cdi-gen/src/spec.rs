@@ -1,0 +1,130 @@
+//! Building the CDI spec from the plan.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use gpuslice_core::cdi::{self, ContainerEdits, Device, DeviceNode, Hook, Spec, Version};
+use gpuslice_core::config::Config;
+use gpuslice_core::plan::{Plan, PlannedDevice};
+
+use crate::discover::{NodeFile, NodeInfo};
+
+/// Annotation keys, all under our own prefix.
+pub mod annotation {
+    pub const DRIVER_VERSION: &str = "gpuslice.dev/driver-version";
+    pub const CUDA_VERSION: &str = "gpuslice.dev/cuda-version";
+    pub const GENERATOR: &str = "gpuslice.dev/generator";
+    pub const GPU_UUID: &str = "gpuslice.dev/gpu-uuid";
+    pub const GPU_INDEX: &str = "gpuslice.dev/gpu-index";
+    pub const MODE: &str = "gpuslice.dev/mode";
+    pub const MEMORY_BYTES: &str = "gpuslice.dev/memory-bytes";
+    pub const CORES_PERCENT: &str = "gpuslice.dev/cores-percent";
+    pub const DEVICES: &str = "gpuslice.dev/devices";
+}
+
+/// The environment the hook runs with: nothing from the container or the engine reaches it.
+pub const HOOK_ENV: &[&str] = &["PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
+/// The variable that tells a container which slice it has.
+pub const SLICE_ENV: &str = "GPUSLICE_SLICE";
+/// The name of the device that holds every other device.
+pub const ALL_DEVICE: &str = "all";
+
+/// What the spec is built from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    pub node: &'a NodeInfo,
+    pub plan: &'a Plan,
+    /// `/dev/nvidia<minor>` of each GPU, by GPU index.
+    pub gpu_nodes: &'a BTreeMap<u32, NodeFile>,
+    /// The shared control nodes that exist.
+    pub control_nodes: &'a [NodeFile],
+    /// Where slice state lives on the host (the hook recreates it there if missing).
+    pub state_dir: &'a Path,
+}
+
+/// Builds the spec: one device per planned device, plus `all`, at the lowest CDI version
+/// its content needs (never below 0.5.0).
+pub fn build(inputs: &Inputs<'_>) -> Spec {
+    let mut devices: Vec<Device> = inputs.plan.devices.iter().map(|d| device(inputs, d)).collect();
+    if !devices.is_empty() {
+        let mut all = ContainerEdits::default();
+        for d in &devices {
+            let mut edits = d.container_edits.clone();
+            edits.env.retain(|e| !e.starts_with(&format!("{SLICE_ENV}=")));
+            all.append(&edits);
+        }
+        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        all.env.insert(0, format!("{SLICE_ENV}={}", names.join(",")));
+        let annotations = BTreeMap::from([(annotation::DEVICES.to_owned(), names.join(","))]);
+        devices.push(Device { name: ALL_DEVICE.to_owned(), annotations, container_edits: all });
+    }
+    let annotations = BTreeMap::from([
+        (annotation::DRIVER_VERSION.to_owned(), inputs.node.driver_version.clone()),
+        (annotation::CUDA_VERSION.to_owned(), inputs.node.cuda_version_string()),
+        (annotation::GENERATOR.to_owned(), format!("gpuslice-cdi {}", env!("CARGO_PKG_VERSION"))),
+    ]);
+    let container_edits =
+        ContainerEdits { device_nodes: inputs.control_nodes.iter().map(node).collect(), ..ContainerEdits::default() };
+    let mut spec =
+        Spec { cdi_version: String::new(), kind: inputs.config.kind.clone(), annotations, devices, container_edits };
+    let (needed, _) = cdi::minimum_version(&spec);
+    spec.cdi_version = needed.max(Version::FLOOR).to_string();
+    spec
+}
+
+fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
+    let mut edits = ContainerEdits { env: vec![format!("{SLICE_ENV}={}", d.name)], ..ContainerEdits::default() };
+    if let Some(n) = inputs.gpu_nodes.get(&d.gpu_index) {
+        edits.device_nodes.push(node(n));
+    }
+    edits.hooks = ["createContainer", "poststop"].iter().map(|stage| hook(inputs, d, stage)).collect();
+    let annotations = BTreeMap::from([
+        (annotation::GPU_UUID.to_owned(), d.gpu_uuid.clone()),
+        (annotation::GPU_INDEX.to_owned(), d.gpu_index.to_string()),
+        (annotation::MODE.to_owned(), d.mode.to_string()),
+        (annotation::MEMORY_BYTES.to_owned(), d.memory_bytes.to_string()),
+        (annotation::CORES_PERCENT.to_owned(), d.cores_percent.to_string()),
+    ]);
+    Device { name: d.name.clone(), annotations, container_edits: edits }
+}
+
+fn node(n: &NodeFile) -> DeviceNode {
+    let host_path = n.host_path.to_string_lossy().into_owned();
+    DeviceNode {
+        path: n.path.clone(),
+        host_path: (host_path != n.path).then_some(host_path),
+        kind: Some("c".to_owned()),
+        major: i64::try_from(n.major).ok(),
+        minor: i64::try_from(n.minor).ok(),
+        ..DeviceNode::default()
+    }
+}
+
+/// `gpuslice-hook create-container|poststop --slice <name> …`, carrying everything the hook
+/// needs to recreate the slice's state when `/run` was emptied by a reboot.
+fn hook(inputs: &Inputs<'_>, d: &PlannedDevice, stage: &str) -> Hook {
+    let c = inputs.config;
+    let subcommand = if stage == "createContainer" { "create-container" } else { "poststop" };
+    let args = [
+        "gpuslice-hook".to_owned(),
+        subcommand.to_owned(),
+        "--slice".to_owned(),
+        d.name.clone(),
+        format!("--state-dir={}", inputs.state_dir.display()),
+        format!("--mode={}", d.mode),
+        format!("--gpu-uuid={}", d.gpu_uuid),
+        format!("--gpu-index={}", d.gpu_index),
+        format!("--memory-bytes={}", d.memory_bytes),
+        format!("--cores-percent={}", d.cores_percent),
+        format!("--driver-root={}", c.driver_root.display()),
+        format!("--shim-path={}", c.shim_path.display()),
+    ];
+    Hook {
+        hook_name: stage.to_owned(),
+        path: c.hook_path.to_string_lossy().into_owned(),
+        args: args.to_vec(),
+        env: HOOK_ENV.iter().map(|s| (*s).to_owned()).collect(),
+        timeout: None,
+    }
+}

@@ -1,0 +1,204 @@
+//! `gpuslice-cdi generate` on the simulated GPU, checked with the reference CDI library.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use gpuslice_core::cdi::Spec;
+use gpuslice_core::limits::{Limits, limits_path};
+
+fn load(path: &std::path::Path) -> Spec {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn device<'a>(spec: &'a Spec, name: &str) -> &'a gpuslice_core::cdi::Device {
+    spec.devices.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("no device {name}"))
+}
+
+#[test]
+fn one_gpu_defaults_give_one_slice_and_all() {
+    if skip_unless_root("one_gpu_defaults_give_one_slice_and_all") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("");
+    ok(node.cdi(&["generate"]));
+    let path = node.spec_path();
+    reference_load(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+    let spec = load(&path);
+    assert_eq!(spec.kind, "gpuslice.dev/vgpu");
+    assert_eq!(spec.cdi_version, "0.6.0", "annotations need 0.6.0 and nothing needs more");
+    let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["slice0", "all"]);
+    let slice0 = device(&spec, "slice0");
+    assert_eq!(slice0.container_edits.env, ["GPUSLICE_SLICE=slice0"]);
+    let dn = &slice0.container_edits.device_nodes[0];
+    assert_eq!(
+        (dn.path.as_str(), dn.kind.as_deref(), dn.major, dn.minor),
+        ("/dev/nvidia0", Some("c"), Some(195), Some(0))
+    );
+    assert_eq!(dn.host_path.as_deref(), Some(node.root().join("dev/nvidia0").to_str().unwrap()));
+    let shared: Vec<&str> = spec.container_edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert_eq!(shared, ["/dev/nvidiactl", "/dev/nvidia-uvm"], "only the control nodes that exist");
+    let hooks = &slice0.container_edits.hooks;
+    assert_eq!(hooks.iter().map(|h| h.hook_name.as_str()).collect::<Vec<_>>(), ["createContainer", "poststop"]);
+    for h in hooks {
+        assert_eq!(h.path, "/usr/bin/gpuslice-hook");
+        assert_eq!(h.env, ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "hooks carry an explicit env");
+        assert_eq!(h.args[2..4], ["--slice", "slice0"]);
+        assert!(h.args.contains(&format!("--memory-bytes={}", 80 * GIB)));
+        assert!(h.args.contains(&format!("--state-dir={}", node.state_dir().display())));
+    }
+    assert_eq!(hooks[0].args[..2], ["gpuslice-hook", "create-container"]);
+    assert_eq!(hooks[1].args[..2], ["gpuslice-hook", "poststop"]);
+    assert_eq!(slice0.annotations["gpuslice.dev/gpu-uuid"], uuid(0));
+    assert_eq!(slice0.annotations["gpuslice.dev/memory-bytes"], (80 * GIB).to_string());
+    assert_eq!(slice0.annotations["gpuslice.dev/cores-percent"], "100");
+    assert_eq!(spec.annotations["gpuslice.dev/driver-version"], "580.95.05");
+    assert_eq!(spec.annotations["gpuslice.dev/cuda-version"], "13.0");
+
+    let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
+    assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
+    assert_eq!((limits.gpu_uuid.as_str(), limits.gpu_index), (uuid(0).as_str(), 0));
+    let leftovers: Vec<_> = node.written().into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn two_gpus_split_and_all_device() {
+    if skip_unless_root("two_gpus_split_and_all_device") {
+        return;
+    }
+    let node = Node::new(2, true);
+    node.config("[defaults]\nsplit_count = 2\n");
+    ok(node.cdi(&["generate"]));
+    reference_load(&node.spec_path()).unwrap();
+    let spec = load(&node.spec_path());
+    let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["slice0", "slice1", "slice2", "slice3", "all"]);
+    for (name, minor) in [("slice0", 0), ("slice1", 0), ("slice2", 1), ("slice3", 1)] {
+        let d = device(&spec, name);
+        assert_eq!(d.container_edits.device_nodes[0].minor, Some(minor), "{name}");
+        assert_eq!(d.annotations["gpuslice.dev/memory-bytes"], (40 * GIB).to_string());
+        assert_eq!(d.annotations["gpuslice.dev/cores-percent"], "50");
+        let l = Limits::load(&limits_path(&node.state_dir(), name)).unwrap();
+        assert_eq!((l.memory_bytes, l.cores_percent, l.gpu_index), (40 * GIB, 50, u32::from(minor != 0)));
+    }
+    let all = device(&spec, "all");
+    assert_eq!(all.container_edits.env, ["GPUSLICE_SLICE=slice0,slice1,slice2,slice3"]);
+    assert_eq!(all.container_edits.device_nodes.len(), 2, "each GPU node once");
+    assert_eq!(all.container_edits.hooks.len(), 8, "every slice's hooks");
+}
+
+#[test]
+fn eight_gpus_sixty_four_slices() {
+    if skip_unless_root("eight_gpus_sixty_four_slices") {
+        return;
+    }
+    let node = Node::new(8, true);
+    node.config("[defaults]\nsplit_count = 8\n");
+    ok(node.cdi(&["generate", "--output", node.root().join("cdi/spec.json").to_str().unwrap()]));
+    let path = node.root().join("cdi/spec.json");
+    reference_load(&path).unwrap();
+    let spec: Spec = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(spec.devices.len(), 65);
+    assert_eq!(spec.devices[63].name, "slice63");
+    assert_eq!(spec.devices[63].container_edits.device_nodes[0].path, "/dev/nvidia7");
+    assert_eq!(spec.devices[63].annotations["gpuslice.dev/memory-bytes"], (10 * GIB).to_string());
+    assert!(!node.spec_path().exists(), "--output replaces the default path");
+}
+
+#[test]
+fn mixed_modes_overrides_explicit_slices_and_overcommit_match_golden() {
+    if skip_unless_root("mixed_modes_overrides_explicit_slices_and_overcommit_match_golden") {
+        return;
+    }
+    let node = Node::with_memory(&[80, 80, 48], true);
+    node.config(&format!(
+        r#"
+[defaults]
+split_count = 2
+[[gpu]]
+index = 1
+mode = "none"
+[[gpu]]
+uuid = "{}"
+memory_scaling = 1.5
+slices = [ {{ name = "inference", memory = "40GiB", cores = 60 }}, {{ memory = "32GiB", cores = 40 }} ]
+"#,
+        uuid(2)
+    ));
+    for (format, golden) in [("yaml", "mixed.yaml"), ("json", "mixed.json")] {
+        let out = ok(node.cdi(&["generate", "--output", "-", "--format", format]));
+        let text = stdout(&out).replace(node.root().to_str().unwrap(), "@ROOT@");
+        check_golden(golden, &text);
+        let file = node.root().join(format!("check.{format}"));
+        std::fs::write(&file, stdout(&out)).unwrap();
+        reference_load(&file).unwrap();
+    }
+    assert!(!node.spec_path().exists(), "--output - writes no spec file");
+    let l = Limits::load(&limits_path(&node.state_dir(), "gpu1")).unwrap();
+    assert_eq!((l.mode.as_str(), l.memory_bytes, l.cores_percent), ("none", 80 * GIB, 100));
+    let l = Limits::load(&limits_path(&node.state_dir(), "inference")).unwrap();
+    assert_eq!((l.memory_bytes, l.cores_percent, l.gpu_index), (40 * GIB, 60, 2));
+}
+
+/// Compares with `tests/golden/<name>`; `GPUSLICE_BLESS=1` rewrites it.
+fn check_golden(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let text = text.replace(env!("CARGO_PKG_VERSION"), "@VERSION@");
+    if std::env::var_os("GPUSLICE_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(text, want, "{} differs (GPUSLICE_BLESS=1 to accept the new output)", path.display());
+}
+
+#[test]
+fn regenerating_keeps_generation_until_limits_change() {
+    if skip_unless_root("regenerating_keeps_generation_until_limits_change") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("[defaults]\nsplit_count = 2\n");
+    ok(node.cdi(&["generate"]));
+    ok(node.cdi(&["generate"]));
+    let gen_of = |name: &str| Limits::load(&limits_path(&node.state_dir(), name)).unwrap().generation;
+    assert_eq!(gen_of("slice0"), 1);
+    node.config("[defaults]\nsplit_count = 2\nmemory_scaling = 0.5\n");
+    ok(node.cdi(&["generate"]));
+    assert_eq!(gen_of("slice0"), 2);
+    assert_eq!(Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap().memory_bytes, 20 * GIB);
+}
+
+#[test]
+fn nvml_lib_comes_from_the_environment_too() {
+    if skip_unless_root("nvml_lib_comes_from_the_environment_too") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gpuslice-cdi"));
+    node.env(&mut cmd).env("GPUSLICE_NVML_LIB", fake_nvml());
+    cmd.args(["list", "--config", node.config_path().to_str().unwrap()]);
+    let out = ok(cmd.output().unwrap());
+    assert!(stdout(&out).contains(&uuid(0)), "{}", stdout(&out));
+}
+
+#[test]
+fn list_prints_the_plan_as_a_table() {
+    let node = Node::with_memory(&[80, 24], false);
+    node.config("[defaults]\nsplit_count = 2\n[[gpu]]\nindex = 1\nmode = \"none\"\n");
+    let out = ok(node.cdi(&["list"]));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let cols = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(cols(lines[0]), ["SLICE", "GPU", "UUID", "MEMORY", "(GiB)", "CORES", "(%)", "MODE"]);
+    assert_eq!(cols(lines[1]), ["slice0", "0", &uuid(0), "40.00", "50", "shim"]);
+    assert_eq!(cols(lines[2]), ["slice1", "0", &uuid(0), "40.00", "50", "shim"]);
+    assert_eq!(cols(lines[3]), ["gpu1", "1", &uuid(1), "24.00", "100", "none"]);
+    assert!(node.written().is_empty(), "list writes nothing");
+}

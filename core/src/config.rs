@@ -1,0 +1,371 @@
+//! The node configuration, `/etc/gpuslice/config.toml`.
+//!
+//! Parsing is strict (`deny_unknown_fields`) and every value is checked once, here, so that
+//! a bad file is refused with one line naming the key and the value before anything is
+//! written. Checks that need the GPUs themselves (a `uuid` that matches nothing, slices that
+//! do not fit on their card) happen in [`crate::plan`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cdi;
+use crate::units::ByteSize;
+
+/// Where the configuration lives on a node.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpuslice/config.toml";
+/// The CDI kind devices are published under unless the config says otherwise.
+pub const DEFAULT_KIND: &str = "gpuslice.dev/vgpu";
+/// Most slices one GPU may be split into.
+pub const MAX_SPLIT_COUNT: u32 = 64;
+
+/// How a GPU is handed to containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The whole GPU, published as `gpu<index>`, with no limits.
+    None,
+    /// Software slices enforced by the interception library.
+    #[default]
+    Shim,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Shim => "shim",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// CDI kind, `vendor/class`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Directory the CDI spec is written to.
+    #[serde(default = "default_spec_dir")]
+    pub spec_dir: PathBuf,
+    /// Host directory holding each slice's `limits` and `region`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where the OCI hook is installed on the host.
+    #[serde(default = "default_hook_path")]
+    pub hook_path: PathBuf,
+    /// Where the interception library is installed on the host.
+    #[serde(default = "default_shim_path")]
+    pub shim_path: PathBuf,
+    /// Root under which the NVIDIA driver's files are found.
+    #[serde(default = "default_driver_root")]
+    pub driver_root: PathBuf,
+    /// Settings for every GPU without an override.
+    #[serde(default)]
+    pub defaults: GpuDefaults,
+    /// Per-GPU overrides, matched by `index` or `uuid`.
+    #[serde(default, rename = "gpu")]
+    pub gpus: Vec<GpuOverride>,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDefaults {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_split_count")]
+    pub split_count: u32,
+    #[serde(default = "default_scaling")]
+    pub memory_scaling: f64,
+    #[serde(default = "default_scaling")]
+    pub core_scaling: f64,
+}
+
+impl Default for GpuDefaults {
+    fn default() -> Self {
+        Self {
+            mode: Mode::default(),
+            split_count: default_split_count(),
+            memory_scaling: default_scaling(),
+            core_scaling: default_scaling(),
+        }
+    }
+}
+
+/// One `[[gpu]]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOverride {
+    pub index: Option<u32>,
+    pub uuid: Option<String>,
+    pub mode: Option<Mode>,
+    pub split_count: Option<u32>,
+    pub memory_scaling: Option<f64>,
+    pub core_scaling: Option<f64>,
+    /// Explicit slices, instead of an equal split.
+    pub slices: Option<Vec<SliceConfig>>,
+}
+
+/// One explicit slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceConfig {
+    /// CDI device name; `slice<N>` when left out.
+    pub name: Option<String>,
+    pub memory: ByteSize,
+    /// Percent of the GPU's compute, 1–100.
+    pub cores: u32,
+}
+
+/// The settings that apply to one GPU, defaults and override merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSettings {
+    pub mode: Mode,
+    pub split_count: u32,
+    pub memory_scaling: f64,
+    pub core_scaling: f64,
+    pub slices: Option<Vec<SliceConfig>>,
+}
+
+fn default_kind() -> String {
+    DEFAULT_KIND.to_owned()
+}
+fn default_spec_dir() -> PathBuf {
+    PathBuf::from("/var/run/cdi")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/gpuslice")
+}
+fn default_hook_path() -> PathBuf {
+    PathBuf::from("/usr/bin/gpuslice-hook")
+}
+fn default_shim_path() -> PathBuf {
+    PathBuf::from("/usr/lib/gpuslice/libgpuslice.so")
+}
+fn default_driver_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_split_count() -> u32 {
+    1
+}
+fn default_scaling() -> f64 {
+    1.0
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kind: default_kind(),
+            spec_dir: default_spec_dir(),
+            state_dir: default_state_dir(),
+            hook_path: default_hook_path(),
+            shim_path: default_shim_path(),
+            driver_root: default_driver_root(),
+            defaults: GpuDefaults::default(),
+            gpus: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used. Each message names the key and the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("line {line}: {key}{message}")]
+    Parse { line: usize, key: String, message: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid { key: String, value: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), value: value.to_string(), reason: reason.into() }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_owned(), reason: e.to_string() })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| parse_error(text, "", &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(text, &key, e.inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that can be checked without the GPUs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        cdi::validate_kind(&self.kind).map_err(|e| ConfigError::invalid("kind", quoted(&self.kind), e.to_string()))?;
+        for (key, path) in [
+            ("spec_dir", &self.spec_dir),
+            ("state_dir", &self.state_dir),
+            ("hook_path", &self.hook_path),
+            ("shim_path", &self.shim_path),
+            ("driver_root", &self.driver_root),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(key, quoted(&path.display()), "must be an absolute path"));
+            }
+        }
+        let d = &self.defaults;
+        check_split_count("defaults.split_count", d.split_count)?;
+        check_scaling("defaults.memory_scaling", d.memory_scaling)?;
+        check_scaling("defaults.core_scaling", d.core_scaling)?;
+
+        let mut names = HashSet::new();
+        for (i, g) in self.gpus.iter().enumerate() {
+            let at = |key: &str| format!("gpu[{i}].{key}");
+            if g.index.is_none() && g.uuid.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("gpu[{i}]"),
+                    "{ … }",
+                    "needs `index` or `uuid` to say which GPU it overrides",
+                ));
+            }
+            if let Some(n) = g.split_count {
+                check_split_count(&at("split_count"), n)?;
+            }
+            if let Some(s) = g.memory_scaling {
+                check_scaling(&at("memory_scaling"), s)?;
+            }
+            if let Some(s) = g.core_scaling {
+                check_scaling(&at("core_scaling"), s)?;
+            }
+            let Some(slices) = &g.slices else { continue };
+            if slices.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("slices"),
+                    "[]",
+                    "lists no slice; leave it out for an equal split",
+                ));
+            }
+            if let Some(n) = g.split_count {
+                return Err(ConfigError::invalid(at("split_count"), n, "cannot be combined with explicit `slices`"));
+            }
+            if g.mode == Some(Mode::None) {
+                return Err(ConfigError::invalid(
+                    at("mode"),
+                    "\"none\"",
+                    "publishes the whole GPU and cannot have `slices`",
+                ));
+            }
+            for (j, s) in slices.iter().enumerate() {
+                let at = |key: &str| format!("gpu[{i}].slices[{j}].{key}");
+                if !(1..=100).contains(&s.cores) {
+                    return Err(ConfigError::invalid(at("cores"), s.cores, "must be between 1 and 100"));
+                }
+                if s.memory.0 == 0 {
+                    return Err(ConfigError::invalid(at("memory"), quoted(&s.memory), "must be more than 0"));
+                }
+                if let Some(name) = &s.name {
+                    cdi::validate_device_name(name)
+                        .map_err(|e| ConfigError::invalid(at("name"), quoted(name), e.to_string()))?;
+                    if is_reserved_name(name) {
+                        return Err(ConfigError::invalid(
+                            at("name"),
+                            quoted(name),
+                            "is reserved: `all`, `slice<N>` and `gpu<N>` are named by gpuslice",
+                        ));
+                    }
+                    if !names.insert(name.clone()) {
+                        return Err(ConfigError::invalid(at("name"), quoted(name), "is used by another slice"));
+                    }
+                }
+            }
+        }
+        for (i, a) in self.gpus.iter().enumerate() {
+            for b in &self.gpus[..i] {
+                let same_index = a.index.is_some() && a.index == b.index;
+                let same_uuid = a.uuid.is_some() && a.uuid == b.uuid;
+                if same_index || same_uuid {
+                    let (key, value) = match (same_index, &a.uuid) {
+                        (true, _) => ("index", a.index.map(|n| n.to_string()).unwrap_or_default()),
+                        (false, uuid) => ("uuid", quoted(&uuid.clone().unwrap_or_default())),
+                    };
+                    return Err(ConfigError::invalid(format!("gpu[{i}].{key}"), value, "is overridden twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings for one GPU: its override (matched by index or UUID) over the defaults.
+    pub fn settings_for(&self, index: u32, uuid: &str) -> GpuSettings {
+        let d = &self.defaults;
+        let o = self.override_for(index, uuid).cloned().unwrap_or_default();
+        GpuSettings {
+            mode: o.mode.unwrap_or(d.mode),
+            split_count: o.split_count.unwrap_or(d.split_count),
+            memory_scaling: o.memory_scaling.unwrap_or(d.memory_scaling),
+            core_scaling: o.core_scaling.unwrap_or(d.core_scaling),
+            slices: o.slices,
+        }
+    }
+
+    /// The `[[gpu]]` table that applies to a GPU, if any.
+    pub fn override_for(&self, index: u32, uuid: &str) -> Option<&GpuOverride> {
+        self.gpus.iter().find(|g| g.matches(index, uuid))
+    }
+}
+
+impl GpuOverride {
+    /// Whether this table names the GPU; a table with both keys must match both.
+    pub fn matches(&self, index: u32, uuid: &str) -> bool {
+        self.index.is_none_or(|i| i == index)
+            && self.uuid.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(uuid))
+            && (self.index.is_some() || self.uuid.is_some())
+    }
+}
+
+/// Names gpuslice gives itself, which an explicit slice may not take.
+pub fn is_reserved_name(name: &str) -> bool {
+    let numbered = |prefix: &str| {
+        name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    name == "all" || numbered("slice") || numbered("gpu")
+}
+
+fn check_split_count(key: &str, n: u32) -> Result<(), ConfigError> {
+    if (1..=MAX_SPLIT_COUNT).contains(&n) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, n, format!("must be between 1 and {MAX_SPLIT_COUNT}")))
+    }
+}
+
+fn check_scaling(key: &str, s: f64) -> Result<(), ConfigError> {
+    if s.is_finite() && s > 0.0 { Ok(()) } else { Err(ConfigError::invalid(key, s, "must be a number greater than 0")) }
+}
+
+fn quoted(v: &impl fmt::Display) -> String {
+    format!("\"{v}\"")
+}
+
+/// One line for a TOML error: its line number, the key path and the message.
+fn parse_error(text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let message = e.message().replace('\n', " ");
+    let key = if key.is_empty() || key == "." { String::new() } else { format!("{key}: ") };
+    ConfigError::Parse { line, key, message }
+}

@@ -1,0 +1,200 @@
+//! Turning the config and the node's GPUs into the devices containers can ask for.
+//!
+//! Planning is deterministic: GPUs are taken in index order and every automatically named
+//! slice gets the next `slice<N>`, so the same config on the same GPUs always gives the same
+//! names and limits.
+
+use std::collections::HashSet;
+
+use crate::config::{Config, ConfigError, GpuOverride, Mode};
+use crate::limits::Limits;
+use crate::units::ByteSize;
+
+/// What the generator learned about one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// Total device memory in bytes.
+    pub memory_total: u64,
+    /// `N` in `/dev/nvidiaN`.
+    pub minor: u32,
+    pub pci_bus_id: String,
+    /// Whether MIG mode is currently on.
+    pub mig_enabled: bool,
+}
+
+/// One device of the plan: a slice of a GPU, or a whole GPU in mode `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDevice {
+    pub name: String,
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub mode: Mode,
+    pub memory_bytes: u64,
+    pub cores_percent: u32,
+}
+
+impl PlannedDevice {
+    /// The limits file for this device, at generation 1 (the store raises it as needed).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            slice: self.name.clone(),
+            mode: self.mode,
+            gpu_uuid: self.gpu_uuid.clone(),
+            gpu_index: self.gpu_index,
+            memory_bytes: self.memory_bytes,
+            cores_percent: self.cores_percent,
+            generation: 1,
+        }
+    }
+}
+
+/// Every device of the node, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub devices: Vec<PlannedDevice>,
+}
+
+/// Plans the node's devices. Fails, naming the key and value, when an override matches no
+/// GPU or two GPUs' worth, or when explicit slices do not fit.
+pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
+    check_overrides_match(config, gpus)?;
+    let mut gpus: Vec<&GpuInfo> = gpus.iter().collect();
+    gpus.sort_by_key(|g| g.index);
+
+    let mut devices = Vec::new();
+    let mut next_slice = 0u32;
+    let mut names = HashSet::new();
+    for gpu in gpus {
+        let settings = config.settings_for(gpu.index, &gpu.uuid);
+        let at = override_key(config, gpu);
+        let device = |name: String, memory_bytes: u64, cores_percent: u32, mode: Mode| PlannedDevice {
+            name,
+            gpu_index: gpu.index,
+            gpu_uuid: gpu.uuid.clone(),
+            mode,
+            memory_bytes,
+            cores_percent,
+        };
+        if settings.mode == Mode::Shim && gpu.mig_enabled {
+            return Err(invalid(
+                format!("{at}.mode"),
+                "\"shim\"",
+                format!(
+                    "GPU {} ({}) has MIG mode on; software slices need it off (nvidia-smi -i {} -mig 0), or set mode = \"none\" for this GPU",
+                    gpu.index, gpu.uuid, gpu.index
+                ),
+            ));
+        }
+        match (settings.mode, &settings.slices) {
+            (Mode::None, _) => devices.push(device(format!("gpu{}", gpu.index), gpu.memory_total, 100, Mode::None)),
+            (Mode::Shim, Some(slices)) => {
+                let budget = scaled(gpu.memory_total, settings.memory_scaling);
+                let sum: u64 = slices.iter().map(|s| s.memory.0).fold(0, u64::saturating_add);
+                if sum > budget {
+                    let listed: Vec<String> = slices.iter().map(|s| s.memory.to_string()).collect();
+                    return Err(invalid(
+                        format!("{at}.slices"),
+                        format!("[{}]", listed.join(", ")),
+                        format!(
+                            "the slices add up to {:.2} GiB, more than GPU {}'s {:.2} GiB × memory_scaling {} = {:.2} GiB",
+                            ByteSize(sum).as_gib(),
+                            gpu.index,
+                            ByteSize(gpu.memory_total).as_gib(),
+                            settings.memory_scaling,
+                            ByteSize(budget).as_gib()
+                        ),
+                    ));
+                }
+                for s in slices {
+                    let name = s.name.clone().unwrap_or_else(|| {
+                        next_slice += 1;
+                        format!("slice{}", next_slice - 1)
+                    });
+                    devices.push(device(name, s.memory.0, s.cores, Mode::Shim));
+                }
+            }
+            (Mode::Shim, None) => {
+                let n = settings.split_count;
+                let memory = scaled(gpu.memory_total, settings.memory_scaling) / u64::from(n);
+                // Whole MiB: readable limits, and still exact for every real card.
+                let memory = memory / ByteSize::MIB * ByteSize::MIB;
+                let cores = ((100.0 * settings.core_scaling / f64::from(n)).floor() as u32).clamp(1, 100);
+                if memory == 0 {
+                    return Err(invalid(
+                        format!("{at}.split_count"),
+                        n,
+                        format!("GPU {}'s memory split {n} ways leaves less than 1 MiB per slice", gpu.index),
+                    ));
+                }
+                for _ in 0..n {
+                    devices.push(device(format!("slice{next_slice}"), memory, cores, Mode::Shim));
+                    next_slice += 1;
+                }
+            }
+        }
+    }
+    for d in &devices {
+        if !names.insert(d.name.clone()) {
+            return Err(invalid("name", format!("\"{}\"", d.name), "is given to two slices"));
+        }
+    }
+    Ok(Plan { devices })
+}
+
+/// Memory × scaling, in whole bytes.
+fn scaled(memory: u64, scaling: f64) -> u64 {
+    (memory as f64 * scaling) as u64
+}
+
+fn invalid(key: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), reason: reason.into() }
+}
+
+/// `gpu[i]` for the table that applies to this GPU, or `defaults`.
+fn override_key(config: &Config, gpu: &GpuInfo) -> String {
+    config
+        .gpus
+        .iter()
+        .position(|o| o.matches(gpu.index, &gpu.uuid))
+        .map_or_else(|| "defaults".to_owned(), |i| format!("gpu[{i}]"))
+}
+
+fn check_overrides_match(config: &Config, gpus: &[GpuInfo]) -> Result<(), ConfigError> {
+    let describe = || {
+        let list: Vec<String> = gpus.iter().map(|g| format!("{}={}", g.index, g.uuid)).collect();
+        if list.is_empty() { "this node has no GPU".to_owned() } else { format!("this node has {}", list.join(", ")) }
+    };
+    for (i, o) in config.gpus.iter().enumerate() {
+        let matching: Vec<&GpuInfo> = gpus.iter().filter(|g| o.matches(g.index, &g.uuid)).collect();
+        if matching.is_empty() {
+            let (key, value) = key_value(o);
+            let reason = match (o.index, &o.uuid) {
+                (Some(_), Some(_)) => format!("no GPU has both this index and this uuid ({})", describe()),
+                _ => format!("matches no GPU ({})", describe()),
+            };
+            return Err(invalid(format!("gpu[{i}].{key}"), value, reason));
+        }
+        for g in matching {
+            if let Some(j) = config.gpus[..i].iter().position(|p| p.matches(g.index, &g.uuid)) {
+                let (key, value) = key_value(o);
+                return Err(invalid(
+                    format!("gpu[{i}].{key}"),
+                    value,
+                    format!("GPU {} ({}) is already overridden by gpu[{j}]", g.index, g.uuid),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key_value(o: &GpuOverride) -> (&'static str, String) {
+    match (&o.uuid, o.index) {
+        (Some(u), _) => ("uuid", format!("\"{u}\"")),
+        (None, Some(i)) => ("index", i.to_string()),
+        (None, None) => ("index", String::new()),
+    }
+}

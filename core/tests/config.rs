@@ -1,0 +1,138 @@
+//! Parsing and checking `config.toml`: every bad input gets one line naming key and value.
+
+use gpuslice_core::config::{Config, ConfigError, Mode};
+use gpuslice_core::units::ByteSize;
+
+fn err(text: &str) -> String {
+    match Config::parse(text) {
+        Ok(c) => panic!("accepted bad config {text:?}: {c:?}"),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "error is not one line: {s:?}");
+            s
+        }
+    }
+}
+
+#[test]
+fn empty_file_gives_documented_defaults() {
+    let c = Config::parse("").unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.kind, "gpuslice.dev/vgpu");
+    assert_eq!(c.spec_dir.to_str(), Some("/var/run/cdi"));
+    assert_eq!(c.state_dir.to_str(), Some("/run/gpuslice"));
+    assert_eq!(c.hook_path.to_str(), Some("/usr/bin/gpuslice-hook"));
+    assert_eq!(c.shim_path.to_str(), Some("/usr/lib/gpuslice/libgpuslice.so"));
+    assert_eq!(c.driver_root.to_str(), Some("/"));
+    assert_eq!(c.defaults.mode, Mode::Shim);
+    assert_eq!(c.defaults.split_count, 1);
+    assert_eq!((c.defaults.memory_scaling, c.defaults.core_scaling), (1.0, 1.0));
+}
+
+#[test]
+fn shipped_config_parses_to_the_defaults() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/config.toml")).unwrap();
+    assert_eq!(Config::parse(&text).unwrap(), Config::default());
+}
+
+#[test]
+fn full_config_parses() {
+    let c = Config::parse(
+        r#"
+kind = "example.com/gpu"
+spec_dir = "/etc/cdi"
+[defaults]
+mode = "shim"
+split_count = 4
+memory_scaling = 1.5
+core_scaling = 2
+[[gpu]]
+index = 1
+mode = "none"
+[[gpu]]
+uuid = "GPU-aaaa"
+slices = [ { name = "big", memory = "10GiB", cores = 30 }, { memory = 536870912, cores = 70 } ]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.kind, "example.com/gpu");
+    assert_eq!(c.defaults.split_count, 4);
+    assert_eq!(c.defaults.core_scaling, 2.0);
+    assert_eq!(c.gpus[0].mode, Some(Mode::None));
+    let slices = c.gpus[1].slices.as_ref().unwrap();
+    assert_eq!(slices[0].name.as_deref(), Some("big"));
+    assert_eq!(slices[0].memory, ByteSize(10 << 30));
+    assert_eq!(slices[1].memory, ByteSize(512 << 20));
+    let s = c.settings_for(7, "gpu-AAAA");
+    assert_eq!(s.split_count, 4, "uuid matching ignores case and inherits defaults");
+    assert!(s.slices.is_some());
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    assert!(err("spec_dri = \"/x\"").contains("unknown field `spec_dri`"));
+    let e = err("[defaults]\nsplit = 2");
+    assert!(e.contains("line 2") && e.contains("unknown field `split`"), "{e}");
+    let e = err("[[gpu]]\nindex = 0\nslices = [{ memory = 1, cores = 1, weight = 2 }]");
+    assert!(e.contains("unknown field `weight`"), "{e}");
+    assert!(err("[default]\nmode = \"shim\"").contains("unknown field `default`"));
+}
+
+#[test]
+fn bad_values_are_named_with_their_key() {
+    let cases: &[(&str, &[&str])] = &[
+        ("[defaults]\nsplit_count = 0", &["defaults.split_count = 0", "between 1 and 64"]),
+        ("[defaults]\nsplit_count = 65", &["defaults.split_count = 65"]),
+        ("[defaults]\nsplit_count = -1", &["defaults.split_count"]),
+        ("[defaults]\nmemory_scaling = -1", &["defaults.memory_scaling = -1", "greater than 0"]),
+        ("[defaults]\nmemory_scaling = 0", &["defaults.memory_scaling = 0"]),
+        ("[defaults]\nmemory_scaling = nan", &["defaults.memory_scaling = NaN"]),
+        ("[defaults]\nmemory_scaling = \"lots\"", &["defaults.memory_scaling", "\"lots\""]),
+        ("[defaults]\ncore_scaling = -0.5", &["defaults.core_scaling = -0.5"]),
+        ("[defaults]\ncore_scaling = true", &["defaults.core_scaling", "true"]),
+        ("[defaults]\nmode = \"mig\"", &["defaults.mode", "mig"]),
+        ("[[gpu]]\nindex = 0\nsplit_count = 0", &["gpu[0].split_count = 0"]),
+        ("[[gpu]]\nindex = 0\nmemory_scaling = -2", &["gpu[0].memory_scaling = -2"]),
+        ("[[gpu]]\nsplit_count = 2", &["gpu[0]", "needs `index` or `uuid`"]),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ memory = \"1GiB\", cores = 0 }]",
+            &["gpu[0].slices[0].cores = 0", "between 1 and 100"],
+        ),
+        ("[[gpu]]\nindex = 0\nslices = [{ memory = \"1GiB\", cores = 101 }]", &["gpu[0].slices[0].cores = 101"]),
+        ("[[gpu]]\nindex = 0\nslices = [{ memory = \"1 gigs\", cores = 1 }]", &["gpu[0].slices[0].memory", "1 gigs"]),
+        ("[[gpu]]\nindex = 0\nslices = [{ memory = 0, cores = 1 }]", &["gpu[0].slices[0].memory"]),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ name = \"a\", memory = 1, cores = 1 }, { name = \"a\", memory = 1, cores = 1 }]",
+            &["gpu[0].slices[1].name = \"a\"", "another slice"],
+        ),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ name = \"a\", memory = 1, cores = 1 }]\n[[gpu]]\nindex = 1\nslices = [{ name = \"a\", memory = 1, cores = 1 }]",
+            &["gpu[1].slices[0].name = \"a\""],
+        ),
+        ("[[gpu]]\nindex = 0\nslices = [{ name = \"slice3\", memory = 1, cores = 1 }]", &["\"slice3\"", "reserved"]),
+        ("[[gpu]]\nindex = 0\nslices = [{ name = \"all\", memory = 1, cores = 1 }]", &["\"all\"", "reserved"]),
+        ("[[gpu]]\nindex = 0\nslices = [{ name = \"a/b\", memory = 1, cores = 1 }]", &["name = \"a/b\""]),
+        ("[[gpu]]\nindex = 0\nslices = []", &["gpu[0].slices"]),
+        ("[[gpu]]\nindex = 0\nsplit_count = 2\nslices = [{ memory = 1, cores = 1 }]", &["gpu[0].split_count = 2"]),
+        ("[[gpu]]\nindex = 0\nmode = \"none\"\nslices = [{ memory = 1, cores = 1 }]", &["gpu[0].mode"]),
+        ("[[gpu]]\nindex = 0\n[[gpu]]\nindex = 0", &["gpu[1].index = 0", "twice"]),
+        ("kind = \"vgpu\"", &["kind = \"vgpu\"", "vendor/class"]),
+        ("kind = \"-x.com/vgpu\"", &["kind = \"-x.com/vgpu\""]),
+        ("spec_dir = \"relative/dir\"", &["spec_dir = \"relative/dir\"", "absolute"]),
+        ("state_dir = 3", &["state_dir", "3"]),
+        ("split_count = ", &["line 1"]),
+    ];
+    for (text, wants) in cases {
+        let e = err(text);
+        for want in *wants {
+            assert!(e.contains(want), "error for {text:?} is {e:?}; it should mention {want:?}");
+        }
+    }
+}
+
+#[test]
+fn load_names_a_missing_file() {
+    let e = Config::load(std::path::Path::new("/nonexistent/gpuslice.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/gpuslice.toml"));
+}
