@@ -1,0 +1,572 @@
+//! The NVML subset gpuslice uses, exported with NVML's C ABI.
+//!
+//! Every export is a thin wrapper, declared once in `exports!`, that catches panics and
+//! turns a `Result` into an `nvmlReturn_t`. Behaviour follows the real library where a
+//! caller can tell: calls before `nvmlInit*` answer `NVML_ERROR_UNINITIALIZED`, init is
+//! reference-counted, null pointers and unknown handles are `NVML_ERROR_INVALID_ARGUMENT`,
+//! short buffers are `NVML_ERROR_INSUFFICIENT_SIZE`, and versioned structs are checked.
+//! A device handle is the address of the GPU's [`DeviceState`]; it is compared against the
+//! known addresses and never dereferenced.
+
+use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::mem::offset_of;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nvml_wrapper_sys::bindings::{
+    NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_INIT_FLAG_NO_GPUS, nvmlDevice_t,
+    nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
+};
+
+use crate::config::{ConfigError, GpuConfig, PciBusId};
+use crate::state::{DeviceState, Simulator, StateError};
+
+type NvmlResult<T = ()> = Result<T, nvmlReturn_t>;
+
+const SUCCESS: nvmlReturn_t = 0;
+const UNINITIALIZED: nvmlReturn_t = 1;
+const INVALID_ARGUMENT: nvmlReturn_t = 2;
+const NOT_SUPPORTED: nvmlReturn_t = 3;
+const NOT_FOUND: nvmlReturn_t = 6;
+const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+const LIBRARY_NOT_FOUND: nvmlReturn_t = 12;
+const ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
+const GPU_NOT_FOUND: nvmlReturn_t = 28;
+const UNKNOWN: nvmlReturn_t = 999;
+
+/// Every NVML return code: its `nvml.h` name without `NVML_ERROR_`, and `nvmlErrorString`'s
+/// text.
+const RETURN_CODES: &[(nvmlReturn_t, &str, &CStr)] = &[
+    (SUCCESS, "SUCCESS", c"Success"),
+    (UNINITIALIZED, "UNINITIALIZED", c"Uninitialized"),
+    (INVALID_ARGUMENT, "INVALID_ARGUMENT", c"Invalid Argument"),
+    (NOT_SUPPORTED, "NOT_SUPPORTED", c"Not Supported"),
+    (4, "NO_PERMISSION", c"Insufficient Permissions"),
+    (5, "ALREADY_INITIALIZED", c"Already Initialized"),
+    (NOT_FOUND, "NOT_FOUND", c"Not Found"),
+    (INSUFFICIENT_SIZE, "INSUFFICIENT_SIZE", c"Insufficient Size"),
+    (8, "INSUFFICIENT_POWER", c"Insufficient External Power"),
+    (9, "DRIVER_NOT_LOADED", c"Driver Not Loaded"),
+    (10, "TIMEOUT", c"Timeout"),
+    (11, "IRQ_ISSUE", c"Interrupt request issue"),
+    (
+        LIBRARY_NOT_FOUND,
+        "LIBRARY_NOT_FOUND",
+        c"NVML Shared Library Not Found",
+    ),
+    (13, "FUNCTION_NOT_FOUND", c"Function Not Found"),
+    (14, "CORRUPTED_INFOROM", c"Corrupted infoROM"),
+    (15, "GPU_IS_LOST", c"GPU is lost"),
+    (16, "RESET_REQUIRED", c"GPU requires restart"),
+    (
+        17,
+        "OPERATING_SYSTEM",
+        c"The operating system has blocked the request",
+    ),
+    (
+        18,
+        "LIB_RM_VERSION_MISMATCH",
+        c"RM has detected an NVML/RM version mismatch",
+    ),
+    (19, "IN_USE", c"In use by another client"),
+    (20, "MEMORY", c"Insufficient Memory"),
+    (21, "NO_DATA", c"No data"),
+    (
+        22,
+        "VGPU_ECC_NOT_SUPPORTED",
+        c"The requested vgpu operation is not available on target device, because ECC is enabled",
+    ),
+    (23, "INSUFFICIENT_RESOURCES", c"Insufficient resources"),
+    (24, "FREQ_NOT_SUPPORTED", c"Frequency not supported"),
+    (
+        ARGUMENT_VERSION_MISMATCH,
+        "ARGUMENT_VERSION_MISMATCH",
+        c"Argument version mismatch",
+    ),
+    (26, "DEPRECATED", c"Deprecated"),
+    (27, "NOT_READY", c"Not ready"),
+    (
+        GPU_NOT_FOUND,
+        "GPU_NOT_FOUND",
+        c"No supported GPUs were found",
+    ),
+    (29, "INVALID_STATE", c"Invalid state"),
+    (30, "RESET_TYPE_NOT_SUPPORTED", c"Reset type not supported"),
+    (UNKNOWN, "UNKNOWN", c"Unknown Error"),
+];
+
+/// The error code named `name` (`"DRIVER_NOT_LOADED"` or `"NVML_ERROR_DRIVER_NOT_LOADED"`);
+/// `None` for unknown names and for success.
+pub fn return_code_by_name(name: &str) -> Option<nvmlReturn_t> {
+    let name = name.strip_prefix("NVML_ERROR_").unwrap_or(name);
+    RETURN_CODES
+        .iter()
+        .find(|(code, n, _)| *n == name && *code != SUCCESS)
+        .map(|(code, _, _)| *code)
+}
+
+/// What `nvmlInit*` answers when the machine cannot be loaded.
+fn load_error_code(err: &StateError) -> nvmlReturn_t {
+    match err {
+        StateError::Config(ConfigError::Unset) => LIBRARY_NOT_FOUND,
+        StateError::Config(
+            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Invalid { .. },
+        )
+        | StateError::Io { .. }
+        | StateError::Corrupt { .. }
+        | StateError::Mismatch { .. } => UNKNOWN,
+    }
+}
+
+/// Successful `nvmlInit*` calls not yet matched by `nvmlShutdown`.
+static INIT_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Run an export's body: panics become `NVML_ERROR_UNKNOWN`, never an unwind into C.
+fn boundary(body: impl FnOnce() -> NvmlResult) -> nvmlReturn_t {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => SUCCESS,
+        Ok(Err(code)) => code,
+        Err(_) => UNKNOWN,
+    }
+}
+
+/// The machine, once NVML is initialized.
+fn initialized() -> NvmlResult<&'static Simulator> {
+    if INIT_COUNT.load(Ordering::Acquire) == 0 {
+        return Err(UNINITIALIZED);
+    }
+    Simulator::global().map_err(load_error_code)
+}
+
+fn handle_of(device: &DeviceState) -> nvmlDevice_t {
+    ptr::from_ref(device).cast_mut().cast()
+}
+
+/// The GPU a handle names; unknown handles are `INVALID_ARGUMENT`.
+fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static DeviceState, &'static GpuConfig)> {
+    let sim = initialized()?;
+    sim.devices()
+        .iter()
+        .zip(&sim.config().gpu)
+        .find(|(state, _)| ptr::eq(handle_of(state), handle))
+        .ok_or(INVALID_ARGUMENT)
+}
+
+fn device_by_index(index: c_uint) -> NvmlResult<nvmlDevice_t> {
+    let sim = initialized()?;
+    sim.device(index).map(handle_of).ok_or(INVALID_ARGUMENT)
+}
+
+fn init(flags: c_uint) -> NvmlResult {
+    let sim = Simulator::global().map_err(|err| {
+        eprintln!("fakegpu: nvmlInit failed: {err}");
+        load_error_code(err)
+    })?;
+    if let Some(name) = &sim.config().init_error {
+        return Err(return_code_by_name(name).unwrap_or(UNKNOWN));
+    }
+    if sim.devices().is_empty() && flags & NVML_INIT_FLAG_NO_GPUS == 0 {
+        return Err(GPU_NOT_FOUND);
+    }
+    INIT_COUNT.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+fn shutdown() -> NvmlResult {
+    INIT_COUNT
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .map(drop)
+        .map_err(|_| UNINITIALIZED)
+}
+
+/// Store `value` through an output pointer.
+///
+/// # Safety
+///
+/// `out` is null or valid for a write of `T`.
+unsafe fn put<T>(out: *mut T, value: T) -> NvmlResult {
+    if out.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null, and the caller promises it is valid for a write of T.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+/// Copy `s` and a NUL into a caller's buffer of `length` bytes.
+///
+/// # Safety
+///
+/// `buf` is null or valid for writes of `length` bytes.
+unsafe fn put_str(buf: *mut c_char, length: c_uint, s: &str) -> NvmlResult {
+    if buf.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    if (length as usize) <= s.len() {
+        return Err(INSUFFICIENT_SIZE);
+    }
+    let buf = buf.cast::<u8>();
+    // SAFETY: `buf` holds at least s.len() + 1 bytes (checked above) and cannot overlap `s`,
+    // which this library owns.
+    unsafe { ptr::copy_nonoverlapping(s.as_ptr(), buf, s.len()) };
+    // SAFETY: s.len() < length, so the terminator is inside the buffer.
+    unsafe { buf.wrapping_add(s.len()).write(0) };
+    Ok(())
+}
+
+/// Borrow a caller's NUL-terminated string.
+///
+/// # Safety
+///
+/// `s` is null or points at a NUL-terminated string that outlives the call.
+unsafe fn get_str<'a>(s: *const c_char) -> NvmlResult<&'a str> {
+    if s.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null and NUL-terminated per the caller.
+    let s = unsafe { CStr::from_ptr(s) };
+    s.to_str().map_err(|_| INVALID_ARGUMENT)
+}
+
+fn memory(state: &DeviceState) -> (u64, u64, u64) {
+    let used = state.used().min(state.total());
+    (state.total(), state.total() - used, used)
+}
+
+fn pci_info(gpu: &GpuConfig) -> nvmlPciInfo_t {
+    let mut bus_id = [0; 32];
+    let mut bus_id_legacy = [0; 16];
+    fill(&mut bus_id, &gpu.pci_bus_id.nvml());
+    fill(&mut bus_id_legacy, &gpu.pci_bus_id.legacy());
+    nvmlPciInfo_t {
+        busIdLegacy: bus_id_legacy,
+        domain: gpu.pci_bus_id.domain,
+        bus: gpu.pci_bus_id.bus.into(),
+        device: gpu.pci_bus_id.device.into(),
+        pciDeviceId: gpu.pci_device_id,
+        pciSubSystemId: gpu.pci_subsystem_id,
+        busId: bus_id,
+    }
+}
+
+/// Copy `s` into a fixed C array, always leaving a terminating NUL.
+fn fill(dst: &mut [c_char], s: &str) {
+    let room = dst.len().saturating_sub(1);
+    for (d, b) in dst.iter_mut().zip(s.bytes().take(room)) {
+        *d = b as c_char;
+    }
+}
+
+/// The start of `nvmlPciInfo_t` that the original `nvmlDeviceGetPciInfo` filled.
+#[repr(C)]
+struct LegacyPciInfo {
+    bus_id: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+}
+
+const _: () = assert!(
+    offset_of!(LegacyPciInfo, pci_sub_system_id) == offset_of!(nvmlPciInfo_t, pciSubSystemId)
+);
+// `nvmlDeviceGetMemoryInfo_v2` reads the version as the struct's first word.
+const _: () = assert!(offset_of!(nvmlMemory_v2_t, version) == 0);
+
+/// `NVML_STRUCT_VERSION(Memory, 2)`.
+const MEMORY_V2_VERSION: c_uint = (size_of::<nvmlMemory_v2_t>() as c_uint) | (2 << 24);
+
+/// Declares each export once: an `extern "C"` function that runs its body in [`boundary`].
+macro_rules! exports {
+    ($(
+        $(#[doc = $doc:literal])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block
+    )*) => {$(
+        $(#[doc = $doc])*
+        ///
+        /// # Safety
+        ///
+        /// As in `nvml.h`: every pointer is null or valid, output pointers for a write of
+        /// their type, buffers for `length` bytes, strings NUL-terminated.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> nvmlReturn_t {
+            boundary(|| $body)
+        }
+    )*};
+}
+
+exports! {
+    /// Initialize NVML; reference-counted with `nvmlShutdown`.
+    fn nvmlInit_v2() { init(0) }
+
+    /// The original `nvmlInit`, the same as `nvmlInit_v2` here.
+    fn nvmlInit() { init(0) }
+
+    /// `nvmlInit_v2` with flags; `NVML_INIT_FLAG_NO_GPUS` allows a machine without GPUs.
+    fn nvmlInitWithFlags(flags: c_uint) { init(flags) }
+
+    /// Undo one successful `nvmlInit*`.
+    fn nvmlShutdown() { shutdown() }
+
+    fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) {
+        let sim = initialized()?;
+        // SAFETY: `version` is null or writable for `length` bytes per the export's contract.
+        unsafe { put_str(version, length, &sim.config().driver_version) }
+    }
+
+    /// Like the real library, this works before `nvmlInit`.
+    fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) {
+        let sim = Simulator::global().map_err(load_error_code)?;
+        // SAFETY: `version` is null or writable for `length` bytes per the export's contract.
+        unsafe { put_str(version, length, &sim.config().nvml_version()) }
+    }
+
+    fn nvmlSystemGetCudaDriverVersion(cuda_driver_version: *mut c_int) {
+        let sim = initialized()?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(cuda_driver_version, sim.config().cuda_version) }
+    }
+
+    fn nvmlSystemGetCudaDriverVersion_v2(cuda_driver_version: *mut c_int) {
+        let sim = initialized()?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(cuda_driver_version, sim.config().cuda_version) }
+    }
+
+    fn nvmlDeviceGetCount_v2(device_count: *mut c_uint) {
+        let count = initialized()?.devices().len();
+        let count = c_uint::try_from(count).map_err(|_| UNKNOWN)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device_count, count) }
+    }
+
+    fn nvmlDeviceGetCount(device_count: *mut c_uint) {
+        let count = initialized()?.devices().len();
+        let count = c_uint::try_from(count).map_err(|_| UNKNOWN)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device_count, count) }
+    }
+
+    fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) {
+        let handle = device_by_index(index)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device, handle) }
+    }
+
+    fn nvmlDeviceGetHandleByIndex(index: c_uint, device: *mut nvmlDevice_t) {
+        let handle = device_by_index(index)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device, handle) }
+    }
+
+    fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) {
+        let sim = initialized()?;
+        // SAFETY: null or NUL-terminated per the export's contract.
+        let uuid = unsafe { get_str(uuid) }?;
+        let index = sim.config().gpu.iter().position(|g| g.uuid == uuid).ok_or(NOT_FOUND)?;
+        let handle = handle_of(&sim.devices()[index]);
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device, handle) }
+    }
+
+    /// Accepts `domain:bus:device.function` with the domain in 4 or 8 hex digits or left out.
+    fn nvmlDeviceGetHandleByPciBusId_v2(pci_bus_id: *const c_char, device: *mut nvmlDevice_t) {
+        let sim = initialized()?;
+        // SAFETY: null or NUL-terminated per the export's contract.
+        let wanted: PciBusId = unsafe { get_str(pci_bus_id) }?.parse().map_err(|_| INVALID_ARGUMENT)?;
+        let index = sim.config().gpu.iter().position(|g| g.pci_bus_id == wanted).ok_or(NOT_FOUND)?;
+        let handle = handle_of(&sim.devices()[index]);
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device, handle) }
+    }
+
+    fn nvmlDeviceGetHandleByPciBusId(pci_bus_id: *const c_char, device: *mut nvmlDevice_t) {
+        // SAFETY: same contract as this export's.
+        let code = unsafe { nvmlDeviceGetHandleByPciBusId_v2(pci_bus_id, device) };
+        if code == SUCCESS { Ok(()) } else { Err(code) }
+    }
+
+    fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) {
+        let (state, _) = self::device(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(index, state.index()) }
+    }
+
+    fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable for `length` bytes per the export's contract.
+        unsafe { put_str(uuid, length, &gpu.uuid) }
+    }
+
+    fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable for `length` bytes per the export's contract.
+        unsafe { put_str(name, length, &gpu.name) }
+    }
+
+    /// `used` is the shared counter every process adds to; `free = total − used`.
+    fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) {
+        let (state, _) = self::device(device)?;
+        let (total, free, used) = self::memory(state);
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(memory, nvmlMemory_t { total, free, used }) }
+    }
+
+    /// As `nvmlDeviceGetMemoryInfo`, with `reserved` 0; `version` must be
+    /// `nvmlMemory_v2` (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
+    fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) {
+        let (state, _) = self::device(device)?;
+        if memory.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for nvmlMemory_v2_t per the export's contract; the caller
+        // set `version` before the call.
+        let version = unsafe { memory.cast::<c_uint>().read() };
+        if version != MEMORY_V2_VERSION {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let (total, free, used) = self::memory(state);
+        let info = nvmlMemory_v2_t { version, total, reserved: 0, free, used };
+        // SAFETY: checked non-null above; writable per the export's contract.
+        unsafe { put(memory, info) }
+    }
+
+    fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor_number: *mut c_uint) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(minor_number, gpu.minor) }
+    }
+
+    fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(pci, pci_info(gpu)) }
+    }
+
+    fn nvmlDeviceGetPciInfo_v2(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(pci, pci_info(gpu)) }
+    }
+
+    /// The original call, whose struct ended after `pciSubSystemId` with reserved words where
+    /// `busId` is now: it fills `busIdLegacy` and the numbers and leaves the rest alone.
+    fn nvmlDeviceGetPciInfo(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) {
+        let (_, gpu) = self::device(device)?;
+        if pci.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        let info = pci_info(gpu);
+        let legacy = LegacyPciInfo {
+            bus_id: info.busIdLegacy,
+            domain: info.domain,
+            bus: info.bus,
+            device: info.device,
+            pci_device_id: info.pciDeviceId,
+            pci_sub_system_id: info.pciSubSystemId,
+        };
+        // SAFETY: non-null and valid for the legacy struct per the export's contract, of which
+        // LegacyPciInfo is a prefix (and of today's nvmlPciInfo_t).
+        unsafe { pci.cast::<LegacyPciInfo>().write(legacy) };
+        Ok(())
+    }
+
+    /// `NVML_ERROR_NOT_SUPPORTED` for a GPU whose config has no `mig_mode`.
+    fn nvmlDeviceGetMigMode(device: nvmlDevice_t, current_mode: *mut c_uint, pending_mode: *mut c_uint) {
+        let (_, gpu) = self::device(device)?;
+        let mode = match gpu.mig_mode.ok_or(NOT_SUPPORTED)? {
+            true => NVML_DEVICE_MIG_ENABLE,
+            false => NVML_DEVICE_MIG_DISABLE,
+        };
+        if current_mode.is_null() || pending_mode.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and writable per the export's contract.
+        unsafe { put(current_mode, mode) }?;
+        // SAFETY: non-null and writable per the export's contract.
+        unsafe { put(pending_mode, mode) }
+    }
+
+    /// `sm_count × cores_per_sm`.
+    fn nvmlDeviceGetNumGpuCores(device: nvmlDevice_t, num_cores: *mut c_uint) {
+        let (_, gpu) = self::device(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(num_cores, gpu.cuda_cores()) }
+    }
+}
+
+/// A static description of `result`; unknown codes read "Unknown Error".
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
+    RETURN_CODES
+        .iter()
+        .find(|(code, _, _)| *code == result)
+        .map_or(c"Unknown Error", |(_, _, text)| text)
+        .as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_resolve_with_or_without_prefix() {
+        assert_eq!(return_code_by_name("DRIVER_NOT_LOADED"), Some(9));
+        assert_eq!(return_code_by_name("NVML_ERROR_DRIVER_NOT_LOADED"), Some(9));
+        assert_eq!(return_code_by_name("UNKNOWN"), Some(UNKNOWN));
+        assert_eq!(return_code_by_name("SUCCESS"), None);
+        assert_eq!(return_code_by_name("driver_not_loaded"), None);
+    }
+
+    #[test]
+    fn every_code_has_one_name() {
+        for (i, (code, name, _)) in RETURN_CODES.iter().enumerate() {
+            assert!(
+                RETURN_CODES[i + 1..]
+                    .iter()
+                    .all(|(c, n, _)| c != code && n != name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_strings_are_static() {
+        // SAFETY: nvmlErrorString returns pointers to 'static C strings.
+        let text = unsafe { CStr::from_ptr(nvmlErrorString(9)) };
+        assert_eq!(text, c"Driver Not Loaded");
+        // SAFETY: as above.
+        let text = unsafe { CStr::from_ptr(nvmlErrorString(12345)) };
+        assert_eq!(text, c"Unknown Error");
+    }
+
+    #[test]
+    fn memory_v2_version_matches_nvml_h() {
+        // nvml.h: nvmlMemory_v2 = NVML_STRUCT_VERSION(Memory, 2) on LP64.
+        assert_eq!(MEMORY_V2_VERSION, 0x0200_0028);
+    }
+
+    #[test]
+    fn short_buffers_are_insufficient_size() {
+        let mut buf = [0 as c_char; 4];
+        // SAFETY: `buf` is writable for its length.
+        let r = unsafe { put_str(buf.as_mut_ptr(), 4, "abcd") };
+        assert_eq!(r, Err(INSUFFICIENT_SIZE));
+        // SAFETY: as above.
+        let r = unsafe { put_str(buf.as_mut_ptr(), 4, "abc") };
+        assert_eq!(r, Ok(()));
+        // SAFETY: `put_str` wrote a NUL inside the buffer.
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }, c"abc");
+        // SAFETY: a null buffer is allowed and rejected.
+        let r = unsafe { put_str(ptr::null_mut(), 4, "a") };
+        assert_eq!(r, Err(INVALID_ARGUMENT));
+    }
+
+    #[test]
+    fn panics_do_not_cross_the_boundary() {
+        assert_eq!(boundary(|| panic!("boom")), UNKNOWN);
+        assert_eq!(boundary(|| Err(NOT_FOUND)), NOT_FOUND);
+    }
+}

@@ -1,0 +1,156 @@
+//! Running checks against the built `libfakegpu.so` in a fresh process.
+//!
+//! The library reads its config once per process, so each scenario runs in a child: the test
+//! re-executes its own binary, filtered to itself, with `FAKEGPU_CONFIG` and
+//! `FAKEGPU_STATE_DIR` pointing into a temporary directory. In the child, [`is_child`] is
+//! true and the test runs its checks; the parent asserts the child ran exactly that test
+//! and passed.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+const CHILD_ENV: &str = "FAKEGPU_TEST_CHILD";
+
+/// `true` in the child process started by [`Fixture::run`] for test `name`.
+pub fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == name)
+}
+
+/// The cdylib Cargo built for this test run: `target/<profile>/deps/libfakegpu.so`, beside
+/// the test binary `target/<profile>/deps/<test>-<hash>`. (`cargo test` does not refresh the
+/// copy in `target/<profile>/`, so that one may be stale.) `FAKEGPU_LIB` overrides it.
+pub fn lib_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FAKEGPU_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("locating the test binary");
+    let lib = exe
+        .parent()
+        .expect("the test binary lives in target/<profile>/deps")
+        .join("libfakegpu.so");
+    assert!(
+        lib.is_file(),
+        "{} is missing: the fakegpu cdylib should be built with the tests",
+        lib.display()
+    );
+    lib
+}
+
+/// A temporary machine: a config file and a state directory.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let config_path = dir.path().join("fakegpu.toml");
+        std::fs::write(&config_path, config).expect("writing the config");
+        let state_dir = dir.path().join("state");
+        Self {
+            dir,
+            config_path,
+            state_dir,
+        }
+    }
+
+    /// A command re-running test `name` in a child, with the fixture's environment.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(std::env::current_exe().expect("locating the test binary"));
+        cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, name)
+            .env("FAKEGPU_CONFIG", &self.config_path)
+            .env("FAKEGPU_STATE_DIR", &self.state_dir);
+        cmd
+    }
+
+    /// Run test `name` in a child and require that it ran and passed.
+    pub fn run(&self, name: &str) -> Output {
+        run_child(self.command(name), name)
+    }
+}
+
+/// Run `cmd` (made by [`Fixture::command`]) and require that test `name` ran once and passed.
+pub fn run_child(mut cmd: Command, name: &str) -> Output {
+    let out = cmd.output().expect("starting the child test process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "child for {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    out
+}
+
+/// A config with `n` GPUs whose every value differs with the index (see [`Gpu::nth`]).
+pub fn config_with(n: u32, extra: &str) -> String {
+    let mut s = format!("driver_version = \"580.95.05\"\ncuda_version = 13000\n{extra}\n");
+    for i in 0..n {
+        s += &Gpu::nth(i).toml();
+    }
+    s
+}
+
+/// What GPU `i` of [`config_with`] should look like through NVML.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    pub uuid: String,
+    pub name: String,
+    pub memory: u64,
+    pub sm_count: u32,
+    pub minor: u32,
+    pub bus: u32,
+    pub bus_id: String,
+    pub mig_mode: Option<bool>,
+}
+
+impl Gpu {
+    pub fn nth(i: u32) -> Self {
+        let bus = 0x19 + 0x10 * i;
+        Self {
+            uuid: format!("GPU-{i:08x}-2222-3333-4444-5555555555{i:02x}"),
+            name: format!("Simulated H100 #{i}"),
+            // 80GiB, 40GiB, 80GiB, …: memory need not be equal across GPUs.
+            memory: if i.is_multiple_of(2) {
+                80 << 30
+            } else {
+                40 << 30
+            },
+            sm_count: 132 - i,
+            // Minors in reverse, so a mix-up of index and minor shows.
+            minor: 100 - i,
+            bus,
+            bus_id: format!("00000000:{bus:02X}:00.0"),
+            mig_mode: match i % 3 {
+                0 => None,
+                1 => Some(false),
+                _ => Some(true),
+            },
+        }
+    }
+
+    fn toml(&self) -> String {
+        // Written with a lower-case, 4-digit domain; NVML answers in its own form.
+        let written_bus_id = format!("0000:{:02x}:00.0", self.bus);
+        let mut s = format!(
+            "[[gpu]]\nuuid = \"{}\"\nname = \"{}\"\nmemory = \"{}GiB\"\nsm_count = {}\n\
+             minor = {}\npci_bus_id = \"{}\"\n",
+            self.uuid,
+            self.name,
+            self.memory >> 30,
+            self.sm_count,
+            self.minor,
+            written_bus_id,
+        );
+        if let Some(mode) = self.mig_mode {
+            s += &format!("mig_mode = {mode}\n");
+        }
+        s
+    }
+}
