@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use gpuslice_core::plan::GpuInfo;
 use nvml_wrapper::Nvml;
+use nvml_wrapper::bitmasks::InitFlags;
 
 /// The library NVML is loaded from unless told otherwise.
 pub const DEFAULT_NVML_LIB: &str = "libnvidia-ml.so.1";
@@ -53,7 +54,8 @@ impl NodeInfo {
 pub fn discover(lib: Option<&Path>) -> Result<NodeInfo, DiscoverError> {
     let lib_name = lib.map_or_else(|| DEFAULT_NVML_LIB.to_owned(), |p| p.display().to_string());
     let lib_os: &OsStr = lib.map_or(OsStr::new(DEFAULT_NVML_LIB), Path::as_os_str);
-    let nvml = Nvml::builder().lib_path(lib_os).init().map_err(|e| match e {
+    // NO_GPUS: a node without GPUs is reported by us, clearly, not as an init failure.
+    let nvml = Nvml::builder().lib_path(lib_os).flags(InitFlags::NO_GPUS).init().map_err(|e| match e {
         nvml_wrapper::error::NvmlError::LibloadingError(err) => {
             DiscoverError::Load { lib: lib_name.clone(), reason: err.to_string() }
         }

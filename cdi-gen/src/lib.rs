@@ -94,7 +94,7 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         match discover::find_node(&sources.dev_root, name)? {
             Some(n) => control_nodes.push(n),
             None => {
-                tracing::warn!(node = %name, dev_root = %sources.dev_root.display(), "control device node not found; leaving it out")
+                tracing::info!(node = %name, dev_root = %sources.dev_root.display(), "control device node not present; leaving it out")
             }
         }
     }
@@ -116,6 +116,10 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
     };
     let text = render(&spec, format)?;
 
+    // The spec's directory first: the likeliest write failure should come before any other write.
+    if let Some(dir) = spec_path.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
+        fsutil::create_dir_all_mode(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut limits = Vec::with_capacity(plan.devices.len());
     for d in &plan.devices {
         let written = d
@@ -127,11 +131,7 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
     match &spec_path {
         None => std::io::stdout().write_all(text.as_bytes()).context("writing the spec to standard output")?,
         Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fsutil::create_dir_all_mode(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            fsutil::write_atomic(path, text.as_bytes(), 0o644)
-                .with_context(|| format!("writing {}", path.display()))?;
+            fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?
         }
     }
     Ok(Generated { spec, spec_path, limits })

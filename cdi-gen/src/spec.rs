@@ -68,6 +68,10 @@ pub fn build(inputs: &Inputs<'_>) -> Spec {
         ContainerEdits { device_nodes: inputs.control_nodes.iter().map(node).collect(), ..ContainerEdits::default() };
     let mut spec =
         Spec { cdi_version: String::new(), kind: inputs.config.kind.clone(), annotations, devices, container_edits };
+    if !inputs.config.annotations {
+        spec.annotations.clear();
+        spec.devices.iter_mut().for_each(|d| d.annotations.clear());
+    }
     let (needed, _) = cdi::minimum_version(&spec);
     spec.cdi_version = needed.max(Version::FLOOR).to_string();
     spec

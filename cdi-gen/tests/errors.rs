@@ -61,7 +61,7 @@ fn nvml_that_cannot_initialise_is_one_clear_error() {
     let node = Node::new(1, false);
     node.config("");
     node.fail_nvml_init("DRIVER_NOT_LOADED");
-    refused(&node, &["could not initialise", "Driver"]);
+    refused(&node, &["could not initialise", "driver is not loaded"]);
 }
 
 #[test]
@@ -100,5 +100,6 @@ fn unwritable_spec_dir_fails_cleanly() {
     std::fs::write(node.spec_dir(), "").unwrap();
     node.config("");
     let out = node.cdi(&["generate"]);
-    fails_with(&out, &["cdi"]);
+    fails_with(&out, &["creating", "cdi"]);
+    assert!(!node.state_dir().exists(), "no limits written when the spec cannot be");
 }

@@ -62,7 +62,11 @@ fn one_gpu_defaults_give_one_slice_and_all() {
     let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
     assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
     assert_eq!((limits.gpu_uuid.as_str(), limits.gpu_index), (uuid(0).as_str(), 0));
-    let leftovers: Vec<_> = node.written().into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = node
+        .written()
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".tmp")))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -171,6 +175,22 @@ fn regenerating_keeps_generation_until_limits_change() {
     ok(node.cdi(&["generate"]));
     assert_eq!(gen_of("slice0"), 2);
     assert_eq!(Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap().memory_bytes, 20 * GIB);
+}
+
+#[test]
+fn without_annotations_the_spec_is_cdi_0_5_0() {
+    if skip_unless_root("without_annotations_the_spec_is_cdi_0_5_0") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("annotations = false\n");
+    ok(node.cdi(&["generate"]));
+    reference_load(&node.spec_path()).unwrap();
+    let spec = load(&node.spec_path());
+    assert_eq!(spec.cdi_version, "0.5.0", "hostPath needs 0.5.0, nothing needs more");
+    assert!(spec.annotations.is_empty() && spec.devices.iter().all(|d| d.annotations.is_empty()));
+    let text = std::fs::read_to_string(node.spec_path()).unwrap();
+    assert!(!text.contains("annotations"), "{text}");
 }
 
 #[test]

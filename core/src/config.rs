@@ -69,6 +69,11 @@ pub struct Config {
     /// Root under which the NVIDIA driver's files are found.
     #[serde(default = "default_driver_root")]
     pub driver_root: PathBuf,
+    /// Annotate the spec and its devices (GPU UUID, limits). Annotations need CDI 0.6.0,
+    /// which engines vendoring an older CDI library (podman 4.3 in Debian 12) refuse;
+    /// `false` leaves them out and the spec drops to CDI 0.5.0.
+    #[serde(default = "default_true")]
+    pub annotations: bool,
     /// Settings for every GPU without an override.
     #[serde(default)]
     pub defaults: GpuDefaults,
@@ -155,6 +160,9 @@ fn default_shim_path() -> PathBuf {
 fn default_driver_root() -> PathBuf {
     PathBuf::from("/")
 }
+fn default_true() -> bool {
+    true
+}
 fn default_split_count() -> u32 {
     1
 }
@@ -171,6 +179,7 @@ impl Default for Config {
             hook_path: default_hook_path(),
             shim_path: default_shim_path(),
             driver_root: default_driver_root(),
+            annotations: true,
             defaults: GpuDefaults::default(),
             gpus: Vec::new(),
         }

@@ -141,29 +141,18 @@ pub struct PciBusId {
 impl PciBusId {
     /// NVML's form, `NVML_DEVICE_PCI_BUS_ID_FMT`: `"00000000:01:00.0"`.
     pub fn nvml(&self) -> String {
-        format!(
-            "{:08X}:{:02X}:{:02X}.{:X}",
-            self.domain, self.bus, self.device, self.function
-        )
+        format!("{:08X}:{:02X}:{:02X}.{:X}", self.domain, self.bus, self.device, self.function)
     }
 
     /// The 16-byte legacy form, `NVML_DEVICE_PCI_BUS_ID_LEGACY_FMT`: `"0000:01:00.0"`.
     pub fn legacy(&self) -> String {
-        format!(
-            "{:04X}:{:02X}:{:02X}.{:X}",
-            self.domain & 0xffff,
-            self.bus,
-            self.device,
-            self.function
-        )
+        format!("{:04X}:{:02X}:{:02X}.{:X}", self.domain & 0xffff, self.bus, self.device, self.function)
     }
 }
 
 /// Why a PCI bus id could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{0}` is not a PCI bus id: expected domain:bus:device.function in hex, such as 00000000:01:00.0"
-)]
+#[error("`{0}` is not a PCI bus id: expected domain:bus:device.function in hex, such as 00000000:01:00.0")]
 pub struct PciBusIdError(String);
 
 impl FromStr for PciBusId {
@@ -220,15 +209,9 @@ pub enum ConfigError {
     #[error("{CONFIG_ENV} is not set: point it at a fake GPU config file")]
     Unset,
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -244,40 +227,26 @@ impl FakeGpuConfig {
 
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-        config.validate().map_err(|reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        config.validate().map_err(|reason| ConfigError::Invalid { path: path.to_owned(), reason })?;
         Ok(config)
     }
 
     /// Check what serde cannot: lengths NVML can return, uniqueness, known error names.
     pub fn validate(&self) -> Result<(), String> {
         if self.driver_version.is_empty() || self.driver_version.len() > MAX_DRIVER_VERSION_LEN {
-            return Err(format!(
-                "driver_version must be 1 to {MAX_DRIVER_VERSION_LEN} bytes"
-            ));
+            return Err(format!("driver_version must be 1 to {MAX_DRIVER_VERSION_LEN} bytes"));
         }
         if self.cuda_version <= 0 {
-            return Err(format!(
-                "cuda_version {} must be positive, e.g. 13000 for CUDA 13.0",
-                self.cuda_version
-            ));
+            return Err(format!("cuda_version {} must be positive, e.g. 13000 for CUDA 13.0", self.cuda_version));
         }
         if let Some(name) = &self.init_error
             && crate::nvml::return_code_by_name(name).is_none()
         {
-            return Err(format!(
-                "init_error `{name}` is not an NVML error name such as DRIVER_NOT_LOADED"
-            ));
+            return Err(format!("init_error `{name}` is not an NVML error name such as DRIVER_NOT_LOADED"));
         }
         let mut uuids = HashSet::new();
         let mut minors = HashSet::new();
@@ -378,11 +347,7 @@ mod tests {
         assert_eq!(c.gpu[1].mig.len(), 1);
         let uncommented = include_str!("../example.toml")
             .lines()
-            .map(|l| {
-                l.strip_prefix("# ")
-                    .filter(|l| l.contains(" = "))
-                    .unwrap_or(l)
-            })
+            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n");
         let c = parse(&uncommented).unwrap();
@@ -408,10 +373,7 @@ mod tests {
         assert!(parse(&ONE.replace("GPU-1111", "XPU-1111")).is_err());
         let bad_error = ONE.replace("cuda_version", "init_error = \"NOPE\"\ncuda_version");
         assert!(parse(&bad_error).unwrap_err().contains("NOPE"));
-        let good_error = ONE.replace(
-            "cuda_version",
-            "init_error = \"DRIVER_NOT_LOADED\"\ncuda_version",
-        );
+        let good_error = ONE.replace("cuda_version", "init_error = \"DRIVER_NOT_LOADED\"\ncuda_version");
         assert!(parse(&good_error).is_ok());
     }
 
@@ -434,15 +396,7 @@ mod tests {
         assert_eq!(p.nvml(), "00000000:3B:00.0");
         assert_eq!("3B:00.0".parse::<PciBusId>().unwrap(), p);
         assert_eq!("00000000:3B:00.0".parse::<PciBusId>().unwrap(), p);
-        for bad in [
-            "",
-            "3b",
-            "0:3b:00",
-            "0:3b:00.8",
-            "0:3b:20.0",
-            "0:13b:00.0",
-            "x:3b:00.0",
-        ] {
+        for bad in ["", "3b", "0:3b:00", "0:3b:00.8", "0:3b:20.0", "0:13b:00.0", "x:3b:00.0"] {
             assert!(bad.parse::<PciBusId>().is_err(), "{bad}");
         }
     }

@@ -15,8 +15,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nvml_wrapper_sys::bindings::{
-    NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_INIT_FLAG_NO_GPUS, nvmlDevice_t,
-    nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
+    NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_INIT_FLAG_NO_GPUS, nvmlDevice_t, nvmlMemory_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
@@ -50,25 +50,13 @@ const RETURN_CODES: &[(nvmlReturn_t, &str, &CStr)] = &[
     (9, "DRIVER_NOT_LOADED", c"Driver Not Loaded"),
     (10, "TIMEOUT", c"Timeout"),
     (11, "IRQ_ISSUE", c"Interrupt request issue"),
-    (
-        LIBRARY_NOT_FOUND,
-        "LIBRARY_NOT_FOUND",
-        c"NVML Shared Library Not Found",
-    ),
+    (LIBRARY_NOT_FOUND, "LIBRARY_NOT_FOUND", c"NVML Shared Library Not Found"),
     (13, "FUNCTION_NOT_FOUND", c"Function Not Found"),
     (14, "CORRUPTED_INFOROM", c"Corrupted infoROM"),
     (15, "GPU_IS_LOST", c"GPU is lost"),
     (16, "RESET_REQUIRED", c"GPU requires restart"),
-    (
-        17,
-        "OPERATING_SYSTEM",
-        c"The operating system has blocked the request",
-    ),
-    (
-        18,
-        "LIB_RM_VERSION_MISMATCH",
-        c"RM has detected an NVML/RM version mismatch",
-    ),
+    (17, "OPERATING_SYSTEM", c"The operating system has blocked the request"),
+    (18, "LIB_RM_VERSION_MISMATCH", c"RM has detected an NVML/RM version mismatch"),
     (19, "IN_USE", c"In use by another client"),
     (20, "MEMORY", c"Insufficient Memory"),
     (21, "NO_DATA", c"No data"),
@@ -79,18 +67,10 @@ const RETURN_CODES: &[(nvmlReturn_t, &str, &CStr)] = &[
     ),
     (23, "INSUFFICIENT_RESOURCES", c"Insufficient resources"),
     (24, "FREQ_NOT_SUPPORTED", c"Frequency not supported"),
-    (
-        ARGUMENT_VERSION_MISMATCH,
-        "ARGUMENT_VERSION_MISMATCH",
-        c"Argument version mismatch",
-    ),
+    (ARGUMENT_VERSION_MISMATCH, "ARGUMENT_VERSION_MISMATCH", c"Argument version mismatch"),
     (26, "DEPRECATED", c"Deprecated"),
     (27, "NOT_READY", c"Not ready"),
-    (
-        GPU_NOT_FOUND,
-        "GPU_NOT_FOUND",
-        c"No supported GPUs were found",
-    ),
+    (GPU_NOT_FOUND, "GPU_NOT_FOUND", c"No supported GPUs were found"),
     (29, "INVALID_STATE", c"Invalid state"),
     (30, "RESET_TYPE_NOT_SUPPORTED", c"Reset type not supported"),
     (UNKNOWN, "UNKNOWN", c"Unknown Error"),
@@ -100,19 +80,14 @@ const RETURN_CODES: &[(nvmlReturn_t, &str, &CStr)] = &[
 /// `None` for unknown names and for success.
 pub fn return_code_by_name(name: &str) -> Option<nvmlReturn_t> {
     let name = name.strip_prefix("NVML_ERROR_").unwrap_or(name);
-    RETURN_CODES
-        .iter()
-        .find(|(code, n, _)| *n == name && *code != SUCCESS)
-        .map(|(code, _, _)| *code)
+    RETURN_CODES.iter().find(|(code, n, _)| *n == name && *code != SUCCESS).map(|(code, _, _)| *code)
 }
 
 /// What `nvmlInit*` answers when the machine cannot be loaded.
 fn load_error_code(err: &StateError) -> nvmlReturn_t {
     match err {
         StateError::Config(ConfigError::Unset) => LIBRARY_NOT_FOUND,
-        StateError::Config(
-            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Invalid { .. },
-        )
+        StateError::Config(ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Invalid { .. })
         | StateError::Io { .. }
         | StateError::Corrupt { .. }
         | StateError::Mismatch { .. } => UNKNOWN,
@@ -269,9 +244,7 @@ struct LegacyPciInfo {
     pci_sub_system_id: c_uint,
 }
 
-const _: () = assert!(
-    offset_of!(LegacyPciInfo, pci_sub_system_id) == offset_of!(nvmlPciInfo_t, pciSubSystemId)
-);
+const _: () = assert!(offset_of!(LegacyPciInfo, pci_sub_system_id) == offset_of!(nvmlPciInfo_t, pciSubSystemId));
 // `nvmlDeviceGetMemoryInfo_v2` reads the version as the struct's first word.
 const _: () = assert!(offset_of!(nvmlMemory_v2_t, version) == 0);
 
@@ -500,11 +473,7 @@ exports! {
 /// A static description of `result`; unknown codes read "Unknown Error".
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
-    RETURN_CODES
-        .iter()
-        .find(|(code, _, _)| *code == result)
-        .map_or(c"Unknown Error", |(_, _, text)| text)
-        .as_ptr()
+    RETURN_CODES.iter().find(|(code, _, _)| *code == result).map_or(c"Unknown Error", |(_, _, text)| text).as_ptr()
 }
 
 #[cfg(test)]
@@ -523,12 +492,7 @@ mod tests {
     #[test]
     fn every_code_has_one_name() {
         for (i, (code, name, _)) in RETURN_CODES.iter().enumerate() {
-            assert!(
-                RETURN_CODES[i + 1..]
-                    .iter()
-                    .all(|(c, n, _)| c != code && n != name),
-                "{name}"
-            );
+            assert!(RETURN_CODES[i + 1..].iter().all(|(c, n, _)| c != code && n != name), "{name}");
         }
     }
 

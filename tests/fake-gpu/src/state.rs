@@ -51,21 +51,11 @@ pub enum StateError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("{path} is not a fake GPU state file ({reason}); remove the state directory")]
     Corrupt { path: PathBuf, reason: String },
-    #[error(
-        "{path} was made for a GPU with {found} bytes but the config says {expected}; remove the state directory"
-    )]
-    Mismatch {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    #[error("{path} was made for a GPU with {found} bytes but the config says {expected}; remove the state directory")]
+    Mismatch { path: PathBuf, expected: u64, found: u64 },
 }
 
 /// A reservation that does not fit in the device's free memory.
@@ -111,21 +101,14 @@ impl DeviceState {
             }
             publish(&path, index, total_bytes)?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening", &path))?;
         Self::map(file, path, index, total_bytes)
     }
 
     fn map(file: File, path: PathBuf, index: u32, total_bytes: u64) -> Result<Self, StateError> {
         let len = file.metadata().map_err(io_err("reading", &path))?.len();
         if len != FILE_SIZE as u64 {
-            return Err(StateError::Corrupt {
-                path,
-                reason: format!("{len} bytes, expected {FILE_SIZE}"),
-            });
+            return Err(StateError::Corrupt { path, reason: format!("{len} bytes, expected {FILE_SIZE}") });
         }
         // SAFETY: a fresh shared mapping of a file we opened read-write and that is exactly
         // FILE_SIZE long; the kernel picks the address. The mapping outlives `file`.
@@ -142,34 +125,21 @@ impl DeviceState {
         if addr == libc::MAP_FAILED {
             return Err(io_err("mapping", &path)(io::Error::last_os_error()));
         }
-        let map = NonNull::new(addr.cast::<StateFile>()).ok_or_else(|| StateError::Corrupt {
-            path: path.clone(),
-            reason: "mapped at address 0".into(),
-        })?;
-        let state = Self {
-            map,
-            index,
-            total: total_bytes,
-            path,
-        };
+        let map = NonNull::new(addr.cast::<StateFile>())
+            .ok_or_else(|| StateError::Corrupt { path: path.clone(), reason: "mapped at address 0".into() })?;
+        let state = Self { map, index, total: total_bytes, path };
         state.check_header(index, total_bytes)?;
         Ok(state)
     }
 
     fn check_header(&self, index: u32, total_bytes: u64) -> Result<(), StateError> {
         let header = self.file();
-        let corrupt = |reason: String| StateError::Corrupt {
-            path: self.path.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| StateError::Corrupt { path: self.path.clone(), reason };
         if header.magic != MAGIC {
             return Err(corrupt(format!("magic {:#x}", header.magic)));
         }
         if header.version != VERSION {
-            return Err(corrupt(format!(
-                "layout version {}, this library reads {VERSION}",
-                header.version
-            )));
+            return Err(corrupt(format!("layout version {}, this library reads {VERSION}", header.version)));
         }
         if header.index != index {
             return Err(corrupt(format!("made for GPU {}", header.index)));
@@ -224,10 +194,7 @@ impl DeviceState {
                 used.checked_add(bytes).filter(|&new| new <= total)
             })
             .map(|old| old + bytes)
-            .map_err(|used| OutOfMemory {
-                requested: bytes,
-                free: total.saturating_sub(used),
-            })
+            .map_err(|used| OutOfMemory { requested: bytes, free: total.saturating_sub(used) })
     }
 
     /// Give back `bytes` taken with [`try_reserve`](Self::try_reserve); returns the new amount
@@ -236,9 +203,7 @@ impl DeviceState {
         let old = self
             .file()
             .used_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(bytes))
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)))
             .unwrap_or_else(|used| used);
         old.saturating_sub(bytes)
     }
@@ -258,11 +223,7 @@ impl Drop for DeviceState {
 /// Losing the race to another process is not an error.
 fn publish(path: &Path, index: u32, total_bytes: u64) -> Result<(), StateError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let tmp = path.with_extension(format!(
-        "tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let mut page = vec![0u8; FILE_SIZE];
     let mut put = |offset: usize, bytes: &[u8]| {
         page[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -270,25 +231,15 @@ fn publish(path: &Path, index: u32, total_bytes: u64) -> Result<(), StateError> 
     put(offset_of!(StateFile, magic), &MAGIC.to_ne_bytes());
     put(offset_of!(StateFile, version), &VERSION.to_ne_bytes());
     put(offset_of!(StateFile, index), &index.to_ne_bytes());
-    put(
-        offset_of!(StateFile, total_bytes),
-        &total_bytes.to_ne_bytes(),
-    );
+    put(offset_of!(StateFile, total_bytes), &total_bytes.to_ne_bytes());
     put(offset_of!(StateFile, used_bytes), &0u64.to_ne_bytes());
 
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&page));
-    let result =
-        written
-            .map_err(io_err("writing", &tmp))
-            .and_then(|()| match fs::hard_link(&tmp, path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(io_err("publishing", path)(e)),
-            });
+    let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(&page));
+    let result = written.map_err(io_err("writing", &tmp)).and_then(|()| match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("publishing", path)(e)),
+    });
     let _ = fs::remove_file(&tmp);
     result
 }
@@ -323,23 +274,14 @@ impl Simulator {
 
     /// A machine from an already validated config, with state in `state_dir` (created if
     /// missing).
-    pub fn new(
-        config_path: PathBuf,
-        config: FakeGpuConfig,
-        state_dir: PathBuf,
-    ) -> Result<Self, StateError> {
+    pub fn new(config_path: PathBuf, config: FakeGpuConfig, state_dir: PathBuf) -> Result<Self, StateError> {
         let devices = config
             .gpu
             .iter()
             .zip(0u32..)
             .map(|(gpu, index)| DeviceState::open(&state_dir, index, gpu.memory.0))
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            config_path,
-            config,
-            state_dir,
-            devices,
-        })
+        Ok(Self { config_path, config, state_dir, devices })
     }
 
     pub fn config_path(&self) -> &Path {
@@ -373,9 +315,7 @@ pub fn default_state_dir(config_path: &Path) -> PathBuf {
         .as_os_str()
         .as_encoded_bytes()
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     std::env::temp_dir().join(format!("fakegpu-{hash:016x}"))
 }
 
@@ -391,13 +331,7 @@ mod tests {
         let s = DeviceState::open(dir.path(), 0, 10 * GIB).unwrap();
         assert_eq!((s.used(), s.free()), (0, 10 * GIB));
         assert_eq!(s.try_reserve(4 * GIB), Ok(4 * GIB));
-        assert_eq!(
-            s.try_reserve(7 * GIB),
-            Err(OutOfMemory {
-                requested: 7 * GIB,
-                free: 6 * GIB
-            })
-        );
+        assert_eq!(s.try_reserve(7 * GIB), Err(OutOfMemory { requested: 7 * GIB, free: 6 * GIB }));
         assert_eq!(s.try_reserve(u64::MAX).unwrap_err().free, 6 * GIB);
         assert_eq!(s.try_reserve(6 * GIB), Ok(10 * GIB));
         assert_eq!(s.release(3 * GIB), 7 * GIB);
@@ -420,9 +354,7 @@ mod tests {
     fn racing_creators_agree_on_one_file() {
         let dir = tempfile::tempdir().unwrap();
         let states: Vec<DeviceState> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| DeviceState::open(dir.path(), 0, GIB).unwrap()))
-                .collect();
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| DeviceState::open(dir.path(), 0, GIB).unwrap())).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for s in &states {
@@ -442,10 +374,7 @@ mod tests {
             Err(StateError::Mismatch { found, .. }) if found == GIB
         ));
         fs::write(dir.path().join("gpu1.state"), b"junk").unwrap();
-        assert!(matches!(
-            DeviceState::open(dir.path(), 1, GIB),
-            Err(StateError::Corrupt { .. })
-        ));
+        assert!(matches!(DeviceState::open(dir.path(), 1, GIB), Err(StateError::Corrupt { .. })));
     }
 
     #[test]

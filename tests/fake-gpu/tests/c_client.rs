@@ -17,8 +17,7 @@ fn a_c_program_linked_with_nvml_sees_the_machine() {
     let fx = Fixture::new(&config_with(2, ""));
     let libdir = fx.dir.path().join("lib");
     std::fs::create_dir(&libdir).expect("creating the driver dir");
-    std::os::unix::fs::symlink(lib_path(), libdir.join("libnvidia-ml.so.1"))
-        .expect("linking libnvidia-ml.so.1");
+    std::os::unix::fs::symlink(lib_path(), libdir.join("libnvidia-ml.so.1")).expect("linking libnvidia-ml.so.1");
     let exe = fx.dir.path().join("nvml_query");
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/nvml_query.c");
     let built = Command::new(&cc)
@@ -31,11 +30,7 @@ fn a_c_program_linked_with_nvml_sees_the_machine() {
         .arg(format!("-Wl,-rpath,{}", libdir.display()))
         .output()
         .expect("running the C compiler");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
 
     let gpu1 = Gpu::nth(1);
     let state = DeviceState::open(&fx.state_dir, 1, gpu1.memory).expect("opening gpu 1");

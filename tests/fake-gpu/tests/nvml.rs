@@ -12,9 +12,7 @@ use common::{Fixture, Gpu, config_with, is_child, lib_path, run_child};
 use fakegpu::state::DeviceState;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper_sys::bindings::{
-    NvmlLib, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t,
-};
+use nvml_wrapper_sys::bindings::{NvmlLib, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t};
 
 const GIB: u64 = 1 << 30;
 
@@ -39,11 +37,7 @@ fn check_machine(n: u32) {
         assert_eq!(dev.num_cores().unwrap(), want.sm_count * 128);
 
         let mem = dev.memory_info().unwrap();
-        assert_eq!(
-            (mem.total, mem.used, mem.free, mem.reserved),
-            (want.memory, 0, want.memory, 0),
-            "gpu {i}"
-        );
+        assert_eq!((mem.total, mem.used, mem.free, mem.reserved), (want.memory, 0, want.memory, 0), "gpu {i}");
         assert_eq!(mem.version, 0x0200_0028);
 
         let pci = dev.pci_info().unwrap();
@@ -60,29 +54,11 @@ fn check_machine(n: u32) {
             (want, got) => panic!("gpu {i}: mig mode {got:?}, want {want:?}"),
         }
 
-        assert_eq!(
-            nvml.device_by_uuid(want.uuid.as_str())
-                .unwrap()
-                .index()
-                .unwrap(),
-            i
-        );
-        assert_eq!(
-            nvml.device_by_pci_bus_id(want.bus_id.as_str())
-                .unwrap()
-                .index()
-                .unwrap(),
-            i
-        );
+        assert_eq!(nvml.device_by_uuid(want.uuid.as_str()).unwrap().index().unwrap(), i);
+        assert_eq!(nvml.device_by_pci_bus_id(want.bus_id.as_str()).unwrap().index().unwrap(), i);
     }
-    assert!(matches!(
-        nvml.device_by_index(n),
-        Err(NvmlError::InvalidArg)
-    ));
-    assert!(matches!(
-        nvml.device_by_uuid("GPU-00000000-0000-0000-0000-000000000000"),
-        Err(NvmlError::NotFound)
-    ));
+    assert!(matches!(nvml.device_by_index(n), Err(NvmlError::InvalidArg)));
+    assert!(matches!(nvml.device_by_uuid("GPU-00000000-0000-0000-0000-000000000000"), Err(NvmlError::NotFound)));
 }
 
 #[test]
@@ -97,19 +73,9 @@ fn one_gpu() {
     let mut cmd = fx.command("one_gpu");
     cmd.env_remove("FAKEGPU_STATE_DIR").env("TMPDIR", &tmp);
     run_child(cmd, "one_gpu");
-    let dirs: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let dirs: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
-    assert!(
-        dirs[0]
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("fakegpu-")
-    );
+    assert!(dirs[0].file_name().unwrap().to_str().unwrap().starts_with("fakegpu-"));
     assert!(dirs[0].join("gpu0.state").is_file());
 }
 
@@ -167,8 +133,7 @@ fn init_error_makes_init_fail() {
         assert!(matches!(nvml(), Err(NvmlError::DriverNotLoaded)));
         return;
     }
-    Fixture::new(&config_with(1, "init_error = \"DRIVER_NOT_LOADED\""))
-        .run("init_error_makes_init_fail");
+    Fixture::new(&config_with(1, "init_error = \"DRIVER_NOT_LOADED\"")).run("init_error_makes_init_fail");
 }
 
 #[test]
@@ -197,10 +162,7 @@ fn init_fails_cleanly_with_a_missing_file() {
     cmd.env("FAKEGPU_CONFIG", &missing);
     let out = run_child(cmd, "init_fails_cleanly_with_a_missing_file");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("reading") && stderr.contains("nope.toml"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("reading") && stderr.contains("nope.toml"), "{stderr}");
 }
 
 #[test]
@@ -214,10 +176,7 @@ fn init_fails_cleanly_with_a_bad_config() {
     let fx = Fixture::new(&config_with(1, "colour = \"green\""));
     let out = fx.run("init_fails_cleanly_with_a_bad_config");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("colour") && stderr.contains("fakegpu.toml"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("colour") && stderr.contains("fakegpu.toml"), "{stderr}");
 }
 
 // ---- the raw C ABI -------------------------------------------------------------------
@@ -236,10 +195,7 @@ fn raw() -> NvmlLib {
 }
 
 fn text(buf: &[c_char]) -> &str {
-    CStr::from_bytes_until_nul(bytemuck(buf))
-        .expect("NUL-terminated")
-        .to_str()
-        .unwrap()
+    CStr::from_bytes_until_nul(bytemuck(buf)).expect("NUL-terminated").to_str().unwrap()
 }
 
 fn bytemuck(buf: &[c_char]) -> &[u8] {
@@ -248,10 +204,7 @@ fn bytemuck(buf: &[c_char]) -> &[u8] {
 }
 
 #[test]
-#[expect(
-    clippy::multiple_unsafe_ops_per_block,
-    reason = "a script of raw NVML calls, all under one contract"
-)]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw NVML calls, all under one contract")]
 fn c_abi_follows_nvml() {
     if !is_child("c_abi_follows_nvml") {
         Fixture::new(&config_with(1, "")).run("c_abi_follows_nvml");
@@ -270,10 +223,7 @@ fn c_abi_follows_nvml() {
         assert_eq!(lib.nvmlShutdown(), UNINITIALIZED);
         assert_eq!(lib.nvmlSystemGetNVMLVersion(buf.as_mut_ptr(), 96), SUCCESS);
         assert_eq!(text(&buf), "13.580.95.05");
-        assert_eq!(
-            CStr::from_ptr(lib.nvmlErrorString(INSUFFICIENT_SIZE)),
-            c"Insufficient Size"
-        );
+        assert_eq!(CStr::from_ptr(lib.nvmlErrorString(INSUFFICIENT_SIZE)), c"Insufficient Size");
 
         // Init is reference-counted.
         assert_eq!(lib.nvmlInit_v2(), SUCCESS);
@@ -293,52 +243,25 @@ fn c_abi_follows_nvml() {
 
         // Null outputs and unknown handles.
         assert_eq!(lib.nvmlDeviceGetCount_v2(ptr::null_mut()), INVALID_ARGUMENT);
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByIndex_v2(0, ptr::null_mut()),
-            INVALID_ARGUMENT
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByIndex_v2(1, &mut dev),
-            INVALID_ARGUMENT
-        );
+        assert_eq!(lib.nvmlDeviceGetHandleByIndex_v2(0, ptr::null_mut()), INVALID_ARGUMENT);
+        assert_eq!(lib.nvmlDeviceGetHandleByIndex_v2(1, &mut dev), INVALID_ARGUMENT);
         assert_eq!(lib.nvmlDeviceGetHandleByIndex_v2(0, &mut dev), SUCCESS);
         let mut not_a_device = 0u64;
         let bogus: nvmlDevice_t = ptr::from_mut(&mut not_a_device).cast();
         assert_eq!(lib.nvmlDeviceGetIndex(bogus, &mut index), INVALID_ARGUMENT);
-        assert_eq!(
-            lib.nvmlDeviceGetIndex(ptr::null_mut(), &mut index),
-            INVALID_ARGUMENT
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetIndex(dev, ptr::null_mut()),
-            INVALID_ARGUMENT
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetUUID(dev, ptr::null_mut(), 96),
-            INVALID_ARGUMENT
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByUUID(ptr::null(), &mut dev),
-            INVALID_ARGUMENT
-        );
+        assert_eq!(lib.nvmlDeviceGetIndex(ptr::null_mut(), &mut index), INVALID_ARGUMENT);
+        assert_eq!(lib.nvmlDeviceGetIndex(dev, ptr::null_mut()), INVALID_ARGUMENT);
+        assert_eq!(lib.nvmlDeviceGetUUID(dev, ptr::null_mut(), 96), INVALID_ARGUMENT);
+        assert_eq!(lib.nvmlDeviceGetHandleByUUID(ptr::null(), &mut dev), INVALID_ARGUMENT);
 
         // Buffers: the string and its NUL must fit.
         let name = Gpu::nth(0).name;
         let exact = c_uint::try_from(name.len() + 1).unwrap();
-        assert_eq!(
-            lib.nvmlDeviceGetName(dev, buf.as_mut_ptr(), exact - 1),
-            INSUFFICIENT_SIZE
-        );
+        assert_eq!(lib.nvmlDeviceGetName(dev, buf.as_mut_ptr(), exact - 1), INSUFFICIENT_SIZE);
         assert_eq!(lib.nvmlDeviceGetName(dev, buf.as_mut_ptr(), exact), SUCCESS);
         assert_eq!(text(&buf), name);
-        assert_eq!(
-            lib.nvmlSystemGetDriverVersion(buf.as_mut_ptr(), 9),
-            INSUFFICIENT_SIZE
-        );
-        assert_eq!(
-            lib.nvmlSystemGetDriverVersion(buf.as_mut_ptr(), 10),
-            SUCCESS
-        );
+        assert_eq!(lib.nvmlSystemGetDriverVersion(buf.as_mut_ptr(), 9), INSUFFICIENT_SIZE);
+        assert_eq!(lib.nvmlSystemGetDriverVersion(buf.as_mut_ptr(), 10), SUCCESS);
         assert_eq!(text(&buf), "580.95.05");
         let mut cuda: c_int = 0;
         assert_eq!(lib.nvmlSystemGetCudaDriverVersion(&mut cuda), SUCCESS);
@@ -347,56 +270,29 @@ fn c_abi_follows_nvml() {
         // Lookups by UUID and PCI bus id, in NVML's accepted spellings.
         let mut found: nvmlDevice_t = ptr::null_mut();
         let uuid = std::ffi::CString::new(Gpu::nth(0).uuid).unwrap();
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByUUID(uuid.as_ptr(), &mut found),
-            SUCCESS
-        );
+        assert_eq!(lib.nvmlDeviceGetHandleByUUID(uuid.as_ptr(), &mut found), SUCCESS);
         assert_eq!(found, dev);
         for bus_id in [c"00000000:19:00.0", c"0000:19:00.0", c"19:00.0"] {
             found = ptr::null_mut();
-            assert_eq!(
-                lib.nvmlDeviceGetHandleByPciBusId_v2(bus_id.as_ptr(), &mut found),
-                SUCCESS
-            );
+            assert_eq!(lib.nvmlDeviceGetHandleByPciBusId_v2(bus_id.as_ptr(), &mut found), SUCCESS);
             assert_eq!(found, dev, "{bus_id:?}");
         }
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByPciBusId(c"0000:19:00.0".as_ptr(), &mut found),
-            SUCCESS
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByPciBusId_v2(c"0000:1a:00.0".as_ptr(), &mut found),
-            NOT_FOUND
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetHandleByPciBusId_v2(c"bus 25".as_ptr(), &mut found),
-            INVALID_ARGUMENT
-        );
+        assert_eq!(lib.nvmlDeviceGetHandleByPciBusId(c"0000:19:00.0".as_ptr(), &mut found), SUCCESS);
+        assert_eq!(lib.nvmlDeviceGetHandleByPciBusId_v2(c"0000:1a:00.0".as_ptr(), &mut found), NOT_FOUND);
+        assert_eq!(lib.nvmlDeviceGetHandleByPciBusId_v2(c"bus 25".as_ptr(), &mut found), INVALID_ARGUMENT);
 
         // Memory: v1, and v2 with its version word checked.
         let mut mem1: nvmlMemory_t = std::mem::zeroed();
         assert_eq!(lib.nvmlDeviceGetMemoryInfo(dev, &mut mem1), SUCCESS);
         assert_eq!((mem1.total, mem1.free, mem1.used), (80 * GIB, 80 * GIB, 0));
         let mut mem2: nvmlMemory_v2_t = std::mem::zeroed();
-        assert_eq!(
-            lib.nvmlDeviceGetMemoryInfo_v2(dev, &mut mem2),
-            ARGUMENT_VERSION_MISMATCH
-        );
+        assert_eq!(lib.nvmlDeviceGetMemoryInfo_v2(dev, &mut mem2), ARGUMENT_VERSION_MISMATCH);
         mem2.version = (1 << 24) | 40;
-        assert_eq!(
-            lib.nvmlDeviceGetMemoryInfo_v2(dev, &mut mem2),
-            ARGUMENT_VERSION_MISMATCH
-        );
+        assert_eq!(lib.nvmlDeviceGetMemoryInfo_v2(dev, &mut mem2), ARGUMENT_VERSION_MISMATCH);
         mem2.version = (2 << 24) | 40;
         assert_eq!(lib.nvmlDeviceGetMemoryInfo_v2(dev, &mut mem2), SUCCESS);
-        assert_eq!(
-            (mem2.total, mem2.free, mem2.used, mem2.reserved),
-            (80 * GIB, 80 * GIB, 0, 0)
-        );
-        assert_eq!(
-            lib.nvmlDeviceGetMemoryInfo_v2(dev, ptr::null_mut()),
-            INVALID_ARGUMENT
-        );
+        assert_eq!((mem2.total, mem2.free, mem2.used, mem2.reserved), (80 * GIB, 80 * GIB, 0, 0));
+        assert_eq!(lib.nvmlDeviceGetMemoryInfo_v2(dev, ptr::null_mut()), INVALID_ARGUMENT);
 
         // PCI info: v3 and v2 fill everything; v1 leaves what was reserved space alone.
         let mut pci: nvmlPciInfo_t = std::mem::zeroed();
@@ -424,10 +320,7 @@ fn c_abi_follows_nvml() {
 }
 
 #[test]
-#[expect(
-    clippy::multiple_unsafe_ops_per_block,
-    reason = "a script of raw NVML calls, all under one contract"
-)]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw NVML calls, all under one contract")]
 fn no_gpus_needs_the_no_gpus_flag() {
     if !is_child("no_gpus_needs_the_no_gpus_flag") {
         Fixture::new(&config_with(0, "")).run("no_gpus_needs_the_no_gpus_flag");

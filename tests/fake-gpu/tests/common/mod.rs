@@ -27,15 +27,8 @@ pub fn lib_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("locating the test binary");
-    let lib = exe
-        .parent()
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("libfakegpu.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: the fakegpu cdylib should be built with the tests",
-        lib.display()
-    );
+    let lib = exe.parent().expect("the test binary lives in target/<profile>/deps").join("libfakegpu.so");
+    assert!(lib.is_file(), "{} is missing: the fakegpu cdylib should be built with the tests", lib.display());
     lib
 }
 
@@ -52,11 +45,7 @@ impl Fixture {
         let config_path = dir.path().join("fakegpu.toml");
         std::fs::write(&config_path, config).expect("writing the config");
         let state_dir = dir.path().join("state");
-        Self {
-            dir,
-            config_path,
-            state_dir,
-        }
+        Self { dir, config_path, state_dir }
     }
 
     /// A command re-running test `name` in a child, with the fixture's environment.
@@ -117,11 +106,7 @@ impl Gpu {
             uuid: format!("GPU-{i:08x}-2222-3333-4444-5555555555{i:02x}"),
             name: format!("Simulated H100 #{i}"),
             // 80GiB, 40GiB, 80GiB, …: memory need not be equal across GPUs.
-            memory: if i.is_multiple_of(2) {
-                80 << 30
-            } else {
-                40 << 30
-            },
+            memory: if i.is_multiple_of(2) { 80 << 30 } else { 40 << 30 },
             sm_count: 132 - i,
             // Minors in reverse, so a mix-up of index and minor shows.
             minor: 100 - i,

@@ -1,0 +1,45 @@
+# gpuslice: build and test.
+#
+#   make            release build of every binary and library
+#   make test       every test tier that can run on this machine (see README "Testing")
+#   make check      formatting, clippy with warnings as errors, then `make test`
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all build release test unit e2e gpu check fmt clippy clean
+
+all: release
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release --workspace
+
+# Tier 1+2: unit and integration tests (the binaries against the simulated GPU).
+unit:
+	$(CARGO) test --workspace --no-fail-fast
+
+# Tier 3: real container engines, as root; installs and starts them when missing.
+e2e: release
+	bash tests/e2e/run.sh
+
+# Tier 4: a real NVIDIA GPU.
+gpu:
+	@if [ -x tests/gpu/run.sh ]; then bash tests/gpu/run.sh; \
+	elif ! command -v nvidia-smi >/dev/null 2>&1; then echo "gpu: skipped: no NVIDIA GPU here (nvidia-smi not found)"; \
+	else echo "gpu: skipped: no GPU tests yet (tests/gpu/run.sh)"; fi
+
+test: unit e2e gpu
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check: fmt clippy test
+
+clean:
+	$(CARGO) clean
