@@ -23,7 +23,7 @@ unit:
 
 # Tier 3: real container engines, as root; installs and starts them when missing.
 e2e: release
-	bash tests/e2e/run.sh
+	bash tests/e2e/run.sh --install
 
 # Tier 4: a real NVIDIA GPU.
 gpu:

@@ -3,14 +3,16 @@
 # and gives each slice the device node of its GPU. Two GPUs with split_count = 2: slice1 is on
 # GPU 0 (/dev/nvidia0), slice2 on GPU 1 (/dev/nvidia1). The hook is /bin/true for now.
 
-# generated_spec DIR: run the generator into DIR/gpuslice.yaml over a fresh dev root.
+# generated_spec DIR [ANNOTATIONS]: run the generator into DIR/gpuslice.yaml over a fresh dev
+# root; ANNOTATIONS (default true) is the config's `annotations`.
 generated_spec() {
-    local dir=$1
+    local dir=$1 annotations=${2:-true}
     make_devroot "$T/devroot" >/dev/null
     mkdir -p "$T/state" "$T/driver"
     : >"$T/libgpuslice.so"
     render_template "$E2E_DIR/fixtures/gpuslice.toml" "$T/gpuslice.toml" \
-        SPEC_DIR="$dir" STATE_DIR="$T/state" SHIM_PATH="$T/libgpuslice.so" DRIVER_ROOT="$T/driver"
+        SPEC_DIR="$dir" STATE_DIR="$T/state" SHIM_PATH="$T/libgpuslice.so" DRIVER_ROOT="$T/driver" \
+        ANNOTATIONS="$annotations"
     FAKEGPU_CONFIG=$E2E_DIR/fixtures/fakegpu.toml "$E2E_GENERATOR" generate \
         --config "$T/gpuslice.toml" --nvml-lib "$E2E_FAKEGPU_LIB" --dev-root "$T/devroot" \
         --state-dir "$T/state" --output "$dir/gpuslice.yaml" ||
@@ -29,7 +31,7 @@ test_podman_generated_spec() {
     require_podman
     local specdir out
     specdir=$(new_spec_dir)
-    generated_spec "$specdir"
+    generated_spec "$specdir" "$(podman_annotations)"
     make_busybox_rootfs "$T/rootfs"
 
     out=$(podman_slice "$specdir" "$T/rootfs" gpuslice.dev/vgpu=slice1)
@@ -51,4 +53,11 @@ test_docker_generated_spec() {
     assert_slice_view "$out" slice1 0
     out=$(docker_slice "$image" gpuslice.dev/vgpu=slice2)
     assert_slice_view "$out" slice2 1
+}
+
+# podman_annotations: whether this podman loads CDI 0.6.0 specs (annotations); 4.3 does not.
+podman_annotations() {
+    local v
+    v=$(podman version --format '{{.Client.Version}}' 2>/dev/null) || v=0
+    if [[ $(printf '%s\n' "$v" 4.7.0 | sort -V | head -n1) == 4.7.0 ]]; then echo true; else echo false; fi
 }
