@@ -189,7 +189,8 @@ impl Default for Config {
 /// A configuration that cannot be used. Each message names the key and the value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {reason}")]
+    /// The path is the caller's to name: every caller puts it in front.
+    #[error("cannot read: {reason}")]
     Read { path: PathBuf, reason: String },
     /// TOML syntax, an unknown key or a value of the wrong type.
     #[error("line {line}: {key}{message}")]
