@@ -12,4 +12,5 @@ pub mod config;
 pub mod fsutil;
 pub mod limits;
 pub mod plan;
+pub mod region;
 pub mod units;

@@ -1,0 +1,639 @@
+//! The shared region: one file per slice where every process on the slice, in every container
+//! that shares it, accounts the device memory it holds.
+//!
+//! `<state_dir>/slices/<name>/region`, a fixed-size file mapped `MAP_SHARED` by each process:
+//!
+//! ```text
+//! offset 0      Header (4096 bytes): magic "GPUSLRG\0", layout version, sizes, a checksum of
+//!               those, and `slots_used`, the high-water mark of slots ever handed out
+//! offset 4096   Slot[1024], 64 bytes each: state (free/active), pid (informational, in the
+//!               owner's PID namespace), a registration token, bytes charged, registration time
+//! ```
+//!
+//! **Liveness without PIDs.** A process registering takes an `fcntl` *open file description*
+//! (OFD) write lock on the first byte of its slot and holds it for its lifetime. The kernel
+//! drops the lock when the process dies, however it dies, so "is this slot's owner alive?" is
+//! one `F_OFD_GETLK`, valid across PID namespaces (the lock lives on the inode, and every
+//! container's mount of the file is the same inode). No `/proc` scans, no host PIDs.
+//!
+//! **Exact limit across processes.** Charging takes an OFD write lock on byte 0 of the file
+//! (the region lock), sums the active slots, and adds to the caller's own slot only if the sum
+//! stays within the limit. A process killed while holding the region lock loses the lock with
+//! its life, and the only thing it can have half-done is a single atomic store to its own slot,
+//! which dies with it: nothing wedges and nothing is double counted. Frees need no lock: a
+//! process only ever subtracts from its own slot.
+//!
+//! **Reclaiming the dead.** Dead slots are freed (usage dropped, slot reused) when an
+//! allocation would otherwise fail, when a process registers and finds no free slot, and
+//! whenever [`Region::reclaim_dead`] is called (the shim does so at most once a second from
+//! memory queries; the hook's `poststop` does too).
+//!
+//! **Creation** is exclusive: the first process (hook or shim) writes a complete file under a
+//! temporary name and `link(2)`s it into place; a loser of the race opens the winner's file.
+//! Everything that reads the region checks the header, the size and every slot's state, so a
+//! truncated or scribbled-on region is reported as [`RegionError::Corrupt`] instead of being
+//! trusted. A region is per slice, so a container that corrupts its own hurts no other slice.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// First bytes of every region file.
+pub const REGION_MAGIC: [u8; 8] = *b"GPUSLRG\0";
+/// Layout version; bump on any change to [`Header`] or [`Slot`].
+pub const REGION_VERSION: u32 = 1;
+/// Bytes reserved for the header.
+pub const HEADER_SIZE: usize = 4096;
+/// Processes one slice can hold at once.
+pub const SLOT_COUNT: usize = 1024;
+/// Size of the whole file.
+pub const REGION_SIZE: usize = HEADER_SIZE + SLOT_COUNT * size_of::<Slot>();
+
+const SLOT_FREE: u32 = 0;
+const SLOT_ACTIVE: u32 = 1;
+/// Byte offset of the region lock.
+const REGION_LOCK_BYTE: i64 = 0;
+
+/// The fixed part of the file.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_size: u32,
+    pub slot_size: u32,
+    pub slot_count: u32,
+    pub total_size: u64,
+    /// FNV-1a of the fields above.
+    pub checksum: u64,
+    /// One past the highest slot index ever handed out; sums stop there.
+    pub slots_used: AtomicU32,
+    _pad: u32,
+}
+
+/// One process's accounting.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Slot {
+    pub state: AtomicU32,
+    /// The owner's PID in its own namespace, for people reading the region.
+    pub pid: AtomicU32,
+    /// Random per registration, so a reused slot is never mistaken for its previous owner.
+    pub token: AtomicU64,
+    /// Device memory charged to this process, in bytes.
+    pub used: AtomicU64,
+    /// Registration time, nanoseconds since the Unix epoch.
+    pub registered_ns: AtomicU64,
+    _reserved: [u64; 4],
+}
+
+const _: () = assert!(size_of::<Slot>() == 64);
+const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+
+/// Why a region cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: all {SLOT_COUNT} process slots are taken by live processes")]
+    Full { path: PathBuf },
+}
+
+/// A charge that would take the slice past its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{requested} bytes requested with {used} of {limit} bytes in use")]
+pub struct OverLimit {
+    pub requested: u64,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// What a process sees of one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub index: usize,
+    pub pid: u32,
+    pub used: u64,
+    pub alive: bool,
+}
+
+/// A mapped region.
+#[derive(Debug)]
+pub struct Region {
+    path: PathBuf,
+    file: File,
+    base: *mut u8,
+    /// Threads of one process share its OFD locks, so they also take this. It guards the
+    /// slots this open description holds: their locks look free from here, so reclaiming
+    /// must skip them.
+    lock: Mutex<Vec<usize>>,
+}
+
+// SAFETY: the mapping is only accessed through atomics (slots, `slots_used`) or read-only
+// header fields written before the file was published; the raw pointer is just its address.
+unsafe impl Send for Region {}
+// SAFETY: as above; all shared mutation goes through atomics and the in-process mutex.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base` is the address `mmap` returned for exactly REGION_SIZE bytes, and no
+        // reference into the mapping outlives `self`.
+        unsafe { libc::munmap(self.base.cast(), REGION_SIZE) };
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn header_checksum(
+    magic: &[u8; 8],
+    version: u32,
+    header_size: u32,
+    slot_size: u32,
+    slot_count: u32,
+    total: u64,
+) -> u64 {
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(magic);
+    for v in [version, header_size, slot_size, slot_count] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&total.to_le_bytes());
+    fnv1a(&bytes)
+}
+
+/// The header bytes of a new region.
+fn new_header_bytes() -> Vec<u8> {
+    let (hs, ss, sc, total) = (HEADER_SIZE as u32, size_of::<Slot>() as u32, SLOT_COUNT as u32, REGION_SIZE as u64);
+    let mut h = Vec::with_capacity(48);
+    h.extend_from_slice(&REGION_MAGIC);
+    for v in [REGION_VERSION, hs, ss, sc] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h.extend_from_slice(&total.to_le_bytes());
+    h.extend_from_slice(&header_checksum(&REGION_MAGIC, REGION_VERSION, hs, ss, sc, total).to_le_bytes());
+    h
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A token that differs between registrations: time, pid and the slot's old token mixed.
+fn new_token(index: usize, old: u64) -> u64 {
+    fnv1a(
+        &[now_ns().to_le_bytes(), u64::from(std::process::id()).to_le_bytes(), (index as u64 ^ old).to_le_bytes()]
+            .concat(),
+    ) | 1
+}
+
+impl Region {
+    /// Opens the slice's region, creating it if it does not exist yet.
+    pub fn open_or_create(path: &Path) -> Result<Region, RegionError> {
+        match Self::open(path) {
+            Err(RegionError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Self::create(path)?;
+                Self::open(path)
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes a fresh region at `path` unless one is already there.
+    pub fn create(path: &Path) -> Result<(), RegionError> {
+        let io_err = |source| RegionError::Io { path: path.to_owned(), source };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".region.{}.{:x}", std::process::id(), now_ns()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err)?;
+        let result = (|| {
+            use std::os::unix::fs::{FileExt, PermissionsExt};
+            // Every process of the slice writes here, whatever its uid; no umask games.
+            file.set_permissions(std::fs::Permissions::from_mode(0o666))?;
+            file.set_len(REGION_SIZE as u64)?;
+            file.write_all_at(&new_header_bytes(), 0)?;
+            match std::fs::hard_link(&tmp, path) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.map_err(io_err)
+    }
+
+    /// Opens and maps an existing region, checking its header and size.
+    pub fn open(path: &Path) -> Result<Region, RegionError> {
+        let io_err = |source| RegionError::Io { path: path.to_owned(), source };
+        let corrupt = |reason: String| RegionError::Corrupt { path: path.to_owned(), reason };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.file_type().is_file() {
+            return Err(corrupt("not a regular file".into()));
+        }
+        if meta.size() != REGION_SIZE as u64 {
+            return Err(corrupt(format!("{} bytes, expected {REGION_SIZE} (truncated or not a region)", meta.size())));
+        }
+        // SAFETY: a fresh shared read-write mapping of REGION_SIZE bytes of a file we checked is
+        // exactly that long; the kernel picks the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REGION_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        let region = Region { path: path.to_owned(), file, base: base.cast(), lock: Mutex::new(Vec::new()) };
+        region.check_header()?;
+        Ok(region)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> RegionError {
+        RegionError::Corrupt { path: self.path.clone(), reason: reason.into() }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is REGION_SIZE ≥ size_of::<Header>() bytes, page aligned, and
+        // Header is repr(C) plain data plus atomics, valid for any bit pattern.
+        unsafe { &*self.base.cast::<Header>() }
+    }
+
+    fn slot(&self, index: usize) -> &Slot {
+        assert!(index < SLOT_COUNT);
+        // SAFETY: index < SLOT_COUNT keeps the slot inside the mapping; slots are 64-byte
+        // aligned repr(C) atomics, valid for any bit pattern.
+        unsafe { &*self.base.add(HEADER_SIZE + index * size_of::<Slot>()).cast::<Slot>() }
+    }
+
+    /// Checks magic, version, sizes and checksum.
+    pub fn check_header(&self) -> Result<(), RegionError> {
+        let h = self.header();
+        if h.magic != REGION_MAGIC {
+            return Err(self.corrupt("bad magic (not a gpuslice region)"));
+        }
+        if h.version != REGION_VERSION {
+            return Err(self.corrupt(format!("layout version {}, this gpuslice uses {REGION_VERSION}", h.version)));
+        }
+        let sum = header_checksum(&h.magic, h.version, h.header_size, h.slot_size, h.slot_count, h.total_size);
+        if h.header_size as usize != HEADER_SIZE
+            || h.slot_size as usize != size_of::<Slot>()
+            || h.slot_count as usize != SLOT_COUNT
+            || h.total_size != REGION_SIZE as u64
+            || h.checksum != sum
+        {
+            return Err(self.corrupt("header fields do not match their checksum"));
+        }
+        if h.slots_used.load(Ordering::Acquire) as usize > SLOT_COUNT {
+            return Err(self.corrupt("slot high-water mark beyond the slot table"));
+        }
+        Ok(())
+    }
+
+    fn slots_used(&self) -> Result<usize, RegionError> {
+        let n = self.header().slots_used.load(Ordering::Acquire) as usize;
+        if n > SLOT_COUNT { Err(self.corrupt("slot high-water mark beyond the slot table")) } else { Ok(n) }
+    }
+
+    /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0).
+    fn locked<T>(&self, f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>) -> Result<T, RegionError> {
+        let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.ofd_lock(REGION_LOCK_BYTE, libc::F_WRLCK, true).map_err(|e| self.io(e))?;
+        let result = f(&mut mine);
+        let _ = self.ofd_lock(REGION_LOCK_BYTE, libc::F_UNLCK, false);
+        result
+    }
+
+    fn io(&self, source: io::Error) -> RegionError {
+        RegionError::Io { path: self.path.clone(), source }
+    }
+
+    fn ofd_lock(&self, byte: i64, kind: i32, wait: bool) -> io::Result<()> {
+        let mut fl = flock(byte, kind);
+        let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+        loop {
+            // SAFETY: fcntl on our own open fd with a fully initialised flock struct.
+            let rc = unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Whether some open file description holds a lock on this slot's byte: its owner lives.
+    fn slot_locked_by_other(&self, index: usize) -> bool {
+        let mut fl = flock(slot_lock_byte(index), libc::F_WRLCK);
+        // SAFETY: as in `ofd_lock`; F_OFD_GETLK only fills in `fl`.
+        let rc = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        // If we cannot tell, say alive: never take a live process's memory away.
+        rc != 0 || fl.l_type != libc::F_UNLCK as i16
+    }
+
+    /// Takes a slot for this process and holds its lock until the region is dropped (or the
+    /// process dies). Reclaims dead slots when no free one is left.
+    pub fn register(&self) -> Result<usize, RegionError> {
+        self.locked(|mine| {
+            for pass in 0..2 {
+                let used = self.slots_used()?;
+                for index in 0..SLOT_COUNT {
+                    let slot = self.slot(index);
+                    if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                        continue;
+                    }
+                    // A free slot can still be locked by a stale descriptor (a forked child
+                    // that inherited it); skip those.
+                    if self.ofd_lock(slot_lock_byte(index), libc::F_WRLCK, false).is_err() {
+                        continue;
+                    }
+                    slot.used.store(0, Ordering::Relaxed);
+                    slot.pid.store(std::process::id(), Ordering::Relaxed);
+                    slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
+                    slot.registered_ns.store(now_ns(), Ordering::Relaxed);
+                    slot.state.store(SLOT_ACTIVE, Ordering::Release);
+                    if index >= used {
+                        self.header().slots_used.store(index as u32 + 1, Ordering::Release);
+                    }
+                    mine.push(index);
+                    return Ok(index);
+                }
+                if pass == 0 {
+                    self.reclaim_locked(mine)?;
+                }
+            }
+            Err(RegionError::Full { path: self.path.clone() })
+        })
+    }
+
+    /// Gives up a slot: its usage is dropped and its lock released.
+    pub fn unregister(&self, index: usize) -> Result<(), RegionError> {
+        self.locked(|mine| {
+            mine.retain(|&i| i != index);
+            let slot = self.slot(index);
+            slot.used.store(0, Ordering::Relaxed);
+            slot.state.store(SLOT_FREE, Ordering::Release);
+            let _ = self.ofd_lock(slot_lock_byte(index), libc::F_UNLCK, false);
+            Ok(())
+        })
+    }
+
+    /// Bytes charged by every active slot.
+    pub fn usage(&self) -> Result<u64, RegionError> {
+        let mut total = 0u64;
+        for index in 0..self.slots_used()? {
+            let slot = self.slot(index);
+            match slot.state.load(Ordering::Acquire) {
+                SLOT_FREE => {}
+                SLOT_ACTIVE => total = total.saturating_add(slot.used.load(Ordering::Relaxed)),
+                other => return Err(self.corrupt(format!("slot {index} has state {other}"))),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Charges `bytes` to `own` if the slice stays within `limit`; reclaims dead processes'
+    /// usage before refusing.
+    pub fn charge(&self, own: usize, bytes: u64, limit: u64) -> Result<Result<(), OverLimit>, RegionError> {
+        self.locked(|mine| {
+            let mut used = self.usage()?;
+            if used.saturating_add(bytes) > limit && self.reclaim_locked(mine)? > 0 {
+                used = self.usage()?;
+            }
+            if used.saturating_add(bytes) > limit {
+                return Ok(Err(OverLimit { requested: bytes, used, limit }));
+            }
+            let slot = self.slot(own);
+            slot.used.store(slot.used.load(Ordering::Relaxed).saturating_add(bytes), Ordering::Release);
+            Ok(Ok(()))
+        })
+    }
+
+    /// Returns `bytes` from `own`'s charge. Lock-free: only the owner changes its slot.
+    pub fn uncharge(&self, own: usize, bytes: u64) {
+        let slot = self.slot(own);
+        let _ = slot.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
+    }
+
+    /// Frees the slots of processes that died; returns how many.
+    pub fn reclaim_dead(&self) -> Result<usize, RegionError> {
+        self.locked(|mine| self.reclaim_locked(mine))
+    }
+
+    fn reclaim_locked(&self, mine: &[usize]) -> Result<usize, RegionError> {
+        let mut reclaimed = 0;
+        for index in 0..self.slots_used()? {
+            if mine.contains(&index) || self.slot(index).state.load(Ordering::Acquire) != SLOT_ACTIVE {
+                continue;
+            }
+            if !self.slot_locked_by_other(index) {
+                let slot = self.slot(index);
+                slot.used.store(0, Ordering::Relaxed);
+                slot.state.store(SLOT_FREE, Ordering::Release);
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    /// Every active slot, for tools and tests.
+    pub fn slots(&self) -> Result<Vec<SlotInfo>, RegionError> {
+        let mine = self.lock.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = Vec::new();
+        for index in 0..self.slots_used()? {
+            let slot = self.slot(index);
+            if slot.state.load(Ordering::Acquire) == SLOT_ACTIVE {
+                out.push(SlotInfo {
+                    index,
+                    pid: slot.pid.load(Ordering::Relaxed),
+                    used: slot.used.load(Ordering::Relaxed),
+                    alive: mine.contains(&index) || self.slot_locked_by_other(index),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The raw descriptor, so a forked child can close its inherited copy.
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+}
+
+fn slot_lock_byte(index: usize) -> i64 {
+    (HEADER_SIZE + index * size_of::<Slot>()) as i64
+}
+
+fn flock(byte: i64, kind: i32) -> libc::flock {
+    // SAFETY: libc::flock is plain data; all-zero is a valid value that we then fill in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    fl.l_pid = 0; // required by OFD locks
+    fl
+}
+
+/// `<state_dir>/slices/<name>/region`.
+pub fn region_path(state_dir: &Path, slice: &str) -> PathBuf {
+    crate::limits::slice_dir(state_dir, slice).join("region")
+}
+
+/// Whether the filesystem holding `path` is mounted read-only (`statvfs`'s `ST_RDONLY`).
+pub fn on_read_only_mount(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: statvfs is plain data, zero is valid; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("region");
+        (dir, path)
+    }
+
+    #[test]
+    fn create_then_open_gives_an_empty_region() {
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        assert_eq!(r.usage().unwrap(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), REGION_SIZE as u64);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
+        // A second create is a no-op and keeps the first file.
+        let slot = r.register().unwrap();
+        r.charge(slot, 10, 100).unwrap().unwrap();
+        Region::create(&path).unwrap();
+        assert_eq!(Region::open(&path).unwrap().usage().unwrap(), 10);
+    }
+
+    #[test]
+    fn charge_respects_the_limit() {
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let s = r.register().unwrap();
+        r.charge(s, 60, 100).unwrap().unwrap();
+        assert_eq!(r.charge(s, 41, 100).unwrap(), Err(OverLimit { requested: 41, used: 60, limit: 100 }));
+        r.charge(s, 40, 100).unwrap().unwrap();
+        r.uncharge(s, 30);
+        assert_eq!(r.usage().unwrap(), 70);
+        r.uncharge(s, 1000);
+        assert_eq!(r.usage().unwrap(), 0, "uncharging never underflows");
+    }
+
+    #[test]
+    fn slots_of_other_open_descriptions_count_and_stay_alive() {
+        let (_d, path) = fresh();
+        let a = Region::open_or_create(&path).unwrap();
+        let b = Region::open(&path).unwrap();
+        let sa = a.register().unwrap();
+        let sb = b.register().unwrap();
+        assert_ne!(sa, sb);
+        a.charge(sa, 50, 100).unwrap().unwrap();
+        b.charge(sb, 50, 100).unwrap().unwrap();
+        assert!(a.charge(sa, 1, 100).unwrap().is_err());
+        // b's slot is held by another open file description: alive, not reclaimed.
+        assert_eq!(a.reclaim_dead().unwrap(), 0);
+        // Dropping b closes its description, releasing its lock, as death would.
+        drop(b);
+        a.charge(sa, 1, 100).unwrap().unwrap();
+        assert_eq!(a.usage().unwrap(), 51);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_regions_are_detected() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (bytes[..100].to_vec(), "truncated"),
+            (Vec::new(), "truncated"),
+            ([b"XXXXXXXX".as_slice(), &bytes[8..]].concat(), "magic"),
+            (
+                {
+                    let mut b = bytes.clone();
+                    b[8] = 9;
+                    b
+                },
+                "layout version 9",
+            ),
+            (
+                {
+                    let mut b = bytes.clone();
+                    b[16] ^= 1;
+                    b
+                },
+                "checksum",
+            ),
+            (
+                {
+                    let mut b = bytes.clone();
+                    b[40..44].copy_from_slice(&5000u32.to_le_bytes());
+                    b
+                },
+                "high-water",
+            ),
+        ];
+        for (content, want) in cases {
+            std::fs::write(&path, &content).unwrap();
+            let err = Region::open(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        let mut b = bytes.clone();
+        b[HEADER_SIZE] = 7; // slot 0 state
+        b[40..44].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let err = Region::open(&path).unwrap().usage().unwrap_err().to_string();
+        assert!(err.contains("slot 0 has state 7"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let (d, path) = fresh();
+        let target = d.path().join("elsewhere");
+        Region::create(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(Region::open(&path).is_err());
+    }
+}
