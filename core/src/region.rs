@@ -292,7 +292,9 @@ impl Region {
         assert!(index < SLOT_COUNT);
         // SAFETY: index < SLOT_COUNT keeps the slot inside the mapping; slots are 64-byte
         // aligned repr(C) atomics, valid for any bit pattern.
-        unsafe { &*self.base.add(HEADER_SIZE + index * size_of::<Slot>()).cast::<Slot>() }
+        let p = unsafe { self.base.add(HEADER_SIZE + index * size_of::<Slot>()) }.cast::<Slot>();
+        // SAFETY: `p` points at a whole slot inside the mapping (above).
+        unsafe { &*p }
     }
 
     /// Checks magic, version, sizes and checksum.

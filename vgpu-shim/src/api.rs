@@ -47,10 +47,16 @@ macro_rules! api {
         }
 
         impl $table {
-            pub fn load(handle: *mut c_void) -> Self {
-                Self {
-                    $( $name: crate::driver::resolve(handle, concat!(stringify!($name), "\0")), )*
-                    $( $hname: crate::driver::resolve(handle, concat!(stringify!($hname), "\0")), )*
+            /// # Safety
+            /// `handle` is null or a `dlopen` handle of the driver library this list describes.
+            pub unsafe fn load(handle: *mut c_void) -> Self {
+                // SAFETY: each name is resolved as the signature the list gives it, which is
+                // the driver's C signature for that name.
+                unsafe {
+                    Self {
+                        $( $name: crate::driver::resolve(handle, concat!(stringify!($name), "\0")), )*
+                        $( $hname: crate::driver::resolve(handle, concat!(stringify!($hname), "\0")), )*
+                    }
                 }
             }
 

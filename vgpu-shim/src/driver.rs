@@ -47,7 +47,10 @@ pub unsafe fn real_dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_voi
 }
 
 /// Resolves `name` (NUL-terminated) in `handle` as a function pointer of type `F`.
-pub fn resolve<F: Copy>(handle: *mut c_void, name: &str) -> Option<F> {
+///
+/// # Safety
+/// `handle` is null or a handle from `dlopen`, and `F` is the C signature of `name`.
+pub unsafe fn resolve<F: Copy>(handle: *mut c_void, name: &str) -> Option<F> {
     debug_assert!(name.ends_with('\0'));
     debug_assert_eq!(size_of::<F>(), size_of::<*mut c_void>());
     if handle.is_null() {
@@ -74,11 +77,13 @@ fn open_library(name: &CStr) -> *mut c_void {
 /// The real CUDA driver's functions.
 pub fn cuda() -> &'static CudaApi {
     static CUDA: OnceLock<CudaApi> = OnceLock::new();
-    CUDA.get_or_init(|| CudaApi::load(open_library(c"libcuda.so.1")))
+    // SAFETY: the handle is libcuda's, whose functions the CUDA list describes.
+    CUDA.get_or_init(|| unsafe { CudaApi::load(open_library(c"libcuda.so.1")) })
 }
 
 /// The real NVML's functions.
 pub fn nvml() -> &'static NvmlApi {
     static NVML: OnceLock<NvmlApi> = OnceLock::new();
-    NVML.get_or_init(|| NvmlApi::load(open_library(c"libnvidia-ml.so.1")))
+    // SAFETY: the handle is NVML's, whose functions the NVML list describes.
+    NVML.get_or_init(|| unsafe { NvmlApi::load(open_library(c"libnvidia-ml.so.1")) })
 }

@@ -366,6 +366,7 @@ fn settle_pool(s: &State, pool: usize) {
 /// A stream-ordered allocation of `size` from `pool`: charged in advance, then the pool's
 /// charge is settled to what it reserves; memory the pool could not hold within the limit is
 /// given back and the allocation refused.
+#[allow(clippy::too_many_arguments)]
 fn pool_alloc(
     s: &State,
     slice: usize,

@@ -11,7 +11,7 @@ fn slice_view(device: nvmlDevice_t, real_free: u64) -> Result<Option<(u64, u64, 
     }
     let s = state();
     s.check_broken().map_err(Refusal::nvml)?;
-    let Some(i) = s.slice_for_nvml(device) else { return Ok(None) };
+    let Some(i) = s.slice_for_nvml(device as usize) else { return Ok(None) };
     let slice = &s.slices[i];
     let used = slice.usage().map_err(Refusal::nvml)?;
     let limit = slice.limit();

@@ -346,12 +346,13 @@ impl State {
         found
     }
 
-    /// The slice of an NVML device handle, matched by GPU UUID.
-    pub fn slice_for_nvml(&self, device: nvmlDevice_t) -> Option<usize> {
+    /// The slice of an NVML device handle (an opaque address, passed back to NVML only),
+    /// matched by GPU UUID.
+    pub fn slice_for_nvml(&self, key: usize) -> Option<usize> {
         if self.slices.is_empty() {
             return None;
         }
-        let key = device as usize;
+        let device = key as nvmlDevice_t;
         let mut cache = self.nvml_devices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, s)) = cache.iter().find(|(k, _)| *k == key) {
             return *s;
