@@ -1,0 +1,263 @@
+//! A slice on the simulated GPU, as a container would see it.
+//!
+//! The host side lives in `<tmp>/host`: `slices/<name>/limits` written with the real limits
+//! code, `slices/<name>/region`. Processes under test run in a private mount namespace in which
+//! `<tmp>/view/slices/<name>` is a read-only bind of the host directory and `region` a
+//! read-write bind on top of it, which is what the hook mounts in a container; they get
+//! `GPUSLICE_STATE_DIR=<tmp>/view`, the shim preloaded and the simulated driver installed as
+//! `libcuda.so.1` and `libnvidia-ml.so.1`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use gpuslice_core::config::Mode;
+use gpuslice_core::limits::{Limits, limits_path, slice_dir};
+use gpuslice_core::region::{Region, region_path};
+
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
+pub const UUID0: &str = "GPU-11111111-2222-3333-4444-555555555555";
+pub const UUID1: &str = "GPU-66666666-7777-8888-9999-000000000000";
+
+/// `target/<profile>`, from the test binary's path.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+fn find(name: &str) -> PathBuf {
+    let dir = profile_dir();
+    for p in [dir.join(name), dir.join("deps").join(name)] {
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found under {}: run `cargo build --workspace`", dir.display());
+}
+
+pub fn shim() -> PathBuf {
+    find("libgpuslice.so")
+}
+
+/// The probe binaries, built once per test process into `target/<profile>/cuda-probe/`.
+pub fn probes() -> &'static (PathBuf, PathBuf) {
+    static PROBES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PROBES.get_or_init(|| {
+        let out = profile_dir().join(format!("cuda-probe-{}", std::process::id()));
+        let driver = out.join("driver");
+        std::fs::create_dir_all(&driver).unwrap();
+        install_driver(&driver);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cuda-probe/build.sh");
+        let st = Command::new("bash").arg(&script).arg(&out).arg(&driver).status().unwrap();
+        assert!(st.success(), "building the CUDA probe failed");
+        (out.join("cuda-probe"), out.join("cuda-probe-direct"))
+    })
+}
+
+/// Installs the simulated driver in `dir` under the real driver's names.
+pub fn install_driver(dir: &Path) {
+    let fake = find("libfakegpu.so");
+    for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&fake, &link).unwrap();
+    }
+}
+
+/// Whether the tests that need a private mount namespace can run; prints the skip if not.
+pub fn skip_unless_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/unshare").exists() {
+        return false;
+    }
+    println!("skipped: {test}: read-only bind mounts need root and unshare(1)");
+    true
+}
+
+/// A GPU for the simulated driver.
+pub struct Gpu {
+    pub uuid: &'static str,
+    pub memory_gib: u64,
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub driver: PathBuf,
+    pub slices: Vec<String>,
+}
+
+impl Node {
+    /// A node with one 80 GiB GPU.
+    pub fn new() -> Node {
+        Node::with_gpus(&[Gpu { uuid: UUID0, memory_gib: 80 }])
+    }
+
+    pub fn with_gpus(gpus: &[Gpu]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = String::from("driver_version = \"580.95.05\"\ncuda_version = 12080\n");
+        for (i, g) in gpus.iter().enumerate() {
+            cfg += &format!(
+                "[[gpu]]\nuuid = \"{}\"\nname = \"Simulated H100\"\nmemory = \"{}GiB\"\nsm_count = 132\nminor = {i}\npci_bus_id = \"00000000:{:02X}:00.0\"\n",
+                g.uuid,
+                g.memory_gib,
+                i + 1
+            );
+        }
+        std::fs::write(dir.path().join("fakegpu.toml"), cfg).unwrap();
+        let driver = dir.path().join("driver");
+        std::fs::create_dir_all(&driver).unwrap();
+        install_driver(&driver);
+        for sub in ["host/slices", "view/slices", "fakegpu-state"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Node { dir, driver, slices: Vec::new() }
+    }
+
+    pub fn host(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+    pub fn view(&self) -> PathBuf {
+        self.dir.path().join("view")
+    }
+
+    /// Adds a slice of `memory` bytes on GPU `uuid` (index `index`), as `gpuslice-cdi` would.
+    pub fn slice(&mut self, name: &str, uuid: &str, index: u32, memory: u64) -> &mut Self {
+        self.write_limits(name, uuid, index, memory);
+        Region::create(&region_path(&self.host(), name)).unwrap();
+        std::fs::create_dir_all(slice_dir(&self.view(), name)).unwrap();
+        self.slices.push(name.to_owned());
+        self
+    }
+
+    pub fn write_limits(&self, name: &str, uuid: &str, index: u32, memory: u64) -> Limits {
+        Limits {
+            slice: name.to_owned(),
+            mode: Mode::Shim,
+            gpu_uuid: uuid.to_owned(),
+            gpu_index: index,
+            memory_bytes: memory,
+            cores_percent: 100,
+            generation: 1,
+        }
+        .store(&self.host())
+        .unwrap()
+    }
+
+    pub fn limits_path(&self, name: &str) -> PathBuf {
+        limits_path(&self.host(), name)
+    }
+
+    pub fn region(&self, name: &str) -> Region {
+        Region::open(&region_path(&self.host(), name)).unwrap()
+    }
+
+    /// The mount commands that make the view, then `exec "$@"`.
+    fn mount_script(&self) -> String {
+        let mut s = String::from("set -e\n");
+        for name in &self.slices {
+            let host = slice_dir(&self.host(), name);
+            let view = slice_dir(&self.view(), name);
+            s += &format!(
+                "mount --bind '{h}' '{v}'\nmount -o remount,bind,ro '{v}'\nmount --bind '{h}/region' '{v}/region'\n",
+                h = host.display(),
+                v = view.display()
+            );
+        }
+        s + "exec \"$@\"\n"
+    }
+
+    /// A command running `program args` in the container-like view, shim preloaded.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &self.mount_script(), "sh"]);
+        c.arg(program).args(args);
+        self.env(&mut c);
+        c.env("LD_PRELOAD", shim());
+        c
+    }
+
+    /// The same without the shim and without the view: the host's own view of the GPU.
+    pub fn bare(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args);
+        self.env(&mut c);
+        c
+    }
+
+    pub fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("FAKEGPU_CONFIG", self.dir.path().join("fakegpu.toml"))
+            .env("FAKEGPU_STATE_DIR", self.dir.path().join("fakegpu-state"))
+            .env("LD_LIBRARY_PATH", &self.driver)
+            .env("GPUSLICE_STATE_DIR", self.view())
+            .env_remove("GPUSLICE_SLICES")
+            .env_remove("GPUSLICE_MEMORY_LIMIT")
+            .env_remove("GPUSLICE_LOG")
+    }
+
+    pub fn probe(&self, args: &[&str]) -> Output {
+        self.command(&probes().0, args).output().unwrap()
+    }
+
+    pub fn spawn_probe(&self, args: &[&str]) -> Child {
+        self.command(&probes().0, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    /// What the simulated GPU itself says is in use on GPU `index` (NVML, no shim).
+    pub fn device_used(&self, index: u32) -> u64 {
+        let out = self.bare(&probes().0, &["nvml-meminfo", "--index", &index.to_string()]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        value(&out, "used")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `key=value` from the probe's output.
+pub fn value(o: &Output, key: &str) -> u64 {
+    find_value(&stdout(o), key).unwrap_or_else(|| panic!("no {key}= in {:?} / {:?}", stdout(o), stderr(o)))
+}
+
+pub fn find_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.trim().parse().ok())
+}
+
+pub fn text_value(o: &Output, key: &str) -> Option<String> {
+    stdout(o).lines().find_map(|l| Some(l.strip_prefix(key)?.strip_prefix('=')?.trim().to_owned()))
+}
+
+pub fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "probe failed: {}\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    o
+}
+
+/// Waits until the child prints `holding`, returning what it printed before.
+pub fn wait_holding(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let out = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("probe exited before holding: {seen}{err}");
+        }
+        if line.trim() == "holding" {
+            // Keep the pipe open so the child never sees EPIPE.
+            std::mem::forget(reader);
+            return seen;
+        }
+        seen.push_str(&line);
+    }
+}

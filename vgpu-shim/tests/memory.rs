@@ -1,0 +1,314 @@
+//! The memory limit on the simulated GPU, through the real probe, the real shim and the real
+//! region: every allocation path, every way of asking how much memory there is, every route
+//! into the driver.
+
+mod common;
+
+use common::*;
+use gpuslice_core::region::REGION_SIZE;
+use gpuslice_core::units::ByteSize;
+
+const LIMIT: u64 = 4 * GIB;
+/// What the shim charges for a context; the simulated driver's contexts use the same.
+const CONTEXT: u64 = 256 * MIB;
+
+fn node_with_slice() -> Node {
+    let mut node = Node::new();
+    node.slice("slice0", UUID0, 0, LIMIT);
+    node
+}
+
+#[test]
+fn every_allocation_path_is_limited() {
+    if skip_unless_root("every_allocation_path_is_limited") {
+        return;
+    }
+    let node = node_with_slice();
+    for (path, chunk) in [
+        ("alloc", "256MiB"),
+        ("pitch", "256MiB"),
+        ("managed", "256MiB"),
+        ("vmm", "256MiB"),
+        ("async", "256MiB"),
+        ("pool", "256MiB"),
+        ("array", "256MiB"),
+        ("array3d", "256MiB"),
+        ("mipmap", "256MiB"),
+    ] {
+        let chunk_bytes = chunk.parse::<ByteSize>().unwrap().0;
+        let out = node.probe(&["fill", "--path", path, "--chunk", &chunk_bytes.to_string()]);
+        let text = stdout(&out);
+        assert!(text.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{path}: {text} {}", stderr(&out));
+        let bytes = value(&out, "bytes");
+        assert!(bytes + CONTEXT <= LIMIT, "{path}: {bytes} bytes allocated past the {LIMIT} limit");
+        assert!(bytes + CONTEXT + chunk_bytes * 2 > LIMIT, "{path}: stopped early at {bytes} bytes");
+        assert_eq!(node.region("slice0").usage().unwrap(), 0, "{path}: usage left after the process exited");
+    }
+}
+
+#[test]
+fn contexts_are_charged() {
+    if skip_unless_root("contexts_are_charged") {
+        return;
+    }
+    let node = node_with_slice();
+    let out = node.probe(&["alloc", "--path", "ctx", "--size", "0", "--count", "64"]);
+    let made = value(&out, "allocated");
+    // 4 GiB holds the primary context plus 15 more.
+    assert_eq!(made, LIMIT / CONTEXT - 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains("CUDA_ERROR_OUT_OF_MEMORY"));
+}
+
+#[test]
+fn memory_views_show_the_slice() {
+    if skip_unless_root("memory_views_show_the_slice") {
+        return;
+    }
+    let node = node_with_slice();
+    let out = ok(node.probe(&["meminfo"]));
+    assert_eq!(value(&out, "total"), LIMIT);
+    assert_eq!(value(&out, "device_total"), LIMIT);
+    assert_eq!(value(&out, "free"), LIMIT - CONTEXT, "the probe's own context is in use");
+
+    // Another process holds 1 GiB: everyone on the slice sees it.
+    let mut holder = node.spawn_probe(&["alloc", "--path", "alloc", "--size", &GIB.to_string(), "--hold-forever"]);
+    wait_holding(&mut holder);
+    let out = ok(node.probe(&["meminfo"]));
+    assert_eq!(value(&out, "free"), LIMIT - 2 * CONTEXT - GIB);
+    let out = ok(node.probe(&["nvml-meminfo"]));
+    assert_eq!(value(&out, "total"), LIMIT);
+    assert_eq!(value(&out, "used"), CONTEXT + GIB, "NVML counts the slice's usage, the holder's context included");
+    assert_eq!(value(&out, "free"), LIMIT - CONTEXT - GIB);
+    assert_eq!(value(&out, "v2_total"), LIMIT);
+    assert_eq!(value(&out, "v2_used") + value(&out, "v2_free") + value(&out, "v2_reserved"), LIMIT);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn free_never_exceeds_what_the_device_has() {
+    if skip_unless_root("free_never_exceeds_what_the_device_has") {
+        return;
+    }
+    // An overcommitted 100 GiB slice on an 80 GiB GPU.
+    let mut node = Node::new();
+    node.slice("slice0", UUID0, 0, 100 * GIB);
+    let out = ok(node.probe(&["meminfo"]));
+    assert_eq!(value(&out, "total"), 100 * GIB);
+    assert!(value(&out, "free") <= 80 * GIB - CONTEXT, "{}", stdout(&out));
+}
+
+#[test]
+fn every_route_into_the_driver_is_limited() {
+    if skip_unless_root("every_route_into_the_driver_is_limited") {
+        return;
+    }
+    let node = node_with_slice();
+    let (runtime, direct) = probes();
+    let chunk = (512 * MIB).to_string();
+    let routes: Vec<(&str, std::process::Command)> = vec![
+        ("cuGetProcAddress_v2 at 12080", node.command(runtime, &["fill", "--path", "alloc", "--chunk", &chunk])),
+        (
+            "cuGetProcAddress_v2 at 11040",
+            node.command(runtime, &["--cuda-version", "11040", "fill", "--path", "alloc", "--chunk", &chunk]),
+        ),
+        ("per-thread stream", node.command(runtime, &["--ptsz", "fill", "--path", "async", "--chunk", &chunk])),
+        ("dlsym", node.command(runtime, &["--dlsym", "fill", "--path", "alloc", "--chunk", &chunk])),
+        ("direct linking", node.command(direct, &["fill", "--path", "alloc", "--chunk", &chunk])),
+    ];
+    for (route, mut cmd) in routes {
+        let out = cmd.output().unwrap();
+        assert!(stdout(&out).contains("CUDA_ERROR_OUT_OF_MEMORY"), "{route}: {} {}", stdout(&out), stderr(&out));
+        let bytes = value(&out, "bytes");
+        assert!(bytes + CONTEXT <= LIMIT && bytes + CONTEXT + 512 * MIB > LIMIT, "{route}: {bytes}");
+        let out = ok(cmd_meminfo(&node, route));
+        assert_eq!(value(&out, "total"), LIMIT, "{route}");
+    }
+}
+
+fn cmd_meminfo(node: &Node, route: &str) -> std::process::Output {
+    let (runtime, direct) = probes();
+    match route {
+        "dlsym" => node.command(runtime, &["--dlsym", "meminfo"]).output().unwrap(),
+        "direct linking" => node.command(direct, &["meminfo"]).output().unwrap(),
+        _ => node.command(runtime, &["meminfo"]).output().unwrap(),
+    }
+}
+
+#[test]
+fn outside_a_slice_everything_passes_through() {
+    let node = Node::new();
+    // No slice in the state dir: the whole GPU, and the driver's own functions.
+    let mut cmd = node.bare(&probes().0, &["meminfo"]);
+    cmd.env("LD_PRELOAD", shim());
+    let out = ok(cmd.output().unwrap());
+    assert_eq!(value(&out, "total"), 80 * GIB);
+    let mut cmd = node.bare(&probes().0, &["symbols"]);
+    cmd.env("LD_PRELOAD", shim());
+    let with_shim = ok(cmd.output().unwrap());
+    let without = ok(node.bare(&probes().0, &["symbols"]).output().unwrap());
+    assert_eq!(
+        addresses(&with_shim).len(),
+        addresses(&without).len(),
+        "same symbols resolved: {}",
+        stdout(&with_shim)
+    );
+    for line in stdout(&with_shim).lines().filter(|l| l.contains("=0x")) {
+        let name = line.split('=').next().unwrap();
+        assert!(!shim_address(&with_shim, line), "{name} resolved into the shim outside a slice");
+    }
+}
+
+/// Lines `name=0x…` of the probe's `symbols` output.
+fn addresses(o: &std::process::Output) -> Vec<String> {
+    stdout(o).lines().filter(|l| l.contains("=0x")).map(str::to_owned).collect()
+}
+
+/// Whether the address on `line` lies in libgpuslice.so, by the `shim_base`/`shim_end` the
+/// probe prints when asked, or by comparing with a bare run.
+fn shim_address(o: &std::process::Output, line: &str) -> bool {
+    let addr = u64::from_str_radix(line.split("=0x").nth(1).unwrap_or("0").trim(), 16).unwrap_or(0);
+    match (text_value(o, "shim_base"), text_value(o, "shim_end")) {
+        (Some(b), Some(e)) => {
+            let parse = |s: String| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+            (parse(b)..parse(e)).contains(&addr)
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn inside_a_slice_proc_address_answers_are_ours() {
+    if skip_unless_root("inside_a_slice_proc_address_answers_are_ours") {
+        return;
+    }
+    let node = node_with_slice();
+    let inside = ok(node.probe(&["symbols"]));
+    let bare = ok(node.bare(&probes().0, &["symbols"]).output().unwrap());
+    let get = |o: &std::process::Output, k: &str| text_value(o, k);
+    // Intercepted: different from the driver's; not intercepted: the driver's own.
+    for name in ["cuMemAlloc", "cuMemGetInfo", "cuMemCreate", "cuCtxCreate", "cuLaunchKernel"] {
+        assert_ne!(get(&inside, name), get(&bare, name), "{name} should be wrapped");
+    }
+    for name in ["cuMemcpyHtoD", "cuStreamCreate", "cuModuleGetFunction"] {
+        if get(&bare, name).is_some() {
+            assert_ne!(get(&inside, name), None);
+        }
+    }
+}
+
+#[test]
+fn the_environment_can_only_lower_the_limit() {
+    if skip_unless_root("the_environment_can_only_lower_the_limit") {
+        return;
+    }
+    let node = node_with_slice();
+    let mut cmd = node.command(&probes().0, &["meminfo"]);
+    cmd.env("GPUSLICE_MEMORY_LIMIT", "2GiB");
+    assert_eq!(value(&ok(cmd.output().unwrap()), "total"), 2 * GIB);
+    let mut cmd = node.command(&probes().0, &["meminfo"]);
+    cmd.env("GPUSLICE_MEMORY_LIMIT", "64GiB");
+    assert_eq!(value(&ok(cmd.output().unwrap()), "total"), LIMIT, "raising is ignored");
+}
+
+#[test]
+fn slices_narrows_which_slices_apply() {
+    if skip_unless_root("slices_narrows_which_slices_apply") {
+        return;
+    }
+    let node = node_with_slice();
+    let mut cmd = node.command(&probes().0, &["meminfo"]);
+    cmd.env("GPUSLICE_SLICES", "other");
+    assert_eq!(value(&ok(cmd.output().unwrap()), "total"), 80 * GIB);
+}
+
+#[test]
+fn a_forged_writable_limits_file_is_ignored() {
+    // No mounts at all: a container writing its own /run/gpuslice gains nothing.
+    let node = Node::new();
+    let forged = node.view().join("slices/slice0");
+    std::fs::create_dir_all(&forged).unwrap();
+    let text = std::fs::read_to_string({
+        node.write_limits("slice0", UUID0, 0, 200 * GIB);
+        node.limits_path("slice0")
+    })
+    .unwrap();
+    std::fs::write(forged.join("limits"), text).unwrap();
+    let mut cmd = node.bare(&probes().0, &["meminfo"]);
+    cmd.env("LD_PRELOAD", shim());
+    let out = ok(cmd.output().unwrap());
+    assert_eq!(value(&out, "total"), 80 * GIB, "the forged 200 GiB limit must not apply");
+    assert!(!forged.join("region").exists(), "nothing joined");
+}
+
+#[test]
+fn corrupt_or_truncated_state_fails_closed_with_one_line() {
+    if skip_unless_root("corrupt_or_truncated_state_fails_closed_with_one_line") {
+        return;
+    }
+    let region_cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+        ("truncated region", Box::new(|p| std::fs::write(p, b"short").unwrap())),
+        (
+            "scribbled header",
+            Box::new(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[0..8].copy_from_slice(b"garbage!");
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+        (
+            "bad slot state",
+            Box::new(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[40..44].copy_from_slice(&3u32.to_le_bytes()); // slots in use
+                b[4096 + 64] = 9; // slot 1 state
+                assert_eq!(b.len(), REGION_SIZE);
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+    ];
+    for (what, damage) in region_cases {
+        let node = node_with_slice();
+        damage(&node.host().join("slices/slice0/region"));
+        let out = node.probe(&["alloc", "--path", "alloc", "--size", &MIB.to_string()]);
+        assert_eq!(out.status.code(), Some(1), "{what}: must fail with a CUDA error, not crash: {:?}", out.status);
+        let err = stderr(&out);
+        let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("gpuslice:")).collect();
+        assert_eq!(ours.len(), 1, "{what}: one line from the shim: {err}");
+        assert!(ours[0].contains("slice0") && ours[0].contains("region"), "{what}: {err}");
+        assert!(err.contains("CUDA_ERROR_NOT_PERMITTED"), "{what}: {err}");
+    }
+    // A limits file on the read-only mount that is not limits.
+    let node = node_with_slice();
+    std::fs::write(node.limits_path("slice0"), "format=1\nslice=slice0\n").unwrap();
+    let out = node.probe(&["meminfo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("gpuslice:") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn a_new_generation_applies_to_running_processes() {
+    if skip_unless_root("a_new_generation_applies_to_running_processes") {
+        return;
+    }
+    let node = node_with_slice();
+    // A process that fills the slice, then keeps trying to allocate more once a second.
+    let mut child = node.spawn_probe(&[
+        "fill",
+        "--path",
+        "alloc",
+        "--chunk",
+        &(GIB / 2).to_string(),
+        "--retry-ms",
+        "200",
+        "--until-bytes",
+        &(6 * GIB).to_string(),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let l = node.write_limits("slice0", UUID0, 0, 8 * GIB);
+    assert_eq!(l.generation, 2);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    assert!(value(&out, "bytes") >= 6 * GIB, "{}", stdout(&out));
+}
