@@ -1,0 +1,1568 @@
+/* cuda-probe: drives the CUDA driver API and NVML the way real applications do, so the
+ * test suites can check what gpuslice's interception library does to them.
+ *
+ * One source, two builds (see README.md and build.sh):
+ *   cuda-probe         dlopen("libcuda.so.1") and cuGetProcAddress_v2 with base names, like
+ *                      the CUDA runtime 12+ (or, with --dlsym, dlsym of the versioned names,
+ *                      like older runtimes and Python wrappers); NVML through dlopen + dlsym.
+ *   cuda-probe-direct  -DPROBE_DIRECT: linked against libcuda.so.1 and libnvidia-ml.so.1 and
+ *                      calling the versioned functions directly (symbol interposition).
+ *
+ * Plain C11 plus glibc's libdl. It declares the few CUDA and NVML types, values and
+ * prototypes it needs itself, with the layouts and values of cuda.h and nvml.h. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef PROBE_DIRECT
+#define PROG "cuda-probe-direct"
+#else
+#define PROG "cuda-probe"
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * CUDA driver API declarations (cuda.h)
+ * ---------------------------------------------------------------------------------------- */
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef unsigned long long CUmemGenericAllocationHandle;
+typedef uint64_t cuuint64_t;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef struct CUstream_st *CUstream;
+typedef struct CUarray_st *CUarray;
+typedef struct CUmipmappedArray_st *CUmipmappedArray;
+typedef struct CUmemPoolHandle_st *CUmemoryPool;
+typedef struct CUexecAffinityParam_st CUexecAffinityParam;
+typedef struct CUctxCreateParams_st CUctxCreateParams;
+typedef struct CUuuid_st {
+    char bytes[16];
+} CUuuid;
+typedef struct CUmemLocation_st {
+    int type; /* CUmemLocationType */
+    int id;
+} CUmemLocation;
+typedef struct CUmemAllocationProp_st {
+    int type;                 /* CUmemAllocationType */
+    int requestedHandleTypes; /* CUmemAllocationHandleType */
+    CUmemLocation location;
+    void *win32HandleMetaData;
+    struct {
+        unsigned char compressionType;
+        unsigned char gpuDirectRDMACapable;
+        unsigned short usage;
+        unsigned char reserved[4];
+    } allocFlags;
+} CUmemAllocationProp;
+typedef struct CUmemAccessDesc_st {
+    CUmemLocation location;
+    int flags; /* CUmemAccess_flags */
+} CUmemAccessDesc;
+typedef struct CUmemPoolProps_st {
+    int allocType;   /* CUmemAllocationType */
+    int handleTypes; /* CUmemAllocationHandleType */
+    CUmemLocation location;
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps;
+typedef struct CUDA_ARRAY_DESCRIPTOR_st {
+    size_t Width;
+    size_t Height;
+    int Format; /* CUarray_format */
+    unsigned int NumChannels;
+} CUDA_ARRAY_DESCRIPTOR;
+typedef struct CUDA_ARRAY3D_DESCRIPTOR_st {
+    size_t Width;
+    size_t Height;
+    size_t Depth;
+    int Format; /* CUarray_format */
+    unsigned int NumChannels;
+    unsigned int Flags;
+} CUDA_ARRAY3D_DESCRIPTOR;
+
+enum {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_INVALID_VALUE = 1,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_NOT_FOUND = 500,
+};
+#define CU_MEM_ATTACH_GLOBAL 0x1
+#define CU_AD_FORMAT_FLOAT 0x20
+#define CU_MEM_ALLOCATION_TYPE_PINNED 0x1
+#define CU_MEM_HANDLE_TYPE_NONE 0x0
+#define CU_MEM_LOCATION_TYPE_DEVICE 0x1
+#define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 0x3
+#define CU_MEM_ALLOC_GRANULARITY_MINIMUM 0x0
+#define CU_GET_PROC_ADDRESS_DEFAULT 0
+#define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM (1 << 1)
+#define CU_GET_PROC_ADDRESS_SUCCESS 0
+#define CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND 1
+#define CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT 2
+
+typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int cudaVersion,
+                                             cuuint64_t flags, int *symbolStatus);
+typedef CUresult (*pfn_cuGetProcAddress_v1)(const char *symbol, void **pfn, int cudaVersion,
+                                             cuuint64_t flags);
+
+/* ------------------------------------------------------------------------------------------
+ * NVML declarations (nvml.h)
+ * ---------------------------------------------------------------------------------------- */
+typedef int nvmlReturn_t;
+typedef struct nvmlDevice_st *nvmlDevice_t;
+typedef struct nvmlMemory_st {
+    unsigned long long total, free, used;
+} nvmlMemory_t;
+typedef struct nvmlMemory_v2_st {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
+#define NVML_MEMORY_V2_VERSION ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24)))
+#define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
+
+#ifdef PROBE_DIRECT
+nvmlReturn_t nvmlInit_v2(void);
+nvmlReturn_t nvmlShutdown(void);
+const char *nvmlErrorString(nvmlReturn_t result);
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device);
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length);
+nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory);
+nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory);
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                             int *symbolStatus);
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Entry points and their versioned variants.
+ *
+ * For each base name: the variants with the CUDA version that introduced each (the
+ * PFN_<name>_v<version> typedefs of cudaTypedefs.h) and, for stream-ordered calls, the
+ * per-thread-default-stream variant. cuGetProcAddress(name, cudaVersion) returns the newest
+ * variant whose version is <= cudaVersion; the probe casts the pointer to that variant's
+ * signature (and, in --dlsym mode, looks that variant's symbol up by name).
+ * ---------------------------------------------------------------------------------------- */
+#define ENTRY_LIST(X)                                                                          \
+    X(cuGetErrorName)                                                                          \
+    X(cuInit)                                                                                  \
+    X(cuDriverGetVersion)                                                                      \
+    X(cuDeviceGet)                                                                             \
+    X(cuDeviceGetCount)                                                                        \
+    X(cuDeviceGetName)                                                                         \
+    X(cuDeviceGetUuid)                                                                         \
+    X(cuDeviceTotalMem)                                                                        \
+    X(cuDevicePrimaryCtxRetain)                                                                \
+    X(cuDevicePrimaryCtxRelease)                                                               \
+    X(cuCtxSetCurrent)                                                                         \
+    X(cuCtxCreate)                                                                             \
+    X(cuCtxDestroy)                                                                            \
+    X(cuCtxSynchronize)                                                                        \
+    X(cuMemGetInfo)                                                                            \
+    X(cuMemAlloc)                                                                              \
+    X(cuMemFree)                                                                               \
+    X(cuMemAllocPitch)                                                                         \
+    X(cuMemAllocManaged)                                                                       \
+    X(cuMemGetAllocationGranularity)                                                           \
+    X(cuMemCreate)                                                                             \
+    X(cuMemRelease)                                                                            \
+    X(cuMemAddressReserve)                                                                     \
+    X(cuMemAddressFree)                                                                        \
+    X(cuMemMap)                                                                                \
+    X(cuMemUnmap)                                                                              \
+    X(cuMemSetAccess)                                                                          \
+    X(cuStreamCreate)                                                                          \
+    X(cuStreamDestroy)                                                                         \
+    X(cuStreamSynchronize)                                                                     \
+    X(cuMemAllocAsync)                                                                         \
+    X(cuMemFreeAsync)                                                                          \
+    X(cuMemPoolCreate)                                                                         \
+    X(cuMemPoolDestroy)                                                                        \
+    X(cuMemAllocFromPoolAsync)                                                                 \
+    X(cuArrayCreate)                                                                           \
+    X(cuArray3DCreate)                                                                         \
+    X(cuArrayDestroy)                                                                          \
+    X(cuMipmappedArrayCreate)                                                                  \
+    X(cuMipmappedArrayDestroy)                                                                 \
+    X(cuMemsetD8)                                                                              \
+    X(cuMemcpyHtoD)                                                                            \
+    X(cuMemcpyDtoH)                                                                            \
+    X(cuModuleLoadData)                                                                        \
+    X(cuModuleUnload)                                                                          \
+    X(cuModuleGetFunction)                                                                     \
+    X(cuLaunchKernel)                                                                          \
+    X(cuGetProcAddress)
+
+enum {
+#define X(n) EP_##n,
+    ENTRY_LIST(X)
+#undef X
+        EP_COUNT
+};
+
+struct variant {
+    int ver;
+    const char *sym;
+};
+
+struct entry {
+    const char *base;
+    struct variant v[4]; /* ascending; unused slots have ver 0 */
+    int ptsz_ver;        /* per-thread default stream variant, 0 if none */
+    const char *ptsz_sym;
+    /* resolution results */
+    void *pfn;
+    int sel_ver;        /* version of the variant selected (0: none) */
+    const char *lookup; /* the name that was looked up */
+    CUresult res;
+    int status; /* CUdriverProcAddressQueryResult */
+};
+
+#define V(ver, sym) {ver, #sym}
+static struct entry E[EP_COUNT] = {
+    [EP_cuGetErrorName] = {"cuGetErrorName", {V(6000, cuGetErrorName)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuInit] = {"cuInit", {V(2000, cuInit)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDriverGetVersion] = {"cuDriverGetVersion", {V(2020, cuDriverGetVersion)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDeviceGet] = {"cuDeviceGet", {V(2000, cuDeviceGet)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDeviceGetCount] = {"cuDeviceGetCount", {V(2000, cuDeviceGetCount)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDeviceGetName] = {"cuDeviceGetName", {V(2000, cuDeviceGetName)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDeviceGetUuid] = {"cuDeviceGetUuid", {V(9020, cuDeviceGetUuid), V(11040, cuDeviceGetUuid_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDeviceTotalMem] = {"cuDeviceTotalMem", {V(2000, cuDeviceTotalMem), V(3020, cuDeviceTotalMem_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDevicePrimaryCtxRetain] = {"cuDevicePrimaryCtxRetain", {V(7000, cuDevicePrimaryCtxRetain)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuDevicePrimaryCtxRelease] = {"cuDevicePrimaryCtxRelease", {V(7000, cuDevicePrimaryCtxRelease), V(11000, cuDevicePrimaryCtxRelease_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuCtxSetCurrent] = {"cuCtxSetCurrent", {V(4000, cuCtxSetCurrent)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuCtxCreate] = {"cuCtxCreate", {V(2000, cuCtxCreate), V(3020, cuCtxCreate_v2), V(11040, cuCtxCreate_v3), V(12050, cuCtxCreate_v4)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuCtxDestroy] = {"cuCtxDestroy", {V(2000, cuCtxDestroy), V(4000, cuCtxDestroy_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuCtxSynchronize] = {"cuCtxSynchronize", {V(2000, cuCtxSynchronize), V(13000, cuCtxSynchronize_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemGetInfo] = {"cuMemGetInfo", {V(2000, cuMemGetInfo), V(3020, cuMemGetInfo_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAlloc] = {"cuMemAlloc", {V(2000, cuMemAlloc), V(3020, cuMemAlloc_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemFree] = {"cuMemFree", {V(2000, cuMemFree), V(3020, cuMemFree_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAllocPitch] = {"cuMemAllocPitch", {V(2000, cuMemAllocPitch), V(3020, cuMemAllocPitch_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAllocManaged] = {"cuMemAllocManaged", {V(6000, cuMemAllocManaged)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemGetAllocationGranularity] = {"cuMemGetAllocationGranularity", {V(10020, cuMemGetAllocationGranularity)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemCreate] = {"cuMemCreate", {V(10020, cuMemCreate)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemRelease] = {"cuMemRelease", {V(10020, cuMemRelease)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAddressReserve] = {"cuMemAddressReserve", {V(10020, cuMemAddressReserve)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAddressFree] = {"cuMemAddressFree", {V(10020, cuMemAddressFree)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemMap] = {"cuMemMap", {V(10020, cuMemMap)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemUnmap] = {"cuMemUnmap", {V(10020, cuMemUnmap)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemSetAccess] = {"cuMemSetAccess", {V(10020, cuMemSetAccess)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuStreamCreate] = {"cuStreamCreate", {V(2000, cuStreamCreate)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuStreamDestroy] = {"cuStreamDestroy", {V(2000, cuStreamDestroy), V(4000, cuStreamDestroy_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuStreamSynchronize] = {"cuStreamSynchronize", {V(2000, cuStreamSynchronize)}, 7000, "cuStreamSynchronize_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuMemAllocAsync] = {"cuMemAllocAsync", {V(11020, cuMemAllocAsync)}, 11020, "cuMemAllocAsync_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuMemFreeAsync] = {"cuMemFreeAsync", {V(11020, cuMemFreeAsync)}, 11020, "cuMemFreeAsync_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuMemPoolCreate] = {"cuMemPoolCreate", {V(11020, cuMemPoolCreate)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemPoolDestroy] = {"cuMemPoolDestroy", {V(11020, cuMemPoolDestroy)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemAllocFromPoolAsync] = {"cuMemAllocFromPoolAsync", {V(11020, cuMemAllocFromPoolAsync)}, 11020, "cuMemAllocFromPoolAsync_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuArrayCreate] = {"cuArrayCreate", {V(2000, cuArrayCreate), V(3020, cuArrayCreate_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuArray3DCreate] = {"cuArray3DCreate", {V(2000, cuArray3DCreate), V(3020, cuArray3DCreate_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuArrayDestroy] = {"cuArrayDestroy", {V(2000, cuArrayDestroy)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMipmappedArrayCreate] = {"cuMipmappedArrayCreate", {V(5000, cuMipmappedArrayCreate)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMipmappedArrayDestroy] = {"cuMipmappedArrayDestroy", {V(5000, cuMipmappedArrayDestroy)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuMemsetD8] = {"cuMemsetD8", {V(2000, cuMemsetD8), V(3020, cuMemsetD8_v2)}, 7000, "cuMemsetD8_v2_ptds", 0, 0, 0, 0, 0},
+    [EP_cuMemcpyHtoD] = {"cuMemcpyHtoD", {V(2000, cuMemcpyHtoD), V(3020, cuMemcpyHtoD_v2)}, 7000, "cuMemcpyHtoD_v2_ptds", 0, 0, 0, 0, 0},
+    [EP_cuMemcpyDtoH] = {"cuMemcpyDtoH", {V(2000, cuMemcpyDtoH), V(3020, cuMemcpyDtoH_v2)}, 7000, "cuMemcpyDtoH_v2_ptds", 0, 0, 0, 0, 0},
+    [EP_cuModuleLoadData] = {"cuModuleLoadData", {V(2000, cuModuleLoadData)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuModuleUnload] = {"cuModuleUnload", {V(2000, cuModuleUnload)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuModuleGetFunction] = {"cuModuleGetFunction", {V(2000, cuModuleGetFunction)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuLaunchKernel] = {"cuLaunchKernel", {V(4000, cuLaunchKernel)}, 7000, "cuLaunchKernel_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuGetProcAddress] = {"cuGetProcAddress", {V(11030, cuGetProcAddress), V(12000, cuGetProcAddress_v2)}, 0, 0, 0, 0, 0, 0, 0},
+};
+#undef V
+
+/* ------------------------------------------------------------------------------------------
+ * Options and global state
+ * ---------------------------------------------------------------------------------------- */
+static struct {
+    const char *cmd;
+    int device;
+    int cuda_version;
+    int ptsz;
+    int dlsym_mode;
+    const char *path;
+    unsigned long long size;
+    int have_size;
+    unsigned long long count;
+    unsigned long long height;
+    unsigned long long levels;
+    unsigned long long chunk;
+    unsigned long long max_chunks;
+    unsigned long long duration_ns;
+    unsigned int nvml_index;
+    double hold;
+    int hold_set;
+    int hold_forever;
+    int do_free;
+    const char *names[256];
+    int n_names;
+} opt;
+
+#ifndef PROBE_DIRECT
+static int driver_version; /* from cuDriverGetVersion before cuInit; 0 if unknown */
+static int sel_version;    /* version that picks the variants: min(cuda_version, driver) */
+static void *cuda_handle;
+static pfn_cuGetProcAddress_v2 gpa_v2;
+static pfn_cuGetProcAddress_v1 gpa_v1;
+static void *gpa_addr;
+static const char *gpa_name;
+#endif
+
+static cuuint64_t proc_flags(void) {
+    return opt.ptsz ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM : CU_GET_PROC_ADDRESS_DEFAULT;
+}
+
+static const char *mode_name(void) {
+#ifdef PROBE_DIRECT
+    return "direct";
+#else
+    return opt.dlsym_mode ? "dlsym" : "runtime";
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Error names
+ * ---------------------------------------------------------------------------------------- */
+static const struct {
+    int code;
+    const char *name;
+} cu_names[] = {
+    {0, "CUDA_SUCCESS"},
+    {1, "CUDA_ERROR_INVALID_VALUE"},
+    {2, "CUDA_ERROR_OUT_OF_MEMORY"},
+    {3, "CUDA_ERROR_NOT_INITIALIZED"},
+    {4, "CUDA_ERROR_DEINITIALIZED"},
+    {34, "CUDA_ERROR_STUB_LIBRARY"},
+    {46, "CUDA_ERROR_DEVICE_UNAVAILABLE"},
+    {100, "CUDA_ERROR_NO_DEVICE"},
+    {101, "CUDA_ERROR_INVALID_DEVICE"},
+    {102, "CUDA_ERROR_DEVICE_NOT_LICENSED"},
+    {200, "CUDA_ERROR_INVALID_IMAGE"},
+    {201, "CUDA_ERROR_INVALID_CONTEXT"},
+    {209, "CUDA_ERROR_NO_BINARY_FOR_GPU"},
+    {218, "CUDA_ERROR_INVALID_PTX"},
+    {221, "CUDA_ERROR_JIT_COMPILER_NOT_FOUND"},
+    {222, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"},
+    {224, "CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY"},
+    {300, "CUDA_ERROR_INVALID_SOURCE"},
+    {301, "CUDA_ERROR_FILE_NOT_FOUND"},
+    {302, "CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND"},
+    {303, "CUDA_ERROR_SHARED_OBJECT_INIT_FAILED"},
+    {304, "CUDA_ERROR_OPERATING_SYSTEM"},
+    {400, "CUDA_ERROR_INVALID_HANDLE"},
+    {401, "CUDA_ERROR_ILLEGAL_STATE"},
+    {500, "CUDA_ERROR_NOT_FOUND"},
+    {600, "CUDA_ERROR_NOT_READY"},
+    {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+    {701, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"},
+    {702, "CUDA_ERROR_LAUNCH_TIMEOUT"},
+    {708, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE"},
+    {709, "CUDA_ERROR_CONTEXT_IS_DESTROYED"},
+    {719, "CUDA_ERROR_LAUNCH_FAILED"},
+    {800, "CUDA_ERROR_NOT_PERMITTED"},
+    {801, "CUDA_ERROR_NOT_SUPPORTED"},
+    {802, "CUDA_ERROR_SYSTEM_NOT_READY"},
+    {803, "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH"},
+    {804, "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE"},
+    {805, "CUDA_ERROR_MPS_CONNECTION_FAILED"},
+    {909, "CUDA_ERROR_TIMEOUT"},
+    {999, "CUDA_ERROR_UNKNOWN"},
+};
+
+static const char *builtin_cu_name(CUresult r) {
+    for (size_t i = 0; i < sizeof cu_names / sizeof cu_names[0]; i++)
+        if (cu_names[i].code == r) return cu_names[i].name;
+    return "CUDA_ERROR_UNRECOGNIZED";
+}
+
+#ifdef PROBE_DIRECT
+CUresult cuGetErrorName(CUresult error, const char **pStr);
+#endif
+
+/* The driver's name for r (cuGetErrorName), or the probe's own when that is unavailable. */
+static const char *cu_name(CUresult r) {
+    const char *s = NULL;
+#ifdef PROBE_DIRECT
+    if (cuGetErrorName(r, &s) != CUDA_SUCCESS) s = NULL;
+#else
+    typedef CUresult (*fn)(CUresult, const char **);
+    if (E[EP_cuGetErrorName].pfn && ((fn)E[EP_cuGetErrorName].pfn)(r, &s) != CUDA_SUCCESS) s = NULL;
+#endif
+    return s && *s ? s : builtin_cu_name(r);
+}
+
+#ifndef PROBE_DIRECT
+static const char *status_name(int status) {
+    switch (status) {
+    case CU_GET_PROC_ADDRESS_SUCCESS: return "SUCCESS";
+    case CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: return "SYMBOL_NOT_FOUND";
+    case CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT: return "VERSION_NOT_SUFFICIENT";
+    default: return "UNKNOWN";
+    }
+}
+#endif
+
+/* A failed CUDA call: one line on stderr with the number and the name. Returns 1. */
+static int cu_fail(const char *what, CUresult r) {
+    fprintf(stderr, PROG ": %s failed: %d %s\n", what, r, cu_name(r));
+    return 1;
+}
+
+#define CK(call, what)                                                                         \
+    do {                                                                                       \
+        CUresult r_ = (call);                                                                  \
+        if (r_ != CUDA_SUCCESS) return cu_fail(what, r_);                                      \
+    } while (0)
+
+/* ------------------------------------------------------------------------------------------
+ * Entry point resolution (runtime-style and dlsym-style builds)
+ * ---------------------------------------------------------------------------------------- */
+#ifndef PROBE_DIRECT
+/* The newest variant of e introduced at or before version, or NULL. */
+static const struct variant *pick_variant(const struct entry *e, int version) {
+    const struct variant *best = NULL;
+    for (int i = 0; i < 4 && e->v[i].ver; i++)
+        if (e->v[i].ver <= version) best = &e->v[i];
+    return best;
+}
+
+static CUresult gpa_call(const char *name, void **pfn, int *status) {
+    *pfn = NULL;
+    *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    if (gpa_v2) return gpa_v2(name, pfn, opt.cuda_version, proc_flags(), status);
+    CUresult r = gpa_v1(name, pfn, opt.cuda_version, proc_flags());
+    *status = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return r;
+}
+
+static void resolve(struct entry *e) {
+    const struct variant *v = pick_variant(e, sel_version);
+    e->sel_ver = v ? v->ver : 0;
+    if (!opt.dlsym_mode) {
+        e->lookup = e->base;
+        e->res = gpa_call(e->base, &e->pfn, &e->status);
+        if (e->res != CUDA_SUCCESS) e->pfn = NULL;
+        return;
+    }
+    if (!v) {
+        e->lookup = "";
+        e->pfn = NULL;
+        e->res = CUDA_ERROR_NOT_FOUND;
+        e->status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
+        return;
+    }
+    e->lookup = v->sym;
+    if (opt.ptsz && e->ptsz_ver && e->ptsz_ver <= sel_version) e->lookup = e->ptsz_sym;
+    e->pfn = dlsym(cuda_handle, e->lookup);
+    e->res = e->pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    e->status = e->pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+}
+
+/* What a call through an entry point that did not resolve returns. */
+static CUresult unresolved(const struct entry *e) {
+    CUresult r = e->res != CUDA_SUCCESS ? e->res : CUDA_ERROR_NOT_FOUND;
+    if (opt.dlsym_mode && !e->sel_ver)
+        fprintf(stderr, PROG ": %s is not available: no variant at or before CUDA version %d\n",
+                e->base, sel_version);
+    else
+        fprintf(stderr, PROG ": %s is not available (%s(%s): %d %s, status %d %s)\n", e->base,
+                opt.dlsym_mode ? "dlsym" : "cuGetProcAddress", e->lookup ? e->lookup : e->base,
+                e->res, cu_name(r), e->status, status_name(e->status));
+    return r;
+}
+
+static int load_cuda(void) {
+    cuda_handle = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!cuda_handle) {
+        fprintf(stderr, PROG ": dlopen(libcuda.so.1) failed: %s\n", dlerror());
+        return 1;
+    }
+    if (!opt.dlsym_mode) {
+        gpa_name = "cuGetProcAddress_v2";
+        gpa_addr = dlsym(cuda_handle, gpa_name);
+        if (gpa_addr) {
+            gpa_v2 = (pfn_cuGetProcAddress_v2)gpa_addr;
+        } else {
+            gpa_name = "cuGetProcAddress";
+            gpa_addr = dlsym(cuda_handle, gpa_name);
+            if (!gpa_addr) {
+                fprintf(stderr, PROG ": libcuda.so.1 has neither cuGetProcAddress_v2 nor "
+                                "cuGetProcAddress\n");
+                return 1;
+            }
+            gpa_v1 = (pfn_cuGetProcAddress_v1)gpa_addr;
+        }
+    }
+    /* Like the runtime: the driver's version first (no cuInit needed), then the whole table.
+     * Variants are picked for min(--cuda-version, driver version): a driver never returns a
+     * variant newer than itself. */
+    sel_version = opt.cuda_version;
+    resolve(&E[EP_cuDriverGetVersion]);
+    if (E[EP_cuDriverGetVersion].pfn) {
+        typedef CUresult (*fn)(int *);
+        int v = 0;
+        if (((fn)E[EP_cuDriverGetVersion].pfn)(&v) == CUDA_SUCCESS && v > 0) driver_version = v;
+    }
+    if (driver_version && driver_version < sel_version) sel_version = driver_version;
+    for (int i = 0; i < EP_COUNT; i++) resolve(&E[i]);
+    return 0;
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Call wrappers: direct calls in the direct build, calls through the resolved pointers in
+ * the others. DEF(base, direct symbol, parameters, arguments).
+ * ---------------------------------------------------------------------------------------- */
+#ifdef PROBE_DIRECT
+#define DEF(base, dsym, params, args)                                                          \
+    CUresult dsym params;                                                                      \
+    static CUresult p_##base params { return dsym args; }
+#else
+#define DEF(base, dsym, params, args)                                                          \
+    typedef CUresult(*pfn_##base) params;                                                      \
+    static CUresult p_##base params {                                                          \
+        if (!E[EP_##base].pfn) return unresolved(&E[EP_##base]);                               \
+        return ((pfn_##base)E[EP_##base].pfn)args;                                             \
+    }
+#endif
+
+DEF(cuInit, cuInit, (unsigned int flags), (flags))
+DEF(cuDriverGetVersion, cuDriverGetVersion, (int *v), (v))
+DEF(cuDeviceGet, cuDeviceGet, (CUdevice * d, int ordinal), (d, ordinal))
+DEF(cuDeviceGetCount, cuDeviceGetCount, (int *n), (n))
+DEF(cuDeviceGetName, cuDeviceGetName, (char *name, int len, CUdevice d), (name, len, d))
+DEF(cuDeviceGetUuid, cuDeviceGetUuid_v2, (CUuuid * u, CUdevice d), (u, d))
+DEF(cuDeviceTotalMem, cuDeviceTotalMem_v2, (size_t * bytes, CUdevice d), (bytes, d))
+DEF(cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, (CUcontext * c, CUdevice d), (c, d))
+DEF(cuCtxSetCurrent, cuCtxSetCurrent, (CUcontext c), (c))
+DEF(cuCtxDestroy, cuCtxDestroy_v2, (CUcontext c), (c))
+DEF(cuMemGetInfo, cuMemGetInfo_v2, (size_t * f, size_t *t), (f, t))
+DEF(cuMemAlloc, cuMemAlloc_v2, (CUdeviceptr * p, size_t n), (p, n))
+DEF(cuMemFree, cuMemFree_v2, (CUdeviceptr p), (p))
+DEF(cuMemAllocPitch, cuMemAllocPitch_v2,
+    (CUdeviceptr * p, size_t *pitch, size_t w, size_t h, unsigned int elem), (p, pitch, w, h, elem))
+DEF(cuMemAllocManaged, cuMemAllocManaged, (CUdeviceptr * p, size_t n, unsigned int flags),
+    (p, n, flags))
+DEF(cuMemGetAllocationGranularity, cuMemGetAllocationGranularity,
+    (size_t * g, const CUmemAllocationProp *prop, int option), (g, prop, option))
+DEF(cuMemCreate, cuMemCreate,
+    (CUmemGenericAllocationHandle * h, size_t n, const CUmemAllocationProp *prop,
+     unsigned long long flags),
+    (h, n, prop, flags))
+DEF(cuMemRelease, cuMemRelease, (CUmemGenericAllocationHandle h), (h))
+DEF(cuMemAddressReserve, cuMemAddressReserve,
+    (CUdeviceptr * p, size_t n, size_t align, CUdeviceptr addr, unsigned long long flags),
+    (p, n, align, addr, flags))
+DEF(cuMemAddressFree, cuMemAddressFree, (CUdeviceptr p, size_t n), (p, n))
+DEF(cuMemMap, cuMemMap,
+    (CUdeviceptr p, size_t n, size_t off, CUmemGenericAllocationHandle h, unsigned long long fl),
+    (p, n, off, h, fl))
+DEF(cuMemUnmap, cuMemUnmap, (CUdeviceptr p, size_t n), (p, n))
+DEF(cuMemSetAccess, cuMemSetAccess,
+    (CUdeviceptr p, size_t n, const CUmemAccessDesc *desc, size_t count), (p, n, desc, count))
+DEF(cuStreamCreate, cuStreamCreate, (CUstream * s, unsigned int flags), (s, flags))
+DEF(cuStreamDestroy, cuStreamDestroy_v2, (CUstream s), (s))
+DEF(cuStreamSynchronize, cuStreamSynchronize, (CUstream s), (s))
+DEF(cuMemAllocAsync, cuMemAllocAsync, (CUdeviceptr * p, size_t n, CUstream s), (p, n, s))
+DEF(cuMemFreeAsync, cuMemFreeAsync, (CUdeviceptr p, CUstream s), (p, s))
+DEF(cuMemPoolCreate, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props),
+    (pool, props))
+DEF(cuMemPoolDestroy, cuMemPoolDestroy, (CUmemoryPool pool), (pool))
+DEF(cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync,
+    (CUdeviceptr * p, size_t n, CUmemoryPool pool, CUstream s), (p, n, pool, s))
+DEF(cuArrayCreate, cuArrayCreate_v2, (CUarray * a, const CUDA_ARRAY_DESCRIPTOR *d), (a, d))
+DEF(cuArray3DCreate, cuArray3DCreate_v2, (CUarray * a, const CUDA_ARRAY3D_DESCRIPTOR *d), (a, d))
+DEF(cuArrayDestroy, cuArrayDestroy, (CUarray a), (a))
+DEF(cuMipmappedArrayCreate, cuMipmappedArrayCreate,
+    (CUmipmappedArray * m, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels), (m, d, levels))
+DEF(cuMipmappedArrayDestroy, cuMipmappedArrayDestroy, (CUmipmappedArray m), (m))
+DEF(cuMemsetD8, cuMemsetD8_v2, (CUdeviceptr p, unsigned char c, size_t n), (p, c, n))
+DEF(cuMemcpyHtoD, cuMemcpyHtoD_v2, (CUdeviceptr p, const void *h, size_t n), (p, h, n))
+DEF(cuMemcpyDtoH, cuMemcpyDtoH_v2, (void *h, CUdeviceptr p, size_t n), (h, p, n))
+DEF(cuModuleLoadData, cuModuleLoadData, (CUmodule * m, const void *image), (m, image))
+DEF(cuModuleUnload, cuModuleUnload, (CUmodule m), (m))
+DEF(cuModuleGetFunction, cuModuleGetFunction, (CUfunction * f, CUmodule m, const char *name),
+    (f, m, name))
+DEF(cuLaunchKernel, cuLaunchKernel,
+    (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+     unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,
+     void **extra),
+    (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra))
+
+/* cuCtxCreate and cuCtxSynchronize change signature between variants. */
+#ifdef PROBE_DIRECT
+CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev);
+CUresult cuCtxSynchronize(void);
+static const char *ctx_create_name(void) { return "cuCtxCreate_v2"; }
+static CUresult p_cuCtxCreate(CUcontext *pctx, CUdevice dev) { return cuCtxCreate_v2(pctx, 0, dev); }
+static CUresult p_cuCtxSynchronize(void) { return cuCtxSynchronize(); }
+#else
+static const char *ctx_create_name(void) {
+    int v = E[EP_cuCtxCreate].sel_ver;
+    return v >= 12050 ? "cuCtxCreate_v4" : v >= 11040 ? "cuCtxCreate_v3" : "cuCtxCreate_v2";
+}
+static CUresult p_cuCtxCreate(CUcontext *pctx, CUdevice dev) {
+    const struct entry *e = &E[EP_cuCtxCreate];
+    if (!e->pfn) return unresolved(e);
+    if (e->sel_ver >= 12050) { /* cuCtxCreate_v4 */
+        typedef CUresult (*fn)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
+        return ((fn)e->pfn)(pctx, NULL, 0, dev);
+    }
+    if (e->sel_ver >= 11040) { /* cuCtxCreate_v3 */
+        typedef CUresult (*fn)(CUcontext *, CUexecAffinityParam *, int, unsigned int, CUdevice);
+        return ((fn)e->pfn)(pctx, NULL, 0, 0, dev);
+    }
+    typedef CUresult (*fn)(CUcontext *, unsigned int, CUdevice); /* cuCtxCreate(_v2) */
+    return ((fn)e->pfn)(pctx, 0, dev);
+}
+static CUresult p_cuCtxSynchronize(void) {
+    const struct entry *e = &E[EP_cuCtxSynchronize];
+    if (!e->pfn) return unresolved(e);
+    if (e->sel_ver >= 13000) { /* cuCtxSynchronize_v2: NULL is the current context */
+        typedef CUresult (*fn)(CUcontext);
+        return ((fn)e->pfn)(NULL);
+    }
+    typedef CUresult (*fn)(void);
+    return ((fn)e->pfn)();
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------------------------- */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: " PROG " [global options] COMMAND [options]\n"
+            "global options:\n"
+            "  --device N            CUDA device ordinal (default 0)\n"
+            "  --cuda-version N      cudaVersion for cuGetProcAddress, 1000*major+10*minor "
+            "(default 12080)\n"
+            "  --ptsz                CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM\n"
+#ifndef PROBE_DIRECT
+            "  --dlsym               resolve versioned names with dlsym instead\n"
+#endif
+            "commands:\n"
+            "  info\n"
+            "  meminfo\n"
+            "  nvml-meminfo [--index N]\n"
+            "  alloc --path P --size BYTES [--count N] [--height H] [--levels L]\n"
+            "        [--hold SECONDS | --hold-forever] [--free]\n"
+            "  fill --path P --chunk BYTES [--max-chunks N] [--hold SECONDS | --hold-forever]\n"
+            "  copy --size BYTES\n"
+            "  launch --duration-ns N [--count K]\n"
+            "  symbols [--name NAME]...\n"
+            "paths: alloc pitch managed vmm async pool array array3d mipmap ctx\n"
+            "sizes take an optional K, M, G, T (or KiB, MiB, GiB, TiB) suffix, powers of 1024\n");
+}
+
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(PROG ": ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n", stderr);
+    va_end(ap);
+    usage(stderr);
+    return 2;
+}
+
+static int parse_u64(const char *s, int suffixes, unsigned long long *out) {
+    if (!s || !*s || *s == '-' || *s == '+') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) ? 16 : 10);
+    if (errno || end == s) return -1;
+    unsigned shift = 0;
+    if (*end && suffixes) {
+        switch (*end) {
+        case 'K': case 'k': shift = 10; break;
+        case 'M': case 'm': shift = 20; break;
+        case 'G': case 'g': shift = 30; break;
+        case 'T': case 't': shift = 40; break;
+        default: return -1;
+        }
+        end++;
+        if (strcmp(end, "iB") == 0 || strcmp(end, "ib") == 0) end += 2;
+    }
+    if (*end) return -1;
+    if (shift && v > (~0ULL >> shift)) return -1;
+    *out = v << shift;
+    return 0;
+}
+
+static int in_range(unsigned long long v, unsigned long long lo, unsigned long long hi) {
+    return v >= lo && v <= hi;
+}
+
+static void sleep_seconds(double s) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* --hold / --hold-forever: say so, then sleep. Returns after a finite hold. */
+static void maybe_hold(void) {
+    if (!opt.hold_set && !opt.hold_forever) return;
+    printf("holding\n");
+    fflush(stdout);
+    if (opt.hold_forever)
+        for (;;) pause();
+    sleep_seconds(opt.hold);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static CUdevice g_dev;
+static CUcontext g_primary;
+
+/* cuInit(0), then the primary context of --device made current. */
+static int cuda_setup(void) {
+    CK(p_cuInit(0), "cuInit");
+    CK(p_cuDeviceGet(&g_dev, opt.device), "cuDeviceGet");
+    CK(p_cuDevicePrimaryCtxRetain(&g_primary, g_dev), "cuDevicePrimaryCtxRetain");
+    CK(p_cuCtxSetCurrent(g_primary), "cuCtxSetCurrent");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * info, meminfo
+ * ---------------------------------------------------------------------------------------- */
+static int cmd_info(void) {
+    int dv = 0, count = 0;
+    char name[256];
+    CUuuid u;
+    size_t total_mem = 0, free_b = 0, total_b = 0;
+    CK(p_cuDriverGetVersion(&dv), "cuDriverGetVersion");
+    CK(p_cuDeviceGetCount(&count), "cuDeviceGetCount");
+    CK(p_cuDeviceGetName(name, (int)sizeof name, g_dev), "cuDeviceGetName");
+    name[sizeof name - 1] = 0;
+    memset(&u, 0, sizeof u);
+    CK(p_cuDeviceGetUuid(&u, g_dev), "cuDeviceGetUuid");
+    CK(p_cuDeviceTotalMem(&total_mem, g_dev), "cuDeviceTotalMem");
+    CK(p_cuMemGetInfo(&free_b, &total_b), "cuMemGetInfo");
+    const unsigned char *b = (const unsigned char *)u.bytes;
+    printf("mode=%s\n", mode_name());
+    printf("cuda_version=%d\n", opt.cuda_version);
+    printf("driver_version=%d\n", dv);
+    printf("device_count=%d\n", count);
+    printf("device=%d\n", opt.device);
+    printf("name=%s\n", name);
+    printf("uuid=GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", b[0],
+           b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+           b[15]);
+    printf("total_mem=%zu\n", total_mem);
+    printf("free=%zu\n", free_b);
+    printf("total=%zu\n", total_b);
+    return 0;
+}
+
+static int cmd_meminfo(void) {
+    size_t free_b = 0, total_b = 0, dev_total = 0;
+    CK(p_cuMemGetInfo(&free_b, &total_b), "cuMemGetInfo");
+    CK(p_cuDeviceTotalMem(&dev_total, g_dev), "cuDeviceTotalMem");
+    printf("free=%zu\n", free_b);
+    printf("total=%zu\n", total_b);
+    printf("device_total=%zu\n", dev_total);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * nvml-meminfo
+ * ---------------------------------------------------------------------------------------- */
+static const char *nvml_name(nvmlReturn_t r) {
+    static const char *names[] = {
+        "NVML_SUCCESS", "NVML_ERROR_UNINITIALIZED", "NVML_ERROR_INVALID_ARGUMENT",
+        "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_ALREADY_INITIALIZED",
+        "NVML_ERROR_NOT_FOUND", "NVML_ERROR_INSUFFICIENT_SIZE", "NVML_ERROR_INSUFFICIENT_POWER",
+        "NVML_ERROR_DRIVER_NOT_LOADED", "NVML_ERROR_TIMEOUT", "NVML_ERROR_IRQ_ISSUE",
+        "NVML_ERROR_LIBRARY_NOT_FOUND", "NVML_ERROR_FUNCTION_NOT_FOUND",
+        "NVML_ERROR_CORRUPTED_INFOROM", "NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED",
+        "NVML_ERROR_OPERATING_SYSTEM", "NVML_ERROR_LIB_RM_VERSION_MISMATCH", "NVML_ERROR_IN_USE",
+        "NVML_ERROR_MEMORY", "NVML_ERROR_NO_DATA", "NVML_ERROR_VGPU_ECC_NOT_SUPPORTED",
+        "NVML_ERROR_INSUFFICIENT_RESOURCES", "NVML_ERROR_FREQ_NOT_SUPPORTED",
+        "NVML_ERROR_ARGUMENT_VERSION_MISMATCH", "NVML_ERROR_DEPRECATED", "NVML_ERROR_NOT_READY",
+        "NVML_ERROR_GPU_NOT_FOUND", "NVML_ERROR_INVALID_STATE",
+    };
+    if (r >= 0 && (size_t)r < sizeof names / sizeof names[0]) return names[r];
+    return r == 999 ? "NVML_ERROR_UNKNOWN" : "NVML_ERROR_UNRECOGNIZED";
+}
+
+static struct {
+    nvmlReturn_t (*init)(void);
+    nvmlReturn_t (*shutdown)(void);
+    const char *(*error_string)(nvmlReturn_t);
+    nvmlReturn_t (*handle_by_index)(unsigned int, nvmlDevice_t *);
+    nvmlReturn_t (*uuid)(nvmlDevice_t, char *, unsigned int);
+    nvmlReturn_t (*meminfo)(nvmlDevice_t, nvmlMemory_t *);
+    nvmlReturn_t (*meminfo_v2)(nvmlDevice_t, nvmlMemory_v2_t *);
+} nv;
+
+static int nvml_fail(const char *what, nvmlReturn_t r) {
+    const char *s = nv.error_string ? nv.error_string(r) : NULL;
+    fprintf(stderr, PROG ": %s failed: %d %s (%s)\n", what, r, nvml_name(r), s ? s : "?");
+    return 1;
+}
+
+#define NK(fn, what, ...)                                                                      \
+    do {                                                                                       \
+        if (!nv.fn) {                                                                          \
+            fprintf(stderr, PROG ": %s: symbol not found in libnvidia-ml.so.1\n", what);       \
+            return 1;                                                                          \
+        }                                                                                      \
+        nvmlReturn_t r_ = nv.fn(__VA_ARGS__);                                                  \
+        if (r_ != 0) return nvml_fail(what, r_);                                               \
+    } while (0)
+
+static int cmd_nvml_meminfo(void) {
+#ifdef PROBE_DIRECT
+    nv.init = nvmlInit_v2;
+    nv.shutdown = nvmlShutdown;
+    nv.error_string = nvmlErrorString;
+    nv.handle_by_index = nvmlDeviceGetHandleByIndex_v2;
+    nv.uuid = nvmlDeviceGetUUID;
+    nv.meminfo = nvmlDeviceGetMemoryInfo;
+    nv.meminfo_v2 = nvmlDeviceGetMemoryInfo_v2;
+#else
+    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+    if (!h) {
+        fprintf(stderr, PROG ": dlopen(libnvidia-ml.so.1) failed: %s\n", dlerror());
+        return 1;
+    }
+    nv.init = (nvmlReturn_t(*)(void))dlsym(h, "nvmlInit_v2");
+    nv.shutdown = (nvmlReturn_t(*)(void))dlsym(h, "nvmlShutdown");
+    nv.error_string = (const char *(*)(nvmlReturn_t))dlsym(h, "nvmlErrorString");
+    nv.handle_by_index =
+        (nvmlReturn_t(*)(unsigned int, nvmlDevice_t *))dlsym(h, "nvmlDeviceGetHandleByIndex_v2");
+    nv.uuid = (nvmlReturn_t(*)(nvmlDevice_t, char *, unsigned int))dlsym(h, "nvmlDeviceGetUUID");
+    nv.meminfo = (nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_t *))dlsym(h, "nvmlDeviceGetMemoryInfo");
+    nv.meminfo_v2 =
+        (nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_v2_t *))dlsym(h, "nvmlDeviceGetMemoryInfo_v2");
+#endif
+    nvmlDevice_t dev;
+    nvmlMemory_t m1;
+    nvmlMemory_v2_t m2;
+    char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE];
+    NK(init, "nvmlInit_v2");
+    NK(handle_by_index, "nvmlDeviceGetHandleByIndex_v2", opt.nvml_index, &dev);
+    NK(uuid, "nvmlDeviceGetUUID", dev, uuid, (unsigned int)sizeof uuid);
+    printf("index=%u\n", opt.nvml_index);
+    printf("uuid=%s\n", uuid);
+    memset(&m1, 0, sizeof m1);
+    NK(meminfo, "nvmlDeviceGetMemoryInfo", dev, &m1);
+    printf("total=%llu\n", m1.total);
+    printf("used=%llu\n", m1.used);
+    printf("free=%llu\n", m1.free);
+    memset(&m2, 0, sizeof m2);
+    m2.version = NVML_MEMORY_V2_VERSION;
+    NK(meminfo_v2, "nvmlDeviceGetMemoryInfo_v2", dev, &m2);
+    printf("v2_total=%llu\n", m2.total);
+    printf("v2_reserved=%llu\n", m2.reserved);
+    printf("v2_used=%llu\n", m2.used);
+    printf("v2_free=%llu\n", m2.free);
+    NK(shutdown, "nvmlShutdown");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Allocation paths (alloc, fill)
+ * ---------------------------------------------------------------------------------------- */
+enum path { P_ALLOC, P_PITCH, P_MANAGED, P_VMM, P_ASYNC, P_POOL, P_ARRAY, P_ARRAY3D, P_MIPMAP, P_CTX };
+static const char *path_names[] = {"alloc", "pitch", "managed", "vmm",    "async",
+                                   "pool",  "array", "array3d", "mipmap", "ctx"};
+
+struct obj {
+    CUdeviceptr ptr;
+    size_t size; /* vmm: the reserved and mapped size */
+    CUmemGenericAllocationHandle handle;
+    CUarray arr;
+    CUmipmappedArray mip;
+    CUcontext ctx;
+};
+
+static struct {
+    enum path path;
+    size_t size;                   /* bytes asked for per allocation */
+    size_t bytes_each;             /* what the probe accounts per allocation */
+    size_t width, height, depth;   /* pitch (width in bytes), arrays (elements) */
+    unsigned int levels;           /* mipmap */
+    size_t pitch;                  /* pitch: from the first allocation */
+    size_t granularity;            /* vmm */
+    CUstream stream;               /* async, pool */
+    CUmemoryPool pool;             /* pool */
+    struct obj *objs;
+    size_t n, cap;
+    unsigned long long bytes;
+    const char *failed; /* the call that failed */
+} A;
+
+static int parse_path(const char *s) {
+    for (size_t i = 0; i < sizeof path_names / sizeof path_names[0]; i++)
+        if (strcmp(s, path_names[i]) == 0) return (int)i;
+    return -1;
+}
+
+static size_t ceil_div(size_t a, size_t b) { return a / b + (a % b != 0); }
+
+/* Geometry of a float (4-byte) array holding about `size` bytes. */
+static void array_geometry(size_t size) {
+    size_t n = ceil_div(size ? size : 1, 4); /* elements */
+    if (A.path == P_ARRAY3D) {
+        A.width = n < 4096 ? n : 4096;
+        A.height = ceil_div(n, A.width);
+        if (A.height > 64) A.height = 64;
+        A.depth = ceil_div(n, A.width * A.height);
+    } else {
+        if (opt.height) {
+            A.height = (size_t)opt.height;
+            A.width = ceil_div(n, A.height);
+        } else {
+            A.width = n < 16384 ? n : 16384; /* 64 KiB rows */
+            A.height = ceil_div(n, A.width);
+            if (A.height > 32768) {
+                A.height = 32768;
+                A.width = ceil_div(n, A.height);
+            }
+        }
+        A.depth = 0;
+    }
+    A.bytes_each = A.width * A.height * (A.depth ? A.depth : 1) * 4;
+}
+
+#define AK(call, what)                                                                         \
+    do {                                                                                       \
+        CUresult r_ = (call);                                                                  \
+        if (r_ != CUDA_SUCCESS) {                                                              \
+            A.failed = what;                                                                   \
+            return r_;                                                                         \
+        }                                                                                      \
+    } while (0)
+
+/* Per-path setup before the first allocation. */
+static CUresult alloc_setup(size_t size) {
+    A.size = size;
+    A.bytes_each = size;
+    switch (A.path) {
+    case P_PITCH:
+        A.width = size;
+        A.height = opt.height ? (size_t)opt.height : 1;
+        break;
+    case P_VMM: {
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+        prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.id = g_dev;
+        AK(p_cuMemGetAllocationGranularity(&A.granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+           "cuMemGetAllocationGranularity");
+        if (A.granularity == 0) A.granularity = 1;
+        A.bytes_each = ceil_div(size ? size : 1, A.granularity) * A.granularity;
+        break;
+    }
+    case P_ASYNC:
+        AK(p_cuStreamCreate(&A.stream, 0), "cuStreamCreate");
+        break;
+    case P_POOL: {
+        CUmemPoolProps props;
+        memset(&props, 0, sizeof props);
+        props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+        props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+        props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        props.location.id = g_dev;
+        AK(p_cuStreamCreate(&A.stream, 0), "cuStreamCreate");
+        AK(p_cuMemPoolCreate(&A.pool, &props), "cuMemPoolCreate");
+        break;
+    }
+    case P_ARRAY:
+    case P_ARRAY3D:
+        array_geometry(size);
+        break;
+    case P_MIPMAP: {
+        array_geometry(size);
+        unsigned int max_levels = 1;
+        for (size_t m = A.width > A.height ? A.width : A.height; m > 1; m >>= 1) max_levels++;
+        A.levels = opt.levels ? (unsigned int)opt.levels : 4;
+        if (A.levels > max_levels) A.levels = max_levels;
+        /* level 0 plus the smaller levels */
+        size_t total = 0, w = A.width, h = A.height;
+        for (unsigned int l = 0; l < A.levels; l++) {
+            total += w * h * 4;
+            w = w > 1 ? w / 2 : 1;
+            h = h > 1 ? h / 2 : 1;
+        }
+        A.bytes_each = total;
+        break;
+    }
+    case P_CTX:
+        A.bytes_each = 0;
+        break;
+    default:
+        break;
+    }
+    return CUDA_SUCCESS;
+}
+
+static CUresult alloc_one(void) {
+    struct obj o;
+    memset(&o, 0, sizeof o);
+    o.size = A.bytes_each;
+    switch (A.path) {
+    case P_ALLOC:
+        AK(p_cuMemAlloc(&o.ptr, A.size), "cuMemAlloc");
+        break;
+    case P_PITCH: {
+        size_t pitch = 0;
+        AK(p_cuMemAllocPitch(&o.ptr, &pitch, A.width, A.height, 4), "cuMemAllocPitch");
+        if (!A.pitch) A.pitch = pitch;
+        o.size = pitch * A.height;
+        break;
+    }
+    case P_MANAGED:
+        AK(p_cuMemAllocManaged(&o.ptr, A.size, CU_MEM_ATTACH_GLOBAL), "cuMemAllocManaged");
+        break;
+    case P_VMM: {
+        CUmemAllocationProp prop;
+        CUmemAccessDesc access;
+        memset(&prop, 0, sizeof prop);
+        prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+        prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.id = g_dev;
+        memset(&access, 0, sizeof access);
+        access.location = prop.location;
+        access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        AK(p_cuMemCreate(&o.handle, o.size, &prop, 0), "cuMemCreate");
+        CUresult r = p_cuMemAddressReserve(&o.ptr, o.size, 0, 0, 0);
+        if (r != CUDA_SUCCESS) {
+            p_cuMemRelease(o.handle);
+            A.failed = "cuMemAddressReserve";
+            return r;
+        }
+        r = p_cuMemMap(o.ptr, o.size, 0, o.handle, 0);
+        if (r != CUDA_SUCCESS) {
+            p_cuMemAddressFree(o.ptr, o.size);
+            p_cuMemRelease(o.handle);
+            A.failed = "cuMemMap";
+            return r;
+        }
+        r = p_cuMemSetAccess(o.ptr, o.size, &access, 1);
+        if (r != CUDA_SUCCESS) {
+            p_cuMemUnmap(o.ptr, o.size);
+            p_cuMemAddressFree(o.ptr, o.size);
+            p_cuMemRelease(o.handle);
+            A.failed = "cuMemSetAccess";
+            return r;
+        }
+        break;
+    }
+    case P_ASYNC:
+        AK(p_cuMemAllocAsync(&o.ptr, A.size, A.stream), "cuMemAllocAsync");
+        AK(p_cuStreamSynchronize(A.stream), "cuStreamSynchronize");
+        break;
+    case P_POOL:
+        AK(p_cuMemAllocFromPoolAsync(&o.ptr, A.size, A.pool, A.stream), "cuMemAllocFromPoolAsync");
+        AK(p_cuStreamSynchronize(A.stream), "cuStreamSynchronize");
+        break;
+    case P_ARRAY: {
+        CUDA_ARRAY_DESCRIPTOR d;
+        memset(&d, 0, sizeof d);
+        d.Width = A.width;
+        d.Height = A.height;
+        d.Format = CU_AD_FORMAT_FLOAT;
+        d.NumChannels = 1;
+        AK(p_cuArrayCreate(&o.arr, &d), "cuArrayCreate");
+        break;
+    }
+    case P_ARRAY3D: {
+        CUDA_ARRAY3D_DESCRIPTOR d;
+        memset(&d, 0, sizeof d);
+        d.Width = A.width;
+        d.Height = A.height;
+        d.Depth = A.depth;
+        d.Format = CU_AD_FORMAT_FLOAT;
+        d.NumChannels = 1;
+        AK(p_cuArray3DCreate(&o.arr, &d), "cuArray3DCreate");
+        break;
+    }
+    case P_MIPMAP: {
+        CUDA_ARRAY3D_DESCRIPTOR d;
+        memset(&d, 0, sizeof d);
+        d.Width = A.width;
+        d.Height = A.height;
+        d.Depth = 0;
+        d.Format = CU_AD_FORMAT_FLOAT;
+        d.NumChannels = 1;
+        AK(p_cuMipmappedArrayCreate(&o.mip, &d, A.levels), "cuMipmappedArrayCreate");
+        break;
+    }
+    case P_CTX:
+        AK(p_cuCtxCreate(&o.ctx, g_dev), ctx_create_name());
+        break;
+    }
+    if (A.n == A.cap) {
+        size_t cap = A.cap ? A.cap * 2 : 64;
+        struct obj *p = realloc(A.objs, cap * sizeof *p);
+        if (!p) {
+            fprintf(stderr, PROG ": out of host memory\n");
+            exit(1);
+        }
+        A.objs = p;
+        A.cap = cap;
+    }
+    A.objs[A.n++] = o;
+    A.bytes += o.size;
+    return CUDA_SUCCESS;
+}
+
+/* Frees everything, newest first; prints freed=N. Returns 0, or 1 after a failed call. */
+static int free_all(void) {
+    size_t freed = 0;
+    int rc = 0;
+    CUresult r = CUDA_SUCCESS;
+    const char *what = NULL;
+    while (A.n > 0 && !rc) {
+        struct obj *o = &A.objs[A.n - 1];
+        switch (A.path) {
+        case P_ALLOC:
+        case P_PITCH:
+        case P_MANAGED:
+            what = "cuMemFree";
+            r = p_cuMemFree(o->ptr);
+            break;
+        case P_VMM:
+            what = "cuMemUnmap";
+            r = p_cuMemUnmap(o->ptr, o->size);
+            if (r == CUDA_SUCCESS) {
+                what = "cuMemRelease";
+                r = p_cuMemRelease(o->handle);
+            }
+            if (r == CUDA_SUCCESS) {
+                what = "cuMemAddressFree";
+                r = p_cuMemAddressFree(o->ptr, o->size);
+            }
+            break;
+        case P_ASYNC:
+        case P_POOL:
+            what = "cuMemFreeAsync";
+            r = p_cuMemFreeAsync(o->ptr, A.stream);
+            break;
+        case P_ARRAY:
+        case P_ARRAY3D:
+            what = "cuArrayDestroy";
+            r = p_cuArrayDestroy(o->arr);
+            break;
+        case P_MIPMAP:
+            what = "cuMipmappedArrayDestroy";
+            r = p_cuMipmappedArrayDestroy(o->mip);
+            break;
+        case P_CTX:
+            what = "cuCtxDestroy";
+            r = p_cuCtxDestroy(o->ctx);
+            break;
+        }
+        if (r != CUDA_SUCCESS) {
+            rc = cu_fail(what, r);
+            break;
+        }
+        A.n--;
+        A.bytes -= o->size;
+        freed++;
+    }
+    if (!rc && (A.path == P_ASYNC || A.path == P_POOL) && A.stream) {
+        r = p_cuStreamSynchronize(A.stream);
+        if (r != CUDA_SUCCESS) rc = cu_fail("cuStreamSynchronize", r);
+    }
+    if (!rc && A.pool) {
+        r = p_cuMemPoolDestroy(A.pool);
+        if (r != CUDA_SUCCESS) rc = cu_fail("cuMemPoolDestroy", r);
+        else A.pool = NULL;
+    }
+    if (!rc && A.stream) {
+        r = p_cuStreamDestroy(A.stream);
+        if (r != CUDA_SUCCESS) rc = cu_fail("cuStreamDestroy", r);
+        else A.stream = NULL;
+    }
+    /* cuCtxCreate made each new context current; go back to the primary one. */
+    if (!rc && A.path == P_CTX) {
+        r = p_cuCtxSetCurrent(g_primary);
+        if (r != CUDA_SUCCESS) rc = cu_fail("cuCtxSetCurrent", r);
+    }
+    printf("freed=%zu\n", freed);
+    return rc;
+}
+
+static void print_geometry(void) {
+    printf("path=%s\n", path_names[A.path]);
+    switch (A.path) {
+    case P_VMM:
+        printf("granularity=%zu\n", A.granularity);
+        break;
+    case P_PITCH:
+        printf("width=%zu\nheight=%zu\n", A.width, A.height);
+        if (A.pitch) printf("pitch=%zu\n", A.pitch);
+        break;
+    case P_ARRAY:
+    case P_ARRAY3D:
+    case P_MIPMAP:
+        printf("width=%zu\nheight=%zu\ndepth=%zu\n", A.width, A.height, A.depth);
+        if (A.path == P_MIPMAP) printf("levels=%u\n", A.levels);
+        break;
+    default:
+        break;
+    }
+    printf("size=%zu\n", A.bytes_each);
+}
+
+static void print_error(CUresult r) {
+    printf("error=%d\n", r);
+    printf("error_name=%s\n", cu_name(r));
+}
+
+static int cmd_alloc(void) {
+    CUresult r = alloc_setup((size_t)opt.size);
+    unsigned long long done = 0;
+    if (r == CUDA_SUCCESS)
+        for (; done < opt.count; done++)
+            if ((r = alloc_one()) != CUDA_SUCCESS) break;
+    print_geometry();
+    printf("allocated=%llu\n", done);
+    printf("bytes=%llu\n", A.bytes);
+    if (r != CUDA_SUCCESS) {
+        print_error(r);
+        return cu_fail(A.failed, r);
+    }
+    maybe_hold();
+    if (opt.do_free) return free_all();
+    return 0;
+}
+
+static int cmd_fill(void) {
+    CUresult r = alloc_setup((size_t)opt.chunk);
+    unsigned long long done = 0;
+    if (r == CUDA_SUCCESS)
+        for (; done < opt.max_chunks; done++)
+            if ((r = alloc_one()) != CUDA_SUCCESS) break;
+    print_geometry();
+    printf("chunks=%llu\n", done);
+    printf("bytes=%llu\n", A.bytes);
+    print_error(r);
+    if (r == CUDA_SUCCESS) {
+        fprintf(stderr, PROG ": fill: %llu chunks allocated without a failure (--max-chunks)\n",
+                done);
+        return 1;
+    }
+    if (r != CUDA_ERROR_OUT_OF_MEMORY) return cu_fail(A.failed, r);
+    maybe_hold();
+    return free_all();
+}
+
+/* ------------------------------------------------------------------------------------------
+ * copy, launch
+ * ---------------------------------------------------------------------------------------- */
+static int cmd_copy(void) {
+    size_t n = (size_t)opt.size;
+    unsigned char *pattern = malloc(n ? n : 1), *back = malloc(n ? n : 1);
+    CUdeviceptr d = 0;
+    if (!pattern || !back) {
+        fprintf(stderr, PROG ": out of host memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) pattern[i] = (unsigned char)((i * 131 + (i >> 8) + 7) & 0xff);
+    CK(p_cuMemAlloc(&d, n), "cuMemAlloc");
+    CK(p_cuMemsetD8(d, 0xa5, n), "cuMemsetD8");
+    memset(back, 0, n);
+    CK(p_cuMemcpyDtoH(back, d, n), "cuMemcpyDtoH");
+    printf("size=%zu\n", n);
+    for (size_t i = 0; i < n; i++)
+        if (back[i] != 0xa5) {
+            printf("ok=0\nmismatch=memset\nmismatch_at=%zu\n", i);
+            fprintf(stderr, PROG ": copy: byte %zu is 0x%02x after cuMemsetD8 0xa5\n", i, back[i]);
+            return 1;
+        }
+    CK(p_cuMemcpyHtoD(d, pattern, n), "cuMemcpyHtoD");
+    memset(back, 0, n);
+    CK(p_cuMemcpyDtoH(back, d, n), "cuMemcpyDtoH");
+    for (size_t i = 0; i < n; i++)
+        if (back[i] != pattern[i]) {
+            printf("ok=0\nmismatch=copy\nmismatch_at=%zu\n", i);
+            fprintf(stderr, PROG ": copy: byte %zu is 0x%02x, wrote 0x%02x\n", i, back[i],
+                    pattern[i]);
+            return 1;
+        }
+    CK(p_cuMemFree(d), "cuMemFree");
+    printf("ok=1\n");
+    free(pattern);
+    free(back);
+    return 0;
+}
+
+/* busy(u64 ns): spins until %globaltimer has advanced by ns. PTX ISA 6.0 for sm_50, so the
+ * driver JIT-compiles it for any GPU it supports. */
+static const char busy_ptx[] =
+    ".version 6.0\n"
+    ".target sm_50\n"
+    ".address_size 64\n"
+    "\n"
+    ".visible .entry busy(\n"
+    "\t.param .u64 busy_param_0\n"
+    ")\n"
+    "{\n"
+    "\t.reg .pred %p<2>;\n"
+    "\t.reg .b64 %rd<5>;\n"
+    "\n"
+    "\tld.param.u64 %rd1, [busy_param_0];\n"
+    "\tmov.u64 %rd2, %globaltimer;\n"
+    "$L__spin:\n"
+    "\tmov.u64 %rd3, %globaltimer;\n"
+    "\tsub.s64 %rd4, %rd3, %rd2;\n"
+    "\tsetp.lt.u64 %p1, %rd4, %rd1;\n"
+    "\t@%p1 bra $L__spin;\n"
+    "\tret;\n"
+    "}\n";
+
+static int cmd_launch(void) {
+    CUmodule mod;
+    CUfunction f;
+    unsigned long long duration = opt.duration_ns, done = 0;
+    CK(p_cuModuleLoadData(&mod, busy_ptx), "cuModuleLoadData");
+    CK(p_cuModuleGetFunction(&f, mod, "busy"), "cuModuleGetFunction");
+    uint64_t t0 = now_ns();
+    CUresult r = CUDA_SUCCESS;
+    const char *what = "cuLaunchKernel";
+    for (; done < opt.count; done++) {
+        void *params[] = {&duration};
+        r = p_cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+        if (r != CUDA_SUCCESS) break;
+    }
+    if (r == CUDA_SUCCESS) {
+        what = "cuCtxSynchronize";
+        r = p_cuCtxSynchronize();
+    }
+    uint64_t t1 = now_ns();
+    printf("launched=%llu\n", done);
+    if (r != CUDA_SUCCESS) {
+        print_error(r);
+        return cu_fail(what, r);
+    }
+    printf("elapsed_ns=%" PRIu64 "\n", t1 - t0);
+    CK(p_cuModuleUnload(mod), "cuModuleUnload");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * symbols
+ * ---------------------------------------------------------------------------------------- */
+static void print_addr(const char *key, const char *suffix, void *p) {
+    Dl_info info;
+    memset(&info, 0, sizeof info);
+    int found = p && dladdr(p, &info);
+    printf("%s%s=0x%" PRIxPTR "\n", key, suffix, (uintptr_t)p);
+    printf("%s%s.lib=%s\n", key, suffix, found && info.dli_fname ? info.dli_fname : "");
+    printf("%s%s.sym=%s\n", key, suffix,
+           found && info.dli_sname && info.dli_saddr == p ? info.dli_sname : "");
+}
+
+static void print_symbol(const char *name, void *p, CUresult res, int status, const char *lookup) {
+    print_addr(name, "", p);
+    printf("%s.status=%d\n", name, status);
+    printf("%s.result=%d\n", name, res);
+    printf("%s.lookup=%s\n", name, lookup ? lookup : "");
+}
+
+static int cmd_symbols(void) {
+    printf("mode=%s\n", mode_name());
+    printf("cuda_version=%d\n", opt.cuda_version);
+    printf("flags=%llu\n", (unsigned long long)proc_flags());
+#ifdef PROBE_DIRECT
+    printf("resolver.name=cuGetProcAddress_v2\n");
+    print_addr("resolver", "", (void *)cuGetProcAddress_v2);
+#define LOOKUP(name, pp, res, st) ((res) = cuGetProcAddress_v2(name, pp, opt.cuda_version, proc_flags(), st))
+#else
+    printf("driver_version=%d\n", driver_version);
+    if (!opt.dlsym_mode) {
+        printf("resolver.name=%s\n", gpa_name);
+        print_addr("resolver", "", gpa_addr);
+    }
+#endif
+    if (opt.n_names == 0) {
+        for (int i = 0; i < EP_COUNT; i++) {
+            struct entry *e = &E[i];
+#ifdef PROBE_DIRECT
+            e->lookup = e->base;
+            LOOKUP(e->base, &e->pfn, e->res, &e->status);
+#endif
+            print_symbol(e->base, e->pfn, e->res, e->status, e->lookup);
+        }
+        return 0;
+    }
+    for (int i = 0; i < opt.n_names; i++) {
+        void *p = NULL;
+        int status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        CUresult res;
+#ifdef PROBE_DIRECT
+        LOOKUP(opt.names[i], &p, res, &status);
+#else
+        if (opt.dlsym_mode) {
+            p = dlsym(cuda_handle, opt.names[i]);
+            res = p ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+            status = p ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        } else {
+            res = gpa_call(opt.names[i], &p, &status);
+        }
+#endif
+        print_symbol(opt.names[i], p, res, status, opt.names[i]);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * main
+ * ---------------------------------------------------------------------------------------- */
+static int parse_args(int argc, char **argv) {
+    opt.cuda_version = 12080;
+    opt.count = 1;
+    opt.max_chunks = 1000000;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        unsigned long long v;
+#define NEED_VALUE()                                                                           \
+    do {                                                                                       \
+        if (!val) return usage_error("%s needs a value", a);                                   \
+        i++;                                                                                   \
+    } while (0)
+#define NUM(dst, suffixes, lo, hi)                                                             \
+    do {                                                                                       \
+        NEED_VALUE();                                                                          \
+        if (parse_u64(val, suffixes, &v) || !in_range(v, lo, hi))                              \
+            return usage_error("%s: bad value '%s'", a, val);                                  \
+        dst = v;                                                                               \
+    } while (0)
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(a, "--device") == 0) {
+            NUM(opt.device, 0, 0, 1u << 20);
+        } else if (strcmp(a, "--cuda-version") == 0) {
+            NUM(opt.cuda_version, 0, 1, 1000000);
+        } else if (strcmp(a, "--ptsz") == 0) {
+            opt.ptsz = 1;
+        } else if (strcmp(a, "--dlsym") == 0) {
+#ifdef PROBE_DIRECT
+            return usage_error("--dlsym: the direct build calls libcuda.so.1's functions directly");
+#else
+            opt.dlsym_mode = 1;
+#endif
+        } else if (strcmp(a, "--path") == 0) {
+            NEED_VALUE();
+            if (parse_path(val) < 0) return usage_error("--path: unknown path '%s'", val);
+            opt.path = val;
+        } else if (strcmp(a, "--size") == 0) {
+            NUM(opt.size, 1, 0, ~0ULL);
+            opt.have_size = 1;
+        } else if (strcmp(a, "--count") == 0) {
+            NUM(opt.count, 0, 0, ~0ULL);
+        } else if (strcmp(a, "--height") == 0) {
+            NUM(opt.height, 0, 1, 1u << 30);
+        } else if (strcmp(a, "--levels") == 0) {
+            NUM(opt.levels, 0, 1, 64);
+        } else if (strcmp(a, "--chunk") == 0) {
+            NUM(opt.chunk, 1, 1, ~0ULL);
+        } else if (strcmp(a, "--max-chunks") == 0) {
+            NUM(opt.max_chunks, 0, 1, ~0ULL);
+        } else if (strcmp(a, "--duration-ns") == 0) {
+            NUM(opt.duration_ns, 0, 0, ~0ULL);
+        } else if (strcmp(a, "--index") == 0) {
+            NUM(opt.nvml_index, 0, 0, 1u << 20);
+        } else if (strcmp(a, "--hold") == 0) {
+            NEED_VALUE();
+            char *end;
+            errno = 0;
+            double s = strtod(val, &end);
+            if (errno || end == val || *end || !(s >= 0) || s > 1e9)
+                return usage_error("--hold: bad value '%s'", val);
+            opt.hold = s;
+            opt.hold_set = 1;
+        } else if (strcmp(a, "--hold-forever") == 0) {
+            opt.hold_forever = 1;
+        } else if (strcmp(a, "--free") == 0) {
+            opt.do_free = 1;
+        } else if (strcmp(a, "--name") == 0) {
+            NEED_VALUE();
+            if (opt.n_names == (int)(sizeof opt.names / sizeof opt.names[0]))
+                return usage_error("too many --name");
+            opt.names[opt.n_names++] = val;
+        } else if (a[0] == '-') {
+            return usage_error("unknown option '%s'", a);
+        } else if (!opt.cmd) {
+            opt.cmd = a;
+        } else {
+            return usage_error("unexpected argument '%s'", a);
+        }
+#undef NUM
+#undef NEED_VALUE
+    }
+    if (!opt.cmd) return usage_error("no command");
+    if (opt.hold_set && opt.hold_forever) return usage_error("--hold and --hold-forever conflict");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    int rc = parse_args(argc, argv);
+    if (rc) return rc;
+
+    const char *c = opt.cmd;
+    int is_alloc = strcmp(c, "alloc") == 0, is_fill = strcmp(c, "fill") == 0;
+    int known = is_alloc || is_fill || !strcmp(c, "info") || !strcmp(c, "meminfo") ||
+                !strcmp(c, "nvml-meminfo") || !strcmp(c, "copy") || !strcmp(c, "launch") ||
+                !strcmp(c, "symbols");
+    if (!known) return usage_error("unknown command '%s'", c);
+    if (is_alloc || is_fill) {
+        if (!opt.path) return usage_error("%s needs --path", c);
+        A.path = (enum path)parse_path(opt.path);
+        if (is_alloc && !opt.have_size && A.path != P_CTX) return usage_error("alloc needs --size");
+        if (is_fill && !opt.chunk && A.path != P_CTX) return usage_error("fill needs --chunk");
+    }
+    if (!strcmp(c, "copy") && !opt.have_size) return usage_error("copy needs --size");
+    if (!strcmp(c, "nvml-meminfo")) return cmd_nvml_meminfo();
+
+    int calls = strcmp(c, "symbols") != 0;
+    if (calls && opt.cuda_version < 3020)
+        return usage_error("--cuda-version %d selects 32-bit entry points; only `symbols` "
+                           "accepts a version below 3020",
+                           opt.cuda_version);
+#ifdef PROBE_DIRECT
+    if (calls && (opt.ptsz || opt.cuda_version != 12080))
+        fprintf(stderr, PROG ": note: --ptsz and --cuda-version only affect `symbols` in the "
+                             "direct build\n");
+#else
+    if ((rc = load_cuda())) return rc;
+#endif
+    if (!calls) return cmd_symbols();
+
+    if ((rc = cuda_setup())) return rc;
+    if (!strcmp(c, "info")) return cmd_info();
+    if (!strcmp(c, "meminfo")) return cmd_meminfo();
+    if (is_alloc) return cmd_alloc();
+    if (is_fill) return cmd_fill();
+    if (!strcmp(c, "copy")) return cmd_copy();
+    return cmd_launch();
+}
