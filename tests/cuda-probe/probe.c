@@ -303,6 +303,10 @@ static struct {
     int hold_set;
     int hold_forever;
     int do_free;
+    unsigned long long repeat;
+    unsigned long long retry_ms;
+    unsigned long long until_bytes;
+    int echo_pid;
     const char *names[256];
     int n_names;
 } opt;
@@ -1253,24 +1257,47 @@ static int cmd_alloc(void) {
     return 0;
 }
 
+/* fill: allocate chunks until the first failure. --repeat N: fill and free N times (exit
+ * status of the last round). --retry-ms M --until-bytes B: after an out-of-memory, retry every
+ * M ms until B bytes are held (for limits that grow while the process runs). */
 static int cmd_fill(void) {
-    CUresult r = alloc_setup((size_t)opt.chunk);
-    unsigned long long done = 0;
-    if (r == CUDA_SUCCESS)
-        for (; done < opt.max_chunks; done++)
-            if ((r = alloc_one()) != CUDA_SUCCESS) break;
-    print_geometry();
-    printf("chunks=%llu\n", done);
-    printf("bytes=%llu\n", A.bytes);
-    print_error(r);
-    if (r == CUDA_SUCCESS) {
-        fprintf(stderr, PROG ": fill: %llu chunks allocated without a failure (--max-chunks)\n",
-                done);
-        return 1;
+    if (opt.echo_pid) printf("pid=%d\n", (int)getpid());
+    unsigned long long rounds = opt.repeat ? opt.repeat : 1;
+    int rc = 0;
+    for (unsigned long long round = 0; round < rounds; round++) {
+        CUresult r = alloc_setup((size_t)opt.chunk);
+        unsigned long long done = 0;
+        if (r == CUDA_SUCCESS)
+            for (; done < opt.max_chunks; done++)
+                if ((r = alloc_one()) != CUDA_SUCCESS) break;
+        while (r == CUDA_ERROR_OUT_OF_MEMORY && opt.retry_ms && A.bytes < opt.until_bytes) {
+            struct timespec ts = {(time_t)(opt.retry_ms / 1000), (long)(opt.retry_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+            if ((r = alloc_one()) == CUDA_SUCCESS) {
+                done++;
+                if (A.bytes < opt.until_bytes) r = CUDA_ERROR_OUT_OF_MEMORY;
+            }
+        }
+        print_geometry();
+        printf("chunks=%llu\n", done);
+        printf("bytes=%llu\n", A.bytes);
+        if (opt.until_bytes && A.bytes >= opt.until_bytes) {
+            printf("reached=1\n");
+            maybe_hold();
+            return free_all();
+        }
+        print_error(r);
+        if (r == CUDA_SUCCESS) {
+            fprintf(stderr, PROG ": fill: %llu chunks allocated without a failure (--max-chunks)\n",
+                    done);
+            return 1;
+        }
+        if (r != CUDA_ERROR_OUT_OF_MEMORY) return cu_fail(A.failed, r);
+        maybe_hold();
+        rc = free_all();
+        if (rc) return rc;
     }
-    if (r != CUDA_ERROR_OUT_OF_MEMORY) return cu_fail(A.failed, r);
-    maybe_hold();
-    return free_all();
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1363,6 +1390,51 @@ static int cmd_launch(void) {
     }
     printf("elapsed_ns=%" PRIu64 "\n", t1 - t0);
     CK(p_cuModuleUnload(mod), "cuModuleUnload");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * bench-launch, bench-alloc: the cost of one call, for overhead benchmarks (ns per operation,
+ * best of 5 runs of --count operations each, so one disturbed run does not count)
+ * ---------------------------------------------------------------------------------------- */
+static int cmd_bench_launch(void) {
+    CUmodule mod;
+    CUfunction f;
+    unsigned long long duration = 0, n = opt.count ? opt.count : 100000;
+    CK(p_cuModuleLoadData(&mod, busy_ptx), "cuModuleLoadData");
+    CK(p_cuModuleGetFunction(&f, mod, "busy"), "cuModuleGetFunction");
+    double best = 1e30;
+    for (int run = 0; run < 5; run++) {
+        uint64_t t0 = now_ns();
+        for (unsigned long long i = 0; i < n; i++) {
+            void *params[] = {&duration};
+            CK(p_cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL), "cuLaunchKernel");
+        }
+        uint64_t t1 = now_ns();
+        CK(p_cuCtxSynchronize(), "cuCtxSynchronize");
+        double per = (double)(t1 - t0) / (double)n;
+        if (per < best) best = per;
+    }
+    printf("ops=%llu\nns_per_op=%.1f\n", n, best);
+    CK(p_cuModuleUnload(mod), "cuModuleUnload");
+    return 0;
+}
+
+static int cmd_bench_alloc(void) {
+    unsigned long long n = opt.count ? opt.count : 20000;
+    size_t size = opt.have_size ? (size_t)opt.size : (size_t)1 << 20;
+    double best = 1e30;
+    for (int run = 0; run < 5; run++) {
+        uint64_t t0 = now_ns();
+        for (unsigned long long i = 0; i < n; i++) {
+            CUdeviceptr d = 0;
+            CK(p_cuMemAlloc(&d, size), "cuMemAlloc");
+            CK(p_cuMemFree(d), "cuMemFree");
+        }
+        double per = (double)(now_ns() - t0) / (double)n;
+        if (per < best) best = per;
+    }
+    printf("ops=%llu\nsize=%zu\nns_per_op=%.1f\n", n, size, best);
     return 0;
 }
 
@@ -1504,6 +1576,14 @@ static int parse_args(int argc, char **argv) {
             opt.hold_forever = 1;
         } else if (strcmp(a, "--free") == 0) {
             opt.do_free = 1;
+        } else if (strcmp(a, "--repeat") == 0) {
+            NUM(opt.repeat, 0, 1, ~0ULL);
+        } else if (strcmp(a, "--retry-ms") == 0) {
+            NUM(opt.retry_ms, 0, 1, 3600000ULL);
+        } else if (strcmp(a, "--until-bytes") == 0) {
+            NUM(opt.until_bytes, 1, 1, ~0ULL);
+        } else if (strcmp(a, "--echo-pid") == 0) {
+            opt.echo_pid = 1;
         } else if (strcmp(a, "--name") == 0) {
             NEED_VALUE();
             if (opt.n_names == (int)(sizeof opt.names / sizeof opt.names[0]))
@@ -1533,7 +1613,7 @@ int main(int argc, char **argv) {
     int is_alloc = strcmp(c, "alloc") == 0, is_fill = strcmp(c, "fill") == 0;
     int known = is_alloc || is_fill || !strcmp(c, "info") || !strcmp(c, "meminfo") ||
                 !strcmp(c, "nvml-meminfo") || !strcmp(c, "copy") || !strcmp(c, "launch") ||
-                !strcmp(c, "symbols");
+                !strcmp(c, "symbols") || !strcmp(c, "bench-launch") || !strcmp(c, "bench-alloc");
     if (!known) return usage_error("unknown command '%s'", c);
     if (is_alloc || is_fill) {
         if (!opt.path) return usage_error("%s needs --path", c);
@@ -1564,5 +1644,7 @@ int main(int argc, char **argv) {
     if (is_alloc) return cmd_alloc();
     if (is_fill) return cmd_fill();
     if (!strcmp(c, "copy")) return cmd_copy();
+    if (!strcmp(c, "bench-launch")) return cmd_bench_launch();
+    if (!strcmp(c, "bench-alloc")) return cmd_bench_alloc();
     return cmd_launch();
 }

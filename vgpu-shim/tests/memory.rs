@@ -135,64 +135,56 @@ fn cmd_meminfo(node: &Node, route: &str) -> std::process::Output {
     }
 }
 
+/// `name` → library basename, from the probe's `symbols` output (`name.lib=…`, by dladdr).
+fn libraries(o: &std::process::Output) -> Vec<(String, String)> {
+    stdout(o)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let name = k.strip_suffix(".lib")?;
+            Some((name.to_owned(), v.rsplit('/').next().unwrap_or(v).to_owned()))
+        })
+        .collect()
+}
+
+const WRAPPED: &[&str] = &["cuMemAlloc", "cuMemGetInfo", "cuMemCreate", "cuCtxCreate", "cuLaunchKernel", "cuMemAllocAsync"];
+
 #[test]
 fn outside_a_slice_everything_passes_through() {
     let node = Node::new();
-    // No slice in the state dir: the whole GPU, and the driver's own functions.
+    // No slice in the state dir: the whole GPU, and the driver's own functions, on every route.
     let mut cmd = node.bare(&probes().0, &["meminfo"]);
     cmd.env("LD_PRELOAD", shim());
-    let out = ok(cmd.output().unwrap());
-    assert_eq!(value(&out, "total"), 80 * GIB);
-    let mut cmd = node.bare(&probes().0, &["symbols"]);
-    cmd.env("LD_PRELOAD", shim());
-    let with_shim = ok(cmd.output().unwrap());
-    let without = ok(node.bare(&probes().0, &["symbols"]).output().unwrap());
-    assert_eq!(
-        addresses(&with_shim).len(),
-        addresses(&without).len(),
-        "same symbols resolved: {}",
-        stdout(&with_shim)
-    );
-    for line in stdout(&with_shim).lines().filter(|l| l.contains("=0x")) {
-        let name = line.split('=').next().unwrap();
-        assert!(!shim_address(&with_shim, line), "{name} resolved into the shim outside a slice");
-    }
-}
-
-/// Lines `name=0x…` of the probe's `symbols` output.
-fn addresses(o: &std::process::Output) -> Vec<String> {
-    stdout(o).lines().filter(|l| l.contains("=0x")).map(str::to_owned).collect()
-}
-
-/// Whether the address on `line` lies in libgpuslice.so, by the `shim_base`/`shim_end` the
-/// probe prints when asked, or by comparing with a bare run.
-fn shim_address(o: &std::process::Output, line: &str) -> bool {
-    let addr = u64::from_str_radix(line.split("=0x").nth(1).unwrap_or("0").trim(), 16).unwrap_or(0);
-    match (text_value(o, "shim_base"), text_value(o, "shim_end")) {
-        (Some(b), Some(e)) => {
-            let parse = |s: String| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
-            (parse(b)..parse(e)).contains(&addr)
+    assert_eq!(value(&ok(cmd.output().unwrap()), "total"), 80 * GIB);
+    for mode in [&["symbols"][..], &["--dlsym", "symbols"], &["--ptsz", "symbols"]] {
+        let mut cmd = node.bare(&probes().0, mode);
+        cmd.env("LD_PRELOAD", shim());
+        let out = ok(cmd.output().unwrap());
+        let libs = libraries(&out);
+        assert!(libs.len() >= WRAPPED.len(), "{}", stdout(&out));
+        for (name, lib) in libs {
+            assert!(!lib.contains("gpuslice"), "{mode:?}: {name} resolved into the shim outside a slice");
         }
-        _ => false,
     }
 }
 
 #[test]
-fn inside_a_slice_proc_address_answers_are_ours() {
-    if skip_unless_root("inside_a_slice_proc_address_answers_are_ours") {
+fn inside_a_slice_the_intercepted_functions_are_ours() {
+    if skip_unless_root("inside_a_slice_the_intercepted_functions_are_ours") {
         return;
     }
     let node = node_with_slice();
-    let inside = ok(node.probe(&["symbols"]));
-    let bare = ok(node.bare(&probes().0, &["symbols"]).output().unwrap());
-    let get = |o: &std::process::Output, k: &str| text_value(o, k);
-    // Intercepted: different from the driver's; not intercepted: the driver's own.
-    for name in ["cuMemAlloc", "cuMemGetInfo", "cuMemCreate", "cuCtxCreate", "cuLaunchKernel"] {
-        assert_ne!(get(&inside, name), get(&bare, name), "{name} should be wrapped");
-    }
-    for name in ["cuMemcpyHtoD", "cuStreamCreate", "cuModuleGetFunction"] {
-        if get(&bare, name).is_some() {
-            assert_ne!(get(&inside, name), None);
+    for mode in [&["symbols"][..], &["--dlsym", "symbols"], &["--ptsz", "symbols"], &["--cuda-version", "11040", "symbols"]] {
+        let out = ok(node.probe(mode));
+        let libs = libraries(&out);
+        for name in WRAPPED {
+            let lib = &libs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} not listed")).1;
+            assert!(lib.contains("gpuslice"), "{mode:?}: {name} should resolve into the shim, got {lib}");
+        }
+        for (name, lib) in &libs {
+            if !WRAPPED.contains(&name.as_str()) && ["cuMemcpyHtoD", "cuStreamCreate", "cuModuleGetFunction"].contains(&name.as_str()) {
+                assert!(!lib.contains("gpuslice"), "{mode:?}: {name} is not intercepted and must be the driver's");
+            }
         }
     }
 }

@@ -1,0 +1,90 @@
+//! The shim's overhead, measured against the bare driver in the same run (this machine is
+//! noisy, so each figure is a median of interleaved rounds and only ratios are compared):
+//!
+//! - `cuLaunchKernel` through the shim with no compute limit, against the driver's own;
+//! - a `cuMemAlloc` + `cuMemFree` pair charged in a slice, against the driver's own;
+//! - starting `/bin/true` with the shim preloaded, against starting it without.
+//!
+//! Run with `cargo bench -p gpuslice-shim` (or `make bench`) as root: the slice's limits file
+//! must sit on a read-only bind mount, as in a container.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+
+const ROUNDS: usize = 7;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ns_per_op(mut cmd: Command) -> f64 {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    text_value(&out, "ns_per_op").and_then(|v| v.parse().ok()).expect("ns_per_op=")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if skip_unless_root("shim benchmarks") {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice("slice0", UUID0, 0, 16 * GIB);
+    let probe = &probes().0;
+
+    for (name, args, target_ratio, target_ns) in [
+        ("cuLaunchKernel", &["bench-launch", "--count", "200000"][..], 1.05, 20.0),
+        ("cuMemAlloc+cuMemFree", &["bench-alloc", "--count", "20000", "--size", "1048576"][..], f64::INFINITY, 2000.0),
+    ] {
+        let (mut bare, mut shim) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            bare.push(ns_per_op(node.bare(probe, args)));
+            shim.push(ns_per_op(node.command(probe, args)));
+        }
+        let (b, s) = (median(bare), median(shim));
+        let added = s - b;
+        let ratio = s / b;
+        let ok = ratio <= target_ratio || added <= target_ns;
+        println!(
+            "bench {name}: driver {b:.1} ns, through the shim {s:.1} ns: {added:+.1} ns, ratio {ratio:.3} \
+             (target ≤ {target_ratio}× or ≤ {target_ns} ns added): {}",
+            verdict(ok)
+        );
+    }
+
+    // Process start: 1000 × /bin/true each way, in interleaved blocks of 50.
+    let (mut bare, mut shim) = (0.0, 0.0);
+    for _ in 0..20 {
+        for preload in [false, true] {
+            let t = Instant::now();
+            for _ in 0..50 {
+                let mut c = Command::new("/bin/true");
+                if preload {
+                    c.env("LD_PRELOAD", shim());
+                }
+                assert!(c.status().unwrap().success());
+            }
+            let e = t.elapsed().as_secs_f64();
+            if preload { shim += e } else { bare += e }
+        }
+    }
+    let ratio = shim / bare;
+    println!(
+        "bench /bin/true ×1000: {:.0} µs each without, {:.0} µs with the shim preloaded: ratio {ratio:.3} (target ≤ 1.10×): {}",
+        bare * 1000.0,
+        shim * 1000.0,
+        verdict(ratio <= 1.10)
+    );
+}
