@@ -65,7 +65,7 @@ fn main() {
     }
 
     // Process start: 1000 × /bin/true each way, in interleaved blocks of 50.
-    let (mut bare, mut shim) = (0.0, 0.0);
+    let (mut without, mut with) = (0.0, 0.0);
     for _ in 0..20 {
         for preload in [false, true] {
             let t = Instant::now();
@@ -77,14 +77,14 @@ fn main() {
                 assert!(c.status().unwrap().success());
             }
             let e = t.elapsed().as_secs_f64();
-            if preload { shim += e } else { bare += e }
+            if preload { with += e } else { without += e }
         }
     }
-    let ratio = shim / bare;
+    let ratio = with / without;
     println!(
         "bench /bin/true ×1000: {:.0} µs each without, {:.0} µs with the shim preloaded: ratio {ratio:.3} (target ≤ 1.10×): {}",
-        bare * 1000.0,
-        shim * 1000.0,
+        without * 1000.0,
+        with * 1000.0,
         verdict(ratio <= 1.10)
     );
 }
