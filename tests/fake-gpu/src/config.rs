@@ -4,6 +4,7 @@
 //! driver_version = "580.95.05"
 //! cuda_version = 13000
 //! # init_error = "DRIVER_NOT_LOADED"   # make nvmlInit fail with this NVML error
+//! # cuda_init_error = "NO_DEVICE"      # make cuInit fail with this CUDA error
 //!
 //! [[gpu]]
 //! uuid = "GPU-11111111-2222-3333-4444-555555555555"
@@ -12,6 +13,7 @@
 //! sm_count = 132
 //! minor = 0
 //! pci_bus_id = "00000000:01:00.0"
+//! # context_memory = "256MiB"
 //! # mig_mode = true
 //! ```
 //!
@@ -36,6 +38,8 @@ const DEFAULT_PCI_DEVICE_ID: u32 = (0x2330 << 16) | NVIDIA_VENDOR_ID;
 const DEFAULT_PCI_SUBSYSTEM_ID: u32 = (0x16c1 << 16) | NVIDIA_VENDOR_ID;
 /// CUDA cores per SM on Hopper, for `nvmlDeviceGetNumGpuCores`.
 const DEFAULT_CORES_PER_SM: u32 = 128;
+/// Device memory a CUDA context takes when created, roughly what an H100 context costs.
+const DEFAULT_CONTEXT_MEMORY: ByteSize = ByteSize(256 << 20);
 
 /// Longest driver version NVML can return (`NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE` − 1).
 const MAX_DRIVER_VERSION_LEN: usize = 79;
@@ -56,6 +60,10 @@ pub struct FakeGpuConfig {
     /// without the `NVML_ERROR_` prefix (`"DRIVER_NOT_LOADED"`).
     #[serde(default)]
     pub init_error: Option<String>,
+    /// Fault injection: `cuInit` fails with this CUDA error, named as in `cuda.h` with or
+    /// without the `CUDA_ERROR_` prefix (`"NO_DEVICE"`).
+    #[serde(default)]
+    pub cuda_init_error: Option<String>,
     /// The GPUs; a GPU's NVML index is its position here.
     #[serde(default)]
     pub gpu: Vec<GpuConfig>,
@@ -86,6 +94,9 @@ pub struct GpuConfig {
     /// CUDA cores per SM, for `nvmlDeviceGetNumGpuCores`.
     #[serde(default = "default_cores_per_sm")]
     pub cores_per_sm: u32,
+    /// Device memory each CUDA context (primary or created) takes while it exists.
+    #[serde(default = "default_context_memory")]
+    pub context_memory: ByteSize,
     /// MIG mode, current and pending. Absent: the GPU does not support MIG and
     /// `nvmlDeviceGetMigMode` answers `NVML_ERROR_NOT_SUPPORTED`.
     #[serde(default)]
@@ -121,11 +132,37 @@ fn default_cores_per_sm() -> u32 {
     DEFAULT_CORES_PER_SM
 }
 
+fn default_context_memory() -> ByteSize {
+    DEFAULT_CONTEXT_MEMORY
+}
+
 impl GpuConfig {
     /// `sm_count × cores_per_sm`, saturating.
     pub fn cuda_cores(&self) -> u32 {
         self.sm_count.saturating_mul(self.cores_per_sm)
     }
+
+    /// The 16 bytes `cuDeviceGetUuid` returns: the UUID's hex digits, so that
+    /// `GPU-00112233-…` is `[0x00, 0x11, 0x22, 0x33, …]`.
+    pub fn uuid_bytes(&self) -> [u8; 16] {
+        uuid_bytes(&self.uuid).unwrap_or_default()
+    }
+}
+
+/// The bytes of `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (or `MIG-…`), `None` if it is
+/// not one.
+fn uuid_bytes(uuid: &str) -> Option<[u8; 16]> {
+    let hex = uuid.strip_prefix("GPU-").or_else(|| uuid.strip_prefix("MIG-"))?;
+    let groups: Vec<&str> = hex.split('-').collect();
+    if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let digits = groups.concat();
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
 }
 
 /// A PCI address, read from `"domain:bus:device.function"` (hex; the domain may be 4 or 8
@@ -248,14 +285,19 @@ impl FakeGpuConfig {
         {
             return Err(format!("init_error `{name}` is not an NVML error name such as DRIVER_NOT_LOADED"));
         }
+        if let Some(name) = &self.cuda_init_error
+            && crate::cuda::error::code_by_name(name).is_none()
+        {
+            return Err(format!("cuda_init_error `{name}` is not a CUDA error name such as NO_DEVICE"));
+        }
         let mut uuids = HashSet::new();
         let mut minors = HashSet::new();
         let mut buses = HashSet::new();
         for (index, gpu) in self.gpu.iter().enumerate() {
             let at = |what: String| format!("gpu {index}: {what}");
             check_text(&gpu.uuid, MAX_UUID_LEN, "uuid").map_err(at)?;
-            if !gpu.uuid.starts_with("GPU-") {
-                return Err(at(format!("uuid `{}` must start with GPU-", gpu.uuid)));
+            if !gpu.uuid.starts_with("GPU-") || uuid_bytes(&gpu.uuid).is_none() {
+                return Err(at(format!("uuid `{}` must be GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx in hex", gpu.uuid)));
             }
             check_text(&gpu.name, MAX_NAME_LEN, "name").map_err(at)?;
             if gpu.memory.0 == 0 {
@@ -263,6 +305,9 @@ impl FakeGpuConfig {
             }
             if gpu.sm_count == 0 {
                 return Err(at("sm_count must not be zero".into()));
+            }
+            if gpu.context_memory > gpu.memory {
+                return Err(at("context_memory must not exceed memory".into()));
             }
             if !uuids.insert(gpu.uuid.as_str()) {
                 return Err(at(format!("uuid {} is used twice", gpu.uuid)));
@@ -337,6 +382,11 @@ mod tests {
         assert_eq!(g.pci_bus_id.legacy(), "0000:01:00.0");
         assert_eq!(g.mig_mode, None);
         assert_eq!(g.cuda_cores(), 132 * 128);
+        assert_eq!(g.context_memory, ByteSize(256 << 20));
+        assert_eq!(
+            g.uuid_bytes(),
+            [0x11, 0x11, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55]
+        );
         assert_eq!(c.nvml_version(), "13.580.95.05");
     }
 
@@ -352,6 +402,8 @@ mod tests {
             .join("\n");
         let c = parse(&uncommented).unwrap();
         assert_eq!(c.init_error.as_deref(), Some("DRIVER_NOT_LOADED"));
+        assert_eq!(c.cuda_init_error.as_deref(), Some("NO_DEVICE"));
+        assert_eq!(c.gpu[0].context_memory, DEFAULT_CONTEXT_MEMORY);
         assert_eq!(c.gpu[0].pci_device_id, DEFAULT_PCI_DEVICE_ID);
         assert_eq!(c.gpu[0].mig_mode, Some(false));
     }
@@ -371,6 +423,12 @@ mod tests {
         assert!(parse(&ONE.replace("80GiB", "eighty")).is_err());
         assert!(parse(&ONE.replace("00000000:01:00.0", "01:00")).is_err());
         assert!(parse(&ONE.replace("GPU-1111", "XPU-1111")).is_err());
+        assert!(parse(&ONE.replace("GPU-11111111", "GPU-1111111x")).is_err());
+        assert!(parse(&ONE.replace("GPU-11111111", "GPU-111111111")).is_err());
+        let bad_cuda = ONE.replace("cuda_version", "cuda_init_error = \"NOPE\"\ncuda_version");
+        assert!(parse(&bad_cuda).unwrap_err().contains("NOPE"));
+        let too_big = ONE.replace("sm_count", "context_memory = \"81GiB\"\nsm_count");
+        assert!(parse(&too_big).unwrap_err().contains("context_memory"));
         let bad_error = ONE.replace("cuda_version", "init_error = \"NOPE\"\ncuda_version");
         assert!(parse(&bad_error).unwrap_err().contains("NOPE"));
         let good_error = ONE.replace("cuda_version", "init_error = \"DRIVER_NOT_LOADED\"\ncuda_version");

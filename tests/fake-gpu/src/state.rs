@@ -1,14 +1,23 @@
 //! Device state shared by every process that loads the simulated GPU.
 //!
-//! Each GPU has one file, `<state dir>/gpu<index>.state`, mapped shared into every process.
-//! The file is one page: a versioned header written before the file becomes visible, then
-//! atomics only. A creator writes the whole page to a private temporary file and publishes
-//! it with `link(2)`, which fails if another process published first; the loser opens the
-//! winner's file. So a process never sees a half-written header.
+//! Each GPU has one file, `<state dir>/gpu<index>.state`, mapped shared into every process:
+//! a versioned header written before the file becomes visible, then a table of usage
+//! records, atomics only. A creator writes the whole file to a private temporary file and
+//! publishes it with `link(2)`, which fails if another process published first; the loser
+//! opens the winner's file. So a process never sees a half-written header.
+//!
+//! Memory in use is kept per holder, as on a real GPU, where the driver frees what a process
+//! held when it exits however it exits. Each [`DeviceState`] that reserves memory claims a
+//! record (a *slot*) and holds an open-file-description (OFD) lock on the slot's bytes of the
+//! file for as long as it lives. The kernel drops that lock when the process exits or is
+//! killed, so a slot whose lock can be taken belongs to nobody: its bytes are reclaimed
+//! lazily, whenever used memory is summed. OFD locks, unlike pids, are not fooled by pid
+//! reuse or by processes in other pid namespaces (containers) sharing the state dir.
+//! Reservations are serialised across processes by an OFD lock on the header's first byte,
+//! so two processes cannot both take the last free bytes.
 //!
 //! The state dir is `$FAKEGPU_STATE_DIR`, or `$TMPDIR/fakegpu-<hash of the config path>` so
-//! that every process using one config file shares one machine. Counters persist until the
-//! directory is removed.
+//! that every process using one config file shares one machine.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -16,8 +25,8 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::config::{ConfigError, FakeGpuConfig};
 
@@ -26,24 +35,41 @@ pub const STATE_DIR_ENV: &str = "FAKEGPU_STATE_DIR";
 
 /// First eight bytes of a state file.
 const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU\0");
-/// Layout version of [`StateFile`]; bump on any change.
-const VERSION: u32 = 1;
-/// Size of a state file; the header's unused tail is room for later fields.
-const FILE_SIZE: usize = 4096;
+/// Layout version of [`Header`] and [`Slot`]; bump on any change.
+const VERSION: u32 = 2;
+/// Bytes before the first slot; the header's unused tail is room for later fields.
+const HEADER_SIZE: usize = 4096;
+/// Usage records per GPU: at most this many processes (strictly, [`DeviceState`]s) hold
+/// memory on one GPU at a time.
+pub const SLOTS: usize = 1024;
+/// Size of a state file.
+const FILE_SIZE: usize = HEADER_SIZE + SLOTS * size_of::<Slot>();
+/// The byte of the file whose lock serialises reservations.
+const RESERVE_LOCK: (u64, u64) = (0, 1);
 
-/// The mapped layout of a state file. Fields before `used_bytes` are written once, before
-/// the file is published, and only read afterwards.
+/// The start of a state file. Written once, before the file is published, and only read
+/// afterwards.
 #[repr(C)]
-struct StateFile {
+struct Header {
     magic: u64,
     version: u32,
     index: u32,
     total_bytes: u64,
-    /// Device memory in use, summed over every process.
-    used_bytes: AtomicU64,
+    slots: u32,
+    slot_offset: u32,
 }
 
-const _: () = assert!(size_of::<StateFile>() <= FILE_SIZE);
+/// One holder's record. `pid` is informational (for people reading the file); whether the
+/// holder lives is decided by the lock on the slot's bytes.
+#[repr(C)]
+struct Slot {
+    pid: AtomicU32,
+    _reserved: u32,
+    /// Device memory this holder has in use.
+    bytes: AtomicU64,
+}
+
+const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 
 /// Why device state could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +98,29 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError
 }
 
 /// One GPU's shared state, mapped into this process.
+///
+/// Memory reserved through a `DeviceState` is held until it is released, the `DeviceState`
+/// is dropped, or the process dies, whichever comes first.
 #[derive(Debug)]
 pub struct DeviceState {
-    map: NonNull<StateFile>,
+    map: NonNull<u8>,
+    /// Kept open for the OFD locks, which belong to this open file description.
+    file: File,
     index: u32,
     total: u64,
     path: PathBuf,
+    /// This holder's slot, claimed on the first reservation. The mutex also serialises this
+    /// holder's reservations between threads, which the OFD lock (shared by every thread
+    /// using this file description) cannot.
+    mine: Mutex<Option<usize>>,
 }
 
-// SAFETY: the mapping is shared memory that lives until `drop`; the only field written after
-// publication is an atomic, and the rest are read-only, so any thread may use it.
+// SAFETY: the mapping is shared memory that lives until `drop`; the only fields written after
+// publication are atomics, and the rest are read-only, so any thread may use it. `mine` is a
+// Mutex and `file` is only used for fcntl calls, which are thread-safe.
 unsafe impl Send for DeviceState {}
-// SAFETY: as for `Send`: `&DeviceState` gives access only to atomics and read-only fields.
+// SAFETY: as for `Send`: `&DeviceState` gives access only to atomics, read-only fields, the
+// mutex and fcntl on the file.
 unsafe impl Sync for DeviceState {}
 
 impl DeviceState {
@@ -125,21 +162,24 @@ impl DeviceState {
         if addr == libc::MAP_FAILED {
             return Err(io_err("mapping", &path)(io::Error::last_os_error()));
         }
-        let map = NonNull::new(addr.cast::<StateFile>())
+        let map = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| StateError::Corrupt { path: path.clone(), reason: "mapped at address 0".into() })?;
-        let state = Self { map, index, total: total_bytes, path };
+        let state = Self { map, file, index, total: total_bytes, path, mine: Mutex::new(None) };
         state.check_header(index, total_bytes)?;
         Ok(state)
     }
 
     fn check_header(&self, index: u32, total_bytes: u64) -> Result<(), StateError> {
-        let header = self.file();
+        let header = self.header();
         let corrupt = |reason: String| StateError::Corrupt { path: self.path.clone(), reason };
         if header.magic != MAGIC {
             return Err(corrupt(format!("magic {:#x}", header.magic)));
         }
         if header.version != VERSION {
             return Err(corrupt(format!("layout version {}, this library reads {VERSION}", header.version)));
+        }
+        if header.slots as usize != SLOTS || header.slot_offset as usize != HEADER_SIZE {
+            return Err(corrupt(format!("{} slots at {}", header.slots, header.slot_offset)));
         }
         if header.index != index {
             return Err(corrupt(format!("made for GPU {}", header.index)));
@@ -154,10 +194,18 @@ impl DeviceState {
         Ok(())
     }
 
-    fn file(&self) -> &StateFile {
-        // SAFETY: `map` points at a live, page-aligned FILE_SIZE mapping (see `map`) holding a
-        // published StateFile; after publication only the atomic field changes.
-        unsafe { self.map.as_ref() }
+    fn header(&self) -> &Header {
+        // SAFETY: `map` points at a live, page-aligned FILE_SIZE mapping (see `map`) that
+        // starts with a published Header, which is never written after publication.
+        unsafe { self.map.cast::<Header>().as_ref() }
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        assert!(i < SLOTS);
+        let slot = self.map.as_ptr().wrapping_add(HEADER_SIZE + i * size_of::<Slot>()).cast::<Slot>();
+        // SAFETY: slot `i` lies inside the FILE_SIZE mapping (i < SLOTS), is 8-byte aligned
+        // (HEADER_SIZE and the slot size are multiples of 8) and holds only atomics.
+        unsafe { &*slot }
     }
 
     /// The GPU's NVML index.
@@ -175,9 +223,11 @@ impl DeviceState {
         self.total
     }
 
-    /// Device memory in use by all processes, in bytes.
+    /// Device memory in use by all live holders, in bytes. Records of dead holders found on
+    /// the way are reclaimed.
     pub fn used(&self) -> u64 {
-        self.file().used_bytes.load(Ordering::Acquire)
+        let mine = self.lock_mine();
+        self.sum(*mine)
     }
 
     /// `total − used`.
@@ -185,37 +235,175 @@ impl DeviceState {
         self.total.saturating_sub(self.used())
     }
 
+    /// Device memory held through this `DeviceState`.
+    pub fn held(&self) -> u64 {
+        self.lock_mine().map_or(0, |i| self.slot(i).bytes.load(Ordering::Acquire))
+    }
+
     /// Take `bytes` of device memory if they are free; returns the new amount in use.
     pub fn try_reserve(&self, bytes: u64) -> Result<u64, OutOfMemory> {
-        let total = self.total;
-        self.file()
-            .used_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&new| new <= total)
-            })
-            .map(|old| old + bytes)
-            .map_err(|used| OutOfMemory { requested: bytes, free: total.saturating_sub(used) })
+        let mut mine = self.lock_mine();
+        let slot = match *mine {
+            Some(i) => i,
+            None => {
+                let Some(i) = self.claim() else {
+                    eprintln!("fakegpu: {}: all {SLOTS} usage records are held by live processes", self.path.display());
+                    return Err(OutOfMemory { requested: bytes, free: 0 });
+                };
+                *mine = Some(i);
+                i
+            }
+        };
+        let _serialised = RangeLock::wait(&self.file, RESERVE_LOCK);
+        let used = self.sum(Some(slot));
+        match used.checked_add(bytes).filter(|&new| new <= self.total) {
+            Some(new) => {
+                self.slot(slot).bytes.fetch_add(bytes, Ordering::AcqRel);
+                Ok(new)
+            }
+            None => Err(OutOfMemory { requested: bytes, free: self.total.saturating_sub(used) }),
+        }
     }
 
     /// Give back `bytes` taken with [`try_reserve`](Self::try_reserve); returns the new amount
-    /// in use. Releasing more than is in use leaves zero.
+    /// in use. Releasing more than this `DeviceState` holds leaves it holding zero.
     pub fn release(&self, bytes: u64) -> u64 {
-        let old = self
-            .file()
-            .used_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)))
-            .unwrap_or_else(|used| used);
-        old.saturating_sub(bytes)
+        let mine = self.lock_mine();
+        if let Some(i) = *mine {
+            let _ = self
+                .slot(i)
+                .bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(bytes)));
+        }
+        self.sum(*mine)
+    }
+
+    fn lock_mine(&self) -> MutexGuard<'_, Option<usize>> {
+        self.mine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sum every slot's bytes, reclaiming the slots of dead holders. `mine` is this holder's
+    /// own slot, whose lock this file description already holds (so taking it again would
+    /// succeed and prove nothing).
+    fn sum(&self, mine: Option<usize>) -> u64 {
+        let mut total = 0u64;
+        for i in 0..SLOTS {
+            let slot = self.slot(i);
+            let bytes = slot.bytes.load(Ordering::Acquire);
+            if bytes == 0 {
+                continue;
+            }
+            if Some(i) != mine
+                && let Some(_dead) = RangeLock::try_take(&self.file, slot_range(i))
+            {
+                // Nobody holds the slot: its holder is gone, and so is its memory. The lock
+                // stays taken until the slot is clear, so no new holder can claim it first.
+                slot.bytes.store(0, Ordering::Release);
+                slot.pid.store(0, Ordering::Release);
+                continue;
+            }
+            total = total.saturating_add(bytes);
+        }
+        total
+    }
+
+    /// Find a slot nobody holds, lock it for the life of this file description and clear
+    /// what a dead holder may have left in it.
+    fn claim(&self) -> Option<usize> {
+        // Empty slots first, so a fresh holder rarely touches a dead holder's record.
+        let empty = (0..SLOTS).filter(|&i| self.slot(i).pid.load(Ordering::Acquire) == 0);
+        let used = (0..SLOTS).filter(|&i| self.slot(i).pid.load(Ordering::Acquire) != 0);
+        let i = empty.chain(used).find(|&i| {
+            RangeLock::try_take(&self.file, slot_range(i)).is_some_and(|lock| {
+                lock.keep();
+                true
+            })
+        })?;
+        let slot = self.slot(i);
+        slot.bytes.store(0, Ordering::Release);
+        slot.pid.store(std::process::id(), Ordering::Release);
+        Some(i)
     }
 }
 
 impl Drop for DeviceState {
     fn drop(&mut self) {
+        // What this holder reserved goes back now rather than at the next lazy reclaim.
+        if let Some(i) = *self.lock_mine() {
+            self.slot(i).bytes.store(0, Ordering::Release);
+            self.slot(i).pid.store(0, Ordering::Release);
+        }
         // SAFETY: `map` is the FILE_SIZE mapping made in `map` and nothing borrows it past
-        // `self`.
+        // `self`. Closing `file` afterwards drops this holder's locks.
         unsafe {
             libc::munmap(self.map.as_ptr().cast(), FILE_SIZE);
         }
+    }
+}
+
+/// Byte range of slot `i` in the file, for its lock.
+fn slot_range(i: usize) -> (u64, u64) {
+    ((HEADER_SIZE + i * size_of::<Slot>()) as u64, size_of::<Slot>() as u64)
+}
+
+/// A write lock on a byte range of a file, held by the open file description (`F_OFD_*`):
+/// it conflicts with locks of every other open file description, in this process or
+/// another, and the kernel drops it when the description is closed or its process dies.
+/// Released on drop unless [`keep`](Self::keep) is called.
+struct RangeLock<'a> {
+    file: &'a File,
+    range: (u64, u64),
+}
+
+impl<'a> RangeLock<'a> {
+    fn fcntl(file: &File, cmd: libc::c_int, kind: libc::c_int, (start, len): (u64, u64)) -> io::Result<()> {
+        let lock = libc::flock {
+            l_type: kind as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: start as libc::off_t,
+            l_len: len as libc::off_t,
+            l_pid: 0,
+        };
+        loop {
+            // SAFETY: `lock` is a valid flock for the duration of the call, l_pid is 0 as
+            // OFD locks require, and the descriptor is open for as long as `file` lives.
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &lock) };
+            if r == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Take the lock if no other open file description holds it.
+    fn try_take(file: &'a File, range: (u64, u64)) -> Option<Self> {
+        Self::fcntl(file, libc::F_OFD_SETLK, libc::F_WRLCK, range).ok().map(|()| Self { file, range })
+    }
+
+    /// Wait for the lock. If locking itself fails (it does not on Linux ≥ 3.15), go on
+    /// unlocked: the in-process mutex still orders this process's own reservations.
+    fn wait(file: &'a File, range: (u64, u64)) -> Option<Self> {
+        match Self::fcntl(file, libc::F_OFD_SETLKW, libc::F_WRLCK, range) {
+            Ok(()) => Some(Self { file, range }),
+            Err(err) => {
+                eprintln!("fakegpu: locking the device state: {err}");
+                None
+            }
+        }
+    }
+
+    /// Keep the lock until the file is closed.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for RangeLock<'_> {
+    fn drop(&mut self) {
+        let _ = Self::fcntl(self.file, libc::F_OFD_SETLK, libc::F_UNLCK, self.range);
     }
 }
 
@@ -228,11 +416,12 @@ fn publish(path: &Path, index: u32, total_bytes: u64) -> Result<(), StateError> 
     let mut put = |offset: usize, bytes: &[u8]| {
         page[offset..offset + bytes.len()].copy_from_slice(bytes);
     };
-    put(offset_of!(StateFile, magic), &MAGIC.to_ne_bytes());
-    put(offset_of!(StateFile, version), &VERSION.to_ne_bytes());
-    put(offset_of!(StateFile, index), &index.to_ne_bytes());
-    put(offset_of!(StateFile, total_bytes), &total_bytes.to_ne_bytes());
-    put(offset_of!(StateFile, used_bytes), &0u64.to_ne_bytes());
+    put(offset_of!(Header, magic), &MAGIC.to_ne_bytes());
+    put(offset_of!(Header, version), &VERSION.to_ne_bytes());
+    put(offset_of!(Header, index), &index.to_ne_bytes());
+    put(offset_of!(Header, total_bytes), &total_bytes.to_ne_bytes());
+    put(offset_of!(Header, slots), &(SLOTS as u32).to_ne_bytes());
+    put(offset_of!(Header, slot_offset), &(HEADER_SIZE as u32).to_ne_bytes());
 
     let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(&page));
     let result = written.map_err(io_err("writing", &tmp)).and_then(|()| match fs::hard_link(&tmp, path) {
@@ -337,6 +526,45 @@ mod tests {
         assert_eq!(s.release(3 * GIB), 7 * GIB);
         assert_eq!(s.release(100 * GIB), 0);
         assert_eq!(s.used(), 0);
+    }
+
+    #[test]
+    fn a_dropped_holder_gives_its_memory_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceState::open(dir.path(), 0, 10 * GIB).unwrap();
+        let b = DeviceState::open(dir.path(), 0, 10 * GIB).unwrap();
+        a.try_reserve(4 * GIB).unwrap();
+        b.try_reserve(GIB).unwrap();
+        assert_eq!((a.held(), b.held(), b.used()), (4 * GIB, GIB, 5 * GIB));
+        assert_eq!(b.try_reserve(6 * GIB), Err(OutOfMemory { requested: 6 * GIB, free: 5 * GIB }));
+        drop(a);
+        assert_eq!(b.used(), GIB);
+        assert_eq!(b.try_reserve(9 * GIB), Ok(10 * GIB));
+        // A new holder takes a free slot and starts from nothing.
+        let c = DeviceState::open(dir.path(), 0, 10 * GIB).unwrap();
+        assert_eq!(c.held(), 0);
+        assert!(c.try_reserve(1).is_err());
+        assert_eq!(b.release(10 * GIB), 0);
+        assert_eq!(c.try_reserve(1), Ok(1));
+    }
+
+    #[test]
+    fn an_abandoned_slot_is_reclaimed_when_memory_is_summed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceState::open(dir.path(), 0, GIB).unwrap();
+        a.try_reserve(1000).unwrap();
+        // What a killed process leaves behind: its record, without the lock or a Drop. The
+        // mapping refers to the open file description too, so both must go for the lock to.
+        let slot = a.lock_mine().unwrap();
+        // SAFETY: `a` is forgotten below, so nothing uses the mapping afterwards.
+        unsafe { libc::munmap(a.map.as_ptr().cast(), FILE_SIZE) };
+        // SAFETY: as above, for the descriptor.
+        unsafe { libc::close(a.file.as_raw_fd()) };
+        std::mem::forget(a);
+        let b = DeviceState::open(dir.path(), 0, GIB).unwrap();
+        assert_eq!(b.slot(slot).bytes.load(Ordering::Acquire), 1000, "the record is still there");
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.slot(slot).bytes.load(Ordering::Acquire), 0, "and now it is cleared");
     }
 
     #[test]

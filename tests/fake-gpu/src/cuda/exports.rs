@@ -1,0 +1,814 @@
+//! Every exported CUDA driver function, declared once: the list below produces the symbols
+//! and the `cuGetProcAddress` table ([`driver_api!`]). Each body turns raw pointers into
+//! checked values (null → `CUDA_ERROR_INVALID_VALUE`) and calls the module that does the
+//! work.
+
+use std::ffi::{c_char, c_int, c_uchar, c_uint, c_void};
+
+use super::error::{self, INVALID_VALUE};
+use super::ffi::{Out, c_str, input, inputs, put_str};
+use super::proc_address::driver_api;
+use super::types::*;
+use super::{context, device, driver, launch, memory, stream};
+
+driver_api! {
+    // ---- initialisation, versions, errors -----------------------------------------------
+
+    #[proc("cuInit", 2000, before_init)]
+    fn cuInit(flags: c_uint) { super::init(flags) }
+
+    /// The config's `cuda_version`; works before `cuInit`.
+    #[proc("cuDriverGetVersion", 2020, before_init)]
+    fn cuDriverGetVersion(driver_version: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(driver_version) }?;
+        out.set(super::driver_version()?);
+        Ok(())
+    }
+
+    /// Unknown codes: `CUDA_ERROR_INVALID_VALUE` and `*p_str = NULL`.
+    #[proc("cuGetErrorName", 6000, before_init)]
+    fn cuGetErrorName(code: error::CUresult, p_str: *mut *const c_char) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(p_str) }?;
+        let name = error::name(code);
+        out.set(name.map_or(std::ptr::null(), |s| s.as_ptr()));
+        name.map(drop).ok_or(INVALID_VALUE)
+    }
+
+    #[proc("cuGetErrorString", 6000, before_init)]
+    fn cuGetErrorString(code: error::CUresult, p_str: *mut *const c_char) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(p_str) }?;
+        let text = error::description(code);
+        out.set(text.map_or(std::ptr::null(), |s| s.as_ptr()));
+        text.map(drop).ok_or(INVALID_VALUE)
+    }
+
+    #[proc("cuGetProcAddress", 11030, before_init)]
+    fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64) {
+        // SAFETY: null or valid per the export's contract.
+        let symbol = unsafe { c_str(symbol) };
+        // SAFETY: as above.
+        let pfn = unsafe { Out::new(pfn) };
+        super::get_proc_address(symbol?, pfn?, cuda_version, flags, None)
+    }
+
+    /// `symbol_status` is optional.
+    #[proc("cuGetProcAddress", 12000, before_init)]
+    fn cuGetProcAddress_v2(
+        symbol: *const c_char,
+        pfn: *mut *mut c_void,
+        cuda_version: c_int,
+        flags: u64,
+        symbol_status: *mut CUdriverProcAddressQueryResult,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let symbol = unsafe { c_str(symbol) };
+        // SAFETY: as above.
+        let pfn = unsafe { Out::new(pfn) };
+        // SAFETY: as above.
+        let status = unsafe { Out::optional(symbol_status) };
+        super::get_proc_address(symbol?, pfn?, cuda_version, flags, status)
+    }
+
+    // ---- devices --------------------------------------------------------------------------
+
+    #[proc("cuDeviceGetCount", 2000)]
+    fn cuDeviceGetCount(count: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(count) }?;
+        out.set(device::count(driver()?.sim));
+        Ok(())
+    }
+
+    #[proc("cuDeviceGet", 2000)]
+    fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dev) }?;
+        out.set(device::get(driver()?.sim, ordinal)?);
+        Ok(())
+    }
+
+    /// Truncated to `len − 1` bytes and a NUL.
+    #[proc("cuDeviceGetName", 2000)]
+    fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) {
+        let (gpu, _) = device::gpu(driver()?.sim, dev)?;
+        // SAFETY: null or writable for `len` bytes per the export's contract.
+        unsafe { put_str(name, len, &gpu.name) }
+    }
+
+    /// The UUID's 16 bytes, as in `GPU-<hex>`.
+    #[proc("cuDeviceGetUuid", 9020)]
+    fn cuDeviceGetUuid(uuid: *mut CUuuid, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(uuid) }?;
+        out.set(CUuuid { bytes: device::gpu(driver()?.sim, dev)?.0.uuid_bytes() });
+        Ok(())
+    }
+
+    /// As `cuDeviceGetUuid` (which on a real MIG-enabled GPU differs: v2 names the MIG
+    /// instance).
+    #[proc("cuDeviceGetUuid", 11040)]
+    fn cuDeviceGetUuid_v2(uuid: *mut CUuuid, dev: CUdevice) {
+        // SAFETY: same contract as this export's.
+        super::code(unsafe { cuDeviceGetUuid(uuid, dev) })
+    }
+
+    /// `0000:19:00.0`, truncated to `len − 1` bytes.
+    #[proc("cuDeviceGetPCIBusId", 4010)]
+    fn cuDeviceGetPCIBusId(pci_bus_id: *mut c_char, len: c_int, dev: CUdevice) {
+        let (gpu, _) = device::gpu(driver()?.sim, dev)?;
+        // SAFETY: null or writable for `len` bytes per the export's contract.
+        unsafe { put_str(pci_bus_id, len, &device::pci_bus_id(gpu)) }
+    }
+
+    #[proc("cuDeviceTotalMem", 3020)]
+    fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(bytes) }?;
+        let (_, state) = device::gpu(driver()?.sim, dev)?;
+        out.set(usize::try_from(state.total()).unwrap_or(usize::MAX));
+        Ok(())
+    }
+
+    #[proc("cuDeviceGetAttribute", 2000)]
+    fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pi) }?;
+        let (gpu, _) = device::gpu(driver()?.sim, dev)?;
+        out.set(device::attribute(gpu, attrib)?);
+        Ok(())
+    }
+
+    #[proc("cuDeviceGetDefaultMemPool", 11020)]
+    fn cuDeviceGetDefaultMemPool(pool_out: *mut CUmemoryPool, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pool_out) }?;
+        out.set(memory::default_pool(dev)? as CUmemoryPool);
+        Ok(())
+    }
+
+    /// The current pool, which is always the default one (`cuDeviceSetMemPool` is not
+    /// simulated).
+    #[proc("cuDeviceGetMemPool", 11020)]
+    fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pool) }?;
+        out.set(memory::default_pool(dev)? as CUmemoryPool);
+        Ok(())
+    }
+
+    // ---- contexts -------------------------------------------------------------------------
+
+    #[proc("cuDevicePrimaryCtxRetain", 7000)]
+    fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pctx) }?;
+        let d = driver()?;
+        out.set(context::retain_primary(&mut d.lock(), d.sim, dev)? as CUcontext);
+        Ok(())
+    }
+
+    #[proc("cuDevicePrimaryCtxRelease", 7000)]
+    fn cuDevicePrimaryCtxRelease(dev: CUdevice) {
+        let d = driver()?;
+        context::release_primary(&mut d.lock(), d.sim, dev)
+    }
+
+    #[proc("cuDevicePrimaryCtxRelease", 11000)]
+    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) {
+        let d = driver()?;
+        context::release_primary(&mut d.lock(), d.sim, dev)
+    }
+
+    #[proc("cuDevicePrimaryCtxReset", 7000)]
+    fn cuDevicePrimaryCtxReset(dev: CUdevice) {
+        let d = driver()?;
+        context::reset_primary(&mut d.lock(), d.sim, dev)
+    }
+
+    #[proc("cuDevicePrimaryCtxReset", 11000)]
+    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) {
+        let d = driver()?;
+        context::reset_primary(&mut d.lock(), d.sim, dev)
+    }
+
+    #[proc("cuDevicePrimaryCtxGetState", 7000)]
+    fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let flags = unsafe { Out::new(flags) }?;
+        // SAFETY: as above.
+        let active = unsafe { Out::new(active) }?;
+        let d = driver()?;
+        let (f, a) = context::primary_state(&mut d.lock(), d.sim, dev)?;
+        flags.set(f);
+        active.set(c_int::from(a));
+        Ok(())
+    }
+
+    #[proc("cuCtxCreate", 3020)]
+    fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pctx) }?;
+        let d = driver()?;
+        out.set(context::create(&mut d.lock(), d.sim, flags, dev)? as CUcontext);
+        Ok(())
+    }
+
+    /// Execution affinity is checked (SM counts within the device) and otherwise ignored.
+    #[proc("cuCtxCreate", 11040)]
+    fn cuCtxCreate_v3(
+        pctx: *mut CUcontext,
+        params_array: *mut CUexecAffinityParam,
+        num_params: c_int,
+        flags: c_uint,
+        dev: CUdevice,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(pctx) }?;
+        // SAFETY: as above.
+        let params = unsafe { inputs(params_array, usize::try_from(num_params).map_err(|_| INVALID_VALUE)?) }?;
+        let d = driver()?;
+        context::check_affinity(d.sim, dev, params)?;
+        out.set(context::create(&mut d.lock(), d.sim, flags, dev)? as CUcontext);
+        Ok(())
+    }
+
+    /// `ctx_create_params` may be null.
+    #[proc("cuCtxCreate", 12050)]
+    fn cuCtxCreate_v4(pctx: *mut CUcontext, ctx_create_params: *mut CUctxCreateParams, flags: c_uint, dev: CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pctx) }?;
+        let d = driver()?;
+        if !ctx_create_params.is_null() {
+            // SAFETY: non-null, so valid per the export's contract.
+            let p = unsafe { input(ctx_create_params) }?;
+            let n = usize::try_from(p.numExecAffinityParams).map_err(|_| INVALID_VALUE)?;
+            if n > 0 && !p.cigParams.is_null() {
+                return Err(INVALID_VALUE);
+            }
+            // SAFETY: the struct's array holds `n` entries per the export's contract.
+            let params = unsafe { inputs(p.execAffinityParams, n) }?;
+            context::check_affinity(d.sim, dev, params)?;
+        }
+        out.set(context::create(&mut d.lock(), d.sim, flags, dev)? as CUcontext);
+        Ok(())
+    }
+
+    #[proc("cuCtxDestroy", 4000)]
+    fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy(&mut driver()?.lock(), ctx as usize) }
+
+    #[proc("cuCtxSetCurrent", 4000)]
+    fn cuCtxSetCurrent(ctx: CUcontext) { context::set_current(&driver()?.lock(), ctx as usize) }
+
+    /// Null (and success) when the thread has no context.
+    #[proc("cuCtxGetCurrent", 4000)]
+    fn cuCtxGetCurrent(pctx: *mut CUcontext) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pctx) }?;
+        out.set(context::top().unwrap_or(0) as CUcontext);
+        Ok(())
+    }
+
+    #[proc("cuCtxPushCurrent", 4000)]
+    fn cuCtxPushCurrent_v2(ctx: CUcontext) { context::push(&driver()?.lock(), ctx as usize) }
+
+    /// `pctx` may be null.
+    #[proc("cuCtxPopCurrent", 4000)]
+    fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::optional(pctx) };
+        let popped = context::pop()?;
+        if let Some(out) = out {
+            out.set(popped as CUcontext);
+        }
+        Ok(())
+    }
+
+    #[proc("cuCtxGetDevice", 2000)]
+    fn cuCtxGetDevice(dev: *mut CUdevice) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dev) }?;
+        out.set(context::device_of(&driver()?.lock(), 0)?);
+        Ok(())
+    }
+
+    /// `ctx` null means the current context.
+    #[proc("cuCtxGetDevice", 13000)]
+    fn cuCtxGetDevice_v2(dev: *mut CUdevice, ctx: CUcontext) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dev) }?;
+        out.set(context::device_of(&driver()?.lock(), ctx as usize)?);
+        Ok(())
+    }
+
+    /// Sleeps until every queue of the current context is idle.
+    #[proc("cuCtxSynchronize", 2000)]
+    fn cuCtxSynchronize() { context::synchronize(driver()?, 0) }
+
+    /// `ctx` null means the current context.
+    #[proc("cuCtxSynchronize", 13000)]
+    fn cuCtxSynchronize_v2(ctx: CUcontext) { context::synchronize(driver()?, ctx as usize) }
+
+    // ---- memory ---------------------------------------------------------------------------
+
+    /// Charged in 2 MiB granules.
+    #[proc("cuMemAlloc", 3020)]
+    fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        out.set(memory::alloc(bytesize as u64)?);
+        Ok(())
+    }
+
+    /// Rows padded to a multiple of 512 bytes; `pitch × height` charged in granules.
+    #[proc("cuMemAllocPitch", 3020)]
+    fn cuMemAllocPitch_v2(
+        dptr: *mut CUdeviceptr,
+        p_pitch: *mut usize,
+        width_in_bytes: usize,
+        height: usize,
+        element_size_bytes: c_uint,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        // SAFETY: as above.
+        let pitch_out = unsafe { Out::new(p_pitch) }?;
+        let (ptr, pitch) = memory::alloc_pitch(width_in_bytes as u64, height as u64, element_size_bytes)?;
+        out.set(ptr);
+        pitch_out.set(pitch as usize);
+        Ok(())
+    }
+
+    /// Charged to the device like `cuMemAlloc`.
+    #[proc("cuMemAllocManaged", 6000)]
+    fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        // CU_MEM_ATTACH_GLOBAL or CU_MEM_ATTACH_HOST.
+        if !matches!(flags, 1 | 2) {
+            return Err(INVALID_VALUE);
+        }
+        out.set(memory::alloc(bytesize as u64)?);
+        Ok(())
+    }
+
+    /// Only the start of a live allocation; anything else is `CUDA_ERROR_INVALID_VALUE`.
+    #[proc("cuMemFree", 3020)]
+    fn cuMemFree_v2(dptr: CUdeviceptr) { memory::free(dptr) }
+
+    /// Device-wide: `total − used by every process`.
+    #[proc("cuMemGetInfo", 3020)]
+    fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) {
+        // SAFETY: null or writable per the export's contract.
+        let free_out = unsafe { Out::new(free) }?;
+        // SAFETY: as above.
+        let total_out = unsafe { Out::new(total) }?;
+        let (f, t) = memory::info()?;
+        free_out.set(f as usize);
+        total_out.set(t as usize);
+        Ok(())
+    }
+
+    /// Pinned device memory only; `size` must be a multiple of the granularity.
+    #[proc("cuMemCreate", 10020)]
+    fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        // SAFETY: as above.
+        let prop = unsafe { input(prop) }?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        out.set(memory::create(size as u64, prop)?);
+        Ok(())
+    }
+
+    #[proc("cuMemRelease", 10020)]
+    fn cuMemRelease(handle: CUmemGenericAllocationHandle) {
+        driver()?.lock().memory.release_physical(handle)
+    }
+
+    #[proc("cuMemAddressReserve", 10020)]
+    fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ptr) }?;
+        let _hint = addr;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        out.set(driver()?.lock().memory.reserve(size as u64, alignment as u64)?);
+        Ok(())
+    }
+
+    #[proc("cuMemAddressFree", 10020)]
+    fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) {
+        driver()?.lock().memory.free_reservation(ptr, size as u64)
+    }
+
+    /// Maps with no access: `cuMemSetAccess` opens the range.
+    #[proc("cuMemMap", 10020)]
+    fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) {
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        driver()?.lock().memory.map(ptr, size as u64, offset as u64, handle)
+    }
+
+    #[proc("cuMemUnmap", 10020)]
+    fn cuMemUnmap(ptr: CUdeviceptr, size: usize) { driver()?.lock().memory.unmap(ptr, size as u64) }
+
+    #[proc("cuMemSetAccess", 10020)]
+    fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const CUmemAccessDesc, count: usize) {
+        // SAFETY: null or valid for `count` entries per the export's contract.
+        let desc = unsafe { inputs(desc, count) }?;
+        memory::set_access(ptr, size as u64, desc)
+    }
+
+    /// 2 MiB, minimum and recommended alike.
+    #[proc("cuMemGetAllocationGranularity", 10020)]
+    fn cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const CUmemAllocationProp, option: c_int) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(granularity) }?;
+        // SAFETY: as above.
+        let prop = unsafe { input(prop) }?;
+        memory::check_prop(driver()?.sim, prop)?;
+        // CU_MEM_ALLOC_GRANULARITY_MINIMUM or _RECOMMENDED.
+        if !matches!(option, 0 | 1) {
+            return Err(INVALID_VALUE);
+        }
+        out.set(memory::GRANULARITY as usize);
+        Ok(())
+    }
+
+    /// From the device's default pool.
+    #[proc("cuMemAllocAsync", 11020)]
+    fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, h_stream: CUstream) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        out.set(memory::alloc_async(bytesize as u64, None, h_stream, false)?);
+        Ok(())
+    }
+
+    #[proc("cuMemAllocAsync", 11020, per_thread)]
+    fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, h_stream: CUstream) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        out.set(memory::alloc_async(bytesize as u64, None, h_stream, true)?);
+        Ok(())
+    }
+
+    /// Immediate: a pool allocation goes back to its pool (still reserved).
+    #[proc("cuMemFreeAsync", 11020)]
+    fn cuMemFreeAsync(dptr: CUdeviceptr, h_stream: CUstream) { memory::free_async(dptr, h_stream, false) }
+
+    #[proc("cuMemFreeAsync", 11020, per_thread)]
+    fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, h_stream: CUstream) { memory::free_async(dptr, h_stream, true) }
+
+    #[proc("cuMemPoolCreate", 11020)]
+    fn cuMemPoolCreate(pool: *mut CUmemoryPool, pool_props: *const CUmemPoolProps) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(pool) }?;
+        // SAFETY: as above.
+        let props = unsafe { input(pool_props) }?;
+        out.set(memory::pool_create(props)? as CUmemoryPool);
+        Ok(())
+    }
+
+    /// Not the default pool.
+    #[proc("cuMemPoolDestroy", 11020)]
+    fn cuMemPoolDestroy(pool: CUmemoryPool) { driver()?.lock().memory.destroy_pool(pool as usize) }
+
+    #[proc("cuMemAllocFromPoolAsync", 11020)]
+    fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, h_stream: CUstream) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        out.set(memory::alloc_async(bytesize as u64, Some(pool as usize), h_stream, false)?);
+        Ok(())
+    }
+
+    #[proc("cuMemAllocFromPoolAsync", 11020, per_thread)]
+    fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, h_stream: CUstream) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr) }?;
+        out.set(memory::alloc_async(bytesize as u64, Some(pool as usize), h_stream, true)?);
+        Ok(())
+    }
+
+    #[proc("cuMemPoolTrimTo", 11020)]
+    fn cuMemPoolTrimTo(pool: CUmemoryPool, min_bytes_to_keep: usize) {
+        driver()?.lock().memory.trim_pool(pool as usize, min_bytes_to_keep as u64)
+    }
+
+    /// The reuse flags (`int`, all 1), the release threshold (0) and the reserved and used
+    /// counters (`cuuint64_t`).
+    #[proc("cuMemPoolGetAttribute", 11020)]
+    fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: c_int, value: *mut c_void) {
+        if value.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let reg = driver()?.lock();
+        if (1..=3).contains(&attr) {
+            reg.memory.pool_device(pool as usize)?;
+            // SAFETY: non-null; these attributes are `int` per cuda.h.
+            unsafe { value.cast::<c_int>().write_unaligned(1) };
+        } else {
+            let v = reg.memory.pool_counter(pool as usize, attr)?;
+            // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
+            unsafe { value.cast::<u64>().write_unaligned(v) };
+        }
+        Ok(())
+    }
+
+    #[proc("cuArrayCreate", 3020)]
+    fn cuArrayCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY_DESCRIPTOR) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(p_handle) }?;
+        // SAFETY: as above.
+        let d = unsafe { input(p_allocate_array) }?;
+        let desc = CUDA_ARRAY3D_DESCRIPTOR {
+            Width: d.Width,
+            Height: d.Height,
+            Depth: 0,
+            Format: d.Format,
+            NumChannels: d.NumChannels,
+            Flags: 0,
+        };
+        out.set(memory::array_create(&desc, None)? as CUarray);
+        Ok(())
+    }
+
+    #[proc("cuArray3DCreate", 3020)]
+    fn cuArray3DCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY3D_DESCRIPTOR) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(p_handle) }?;
+        // SAFETY: as above.
+        let desc = unsafe { input(p_allocate_array) }?;
+        out.set(memory::array_create(desc, None)? as CUarray);
+        Ok(())
+    }
+
+    #[proc("cuArrayDestroy", 2000)]
+    fn cuArrayDestroy(h_array: CUarray) { driver()?.lock().memory.destroy_array(h_array as usize, false) }
+
+    #[proc("cuMipmappedArrayCreate", 5000)]
+    fn cuMipmappedArrayCreate(
+        p_handle: *mut CUmipmappedArray,
+        p_mipmapped_array_desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+        num_mipmap_levels: c_uint,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(p_handle) }?;
+        // SAFETY: as above.
+        let desc = unsafe { input(p_mipmapped_array_desc) }?;
+        out.set(memory::array_create(desc, Some(num_mipmap_levels))? as CUmipmappedArray);
+        Ok(())
+    }
+
+    #[proc("cuMipmappedArrayDestroy", 5000)]
+    fn cuMipmappedArrayDestroy(h_mipmapped_array: CUmipmappedArray) {
+        driver()?.lock().memory.destroy_array(h_mipmapped_array as usize, true)
+    }
+
+    // ---- copies and sets ----------------------------------------------------------------
+
+    /// Waits for the legacy default stream, then copies.
+    #[proc("cuMemcpyHtoD", 3020)]
+    fn cuMemcpyHtoD_v2(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize) {
+        memory::copy(memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()), byte_count, None, false)
+    }
+
+    #[proc("cuMemcpyHtoD", 7000, per_thread)]
+    fn cuMemcpyHtoD_v2_ptds(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize) {
+        memory::copy(memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()), byte_count, None, true)
+    }
+
+    #[proc("cuMemcpyDtoH", 3020)]
+    fn cuMemcpyDtoH_v2(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
+        memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, false)
+    }
+
+    #[proc("cuMemcpyDtoH", 7000, per_thread)]
+    fn cuMemcpyDtoH_v2_ptds(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
+        memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, true)
+    }
+
+    #[proc("cuMemcpyDtoD", 3020)]
+    fn cuMemcpyDtoD_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
+        memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, false)
+    }
+
+    #[proc("cuMemcpyDtoD", 7000, per_thread)]
+    fn cuMemcpyDtoD_v2_ptds(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
+        memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, true)
+    }
+
+    /// Copies at once (the bytes are there before the call returns).
+    #[proc("cuMemcpyHtoDAsync", 3020)]
+    fn cuMemcpyHtoDAsync_v2(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()));
+        memory::copy(dst, src, byte_count, Some(h_stream), false)
+    }
+
+    #[proc("cuMemcpyHtoDAsync", 7000, per_thread)]
+    fn cuMemcpyHtoDAsync_v2_ptsz(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()));
+        memory::copy(dst, src, byte_count, Some(h_stream), true)
+    }
+
+    #[proc("cuMemcpyDtoHAsync", 3020)]
+    fn cuMemcpyDtoHAsync_v2(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device));
+        memory::copy(dst, src, byte_count, Some(h_stream), false)
+    }
+
+    #[proc("cuMemcpyDtoHAsync", 7000, per_thread)]
+    fn cuMemcpyDtoHAsync_v2_ptsz(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device));
+        memory::copy(dst, src, byte_count, Some(h_stream), true)
+    }
+
+    #[proc("cuMemcpyDtoDAsync", 3020)]
+    fn cuMemcpyDtoDAsync_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
+        memory::copy(dst, src, byte_count, Some(h_stream), false)
+    }
+
+    #[proc("cuMemcpyDtoDAsync", 7000, per_thread)]
+    fn cuMemcpyDtoDAsync_v2_ptsz(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
+        memory::copy(dst, src, byte_count, Some(h_stream), true)
+    }
+
+    #[proc("cuMemsetD8", 3020)]
+    fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, false) }
+
+    #[proc("cuMemsetD8", 7000, per_thread)]
+    fn cuMemsetD8_v2_ptds(dst_device: CUdeviceptr, uc: c_uchar, n: usize) {
+        memory::memset(dst_device, &[uc], n, true)
+    }
+
+    /// `dst_device` must be 4-byte aligned.
+    #[proc("cuMemsetD32", 3020)]
+    fn cuMemsetD32_v2(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, false)
+    }
+
+    #[proc("cuMemsetD32", 7000, per_thread)]
+    fn cuMemsetD32_v2_ptds(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, true)
+    }
+
+    // ---- streams and events ---------------------------------------------------------------
+
+    #[proc("cuStreamCreate", 2000)]
+    fn cuStreamCreate(ph_stream: *mut CUstream, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_stream) }?;
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        out.set(reg.streams.create(ctx, flags)? as CUstream);
+        Ok(())
+    }
+
+    #[proc("cuStreamDestroy", 4000)]
+    fn cuStreamDestroy_v2(h_stream: CUstream) { driver()?.lock().streams.destroy(h_stream as usize) }
+
+    /// Sleeps until the stream's queued work is done.
+    #[proc("cuStreamSynchronize", 2000)]
+    fn cuStreamSynchronize(h_stream: CUstream) { stream::synchronize(h_stream, false) }
+
+    #[proc("cuStreamSynchronize", 7000, per_thread)]
+    fn cuStreamSynchronize_ptsz(h_stream: CUstream) { stream::synchronize(h_stream, true) }
+
+    /// `CUDA_ERROR_NOT_READY` while queued work is running.
+    #[proc("cuStreamQuery", 2000)]
+    fn cuStreamQuery(h_stream: CUstream) { stream::query(h_stream, false) }
+
+    #[proc("cuStreamQuery", 7000, per_thread)]
+    fn cuStreamQuery_ptsz(h_stream: CUstream) { stream::query(h_stream, true) }
+
+    #[proc("cuEventCreate", 2000)]
+    fn cuEventCreate(ph_event: *mut CUevent, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_event) }?;
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        out.set(reg.streams.create_event(ctx, flags)? as CUevent);
+        Ok(())
+    }
+
+    /// The event completes when the stream's work queued so far does.
+    #[proc("cuEventRecord", 2000)]
+    fn cuEventRecord(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, false) }
+
+    #[proc("cuEventRecord", 7000, per_thread)]
+    fn cuEventRecord_ptsz(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, true) }
+
+    /// Returns at once for an event never recorded.
+    #[proc("cuEventSynchronize", 2000)]
+    fn cuEventSynchronize(h_event: CUevent) {
+        stream::wait(driver()?, |reg| stream::event_time(reg, h_event as usize))
+    }
+
+    #[proc("cuEventQuery", 2000)]
+    fn cuEventQuery(h_event: CUevent) { stream::ready(stream::event_time(&driver()?.lock(), h_event as usize)?) }
+
+    #[proc("cuEventElapsedTime", 2000)]
+    fn cuEventElapsedTime(p_milliseconds: *mut f32, h_start: CUevent, h_end: CUevent) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(p_milliseconds) }?;
+        out.set(stream::elapsed(&driver()?.lock(), h_start as usize, h_end as usize)?);
+        Ok(())
+    }
+
+    #[proc("cuEventElapsedTime", 12080)]
+    fn cuEventElapsedTime_v2(p_milliseconds: *mut f32, h_start: CUevent, h_end: CUevent) {
+        // SAFETY: same contract as this export's.
+        super::code(unsafe { cuEventElapsedTime(p_milliseconds, h_start, h_end) })
+    }
+
+    #[proc("cuEventDestroy", 4000)]
+    fn cuEventDestroy_v2(h_event: CUevent) { driver()?.lock().streams.destroy_event(h_event as usize) }
+
+    // ---- modules and launches -------------------------------------------------------------
+
+    /// Any non-null image loads; every module has one kernel, `busy`.
+    #[proc("cuModuleLoadData", 2000)]
+    fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(module) }?;
+        if image.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        out.set(reg.modules.load(ctx) as CUmodule);
+        Ok(())
+    }
+
+    #[proc("cuModuleUnload", 2000)]
+    fn cuModuleUnload(hmod: CUmodule) { driver()?.lock().modules.unload(hmod as usize) }
+
+    /// `busy`, or `CUDA_ERROR_NOT_FOUND`.
+    #[proc("cuModuleGetFunction", 2000)]
+    fn cuModuleGetFunction(hfunc: *mut CUfunction, hmod: CUmodule, name: *const c_char) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(hfunc) }?;
+        // SAFETY: as above.
+        let name = unsafe { c_str(name) }?;
+        out.set(driver()?.lock().modules.function(hmod as usize, name.to_bytes())? as CUfunction);
+        Ok(())
+    }
+
+    /// `busy` occupies the stream for `*(u64 *)kernelParams[0]` nanoseconds (or the first 8
+    /// bytes of the `extra` buffer); the call returns at once.
+    #[proc("cuLaunchKernel", 4000)]
+    fn cuLaunchKernel(
+        f: CUfunction,
+        grid_dim_x: c_uint,
+        grid_dim_y: c_uint,
+        grid_dim_z: c_uint,
+        block_dim_x: c_uint,
+        block_dim_y: c_uint,
+        block_dim_z: c_uint,
+        shared_mem_bytes: c_uint,
+        h_stream: CUstream,
+        kernel_params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        let shape = launch::Shape {
+            grid: [grid_dim_x, grid_dim_y, grid_dim_z],
+            block: [block_dim_x, block_dim_y, block_dim_z],
+            shared_mem: shared_mem_bytes,
+        };
+        // SAFETY: null or valid per the export's contract.
+        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
+        launch::launch_on(f as usize, shape, h_stream, false, duration)
+    }
+
+    #[proc("cuLaunchKernel", 7000, per_thread)]
+    fn cuLaunchKernel_ptsz(
+        f: CUfunction,
+        grid_dim_x: c_uint,
+        grid_dim_y: c_uint,
+        grid_dim_z: c_uint,
+        block_dim_x: c_uint,
+        block_dim_y: c_uint,
+        block_dim_z: c_uint,
+        shared_mem_bytes: c_uint,
+        h_stream: CUstream,
+        kernel_params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        let shape = launch::Shape {
+            grid: [grid_dim_x, grid_dim_y, grid_dim_z],
+            block: [block_dim_x, block_dim_y, block_dim_z],
+            shared_mem: shared_mem_bytes,
+        };
+        // SAFETY: null or valid per the export's contract.
+        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
+        launch::launch_on(f as usize, shape, h_stream, true, duration)
+    }
+}

@@ -1,0 +1,863 @@
+//! Device memory: charged to the GPU's shared state at the driver's 2 MiB granularity and
+//! backed by host memory, so that copies really move bytes and an address is a pointer this
+//! process can read.
+//!
+//! - `cuMemAlloc*` and arrays belong to the context that made them.
+//! - Stream-ordered allocations come from a pool. A pool hands out whole granules, keeps
+//!   what is freed to it reserved (still charged to the device) for reuse, and gives it
+//!   back only when trimmed or destroyed. (The real driver also releases down to the pool's
+//!   release threshold when a stream, event or context is synchronised; that is not
+//!   simulated.)
+//! - Virtual memory management: `cuMemCreate` makes a physical allocation (a memfd, charged
+//!   at once), `cuMemAddressReserve` reserves address space (charged nothing), `cuMemMap`
+//!   maps the memfd there with no access, and `cuMemSetAccess` opens it up.
+//!
+//! Every allocation call counts towards `FAKEGPU_FAIL_ALLOC_AT`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_int;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, OUT_OF_MEMORY};
+use super::types::{
+    CU_MEM_ACCESS_FLAGS_PROT_NONE, CU_MEM_ACCESS_FLAGS_PROT_READ, CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUdevice, CUmemAccessDesc,
+    CUmemAllocationProp, CUmemPoolProps, CUstream,
+};
+use super::{Driver, FAIL_ALLOC_AT_ENV, Handle, Registry, context, driver, launch, new_handle};
+use crate::state::{DeviceState, Simulator};
+
+/// What `cuMemGetAllocationGranularity` answers, and the unit memory is charged in.
+pub const GRANULARITY: u64 = 2 << 20;
+/// Row alignment of `cuMemAllocPitch`.
+pub const PITCH_ALIGNMENT: u64 = 512;
+
+/// `size` rounded up to whole granules; `None` if that overflows.
+pub fn granules(size: u64) -> Option<u64> {
+    size.checked_next_multiple_of(GRANULARITY)
+}
+
+/// Device memory taken from a GPU's shared state, given back on drop.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    device: &'static DeviceState,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Take `bytes` without counting towards `FAKEGPU_FAIL_ALLOC_AT` (contexts).
+    pub fn uncounted(device: &'static DeviceState, bytes: u64) -> CuResult<Self> {
+        device.try_reserve(bytes).map_err(|_| OUT_OF_MEMORY)?;
+        Ok(Self { device, bytes })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.device.release(self.bytes);
+    }
+}
+
+/// A private anonymous mapping standing in for device memory. Pages are only backed once
+/// touched, so a large allocation costs address space, not RAM.
+#[derive(Debug)]
+pub(crate) struct HostMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and unmapped only on drop; moving the owner to
+// another thread moves nothing but the address.
+unsafe impl Send for HostMemory {}
+
+impl HostMemory {
+    fn map(len: u64, prot: c_int) -> CuResult<Self> {
+        let len = usize::try_from(len).map_err(|_| OUT_OF_MEMORY)?;
+        // SAFETY: a fresh anonymous mapping; the kernel picks the address.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(OUT_OF_MEMORY);
+        }
+        let ptr = NonNull::new(addr.cast()).ok_or(OUT_OF_MEMORY)?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Readable, writable, zeroed memory.
+    fn new(len: u64) -> CuResult<Self> {
+        Self::map(len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// Inaccessible address space, aligned to `align` (a power of two).
+    fn reserve(len: u64, align: u64) -> CuResult<Self> {
+        let mut over = Self::map(len.checked_add(align).ok_or(OUT_OF_MEMORY)?, libc::PROT_NONE)?;
+        let start = over.addr().next_multiple_of(align);
+        let (head, tail) = (start - over.addr(), over.len as u64 - (start - over.addr()) - len);
+        // SAFETY: both ranges lie inside the mapping `over` owns and nobody refers to them.
+        unsafe {
+            libc::munmap(over.ptr.as_ptr().cast(), head as usize);
+        }
+        // SAFETY: as above; the tail starts after the `len` bytes kept.
+        unsafe {
+            libc::munmap((start + len) as *mut libc::c_void, tail as usize);
+        }
+        over.ptr = NonNull::new(start as *mut u8).ok_or(OUT_OF_MEMORY)?;
+        over.len = len as usize;
+        Ok(over)
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this value owns; nothing refers to it past the owner.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Charged, host-backed memory of whole granules.
+#[derive(Debug)]
+struct Block {
+    memory: HostMemory,
+    charge: Charge,
+}
+
+impl Block {
+    fn new(device: &'static DeviceState, size: u64) -> CuResult<Self> {
+        let rounded = granules(size).ok_or(OUT_OF_MEMORY)?;
+        let charge = Charge::uncounted(device, rounded)?;
+        let memory = HostMemory::new(rounded)?;
+        Ok(Self { memory, charge })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Context(Handle),
+    Pool(Handle),
+}
+
+#[derive(Debug)]
+struct Allocation {
+    /// The size asked for; copies must stay inside it.
+    size: u64,
+    block: Block,
+    owner: Owner,
+}
+
+#[derive(Debug)]
+struct Pool {
+    device: u32,
+    default: bool,
+    /// Freed blocks, still charged to the device.
+    free: Vec<Block>,
+    reserved: u64,
+    reserved_high: u64,
+    used: u64,
+    used_high: u64,
+}
+
+/// A `cuMemCreate` allocation.
+#[derive(Debug)]
+struct Physical {
+    size: u64,
+    fd: OwnedFd,
+    _charge: Charge,
+    released: bool,
+    mappings: usize,
+}
+
+/// One `cuMemMap` of (part of) a physical allocation.
+#[derive(Debug)]
+struct Mapping {
+    size: u64,
+    handle: u64,
+    access: c_int,
+}
+
+#[derive(Debug)]
+struct Array {
+    ctx: Handle,
+    mipmapped: bool,
+    _charge: Charge,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    allocations: BTreeMap<u64, Allocation>,
+    pools: HashMap<Handle, Pool>,
+    default_pools: Vec<Handle>,
+    physical: HashMap<u64, Physical>,
+    next_physical: u64,
+    reservations: BTreeMap<u64, HostMemory>,
+    mappings: BTreeMap<u64, Mapping>,
+    arrays: HashMap<Handle, Array>,
+    /// `FAKEGPU_FAIL_ALLOC_AT`: the 1-based allocation call that fails.
+    fail_at: Option<u64>,
+    calls: u64,
+}
+
+impl Memory {
+    pub fn new(devices: usize) -> Self {
+        let fail_at = std::env::var(FAIL_ALLOC_AT_ENV).ok().and_then(|v| match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("fakegpu: ignoring {FAIL_ALLOC_AT_ENV}={v}: expected a positive whole number");
+                None
+            }
+        });
+        let mut memory = Self { fail_at, ..Self::default() };
+        for device in 0..devices {
+            let pool = new_handle();
+            memory.pools.insert(pool, Pool::new(device as u32, true));
+            memory.default_pools.push(pool);
+        }
+        memory
+    }
+
+    /// Count one allocation call; the one `FAKEGPU_FAIL_ALLOC_AT` names fails.
+    fn count_call(&mut self) -> CuResult {
+        self.calls += 1;
+        if self.fail_at == Some(self.calls) { Err(OUT_OF_MEMORY) } else { Ok(()) }
+    }
+
+    /// `cuMemAlloc`, `cuMemAllocPitch`, `cuMemAllocManaged`: `size` bytes for `ctx`.
+    pub fn alloc(&mut self, device: &'static DeviceState, ctx: Handle, size: u64) -> CuResult<u64> {
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        self.count_call()?;
+        let block = Block::new(device, size)?;
+        let addr = block.memory.addr();
+        self.allocations.insert(addr, Allocation { size, block, owner: Owner::Context(ctx) });
+        Ok(addr)
+    }
+
+    /// `cuMemFree`, and `cuMemFreeAsync` (which is immediate here): the start of an
+    /// allocation; pool allocations go back to their pool.
+    pub fn free(&mut self, ptr: u64) -> CuResult {
+        let allocation = self.allocations.remove(&ptr).ok_or(INVALID_VALUE)?;
+        if let Owner::Pool(pool) = allocation.owner
+            && let Some(pool) = self.pools.get_mut(&pool)
+        {
+            pool.used -= allocation.block.charge.bytes();
+            pool.free.push(allocation.block);
+        }
+        Ok(())
+    }
+
+    /// The default (and, as `cuDeviceSetMemPool` is not simulated, current) pool of `device`.
+    pub fn default_pool(&self, device: u32) -> Handle {
+        self.default_pools[device as usize]
+    }
+
+    pub fn pool_device(&self, pool: Handle) -> CuResult<u32> {
+        self.pools.get(&pool).map(|p| p.device).ok_or(INVALID_VALUE)
+    }
+
+    pub fn create_pool(&mut self, device: u32) -> Handle {
+        let pool = new_handle();
+        self.pools.insert(pool, Pool::new(device, false));
+        pool
+    }
+
+    /// `cuMemPoolDestroy`: frees what the pool holds; allocations still out are freed when
+    /// they are.
+    pub fn destroy_pool(&mut self, pool: Handle) -> CuResult {
+        match self.pools.get(&pool) {
+            Some(p) if !p.default => {}
+            _ => return Err(INVALID_VALUE),
+        }
+        self.pools.remove(&pool);
+        Ok(())
+    }
+
+    /// `cuMemAllocAsync`/`cuMemAllocFromPoolAsync`: a freed block that fits, or a new one.
+    pub fn alloc_from_pool(&mut self, device: &'static DeviceState, pool: Handle, size: u64) -> CuResult<u64> {
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let rounded = granules(size).ok_or(OUT_OF_MEMORY)?;
+        if !self.pools.contains_key(&pool) {
+            return Err(INVALID_VALUE);
+        }
+        self.count_call()?;
+        let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
+        let fit = p
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.charge.bytes() >= rounded)
+            .min_by_key(|(_, b)| b.charge.bytes())
+            .map(|(i, _)| i);
+        let block = match fit {
+            Some(i) => p.free.swap_remove(i),
+            None => {
+                let block = Block::new(device, size)?;
+                p.reserved += block.charge.bytes();
+                p.reserved_high = p.reserved_high.max(p.reserved);
+                block
+            }
+        };
+        p.used += block.charge.bytes();
+        p.used_high = p.used_high.max(p.used);
+        let addr = block.memory.addr();
+        self.allocations.insert(addr, Allocation { size, block, owner: Owner::Pool(pool) });
+        Ok(addr)
+    }
+
+    /// `cuMemPoolTrimTo`: free unused blocks until the pool holds at most `keep` bytes.
+    pub fn trim_pool(&mut self, pool: Handle, keep: u64) -> CuResult {
+        let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
+        p.free.sort_by_key(|b| b.charge.bytes());
+        while p.reserved > keep {
+            let Some(block) = p.free.pop() else { break };
+            p.reserved -= block.charge.bytes();
+        }
+        Ok(())
+    }
+
+    /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
+    pub fn pool_counter(&self, pool: Handle, attribute: c_int) -> CuResult<u64> {
+        let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
+        match attribute {
+            4 => Ok(0),               // RELEASE_THRESHOLD
+            5 => Ok(p.reserved),      // RESERVED_MEM_CURRENT
+            6 => Ok(p.reserved_high), // RESERVED_MEM_HIGH
+            7 => Ok(p.used),          // USED_MEM_CURRENT
+            8 => Ok(p.used_high),     // USED_MEM_HIGH
+            _ => Err(INVALID_VALUE),
+        }
+    }
+
+    /// `cuMemCreate`: `size` must be whole granules.
+    pub fn create_physical(&mut self, device: &'static DeviceState, size: u64) -> CuResult<u64> {
+        if size == 0 || !size.is_multiple_of(GRANULARITY) {
+            return Err(INVALID_VALUE);
+        }
+        self.count_call()?;
+        let charge = Charge::uncounted(device, size)?;
+        let fd = memfd(size).map_err(|err| {
+            eprintln!("fakegpu: cuMemCreate: {err}");
+            OUT_OF_MEMORY
+        })?;
+        self.next_physical += 1;
+        let handle = self.next_physical;
+        self.physical.insert(handle, Physical { size, fd, _charge: charge, released: false, mappings: 0 });
+        Ok(handle)
+    }
+
+    /// `cuMemRelease`: the memory goes once no mapping uses it.
+    pub fn release_physical(&mut self, handle: u64) -> CuResult {
+        let p = self.physical.get_mut(&handle).filter(|p| !p.released).ok_or(INVALID_VALUE)?;
+        p.released = true;
+        if p.mappings == 0 {
+            self.physical.remove(&handle);
+        }
+        Ok(())
+    }
+
+    /// `cuMemAddressReserve`: `size` and `align` whole granules (`align` 0 for the
+    /// granularity); the address hint is ignored, as the driver may.
+    pub fn reserve(&mut self, size: u64, align: u64) -> CuResult<u64> {
+        let align = if align == 0 { GRANULARITY } else { align };
+        if size == 0 || !size.is_multiple_of(GRANULARITY) || !align.is_power_of_two() || align < GRANULARITY {
+            return Err(INVALID_VALUE);
+        }
+        let range = HostMemory::reserve(size, align)?;
+        let addr = range.addr();
+        self.reservations.insert(addr, range);
+        Ok(addr)
+    }
+
+    /// `cuMemAddressFree`: exactly a reserved range; anything still mapped there is unmapped.
+    pub fn free_reservation(&mut self, ptr: u64, size: u64) -> CuResult {
+        match self.reservations.get(&ptr) {
+            Some(r) if r.len as u64 == size => {}
+            _ => return Err(INVALID_VALUE),
+        }
+        let inside: Vec<u64> = self.mappings.range(ptr..ptr + size).map(|(&a, _)| a).collect();
+        for addr in inside {
+            self.drop_mapping(addr);
+        }
+        self.reservations.remove(&ptr);
+        Ok(())
+    }
+
+    fn reservation_containing(&self, ptr: u64, size: u64) -> Option<&HostMemory> {
+        let (&start, r) = self.reservations.range(..=ptr).next_back()?;
+        (ptr.checked_add(size)? <= start + r.len as u64).then_some(r)
+    }
+
+    /// `cuMemMap`: map `size` bytes of a physical allocation, from `offset`, at `ptr` inside
+    /// a reservation, over nothing already mapped.
+    pub fn map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> CuResult {
+        let aligned = [ptr, size, offset].iter().all(|v| v.is_multiple_of(GRANULARITY));
+        if !aligned || size == 0 || self.reservation_containing(ptr, size).is_none() {
+            return Err(INVALID_VALUE);
+        }
+        let p = self.physical.get(&handle).filter(|p| !p.released).ok_or(INVALID_HANDLE)?;
+        if offset.checked_add(size).is_none_or(|end| end > p.size) {
+            return Err(INVALID_VALUE);
+        }
+        let overlaps = self.mappings.range(..ptr + size).next_back().is_some_and(|(&a, m)| a + m.size > ptr);
+        if overlaps {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: [ptr, ptr+size) lies inside a reservation this process owns and holds no
+        // mapping (checked above), so MAP_FIXED replaces only our own PROT_NONE pages; the fd
+        // is a live memfd of at least offset+size bytes.
+        let addr = unsafe {
+            libc::mmap(
+                ptr as *mut libc::c_void,
+                size as usize,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                p.fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(OUT_OF_MEMORY);
+        }
+        self.physical.get_mut(&handle).ok_or(INVALID_HANDLE)?.mappings += 1;
+        self.mappings.insert(ptr, Mapping { size, handle, access: CU_MEM_ACCESS_FLAGS_PROT_NONE });
+        Ok(())
+    }
+
+    /// The mappings that tile `[ptr, ptr+size)` exactly, in order.
+    fn whole_mappings(&self, ptr: u64, size: u64) -> CuResult<Vec<u64>> {
+        let end = ptr.checked_add(size).ok_or(INVALID_VALUE)?;
+        let mut at = ptr;
+        let mut found = Vec::new();
+        for (&addr, m) in self.mappings.range(ptr..end) {
+            if addr != at {
+                return Err(INVALID_VALUE);
+            }
+            found.push(addr);
+            at = addr + m.size;
+        }
+        if size == 0 || at != end {
+            return Err(INVALID_VALUE);
+        }
+        Ok(found)
+    }
+
+    /// Put the reservation's inaccessible pages back where a mapping was.
+    fn drop_mapping(&mut self, addr: u64) {
+        let Some(m) = self.mappings.remove(&addr) else { return };
+        // SAFETY: the range was our mapping inside our reservation; MAP_FIXED swaps it for
+        // fresh PROT_NONE pages, keeping the reservation whole.
+        unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                m.size as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+        if let Some(p) = self.physical.get_mut(&m.handle) {
+            p.mappings -= 1;
+            if p.released && p.mappings == 0 {
+                self.physical.remove(&m.handle);
+            }
+        }
+    }
+
+    /// `cuMemUnmap`: a range made of whole mappings.
+    pub fn unmap(&mut self, ptr: u64, size: u64) -> CuResult {
+        for addr in self.whole_mappings(ptr, size)? {
+            self.drop_mapping(addr);
+        }
+        Ok(())
+    }
+
+    /// `cuMemSetAccess`: a range made of whole mappings.
+    pub fn set_access(&mut self, ptr: u64, size: u64, access: c_int) -> CuResult {
+        let prot = match access {
+            CU_MEM_ACCESS_FLAGS_PROT_NONE => libc::PROT_NONE,
+            CU_MEM_ACCESS_FLAGS_PROT_READ => libc::PROT_READ,
+            CU_MEM_ACCESS_FLAGS_PROT_READWRITE => libc::PROT_READ | libc::PROT_WRITE,
+            _ => return Err(INVALID_VALUE),
+        };
+        for addr in self.whole_mappings(ptr, size)? {
+            let m = self.mappings.get_mut(&addr).ok_or(INVALID_VALUE)?;
+            // SAFETY: the range is one of our memfd mappings.
+            if unsafe { libc::mprotect(addr as *mut libc::c_void, m.size as usize, prot) } != 0 {
+                return Err(INVALID_VALUE);
+            }
+            m.access = access;
+        }
+        Ok(())
+    }
+
+    /// The host address of `len` device bytes at `ptr`, which must lie inside one allocation
+    /// or inside mappings with enough access; `CUDA_ERROR_INVALID_VALUE` otherwise.
+    pub fn span(&self, ptr: u64, len: u64, write: bool) -> CuResult<*mut u8> {
+        let end = ptr.checked_add(len).ok_or(INVALID_VALUE)?;
+        if let Some((&start, a)) = self.allocations.range(..=ptr).next_back()
+            && end <= start + a.size
+        {
+            return Ok(ptr as *mut u8);
+        }
+        let need = if write { CU_MEM_ACCESS_FLAGS_PROT_READWRITE } else { CU_MEM_ACCESS_FLAGS_PROT_READ };
+        let mut at = ptr;
+        let first = self.mappings.range(..=ptr).next_back().map(|(&a, _)| a).ok_or(INVALID_VALUE)?;
+        for (&addr, m) in self.mappings.range(first..) {
+            if addr > at || addr + m.size <= at || m.access & need != need {
+                return Err(INVALID_VALUE);
+            }
+            at = addr + m.size;
+            if at >= end {
+                return Ok(ptr as *mut u8);
+            }
+        }
+        Err(INVALID_VALUE)
+    }
+
+    /// `cuArrayCreate`, `cuArray3DCreate`, `cuMipmappedArrayCreate`.
+    pub fn create_array(
+        &mut self,
+        device: &'static DeviceState,
+        ctx: Handle,
+        desc: &CUDA_ARRAY3D_DESCRIPTOR,
+        levels: Option<u32>,
+    ) -> CuResult<Handle> {
+        let bytes = array_bytes(desc, levels)?;
+        self.count_call()?;
+        let charge = Charge::uncounted(device, granules(bytes).ok_or(OUT_OF_MEMORY)?)?;
+        let array = new_handle();
+        self.arrays.insert(array, Array { ctx, mipmapped: levels.is_some(), _charge: charge });
+        Ok(array)
+    }
+
+    pub fn destroy_array(&mut self, array: Handle, mipmapped: bool) -> CuResult {
+        match self.arrays.get(&array) {
+            Some(a) if a.mipmapped == mipmapped => {}
+            _ => return Err(INVALID_HANDLE),
+        }
+        self.arrays.remove(&array);
+        Ok(())
+    }
+
+    /// Free what `ctx` allocated, as destroying the context does.
+    pub fn drop_context(&mut self, ctx: Handle) {
+        self.allocations.retain(|_, a| a.owner != Owner::Context(ctx));
+        self.arrays.retain(|_, a| a.ctx != ctx);
+    }
+}
+
+impl Pool {
+    fn new(device: u32, default: bool) -> Self {
+        Self { device, default, free: Vec::new(), reserved: 0, reserved_high: 0, used: 0, used_high: 0 }
+    }
+}
+
+/// A memfd of `size` bytes for `cuMemCreate`.
+fn memfd(size: u64) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"fakegpu-cuMemCreate".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fd` is a live memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Bytes per element of a `CUarray_format` with `channels` channels.
+fn element_bytes(format: c_int, channels: u32) -> CuResult<u64> {
+    let per_channel = match format {
+        0x01 | 0x08 => 1,        // UNSIGNED_INT8, SIGNED_INT8
+        0x02 | 0x09 | 0x10 => 2, // UNSIGNED_INT16, SIGNED_INT16, HALF
+        0x03 | 0x0a | 0x20 => 4, // UNSIGNED_INT32, SIGNED_INT32, FLOAT
+        _ => return Err(INVALID_VALUE),
+    };
+    if !matches!(channels, 1 | 2 | 4) {
+        return Err(INVALID_VALUE);
+    }
+    Ok(per_channel * u64::from(channels))
+}
+
+/// An array's bytes: width × height × depth × element size (a zero height or depth counts
+/// as one), summed over `levels` mipmap levels, each half the previous in every dimension.
+pub fn array_bytes(desc: &CUDA_ARRAY3D_DESCRIPTOR, levels: Option<u32>) -> CuResult<u64> {
+    let element = element_bytes(desc.Format, desc.NumChannels)?;
+    let (w, h, d) = (desc.Width as u64, desc.Height as u64, desc.Depth as u64);
+    if w == 0 || (h == 0 && d != 0) {
+        return Err(INVALID_VALUE);
+    }
+    let levels = levels.unwrap_or(1);
+    let most = 64 - w.max(h).max(d).leading_zeros();
+    if levels == 0 || levels > most {
+        return Err(INVALID_VALUE);
+    }
+    let mut total = 0u64;
+    for level in 0..levels {
+        let dim = |x: u64| (x >> level).max(1);
+        let bytes = dim(w)
+            .checked_mul(dim(h))
+            .and_then(|b| b.checked_mul(dim(d)))
+            .and_then(|b| b.checked_mul(element))
+            .ok_or(OUT_OF_MEMORY)?;
+        total = total.checked_add(bytes).ok_or(OUT_OF_MEMORY)?;
+    }
+    Ok(total)
+}
+
+/// `cuMemAllocPitch`: (pitch, bytes) for rows of `width` bytes.
+pub fn pitch(width: u64, height: u64, element: u32) -> CuResult<(u64, u64)> {
+    if width == 0 || height == 0 || !matches!(element, 4 | 8 | 16) {
+        return Err(INVALID_VALUE);
+    }
+    let pitch = width.checked_next_multiple_of(PITCH_ALIGNMENT).ok_or(OUT_OF_MEMORY)?;
+    Ok((pitch, pitch.checked_mul(height).ok_or(OUT_OF_MEMORY)?))
+}
+
+// ---- the calls, as the exports make them -------------------------------------------------
+
+/// The current context and the shared state of its device.
+fn current(reg: &Registry, driver: &Driver) -> CuResult<(Handle, &'static DeviceState)> {
+    let ctx = context::current(reg)?;
+    Ok((ctx, driver.device(context::get(reg, ctx)?.device)))
+}
+
+/// `cuMemAlloc`, `cuMemAllocManaged`: in the current context.
+pub(crate) fn alloc(size: u64) -> CuResult<u64> {
+    let d = driver()?;
+    let mut reg = d.lock();
+    let (ctx, state) = current(&reg, d)?;
+    reg.memory.alloc(state, ctx, size)
+}
+
+/// `cuMemAllocPitch`: (address, pitch).
+pub(crate) fn alloc_pitch(width: u64, height: u64, element: u32) -> CuResult<(u64, u64)> {
+    let (pitch, bytes) = pitch(width, height, element)?;
+    Ok((alloc(bytes)?, pitch))
+}
+
+pub(crate) fn free(ptr: u64) -> CuResult {
+    driver()?.lock().memory.free(ptr)
+}
+
+/// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
+pub(crate) fn info() -> CuResult<(u64, u64)> {
+    let d = driver()?;
+    let reg = d.lock();
+    let (_, state) = current(&reg, d)?;
+    let total = state.total();
+    Ok((total.saturating_sub(state.used()), total))
+}
+
+pub(crate) fn default_pool(device: CUdevice) -> CuResult<Handle> {
+    let d = driver()?;
+    let (_, state) = super::device::gpu(d.sim, device)?;
+    Ok(d.lock().memory.default_pool(state.index()))
+}
+
+/// A `CUmemAllocationProp` this driver can satisfy: pinned memory on one of its devices.
+pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResult<u32> {
+    if prop.type_ != CU_MEM_ALLOCATION_TYPE_PINNED || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+        return Err(INVALID_VALUE);
+    }
+    let (_, state) = super::device::gpu(sim, prop.location.id).map_err(|_| INVALID_VALUE)?;
+    Ok(state.index())
+}
+
+/// `cuMemCreate`.
+pub(crate) fn create(size: u64, prop: &CUmemAllocationProp) -> CuResult<u64> {
+    let d = driver()?;
+    let device = check_prop(d.sim, prop)?;
+    d.lock().memory.create_physical(d.device(device), size)
+}
+
+/// `cuMemSetAccess`: one descriptor per device; this driver's devices all see the same
+/// memory, so the last descriptor's flags apply.
+pub(crate) fn set_access(ptr: u64, size: u64, desc: &[CUmemAccessDesc]) -> CuResult {
+    let d = driver()?;
+    if desc.is_empty() {
+        return Err(INVALID_VALUE);
+    }
+    for access in desc {
+        if access.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+            return Err(INVALID_VALUE);
+        }
+        super::device::gpu(d.sim, access.location.id).map_err(|_| INVALID_VALUE)?;
+    }
+    let flags = desc[desc.len() - 1].flags;
+    d.lock().memory.set_access(ptr, size, flags)
+}
+
+/// `cuMemAllocAsync` (pool `None`: the stream's device's current pool) and
+/// `cuMemAllocFromPoolAsync`.
+pub(crate) fn alloc_async(size: u64, pool: Option<Handle>, stream: CUstream, per_thread: bool) -> CuResult<u64> {
+    let d = driver()?;
+    let mut reg = d.lock();
+    let q = super::stream::queue(&reg, stream, per_thread)?;
+    let ctx = super::stream::queue_context(&reg, q);
+    let pool = match pool {
+        Some(pool) => pool,
+        None => reg.memory.default_pool(context::get(&reg, ctx)?.device),
+    };
+    let device = reg.memory.pool_device(pool)?;
+    reg.memory.alloc_from_pool(d.device(device), pool, size)
+}
+
+/// `cuMemFreeAsync`.
+pub(crate) fn free_async(ptr: u64, stream: CUstream, per_thread: bool) -> CuResult {
+    let mut reg = driver()?.lock();
+    super::stream::queue(&reg, stream, per_thread)?;
+    reg.memory.free(ptr)
+}
+
+/// `cuMemPoolCreate`: pinned memory on a device.
+pub(crate) fn pool_create(props: &CUmemPoolProps) -> CuResult<Handle> {
+    let d = driver()?;
+    if props.allocType != CU_MEM_ALLOCATION_TYPE_PINNED || props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+        return Err(INVALID_VALUE);
+    }
+    let (_, state) = super::device::gpu(d.sim, props.location.id).map_err(|_| INVALID_VALUE)?;
+    Ok(d.lock().memory.create_pool(state.index()))
+}
+
+/// `cuArrayCreate`, `cuArray3DCreate`, `cuMipmappedArrayCreate`: in the current context.
+pub(crate) fn array_create(desc: &CUDA_ARRAY3D_DESCRIPTOR, levels: Option<u32>) -> CuResult<Handle> {
+    let d = driver()?;
+    let mut reg = d.lock();
+    let (ctx, state) = current(&reg, d)?;
+    reg.memory.create_array(state, ctx, desc, levels)
+}
+
+/// Where a copy writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dst {
+    Host(*mut u8),
+    Device(u64),
+}
+
+/// Where a copy reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Src {
+    Host(*const u8),
+    Device(u64),
+}
+
+/// `cuMemcpy*`: `stream` `None` for the synchronous calls, which first wait for the default
+/// stream (legacy, or per-thread in `_ptds` calls) as the real ones do. Device ranges must
+/// lie inside live allocations (or accessible mappings).
+pub(crate) fn copy(dst: Dst, src: Src, n: usize, stream: Option<CUstream>, per_thread: bool) -> CuResult {
+    let d = driver()?;
+    let sync = stream.is_none();
+    let q = super::stream::queue(&d.lock(), stream.unwrap_or(std::ptr::null_mut()), per_thread)?;
+    if sync {
+        let until = launch::completion(&d.lock(), q);
+        launch::wait_until(until);
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let reg = d.lock();
+    let to = match dst {
+        Dst::Host(p) if p.is_null() => return Err(INVALID_VALUE),
+        Dst::Host(p) => p,
+        Dst::Device(p) => reg.memory.span(p, n as u64, true)?,
+    };
+    let from = match src {
+        Src::Host(p) if p.is_null() => return Err(INVALID_VALUE),
+        Src::Host(p) => p,
+        Src::Device(p) => reg.memory.span(p, n as u64, false)?,
+    };
+    // SAFETY: device ranges were just checked to lie inside memory this process maps with
+    // the access needed (and the registry lock keeps them mapped); host ranges are valid
+    // for `n` bytes per the export's contract. `copy` allows overlap.
+    unsafe { std::ptr::copy(from, to, n) };
+    Ok(())
+}
+
+/// `cuMemsetD8`/`cuMemsetD32`: `n` copies of `pattern` (1 or 4 bytes, the start aligned
+/// to it). Happens at once: these calls are asynchronous to the host anyway.
+pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, per_thread: bool) -> CuResult {
+    let d = driver()?;
+    let reg = d.lock();
+    super::stream::queue(&reg, std::ptr::null_mut(), per_thread)?;
+    if !ptr.is_multiple_of(pattern.len() as u64) {
+        return Err(INVALID_VALUE);
+    }
+    let len = n.checked_mul(pattern.len()).ok_or(INVALID_VALUE)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let to = reg.memory.span(ptr, len as u64, true)?;
+    for i in 0..n {
+        // SAFETY: [to, to+len) lies inside writable memory this process maps (checked just
+        // above, under the registry lock), and i * pattern.len() + pattern.len() <= len.
+        unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), to.wrapping_add(i * pattern.len()), pattern.len()) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(w: usize, h: usize, d: usize, format: c_int, channels: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
+        CUDA_ARRAY3D_DESCRIPTOR { Width: w, Height: h, Depth: d, Format: format, NumChannels: channels, Flags: 0 }
+    }
+
+    #[test]
+    fn array_sizes_follow_the_descriptor() {
+        assert_eq!(array_bytes(&desc(100, 0, 0, 0x01, 1), None), Ok(100));
+        assert_eq!(array_bytes(&desc(100, 10, 0, 0x20, 4), None), Ok(100 * 10 * 16));
+        assert_eq!(array_bytes(&desc(64, 32, 8, 0x10, 2), None), Ok(64 * 32 * 8 * 4));
+        // Mipmaps: 8×8, 4×4, 2×2, 1×1 of 4-byte texels.
+        assert_eq!(array_bytes(&desc(8, 8, 0, 0x03, 1), Some(4)), Ok((64 + 16 + 4 + 1) * 4));
+        assert_eq!(array_bytes(&desc(8, 8, 0, 0x03, 1), Some(5)), Err(INVALID_VALUE));
+        assert_eq!(array_bytes(&desc(8, 8, 0, 0x03, 3), None), Err(INVALID_VALUE));
+        assert_eq!(array_bytes(&desc(8, 8, 0, 0x77, 1), None), Err(INVALID_VALUE));
+        assert_eq!(array_bytes(&desc(0, 8, 0, 0x01, 1), None), Err(INVALID_VALUE));
+        assert_eq!(array_bytes(&desc(8, 0, 8, 0x01, 1), None), Err(INVALID_VALUE));
+    }
+
+    #[test]
+    fn pitch_rounds_rows_to_512() {
+        assert_eq!(pitch(100, 3, 4), Ok((512, 1536)));
+        assert_eq!(pitch(512, 2, 8), Ok((512, 1024)));
+        assert_eq!(pitch(513, 1, 16), Ok((1024, 1024)));
+        assert_eq!(pitch(100, 3, 2), Err(INVALID_VALUE));
+        assert_eq!(pitch(0, 3, 4), Err(INVALID_VALUE));
+    }
+
+    #[test]
+    fn granules_round_up() {
+        assert_eq!(granules(1), Some(GRANULARITY));
+        assert_eq!(granules(GRANULARITY), Some(GRANULARITY));
+        assert_eq!(granules(GRANULARITY + 1), Some(2 * GRANULARITY));
+        assert_eq!(granules(u64::MAX), None);
+    }
+}

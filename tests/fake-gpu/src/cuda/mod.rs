@@ -1,0 +1,188 @@
+//! The CUDA driver API subset gpuslice's shim intercepts, exported with `cuda.h`'s C ABI so
+//! that `libfakegpu.so` can stand in as `libcuda.so.1`.
+//!
+//! One request end to end: the CUDA runtime `dlopen`s `libcuda.so.1`, looks up
+//! `cuGetProcAddress_v2` with `dlsym`, and asks it for `"cuMemAlloc"` at version 13000.
+//! [`proc_address`] picks the newest variant introduced at or before 13000 from the table
+//! that [`exports`] generates along with the exported functions themselves, and hands back
+//! the address of the exported `cuMemAlloc_v2` (the very address `dlsym` gives). Calling it
+//! runs the export's body inside [`boundary`], which turns a panic into
+//! `CUDA_ERROR_UNKNOWN` and checks that `cuInit` succeeded; the body checks the output
+//! pointer, and [`memory`] charges the rounded size to the GPU's shared state
+//! ([`crate::state`]), where every process (and NVML) sees it, and backs the allocation
+//! with real host memory so that copies move bytes.
+//!
+//! Bookkeeping (contexts, allocations, streams, …) lives in one [`Registry`] behind one
+//! lock; a thread never sleeps holding it (see [`launch`]).
+
+mod context;
+mod device;
+pub mod error;
+mod exports;
+mod ffi;
+mod launch;
+mod memory;
+pub mod proc_address;
+mod stream;
+pub mod types;
+
+use std::ffi::{CStr, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+
+pub use error::{CUresult, CuResult};
+
+use crate::config::ConfigError;
+use crate::state::{DeviceState, Simulator, StateError};
+
+/// Environment variable: the Nth device allocation of the process fails with
+/// `CUDA_ERROR_OUT_OF_MEMORY` (1-based).
+pub const FAIL_ALLOC_AT_ENV: &str = "FAKEGPU_FAIL_ALLOC_AT";
+
+/// A handle the driver hands out (`CUcontext`, `CUstream`, …) as a number: never 0, and
+/// never 1 or 2, which are the special stream handles.
+pub(crate) type Handle = usize;
+
+/// A fresh handle, distinct from every other this process hands out.
+pub(crate) fn new_handle() -> Handle {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Spaced like heap addresses, which is what callers are used to.
+    (NEXT.fetch_add(1, Ordering::Relaxed) + 1) << 8
+}
+
+/// The process's driver, once `cuInit` has succeeded.
+pub(crate) struct Driver {
+    pub sim: &'static Simulator,
+    registry: Mutex<Registry>,
+}
+
+/// Everything the driver tracks in this process.
+pub(crate) struct Registry {
+    pub contexts: context::Contexts,
+    pub memory: memory::Memory,
+    pub streams: stream::Streams,
+    pub modules: launch::Modules,
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+static DRIVER: OnceLock<Driver> = OnceLock::new();
+
+impl Driver {
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// GPU `index`'s shared state.
+    pub fn device(&self, index: u32) -> &'static DeviceState {
+        let sim: &'static Simulator = self.sim;
+        &sim.devices()[index as usize]
+    }
+}
+
+/// The driver, or `CUDA_ERROR_NOT_INITIALIZED` before a successful `cuInit`.
+pub(crate) fn driver() -> CuResult<&'static Driver> {
+    if !INITIALIZED.load(Ordering::Acquire) {
+        return Err(error::NOT_INITIALIZED);
+    }
+    DRIVER.get().ok_or(error::NOT_INITIALIZED)
+}
+
+/// The machine, loaded on first use; what `cuInit` answers if it cannot be.
+fn machine() -> CuResult<&'static Simulator> {
+    Simulator::global().map_err(|err| {
+        eprintln!("fakegpu: loading the simulated GPU failed: {err}");
+        match err {
+            StateError::Config(ConfigError::Unset) => error::NO_DEVICE,
+            _ => error::UNKNOWN,
+        }
+    })
+}
+
+/// `cuInit`: load the machine; fail as the config's `cuda_init_error` says, or with
+/// `CUDA_ERROR_NO_DEVICE` when it has no GPU.
+pub(crate) fn init(flags: u32) -> CuResult {
+    if flags != 0 {
+        return Err(error::INVALID_VALUE);
+    }
+    let sim = machine()?;
+    if let Some(name) = &sim.config().cuda_init_error {
+        return Err(error::code_by_name(name).unwrap_or(error::UNKNOWN));
+    }
+    if sim.devices().is_empty() {
+        return Err(error::NO_DEVICE);
+    }
+    DRIVER.get_or_init(|| {
+        let devices = sim.devices().len();
+        let registry = Registry {
+            contexts: context::Contexts::new(devices),
+            memory: memory::Memory::new(devices),
+            streams: stream::Streams::default(),
+            modules: launch::Modules::default(),
+        };
+        Driver { sim, registry: Mutex::new(registry) }
+    });
+    INITIALIZED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// `cuDriverGetVersion`: the config's `cuda_version`.
+pub(crate) fn driver_version() -> CuResult<i32> {
+    Ok(machine()?.config().cuda_version)
+}
+
+/// `cuGetProcAddress(_v2)`: see [`proc_address`]. On failure `*pfn` is null.
+pub(crate) fn get_proc_address(
+    symbol: &CStr,
+    pfn: ffi::Out<*mut c_void>,
+    cuda_version: c_int,
+    flags: u64,
+    status: Option<ffi::Out<types::CUdriverProcAddressQueryResult>>,
+) -> CuResult {
+    use types::{
+        CU_GET_PROC_ADDRESS_LEGACY_STREAM as LEGACY, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as PER_THREAD,
+    };
+    if flags & !(LEGACY | PER_THREAD) != 0 {
+        pfn.set(std::ptr::null_mut());
+        return Err(error::INVALID_VALUE);
+    }
+    // The driver has nothing newer than itself.
+    let version = machine().map_or(cuda_version, |sim| cuda_version.min(sim.config().cuda_version));
+    let found = symbol
+        .to_str()
+        .map_err(|_| proc_address::Lookup::SymbolNotFound)
+        .and_then(|name| proc_address::entry(name, version, flags));
+    let (address, code, query) = match found {
+        Ok(entry) => ((entry.address)(), error::SUCCESS, types::CU_GET_PROC_ADDRESS_SUCCESS),
+        Err(proc_address::Lookup::VersionNotSufficient) => {
+            (std::ptr::null_mut(), error::NOT_FOUND, types::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)
+        }
+        Err(_) => (std::ptr::null_mut(), error::NOT_FOUND, types::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
+    };
+    pfn.set(address);
+    if let Some(status) = status {
+        status.set(query);
+    }
+    self::code(code)
+}
+
+/// A `CUresult` (say from calling another export) as a `CuResult`.
+pub(crate) fn code(code: CUresult) -> CuResult {
+    if code == error::SUCCESS { Ok(()) } else { Err(code) }
+}
+
+/// Run an export's body: checks `cuInit` first unless `before_init`, and turns a panic into
+/// `CUDA_ERROR_UNKNOWN`, never an unwind into C.
+pub(crate) fn boundary(before_init: bool, body: impl FnOnce() -> CuResult) -> CUresult {
+    let run = || {
+        if !before_init {
+            driver()?;
+        }
+        body()
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(())) => error::SUCCESS,
+        Ok(Err(code)) => code,
+        Err(_) => error::UNKNOWN,
+    }
+}

@@ -1,0 +1,163 @@
+//! Streams and events. When their work finishes is [`launch`](super::launch)'s business;
+//! this module resolves handles and keeps the objects.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::context;
+use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_READY};
+use super::launch::{self, Queue, STREAM_NON_BLOCKING, Timeline};
+use super::types::{CU_STREAM_LEGACY, CU_STREAM_PER_THREAD, CUevent, CUstream};
+use super::{Driver, Handle, Registry, new_handle};
+
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub ctx: Handle,
+    pub flags: u32,
+    pub timeline: Timeline,
+}
+
+#[derive(Debug)]
+struct Event {
+    ctx: Handle,
+    flags: u32,
+    /// When the work before the last `cuEventRecord` finishes.
+    at: Option<Instant>,
+}
+
+/// `CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS`.
+const EVENT_FLAGS: u32 = 0x1 | 0x2 | 0x4;
+const EVENT_DISABLE_TIMING: u32 = 0x2;
+const EVENT_INTERPROCESS: u32 = 0x4;
+
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    pub streams: HashMap<Handle, Stream>,
+    events: HashMap<Handle, Event>,
+}
+
+/// The queue a `CUstream` argument names. `per_thread` is true in `_ptsz`/`_ptds` entry
+/// points, where `0` means the per-thread default stream.
+pub(crate) fn queue(reg: &Registry, stream: CUstream, per_thread: bool) -> CuResult<Queue> {
+    let handle = stream as usize;
+    match handle {
+        0 | CU_STREAM_LEGACY | CU_STREAM_PER_THREAD => {
+            let ctx = context::current(reg)?;
+            if handle == CU_STREAM_PER_THREAD || (handle == 0 && per_thread) {
+                Ok(Queue::PerThread(ctx, std::thread::current().id()))
+            } else {
+                Ok(Queue::Legacy(ctx))
+            }
+        }
+        _ if reg.streams.streams.contains_key(&handle) => Ok(Queue::Stream(handle)),
+        _ => Err(INVALID_HANDLE),
+    }
+}
+
+/// The context a queue belongs to.
+pub(crate) fn queue_context(reg: &Registry, q: Queue) -> Handle {
+    match q {
+        Queue::Legacy(ctx) | Queue::PerThread(ctx, _) => ctx,
+        Queue::Stream(s) => reg.streams.streams[&s].ctx,
+    }
+}
+
+impl Streams {
+    pub fn create(&mut self, ctx: Handle, flags: u32) -> CuResult<Handle> {
+        if flags & !STREAM_NON_BLOCKING != 0 {
+            return Err(INVALID_VALUE);
+        }
+        let stream = new_handle();
+        self.streams.insert(stream, Stream { ctx, flags, timeline: Timeline::default() });
+        Ok(stream)
+    }
+
+    /// `cuStreamDestroy`: returns at once; work already queued still finishes in time.
+    pub fn destroy(&mut self, stream: Handle) -> CuResult {
+        self.streams.remove(&stream).map(drop).ok_or(INVALID_HANDLE)
+    }
+
+    pub fn create_event(&mut self, ctx: Handle, flags: u32) -> CuResult<Handle> {
+        if flags & !EVENT_FLAGS != 0 || (flags & EVENT_INTERPROCESS != 0 && flags & EVENT_DISABLE_TIMING == 0) {
+            return Err(INVALID_VALUE);
+        }
+        let event = new_handle();
+        self.events.insert(event, Event { ctx, flags, at: None });
+        Ok(event)
+    }
+
+    pub fn destroy_event(&mut self, event: Handle) -> CuResult {
+        self.events.remove(&event).map(drop).ok_or(INVALID_HANDLE)
+    }
+
+    /// Forget `ctx`'s streams and events, as destroying the context does.
+    pub fn drop_context(&mut self, ctx: Handle) {
+        self.streams.retain(|_, s| s.ctx != ctx);
+        self.events.retain(|_, e| e.ctx != ctx);
+    }
+}
+
+/// `cuEventRecord`: the event completes when the work queued on `q` so far does.
+pub(crate) fn record(reg: &mut Registry, event: Handle, q: Queue) -> CuResult {
+    let at = launch::completion(reg, q);
+    let event = reg.streams.events.get_mut(&event).ok_or(INVALID_HANDLE)?;
+    event.at = Some(at);
+    Ok(())
+}
+
+/// When `event` completes; `None` if it was never recorded.
+pub(crate) fn event_time(reg: &Registry, event: Handle) -> CuResult<Option<Instant>> {
+    reg.streams.events.get(&event).map(|e| e.at).ok_or(INVALID_HANDLE)
+}
+
+/// `cuEventElapsedTime`, in milliseconds.
+pub(crate) fn elapsed(reg: &Registry, start: Handle, end: Handle) -> CuResult<f32> {
+    let get = |e: Handle| reg.streams.events.get(&e).ok_or(INVALID_HANDLE);
+    let (start, end) = (get(start)?, get(end)?);
+    if (start.flags | end.flags) & EVENT_DISABLE_TIMING != 0 {
+        return Err(INVALID_HANDLE);
+    }
+    let (Some(a), Some(b)) = (start.at, end.at) else { return Err(INVALID_HANDLE) };
+    let now = Instant::now();
+    if a > now || b > now {
+        return Err(NOT_READY);
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    Ok(if b >= a { ms(b - a) } else { -ms(a - b) } as f32)
+}
+
+/// Sleep until `until` (computed under the lock) has passed, without the lock.
+pub(crate) fn wait(driver: &Driver, until: impl FnOnce(&Registry) -> CuResult<Option<Instant>>) -> CuResult {
+    let t = until(&driver.lock())?;
+    if let Some(t) = t {
+        launch::wait_until(t);
+    }
+    Ok(())
+}
+
+/// `NOT_READY` if `t` is still ahead.
+pub(crate) fn ready(t: Option<Instant>) -> CuResult {
+    match t {
+        Some(t) if t > Instant::now() => Err(NOT_READY),
+        _ => Ok(()),
+    }
+}
+
+/// `cuStreamSynchronize`.
+pub(crate) fn synchronize(stream: CUstream, per_thread: bool) -> CuResult {
+    wait(super::driver()?, |reg| Ok(Some(launch::completion(reg, queue(reg, stream, per_thread)?))))
+}
+
+/// `cuStreamQuery`.
+pub(crate) fn query(stream: CUstream, per_thread: bool) -> CuResult {
+    let reg = super::driver()?.lock();
+    let q = queue(&reg, stream, per_thread)?;
+    ready(Some(launch::completion(&reg, q)))
+}
+
+/// `cuEventRecord`.
+pub(crate) fn record_event(event: CUevent, stream: CUstream, per_thread: bool) -> CuResult {
+    let mut reg = super::driver()?.lock();
+    let q = queue(&reg, stream, per_thread)?;
+    record(&mut reg, event as Handle, q)
+}
