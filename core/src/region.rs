@@ -584,6 +584,36 @@ mod tests {
     }
 
     #[test]
+    fn contending_open_descriptions_never_pass_the_limit() {
+        // Each thread has its own open file description, so they contend through the OFD
+        // region lock exactly as processes do. The limit is tiny, so every charge is at the
+        // boundary: take one unit, check nobody is over, give it back.
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        const LIMIT: u64 = 3;
+        let worst = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let r = Region::open(&path).unwrap();
+                        let slot = r.register().unwrap();
+                        let mut worst = 0;
+                        for _ in 0..20_000 {
+                            if r.charge(slot, 1, LIMIT).unwrap().is_ok() {
+                                worst = worst.max(r.usage().unwrap());
+                                r.uncharge(slot, 1);
+                            }
+                        }
+                        worst
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).max().unwrap()
+        });
+        assert!(worst <= LIMIT, "usage reached {worst} with a limit of {LIMIT}");
+    }
+
+    #[test]
     fn corrupt_and_truncated_regions_are_detected() {
         let (_d, path) = fresh();
         Region::create(&path).unwrap();

@@ -35,7 +35,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$cc" "${flags[@]}" "${extra[@]}" -o "$tmp/cuda-probe" "$src" -ldl ||
     die "compiling cuda-probe failed"
 "$cc" "${flags[@]}" "${extra[@]}" -DPROBE_DIRECT -o "$tmp/cuda-probe-direct" "$src" \
-    -L "$driver" -l:libcuda.so.1 -l:libnvidia-ml.so.1 -ldl ||
+    -L "$driver" -Wl,--no-as-needed -l:libcuda.so.1 -l:libnvidia-ml.so.1 -Wl,--as-needed -ldl ||
     die "compiling cuda-probe-direct failed"
 
 # The direct build must name the driver libraries by their sonames and carry no rpath; the

@@ -10,9 +10,9 @@
 
 use std::ffi::{CStr, c_char, c_void};
 
+use crate::driver::real_dlsym;
 #[cfg(all(target_arch = "x86_64", not(test)))]
 use crate::driver::{REAL_DLSYM, init_real_dlsym};
-use crate::driver::real_dlsym;
 
 #[cfg(all(target_arch = "x86_64", not(test)))]
 #[unsafe(naked)]

@@ -12,7 +12,7 @@ pub const GIB: u64 = 1 << 30;
 pub fn fake_nvml() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    for candidate in [profile_dir.join("libfakegpu.so"), profile_dir.join("deps/libfakegpu.so")] {
+    for candidate in [profile_dir.join("deps/libfakegpu.so"), profile_dir.join("libfakegpu.so")] {
         if candidate.exists() {
             return candidate;
         }

@@ -30,7 +30,7 @@ pub fn profile_dir() -> PathBuf {
 
 fn find(name: &str) -> PathBuf {
     let dir = profile_dir();
-    for p in [dir.join(name), dir.join("deps").join(name)] {
+    for p in [dir.join("deps").join(name), dir.join(name)] {
         if p.exists() {
             return p;
         }
@@ -49,7 +49,11 @@ pub fn probes() -> &'static (PathBuf, PathBuf) {
         let out = profile_dir().join(format!("cuda-probe-{}", std::process::id()));
         let driver = out.join("driver");
         std::fs::create_dir_all(&driver).unwrap();
-        install_driver(&driver);
+        // Copies, not links: the linker records one DT_NEEDED per distinct file.
+        let fake = find("libfakegpu.so");
+        for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+            std::fs::copy(&fake, driver.join(name)).unwrap();
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cuda-probe/build.sh");
         let st = Command::new("bash").arg(&script).arg(&out).arg(&driver).status().unwrap();
         assert!(st.success(), "building the CUDA probe failed");
@@ -240,6 +244,15 @@ pub fn ok(o: Output) -> Output {
 
 /// Waits until the child prints `holding`, returning what it printed before.
 pub fn wait_holding(child: &mut Child) -> String {
+    match holding_or_exit(child) {
+        Ok(before) => before,
+        Err(output) => panic!("probe exited before holding: {output}"),
+    }
+}
+
+/// Waits until the child prints `holding` (`Ok` with what it printed before) or exits (`Err`
+/// with everything it printed, stderr included).
+pub fn holding_or_exit(child: &mut Child) -> Result<String, String> {
     use std::io::{BufRead, BufReader};
     let out = child.stdout.take().unwrap();
     let mut reader = BufReader::new(out);
@@ -248,16 +261,31 @@ pub fn wait_holding(child: &mut Child) -> String {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap() == 0 {
             let _ = child.kill();
+            let _ = child.wait();
             let mut err = String::new();
             use std::io::Read;
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("probe exited before holding: {seen}{err}");
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(format!("{seen}{err}"));
         }
         if line.trim() == "holding" {
             // Keep the pipe open so the child never sees EPIPE.
             std::mem::forget(reader);
-            return seen;
+            return Ok(seen);
         }
         seen.push_str(&line);
+    }
+}
+
+/// Children killed when the test ends, however it ends.
+pub struct Reaper(pub Vec<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
