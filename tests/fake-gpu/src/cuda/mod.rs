@@ -146,8 +146,9 @@ pub(crate) fn get_proc_address(
         pfn.set(std::ptr::null_mut());
         return Err(error::INVALID_VALUE);
     }
-    // The driver has nothing newer than itself.
-    let version = machine().map_or(cuda_version, |sim| cuda_version.min(sim.config().cuda_version));
+    // The driver has nothing newer than itself. (Quietly: the runtime asks hundreds of
+    // times, and cuInit reports a machine that cannot be loaded.)
+    let version = Simulator::global().map_or(cuda_version, |sim| cuda_version.min(sim.config().cuda_version));
     let found = symbol
         .to_str()
         .map_err(|_| proc_address::Lookup::SymbolNotFound)

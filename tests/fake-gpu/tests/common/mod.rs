@@ -7,6 +7,8 @@
 //! and passed.
 #![allow(dead_code)]
 
+pub mod cuda;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,0 +1,918 @@
+//! The fake CUDA driver through its C ABI, loaded with `dlopen` like `libcuda.so.1`. Each
+//! test runs its checks in a child process with its own machine (see `common`); tests about
+//! several processes start more children.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::ptr::{null, null_mut};
+use std::time::{Duration, Instant};
+
+use common::cuda::*;
+use common::{Fixture, Gpu, config_with, is_child, run_child};
+use fakegpu::state::DeviceState;
+use nvml_wrapper_sys::bindings::{NvmlLib, nvmlDevice_t, nvmlMemory_t};
+
+/// A one-GPU machine with `memory` and `context_memory`, and `extra` top-level keys.
+fn small_machine(memory: &str, context_memory: &str, extra: &str) -> String {
+    format!(
+        "driver_version = \"580.95.05\"\ncuda_version = 13000\n{extra}\n[[gpu]]\n\
+         uuid = \"GPU-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9\"\nname = \"Small\"\nmemory = \"{memory}\"\n\
+         sm_count = 8\nminor = 0\npci_bus_id = \"0000:3b:00.0\"\ncontext_memory = \"{context_memory}\"\n"
+    )
+}
+
+#[track_caller]
+fn check(got: CUresult, want: CUresult) {
+    assert_eq!(got, want, "CUresult {got}, want {want}");
+}
+
+#[track_caller]
+fn ok(got: CUresult) {
+    check(got, SUCCESS);
+}
+
+/// Bytes in use on the current context's device, from `cuMemGetInfo`.
+fn used(cu: &Cuda) -> u64 {
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: two live usize outputs.
+    ok(unsafe { (cu.cuMemGetInfo_v2)(&mut free, &mut total) });
+    (total - free) as u64
+}
+
+/// `cuInit`, retain GPU `device`'s primary context and make it current.
+fn primary(cu: &Cuda, device: c_int) -> Handle {
+    let mut ctx = null_mut();
+    // SAFETY: a live output for the context.
+    ok(unsafe { (cu.cuInit)(0) });
+    // SAFETY: as above.
+    ok(unsafe { (cu.cuDevicePrimaryCtxRetain)(&mut ctx, device) });
+    // SAFETY: a context just retained.
+    ok(unsafe { (cu.cuCtxSetCurrent)(ctx) });
+    ctx
+}
+
+/// NVML's `used` for GPU 0, through the same library.
+fn nvml_used() -> u64 {
+    // SAFETY: loading the fake driver again returns the handle already open.
+    let nvml = unsafe { NvmlLib::new(common::lib_path()) }.unwrap();
+    let mut dev: nvmlDevice_t = null_mut();
+    // SAFETY: zeroed memory is a valid nvmlMemory_t.
+    let mut mem: nvmlMemory_t = unsafe { std::mem::zeroed() };
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { nvml.nvmlInit_v2() }, 0);
+    // SAFETY: a live output.
+    assert_eq!(unsafe { nvml.nvmlDeviceGetHandleByIndex_v2(0, &mut dev) }, 0);
+    // SAFETY: a handle from NVML and a live output.
+    assert_eq!(unsafe { nvml.nvmlDeviceGetMemoryInfo(dev, &mut mem) }, 0);
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { nvml.nvmlShutdown() }, 0);
+    mem.used
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+// ---- cuGetProcAddress -------------------------------------------------------------------
+
+const PTDS: u64 = 2;
+const LEGACY: u64 = 1;
+
+/// `cuGetProcAddress_v2(name, version, flags)`: (result, pointer, status).
+fn proc_address(cu: &Cuda, name: &str, version: c_int, flags: u64) -> (CUresult, *mut c_void, c_int) {
+    let (mut pfn, mut status) = (std::ptr::dangling_mut::<c_void>(), -1);
+    let name = c(name);
+    // SAFETY: a NUL-terminated name and live outputs.
+    let r = unsafe { (cu.cuGetProcAddress_v2)(name.as_ptr(), &mut pfn, version, flags, &mut status) };
+    (r, pfn, status)
+}
+
+#[track_caller]
+fn resolves_to(cu: &Cuda, name: &str, version: c_int, flags: u64, symbol: &str) {
+    let (r, pfn, status) = proc_address(cu, name, version, flags);
+    assert_eq!((r, status), (SUCCESS, 0), "{name} @ {version} flags {flags}");
+    let want = cu.sym(symbol);
+    assert!(!want.is_null(), "{symbol} is not exported");
+    assert_eq!(pfn, want, "{name} @ {version} flags {flags} is not dlsym({symbol})");
+}
+
+#[test]
+fn proc_addresses_are_the_exported_symbols() {
+    if !is_child("proc_addresses_are_the_exported_symbols") {
+        return Fixture::new(&config_with(1, "")).run("proc_addresses_are_the_exported_symbols").pipe_drop();
+    }
+    let cu = Cuda::load();
+    // Before cuInit, as the CUDA runtime uses it.
+    resolves_to(&cu, "cuInit", 13000, 0, "cuInit");
+    resolves_to(&cu, "cuMemAlloc", 3020, 0, "cuMemAlloc_v2");
+    resolves_to(&cu, "cuMemAlloc", 13000, PTDS, "cuMemAlloc_v2");
+    resolves_to(&cu, "cuCtxCreate", 3020, 0, "cuCtxCreate_v2");
+    resolves_to(&cu, "cuCtxCreate", 11040, 0, "cuCtxCreate_v3");
+    resolves_to(&cu, "cuCtxCreate", 12050, 0, "cuCtxCreate_v4");
+    resolves_to(&cu, "cuCtxCreate", 13000, 0, "cuCtxCreate_v4");
+    resolves_to(&cu, "cuDevicePrimaryCtxRelease", 10000, 0, "cuDevicePrimaryCtxRelease");
+    resolves_to(&cu, "cuDevicePrimaryCtxRelease", 11000, 0, "cuDevicePrimaryCtxRelease_v2");
+    resolves_to(&cu, "cuLaunchKernel", 13000, PTDS, "cuLaunchKernel_ptsz");
+    resolves_to(&cu, "cuLaunchKernel", 13000, LEGACY, "cuLaunchKernel");
+    resolves_to(&cu, "cuLaunchKernel", 13000, 0, "cuLaunchKernel");
+    resolves_to(&cu, "cuMemAllocAsync", 11020, PTDS, "cuMemAllocAsync_ptsz");
+    resolves_to(&cu, "cuMemcpyHtoD", 12000, PTDS, "cuMemcpyHtoD_v2_ptds");
+    resolves_to(&cu, "cuMemcpyHtoD", 12000, 0, "cuMemcpyHtoD_v2");
+    resolves_to(&cu, "cuStreamSynchronize", 12000, PTDS, "cuStreamSynchronize_ptsz");
+    resolves_to(&cu, "cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2");
+    resolves_to(&cu, "cuEventElapsedTime", 12080, 0, "cuEventElapsedTime_v2");
+
+    // Every variant of the table, at its own version, with and without the per-thread flag.
+    for e in fakegpu::cuda::proc_address::table() {
+        let flags = if e.per_thread { PTDS } else { LEGACY };
+        let (r, pfn, _) = proc_address(&cu, e.name, e.version, flags);
+        assert_eq!(r, SUCCESS, "{}", e.name);
+        assert_eq!(pfn, cu.sym(e.symbol), "{} @ {} is not dlsym({})", e.name, e.version, e.symbol);
+    }
+
+    // Failures null the pointer and say why.
+    let (r, pfn, status) = proc_address(&cu, "cuNoSuchThing", 13000, 0);
+    assert_eq!((r, pfn, status), (NOT_FOUND, null_mut(), 1));
+    let (r, pfn, status) = proc_address(&cu, "cuMemAlloc_v2", 13000, 0);
+    assert_eq!((r, pfn, status), (NOT_FOUND, null_mut(), 1));
+    let (r, pfn, status) = proc_address(&cu, "cuMemAllocAsync", 11010, 0);
+    assert_eq!((r, pfn, status), (NOT_FOUND, null_mut(), 2));
+    let (r, pfn, status) = proc_address(&cu, "cuMemAlloc", 2000, 0);
+    assert_eq!((r, pfn, status), (NOT_FOUND, null_mut(), 2));
+    let (r, _, _) = proc_address(&cu, "cuMemAlloc", 13000, 4);
+    assert_eq!(r, INVALID_VALUE);
+
+    // The CUDA 11.3 signature, and null arguments.
+    let mut pfn = null_mut();
+    let name = c("cuMemFree");
+    // SAFETY: a NUL-terminated name and a live output.
+    ok(unsafe { (cu.cuGetProcAddress)(name.as_ptr(), &mut pfn, 12000, 0) });
+    assert_eq!(pfn, cu.sym("cuMemFree_v2"));
+    // SAFETY: null name, deliberately.
+    check(unsafe { (cu.cuGetProcAddress)(null(), &mut pfn, 12000, 0) }, INVALID_VALUE);
+    // SAFETY: null output, deliberately.
+    check(unsafe { (cu.cuGetProcAddress)(name.as_ptr(), null_mut(), 12000, 0) }, INVALID_VALUE);
+    // SAFETY: the status output is optional.
+    ok(unsafe { (cu.cuGetProcAddress_v2)(name.as_ptr(), &mut pfn, 12000, 0, null_mut()) });
+}
+
+#[test]
+fn proc_addresses_stop_at_the_driver_version() {
+    let name = "proc_addresses_stop_at_the_driver_version";
+    if !is_child(name) {
+        let config = config_with(1, "").replace("cuda_version = 13000", "cuda_version = 12020");
+        return Fixture::new(&config).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    // A CUDA 12.2 driver has no cuCtxCreate_v4 (12.5) or cuEventElapsedTime_v2 (12.8).
+    resolves_to(&cu, "cuCtxCreate", 12080, 0, "cuCtxCreate_v3");
+    resolves_to(&cu, "cuEventElapsedTime", 13000, 0, "cuEventElapsedTime");
+    let mut version = 0;
+    // SAFETY: a live output; works before cuInit.
+    ok(unsafe { (cu.cuDriverGetVersion)(&mut version) });
+    assert_eq!(version, 12020);
+}
+
+/// `Output` of a child run is not needed by most tests.
+trait PipeDrop {
+    fn pipe_drop(self);
+}
+
+impl<T> PipeDrop for T {
+    fn pipe_drop(self) {}
+}
+
+// ---- init, errors, devices --------------------------------------------------------------
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn init_errors_and_devices_follow_the_driver() {
+    let name = "init_errors_and_devices_follow_the_driver";
+    if !is_child(name) {
+        return Fixture::new(&config_with(2, "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    let (mut count, mut dev, mut s) = (0, 0, null());
+    let mut buf = [0 as c_char; 64];
+    let text = |buf: &[c_char]| {
+        // SAFETY: the driver NUL-terminates what it writes into `buf`.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap().to_owned()
+    };
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null; lengths are the buffers' real lengths or less.
+    unsafe {
+        // Before cuInit.
+        check((cu.cuDeviceGetCount)(&mut count), NOT_INITIALIZED);
+        check((cu.cuMemAlloc_v2)(null_mut(), 1), NOT_INITIALIZED);
+        ok((cu.cuGetErrorName)(OUT_OF_MEMORY, &mut s));
+        assert_eq!(CStr::from_ptr(s), c"CUDA_ERROR_OUT_OF_MEMORY");
+        ok((cu.cuGetErrorString)(INVALID_CONTEXT, &mut s));
+        assert_eq!(CStr::from_ptr(s), c"invalid device context");
+        check((cu.cuGetErrorName)(12345, &mut s), INVALID_VALUE);
+        assert!(s.is_null());
+        check((cu.cuInit)(1), INVALID_VALUE);
+        ok((cu.cuInit)(0));
+        ok((cu.cuInit)(0));
+
+        ok((cu.cuDeviceGetCount)(&mut count));
+        assert_eq!(count, 2);
+        check((cu.cuDeviceGetCount)(null_mut()), INVALID_VALUE);
+        ok((cu.cuDeviceGet)(&mut dev, 1));
+        assert_eq!(dev, 1);
+        check((cu.cuDeviceGet)(&mut dev, 2), INVALID_DEVICE);
+        check((cu.cuDeviceGet)(&mut dev, -1), INVALID_DEVICE);
+
+        for i in 0..2 {
+            let want = Gpu::nth(i as u32);
+            ok((cu.cuDeviceGetName)(buf.as_mut_ptr(), 64, i));
+            assert_eq!(text(&buf), want.name);
+            ok((cu.cuDeviceGetName)(buf.as_mut_ptr(), 5, i));
+            assert_eq!(text(&buf), want.name[..4]);
+
+            // The UUID's bytes spell the NVML UUID.
+            let mut uuid = [0u8; 16];
+            ok((cu.cuDeviceGetUuid_v2)(&mut uuid, i));
+            let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+            let spelled = format!("GPU-{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+            assert_eq!(spelled, want.uuid);
+            let mut v1 = [0u8; 16];
+            ok((cu.cuDeviceGetUuid)(&mut v1, i));
+            assert_eq!(v1, uuid);
+
+            ok((cu.cuDeviceGetPCIBusId)(buf.as_mut_ptr(), 64, i));
+            assert_eq!(text(&buf), want.bus_id[4..]);
+            let mut total = 0usize;
+            ok((cu.cuDeviceTotalMem_v2)(&mut total, i));
+            assert_eq!(total as u64, want.memory);
+
+            let attr = |a: c_int| {
+                let mut v = -7;
+                ok((cu.cuDeviceGetAttribute)(&mut v, a, i));
+                v
+            };
+            assert_eq!(attr(16), want.sm_count as c_int, "MULTIPROCESSOR_COUNT");
+            assert_eq!((attr(75), attr(76)), (9, 0), "compute capability");
+            assert_eq!(attr(14), 512, "TEXTURE_ALIGNMENT");
+            assert_eq!(attr(10), 32, "WARP_SIZE");
+            assert_eq!(attr(1), 1024, "MAX_THREADS_PER_BLOCK");
+            assert_eq!(attr(115), 1, "MEMORY_POOLS_SUPPORTED");
+            assert_eq!(attr(102), 1, "VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED");
+            assert_eq!((attr(50), attr(33), attr(34)), (0, want.bus as c_int, 0), "PCI domain, bus, device");
+            assert!(attr(13) > 1_000_000, "CLOCK_RATE in kHz");
+            assert_eq!(attr(135), 0, "an attribute in range but not simulated");
+        }
+        let mut v = 0;
+        check((cu.cuDeviceGetAttribute)(&mut v, 0, 0), INVALID_VALUE);
+        check((cu.cuDeviceGetAttribute)(&mut v, 100_000, 0), INVALID_VALUE);
+        check((cu.cuDeviceGetAttribute)(&mut v, 16, 5), INVALID_DEVICE);
+        check((cu.cuDeviceGetAttribute)(null_mut(), 16, 0), INVALID_VALUE);
+        check((cu.cuDeviceGetName)(buf.as_mut_ptr(), 0, 0), INVALID_VALUE);
+
+        // Nothing current: calls that need a context say so.
+        let mut p = 0u64;
+        check((cu.cuMemAlloc_v2)(&mut p, 1), INVALID_CONTEXT);
+        let (mut free, mut total) = (0usize, 0usize);
+        check((cu.cuMemGetInfo_v2)(&mut free, &mut total), INVALID_CONTEXT);
+        let mut stream = null_mut();
+        check((cu.cuStreamCreate)(&mut stream, 0), INVALID_CONTEXT);
+        check((cu.cuCtxSynchronize)(), INVALID_CONTEXT);
+        check((cu.cuCtxGetDevice)(&mut dev), INVALID_CONTEXT);
+        let mut ctx = 0x99 as Handle;
+        ok((cu.cuCtxGetCurrent)(&mut ctx));
+        assert!(ctx.is_null());
+    }
+}
+
+#[test]
+fn cuda_init_error_makes_cuinit_fail() {
+    let name = "cuda_init_error_makes_cuinit_fail";
+    if !is_child(name) {
+        return Fixture::new(&config_with(1, "cuda_init_error = \"NO_DEVICE\"")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    let mut count = 0;
+    // SAFETY: a live output.
+    check(unsafe { (cu.cuInit)(0) }, NO_DEVICE);
+    // SAFETY: as above.
+    check(unsafe { (cu.cuDeviceGetCount)(&mut count) }, NOT_INITIALIZED);
+    // SAFETY: as above.
+    check(unsafe { (cu.cuInit)(0) }, NO_DEVICE);
+}
+
+// ---- contexts ---------------------------------------------------------------------------
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn contexts_are_counted_charged_and_thread_local() {
+    let name = "contexts_are_counted_charged_and_thread_local";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "6MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    let state = DeviceState::open(std::env::var_os("FAKEGPU_STATE_DIR").unwrap().as_ref(), 0, 64 * MIB).unwrap();
+    let (mut a, mut b, mut c, mut top) = (null_mut(), null_mut(), null_mut(), null_mut());
+    let (mut flags, mut active, mut dev) = (9u32, 9, 9);
+    let mut p = 0u64;
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null; handles come from the driver.
+    unsafe {
+        ok((cu.cuInit)(0));
+        ok((cu.cuDevicePrimaryCtxGetState)(0, &mut flags, &mut active));
+        assert_eq!((flags, active), (0, 0));
+        assert_eq!(state.used(), 0);
+
+        // Retain creates it and charges context_memory once; it is not made current.
+        ok((cu.cuDevicePrimaryCtxRetain)(&mut a, 0));
+        ok((cu.cuDevicePrimaryCtxRetain)(&mut b, 0));
+        assert_eq!(a, b, "one primary context per device");
+        assert_eq!(state.used(), 6 * MIB);
+        ok((cu.cuDevicePrimaryCtxGetState)(0, &mut flags, &mut active));
+        assert_eq!(active, 1);
+        ok((cu.cuCtxGetCurrent)(&mut top));
+        assert!(top.is_null());
+        check((cu.cuDevicePrimaryCtxRetain)(&mut a, 1), INVALID_DEVICE);
+        check((cu.cuDevicePrimaryCtxRetain)(null_mut(), 0), INVALID_VALUE);
+
+        ok((cu.cuCtxSetCurrent)(a));
+        ok((cu.cuCtxGetDevice)(&mut dev));
+        assert_eq!(dev, 0);
+        ok((cu.cuMemAlloc_v2)(&mut p, 100));
+        assert_eq!(used(&cu), 8 * MIB);
+        assert_eq!(nvml_used(), 8 * MIB);
+
+        // Another thread has no current context until it sets one.
+        let a_addr = a as usize;
+        let (other_alloc, other_after_set) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut q = 0u64;
+                let first = (cu.cuMemAlloc_v2)(&mut q, 1);
+                ok((cu.cuCtxSetCurrent)(a_addr as Handle));
+                ok((cu.cuMemFree_v2)(p));
+                (first, (cu.cuMemAlloc_v2)(&mut q, 1))
+            })
+            .join()
+            .unwrap()
+        });
+        check(other_alloc, INVALID_CONTEXT);
+        ok(other_after_set);
+        assert_eq!(used(&cu), 8 * MIB, "freed 2 MiB on one thread, took 2 MiB on the other");
+
+        // Created contexts: pushed, charged, destroyed with their allocations.
+        ok((cu.cuCtxCreate_v2)(&mut c, 0, 0));
+        ok((cu.cuCtxGetCurrent)(&mut top));
+        assert_eq!(top, c);
+        assert_ne!(c, a);
+        ok((cu.cuMemAlloc_v2)(&mut p, 3 * MIB as usize));
+        assert_eq!(used(&cu), 18 * MIB);
+        ok((cu.cuCtxDestroy_v2)(c));
+        ok((cu.cuCtxGetCurrent)(&mut top));
+        assert_eq!(top, a, "destroying the current context pops it");
+        assert_eq!(used(&cu), 8 * MIB);
+        check((cu.cuMemFree_v2)(p), INVALID_VALUE);
+        check((cu.cuCtxDestroy_v2)(c), INVALID_CONTEXT);
+        check((cu.cuCtxDestroy_v2)(a), INVALID_CONTEXT);
+        check((cu.cuCtxCreate_v2)(&mut c, 0x1000, 0), INVALID_VALUE);
+
+        // v3 with execution affinity, v4 with and without params.
+        let mut affinity = [CUexecAffinityParam { type_: 0, sm_count: 4 }];
+        ok((cu.cuCtxCreate_v3)(&mut c, affinity.as_mut_ptr(), 1, 0, 0));
+        ok((cu.cuCtxDestroy_v2)(c));
+        affinity[0].sm_count = 9;
+        check((cu.cuCtxCreate_v3)(&mut c, affinity.as_mut_ptr(), 1, 0, 0), INVALID_VALUE);
+        check((cu.cuCtxCreate_v3)(&mut c, null_mut(), 1, 0, 0), INVALID_VALUE);
+        ok((cu.cuCtxCreate_v4)(&mut c, null_mut(), 0, 0));
+        ok((cu.cuCtxGetDevice_v2)(&mut dev, c));
+        ok((cu.cuCtxSynchronize_v2)(c));
+        ok((cu.cuCtxDestroy_v2)(c));
+        affinity[0].sm_count = 2;
+        let mut params = CUctxCreateParams {
+            exec_affinity_params: affinity.as_mut_ptr(),
+            num_exec_affinity_params: 1,
+            cig_params: null_mut(),
+        };
+        ok((cu.cuCtxCreate_v4)(&mut c, &mut params, 0, 0));
+        assert_eq!(used(&cu), 14 * MIB);
+
+        // Push and pop.
+        ok((cu.cuCtxPopCurrent_v2)(&mut top));
+        assert_eq!(top, c);
+        ok((cu.cuCtxGetCurrent)(&mut top));
+        assert_eq!(top, a);
+        ok((cu.cuCtxPushCurrent_v2)(c));
+        ok((cu.cuCtxPopCurrent_v2)(null_mut()));
+        ok((cu.cuCtxPopCurrent_v2)(null_mut()));
+        check((cu.cuCtxPopCurrent_v2)(null_mut()), INVALID_CONTEXT);
+        check((cu.cuCtxPushCurrent_v2)(0x12345 as Handle), INVALID_CONTEXT);
+        ok((cu.cuCtxSetCurrent)(null_mut()));
+        ok((cu.cuCtxSetCurrent)(a));
+        ok((cu.cuCtxDestroy_v2)(c));
+        assert_eq!(used(&cu), 8 * MIB);
+
+        // Reset frees the primary context's allocations but keeps it (retained twice).
+        ok((cu.cuDevicePrimaryCtxReset_v2)(0));
+        assert_eq!(used(&cu), 6 * MIB);
+        ok((cu.cuMemAlloc_v2)(&mut p, 1));
+        // The last release destroys it and what it held; the handle stops working.
+        ok((cu.cuDevicePrimaryCtxRelease_v2)(0));
+        assert_eq!(state.used(), 8 * MIB);
+        ok((cu.cuDevicePrimaryCtxRelease)(0));
+        assert_eq!(state.used(), 0);
+        check((cu.cuDevicePrimaryCtxRelease_v2)(0), INVALID_CONTEXT);
+        ok((cu.cuDevicePrimaryCtxGetState)(0, &mut flags, &mut active));
+        assert_eq!(active, 0);
+        check((cu.cuMemAlloc_v2)(&mut p, 1), INVALID_CONTEXT);
+        ok((cu.cuDevicePrimaryCtxRetain)(&mut b, 0));
+        assert_eq!(b, a, "the primary context keeps its handle");
+        ok((cu.cuMemAlloc_v2)(&mut p, 1));
+        assert_eq!(state.used(), 8 * MIB);
+    }
+}
+
+// ---- memory -----------------------------------------------------------------------------
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
+    let name = "every_allocation_path_charges_whole_granules_and_ooms_cleanly";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "4MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut p, mut q, mut pitch) = (0u64, 0u64, 0usize);
+    let base = 4 * MIB;
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null; handles come from the driver.
+    unsafe {
+        assert_eq!(used(&cu), base);
+        let mut g = 0usize;
+        ok((cu.cuMemGetAllocationGranularity)(&mut g, &CUmemAllocationProp::device(0), 0));
+        assert_eq!(g as u64, 2 * MIB);
+
+        // cuMemAlloc: 1 byte and 2 MiB + 1 take one and two granules.
+        ok((cu.cuMemAlloc_v2)(&mut p, 1));
+        assert_eq!(used(&cu), base + 2 * MIB);
+        ok((cu.cuMemAlloc_v2)(&mut q, (2 * MIB + 1) as usize));
+        assert_eq!(used(&cu), base + 6 * MIB);
+        ok((cu.cuMemFree_v2)(p));
+        ok((cu.cuMemFree_v2)(q));
+        check((cu.cuMemFree_v2)(q), INVALID_VALUE);
+        check((cu.cuMemFree_v2)(0x1234), INVALID_VALUE);
+        check((cu.cuMemAlloc_v2)(&mut p, 0), INVALID_VALUE);
+        check((cu.cuMemAlloc_v2)(null_mut(), 1), INVALID_VALUE);
+        assert_eq!(used(&cu), base);
+
+        // Pitch: rows of 100 bytes padded to 512; 512 × 10000 = 5 120 000 bytes → 3 granules.
+        ok((cu.cuMemAllocPitch_v2)(&mut p, &mut pitch, 100, 10_000, 4));
+        assert_eq!(pitch, 512);
+        assert_eq!(used(&cu), base + 6 * MIB);
+        ok((cu.cuMemFree_v2)(p));
+        check((cu.cuMemAllocPitch_v2)(&mut p, &mut pitch, 100, 10, 3), INVALID_VALUE);
+
+        // Managed memory counts on the device too.
+        ok((cu.cuMemAllocManaged)(&mut p, (3 * MIB) as usize, 1));
+        assert_eq!(used(&cu), base + 4 * MIB);
+        ok((cu.cuMemFree_v2)(p));
+        check((cu.cuMemAllocManaged)(&mut p, 1, 0), INVALID_VALUE);
+
+        // Out of memory: nothing taken; exactly what is free still fits.
+        check((cu.cuMemAlloc_v2)(&mut p, (60 * MIB + 1) as usize), OUT_OF_MEMORY);
+        assert_eq!(used(&cu), base);
+        ok((cu.cuMemAlloc_v2)(&mut p, (60 * MIB) as usize));
+        assert_eq!(used(&cu), 64 * MIB);
+        check((cu.cuMemAlloc_v2)(&mut q, 1), OUT_OF_MEMORY);
+        check((cu.cuMemCreate)(&mut q, (2 * MIB) as usize, &CUmemAllocationProp::device(0), 0), OUT_OF_MEMORY);
+        ok((cu.cuMemFree_v2)(p));
+        assert_eq!(nvml_used(), base);
+
+        // Stream-ordered allocation from the default pool: freed memory stays reserved.
+        let (mut pool, mut current) = (null_mut(), null_mut());
+        ok((cu.cuDeviceGetDefaultMemPool)(&mut pool, 0));
+        ok((cu.cuDeviceGetMemPool)(&mut current, 0));
+        assert_eq!(pool, current);
+        let attr = |pool: Handle, a: c_int| {
+            let mut v = 0u64;
+            ok((cu.cuMemPoolGetAttribute)(pool, a, (&raw mut v).cast()));
+            v
+        };
+        ok((cu.cuMemAllocAsync)(&mut p, MIB as usize, null_mut()));
+        assert_eq!(used(&cu), base + 2 * MIB);
+        assert_eq!((attr(pool, 5), attr(pool, 7)), (2 * MIB, 2 * MIB), "reserved, used");
+        ok((cu.cuMemFreeAsync)(p, null_mut()));
+        assert_eq!(used(&cu), base + 2 * MIB, "still reserved by the pool");
+        assert_eq!((attr(pool, 5), attr(pool, 7), attr(pool, 8)), (2 * MIB, 0, 2 * MIB));
+        ok((cu.cuMemAllocAsync_ptsz)(&mut p, (2 * MIB) as usize, null_mut()));
+        assert_eq!(used(&cu), base + 2 * MIB, "reused");
+        ok((cu.cuMemAllocAsync)(&mut q, (3 * MIB) as usize, null_mut()));
+        assert_eq!(used(&cu), base + 6 * MIB);
+        ok((cu.cuMemFreeAsync)(p, null_mut()));
+        ok((cu.cuMemFreeAsync)(q, null_mut()));
+        assert_eq!((attr(pool, 5), attr(pool, 6)), (6 * MIB, 6 * MIB));
+        ok((cu.cuMemPoolTrimTo)(pool, (2 * MIB) as usize));
+        assert_eq!(attr(pool, 5), 2 * MIB);
+        assert_eq!(used(&cu), base + 2 * MIB);
+        ok((cu.cuMemPoolTrimTo)(pool, 0));
+        assert_eq!(used(&cu), base);
+        let mut flag = 0 as c_int;
+        ok((cu.cuMemPoolGetAttribute)(pool, 1, (&raw mut flag).cast()));
+        assert_eq!(flag, 1);
+        check((cu.cuMemPoolGetAttribute)(pool, 99, (&raw mut flag).cast()), INVALID_VALUE);
+        check((cu.cuMemPoolDestroy)(pool), INVALID_VALUE);
+
+        // A pool of our own: destroying it frees what it reserved.
+        let props = CUmemPoolProps {
+            alloc_type: 1,
+            handle_types: 0,
+            location: CUmemLocation { type_: 1, id: 0 },
+            win32_security_attributes: null_mut(),
+            max_size: 0,
+            usage: 0,
+            gpu_direct_rdma_capable: 0,
+            reserved: [0; 53],
+        };
+        let mut mine = null_mut();
+        ok((cu.cuMemPoolCreate)(&mut mine, &props));
+        ok((cu.cuMemAllocFromPoolAsync)(&mut p, 5, mine, null_mut()));
+        ok((cu.cuMemFreeAsync)(p, null_mut()));
+        assert_eq!(used(&cu), base + 2 * MIB);
+        ok((cu.cuMemPoolDestroy)(mine));
+        assert_eq!(used(&cu), base);
+        check((cu.cuMemAllocFromPoolAsync)(&mut p, 5, mine, null_mut()), INVALID_VALUE);
+
+        // Virtual memory management: physical memory is charged, address space is not.
+        let prop = CUmemAllocationProp::device(0);
+        let mut handle = 0u64;
+        check((cu.cuMemCreate)(&mut handle, (3 * MIB) as usize, &prop, 0), INVALID_VALUE);
+        ok((cu.cuMemCreate)(&mut handle, (4 * MIB) as usize, &prop, 0));
+        assert_eq!(used(&cu), base + 4 * MIB);
+        let mut va = 0u64;
+        ok((cu.cuMemAddressReserve)(&mut va, (8 * MIB) as usize, 0, 0, 0));
+        assert_eq!(used(&cu), base + 4 * MIB);
+        assert_eq!(va % (2 * MIB), 0);
+        ok((cu.cuMemMap)(va + 2 * MIB, (4 * MIB) as usize, 0, handle, 0));
+        check((cu.cuMemMap)(va, (4 * MIB) as usize, 0, handle, 0), INVALID_VALUE);
+        let bytes = [7u8; 16];
+        check((cu.cuMemcpyHtoD_v2)(va + 2 * MIB, bytes.as_ptr().cast(), 16), INVALID_VALUE);
+        let access = CUmemAccessDesc { location: CUmemLocation { type_: 1, id: 0 }, flags: 3 };
+        check((cu.cuMemSetAccess)(va, (4 * MIB) as usize, &access, 1), INVALID_VALUE);
+        ok((cu.cuMemSetAccess)(va + 2 * MIB, (4 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyHtoD_v2)(va + 6 * MIB - 16, bytes.as_ptr().cast(), 16));
+        check((cu.cuMemcpyHtoD_v2)(va + 6 * MIB - 8, bytes.as_ptr().cast(), 16), INVALID_VALUE);
+        // Released while mapped: freed on unmap.
+        ok((cu.cuMemRelease)(handle));
+        assert_eq!(used(&cu), base + 4 * MIB);
+        ok((cu.cuMemUnmap)(va + 2 * MIB, (4 * MIB) as usize));
+        assert_eq!(used(&cu), base);
+        check((cu.cuMemRelease)(handle), INVALID_VALUE);
+        ok((cu.cuMemAddressFree)(va, (8 * MIB) as usize));
+        check((cu.cuMemAddressFree)(va, (8 * MIB) as usize), INVALID_VALUE);
+
+        // Arrays: width × height × depth × channels × format size, in granules.
+        let mut array = null_mut();
+        let desc = CUDA_ARRAY_DESCRIPTOR { Width: 1000, Height: 1000, Format: 0x20, NumChannels: 1 };
+        ok((cu.cuArrayCreate_v2)(&mut array, &desc));
+        assert_eq!(used(&cu), base + 4 * MIB, "4 000 000 bytes");
+        ok((cu.cuArrayDestroy)(array));
+        check((cu.cuArrayDestroy)(array), INVALID_HANDLE);
+        let desc3 =
+            CUDA_ARRAY3D_DESCRIPTOR { Width: 128, Height: 128, Depth: 64, Format: 0x02, NumChannels: 4, Flags: 0 };
+        ok((cu.cuArray3DCreate_v2)(&mut array, &desc3));
+        assert_eq!(used(&cu), base + 8 * MIB, "128 × 128 × 64 × 4 × 2 = 8 MiB");
+        ok((cu.cuArrayDestroy)(array));
+        let bad = CUDA_ARRAY_DESCRIPTOR { Width: 10, Height: 10, Format: 0x20, NumChannels: 3 };
+        check((cu.cuArrayCreate_v2)(&mut array, &bad), INVALID_VALUE);
+        let mip =
+            CUDA_ARRAY3D_DESCRIPTOR { Width: 2048, Height: 2048, Depth: 0, Format: 0x01, NumChannels: 1, Flags: 0 };
+        ok((cu.cuMipmappedArrayCreate)(&mut array, &mip, 12));
+        // 4 MiB + 1 MiB + 256 KiB + … ≈ 5.33 MiB → 6 MiB.
+        assert_eq!(used(&cu), base + 6 * MIB);
+        check((cu.cuArrayDestroy)(array), INVALID_HANDLE);
+        ok((cu.cuMipmappedArrayDestroy)(array));
+        check((cu.cuMipmappedArrayCreate)(&mut array, &mip, 13), INVALID_VALUE);
+        assert_eq!(used(&cu), base);
+    }
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn copies_move_real_bytes() {
+    let name = "copies_move_real_bytes";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut a, mut b, mut stream) = (0u64, 0u64, null_mut());
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut back = vec![0u8; 4096];
+    // SAFETY: every pointer below is a live local or buffer of at least the length passed,
+    // or deliberately invalid; handles come from the driver.
+    unsafe {
+        ok((cu.cuMemAlloc_v2)(&mut a, 4096));
+        ok((cu.cuMemAlloc_v2)(&mut b, 4096));
+        ok((cu.cuStreamCreate)(&mut stream, 0));
+        ok((cu.cuMemcpyHtoD_v2)(a, data.as_ptr().cast(), 4096));
+        ok((cu.cuMemcpyDtoD_v2)(b, a, 4096));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), b, 4096));
+        assert_eq!(back, data);
+
+        // Async forms, then the per-thread one.
+        back.fill(0);
+        ok((cu.cuMemsetD8_v2)(b, 0, 4096));
+        ok((cu.cuMemcpyDtoDAsync_v2)(b + 100, a, 1000, stream));
+        ok((cu.cuMemcpyDtoHAsync_v2)(back.as_mut_ptr().cast(), b, 4096, stream));
+        ok((cu.cuStreamSynchronize)(stream));
+        assert_eq!(&back[100..1100], &data[..1000]);
+        assert!(back[..100].iter().chain(&back[1100..]).all(|&x| x == 0));
+        ok((cu.cuMemcpyHtoDAsync_v2)(a, [1u8, 2, 3].as_ptr().cast(), 3, stream));
+        ok((cu.cuMemcpyHtoD_v2_ptds)(a + 3, [4u8].as_ptr().cast(), 1));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), a, 4));
+        assert_eq!(&back[..4], &[1, 2, 3, 4]);
+
+        // Sets.
+        ok((cu.cuMemsetD32_v2)(a, 0xdead_beef, 1024));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), a, 4096));
+        assert!(back.chunks(4).all(|w| w == 0xdead_beef_u32.to_ne_bytes()));
+        ok((cu.cuMemsetD8_v2)(a + 1, 0x5a, 2));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), a, 4));
+        assert_eq!(back[..4], [0xef, 0x5a, 0x5a, 0xde]);
+        check((cu.cuMemsetD32_v2)(a + 2, 0, 1), INVALID_VALUE);
+
+        // Out of bounds, unknown and freed pointers, null host pointers.
+        check((cu.cuMemcpyHtoD_v2)(a + 4000, data.as_ptr().cast(), 97), INVALID_VALUE);
+        check((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), a + 4096, 1), INVALID_VALUE);
+        check((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), 0x1000, 1), INVALID_VALUE);
+        check((cu.cuMemcpyHtoD_v2)(a, null(), 1), INVALID_VALUE);
+        ok((cu.cuMemcpyHtoD_v2)(a, null(), 0));
+        ok((cu.cuMemFree_v2)(b));
+        check((cu.cuMemcpyDtoD_v2)(b, a, 16), INVALID_VALUE);
+        check((cu.cuMemcpyHtoDAsync_v2)(a, data.as_ptr().cast(), 16, 0x777 as Handle), INVALID_HANDLE);
+        ok((cu.cuStreamDestroy_v2)(stream));
+        check((cu.cuStreamDestroy_v2)(stream), INVALID_HANDLE);
+    }
+}
+
+// ---- processes --------------------------------------------------------------------------
+
+/// Start test `name` in a child that holds memory on GPU 0 until its stdin closes (or it is
+/// killed), and wait until it says it holds it.
+fn start_holder(fx: &Fixture, name: &str) -> Child {
+    let mut child =
+        fx.command(name).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the holder never got ready");
+        match lines.next() {
+            // libtest has already printed "test <name> ... " on the same line.
+            Some(Ok(line)) if line.ends_with("holding") => break,
+            Some(_) => {}
+            None => panic!("the holder exited before it got ready: {:?}", child.wait()),
+        }
+    }
+    // Keep reading, so that the holder can still print its test result.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// In the holder: take a context and 10 MiB + 1 byte, say so, and wait for stdin to close.
+fn hold() {
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let mut p = 0u64;
+    // SAFETY: a live output.
+    ok(unsafe { (cu.cuMemAlloc_v2)(&mut p, (10 * MIB + 1) as usize) });
+    println!("holding");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_line(&mut String::new());
+}
+
+#[test]
+fn another_process_sees_usage_through_nvml_and_cumemgetinfo() {
+    let name = "another_process_sees_usage_through_nvml_and_cumemgetinfo";
+    let observer = "another_process_sees_usage_observer";
+    if is_child(name) {
+        return hold();
+    }
+    let fx = Fixture::new(&small_machine("1GiB", "8MiB", ""));
+    let mut holder = start_holder(&fx, name);
+    let state = DeviceState::open(&fx.state_dir, 0, 1 << 30).unwrap();
+    assert_eq!(state.used(), 20 * MIB, "8 MiB context + 12 MiB for 10 MiB + 1");
+    // The observer (a second process) takes its own context and sees both.
+    let mut cmd = fx.command(observer);
+    cmd.env("WANT_USED", (28 * MIB).to_string());
+    run_child(cmd, observer);
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(state.used(), 0, "an exiting process frees its memory");
+}
+
+#[test]
+fn another_process_sees_usage_observer() {
+    if !is_child("another_process_sees_usage_observer") {
+        return; // run by another_process_sees_usage_through_nvml_and_cumemgetinfo
+    }
+    let want: u64 = std::env::var("WANT_USED").unwrap().parse().unwrap();
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    assert_eq!(used(&cu), want);
+    assert_eq!(nvml_used(), want);
+}
+
+#[test]
+fn a_killed_process_memory_is_reclaimed() {
+    let name = "a_killed_process_memory_is_reclaimed";
+    if is_child(name) {
+        return hold();
+    }
+    let fx = Fixture::new(&small_machine("1GiB", "8MiB", ""));
+    let mut holder = start_holder(&fx, name);
+    let state = DeviceState::open(&fx.state_dir, 0, 1 << 30).unwrap();
+    assert_eq!(state.used(), 20 * MIB);
+    // A second holder on the same GPU stays alive throughout.
+    let mut survivor = start_holder(&fx, name);
+    assert_eq!(state.used(), 40 * MIB);
+    holder.kill().unwrap();
+    assert!(!holder.wait().unwrap().success());
+    assert_eq!(state.used(), 20 * MIB, "the killed process's memory is gone, the survivor's is not");
+    drop(survivor.stdin.take());
+    assert!(survivor.wait().unwrap().success());
+    assert_eq!(state.used(), 0);
+}
+
+// ---- kernels, streams, events -----------------------------------------------------------
+
+/// Launch `busy` for `ms` milliseconds on `stream` through `launch` (`cuLaunchKernel` or
+/// its `_ptsz` variant).
+fn busy(
+    cu: &Cuda,
+    launch: unsafe extern "C" fn(
+        Handle,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        Handle,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> CUresult,
+    f: Handle,
+    stream: Handle,
+    ms: u64,
+) -> CUresult {
+    let _ = cu;
+    let mut nanos = ms * 1_000_000;
+    let mut params = [(&raw mut nanos).cast::<c_void>()];
+    // SAFETY: `params` holds one pointer to the u64 `busy` takes, alive for the call.
+    unsafe { launch(f, 1, 1, 1, 32, 1, 1, 0, stream, params.as_mut_ptr(), null_mut()) }
+}
+
+#[track_caller]
+fn about(elapsed: Duration, ms: u64) {
+    let want = Duration::from_millis(ms);
+    assert!(
+        elapsed >= want && elapsed < want + Duration::from_millis(250),
+        "took {elapsed:?}, expected about {want:?}"
+    );
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn busy_kernels_occupy_their_stream() {
+    let name = "busy_kernels_occupy_their_stream";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut module, mut f, mut other) = (null_mut(), null_mut(), null_mut());
+    let (mut s1, mut s2, mut start, mut end) = (null_mut(), null_mut(), null_mut(), null_mut());
+    let image = [0u8; 16];
+    let busy_name = c("busy");
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null; handles come from the driver.
+    unsafe {
+        ok((cu.cuModuleLoadData)(&mut module, image.as_ptr().cast()));
+        check((cu.cuModuleLoadData)(&mut module, null()), INVALID_VALUE);
+        ok((cu.cuModuleGetFunction)(&mut f, module, busy_name.as_ptr()));
+        ok((cu.cuModuleGetFunction)(&mut other, module, busy_name.as_ptr()));
+        assert_eq!(f, other);
+        check((cu.cuModuleGetFunction)(&mut other, module, c"saxpy".as_ptr()), NOT_FOUND);
+        ok((cu.cuStreamCreate)(&mut s1, 0));
+        ok((cu.cuStreamCreate)(&mut s2, 1));
+        ok((cu.cuEventCreate)(&mut start, 0));
+        ok((cu.cuEventCreate)(&mut end, 0));
+
+        // A launch returns at once; synchronising waits for it.
+        let t = Instant::now();
+        ok((cu.cuEventRecord)(start, s1));
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 200));
+        ok((cu.cuEventRecord)(end, s1));
+        assert!(t.elapsed() < Duration::from_millis(50), "launch blocked for {:?}", t.elapsed());
+        check((cu.cuStreamQuery)(s1), NOT_READY);
+        check((cu.cuEventQuery)(end), NOT_READY);
+        let mut ms = 0f32;
+        check((cu.cuEventElapsedTime)(&mut ms, start, end), NOT_READY);
+        ok((cu.cuStreamSynchronize)(s1));
+        about(t.elapsed(), 200);
+        ok((cu.cuStreamQuery)(s1));
+        ok((cu.cuEventQuery)(end));
+        ok((cu.cuEventElapsedTime_v2)(&mut ms, start, end));
+        assert!((199.0..450.0).contains(&ms), "{ms} ms between the events");
+
+        // Work on one stream runs back to back; an event waits for what came before it.
+        let t = Instant::now();
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 100));
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 100));
+        ok((cu.cuEventRecord)(end, s1));
+        ok((cu.cuEventSynchronize)(end));
+        about(t.elapsed(), 200);
+
+        // Non-blocking streams run side by side; the context waits for all of them.
+        let t = Instant::now();
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 300));
+        ok(busy(&cu, cu.cuLaunchKernel, f, s2, 300));
+        ok((cu.cuCtxSynchronize)());
+        about(t.elapsed(), 300);
+
+        // The legacy default stream waits for blocking streams, and a synchronous copy for
+        // the legacy stream.
+        let t = Instant::now();
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 100));
+        ok(busy(&cu, cu.cuLaunchKernel, f, null_mut(), 100));
+        let mut p = 0u64;
+        let mut byte = [0u8; 1];
+        ok((cu.cuMemAlloc_v2)(&mut p, 1));
+        ok((cu.cuMemcpyDtoH_v2)(byte.as_mut_ptr().cast(), p, 1));
+        about(t.elapsed(), 200);
+
+        // The per-thread default stream, through the _ptsz entry points.
+        let t = Instant::now();
+        ok(busy(&cu, cu.cuLaunchKernel_ptsz, f, null_mut(), 120));
+        ok((cu.cuStreamSynchronize_ptsz)(null_mut()));
+        about(t.elapsed(), 120);
+
+        // Bad launches.
+        check(busy(&cu, cu.cuLaunchKernel, 0x4321 as Handle, s1, 1), INVALID_HANDLE);
+        check((cu.cuLaunchKernel)(f, 1, 1, 1, 2048, 1, 1, 0, s1, null_mut(), null_mut()), INVALID_VALUE);
+        let mut nanos = 1u64;
+        let mut params = [(&raw mut nanos).cast::<c_void>()];
+        check((cu.cuLaunchKernel)(f, 1, 1, 1, 2048, 1, 1, 0, s1, params.as_mut_ptr(), null_mut()), INVALID_VALUE);
+        check((cu.cuLaunchKernel)(f, 0, 1, 1, 32, 1, 1, 0, s1, params.as_mut_ptr(), null_mut()), INVALID_VALUE);
+        // The `extra` form (CU_LAUNCH_PARAM_BUFFER_POINTER = 1, _SIZE = 2, _END = 0): a
+        // buffer whose first 8 bytes are the duration.
+        let mut size = 8usize;
+        let mut extra = [
+            std::ptr::without_provenance_mut(1),
+            (&raw mut nanos).cast(),
+            std::ptr::without_provenance_mut(2),
+            (&raw mut size).cast(),
+            null_mut(),
+        ];
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s1, null_mut(), extra.as_mut_ptr()));
+
+        ok((cu.cuEventDestroy_v2)(start));
+        check((cu.cuEventDestroy_v2)(start), INVALID_HANDLE);
+        ok((cu.cuModuleUnload)(module));
+        check((cu.cuModuleUnload)(module), INVALID_HANDLE);
+        check(busy(&cu, cu.cuLaunchKernel, f, s1, 1), INVALID_HANDLE);
+        ok((cu.cuStreamDestroy_v2)(s1));
+        check((cu.cuStreamSynchronize)(s1), INVALID_HANDLE);
+    }
+}
+
+// ---- fault injection --------------------------------------------------------------------
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn the_nth_allocation_can_be_made_to_fail() {
+    let name = "the_nth_allocation_can_be_made_to_fail";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let mut cmd = fx.command(name);
+        cmd.env("FAKEGPU_FAIL_ALLOC_AT", "3");
+        return run_child(cmd, name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut a, mut b, mut c) = (0u64, 0u64, 0u64);
+    let mut handle = 0u64;
+    // SAFETY: live outputs.
+    unsafe {
+        ok((cu.cuMemAlloc_v2)(&mut a, 1));
+        ok((cu.cuMemCreate)(&mut handle, (2 * MIB) as usize, &CUmemAllocationProp::device(0), 0));
+        assert_eq!(used(&cu), 6 * MIB);
+        check((cu.cuMemAllocAsync)(&mut b, 1, null_mut()), OUT_OF_MEMORY);
+        assert_eq!(used(&cu), 6 * MIB, "the failed allocation took nothing");
+        ok((cu.cuMemAlloc_v2)(&mut c, 1));
+        ok((cu.cuMemAllocAsync)(&mut b, 1, null_mut()));
+        assert_eq!(used(&cu), 10 * MIB);
+    }
+}
