@@ -19,6 +19,7 @@ release:
 
 # Tier 1+2: unit and integration tests (the binaries against the simulated GPU).
 unit:
+	$(CARGO) build --workspace
 	$(CARGO) test --workspace --no-fail-fast
 
 # Tier 3: real container engines, as root; installs and starts them when missing.

@@ -18,7 +18,10 @@ pub fn call<R: Copy>(on_panic: R, work: impl FnOnce() -> R, pass: impl FnOnce() 
         return pass();
     }
     DEPTH.with(|d| d.set(depth + 1));
-    let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or(on_panic);
+    let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        crate::log::line("internal error caught at the driver boundary (a bug in gpuslice; please report it)");
+        on_panic
+    });
     DEPTH.with(|d| d.set(depth));
     result
 }

@@ -9,6 +9,11 @@ use crate::state::{Refusal, state};
 /// # Safety
 /// `cuInit`'s contract.
 pub unsafe fn cu_init(flags: u32) -> CUresult {
+    // Fault injection for the test that proves a panic never leaves the shim (the unwinder is
+    // linked statically, see build.rs): it must come back as CUDA_ERROR_UNKNOWN.
+    if std::env::var_os("GPUSLICE_TEST_PANIC").is_some_and(|v| v == "cuInit") {
+        panic!("GPUSLICE_TEST_PANIC=cuInit");
+    }
     let Some(f) = cuda().cuInit else { return CUDA_ERROR_NOT_SUPPORTED };
     // SAFETY: forwarded unchanged.
     let rc = unsafe { f(flags) };

@@ -312,3 +312,23 @@ fn a_new_generation_applies_to_running_processes() {
     assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
     assert!(value(&out, "bytes") >= 6 * GIB, "{}", stdout(&out));
 }
+
+#[test]
+fn a_panic_inside_the_shim_becomes_an_error_not_a_crash() {
+    if skip_unless_root("a_panic_inside_the_shim_becomes_an_error_not_a_crash") {
+        return;
+    }
+    let node = node_with_slice();
+    let mut cmd = node.command(&probes().0, &["meminfo"]);
+    cmd.env("GPUSLICE_TEST_PANIC", "cuInit");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the probe must report a CUDA error, not die: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("CUDA_ERROR_UNKNOWN"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("gpuslice: internal error"), "{}", stderr(&out));
+}

@@ -38,8 +38,24 @@ fn find(name: &str) -> PathBuf {
     panic!("{name} not found under {}: run `cargo build --workspace`", dir.display());
 }
 
+/// The built shim. `cargo test` does not build a cdylib for its own integration tests, so a
+/// library older than its sources is refused rather than silently tested.
 pub fn shim() -> PathBuf {
-    find("libgpuslice.so")
+    let lib = find("libgpuslice.so");
+    let built = std::fs::metadata(&lib).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["vgpu-shim/src", "core/src"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let changed = entry.metadata().and_then(|m| m.modified()).unwrap();
+            assert!(
+                changed <= built,
+                "{} is older than {}: run `cargo build -p gpuslice-shim` (or `make test`) first",
+                lib.display(),
+                entry.path().display()
+            );
+        }
+    }
+    lib
 }
 
 /// The probe binaries, built once per test process into `target/<profile>/cuda-probe/`.
