@@ -246,7 +246,8 @@ fn corrupt_or_truncated_state_fails_closed_with_one_line() {
     if skip_unless_root("corrupt_or_truncated_state_fails_closed_with_one_line") {
         return;
     }
-    let region_cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+    type Damage = Box<dyn Fn(&std::path::Path)>;
+    let region_cases: Vec<(&str, Damage)> = vec![
         ("truncated region", Box::new(|p| std::fs::write(p, b"short").unwrap())),
         (
             "scribbled header",
@@ -294,7 +295,7 @@ fn a_new_generation_applies_to_running_processes() {
     }
     let node = node_with_slice();
     // A process that fills the slice, then keeps trying to allocate more once a second.
-    let mut child = node.spawn_probe(&[
+    let child = node.spawn_probe(&[
         "fill",
         "--path",
         "alloc",
