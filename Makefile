@@ -3,11 +3,12 @@
 #   make            release build of every binary and library
 #   make test       every test tier that can run on this machine (see README "Testing")
 #   make check      formatting, clippy with warnings as errors, then `make test`
+#   make bench      the interception library's overhead, as ratios against the bare driver
 
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release test unit e2e gpu check fmt clippy clean
+.PHONY: all build release test unit e2e gpu bench check fmt clippy clean
 
 all: release
 
@@ -26,11 +27,15 @@ unit:
 e2e: release
 	bash tests/e2e/run.sh --install
 
-# Tier 4: a real NVIDIA GPU.
+# Tier 4: a real NVIDIA GPU (skips itself, saying why, without one).
 gpu:
-	@if [ -x tests/gpu/run.sh ]; then bash tests/gpu/run.sh; \
-	elif ! command -v nvidia-smi >/dev/null 2>&1; then echo "gpu: skipped: no NVIDIA GPU here (nvidia-smi not found)"; \
-	else echo "gpu: skipped: no GPU tests yet (tests/gpu/run.sh)"; fi
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory release; fi
+	bash tests/gpu/run.sh
+
+# Overhead of the interception library against the bare driver, as ratios (root).
+bench:
+	$(CARGO) build --release --workspace
+	$(CARGO) bench -p gpuslice-shim --bench shim
 
 test: unit e2e gpu
 

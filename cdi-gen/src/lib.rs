@@ -6,7 +6,8 @@
 //! whole GPUs); each GPU's `/dev/nvidia<minor>` and the shared control nodes are looked up
 //! under the dev root; [`spec::build`] makes the spec, which is checked with
 //! [`gpuslice_core::cdi::validate`]. Only when all of that succeeded is anything written:
-//! each device's `limits` file under the state dir, then the spec, atomically with mode 0644.
+//! each device's `limits` file under the state dir (and, for a slice, its shared `region`, if
+//! none exists yet), then the spec, atomically with mode 0644.
 
 pub mod discover;
 pub mod spec;
@@ -126,6 +127,10 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             .limits()
             .store(&state_dir)
             .with_context(|| format!("writing the limits of {} under {}", d.name, state_dir.display()))?;
+        if d.mode == gpuslice_core::config::Mode::Shim {
+            let region = gpuslice_core::region::region_path(&state_dir, &d.name);
+            gpuslice_core::region::Region::create(&region).with_context(|| format!("creating {}", region.display()))?;
+        }
         limits.push(written);
     }
     match &spec_path {

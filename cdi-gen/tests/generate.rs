@@ -61,6 +61,8 @@ fn one_gpu_defaults_give_one_slice_and_all() {
 
     let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
     assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
+    let region = gpuslice_core::region::region_path(&node.state_dir(), "slice0");
+    assert_eq!(gpuslice_core::region::Region::open(&region).unwrap().usage().unwrap(), 0, "a fresh region beside the limits");
     assert_eq!((limits.gpu_uuid.as_str(), limits.gpu_index), (uuid(0).as_str(), 0));
     let leftovers: Vec<_> = node
         .written()
@@ -145,6 +147,7 @@ slices = [ {{ name = "inference", memory = "40GiB", cores = 60 }}, {{ memory = "
     assert!(!node.spec_path().exists(), "--output - writes no spec file");
     let l = Limits::load(&limits_path(&node.state_dir(), "gpu1")).unwrap();
     assert_eq!((l.mode.as_str(), l.memory_bytes, l.cores_percent), ("none", 80 * GIB, 100));
+    assert!(!gpuslice_core::region::region_path(&node.state_dir(), "gpu1").exists(), "a whole GPU has no region");
     let l = Limits::load(&limits_path(&node.state_dir(), "inference")).unwrap();
     assert_eq!((l.memory_bytes, l.cores_percent, l.gpu_index), (40 * GIB, 60, 2));
 }

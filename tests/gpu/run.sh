@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# GPU tier: the shim on a real NVIDIA GPU, in a 4 GiB slice of GPU 0.
+#
+#   tests/gpu/run.sh            as root, after `make release` (no Rust needed here: the
+#                               binaries may be built elsewhere and carried over)
+#
+# The slice is made by the real generator from the real NVML, and mounted the way the hook
+# mounts it in a container: the slice directory read-only in a private mount namespace, its
+# region read-write on top. Each check that cannot run says `skipped: <why>`; the last line is
+# `gpu: N passed, N failed, N skipped`.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${GPUSLICE_BIN:-$root/target/release}
+shim=$bin/libgpuslice.so
+passed=0 failed=0 skipped=0
+pass() { echo "gpu: $1: passed"; passed=$((passed + 1)); }
+fail() { echo "gpu: $1: FAILED"; printf '%s\n' "$2" | sed 's/^/gpu:     /'; failed=$((failed + 1)); }
+skip() { echo "gpu: $1: skipped: $2"; skipped=$((skipped + 1)); }
+summary() {
+    echo "gpu: $passed passed, $failed failed, $skipped skipped"
+    [ "$failed" -eq 0 ]
+}
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu: skipped: no NVIDIA GPU here (nvidia-smi not found or failing)"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "gpu: skipped: needs root for the read-only slice mount"
+    exit 0
+fi
+for f in "$shim" "$bin/gpuslice-cdi"; do
+    [ -e "$f" ] || { echo "gpu: FAILED: $f not built (make release)"; exit 1; }
+done
+
+limit=$((4 << 30))
+work=$(mktemp -d /tmp/gpuslice-gpu.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+uuid=$(nvidia-smi --query-gpu=uuid --format=csv,noheader -i 0 | tr -d ' ')
+echo "gpu: GPU 0: $uuid, $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0)"
+
+# The slice, as `gpuslice-cdi generate` makes it on a GPU box.
+cat >"$work/config.toml" <<EOF
+state_dir = "$work/host"
+spec_dir = "$work/cdi"
+[[gpu]]
+index = 0
+slices = [{ name = "gpu-test", memory = "4GiB", cores = 100 }]
+EOF
+if ! out=$("$bin/gpuslice-cdi" generate --config "$work/config.toml" 2>&1); then
+    fail "gpuslice-cdi generate on the real NVML" "$out"
+    summary
+    exit 1
+fi
+pass "gpuslice-cdi generate on the real NVML"
+mkdir -p "$work/view/slices/gpu-test"
+
+# in_slice CMD…: CMD with the slice mounted as in a container and the shim preloaded.
+in_slice() {
+    unshare --mount --propagation private -- sh -c '
+        set -e
+        h=$1/host/slices/gpu-test v=$1/view/slices/gpu-test
+        mount --bind "$h" "$v"
+        mount -o remount,bind,ro "$v"
+        mount --bind "$h/region" "$v/region"
+        shift
+        exec "$@"' sh "$work" \
+        env GPUSLICE_STATE_DIR="$work/view" LD_PRELOAD="$shim" CUDA_VISIBLE_DEVICES=0 "$@"
+}
+field() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -n1; }
+
+# The CUDA probe, built against the real driver.
+driver=$(ldconfig -p | awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}')
+if [ -n "$driver" ] && bash "$root/tests/cuda-probe/build.sh" "$work/probe" "$(dirname "$driver")" >/dev/null 2>&1; then
+    probe=$work/probe/cuda-probe
+    out=$(in_slice "$probe" meminfo 2>&1)
+    [ "$(field "$out" total)" = "$limit" ] && pass "cuMemGetInfo total = 4 GiB" || fail "cuMemGetInfo" "$out"
+    [ "$(field "$out" device_total)" = "$limit" ] && pass "cuDeviceTotalMem = 4 GiB" || fail "cuDeviceTotalMem" "$out"
+    out=$(in_slice "$probe" nvml-meminfo 2>&1)
+    [ "$(field "$out" total)" = "$limit" ] && pass "NVML total = 4 GiB" || fail "NVML memory info" "$out"
+    for path in alloc pitch managed vmm async pool array array3d mipmap ctx; do
+        chunk=256MiB
+        [ "$path" = ctx ] && chunk=1
+        out=$(in_slice "$probe" fill --path "$path" --chunk "$chunk" 2>&1)
+        bytes=$(field "$out" bytes)
+        if printf '%s' "$out" | grep -q CUDA_ERROR_OUT_OF_MEMORY && [ -n "$bytes" ] && [ "$bytes" -le "$limit" ]; then
+            pass "probe fill --path $path stops at the limit ($bytes bytes, $(field "$out" chunks) chunks)"
+        else
+            fail "probe fill --path $path" "$out"
+        fi
+    done
+    for route in "--dlsym" "--ptsz" "--cuda-version 11040"; do
+        # shellcheck disable=SC2086
+        out=$(in_slice "$probe" $route fill --path alloc --chunk 256MiB 2>&1)
+        bytes=$(field "$out" bytes)
+        [ -n "$bytes" ] && [ "$bytes" -le "$limit" ] && pass "probe $route is limited" || fail "probe $route" "$out"
+    done
+    out=$(in_slice "$work/probe/cuda-probe-direct" fill --path alloc --chunk 256MiB 2>&1)
+    bytes=$(field "$out" bytes)
+    [ -n "$bytes" ] && [ "$bytes" -le "$limit" ] && pass "directly linked probe is limited" || fail "direct probe" "$out"
+    for b in bench-launch bench-alloc; do
+        plain=$(CUDA_VISIBLE_DEVICES=0 "$probe" "$b" 2>&1 | sed -n 's/^ns_per_op=//p')
+        sliced=$(in_slice "$probe" "$b" 2>&1 | sed -n 's/^ns_per_op=//p')
+        echo "gpu: $b: $plain ns without the shim, $sliced ns through it"
+    done
+else
+    skip "probe checks" "the CUDA probe did not build against ${driver:-no libcuda.so.1 in ldconfig}"
+fi
+
+out=$(in_slice nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 2>&1)
+[ "$(printf '%s' "$out" | tr -d ' ')" = "4096" ] && pass "nvidia-smi shows 4096 MiB" || fail "nvidia-smi" "$out"
+
+# nvcc: a CUDA runtime program that allocates until it is refused.
+if command -v nvcc >/dev/null 2>&1; then
+    cat >"$work/fill.cu" <<'CU'
+#include <cstdio>
+#include <cuda_runtime.h>
+int main() {
+    size_t f = 0, t = 0;
+    cudaMemGetInfo(&f, &t);
+    printf("total=%zu\n", t);
+    size_t n = 0;
+    void *p;
+    while (cudaMalloc(&p, 256 << 20) == cudaSuccess) n += 256 << 20;
+    printf("bytes=%zu\n", n);
+    return 0;
+}
+CU
+    if nvcc -o "$work/fill" "$work/fill.cu" >/dev/null 2>&1; then
+        out=$(in_slice "$work/fill" 2>&1)
+        t=$(field "$out" total) b=$(field "$out" bytes)
+        [ "$t" = "$limit" ] && [ -n "$b" ] && [ "$b" -le "$limit" ] &&
+            pass "nvcc program: total 4 GiB, refused after $b bytes" || fail "nvcc program" "$out"
+    else
+        fail "nvcc" "could not build fill.cu"
+    fi
+else
+    skip "nvcc program" "nvcc not found"
+fi
+
+# PyTorch: mem_get_info, a 5 GiB tensor, cudaMallocAsync and expandable segments (cuMemCreate).
+if python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+    cat >"$work/torch_check.py" <<'PY'
+import torch
+free, total = torch.cuda.mem_get_info()
+print(f"total={total}")
+try:
+    x = torch.empty(5 << 30, dtype=torch.uint8, device="cuda")
+    print("oom=0")
+except torch.cuda.OutOfMemoryError:
+    print("oom=1")
+y = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+print("fits=1")
+PY
+    for conf in "" "backend:cudaMallocAsync" "expandable_segments:True"; do
+        out=$(in_slice env PYTORCH_CUDA_ALLOC_CONF="$conf" python3 "$work/torch_check.py" 2>&1)
+        if [ "$(field "$out" total)" = "$limit" ] && [ "$(field "$out" oom)" = 1 ] && [ "$(field "$out" fits)" = 1 ]; then
+            pass "PyTorch (${conf:-caching allocator}): mem_get_info 4 GiB, 5 GiB refused, 2 GiB fits"
+        else
+            fail "PyTorch (${conf:-caching allocator})" "$out"
+        fi
+    done
+else
+    skip "PyTorch checks" "python3 cannot import torch with CUDA"
+fi
+summary
