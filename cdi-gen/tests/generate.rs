@@ -62,7 +62,11 @@ fn one_gpu_defaults_give_one_slice_and_all() {
     let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
     assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
     let region = gpuslice_core::region::region_path(&node.state_dir(), "slice0");
-    assert_eq!(gpuslice_core::region::Region::open(&region).unwrap().usage().unwrap(), 0, "a fresh region beside the limits");
+    assert_eq!(
+        gpuslice_core::region::Region::open(&region).unwrap().usage().unwrap(),
+        0,
+        "a fresh region beside the limits"
+    );
     assert_eq!((limits.gpu_uuid.as_str(), limits.gpu_index), (uuid(0).as_str(), 0));
     let leftovers: Vec<_> = node
         .written()
