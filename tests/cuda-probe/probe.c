@@ -1287,6 +1287,12 @@ static int cmd_fill(void) {
             return free_all();
         }
         print_error(r);
+        if (r == CUDA_SUCCESS && (opt.hold_set || opt.hold_forever)) {
+            /* --max-chunks reached with room to spare: hold what we have, as asked. */
+            printf("reached=1\n");
+            maybe_hold();
+            return free_all();
+        }
         if (r == CUDA_SUCCESS) {
             fprintf(stderr, PROG ": fill: %llu chunks allocated without a failure (--max-chunks)\n",
                     done);
