@@ -5,10 +5,12 @@
 //! node's devices: `slice0`, `slice1`, … (or whole GPUs `gpu<N>`). Each device becomes a CDI
 //! device ([`cdi`]) in the spec container engines read, and its [`limits::Limits`] are
 //! written to `/run/gpuslice/slices/<name>/limits`, where the hook mounts them read-only into
-//! the container and the interception library reads them.
+//! the container and the interception library reads them. The hook finds the host driver's
+//! libraries to mount through the driver root's `ld.so.cache` ([`driver_files`]).
 
 pub mod cdi;
 pub mod config;
+pub mod driver_files;
 pub mod fsutil;
 pub mod limits;
 pub mod plan;
