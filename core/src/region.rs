@@ -425,6 +425,16 @@ impl Region {
         Ok(total)
     }
 
+    /// Bytes charged, read under the region lock. While it is held nothing can be added, only
+    /// given back, so the sum is never more than the slice held at any one moment. [`usage`]
+    /// reads without the lock and can, for an instant, count a charge that replaced a
+    /// concurrent free twice.
+    ///
+    /// [`usage`]: Region::usage
+    pub fn usage_locked(&self) -> Result<u64, RegionError> {
+        self.locked(|_| self.usage())
+    }
+
     /// Charges `bytes` to `own` if the slice stays within `limit`; reclaims dead processes'
     /// usage before refusing.
     pub fn charge(&self, own: usize, bytes: u64, limit: u64) -> Result<Result<(), OverLimit>, RegionError> {
@@ -600,7 +610,7 @@ mod tests {
                         let mut worst = 0;
                         for _ in 0..20_000 {
                             if r.charge(slot, 1, LIMIT).unwrap().is_ok() {
-                                worst = worst.max(r.usage().unwrap());
+                                worst = worst.max(r.usage_locked().unwrap());
                                 r.uncharge(slot, 1);
                             }
                         }
