@@ -1,0 +1,339 @@
+//! File operations inside a container rootfs that must not be trusted.
+//!
+//! Every lookup of a path inside the rootfs goes through [`Rootfs::resolve`], which is
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` from a descriptor of the rootfs: the
+//! kernel resolves absolute symlinks and `..` as if the rootfs were `/`, and refuses
+//! `/proc/<pid>/root`-style magic links. Creation is done one component at a time relative to
+//! a directory descriptor obtained that way, and never follows a symlink at the final
+//! component. Mounts target `/proc/self/fd/<fd>` of a resolved descriptor, so the path is
+//! not looked up again by name between the check and the mount (the pattern runc and youki
+//! use against symlink-swap races such as CVE-2024-0132).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2, renameat};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, mkdirat};
+use nix::sys::statvfs::{FsFlags, fstatvfs};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// What went wrong, with the path (inside the container unless it says host) that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening container rootfs {path:?}: {errno}")]
+    OpenRoot { path: PathBuf, errno: Errno },
+    #[error("resolving {path:?} in the container rootfs: {errno}")]
+    Resolve { path: PathBuf, errno: Errno },
+    #[error("{path:?} in the container: {reason}")]
+    InvalidPath { path: PathBuf, reason: &'static str },
+    #[error("{path:?} in the container is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path:?} in the container exists and is not a regular file")]
+    NotARegularFile { path: PathBuf },
+    #[error("creating {path:?} in the container: {errno}")]
+    Create { path: PathBuf, errno: Errno },
+    #[error("writing {path:?} in the container: {errno}")]
+    Write { path: PathBuf, errno: Errno },
+    #[error("reading {path:?} in the container: {errno}")]
+    Read { path: PathBuf, errno: Errno },
+    #[error("{path:?} in the container is larger than {max_len} bytes")]
+    TooLarge { path: PathBuf, max_len: usize },
+    #[error("opening host mount source {path:?}: {errno}")]
+    OpenSource { path: PathBuf, errno: Errno },
+    #[error("host mount source {path:?} is neither a directory nor a regular file")]
+    UnsupportedSource { path: PathBuf },
+    #[error("bind mounting host {host:?} onto {target:?} in the container: {errno}")]
+    Mount { host: PathBuf, target: PathBuf, errno: Errno },
+    #[error("{target:?} in the container no longer resolves to the mount of host {host:?}")]
+    MountMoved { host: PathBuf, target: PathBuf },
+    #[error("remounting {target:?} in the container read-only: {errno}")]
+    Remount { target: PathBuf, errno: Errno },
+    #[error("{target:?} in the container is still writable after the read-only remount")]
+    StillWritable { target: PathBuf },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How many times `openat2` is retried when the kernel reports a rename race (`EAGAIN`).
+const RESOLVE_RETRIES: usize = 16;
+
+/// Modes of the directories and files created to serve as mount points.
+const MOUNT_POINT_DIR_MODE: u32 = 0o755;
+const MOUNT_POINT_FILE_MODE: u32 = 0o644;
+
+/// A container rootfs, held by an `O_PATH` descriptor; all paths given to its methods are
+/// paths as the container will see them.
+#[derive(Debug)]
+pub struct Rootfs {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+impl Rootfs {
+    /// Opens the rootfs directory. `path` is a host path given by the runtime and is trusted.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let root = open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| Error::OpenRoot { path: path.to_owned(), errno })?;
+        Ok(Self { root, path: path.to_owned() })
+    }
+
+    /// The host path the rootfs was opened at (for messages only: never look it up again).
+    pub fn host_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens `path` (absolute or not) as if the rootfs were `/`: symlinks and `..` cannot
+    /// leave it, magic links are refused (`ELOOP`). `O_CLOEXEC` is always added. Meant for
+    /// existing files: with `O_CREAT` the file would get mode 0; use the creating methods.
+    pub fn resolve(&self, path: impl AsRef<Path>, flags: OFlag) -> Result<OwnedFd> {
+        let path = path.as_ref();
+        self.resolve_raw(path, flags).map_err(|errno| Error::Resolve { path: path.to_owned(), errno })
+    }
+
+    fn resolve_raw(&self, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+        let path = if path.as_os_str().is_empty() { Path::new("/") } else { path };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let mut tries = 0;
+        loop {
+            match openat2(self.root.as_fd(), path, how) {
+                Err(Errno::EAGAIN | Errno::EINTR) if tries < RESOLVE_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// An `O_PATH` descriptor of the directory at `path`, with `ENOTDIR` reported as such.
+    fn resolve_dir(&self, path: &Path) -> Result<OwnedFd> {
+        match self.resolve_raw(path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOTDIR) => Err(Error::NotADirectory { path: path.to_owned() }),
+            Err(errno) => Err(Error::Resolve { path: path.to_owned(), errno }),
+        }
+    }
+
+    /// Creates the directory `dir` and any missing parents with `mode` (less the umask) and
+    /// returns an `O_PATH` descriptor of it. Existing components that are symlinks are
+    /// followed inside the rootfs; one that is not a directory is an error, and so is a
+    /// symlink that dangles inside the rootfs.
+    pub fn mkdir_all(&self, dir: impl AsRef<Path>, mode: Mode) -> Result<OwnedFd> {
+        let dir = dir.as_ref();
+        let mut prefix = PathBuf::from("/");
+        let mut current = self.resolve_dir(&prefix)?;
+        for component in dir.components() {
+            let name = match component {
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+                Component::ParentDir => {
+                    prefix.push("..");
+                    current = self.resolve_dir(&prefix)?;
+                    continue;
+                }
+                Component::Normal(name) => name,
+            };
+            prefix.push(name);
+            current = match self.resolve_raw(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    // `name` is one component and mkdirat never follows a symlink there: an
+                    // existing symlink gives EEXIST and is resolved (inside the root) below.
+                    match mkdirat(current.as_fd(), name, mode) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(errno) => return Err(Error::Create { path: prefix, errno }),
+                    }
+                    self.resolve_dir(&prefix)?
+                }
+                Err(Errno::ENOTDIR) => return Err(Error::NotADirectory { path: prefix }),
+                Err(errno) => return Err(Error::Resolve { path: prefix, errno }),
+            };
+        }
+        Ok(current)
+    }
+
+    /// Makes sure `path` is a regular file, creating it empty with `mode` (less the umask) and
+    /// its missing parent directories (0755) if needed, and returns an `O_PATH` descriptor of
+    /// it. Anything else already there, a symlink included, is an error: this is for mount
+    /// points, and a mount must land on what was checked.
+    pub fn create_file(&self, path: impl AsRef<Path>, mode: Mode) -> Result<OwnedFd> {
+        let path = path.as_ref();
+        let (parent_path, name) = split_last(path)?;
+        let parent = self.mkdir_all(parent_path, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?;
+        let create = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+        match openat(parent.as_fd(), name, create, mode) {
+            Ok(_) | Err(Errno::EEXIST) => {}
+            Err(errno) => return Err(Error::Create { path: path.to_owned(), errno }),
+        }
+        // O_PATH | O_NOFOLLOW on a symlink opens the link itself, which fstat then rejects.
+        let fd = openat(parent.as_fd(), name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| Error::Resolve { path: path.to_owned(), errno })?;
+        let stat = fstat(fd.as_fd()).map_err(|errno| Error::Resolve { path: path.to_owned(), errno })?;
+        if file_type(&stat) != SFlag::S_IFREG {
+            return Err(Error::NotARegularFile { path: path.to_owned() });
+        }
+        Ok(fd)
+    }
+
+    /// Bind mounts the trusted host file or directory `host_source` onto `target` inside the
+    /// rootfs, creating the mount point if missing ([`Rootfs::mkdir_all`] for a directory,
+    /// [`Rootfs::create_file`] for a file), then remounts it read-only if asked. The mount is
+    /// made onto `/proc/self/fd/<fd>` of the resolved target, never onto a path by name.
+    pub fn bind_mount(&self, host_source: &Path, target: impl AsRef<Path>, read_only: bool) -> Result<()> {
+        let target = target.as_ref();
+        let host = host_source.to_owned();
+        let source = open(host_source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| Error::OpenSource { path: host.clone(), errno })?;
+        let source_stat = fstat(source.as_fd()).map_err(|errno| Error::OpenSource { path: host.clone(), errno })?;
+        let mount_point = match file_type(&source_stat) {
+            SFlag::S_IFDIR => self.mkdir_all(target, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?,
+            SFlag::S_IFREG => self.create_file(target, Mode::from_bits_truncate(MOUNT_POINT_FILE_MODE))?,
+            _ => return Err(Error::UnsupportedSource { path: host }),
+        };
+        let mount_error = |errno| Error::Mount { host: host.clone(), target: target.to_owned(), errno };
+        mount(Some(&proc_fd_path(&source)), &proc_fd_path(&mount_point), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(mount_error)?;
+        if !read_only {
+            return Ok(());
+        }
+        // `mount_point` still names the directory underneath the new mount: remounting through
+        // it would change the mount that holds the rootfs. Resolve again to get the new mount.
+        let result = self.remount_read_only(&source_stat, &host, target);
+        if result.is_err() {
+            // Best effort: do not leave a writable bind behind; the caller stops the container.
+            let _ = umount2(&proc_fd_path(&mount_point), MntFlags::MNT_DETACH);
+        }
+        result
+    }
+
+    fn remount_read_only(&self, source_stat: &FileStat, host: &Path, target: &Path) -> Result<()> {
+        let mounted = self.resolve(target, OFlag::O_PATH)?;
+        let stat = fstat(mounted.as_fd()).map_err(|errno| Error::Resolve { path: target.to_owned(), errno })?;
+        if (stat.st_dev, stat.st_ino) != (source_stat.st_dev, source_stat.st_ino) {
+            return Err(Error::MountMoved { host: host.to_owned(), target: target.to_owned() });
+        }
+        let remount_error = |errno| Error::Remount { target: target.to_owned(), errno };
+        // Flags the new mount already has must be kept, or a mount in a user namespace with
+        // locked nosuid/nodev/noexec refuses the remount.
+        let current = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        for (have, keep) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if current.contains(have) {
+                flags |= keep;
+            }
+        }
+        mount(None::<&str>, &proc_fd_path(&mounted), None::<&str>, flags, None::<&str>).map_err(remount_error)?;
+        let after = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
+        if !after.contains(FsFlags::ST_RDONLY) {
+            return Err(Error::StillWritable { target: target.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Replaces `path` with a regular file holding `contents` and mode `mode` (exactly: the
+    /// umask does not apply). The parent directory must exist. The file is written under a
+    /// temporary name in the same directory and renamed over `path`, so a symlink at `path`
+    /// is replaced, never followed, and readers never see a half-written file.
+    pub fn write_file(&self, path: impl AsRef<Path>, contents: &[u8], mode: Mode) -> Result<()> {
+        let path = path.as_ref();
+        let (parent_path, name) = split_last(path)?;
+        let parent = self.resolve_dir(parent_path)?;
+        let temp = temp_name(name);
+        let create = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+        let file = openat(parent.as_fd(), temp.as_os_str(), create, mode)
+            .map_err(|errno| Error::Create { path: path.to_owned(), errno })?;
+        let written = write_all(&file, contents)
+            .and_then(|()| fchmod(file.as_fd(), mode))
+            .and_then(|()| nix::unistd::fsync(file.as_fd()))
+            .map_err(|errno| Error::Write { path: path.to_owned(), errno })
+            .and_then(|()| {
+                renameat(parent.as_fd(), temp.as_os_str(), parent.as_fd(), name)
+                    .map_err(|errno| Error::Create { path: path.to_owned(), errno })
+            });
+        if written.is_err() {
+            let _ = unlinkat(parent.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        written
+    }
+
+    /// Reads the regular file at `path` (a symlink is followed inside the rootfs), or `None`
+    /// if it does not exist. More than `max_len` bytes is an error, and so is anything that
+    /// is not a regular file: a FIFO or a device is never opened for reading.
+    pub fn read_file(&self, path: impl AsRef<Path>, max_len: usize) -> Result<Option<Vec<u8>>> {
+        let path = path.as_ref();
+        let read_error = |errno| Error::Read { path: path.to_owned(), errno };
+        let handle = match self.resolve_raw(path, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(Error::Resolve { path: path.to_owned(), errno }),
+        };
+        if file_type(&fstat(handle.as_fd()).map_err(read_error)?) != SFlag::S_IFREG {
+            return Err(Error::NotARegularFile { path: path.to_owned() });
+        }
+        // Reopening through the descriptor opens exactly the file that was checked.
+        let file = open(&proc_fd_path(&handle), OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(read_error)?;
+        let mut contents = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match nix::unistd::read(file.as_fd(), &mut buf) {
+                Ok(0) => return Ok(Some(contents)),
+                Ok(n) => {
+                    if contents.len() + n > max_len {
+                        return Err(Error::TooLarge { path: path.to_owned(), max_len });
+                    }
+                    contents.extend_from_slice(&buf[..n]);
+                }
+                Err(Errno::EINTR) => {}
+                Err(errno) => return Err(read_error(errno)),
+            }
+        }
+    }
+}
+
+/// Splits a path into its parent and a final component that names something (not `.`,
+/// `..` or nothing): that component is what gets created, with `O_NOFOLLOW`.
+fn split_last(path: &Path) -> Result<(&Path, &OsStr)> {
+    match path.components().next_back() {
+        Some(Component::Normal(name)) => Ok((path.parent().unwrap_or(Path::new("/")), name)),
+        _ => Err(Error::InvalidPath { path: path.to_owned(), reason: "does not end with a file name" }),
+    }
+}
+
+fn file_type(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// A name beside `name` that no other writer (this process or another) picks.
+fn temp_name(name: &OsStr) -> OsString {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut temp = OsString::from(".");
+    // Keep the temporary name within NAME_MAX whatever the final name's length.
+    temp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
+    temp.push(format!(".gpuslice-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    temp
+}
+
+fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> nix::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd.as_fd(), buf) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
+}
