@@ -22,7 +22,16 @@ fn sixteen_racing_processes_never_exceed_the_limit() {
     let mut children = Reaper(
         (0..16)
             .map(|_| {
-                node.spawn_probe(&["fill", "--path", "alloc", "--chunk", &chunk, "--max-chunks", "12", "--hold-forever"])
+                node.spawn_probe(&[
+                    "fill",
+                    "--path",
+                    "alloc",
+                    "--chunk",
+                    &chunk,
+                    "--max-chunks",
+                    "12",
+                    "--hold-forever",
+                ])
             })
             .collect(),
     );
