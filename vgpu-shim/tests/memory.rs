@@ -333,3 +333,44 @@ fn a_panic_inside_the_shim_becomes_an_error_not_a_crash() {
     assert!(stderr(&out).contains("CUDA_ERROR_UNKNOWN"), "{}", stderr(&out));
     assert!(stderr(&out).contains("gpuslice: internal error"), "{}", stderr(&out));
 }
+
+#[test]
+fn two_slices_on_two_gpus_each_hold_their_own_limit() {
+    if skip_unless_root("two_slices_on_two_gpus_each_hold_their_own_limit") {
+        return;
+    }
+    let mut node = Node::with_gpus(&[Gpu { uuid: UUID0, memory_gib: 80 }, Gpu { uuid: UUID1, memory_gib: 40 }]);
+    node.slice("big", UUID0, 0, 4 * GIB).slice("small", UUID1, 1, 2 * GIB);
+    let out = ok(node.probe(&["--device", "0", "meminfo"]));
+    assert_eq!(value(&out, "total"), 4 * GIB);
+    let out = ok(node.probe(&["--device", "1", "meminfo"]));
+    assert_eq!(value(&out, "total"), 2 * GIB);
+    let out = node.probe(&["--device", "1", "fill", "--path", "alloc", "--chunk", &(256 * MIB).to_string()]);
+    assert_eq!(value(&out, "bytes"), 2 * GIB - CONTEXT, "{}", stdout(&out));
+    let out = ok(node.probe(&["nvml-meminfo", "--index", "1"]));
+    assert_eq!(value(&out, "total"), 2 * GIB);
+    // Each slice's region holds only its own GPU's usage.
+    let (big, small) = (node.region("big"), node.region("small"));
+    big.reclaim_dead().unwrap();
+    small.reclaim_dead().unwrap();
+    assert_eq!((big.usage().unwrap(), small.usage().unwrap()), (0, 0));
+}
+
+#[test]
+fn memory_the_shim_did_not_charge_is_the_drivers_business() {
+    if skip_unless_root("memory_the_shim_did_not_charge_is_the_drivers_business") {
+        return;
+    }
+    // GPU 1 is in no slice: its allocations are neither limited nor charged, and their frees
+    // reach the driver.
+    let mut node = Node::with_gpus(&[Gpu { uuid: UUID0, memory_gib: 80 }, Gpu { uuid: UUID1, memory_gib: 40 }]);
+    node.slice("slice0", UUID0, 0, LIMIT);
+    let out =
+        ok(node.probe(&["--device", "1", "alloc", "--path", "alloc", "--size", &(10 * GIB).to_string(), "--free"]));
+    assert_eq!(value(&out, "allocated"), 1);
+    assert_eq!(value(&out, "freed"), 1);
+    let out = ok(node.probe(&["--device", "1", "meminfo"]));
+    assert_eq!(value(&out, "total"), 40 * GIB, "an unsliced GPU is shown whole");
+    assert_eq!(node.device_used(1), 0, "the driver freed what the shim did not charge");
+    assert_eq!(node.region("slice0").usage().unwrap(), 0, "nothing charged to the slice");
+}
