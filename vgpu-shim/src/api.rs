@@ -179,15 +179,17 @@ pub use nvml::{NVML_WRAPPERS, NvmlApi};
 
 /// The wrapper to hand out for a driver symbol `name` that `dlsym` resolved to `real`: ours
 /// when `real` is the driver's own function of that name and a slice is active.
+///
+/// The name is checked first: `dlsym` of `curl_easy_init` or `cudaMalloc` must not load the
+/// driver, or even read the slice state, in a program that does not use the driver.
 pub fn wrapper_for_driver_symbol(name: &[u8], real: usize) -> Option<*mut c_void> {
-    let (wrappers, real_address) = if name.starts_with(b"nvml") {
-        (NVML_WRAPPERS, crate::driver::nvml().real_address(name))
-    } else {
-        (CUDA_WRAPPERS, crate::driver::cuda().real_address(name))
-    };
+    let nvml = name.starts_with(b"nvml");
+    let wrappers = if nvml { NVML_WRAPPERS } else { CUDA_WRAPPERS };
     let w = wrappers.iter().find(|w| w.name.as_bytes() == name)?;
-    if real_address != Some(real) || !crate::state::active() {
+    if !crate::state::active() {
         return None;
     }
-    Some(w.f as *mut c_void)
+    let real_address =
+        if nvml { crate::driver::nvml().real_address(name) } else { crate::driver::cuda().real_address(name) };
+    (real_address == Some(real)).then_some(w.f as *mut c_void)
 }

@@ -104,3 +104,37 @@ fn no_constructor_runs_shim_code_at_load() {
     let size = init.split_whitespace().nth(5).and_then(|s| usize::from_str_radix(s, 16).ok()).unwrap();
     assert!(size <= 16, "more initialisers than std's and crt's: {init}");
 }
+
+/// `dlsym` of a name that merely starts like a driver function must not load the driver.
+#[test]
+fn looking_up_other_cu_names_loads_no_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = cc(
+        dir.path(),
+        "lookup",
+        r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+void curl_easy_init(void) {}
+void cudaMalloc(void) {}
+int main(void) {
+    void *p = dlsym(RTLD_DEFAULT, "curl_easy_init");
+    void *q = dlsym(RTLD_DEFAULT, "cudaMalloc");
+    void *h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    printf("%d %d %d\n", p == (void *)curl_easy_init, q == (void *)cudaMalloc, h != 0);
+    return 0;
+}
+"#,
+        &["-ldl", "-rdynamic"],
+    ) else {
+        println!("skipped: looking_up_other_cu_names_loads_no_driver: no C compiler");
+        return;
+    };
+    let node = Node::new();
+    let mut c = node.bare(&prog, &[]);
+    c.env("LD_PRELOAD", shim());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 1 0", "found as they are, and libcuda.so.1 not loaded");
+}
