@@ -18,24 +18,48 @@ fn slice_view(device: nvmlDevice_t, real_free: u64) -> Result<Option<(u64, u64, 
     Ok(Some((limit, used, limit.saturating_sub(used).min(real_free))))
 }
 
+/// Runs the real query, then lets `apply` replace its figures with the slice's.
+///
 /// # Safety
-/// `nvmlDeviceGetMemoryInfo`'s contract.
-pub unsafe fn device_get_memory_info(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t {
-    let Some(f) = nvml().nvmlDeviceGetMemoryInfo else { return NVML_ERROR_FUNCTION_NOT_FOUND };
-    // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(device, memory) };
+/// `call` is the real NVML query for `device` writing into `memory`.
+unsafe fn answer_for_slice<T>(
+    device: nvmlDevice_t,
+    memory: *mut T,
+    call: impl FnOnce() -> nvmlReturn_t,
+    real_free: impl FnOnce(&T) -> u64,
+    apply: impl FnOnce(&mut T, (u64, u64, u64)),
+) -> nvmlReturn_t {
+    let rc = call();
     if rc != NVML_SUCCESS || memory.is_null() {
         return rc;
     }
     // SAFETY: checked non-null; NVML just filled it.
     let m = unsafe { &mut *memory };
-    match slice_view(device, m.free) {
+    match slice_view(device, real_free(m)) {
         Err(e) => e,
         Ok(None) => rc,
-        Ok(Some((total, used, free))) => {
-            (m.total, m.used, m.free) = (total, used, free);
+        Ok(Some(view)) => {
+            apply(m, view);
             rc
         }
+    }
+}
+
+/// # Safety
+/// `nvmlDeviceGetMemoryInfo`'s contract.
+pub unsafe fn device_get_memory_info(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t {
+    let Some(f) = nvml().nvmlDeviceGetMemoryInfo else { return NVML_ERROR_FUNCTION_NOT_FOUND };
+    // SAFETY: the real query with the caller's arguments, unchanged.
+    unsafe {
+        answer_for_slice(
+            device,
+            memory,
+            || f(device, memory),
+            |m| m.free,
+            |m, (total, used, free)| {
+                (m.total, m.used, m.free) = (total, used, free);
+            },
+        )
     }
 }
 
@@ -43,20 +67,17 @@ pub unsafe fn device_get_memory_info(device: nvmlDevice_t, memory: *mut nvmlMemo
 /// `nvmlDeviceGetMemoryInfo_v2`'s contract.
 pub unsafe fn device_get_memory_info_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t {
     let Some(f) = nvml().nvmlDeviceGetMemoryInfo_v2 else { return NVML_ERROR_FUNCTION_NOT_FOUND };
-    // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(device, memory) };
-    if rc != NVML_SUCCESS || memory.is_null() {
-        return rc;
-    }
-    // SAFETY: checked non-null; NVML just filled it.
-    let m = unsafe { &mut *memory };
-    match slice_view(device, m.free) {
-        Err(e) => e,
-        Ok(None) => rc,
-        Ok(Some((total, used, free))) => {
-            // The driver's own reservation is part of the slice's usage as the shim counts it.
-            (m.total, m.reserved, m.used, m.free) = (total, 0, used, free);
-            rc
-        }
+    // SAFETY: the real query with the caller's arguments, unchanged.
+    unsafe {
+        answer_for_slice(
+            device,
+            memory,
+            || f(device, memory),
+            |m| m.free,
+            |m, (total, used, free)| {
+                // The driver's own reservation is part of the slice's usage as the shim counts it.
+                (m.total, m.reserved, m.used, m.free) = (total, 0, used, free);
+            },
+        )
     }
 }
