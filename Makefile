@@ -8,15 +8,24 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release test unit e2e gpu bench check fmt clippy clean
+# The hook runs as root at every container start: linked statically (crt-static), so no
+# loader variable and no library from anywhere reaches it. Built for an explicit target so
+# that the flag applies to it alone, not to build scripts and proc-macros.
+HOOK_TARGET := x86_64-unknown-linux-gnu
+HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
+
+.PHONY: all build release hook test unit e2e gpu bench check fmt clippy clean
 
 all: release
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-release:
+release: hook
 	$(CARGO) build --release --workspace
+
+hook:
+	$(CARGO) rustc --release -p gpuslice-hook --bin gpuslice-hook --target $(HOOK_TARGET) -- -C target-feature=+crt-static
 
 # Tier 1+2: unit and integration tests (the binaries against the simulated GPU).
 unit:

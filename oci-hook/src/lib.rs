@@ -1,14 +1,108 @@
-//! The gpuslice OCI hook, as a library the (future) thin binary calls.
+//! The gpuslice OCI hook, as a library under the thin `gpuslice-hook` binary.
 //!
-//! The hook runs as root on the host, before `pivot_root`, with the container's rootfs as a
-//! plain directory. Everything in that directory came from an image we do not trust: `/etc`
-//! may be a symlink to the host's `/etc`, `/run` may point at `/proc/self/root`,
-//! `/etc/ld.so.preload` may point at a host file. Take one mount as an example: to put the
-//! interception library at `/usr/lib/gpuslice/libgpuslice.so`, the hook opens the rootfs
-//! ([`rootfs::Rootfs::open`]), creates the mount point one component at a time with every
-//! lookup done by `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so a symlink anywhere
-//! on the way resolves as if the rootfs were `/`, and mounts onto `/proc/self/fd/<fd>` of the
-//! descriptor it resolved ([`rootfs::Rootfs::bind_mount`]): the path is never looked up
-//! again by name, so swapping a component for a symlink after the check changes nothing.
+//! The CDI spec that `gpuslice-cdi` writes gives each slice two hooks:
+//!
+//! - `create-container` runs as root on the host, in the container's mount namespace, before
+//!   `pivot_root`, with the container's rootfs as a plain directory. It makes sure the
+//!   slice's state exists on the host ([`slice`]), checks that the slice's GPU is still in the
+//!   node ([`gpu`]), mounts the driver, the interception library, the loader's preload list
+//!   and cache, and the slice's state into the rootfs ([`inject`]), and records the container
+//!   in the slice's region.
+//! - `poststop` runs on the host after the container is gone: it takes the container out of
+//!   the region and frees what its processes still had charged.
+//!
+//! Everything in the rootfs came from an image we do not trust: `/etc` may be a symlink to
+//! the host's `/etc`, `/run` may point at `/proc/self/root`. Take one mount as an example: to
+//! put the interception library at `/usr/lib/gpuslice/libgpuslice.so`, the hook opens the
+//! rootfs ([`rootfs::Rootfs::open`]), creates the mount point one component at a time with
+//! every lookup done by `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so a symlink
+//! anywhere on the way resolves as if the rootfs were `/`, and mounts onto
+//! `/proc/self/fd/<fd>` of the descriptor it resolved ([`rootfs::Rootfs::bind_mount`]): the
+//! path is never looked up again by name, so swapping a component for a symlink after the
+//! check changes nothing. The hook reads nothing from the container's environment, executes
+//! nothing from the image, and is linked statically, so no loader variable reaches it.
+//!
+//! A failure stops the container with one line on standard error saying what to do; the
+//! mounts made so far are undone and the container is not recorded.
 
+pub mod gpu;
+pub mod inject;
+pub mod oci;
 pub mod rootfs;
+pub mod slice;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use gpuslice_core::config::Mode;
+use gpuslice_core::driver_files;
+
+use crate::inject::{HostFiles, Injector};
+use crate::rootfs::Rootfs;
+use crate::slice::{Slice, SliceArgs};
+
+/// Everything a hook invocation is told on its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookArgs {
+    pub slice: SliceArgs,
+    /// Root under which the NVIDIA driver's files are found.
+    pub driver_root: PathBuf,
+    /// The interception library on the host.
+    pub shim_path: PathBuf,
+}
+
+/// The `createContainer` hook: sets the container up for its slice. `state` is the runtime's
+/// JSON on standard input.
+pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
+    let container = oci::read_state(state)?;
+    let rootfs_path = oci::rootfs_path(&container.bundle)?;
+    let slice = Slice::ensure(&args.slice)?;
+    let name = slice.name().to_owned();
+    gpu::check_present(&args.driver_root, &name, &slice.limits.gpu_uuid)?;
+    let driver = driver_files::driver_libraries(&args.driver_root).with_context(|| {
+        format!("{name}: no usable NVIDIA driver under {} (install it, or set driver_root)", args.driver_root.display())
+    })?;
+    let shim = match slice.limits.mode {
+        Mode::Shim => {
+            if !args.shim_path.is_file() {
+                anyhow::bail!(
+                    "{name}: the interception library {} is missing; reinstall gpuslice or fix shim_path",
+                    args.shim_path.display()
+                );
+            }
+            Some(args.shim_path.as_path())
+        }
+        Mode::None => None,
+    };
+    let scratch_dir = args.slice.state_dir.join("tmp");
+    let host = HostFiles { driver: &driver, shim, scratch_dir: &scratch_dir };
+
+    let rootfs = Rootfs::open(&rootfs_path)?;
+    let mut injector = Injector::new(&rootfs);
+    injector.driver(&host).with_context(|| format!("{name}: mounting the driver into the container"))?;
+    if shim.is_some() {
+        injector.preload(&scratch_dir).with_context(|| format!("{name}: setting up /etc/ld.so.preload"))?;
+    }
+    injector.slice(&slice).with_context(|| format!("{name}: mounting the slice's state"))?;
+    if let Some(region) = &slice.region {
+        region
+            .attach_container(&container.id)
+            .with_context(|| format!("{name}: recording container {} in the region", container.id))?;
+    }
+    injector.commit();
+    Ok(())
+}
+
+/// The `poststop` hook: takes the container out of its slice's region and frees what the
+/// container's processes still had charged. A slice without a region has nothing to do.
+pub fn poststop(args: &HookArgs, state: impl Read) -> Result<()> {
+    let container = oci::read_state(state)?;
+    if let Some(region) = Slice::existing_region(&args.slice)? {
+        region
+            .detach_container(&container.id)
+            .with_context(|| format!("{}: removing container {} from the region", args.slice.name, container.id))?;
+    }
+    Ok(())
+}
+

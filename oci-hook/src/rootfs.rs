@@ -16,11 +16,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2, renameat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2, readlinkat, renameat};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, mkdirat};
 use nix::sys::statvfs::{FsFlags, fstatvfs};
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 /// What went wrong, with the path (inside the container unless it says host) that failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,26 +216,76 @@ impl Rootfs {
         if (stat.st_dev, stat.st_ino) != (source_stat.st_dev, source_stat.st_ino) {
             return Err(Error::MountMoved { host: host.to_owned(), target: target.to_owned() });
         }
-        let remount_error = |errno| Error::Remount { target: target.to_owned(), errno };
-        // Flags the new mount already has must be kept, or a mount in a user namespace with
-        // locked nosuid/nodev/noexec refuses the remount.
-        let current = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
-        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        for (have, keep) in [
-            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        ] {
-            if current.contains(have) {
-                flags |= keep;
+        remount_fd_read_only(&mounted, target)
+    }
+
+    /// Mounts a new, empty tmpfs on the directory `dir` (created if missing) and returns an
+    /// `O_PATH` descriptor of its root. `options` are tmpfs's (`mode=0755,size=…`); the
+    /// mount is `nosuid,nodev`.
+    pub fn mount_tmpfs(&self, dir: impl AsRef<Path>, options: &str) -> Result<OwnedFd> {
+        let dir = dir.as_ref();
+        let mount_point = self.mkdir_all(dir, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(Some("tmpfs"), &proc_fd_path(&mount_point), Some("tmpfs"), flags, Some(options)).map_err(|errno| {
+            Error::Mount { host: PathBuf::from("tmpfs"), target: dir.to_owned(), errno }
+        })?;
+        // The old descriptor names the directory underneath; the new mount is found by name.
+        self.resolve_dir(dir)
+    }
+
+    /// Makes the mount at `path` read-only (a bind remount: other mounts of the same
+    /// filesystem keep their flags) and checks that it took.
+    pub fn make_read_only(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        remount_fd_read_only(&self.resolve(path, OFlag::O_PATH)?, path)
+    }
+
+    /// Detaches the mount at `path` (lazily, as `umount -l`). For undoing this hook's own
+    /// mounts when a later step fails.
+    pub fn unmount(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let fd = self.resolve(path, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        umount2(&proc_fd_path(&fd), MntFlags::MNT_DETACH)
+            .map_err(|errno| Error::Mount { host: PathBuf::from("(unmount)"), target: path.to_owned(), errno })
+    }
+
+    /// Creates the symlink `path` → `target` (the link's text, taken as is), its parent
+    /// directories as in [`Rootfs::mkdir_all`]. An existing identical link is fine; anything
+    /// else already there is an error.
+    pub fn symlink(&self, target: impl AsRef<Path>, path: impl AsRef<Path>) -> Result<()> {
+        let (target, path) = (target.as_ref(), path.as_ref());
+        let (parent_path, name) = split_last(path)?;
+        let parent = self.mkdir_all(parent_path, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?;
+        match symlinkat(target, parent.as_fd(), name) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => match readlinkat(parent.as_fd(), name) {
+                Ok(existing) if existing.as_os_str() == target.as_os_str() => Ok(()),
+                _ => Err(Error::Create { path: path.to_owned(), errno: Errno::EEXIST }),
+            },
+            Err(errno) => Err(Error::Create { path: path.to_owned(), errno }),
+        }
+    }
+
+    /// Whether `path` (symlinks followed inside the rootfs) is the host file `host`: the same
+    /// device and inode, as a bind mount of it is. `false` when it does not resolve.
+    pub fn is_host_file(&self, path: impl AsRef<Path>, host: &FileStat) -> bool {
+        self.resolve_raw(path.as_ref(), OFlag::O_PATH)
+            .and_then(|fd| fstat(fd.as_fd()))
+            .is_ok_and(|stat| (stat.st_dev, stat.st_ino) == (host.st_dev, host.st_ino))
+    }
+
+    /// Like [`Rootfs::create_file`], but a symlink (or other non-directory) already at `path`
+    /// is first replaced by an empty regular file, never followed: for mount points over
+    /// files an image may have planted as links.
+    pub fn replace_with_file(&self, path: impl AsRef<Path>, mode: Mode) -> Result<OwnedFd> {
+        let path = path.as_ref();
+        match self.create_file(path, mode) {
+            Err(Error::NotARegularFile { .. }) => {
+                self.write_file(path, b"", mode)?;
+                self.create_file(path, mode)
             }
+            other => other,
         }
-        mount(None::<&str>, &proc_fd_path(&mounted), None::<&str>, flags, None::<&str>).map_err(remount_error)?;
-        let after = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
-        if !after.contains(FsFlags::ST_RDONLY) {
-            return Err(Error::StillWritable { target: target.to_owned() });
-        }
-        Ok(())
     }
 
     /// Replaces `path` with a regular file holding `contents` and mode `mode` (exactly: the
@@ -297,6 +347,31 @@ impl Rootfs {
             }
         }
     }
+}
+
+/// Remounts the mount `mounted` is the root of read-only, keeping its other flags, and checks
+/// that it took.
+fn remount_fd_read_only(mounted: &OwnedFd, target: &Path) -> Result<()> {
+    let remount_error = |errno| Error::Remount { target: target.to_owned(), errno };
+    // Flags the new mount already has must be kept, or a mount in a user namespace with
+    // locked nosuid/nodev/noexec refuses the remount.
+    let current = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    for (have, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if current.contains(have) {
+            flags |= keep;
+        }
+    }
+    mount(None::<&str>, &proc_fd_path(mounted), None::<&str>, flags, None::<&str>).map_err(remount_error)?;
+    let after = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
+    if !after.contains(FsFlags::ST_RDONLY) {
+        return Err(Error::StillWritable { target: target.to_owned() });
+    }
+    Ok(())
 }
 
 /// Splits a path into its parent and a final component that names something (not `.`,

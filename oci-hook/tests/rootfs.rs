@@ -8,6 +8,9 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::in_mount_namespace;
 use gpuslice_hook::rootfs::{Error, Rootfs};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -294,44 +297,11 @@ fn write_file_sets_exact_mode_and_replaces_contents() {
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o664);
 }
 
-// Mounts: run in a child process (this test binary again) inside a private mount namespace.
+// Mounts: run in a child process inside a private mount namespace (`common`).
 
-const CHILD_ENV: &str = "GPUSLICE_HOOK_TEST_MOUNT_CHILD";
-const CHILD_DONE: &str = "mount-namespace-child-done:";
-
-/// Runs `body` in a re-executed copy of this test binary, in its own mount namespace with
-/// every mount private, so nothing it mounts is seen by the host.
-fn in_mount_namespace(name: &str, body: impl FnOnce()) {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: {name} needs root to create a mount namespace");
-        return;
-    }
-    if std::env::var_os(CHILD_ENV).as_deref() == Some(OsStr::new(name)) {
-        unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .expect("making mounts private");
-        body();
-        println!("{CHILD_DONE}{name}");
-        return;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("{CHILD_DONE}{name}")), "child did not run the test:\n{stdout}\n{stderr}");
-}
-
-/// Mount points of this thread's namespace (the test thread unshared it, not the process).
+/// Mount points of this thread's namespace.
 fn mount_points() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/thread-self/mountinfo")
-        .unwrap()
-        .lines()
-        .map(|line| PathBuf::from(line.split(' ').nth(4).unwrap()))
-        .collect()
+    common::mount_points().into_iter().map(|m| m.path).collect()
 }
 
 fn assert_errno(result: std::io::Result<impl Sized>, errno: i32, what: &str) {

@@ -1,0 +1,352 @@
+//! The `gpuslice-hook` binary against a bundle on disk, as a runtime runs it: the OCI state
+//! on standard input, in a mount namespace of its own (the container's, in real life). Root
+//! only; the engines' end-to-end tests (tests/e2e) run the same binary through Docker, podman
+//! and runc.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{in_mount_namespace, mounts_under, snapshot};
+use gpuslice_core::driver_files::parse_ld_cache;
+use gpuslice_core::ld_cache::compose_container_cache;
+use gpuslice_core::region::Region;
+
+const HOOK: &str = env!("CARGO_BIN_EXE_gpuslice-hook");
+const UUID0: &str = "GPU-6a3f1d2e-0000-4e2a-9c1b-000000000000";
+const LIBDIR: &str = "usr/lib/x86_64-linux-gnu";
+const SHIM_CONTENT: &[u8] = b"the interception library";
+const IMAGE_PRELOAD: &str = "/usr/lib/libimage-preload.so\n";
+
+/// A host with a (pretend) driver, the interception library, slice state, and one container
+/// bundle whose rootfs the hook sets up.
+struct World {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    driver: PathBuf,
+    state: PathBuf,
+    shim: PathBuf,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let driver = base.join("driver");
+        let lib = driver.join(LIBDIR);
+        fs::create_dir_all(&lib).unwrap();
+        let mut cache = Vec::new();
+        for (base_name, soname) in
+            [("libcuda", "libcuda.so.1"), ("libnvidia-ml", "libnvidia-ml.so.1"), ("libnvidia-ptxjitcompiler", "libnvidia-ptxjitcompiler.so.1")]
+        {
+            let file = format!("{base_name}.so.580.95.05");
+            fs::write(lib.join(&file), format!("driver file {file}")).unwrap();
+            symlink(&file, lib.join(soname)).unwrap();
+            cache.push((soname.to_owned(), Path::new("/").join(LIBDIR).join(soname)));
+        }
+        fs::create_dir_all(driver.join("etc")).unwrap();
+        fs::write(driver.join("etc/ld.so.cache"), compose_container_cache(None, &cache).0).unwrap();
+        fs::create_dir_all(driver.join("usr/bin")).unwrap();
+        fs::write(driver.join("usr/bin/nvidia-smi"), "driver tool nvidia-smi").unwrap();
+        let gpu = driver.join("proc/driver/nvidia/gpus/0000:01:00.0");
+        fs::create_dir_all(&gpu).unwrap();
+        fs::write(
+            gpu.join("information"),
+            format!("Model: \t\t NVIDIA H100 80GB HBM3\nGPU UUID: \t {UUID0}\nBus Location: \t 0000:01:00.0\nDevice Minor: \t 0\n"),
+        )
+        .unwrap();
+
+        let shim = base.join("libgpuslice.so");
+        fs::write(&shim, SHIM_CONTENT).unwrap();
+        let bundle = base.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in ["etc", "usr/bin", "usr/lib", "run", "tmp"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::write(rootfs.join("etc/ld.so.preload"), IMAGE_PRELOAD).unwrap();
+        fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#).unwrap();
+        let state = base.join("state");
+        World { _dir: dir, base, driver, state, shim, bundle, rootfs }
+    }
+
+    fn state_json(&self, id: &str) -> String {
+        format!(r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"{}"}}"#, self.bundle.display())
+    }
+
+    /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 %).
+    fn slice_args(&self, slice: &str) -> Vec<String> {
+        vec![
+            "--slice".into(),
+            slice.into(),
+            format!("--state-dir={}", self.state.display()),
+            "--mode=shim".into(),
+            format!("--gpu-uuid={UUID0}"),
+            "--gpu-index=0".into(),
+            "--memory-bytes=4294967296".into(),
+            "--cores-percent=50".into(),
+            format!("--driver-root={}", self.driver.display()),
+            format!("--shim-path={}", self.shim.display()),
+        ]
+    }
+
+    fn hook(&self, subcommand: &str, args: &[String], stdin: &str) -> Output {
+        let mut child = Command::new(HOOK)
+            .arg(subcommand)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The hook may exit before reading everything; a broken pipe is its business.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        child.wait_with_output().unwrap()
+    }
+
+    fn create(&self, slice: &str, id: &str) -> Output {
+        self.hook("create-container", &self.slice_args(slice), &self.state_json(id))
+    }
+
+    fn inside(&self, path: &str) -> PathBuf {
+        self.rootfs.join(path.trim_start_matches('/'))
+    }
+
+    fn region(&self, slice: &str) -> Region {
+        Region::open(&self.state.join("slices").join(slice).join("region")).unwrap()
+    }
+
+    fn attached(&self, slice: &str) -> Vec<String> {
+        self.region(slice).containers().unwrap().into_iter().map(|c| c.id).collect()
+    }
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{what}: {:?}\n{stderr}", out.status);
+}
+
+/// Exit status 1 and exactly one line on standard error, which is returned.
+fn assert_refused(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+    assert!(stderr.starts_with("gpuslice-hook: ") && stderr.ends_with('\n'), "{what}: {stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
+    stderr
+}
+
+fn assert_read_only(path: &Path) {
+    let err = fs::OpenOptions::new().write(true).open(path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{}: {err}", path.display());
+}
+
+#[test]
+fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
+    in_mount_namespace("create_container_sets_up_the_slice_and_poststop_takes_it_back", || {
+        let w = World::new();
+        assert_ok(&w.create("slice0", "ctr-1"), "create-container");
+
+        // The interception library and the driver, in a read-only tmpfs.
+        assert_eq!(fs::read(w.inside("/usr/lib/gpuslice/libgpuslice.so")).unwrap(), SHIM_CONTENT);
+        let driver = w.inside("/usr/lib/gpuslice/driver");
+        assert_eq!(fs::read_to_string(driver.join("libcuda.so.580.95.05")).unwrap(), "driver file libcuda.so.580.95.05");
+        assert_eq!(fs::read_link(driver.join("libcuda.so.1")).unwrap(), Path::new("libcuda.so.580.95.05"));
+        assert_eq!(fs::read_link(driver.join("libcuda.so")).unwrap(), Path::new("libcuda.so.1"));
+        assert_eq!(fs::read_to_string(driver.join("libnvidia-ml.so.1")).unwrap(), "driver file libnvidia-ml.so.580.95.05");
+        let lib_dir = mounts_under(&w.inside("/usr/lib/gpuslice"));
+        let tmpfs = lib_dir.iter().find(|m| m.path == w.inside("/usr/lib/gpuslice")).unwrap();
+        assert_eq!(tmpfs.fstype, "tmpfs");
+        assert!(lib_dir.iter().all(|m| m.read_only()), "{lib_dir:#?}");
+        assert_read_only(&driver.join("libcuda.so.580.95.05"));
+        assert!(fs::write(driver.join("new"), "x").is_err());
+        assert_eq!(fs::read_to_string(w.inside("/usr/bin/nvidia-smi")).unwrap(), "driver tool nvidia-smi");
+
+        // The loader: the shim first in a read-only preload list that keeps the image's entry,
+        // and a cache that names the driver's libraries where the container sees them.
+        let preload = w.inside("/etc/ld.so.preload");
+        assert_eq!(fs::read_to_string(&preload).unwrap(), format!("/usr/lib/gpuslice/libgpuslice.so\n{IMAGE_PRELOAD}"));
+        assert_read_only(&preload);
+        let cache = parse_ld_cache(&fs::read(w.inside("/etc/ld.so.cache")).unwrap()).unwrap();
+        let entry = |name: &str| cache.iter().find(|e| e.name == name).map(|e| e.path.clone());
+        assert_eq!(entry("libcuda.so.1"), Some(PathBuf::from("/usr/lib/gpuslice/driver/libcuda.so.1")));
+        assert_eq!(entry("libnvidia-ml.so.1"), Some(PathBuf::from("/usr/lib/gpuslice/driver/libnvidia-ml.so.1")));
+
+        // The slice: limits read-only, the region read-write, the same files as on the host.
+        let slice = w.inside("/run/gpuslice/slices/slice0");
+        let host_limits = fs::read_to_string(w.state.join("slices/slice0/limits")).unwrap();
+        assert!(host_limits.contains("memory_bytes=4294967296"), "{host_limits}");
+        assert_eq!(fs::read_to_string(slice.join("limits")).unwrap(), host_limits);
+        assert_read_only(&slice.join("limits"));
+        fs::OpenOptions::new().read(true).write(true).open(slice.join("region")).unwrap();
+        assert_eq!(w.attached("slice0"), ["ctr-1"]);
+
+        // A second slice in the same container: only its own state is added.
+        let before = mounts_under(&w.rootfs).len();
+        assert_ok(&w.create("slice1", "ctr-1"), "create-container for a second slice");
+        assert_eq!(mounts_under(&w.rootfs).len(), before + 2, "{:#?}", mounts_under(&w.rootfs));
+        assert!(w.inside("/run/gpuslice/slices/slice1/region").is_file());
+        assert_eq!(fs::read_to_string(&preload).unwrap().matches("libgpuslice.so").count(), 1);
+        // The same slice again (a device listed twice): nothing new.
+        assert_ok(&w.create("slice0", "ctr-1"), "create-container again");
+        assert_eq!(mounts_under(&w.rootfs).len(), before + 2);
+        assert_eq!(w.attached("slice0"), ["ctr-1"]);
+
+        // Nothing was left in the scratch directory.
+        let scratch: Vec<_> = fs::read_dir(w.state.join("tmp")).unwrap().collect();
+        assert!(scratch.is_empty(), "{scratch:?}");
+
+        // poststop: the container leaves the region, its dead processes' memory is freed.
+        let poststop = w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
+        assert_ok(&poststop, "poststop");
+        assert!(w.attached("slice0").is_empty());
+        assert_eq!(w.attached("slice1"), ["ctr-1"]);
+    });
+}
+
+#[test]
+fn missing_state_is_recreated_from_the_arguments() {
+    in_mount_namespace("missing_state_is_recreated_from_the_arguments", || {
+        let w = World::new();
+        assert!(!w.state.exists());
+        assert_ok(&w.create("slice0", "ctr-1"), "create-container after a reboot");
+        let limits = fs::read_to_string(w.state.join("slices/slice0/limits")).unwrap();
+        assert!(limits.contains("generation=1") && limits.contains(&format!("gpu_uuid={UUID0}")), "{limits}");
+        assert_eq!(w.attached("slice0"), ["ctr-1"]);
+        // A hand-written bundle may name the slice alone; the state is there now.
+        let bare = vec!["--slice".into(), "slice0".into(), format!("--state-dir={}", w.state.display())];
+        let mut args = bare.clone();
+        args.push(format!("--driver-root={}", w.driver.display()));
+        args.push(format!("--shim-path={}", w.shim.display()));
+        assert_ok(&w.hook("create-container", &args, &w.state_json("ctr-2")), "create-container with --slice only");
+        assert_eq!(w.attached("slice0"), ["ctr-1", "ctr-2"]);
+    });
+}
+
+#[test]
+fn mode_none_gets_the_driver_without_the_shim() {
+    in_mount_namespace("mode_none_gets_the_driver_without_the_shim", || {
+        let w = World::new();
+        let args: Vec<String> = w
+            .slice_args("gpu0")
+            .into_iter()
+            .map(|a| if a == "--mode=shim" { "--mode=none".to_owned() } else { a })
+            .collect();
+        assert_ok(&w.hook("create-container", &args, &w.state_json("ctr-1")), "create-container, mode none");
+        assert!(w.inside("/usr/lib/gpuslice/driver/libcuda.so.1").is_file());
+        assert_eq!(fs::read_to_string(w.inside("/etc/ld.so.preload")).unwrap(), IMAGE_PRELOAD);
+        assert!(w.inside("/run/gpuslice/slices/gpu0/limits").is_file());
+        assert!(!w.inside("/run/gpuslice/slices/gpu0/region").exists());
+    });
+}
+
+/// The image plants links to a host directory; after the hook, that directory is exactly as
+/// it was, whether the hook succeeded (the links resolved inside the rootfs) or refused.
+#[test]
+fn hostile_images_write_nothing_on_the_host() {
+    in_mount_namespace("hostile_images_write_nothing_on_the_host", || {
+        let attacks: [(&str, fn(&Path) -> PathBuf); 8] = [
+            ("/etc", |v| v.to_owned()),
+            ("/etc/ld.so.preload", |v| v.join("ld.so.preload")),
+            ("/etc/ld.so.cache", |v| v.join("ld.so.cache")),
+            ("/usr/lib/gpuslice", |v| v.to_owned()),
+            ("/usr/lib/gpuslice", |v| Path::new("/proc/self/root").join(v.strip_prefix("/").unwrap())),
+            ("/run", |v| v.to_owned()),
+            ("/usr/bin", |v| v.to_owned()),
+            ("/usr", |v| v.join("usr")),
+        ];
+        for (path, target) in attacks {
+            let w = World::new();
+            let victim = w.base.join("victim");
+            fs::create_dir_all(victim.join("usr/lib")).unwrap();
+            fs::write(victim.join("ld.so.preload"), "/host/only.so\n").unwrap();
+            fs::write(victim.join("ld.so.cache"), "host cache").unwrap();
+            fs::write(victim.join("nvidia-smi"), "host file").unwrap();
+            let before = snapshot(&victim);
+            let planted = w.inside(path);
+            if planted.is_dir() {
+                fs::remove_dir_all(&planted).unwrap();
+            } else if planted.exists() {
+                fs::remove_file(&planted).unwrap();
+            }
+            fs::create_dir_all(planted.parent().unwrap()).unwrap();
+            symlink(target(&victim), &planted).unwrap();
+
+            let out = w.create("slice0", "ctr-1");
+            assert_eq!(snapshot(&victim), before, "{path} -> {}: {out:?}", target(&victim).display());
+            let mounts = mounts_under(&victim);
+            assert!(mounts.is_empty(), "{path}: mounted on the host: {mounts:#?}");
+            if !out.status.success() {
+                assert_refused(&out, path);
+                assert!(mounts_under(&w.rootfs).is_empty(), "{path}: {:#?}", mounts_under(&w.rootfs));
+            }
+        }
+    });
+}
+
+/// Every refusal: status 1, one line naming what to do, nothing mounted, nothing recorded.
+#[test]
+fn failures_are_one_line_and_leave_nothing_behind() {
+    in_mount_namespace("failures_are_one_line_and_leave_nothing_behind", || {
+        type Setup = fn(&World) -> (Vec<String>, String);
+        let cases: Vec<(&str, Setup, &str)> = vec![
+            ("unknown slice", |w| (vec!["--slice".into(), "slice9".into(), format!("--state-dir={}", w.state.display())], w.state_json("c")), "unknown slice slice9"),
+            ("no state", |w| (w.slice_args("slice0"), String::new()), "no container state on standard input"),
+            ("malformed state", |w| (w.slice_args("slice0"), "{\"id\":".into()), "not OCI state JSON"),
+            ("state without a bundle", |w| (w.slice_args("slice0"), r#"{"id":"c","status":"creating"}"#.into()), "has no bundle"),
+            ("missing bundle", |w| (w.slice_args("slice0"), w.state_json("c").replace("/bundle", "/gone")), "config.json"),
+            ("GPU gone", |w| {
+                let args = w.slice_args("slice0").into_iter().map(|a| a.replace("-0000-4e2a", "-0009-4e2a")).collect();
+                (args, w.state_json("c"))
+            }, "which is not present on this node"),
+            ("no driver", |w| {
+                fs::remove_file(w.driver.join("etc/ld.so.cache")).unwrap();
+                (w.slice_args("slice0"), w.state_json("c"))
+            }, "no usable NVIDIA driver"),
+            ("no shim", |w| {
+                fs::remove_file(&w.shim).unwrap();
+                (w.slice_args("slice0"), w.state_json("c"))
+            }, "interception library"),
+            ("preload is a directory", |w| {
+                fs::remove_file(w.inside("/etc/ld.so.preload")).unwrap();
+                fs::create_dir(w.inside("/etc/ld.so.preload")).unwrap();
+                (w.slice_args("slice0"), w.state_json("c"))
+            }, "ld.so.preload"),
+            ("bad limits", |w| {
+                let args = w.slice_args("slice0").into_iter().map(|a| a.replace("cores-percent=50", "cores-percent=500")).collect();
+                (args, w.state_json("c"))
+            }, "cores_percent"),
+        ];
+        for (what, setup, expected) in cases {
+            let w = World::new();
+            let (args, state) = setup(&w);
+            let line = assert_refused(&w.hook("create-container", &args, &state), what);
+            assert!(line.contains(expected), "{what}: {line}");
+            let mounts = mounts_under(&w.base);
+            assert!(mounts.is_empty(), "{what}: left mounted: {mounts:#?}");
+            if let Ok(entries) = fs::read_dir(w.state.join("tmp")) {
+                assert_eq!(entries.count(), 0, "{what}: scratch files left");
+            }
+            if w.state.join("slices/slice0/region").exists() {
+                assert!(w.attached("slice0").is_empty(), "{what}: container recorded");
+            }
+            // Device files in the rootfs are never created by the hook.
+            assert!(!fs::symlink_metadata(w.inside("/usr/lib/gpuslice")).is_ok_and(|m| m.file_type().is_char_device()));
+        }
+    });
+}
+
+#[test]
+fn poststop_without_state_is_quiet() {
+    let w = World::new();
+    let out = w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1"));
+    assert_ok(&out, "poststop with no region");
+    assert!(!w.state.exists(), "poststop must create nothing");
+    assert_refused(&w.hook("poststop", &w.slice_args("slice0"), ""), "poststop without state");
+}
