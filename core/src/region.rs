@@ -4,8 +4,11 @@
 //! `<state_dir>/slices/<name>/region`, a fixed-size file mapped `MAP_SHARED` by each process:
 //!
 //! ```text
-//! offset 0      Header (4096 bytes): magic "GPUSLRG\0", layout version, sizes, a checksum of
-//!               those, and `slots_used`, the high-water mark of slots ever handed out
+//! offset 0      Header (48 of 4096 bytes): magic "GPUSLRG\0", layout version, sizes, a checksum
+//!               of those, and `slots_used`, the high-water mark of slots ever handed out
+//! offset 1024   ContainerRecord[48], 64 bytes each, still inside the header's 4096: state
+//!               (free/attached), registration time, a hash of the container id, the id's
+//!               length and its first 40 bytes as text
 //! offset 4096   Slot[1024], 64 bytes each: state (free/active), pid (informational, in the
 //!               owner's PID namespace), a registration token, bytes charged, registration time
 //! ```
@@ -28,11 +31,22 @@
 //! whenever [`Region::reclaim_dead`] is called (the shim does so at most once a second from
 //! memory queries; the hook's `poststop` does too).
 //!
+//! **Containers.** The OCI hook records each container that gets the slice
+//! ([`Region::attach_container`] at create) and removes it at `poststop`
+//! ([`Region::detach_container`]), which also reclaims dead slots: slots do not say which
+//! container they belong to, but by `poststop` every process of the container is dead, so
+//! reclaiming the dead frees what they held (and whatever else on the slice died). The table is
+//! for people and tools: accounting never reads it, and beyond [`CONTAINER_COUNT`] containers
+//! at once the oldest record is reused, so past that it is incomplete. Container ids come from
+//! the runtime and are arbitrary text; a record keeps a hash of the whole id and a bounded,
+//! printable prefix.
+//!
 //! **Creation** is exclusive: the first process (hook or shim) writes a complete file under a
 //! temporary name and `link(2)`s it into place; a loser of the race opens the winner's file.
-//! Everything that reads the region checks the header, the size and every slot's state, so a
-//! truncated or scribbled-on region is reported as [`RegionError::Corrupt`] instead of being
-//! trusted. A region is per slice, so a container that corrupts its own hurts no other slice.
+//! Everything that reads the region checks the header, the size and every slot's (or container
+//! record's) state, so a truncated or scribbled-on region is reported as [`RegionError::Corrupt`]
+//! instead of being trusted. A region is per slice, so a container that corrupts its own hurts
+//! no other slice.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -42,21 +56,29 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// First bytes of every region file.
 pub const REGION_MAGIC: [u8; 8] = *b"GPUSLRG\0";
-/// Layout version; bump on any change to [`Header`] or [`Slot`].
-pub const REGION_VERSION: u32 = 1;
+/// Layout version; bump on any change to [`Header`], [`ContainerRecord`] or [`Slot`].
+pub const REGION_VERSION: u32 = 2;
 /// Bytes reserved for the header.
 pub const HEADER_SIZE: usize = 4096;
 /// Processes one slice can hold at once.
 pub const SLOT_COUNT: usize = 1024;
 /// Size of the whole file.
 pub const REGION_SIZE: usize = HEADER_SIZE + SLOT_COUNT * size_of::<Slot>();
+/// Where the container table starts, inside the header's bytes.
+pub const CONTAINER_TABLE_OFFSET: usize = 1024;
+/// Containers the table records at once; beyond that the oldest record is reused.
+pub const CONTAINER_COUNT: usize = 48;
+/// Bytes of a container id kept as text.
+pub const CONTAINER_ID_TEXT: usize = 40;
 
 const SLOT_FREE: u32 = 0;
 const SLOT_ACTIVE: u32 = 1;
+const CONTAINER_FREE: u32 = 0;
+const CONTAINER_ATTACHED: u32 = 1;
 /// Byte offset of the region lock.
 const REGION_LOCK_BYTE: i64 = 0;
 
@@ -93,8 +115,26 @@ pub struct Slot {
     _reserved: [u64; 4],
 }
 
+/// One container using the slice, recorded by the hook. Written only under the region lock.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ContainerRecord {
+    pub state: AtomicU32,
+    /// Length of the whole id in bytes (saturating), so a reader can tell the text is cut short.
+    pub id_len: AtomicU32,
+    /// Registration time, nanoseconds since the Unix epoch; the oldest record is reused first.
+    pub registered_ns: AtomicU64,
+    /// FNV-1a of the whole id. Records are matched on it, the length and the text.
+    pub id_hash: AtomicU64,
+    /// The id's first bytes, control characters replaced by `?`, cut at a character boundary,
+    /// NUL padded.
+    pub id_text: [AtomicU8; CONTAINER_ID_TEXT],
+}
+
 const _: () = assert!(size_of::<Slot>() == 64);
-const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+const _: () = assert!(size_of::<ContainerRecord>() == 64);
+const _: () = assert!(size_of::<Header>() <= CONTAINER_TABLE_OFFSET);
+const _: () = assert!(CONTAINER_TABLE_OFFSET + CONTAINER_COUNT * size_of::<ContainerRecord>() <= HEADER_SIZE);
 
 /// Why a region cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +163,104 @@ pub struct SlotInfo {
     pub pid: u32,
     pub used: u64,
     pub alive: bool,
+}
+
+/// What a tool sees of one container record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub index: usize,
+    /// The id's first bytes as stored: at most [`CONTAINER_ID_TEXT`] bytes, control characters
+    /// shown as `?`.
+    pub id: String,
+    /// Length of the whole id in bytes.
+    pub id_len: u32,
+    /// Registration time, nanoseconds since the Unix epoch.
+    pub registered_ns: u64,
+}
+
+/// What [`Region::detach_container`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetachReport {
+    /// Whether the container had a record. It has none if it was never attached, was already
+    /// detached, or its record was reused because the table was full.
+    pub attached: bool,
+    /// Slots of dead processes freed, anywhere on the slice.
+    pub slots_reclaimed: usize,
+    /// Bytes those slots had charged.
+    pub bytes_reclaimed: u64,
+}
+
+/// Dead slots freed by one reclaim pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reclaimed {
+    slots: usize,
+    bytes: u64,
+}
+
+/// A container id as a record stores it: hash and length of the whole id, bounded text.
+#[derive(Debug)]
+struct ContainerKey {
+    hash: u64,
+    len: u32,
+    text: [u8; CONTAINER_ID_TEXT],
+}
+
+impl ContainerKey {
+    /// What a freed record holds, so a detached id does not linger in the file.
+    const CLEARED: ContainerKey = ContainerKey { hash: 0, len: 0, text: [0; CONTAINER_ID_TEXT] };
+
+    fn new(id: &str) -> Self {
+        let mut text = [0u8; CONTAINER_ID_TEXT];
+        let mut n = 0;
+        for c in id.chars().map(printable) {
+            let end = n + c.len_utf8();
+            if end > CONTAINER_ID_TEXT {
+                break;
+            }
+            c.encode_utf8(&mut text[n..end]);
+            n = end;
+        }
+        Self { hash: fnv1a(id.as_bytes()), len: u32::try_from(id.len()).unwrap_or(u32::MAX), text }
+    }
+}
+
+/// Control characters (NUL, newlines, terminal escapes) become `?`, so the text can be shown as is.
+fn printable(c: char) -> char {
+    if c.is_control() { '?' } else { c }
+}
+
+impl ContainerRecord {
+    fn text(&self) -> [u8; CONTAINER_ID_TEXT] {
+        std::array::from_fn(|i| self.id_text[i].load(Ordering::Relaxed))
+    }
+
+    fn holds(&self, key: &ContainerKey) -> bool {
+        self.id_hash.load(Ordering::Relaxed) == key.hash
+            && self.id_len.load(Ordering::Relaxed) == key.len
+            && self.text() == key.text
+    }
+
+    fn fill(&self, key: &ContainerKey, registered_ns: u64) {
+        self.id_hash.store(key.hash, Ordering::Relaxed);
+        self.id_len.store(key.len, Ordering::Relaxed);
+        self.registered_ns.store(registered_ns, Ordering::Relaxed);
+        for (cell, byte) in self.id_text.iter().zip(key.text) {
+            cell.store(byte, Ordering::Relaxed);
+        }
+    }
+
+    fn info(&self, index: usize) -> ContainerInfo {
+        let text = self.text();
+        let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+        // Written by us it is valid printable UTF-8; scribbled on, it is shown as well as it can be.
+        let id = String::from_utf8_lossy(&text[..end]).chars().map(printable).collect();
+        ContainerInfo {
+            index,
+            id,
+            id_len: self.id_len.load(Ordering::Relaxed),
+            registered_ns: self.registered_ns.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A mapped region.
@@ -172,16 +310,17 @@ fn header_checksum(
     fnv1a(&bytes)
 }
 
-/// The header bytes of a new region.
-fn new_header_bytes() -> Vec<u8> {
+/// The header bytes of a new region of layout `version` (tests write older ones). The rest of
+/// the file, container table and slots, starts out zero: free.
+fn header_bytes(version: u32) -> Vec<u8> {
     let (hs, ss, sc, total) = (HEADER_SIZE as u32, size_of::<Slot>() as u32, SLOT_COUNT as u32, REGION_SIZE as u64);
     let mut h = Vec::with_capacity(48);
     h.extend_from_slice(&REGION_MAGIC);
-    for v in [REGION_VERSION, hs, ss, sc] {
+    for v in [version, hs, ss, sc] {
         h.extend_from_slice(&v.to_le_bytes());
     }
     h.extend_from_slice(&total.to_le_bytes());
-    h.extend_from_slice(&header_checksum(&REGION_MAGIC, REGION_VERSION, hs, ss, sc, total).to_le_bytes());
+    h.extend_from_slice(&header_checksum(&REGION_MAGIC, version, hs, ss, sc, total).to_le_bytes());
     h
 }
 
@@ -227,7 +366,7 @@ impl Region {
             // Every process of the slice writes here, whatever its uid; no umask games.
             file.set_permissions(std::fs::Permissions::from_mode(0o666))?;
             file.set_len(REGION_SIZE as u64)?;
-            file.write_all_at(&new_header_bytes(), 0)?;
+            file.write_all_at(&header_bytes(REGION_VERSION), 0)?;
             match std::fs::hard_link(&tmp, path) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
                 _ => Ok(()),
@@ -297,6 +436,16 @@ impl Region {
         unsafe { &*p }
     }
 
+    fn container(&self, index: usize) -> &ContainerRecord {
+        assert!(index < CONTAINER_COUNT);
+        // SAFETY: the table lies inside the header (checked at compile time), so index <
+        // CONTAINER_COUNT keeps the record inside the mapping; records are 64-byte aligned
+        // repr(C) atomics, valid for any bit pattern.
+        let p = unsafe { self.base.add(CONTAINER_TABLE_OFFSET + index * size_of::<ContainerRecord>()) };
+        // SAFETY: `p` points at a whole record inside the mapping (above).
+        unsafe { &*p.cast::<ContainerRecord>() }
+    }
+
     /// Checks magic, version, sizes and checksum.
     pub fn check_header(&self) -> Result<(), RegionError> {
         let h = self.header();
@@ -304,7 +453,10 @@ impl Region {
             return Err(self.corrupt("bad magic (not a gpuslice region)"));
         }
         if h.version != REGION_VERSION {
-            return Err(self.corrupt(format!("layout version {}, this gpuslice uses {REGION_VERSION}", h.version)));
+            return Err(self.corrupt(format!(
+                "layout version {}, this gpuslice reads only version {REGION_VERSION} (a region left by another release)",
+                h.version
+            )));
         }
         let sum = header_checksum(&h.magic, h.version, h.header_size, h.slot_size, h.slot_count, h.total_size);
         if h.header_size as usize != HEADER_SIZE
@@ -440,7 +592,7 @@ impl Region {
     pub fn charge(&self, own: usize, bytes: u64, limit: u64) -> Result<Result<(), OverLimit>, RegionError> {
         self.locked(|mine| {
             let mut used = self.usage()?;
-            if used.saturating_add(bytes) > limit && self.reclaim_locked(mine)? > 0 {
+            if used.saturating_add(bytes) > limit && self.reclaim_locked(mine)?.slots > 0 {
                 used = self.usage()?;
             }
             if used.saturating_add(bytes) > limit {
@@ -460,20 +612,20 @@ impl Region {
 
     /// Frees the slots of processes that died; returns how many.
     pub fn reclaim_dead(&self) -> Result<usize, RegionError> {
-        self.locked(|mine| self.reclaim_locked(mine))
+        self.locked(|mine| Ok(self.reclaim_locked(mine)?.slots))
     }
 
-    fn reclaim_locked(&self, mine: &[usize]) -> Result<usize, RegionError> {
-        let mut reclaimed = 0;
+    fn reclaim_locked(&self, mine: &[usize]) -> Result<Reclaimed, RegionError> {
+        let mut reclaimed = Reclaimed::default();
         for index in 0..self.slots_used()? {
             if mine.contains(&index) || self.slot(index).state.load(Ordering::Acquire) != SLOT_ACTIVE {
                 continue;
             }
             if !self.slot_locked_by_other(index) {
                 let slot = self.slot(index);
-                slot.used.store(0, Ordering::Relaxed);
+                reclaimed.bytes = reclaimed.bytes.saturating_add(slot.used.swap(0, Ordering::Relaxed));
                 slot.state.store(SLOT_FREE, Ordering::Release);
-                reclaimed += 1;
+                reclaimed.slots += 1;
             }
         }
         Ok(reclaimed)
@@ -495,6 +647,76 @@ impl Region {
             }
         }
         Ok(out)
+    }
+
+    /// Which container records are attached, checking every record's state.
+    fn attached_containers(&self) -> Result<[bool; CONTAINER_COUNT], RegionError> {
+        let mut attached = [false; CONTAINER_COUNT];
+        for (index, a) in attached.iter_mut().enumerate() {
+            match self.container(index).state.load(Ordering::Acquire) {
+                CONTAINER_FREE => {}
+                CONTAINER_ATTACHED => *a = true,
+                other => return Err(self.corrupt(format!("container record {index} has state {other}"))),
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Records that container `id` uses the slice. Attaching an attached id changes nothing
+    /// (its registration time stays). When all [`CONTAINER_COUNT`] records are taken, the
+    /// oldest is reused: the table is informational beyond that many containers at once.
+    pub fn attach_container(&self, id: &str) -> Result<(), RegionError> {
+        let key = ContainerKey::new(id);
+        self.locked(|_| {
+            let attached = self.attached_containers()?;
+            if (0..CONTAINER_COUNT).any(|i| attached[i] && self.container(i).holds(&key)) {
+                return Ok(());
+            }
+            let index = attached.iter().position(|a| !a).unwrap_or_else(|| {
+                // Ties go to the lowest index.
+                (0..CONTAINER_COUNT)
+                    .min_by_key(|&i| self.container(i).registered_ns.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            });
+            let record = self.container(index);
+            record.state.store(CONTAINER_FREE, Ordering::Relaxed);
+            record.fill(&key, now_ns());
+            record.state.store(CONTAINER_ATTACHED, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    /// Removes container `id`'s record, if it has one, and frees the slots of processes that
+    /// died (the container's own, once it has stopped, among them). Nothing is changed if the
+    /// table or the slot high-water mark is corrupt.
+    pub fn detach_container(&self, id: &str) -> Result<DetachReport, RegionError> {
+        let key = ContainerKey::new(id);
+        self.locked(|mine| {
+            let attached = self.attached_containers()?;
+            let reclaimed = self.reclaim_locked(mine)?;
+            let mut was_attached = false;
+            for index in (0..CONTAINER_COUNT).filter(|&i| attached[i]) {
+                let record = self.container(index);
+                if record.holds(&key) {
+                    record.state.store(CONTAINER_FREE, Ordering::Release);
+                    record.fill(&ContainerKey::CLEARED, 0);
+                    was_attached = true;
+                }
+            }
+            Ok(DetachReport {
+                attached: was_attached,
+                slots_reclaimed: reclaimed.slots,
+                bytes_reclaimed: reclaimed.bytes,
+            })
+        })
+    }
+
+    /// Every attached container, read under the region lock, for tools and tests.
+    pub fn containers(&self) -> Result<Vec<ContainerInfo>, RegionError> {
+        self.locked(|_| {
+            let attached = self.attached_containers()?;
+            Ok((0..CONTAINER_COUNT).filter(|&i| attached[i]).map(|i| self.container(i).info(i)).collect())
+        })
     }
 
     /// The raw descriptor, so a forked child can close its inherited copy.
@@ -668,6 +890,205 @@ mod tests {
         std::fs::write(&path, &b).unwrap();
         let err = Region::open(&path).unwrap().usage().unwrap_err().to_string();
         assert!(err.contains("slot 0 has state 7"), "{err}");
+    }
+
+    fn ids(r: &Region) -> Vec<String> {
+        r.containers().unwrap().into_iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn containers_attach_once_and_detach() {
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        assert!(r.containers().unwrap().is_empty());
+        r.attach_container("a").unwrap();
+        let first = r.containers().unwrap();
+        r.attach_container("b").unwrap();
+        r.attach_container("a").unwrap();
+        assert_eq!(ids(&r), ["a", "b"]);
+        let a = &r.containers().unwrap()[0];
+        assert_eq!(a, &first[0], "attaching again keeps the record and its time");
+        assert!(a.registered_ns > 0 && a.id_len == 1);
+        // Another open description (another process) sees the same table.
+        assert_eq!(ids(&Region::open(&path).unwrap()), ["a", "b"]);
+
+        let gone = DetachReport { attached: true, slots_reclaimed: 0, bytes_reclaimed: 0 };
+        assert_eq!(r.detach_container("a").unwrap(), gone);
+        assert_eq!(ids(&r), ["b"]);
+        let absent = DetachReport { attached: false, ..gone };
+        assert_eq!(r.detach_container("a").unwrap(), absent);
+        assert_eq!(r.detach_container("never-attached").unwrap(), absent);
+        assert_eq!(ids(&r), ["b"]);
+        // The freed record is cleared, not just marked free.
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[CONTAINER_TABLE_OFFSET..CONTAINER_TABLE_OFFSET + 64].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_full_container_table_reuses_the_oldest_record() {
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let name = |i: usize| format!("c{i}");
+        for i in 0..CONTAINER_COUNT {
+            r.attach_container(&name(i)).unwrap();
+        }
+        assert_eq!(ids(&r), (0..CONTAINER_COUNT).map(name).collect::<Vec<_>>());
+        r.attach_container("late").unwrap();
+        let now = ids(&r);
+        assert_eq!(now.len(), CONTAINER_COUNT);
+        assert!(now.contains(&"late".into()) && !now.contains(&name(0)), "{now:?}");
+        // An attached id is not re-added, so nothing is reused for it.
+        r.attach_container(&name(1)).unwrap();
+        assert_eq!(ids(&r), now);
+        r.attach_container("later").unwrap();
+        let now = ids(&r);
+        assert!(now.contains(&"later".into()) && !now.contains(&name(1)) && now.contains(&"late".into()), "{now:?}");
+        assert!(!r.detach_container(&name(0)).unwrap().attached, "its record was reused");
+    }
+
+    #[test]
+    fn concurrent_attaches_record_each_container_once() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let path = &path;
+                scope.spawn(move || {
+                    let r = Region::open(path).unwrap();
+                    for round in 0..2 {
+                        for i in 0..4 {
+                            r.attach_container(&format!("t{t}-{i}")).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                        }
+                    }
+                });
+            }
+        });
+        let mut all = ids(&Region::open(&path).unwrap());
+        all.sort();
+        let mut want: Vec<String> = (0..8).flat_map(|t| (0..4).map(move |i| format!("t{t}-{i}"))).collect();
+        want.sort();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn long_and_odd_container_ids_are_stored_bounded_and_printable() {
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        // 2 + 3n bytes: the 40-byte cut falls inside a '€'.
+        let long = format!("ab{}", "€".repeat(10 * 1024 / 3));
+        assert!(long.len() >= 10 * 1024 && !long.is_char_boundary(CONTAINER_ID_TEXT));
+        let twin = format!("{long}x");
+        let escapes = "web\n\u{1b}[2J\u{85}\0x";
+        for id in [long.as_str(), twin.as_str(), escapes, "", long.as_str(), escapes, ""] {
+            r.attach_container(id).unwrap();
+        }
+        let got = r.containers().unwrap();
+        let shown = format!("ab{}", "€".repeat(12));
+        assert_eq!(shown.len(), 38);
+        let summary: Vec<(&str, u32)> = got.iter().map(|c| (c.id.as_str(), c.id_len)).collect();
+        assert_eq!(
+            summary,
+            [
+                (shown.as_str(), long.len() as u32),
+                (shown.as_str(), twin.len() as u32),
+                ("web??[2J??x", escapes.len() as u32),
+                ("", 0)
+            ],
+            "ids sharing their first bytes are still two containers"
+        );
+        assert!(r.detach_container(&long).unwrap().attached);
+        assert!(r.detach_container(escapes).unwrap().attached);
+        assert!(!r.detach_container(&long[..CONTAINER_ID_TEXT - 2]).unwrap().attached);
+        assert_eq!(ids(&r), [shown.as_str(), ""]);
+    }
+
+    #[test]
+    fn a_scribbled_container_record_is_corrupt() {
+        use std::os::unix::fs::FileExt;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        r.attach_container("a").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&7u32.to_le_bytes(), (CONTAINER_TABLE_OFFSET + 5 * 64) as u64).unwrap();
+        let errors =
+            [r.containers().unwrap_err(), r.attach_container("b").unwrap_err(), r.detach_container("a").unwrap_err()];
+        for err in errors {
+            assert!(matches!(err, RegionError::Corrupt { .. }), "{err:?}");
+            assert!(err.to_string().contains("container record 5 has state 7"), "{err}");
+        }
+        // Accounting does not read the table.
+        let s = r.register().unwrap();
+        r.charge(s, 5, 10).unwrap().unwrap();
+        assert_eq!(r.usage().unwrap(), 5);
+        // The failed detach changed nothing.
+        file.write_all_at(&0u32.to_le_bytes(), (CONTAINER_TABLE_OFFSET + 5 * 64) as u64).unwrap();
+        assert_eq!(ids(&r), ["a"]);
+    }
+
+    #[test]
+    fn a_version_1_region_is_refused() {
+        let (_d, path) = fresh();
+        let mut v1 = header_bytes(1);
+        v1.resize(REGION_SIZE, 0);
+        std::fs::write(&path, &v1).unwrap();
+        for err in [Region::open(&path).unwrap_err(), Region::open_or_create(&path).unwrap_err()] {
+            assert!(matches!(err, RegionError::Corrupt { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains("layout version 1, this gpuslice reads only version 2"), "{msg}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), v1, "the old file is left alone");
+    }
+
+    /// Set in a copy of this test binary that plays the process that dies.
+    const CHILD_REGION_ENV: &str = "GPUSLICE_REGION_TEST_CHILD";
+    const CHILD_CHARGED: &str = "region-test-child-charged";
+
+    #[test]
+    fn detach_reclaims_what_a_killed_process_held() {
+        if let Some(path) = std::env::var_os(CHILD_REGION_ENV) {
+            let r = Region::open(Path::new(&path)).unwrap();
+            let slot = r.register().unwrap();
+            r.charge(slot, 300, 1000).unwrap().unwrap();
+            println!("{CHILD_CHARGED}");
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            // SAFETY: signals this process; SIGKILL does not return.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("survived SIGKILL");
+        }
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        r.attach_container("stopped").unwrap();
+        r.attach_container("running").unwrap();
+        // A live process elsewhere on the slice: its usage must survive the detach.
+        let live = Region::open(&path).unwrap();
+        let live_slot = live.register().unwrap();
+        live.charge(live_slot, 200, 1000).unwrap().unwrap();
+
+        let test = concat!(module_path!(), "::detach_reclaims_what_a_killed_process_held");
+        let test = test.split_once("::").map_or(test, |(_crate, rest)| rest);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_REGION_ENV, &path)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(CHILD_CHARGED), "the child did not charge: {stdout}");
+
+        assert_eq!(r.usage().unwrap(), 500);
+        let dead: Vec<_> = r.slots().unwrap().into_iter().filter(|s| !s.alive).collect();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(
+            r.detach_container("stopped").unwrap(),
+            DetachReport { attached: true, slots_reclaimed: 1, bytes_reclaimed: 300 }
+        );
+        assert_eq!(r.usage().unwrap(), 200);
+        assert_eq!(ids(&r), ["running"]);
+        assert_eq!(
+            r.detach_container("stopped").unwrap(),
+            DetachReport { attached: false, slots_reclaimed: 0, bytes_reclaimed: 0 }
+        );
     }
 
     #[test]
