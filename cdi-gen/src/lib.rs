@@ -11,6 +11,7 @@
 
 pub mod discover;
 pub mod spec;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -161,11 +162,11 @@ pub fn render(spec: &Spec, format: Format) -> Result<String> {
 
 /// The plan as a table.
 pub fn list_table(plan: &Plan) -> String {
-    let rows: Vec<[String; 6]> = plan
+    let rows: Vec<Vec<String>> = plan
         .devices
         .iter()
         .map(|d| {
-            [
+            vec![
                 d.name.clone(),
                 d.gpu_index.to_string(),
                 d.gpu_uuid.clone(),
@@ -175,20 +176,25 @@ pub fn list_table(plan: &Plan) -> String {
             ]
         })
         .collect();
-    let header = ["SLICE", "GPU", "UUID", "MEMORY (GiB)", "CORES (%)", "MODE"];
-    let right_aligned = [false, true, false, true, true, false];
+    render_table(
+        &["SLICE", "GPU", "UUID", "MEMORY (GiB)", "CORES (%)", "MODE"],
+        &[false, true, false, true, true, false],
+        rows,
+    )
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+pub(crate) fn render_table(header: &[&str], right_aligned: &[bool], rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
-        let cells: Vec<String> =
-            row.iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    if right_aligned[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) }
-                })
-                .collect();
+    for row in std::iter::once(header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if right_aligned[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out

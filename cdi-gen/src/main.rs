@@ -56,6 +56,18 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Show what each slice holds now: memory in use, live processes, running containers.
+    Status {
+        /// Node configuration (for its state_dir).
+        #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Read slice state here instead of the config's state_dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that a CDI spec file would load in a container engine.
     Validate {
         /// The spec file.
@@ -93,6 +105,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { common } => {
             let (_, _, plan) = gpuslice_cdi::load_plan(&common.sources())?;
             print!("{}", gpuslice_cdi::list_table(&plan));
+            Ok(())
+        }
+        Command::Status { config, state_dir, json } => {
+            let state_dir = match state_dir {
+                Some(dir) => dir,
+                None => gpuslice_cdi::load_config(&config)?.state_dir,
+            };
+            let report = gpuslice_cdi::status::status(&state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", gpuslice_cdi::status::table(&report));
+            }
             Ok(())
         }
         Command::Validate { file } => {

@@ -1,0 +1,168 @@
+//! `gpuslice-cdi status`: what each slice on this node holds now, read from the slice state
+//! the hook and the interception library share (`<state_dir>/slices/*/{limits,region}`).
+//!
+//! Regions are written by containers, so they are read as untrusted input: a slice whose
+//! region cannot be read is listed with the reason instead of failing the whole report.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use gpuslice_core::config::Mode;
+use gpuslice_core::limits::{self, Limits};
+use gpuslice_core::region::{self, Region};
+use serde::Serialize;
+
+/// One slice's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SliceStatus {
+    pub slice: String,
+    pub mode: String,
+    pub gpu_index: Option<u32>,
+    pub gpu_uuid: Option<String>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cores_percent: Option<u32>,
+    /// Device memory charged by live and not yet reclaimed processes.
+    pub memory_used_bytes: u64,
+    /// Processes registered in the region that are still alive.
+    pub processes: usize,
+    /// Containers started with the slice and not yet stopped.
+    pub containers: Vec<String>,
+    /// Why the limits or the region could not be read, if they could not.
+    pub error: Option<String>,
+}
+
+/// Every slice under `state_dir`, by name.
+pub fn status(state_dir: &Path) -> Result<Vec<SliceStatus>> {
+    let dir = limits::slices_dir(state_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    Ok(names.into_iter().map(|name| slice_status(state_dir, name)).collect())
+}
+
+fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
+    let mut status = SliceStatus {
+        slice,
+        mode: "?".into(),
+        gpu_index: None,
+        gpu_uuid: None,
+        memory_limit_bytes: None,
+        cores_percent: None,
+        memory_used_bytes: 0,
+        processes: 0,
+        containers: Vec::new(),
+        error: None,
+    };
+    match Limits::load(&limits::limits_path(state_dir, &status.slice)) {
+        Ok(l) => {
+            status.mode = l.mode.to_string();
+            status.gpu_index = Some(l.gpu_index);
+            status.gpu_uuid = Some(l.gpu_uuid);
+            status.cores_percent = Some(l.cores_percent);
+            status.memory_limit_bytes = (l.mode == Mode::Shim).then_some(l.memory_bytes);
+        }
+        Err(e) => status.error = Some(format!("limits: {e}")),
+    }
+    let path = region::region_path(state_dir, &status.slice);
+    if !path.exists() {
+        return status;
+    }
+    let read = Region::open(&path).and_then(|r| {
+        let slots = r.slots()?;
+        Ok((r.usage_locked()?, slots.iter().filter(|s| s.alive).count(), r.containers()?))
+    });
+    match read {
+        Ok((used, processes, containers)) => {
+            status.memory_used_bytes = used;
+            status.processes = processes;
+            status.containers = containers.into_iter().map(|c| c.id).collect();
+        }
+        Err(e) => status.error = Some(e.to_string()),
+    }
+    status
+}
+
+/// `slice10` after `slice9`.
+fn natural_key(name: &str) -> (String, u64) {
+    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    (name[..digits].to_owned(), name[digits..].parse().unwrap_or(0))
+}
+
+/// The report as a table.
+pub fn table(slices: &[SliceStatus]) -> String {
+    let gib = |b: u64| format!("{:.2}", b as f64 / (1u64 << 30) as f64);
+    let rows: Vec<Vec<String>> = slices
+        .iter()
+        .map(|s| {
+            let short: Vec<String> = s.containers.iter().map(|c| c.chars().take(12).collect()).collect();
+            vec![
+                s.slice.clone(),
+                s.mode.clone(),
+                s.gpu_index.map_or_else(|| "-".into(), |i| i.to_string()),
+                gib(s.memory_used_bytes),
+                s.memory_limit_bytes.map_or_else(|| "-".into(), gib),
+                s.cores_percent.map_or_else(|| "-".into(), |c| c.to_string()),
+                s.processes.to_string(),
+                if let Some(e) = &s.error { format!("error: {e}") } else { short.join(",") },
+            ]
+        })
+        .collect();
+    crate::render_table(
+        &["SLICE", "MODE", "GPU", "USED (GiB)", "LIMIT (GiB)", "CORES (%)", "PROCESSES", "CONTAINERS"],
+        &[false, false, true, true, true, true, true, false],
+        rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut names = vec!["slice10", "gpu1", "slice9", "slice0", "gpu0"];
+        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        assert_eq!(names, ["gpu0", "gpu1", "slice0", "slice9", "slice10"]);
+    }
+
+    #[test]
+    fn reports_usage_processes_and_containers_and_survives_a_corrupt_region() {
+        let state = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            slice: "slice0".into(),
+            mode: Mode::Shim,
+            gpu_uuid: "GPU-1".into(),
+            gpu_index: 0,
+            memory_bytes: 4 << 30,
+            cores_percent: 50,
+            generation: 1,
+        };
+        limits.store(state.path()).unwrap();
+        Limits { slice: "slice1".into(), ..limits.clone() }.store(state.path()).unwrap();
+        let region = Region::open_or_create(&region::region_path(state.path(), "slice0")).unwrap();
+        let me = region.register().unwrap();
+        region.charge(me, 1 << 30, 4 << 30).unwrap().unwrap();
+        region.attach_container("0123456789abcdef0123").unwrap();
+        fs::write(region::region_path(state.path(), "slice1"), b"scribbled").unwrap();
+
+        let report = status(state.path()).unwrap();
+        assert_eq!(report.len(), 2);
+        assert_eq!(report[0].memory_used_bytes, 1 << 30);
+        assert_eq!(report[0].processes, 1);
+        assert_eq!(report[0].containers, ["0123456789abcdef0123"]);
+        assert!(report[1].error.as_deref().is_some_and(|e| e.contains("corrupt")), "{report:?}");
+        let text = table(&report);
+        assert!(text.contains("slice0  shim") && text.contains("1.00") && text.contains("0123456789ab\n"), "{text}");
+        assert!(text.contains("error:"), "{text}");
+        assert!(status(&state.path().join("nothing")).unwrap().is_empty());
+    }
+}
