@@ -1,40 +1,17 @@
 //! The NVIDIA driver's files on a host, found the way `nvidia-ctk cdi generate` finds them:
 //! through the driver root's `/etc/ld.so.cache`, not by guessing library directories.
 //!
-//! [`parse_ld_cache`] reads glibc's cache format from a byte slice, checking every offset;
+//! [`read_ld_cache`] reads the cache ([`crate::ld_cache`] knows its format);
 //! [`driver_libraries`] picks the driver's x86-64 libraries out of it and the driver's tools
 //! out of `bin` directories, and resolves each to the real file the hook bind-mounts.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Magic of the format glibc ≥ 2.32 writes (`cache_file_new` in glibc's `dl-cache.h`).
-const NEW_MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
-/// Magic of the libc5-era format, which older ldconfig wrote in front of the new one.
-const OLD_MAGIC: &[u8] = b"ld.so-1.7.0";
-/// magic + version (20), nlibs, len_strings, flags byte + 3 padding, extension_offset, 3 unused.
-const NEW_HEADER_LEN: usize = 48;
-/// flags i32, key u32, value u32, osversion u32, hwcap u64.
-const NEW_ENTRY_LEN: usize = 24;
-/// magic (11 bytes + NUL), nlibs u32.
-const OLD_HEADER_LEN: usize = 16;
-/// flags i32, key u32, value u32.
-const OLD_ENTRY_LEN: usize = 12;
-/// `__alignof__ (struct cache_file_new)`: the new header follows the old entries at this alignment.
-const NEW_ALIGN: usize = 8;
-
-/// Values of the header's endianness byte (`cache_file_new_flags_endian_*`).
-const ENDIAN_UNSET: u8 = 0;
-const ENDIAN_LITTLE: u8 = 2;
-const ENDIAN_BIG: u8 = 3;
-
-/// `FLAG_ELF_LIBC6 | FLAG_X8664_LIB64`: a 64-bit x86 glibc shared object.
-pub const FLAG_X86_64: i32 = 0x0303;
-/// Type and required-arch bits of an entry's flags (`FLAG_TYPE_MASK | FLAG_REQUIRED_MASK`).
-const FLAG_ARCH_MASK: i32 = 0xffff;
+// The cache's types, for callers of `read_ld_cache`; they live in `ld_cache`.
+pub use crate::ld_cache::{CacheEntry, CacheError, FLAG_X86_64, LibArch, parse_ld_cache};
 
 /// Libraries of the driver that compute and utility containers need, as NVIDIA's legacy
 /// `nvidia-container-cli` lists them (`utility` and `compute` sets). The CDI generator also takes
@@ -73,25 +50,6 @@ const LIBCUDA: &str = "libcuda.so.1";
 /// Symlinks followed before a path is declared a loop (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
 
-/// What is wrong with an `ld.so.cache`'s bytes.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CacheError {
-    #[error("not an ld.so.cache: unknown magic")]
-    BadMagic,
-    #[error("only the old ld.so-1.7.0 format is present; glibc's new format is required")]
-    OldFormatOnly,
-    #[error("truncated: {what} needs {needed} bytes, the cache has {len}")]
-    Truncated { what: &'static str, needed: u64, len: usize },
-    #[error("big-endian cache; only little-endian is supported")]
-    BigEndian,
-    #[error("unknown endianness flag {0}")]
-    BadEndianFlag(u8),
-    #[error("entry {entry}: string offset {offset} is outside the string table")]
-    StringOutOfRange { entry: usize, offset: u32 },
-    #[error("entry {entry}: string at offset {offset} is not NUL-terminated within the string table")]
-    UnterminatedString { entry: usize, offset: u32 },
-}
-
 /// Why the driver's files could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverFilesError {
@@ -103,26 +61,6 @@ pub enum DriverFilesError {
     NoLibcuda { cache: PathBuf },
     #[error("{cache} lists {LIBCUDA} at {link}, which cannot be resolved under {root}: {source}")]
     LibcudaMissing { cache: PathBuf, link: PathBuf, root: PathBuf, source: io::Error },
-}
-
-/// The architecture an entry's flags say the library is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LibArch {
-    /// `FLAG_ELF_LIBC6 | FLAG_X8664_LIB64` (0x0303).
-    X86_64,
-    /// Anything else: 32-bit x86, x32, other ELF classes; the raw flags are kept.
-    Other(i32),
-}
-
-/// One entry of the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheEntry {
-    /// The name programs ask for, usually the soname: `libcuda.so.1`.
-    pub name: String,
-    /// Where the library is, as seen from the root the cache was built for.
-    pub path: PathBuf,
-    pub flags: i32,
-    pub arch: LibArch,
 }
 
 /// A driver library: the cache's entry and the real file behind it.
@@ -162,84 +100,6 @@ pub struct DriverFiles {
     /// Cache entries of driver libraries whose files are gone (a stale cache), for the caller
     /// to log; they are not in `libraries`.
     pub stale: Vec<PathBuf>,
-}
-
-fn need(bytes: &[u8], end: u64, what: &'static str) -> Result<(), CacheError> {
-    if end > bytes.len() as u64 { Err(CacheError::Truncated { what, needed: end, len: bytes.len() }) } else { Ok(()) }
-}
-
-/// Parses an `ld.so.cache`: the new format alone, or the old format followed by the new one.
-pub fn parse_ld_cache(bytes: &[u8]) -> Result<Vec<CacheEntry>, CacheError> {
-    let new_start = if bytes.starts_with(NEW_MAGIC) {
-        0
-    } else if bytes.starts_with(OLD_MAGIC) {
-        need(bytes, OLD_HEADER_LEN as u64, "old header")?;
-        let old_nlibs = u64::from(u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]));
-        let old_end = OLD_HEADER_LEN as u64 + old_nlibs * OLD_ENTRY_LEN as u64;
-        need(bytes, old_end, "old entries")?;
-        let aligned = old_end.next_multiple_of(NEW_ALIGN as u64);
-        if aligned >= bytes.len() as u64 {
-            return Err(CacheError::OldFormatOnly);
-        }
-        // In range: aligned < bytes.len().
-        let start = aligned as usize;
-        if !bytes[start..].starts_with(NEW_MAGIC) {
-            return if bytes.len() - start < NEW_MAGIC.len() && NEW_MAGIC.starts_with(&bytes[start..]) {
-                Err(CacheError::Truncated {
-                    what: "new header",
-                    needed: aligned + NEW_HEADER_LEN as u64,
-                    len: bytes.len(),
-                })
-            } else {
-                Err(CacheError::OldFormatOnly)
-            };
-        }
-        start
-    } else if NEW_MAGIC.starts_with(bytes) || OLD_MAGIC.starts_with(bytes) {
-        return Err(CacheError::Truncated { what: "magic", needed: NEW_MAGIC.len() as u64, len: bytes.len() });
-    } else {
-        return Err(CacheError::BadMagic);
-    };
-
-    // Offsets in the new format count from the start of its header.
-    let new = &bytes[new_start..];
-    need(new, NEW_HEADER_LEN as u64, "new header")?;
-    // Both present: the header's 48 bytes were checked just above.
-    let nlibs = u32::from_le_bytes([new[20], new[21], new[22], new[23]]);
-    let len_strings = u32::from_le_bytes([new[24], new[25], new[26], new[27]]);
-    match new[28] {
-        ENDIAN_UNSET | ENDIAN_LITTLE => {}
-        ENDIAN_BIG => return Err(CacheError::BigEndian),
-        other => return Err(CacheError::BadEndianFlag(other)),
-    }
-    let strings_start = NEW_HEADER_LEN as u64 + u64::from(nlibs) * NEW_ENTRY_LEN as u64;
-    need(new, strings_start, "entries")?;
-    let strings_end = strings_start + u64::from(len_strings);
-    need(new, strings_end, "string table")?;
-    // Both in range: checked against new.len() just above.
-    let table = strings_start as usize..strings_end as usize;
-
-    let string = |entry: usize, offset: u32| -> Result<&[u8], CacheError> {
-        let at = offset as usize;
-        if !table.contains(&at) {
-            return Err(CacheError::StringOutOfRange { entry, offset });
-        }
-        let rest = &new[at..table.end];
-        let len = rest.iter().position(|&b| b == 0).ok_or(CacheError::UnterminatedString { entry, offset })?;
-        Ok(&rest[..len])
-    };
-
-    let mut entries = Vec::with_capacity(nlibs as usize);
-    for (i, raw) in new[NEW_HEADER_LEN..table.start].chunks_exact(NEW_ENTRY_LEN).enumerate() {
-        let flags = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let key = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
-        let value = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
-        let name = String::from_utf8_lossy(string(i, key)?).into_owned();
-        let path = PathBuf::from(OsStr::from_bytes(string(i, value)?));
-        let arch = if flags & FLAG_ARCH_MASK == FLAG_X86_64 { LibArch::X86_64 } else { LibArch::Other(flags) };
-        entries.push(CacheEntry { name, path, flags, arch });
-    }
-    Ok(entries)
 }
 
 /// Reads and parses the cache file at `path`.

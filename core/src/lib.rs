@@ -6,12 +6,14 @@
 //! device ([`cdi`]) in the spec container engines read, and its [`limits::Limits`] are
 //! written to `/run/gpuslice/slices/<name>/limits`, where the hook mounts them read-only into
 //! the container and the interception library reads them. The hook finds the host driver's
-//! libraries to mount through the driver root's `ld.so.cache` ([`driver_files`]).
+//! libraries to mount through the driver root's `ld.so.cache` ([`driver_files`]), and gives the
+//! container a loader cache that lists them beside the image's own ([`ld_cache`]).
 
 pub mod cdi;
 pub mod config;
 pub mod driver_files;
 pub mod fsutil;
+pub mod ld_cache;
 pub mod limits;
 pub mod plan;
 pub mod region;

@@ -2,48 +2,26 @@ use super::*;
 use std::os::unix::fs::symlink;
 use std::process::Command;
 
-/// Builds a little-endian new-format cache (optionally behind an old-format header, as
-/// `ldconfig -c compat` writes) from `(flags, name, path)` entries.
-fn build_cache(entries: &[(i32, &str, &str)], with_old: bool) -> Vec<u8> {
-    let mut strings = Vec::new();
-    let strings_start = NEW_HEADER_LEN + entries.len() * NEW_ENTRY_LEN;
-    let mut offsets = Vec::new();
-    for (_, name, path) in entries {
-        let key = strings_start + strings.len();
-        strings.extend_from_slice(name.as_bytes());
-        strings.push(0);
-        let value = strings_start + strings.len();
-        strings.extend_from_slice(path.as_bytes());
-        strings.push(0);
-        offsets.push((key as u32, value as u32));
-    }
-    let mut new = Vec::new();
-    new.extend_from_slice(NEW_MAGIC);
-    new.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    new.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-    new.extend_from_slice(&[ENDIAN_LITTLE, 0, 0, 0]);
-    new.extend_from_slice(&[0; 16]); // extension_offset, unused[3]
-    assert_eq!(new.len(), NEW_HEADER_LEN);
-    for ((flags, _, _), (key, value)) in entries.iter().zip(&offsets) {
-        new.extend_from_slice(&flags.to_le_bytes());
-        new.extend_from_slice(&key.to_le_bytes());
-        new.extend_from_slice(&value.to_le_bytes());
-        new.extend_from_slice(&0u32.to_le_bytes()); // osversion
-        new.extend_from_slice(&0u64.to_le_bytes()); // hwcap
-    }
-    new.extend_from_slice(&strings);
-    if !with_old {
-        return new;
-    }
-    // The old section's entries are never read; give it three (36 bytes) so padding is needed.
-    let mut out = Vec::new();
-    out.extend_from_slice(OLD_MAGIC);
-    out.push(0);
-    out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&[0; 3 * OLD_ENTRY_LEN]);
-    out.resize(out.len().next_multiple_of(NEW_ALIGN), 0);
-    out.extend_from_slice(&new);
-    out
+use crate::ld_cache::render_ld_cache;
+
+/// i386 glibc libraries (`FLAG_ELF_LIBC6` alone).
+const FLAG_I386: i32 = 0x0003;
+
+/// A cache of `(flags, name, path)` entries, ordered as `ldconfig` orders them (the fixtures
+/// list them in that order, so that the file order is the one written).
+fn build_cache(entries: &[(i32, &str, &str)]) -> Vec<u8> {
+    let entries: Vec<CacheEntry> = entries
+        .iter()
+        .map(|&(flags, name, path)| CacheEntry {
+            name: name.into(),
+            path: path.into(),
+            flags,
+            arch: if flags == FLAG_X86_64 { LibArch::X86_64 } else { LibArch::Other(flags) },
+            osversion: 0,
+            hwcap: 0,
+        })
+        .collect();
+    render_ld_cache(&entries)
 }
 
 const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
@@ -51,22 +29,9 @@ const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
 fn sample() -> Vec<(i32, &'static str, &'static str)> {
     vec![
         (FLAG_X86_64, "libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
-        (0x0803, "libcuda.so.1", "/usr/lib/i386-linux-gnu/libcuda.so.1"),
+        (FLAG_I386, "libcuda.so.1", "/usr/lib/i386-linux-gnu/libcuda.so.1"),
         (FLAG_X86_64, "libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6"),
     ]
-}
-
-#[test]
-fn parses_new_format_alone_and_behind_old_header() {
-    for with_old in [false, true] {
-        let entries = parse_ld_cache(&build_cache(&sample(), with_old)).unwrap();
-        assert_eq!(entries.len(), 3, "with_old={with_old}");
-        assert_eq!(entries[0].name, "libcuda.so.1");
-        assert_eq!(entries[0].path, Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1"));
-        assert_eq!(entries[0].arch, LibArch::X86_64);
-        assert_eq!(entries[1].arch, LibArch::Other(0x0803));
-        assert_eq!(entries[2].name, "libc.so.6");
-    }
 }
 
 #[test]
@@ -83,75 +48,6 @@ fn finds_libc_in_this_machines_cache() {
         .expect("libc.so.6 (x86-64) in /etc/ld.so.cache");
     assert!(libc.path.ends_with("libc.so.6"), "{libc:?}");
     assert!(libc.path.exists(), "{libc:?}");
-}
-
-#[test]
-fn every_truncation_is_an_error_not_a_panic() {
-    for with_old in [false, true] {
-        let cache = build_cache(&sample(), with_old);
-        for len in 0..cache.len() {
-            let err = parse_ld_cache(&cache[..len]).expect_err(&format!("with_old={with_old} len={len}"));
-            assert!(
-                matches!(err, CacheError::Truncated { .. } | CacheError::OldFormatOnly),
-                "with_old={with_old} len={len}: {err}"
-            );
-        }
-    }
-}
-
-#[test]
-fn wrong_magic_is_rejected() {
-    let mut cache = build_cache(&sample(), false);
-    cache[0] = b'X';
-    assert_eq!(parse_ld_cache(&cache), Err(CacheError::BadMagic));
-    assert_eq!(parse_ld_cache(b"\x7fELF\x02\x01\x01"), Err(CacheError::BadMagic));
-}
-
-#[test]
-fn old_format_alone_is_rejected() {
-    let mut cache = OLD_MAGIC.to_vec();
-    cache.push(0);
-    cache.extend_from_slice(&1u32.to_le_bytes());
-    cache.extend_from_slice(&[0; OLD_ENTRY_LEN]);
-    assert_eq!(parse_ld_cache(&cache), Err(CacheError::OldFormatOnly));
-    cache.extend_from_slice(&[0; 64]);
-    assert_eq!(parse_ld_cache(&cache), Err(CacheError::OldFormatOnly));
-}
-
-#[test]
-fn big_endian_and_unknown_endianness_are_rejected() {
-    let mut cache = build_cache(&sample(), false);
-    cache[28] = ENDIAN_BIG;
-    assert_eq!(parse_ld_cache(&cache), Err(CacheError::BigEndian));
-    cache[28] = 7;
-    assert_eq!(parse_ld_cache(&cache), Err(CacheError::BadEndianFlag(7)));
-}
-
-#[test]
-fn string_offsets_outside_the_table_are_rejected() {
-    let cache = build_cache(&sample(), false);
-    let key_at = NEW_HEADER_LEN + 4;
-    for bad in [0u32, 47, cache.len() as u32, u32::MAX] {
-        let mut c = cache.clone();
-        c[key_at..key_at + 4].copy_from_slice(&bad.to_le_bytes());
-        assert_eq!(parse_ld_cache(&c), Err(CacheError::StringOutOfRange { entry: 0, offset: bad }), "offset {bad}");
-    }
-    // The value of the last entry points at its final byte, which is the table's last NUL: fine.
-    // Dropping that NUL from the table (len_strings - 1) leaves the path unterminated.
-    let mut c = cache.clone();
-    let len_strings = u32::from_le_bytes([c[24], c[25], c[26], c[27]]);
-    c[24..28].copy_from_slice(&(len_strings - 1).to_le_bytes());
-    assert!(matches!(parse_ld_cache(&c), Err(CacheError::UnterminatedString { entry: 2, .. })), "{c:?}");
-}
-
-#[test]
-fn huge_entry_count_is_truncation_not_allocation() {
-    let mut cache = build_cache(&sample(), false);
-    cache[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(parse_ld_cache(&cache), Err(CacheError::Truncated { what: "entries", .. })));
-    let mut cache = build_cache(&sample(), true);
-    cache[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(parse_ld_cache(&cache), Err(CacheError::Truncated { what: "old entries", .. })));
 }
 
 /// A fake driver root: real files named like a 580.95.05 driver, soname links (one absolute,
@@ -172,18 +68,15 @@ fn fake_root() -> tempfile::TempDir {
     symlink("libGLX_nvidia.so.580.95.05", lib.join("libGLX_nvidia.so.0")).unwrap();
     symlink("libz.so.1.2.13", lib.join("libz.so.1")).unwrap();
     fs::write(root.path().join("usr/bin/nvidia-smi"), b"#!").unwrap();
-    let cache = build_cache(
-        &[
-            (FLAG_X86_64, "libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"),
-            (FLAG_X86_64, "libnvidia-ml.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
-            (0x0803, "libnvidia-ml.so.1", "/usr/lib/i386-linux-gnu/libnvidia-ml.so.1"),
-            (FLAG_X86_64, "libnvidia-cfg.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1"),
-            (FLAG_X86_64, "libGLX_nvidia.so.0", "/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0"),
-            (FLAG_X86_64, "libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
-            (FLAG_X86_64, "libcuda.so", "/usr/lib/x86_64-linux-gnu/libcuda.so"),
-        ],
-        false,
-    );
+    let cache = build_cache(&[
+        (FLAG_X86_64, "libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"),
+        (FLAG_X86_64, "libnvidia-ml.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
+        (FLAG_I386, "libnvidia-ml.so.1", "/usr/lib/i386-linux-gnu/libnvidia-ml.so.1"),
+        (FLAG_X86_64, "libnvidia-cfg.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1"),
+        (FLAG_X86_64, "libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
+        (FLAG_X86_64, "libcuda.so", "/usr/lib/x86_64-linux-gnu/libcuda.so"),
+        (FLAG_X86_64, "libGLX_nvidia.so.0", "/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0"),
+    ]);
     fs::write(root.path().join("etc/ld.so.cache"), cache).unwrap();
     root
 }
@@ -205,11 +98,6 @@ fn driver_libraries_from_a_generated_cache() {
                 p("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.95.05")
             ),
             (
-                "libGLX_nvidia.so.0",
-                p("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0"),
-                p("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.580.95.05")
-            ),
-            (
                 "libcuda.so.1",
                 p("/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
                 p("/usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05")
@@ -218,6 +106,11 @@ fn driver_libraries_from_a_generated_cache() {
                 "libcuda.so",
                 p("/usr/lib/x86_64-linux-gnu/libcuda.so"),
                 p("/usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05")
+            ),
+            (
+                "libGLX_nvidia.so.0",
+                p("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0"),
+                p("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.580.95.05")
             ),
         ]
     );
@@ -266,13 +159,13 @@ fn cache_without_libcuda_names_the_path() {
     let root = tempfile::tempdir().unwrap();
     fs::create_dir_all(root.path().join("etc")).unwrap();
     let cache = root.path().join("etc/ld.so.cache");
-    fs::write(&cache, build_cache(&[(FLAG_X86_64, "libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6")], false)).unwrap();
+    fs::write(&cache, build_cache(&[(FLAG_X86_64, "libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6")])).unwrap();
     let err = driver_libraries(root.path()).unwrap_err();
     assert!(matches!(&err, DriverFilesError::NoLibcuda { cache: c } if *c == cache), "{err:?}");
     assert!(err.to_string().contains(&cache.display().to_string()), "{err}");
 
     // Listed, but its file is gone: also an error, naming the link.
-    fs::write(&cache, build_cache(&[(FLAG_X86_64, "libcuda.so.1", "/usr/lib/libcuda.so.1")], false)).unwrap();
+    fs::write(&cache, build_cache(&[(FLAG_X86_64, "libcuda.so.1", "/usr/lib/libcuda.so.1")])).unwrap();
     let err = driver_libraries(root.path()).unwrap_err();
     assert!(matches!(err, DriverFilesError::LibcudaMissing { .. }), "{err:?}");
     assert!(err.to_string().contains("/usr/lib/libcuda.so.1"), "{err}");
@@ -283,7 +176,7 @@ fn malformed_cache_names_the_path() {
     let root = tempfile::tempdir().unwrap();
     fs::create_dir_all(root.path().join("etc")).unwrap();
     let cache = root.path().join("etc/ld.so.cache");
-    fs::write(&cache, &build_cache(&sample(), false)[..60]).unwrap();
+    fs::write(&cache, &build_cache(&sample())[..60]).unwrap();
     let err = driver_libraries(root.path()).unwrap_err();
     assert!(matches!(err, DriverFilesError::Cache { source: CacheError::Truncated { .. }, .. }), "{err:?}");
     assert!(err.to_string().contains(&cache.display().to_string()), "{err}");
@@ -331,7 +224,7 @@ fn driver_libraries_from_a_cache_ldconfig_wrote() {
         assert!(out.status.success(), "ldconfig -c {format}: {}", String::from_utf8_lossy(&out.stderr));
 
         let bytes = fs::read(root.path().join("etc/ld.so.cache")).unwrap();
-        assert_eq!(bytes.starts_with(OLD_MAGIC), format == "compat", "{format}");
+        assert_eq!(bytes.starts_with(b"ld.so-1.7.0"), format == "compat", "{format}");
         // ldconfig appends an extension section, so late truncations may parse; none may panic.
         for len in 0..bytes.len() {
             let _ = parse_ld_cache(&bytes[..len]);
