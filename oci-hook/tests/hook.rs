@@ -51,7 +51,7 @@ impl World {
             cache.push((soname.to_owned(), Path::new("/").join(LIBDIR).join(soname)));
         }
         fs::create_dir_all(driver.join("etc")).unwrap();
-        fs::write(driver.join("etc/ld.so.cache"), compose_container_cache(None, &cache).0).unwrap();
+        fs::write(driver.join("etc/ld.so.cache"), compose_container_cache(None, &cache).bytes).unwrap();
         fs::create_dir_all(driver.join("usr/bin")).unwrap();
         fs::write(driver.join("usr/bin/nvidia-smi"), "driver tool nvidia-smi").unwrap();
         let gpu = driver.join("proc/driver/nvidia/gpus/0000:01:00.0");
@@ -70,6 +70,12 @@ impl World {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         fs::write(rootfs.join("etc/ld.so.preload"), IMAGE_PRELOAD).unwrap();
+        // The image's own cache: one library of its own and a stale CUDA compat libcuda.
+        let image_cache = [
+            ("libimage.so.1".to_owned(), PathBuf::from("/opt/image/lib/libimage.so.1")),
+            ("libcuda.so.1".to_owned(), PathBuf::from("/usr/local/cuda/compat/libcuda.so.1")),
+        ];
+        fs::write(rootfs.join("etc/ld.so.cache"), compose_container_cache(None, &image_cache).bytes).unwrap();
         fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#).unwrap();
         let state = base.join("state");
         World { _dir: dir, base, driver, state, shim, bundle, rootfs }
@@ -177,6 +183,8 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         let entry = |name: &str| cache.iter().find(|e| e.name == name).map(|e| e.path.clone());
         assert_eq!(entry("libcuda.so.1"), Some(PathBuf::from("/usr/lib/gpuslice/driver/libcuda.so.1")));
         assert_eq!(entry("libnvidia-ml.so.1"), Some(PathBuf::from("/usr/lib/gpuslice/driver/libnvidia-ml.so.1")));
+        assert_eq!(entry("libimage.so.1"), Some(PathBuf::from("/opt/image/lib/libimage.so.1")));
+        assert_eq!(cache.iter().filter(|e| e.name == "libcuda.so.1").count(), 1, "{cache:#?}");
 
         // The slice: limits read-only, the region read-write, the same files as on the host.
         let slice = w.inside("/run/gpuslice/slices/slice0");
