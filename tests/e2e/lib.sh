@@ -370,3 +370,8 @@ assert_slice_view() {
     [[ -z $others ]] || fail "$slice must see only GPU $minor, also got: $others"
     assert_line_in "GPUSLICE_SLICE=$slice" "$out" "$slice environment"
 }
+
+# Fixtures of the hook's tests: simulated driver root, glibc images, cuda-probe, runc bundles,
+# hostile images.
+# shellcheck source=tests/e2e/lib_slice.sh
+. "$E2E_DIR/lib_slice.sh"
