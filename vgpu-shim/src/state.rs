@@ -1,9 +1,9 @@
 //! Which slices this process is in, their limits, and its place in each slice's region.
 //!
-//! Discovery reads `<GPUSLICE_STATE_DIR or /run/gpuslice>/slices/*/limits` (narrowed by
-//! `GPUSLICE_SLICES`) and trusts a limits file only where it sits on a read-only mount: the
-//! hook mounts it so in every container, and a directory a container forges on its writable
-//! filesystem is ignored. No trusted slice means pure pass-through. A trusted file that cannot
+//! Discovery reads `/run/gpuslice/slices/*/limits`, and `<GPUSLICE_STATE_DIR>/slices/*/limits`
+//! when that is set (it adds a place, never hides one), and trusts a limits file only where it
+//! sits on a read-only mount: the hook mounts it so in every container, and a directory a
+//! container forges on its writable filesystem is ignored. No trusted slice means pure pass-through. A trusted file that cannot
 //! be read as limits makes the shim fail closed.
 //!
 //! The state lives behind one pointer that is replaced, never freed, so a forked child (whose
@@ -21,6 +21,8 @@ use gpuslice_core::units::ByteSize;
 use crate::ffi::*;
 use crate::log::log;
 
+/// Where the hook mounts slice state in containers.
+pub const DEFAULT_STATE_DIR: &str = "/run/gpuslice";
 /// Device memory charged for each context (primary or created): what a CUDA context takes on
 /// current GPUs is a few hundred MiB, and the limit must cover it.
 pub const CONTEXT_CHARGE: u64 = 256 << 20;
@@ -247,11 +249,14 @@ pub fn active() -> bool {
 
 impl State {
     fn discover() -> State {
-        let state_dir =
-            std::env::var_os("GPUSLICE_STATE_DIR").map_or_else(|| PathBuf::from("/run/gpuslice"), PathBuf::from);
-        let wanted: Option<Vec<String>> = std::env::var("GPUSLICE_SLICES")
-            .ok()
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect());
+        // The hook's place is always looked at: a variable the container sets can add a
+        // directory (tests, processes outside containers) but never hide a slice.
+        let mut state_dirs = vec![PathBuf::from(DEFAULT_STATE_DIR)];
+        if let Some(dir) = std::env::var_os("GPUSLICE_STATE_DIR").map(PathBuf::from)
+            && dir != Path::new(DEFAULT_STATE_DIR)
+        {
+            state_dirs.push(dir);
+        }
         let env_cap = std::env::var("GPUSLICE_MEMORY_LIMIT").ok().and_then(|v| match v.parse::<ByteSize>() {
             Ok(b) => Some(b.0),
             Err(e) => {
@@ -259,34 +264,36 @@ impl State {
                 None
             }
         });
-        let mut slices = Vec::new();
+        let mut slices: Vec<Slice> = Vec::new();
         let mut broken = None;
-        let mut names: Vec<String> = std::fs::read_dir(slices_dir(&state_dir))
-            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
-                continue;
-            }
-            let path = limits_path(&state_dir, &name);
-            match read_trusted(&path) {
-                Ok(None) => {}
-                Ok(Some(l)) if l.slice != name => {
-                    broken = Some(format!("{} names slice {:?}, not {name:?}", path.display(), l.slice));
+        for state_dir in &state_dirs {
+            let mut names: Vec<String> = std::fs::read_dir(slices_dir(state_dir))
+                .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+                .unwrap_or_default();
+            names.sort();
+            for name in names {
+                if slices.iter().any(|s| s.name == name) {
+                    continue;
                 }
-                Ok(Some(l)) if l.mode == Mode::None => log!(Info, "slice {name}: mode none, no limits"),
-                Ok(Some(l)) => {
-                    log!(
-                        Info,
-                        "slice {name}: GPU {} limit {} bytes (generation {})",
-                        l.gpu_uuid,
-                        l.memory_bytes,
-                        l.generation
-                    );
-                    slices.push(Slice::new(&l, path, region_path(&state_dir, &name), env_cap));
+                let path = limits_path(state_dir, &name);
+                match read_trusted(&path) {
+                    Ok(None) => {}
+                    Ok(Some(l)) if l.slice != name => {
+                        broken = Some(format!("{} names slice {:?}, not {name:?}", path.display(), l.slice));
+                    }
+                    Ok(Some(l)) if l.mode == Mode::None => log!(Info, "slice {name}: mode none, no limits"),
+                    Ok(Some(l)) => {
+                        log!(
+                            Info,
+                            "slice {name}: GPU {} limit {} bytes (generation {})",
+                            l.gpu_uuid,
+                            l.memory_bytes,
+                            l.generation
+                        );
+                        slices.push(Slice::new(&l, path, region_path(state_dir, &name), env_cap));
+                    }
+                    Err(e) => broken = Some(e),
                 }
-                Err(e) => broken = Some(e),
             }
         }
         State {

@@ -212,14 +212,17 @@ fn the_environment_can_only_lower_the_limit() {
 }
 
 #[test]
-fn slices_narrows_which_slices_apply() {
-    if skip_unless_root("slices_narrows_which_slices_apply") {
+fn variables_cannot_hide_the_hooks_slices() {
+    if skip_unless_root("variables_cannot_hide_the_hooks_slices") {
         return;
     }
+    // The slice where the hook mounts it, and the container pointing the shim elsewhere.
     let node = node_with_slice();
-    let mut cmd = node.command(&probes().0, &["meminfo"]);
-    cmd.env("GPUSLICE_SLICES", "other");
-    assert_eq!(value(&ok(cmd.output().unwrap()), "total"), 80 * GIB);
+    for (key, val) in [("GPUSLICE_SLICES", "other"), ("GPUSLICE_STATE_DIR", "/nonexistent")] {
+        let mut cmd = node.command_at_run(&probes().0, &["meminfo"]);
+        cmd.env(key, val);
+        assert_eq!(common::value(&ok(cmd.output().unwrap()), "total"), LIMIT, "{key}={val}");
+    }
 }
 
 #[test]

@@ -199,6 +199,25 @@ impl Node {
         c
     }
 
+    /// Like [`Node::command`], with the view also mounted where the hook puts it in a
+    /// container, `/run/gpuslice` (over a private tmpfs on `/run`), and `GPUSLICE_STATE_DIR`
+    /// pointing elsewhere.
+    pub fn command_at_run(&self, program: &Path, args: &[&str]) -> Command {
+        let script = self.mount_script().replace(
+            "exec \"$@\"\n",
+            &format!(
+                "mount -t tmpfs gpuslice-test /run\nmkdir -p /run/gpuslice\nmount --rbind '{}' /run/gpuslice\nexec \"$@\"\n",
+                self.view().display()
+            ),
+        );
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"]);
+        c.arg(program).args(args);
+        self.env(&mut c);
+        c.env("LD_PRELOAD", shim()).env("GPUSLICE_STATE_DIR", "/nonexistent");
+        c
+    }
+
     /// The same without the shim and without the view: the host's own view of the GPU.
     pub fn bare(&self, program: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(program);
@@ -212,7 +231,6 @@ impl Node {
             .env("FAKEGPU_STATE_DIR", self.dir.path().join("fakegpu-state"))
             .env("LD_LIBRARY_PATH", &self.driver)
             .env("GPUSLICE_STATE_DIR", self.view())
-            .env_remove("GPUSLICE_SLICES")
             .env_remove("GPUSLICE_MEMORY_LIMIT")
             .env_remove("GPUSLICE_LOG")
     }
