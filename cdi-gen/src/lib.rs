@@ -190,11 +190,13 @@ pub(crate) fn render_table(header: &[&str], right_aligned: &[bool], rows: Vec<Ve
         .collect();
     let mut out = String::new();
     for row in std::iter::once(header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if right_aligned[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
+        let cells: Vec<String> =
+            row.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if right_aligned[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) }
+                })
+                .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out

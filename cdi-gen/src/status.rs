@@ -45,7 +45,7 @@ pub fn status(state_dir: &Path) -> Result<Vec<SliceStatus>> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    names.sort_by_key(|n| natural_key(n));
     Ok(names.into_iter().map(|name| slice_status(state_dir, name)).collect())
 }
 
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn natural_order() {
         let mut names = vec!["slice10", "gpu1", "slice9", "slice0", "gpu0"];
-        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names.sort_by_key(|n| natural_key(n));
         assert_eq!(names, ["gpu0", "gpu1", "slice0", "slice9", "slice10"]);
     }
 

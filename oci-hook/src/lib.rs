@@ -105,4 +105,3 @@ pub fn poststop(args: &HookArgs, state: impl Read) -> Result<()> {
     }
     Ok(())
 }
-

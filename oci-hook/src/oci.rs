@@ -27,9 +27,7 @@ pub enum OciError {
     ReadState(#[source] io::Error),
     #[error("the container state on standard input is larger than {MAX_STATE_LEN} bytes")]
     StateTooLarge,
-    #[error(
-        "no container state on standard input (the hook is run by the container runtime, which writes it there)"
-    )]
+    #[error("no container state on standard input (the hook is run by the container runtime, which writes it there)")]
     EmptyState,
     #[error("the container state on standard input is not OCI state JSON: {0}")]
     BadState(#[source] serde_json::Error),
@@ -114,8 +112,10 @@ mod tests {
 
     #[test]
     fn reads_the_state_runc_writes() {
-        let c = state(r#"{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b","annotations":{"k":"v"}}"#)
-            .unwrap();
+        let c = state(
+            r#"{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b","annotations":{"k":"v"}}"#,
+        )
+        .unwrap();
         assert_eq!(c, Container { id: "abc".into(), bundle: "/b".into(), status: ContainerState::Creating });
     }
 

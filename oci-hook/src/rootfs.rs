@@ -59,6 +59,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Links [`Rootfs::mkdir_all`] follows to missing targets before giving up (Linux's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
 /// How many times `openat2` is retried when the kernel reports a rename race (`EAGAIN`).
 const RESOLVE_RETRIES: usize = 16;
 
@@ -121,10 +124,15 @@ impl Rootfs {
 
     /// Creates the directory `dir` and any missing parents with `mode` (less the umask) and
     /// returns an `O_PATH` descriptor of it. Existing components that are symlinks are
-    /// followed inside the rootfs; one that is not a directory is an error, and so is a
-    /// symlink that dangles inside the rootfs.
+    /// followed inside the rootfs, and a symlink whose target is missing there has its target
+    /// created there (as engines do for a mount destination behind a link): `/run ->
+    /// /var/run` with no `/var/run` gets `/var/run`. A component that is not a directory is an
+    /// error; so is a magic link, or more than 40 links on the way.
     pub fn mkdir_all(&self, dir: impl AsRef<Path>, mode: Mode) -> Result<OwnedFd> {
-        let dir = dir.as_ref();
+        self.mkdir_all_within(dir.as_ref(), mode, 0)
+    }
+
+    fn mkdir_all_within(&self, dir: &Path, mode: Mode, links: usize) -> Result<OwnedFd> {
         let mut prefix = PathBuf::from("/");
         let mut current = self.resolve_dir(&prefix)?;
         for component in dir.components() {
@@ -137,6 +145,7 @@ impl Rootfs {
                 }
                 Component::Normal(name) => name,
             };
+            let parent = prefix.clone();
             prefix.push(name);
             current = match self.resolve_raw(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
                 Ok(fd) => fd,
@@ -147,7 +156,21 @@ impl Rootfs {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(errno) => return Err(Error::Create { path: prefix, errno }),
                     }
-                    self.resolve_dir(&prefix)?
+                    match self.resolve_raw(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                        Ok(fd) => fd,
+                        Err(Errno::ENOENT) => {
+                            // A link whose target is missing inside the rootfs.
+                            if links >= MAX_LINKS {
+                                return Err(Error::Resolve { path: prefix, errno: Errno::ELOOP });
+                            }
+                            let target = readlinkat(current.as_fd(), name)
+                                .map_err(|errno| Error::Resolve { path: prefix.clone(), errno })?;
+                            self.mkdir_all_within(&parent.join(target), mode, links + 1)?;
+                            self.resolve_dir(&prefix)?
+                        }
+                        Err(Errno::ENOTDIR) => return Err(Error::NotADirectory { path: prefix }),
+                        Err(errno) => return Err(Error::Resolve { path: prefix, errno }),
+                    }
                 }
                 Err(Errno::ENOTDIR) => return Err(Error::NotADirectory { path: prefix }),
                 Err(errno) => return Err(Error::Resolve { path: prefix, errno }),
@@ -226,9 +249,8 @@ impl Rootfs {
         let dir = dir.as_ref();
         let mount_point = self.mkdir_all(dir, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        mount(Some("tmpfs"), &proc_fd_path(&mount_point), Some("tmpfs"), flags, Some(options)).map_err(|errno| {
-            Error::Mount { host: PathBuf::from("tmpfs"), target: dir.to_owned(), errno }
-        })?;
+        mount(Some("tmpfs"), &proc_fd_path(&mount_point), Some("tmpfs"), flags, Some(options))
+            .map_err(|errno| Error::Mount { host: PathBuf::from("tmpfs"), target: dir.to_owned(), errno })?;
         // The old descriptor names the directory underneath; the new mount is found by name.
         self.resolve_dir(dir)
     }
@@ -245,8 +267,11 @@ impl Rootfs {
     pub fn unmount(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let fd = self.resolve(path, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
-        umount2(&proc_fd_path(&fd), MntFlags::MNT_DETACH)
-            .map_err(|errno| Error::Mount { host: PathBuf::from("(unmount)"), target: path.to_owned(), errno })
+        umount2(&proc_fd_path(&fd), MntFlags::MNT_DETACH).map_err(|errno| Error::Mount {
+            host: PathBuf::from("(unmount)"),
+            target: path.to_owned(),
+            errno,
+        })
     }
 
     /// Creates the symlink `path` → `target` (the link's text, taken as is), its parent

@@ -63,7 +63,11 @@ impl SliceArgs {
         match given.iter().filter(|g| g.1).count() {
             0 => return Ok(None),
             n if n < given.len() => {
-                return Err(SliceError::Incomplete { slice: self.name.clone(), given: names(true), missing: names(false) });
+                return Err(SliceError::Incomplete {
+                    slice: self.name.clone(),
+                    given: names(true),
+                    missing: names(false),
+                });
             }
             _ => {}
         }

@@ -42,9 +42,11 @@ impl World {
         let lib = driver.join(LIBDIR);
         fs::create_dir_all(&lib).unwrap();
         let mut cache = Vec::new();
-        for (base_name, soname) in
-            [("libcuda", "libcuda.so.1"), ("libnvidia-ml", "libnvidia-ml.so.1"), ("libnvidia-ptxjitcompiler", "libnvidia-ptxjitcompiler.so.1")]
-        {
+        for (base_name, soname) in [
+            ("libcuda", "libcuda.so.1"),
+            ("libnvidia-ml", "libnvidia-ml.so.1"),
+            ("libnvidia-ptxjitcompiler", "libnvidia-ptxjitcompiler.so.1"),
+        ] {
             let file = format!("{base_name}.so.580.95.05");
             fs::write(lib.join(&file), format!("driver file {file}")).unwrap();
             symlink(&file, lib.join(soname)).unwrap();
@@ -82,7 +84,10 @@ impl World {
     }
 
     fn state_json(&self, id: &str) -> String {
-        format!(r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"{}"}}"#, self.bundle.display())
+        format!(
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"{}"}}"#,
+            self.bundle.display()
+        )
     }
 
     /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 %).
@@ -162,10 +167,16 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         // The interception library and the driver, in a read-only tmpfs.
         assert_eq!(fs::read(w.inside("/usr/lib/gpuslice/libgpuslice.so")).unwrap(), SHIM_CONTENT);
         let driver = w.inside("/usr/lib/gpuslice/driver");
-        assert_eq!(fs::read_to_string(driver.join("libcuda.so.580.95.05")).unwrap(), "driver file libcuda.so.580.95.05");
+        assert_eq!(
+            fs::read_to_string(driver.join("libcuda.so.580.95.05")).unwrap(),
+            "driver file libcuda.so.580.95.05"
+        );
         assert_eq!(fs::read_link(driver.join("libcuda.so.1")).unwrap(), Path::new("libcuda.so.580.95.05"));
         assert_eq!(fs::read_link(driver.join("libcuda.so")).unwrap(), Path::new("libcuda.so.1"));
-        assert_eq!(fs::read_to_string(driver.join("libnvidia-ml.so.1")).unwrap(), "driver file libnvidia-ml.so.580.95.05");
+        assert_eq!(
+            fs::read_to_string(driver.join("libnvidia-ml.so.1")).unwrap(),
+            "driver file libnvidia-ml.so.580.95.05"
+        );
         let lib_dir = mounts_under(&w.inside("/usr/lib/gpuslice"));
         let tmpfs = lib_dir.iter().find(|m| m.path == w.inside("/usr/lib/gpuslice")).unwrap();
         assert_eq!(tmpfs.fstype, "tmpfs");
@@ -211,7 +222,8 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         assert!(scratch.is_empty(), "{scratch:?}");
 
         // poststop: the container leaves the region, its dead processes' memory is freed.
-        let poststop = w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
+        let poststop =
+            w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
         assert_ok(&poststop, "poststop");
         assert!(w.attached("slice0").is_empty());
         assert_eq!(w.attached("slice1"), ["ctr-1"]);
@@ -259,7 +271,8 @@ fn mode_none_gets_the_driver_without_the_shim() {
 #[test]
 fn hostile_images_write_nothing_on_the_host() {
     in_mount_namespace("hostile_images_write_nothing_on_the_host", || {
-        let attacks: [(&str, fn(&Path) -> PathBuf); 8] = [
+        type LinkTarget = fn(&Path) -> PathBuf;
+        let attacks: [(&str, LinkTarget); 8] = [
             ("/etc", |v| v.to_owned()),
             ("/etc/ld.so.preload", |v| v.join("ld.so.preload")),
             ("/etc/ld.so.cache", |v| v.join("ld.so.cache")),
@@ -290,10 +303,11 @@ fn hostile_images_write_nothing_on_the_host() {
             assert_eq!(snapshot(&victim), before, "{path} -> {}: {out:?}", target(&victim).display());
             let mounts = mounts_under(&victim);
             assert!(mounts.is_empty(), "{path}: mounted on the host: {mounts:#?}");
-            if !out.status.success() {
-                assert_refused(&out, path);
-                assert!(mounts_under(&w.rootfs).is_empty(), "{path}: {:#?}", mounts_under(&w.rootfs));
-            }
+            // Every link resolved inside the rootfs (which has no procfs here, so even the
+            // /proc/self/root one is a plain link): the container gets its slice all the same.
+            // With a procfs mounted, as engines have it, that one is refused (tests/e2e).
+            assert_ok(&out, path);
+            assert!(mounts_under(&w.rootfs).len() >= 8, "{path}: {:#?}", mounts_under(&w.rootfs));
         }
     });
 }
@@ -304,32 +318,74 @@ fn failures_are_one_line_and_leave_nothing_behind() {
     in_mount_namespace("failures_are_one_line_and_leave_nothing_behind", || {
         type Setup = fn(&World) -> (Vec<String>, String);
         let cases: Vec<(&str, Setup, &str)> = vec![
-            ("unknown slice", |w| (vec!["--slice".into(), "slice9".into(), format!("--state-dir={}", w.state.display())], w.state_json("c")), "unknown slice slice9"),
+            (
+                "unknown slice",
+                |w| {
+                    (
+                        vec!["--slice".into(), "slice9".into(), format!("--state-dir={}", w.state.display())],
+                        w.state_json("c"),
+                    )
+                },
+                "unknown slice slice9",
+            ),
             ("no state", |w| (w.slice_args("slice0"), String::new()), "no container state on standard input"),
             ("malformed state", |w| (w.slice_args("slice0"), "{\"id\":".into()), "not OCI state JSON"),
-            ("state without a bundle", |w| (w.slice_args("slice0"), r#"{"id":"c","status":"creating"}"#.into()), "has no bundle"),
-            ("missing bundle", |w| (w.slice_args("slice0"), w.state_json("c").replace("/bundle", "/gone")), "config.json"),
-            ("GPU gone", |w| {
-                let args = w.slice_args("slice0").into_iter().map(|a| a.replace("-0000-4e2a", "-0009-4e2a")).collect();
-                (args, w.state_json("c"))
-            }, "which is not present on this node"),
-            ("no driver", |w| {
-                fs::remove_file(w.driver.join("etc/ld.so.cache")).unwrap();
-                (w.slice_args("slice0"), w.state_json("c"))
-            }, "no usable NVIDIA driver"),
-            ("no shim", |w| {
-                fs::remove_file(&w.shim).unwrap();
-                (w.slice_args("slice0"), w.state_json("c"))
-            }, "interception library"),
-            ("preload is a directory", |w| {
-                fs::remove_file(w.inside("/etc/ld.so.preload")).unwrap();
-                fs::create_dir(w.inside("/etc/ld.so.preload")).unwrap();
-                (w.slice_args("slice0"), w.state_json("c"))
-            }, "ld.so.preload"),
-            ("bad limits", |w| {
-                let args = w.slice_args("slice0").into_iter().map(|a| a.replace("cores-percent=50", "cores-percent=500")).collect();
-                (args, w.state_json("c"))
-            }, "cores_percent"),
+            (
+                "state without a bundle",
+                |w| (w.slice_args("slice0"), r#"{"id":"c","status":"creating"}"#.into()),
+                "has no bundle",
+            ),
+            (
+                "missing bundle",
+                |w| (w.slice_args("slice0"), w.state_json("c").replace("/bundle", "/gone")),
+                "config.json",
+            ),
+            (
+                "GPU gone",
+                |w| {
+                    let args =
+                        w.slice_args("slice0").into_iter().map(|a| a.replace("-0000-4e2a", "-0009-4e2a")).collect();
+                    (args, w.state_json("c"))
+                },
+                "which is not present on this node",
+            ),
+            (
+                "no driver",
+                |w| {
+                    fs::remove_file(w.driver.join("etc/ld.so.cache")).unwrap();
+                    (w.slice_args("slice0"), w.state_json("c"))
+                },
+                "no usable NVIDIA driver",
+            ),
+            (
+                "no shim",
+                |w| {
+                    fs::remove_file(&w.shim).unwrap();
+                    (w.slice_args("slice0"), w.state_json("c"))
+                },
+                "interception library",
+            ),
+            (
+                "preload is a directory",
+                |w| {
+                    fs::remove_file(w.inside("/etc/ld.so.preload")).unwrap();
+                    fs::create_dir(w.inside("/etc/ld.so.preload")).unwrap();
+                    (w.slice_args("slice0"), w.state_json("c"))
+                },
+                "ld.so.preload",
+            ),
+            (
+                "bad limits",
+                |w| {
+                    let args = w
+                        .slice_args("slice0")
+                        .into_iter()
+                        .map(|a| a.replace("cores-percent=50", "cores-percent=500"))
+                        .collect();
+                    (args, w.state_json("c"))
+                },
+                "cores_percent",
+            ),
         ];
         for (what, setup, expected) in cases {
             let w = World::new();

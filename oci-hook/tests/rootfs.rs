@@ -6,7 +6,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 
@@ -15,7 +14,6 @@ use gpuslice_hook::rootfs::{Error, Rootfs};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::Mode;
 
 const HOST_PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n";
@@ -109,12 +107,12 @@ fn absolute_symlinked_etc_resolves_inside_rootfs() {
     let before = tree.host_snapshot();
     let rootfs = tree.open();
 
-    // The link dangles inside the rootfs: refused, not followed to the host.
+    // The link dangles inside the rootfs: a file cannot be written into it, and a directory
+    // made through it is made at the link's target inside the rootfs, never on the host.
     let err = rootfs.write_file("/etc/ld.so.preload", b"/evil.so\n", mode(0o644)).unwrap_err();
     assert_eq!(errno_of(&err), Some(Errno::ENOENT), "{err}");
-    let err = rootfs.mkdir_all("/etc/gpuslice", mode(0o755)).unwrap_err();
-    assert_eq!(errno_of(&err), Some(Errno::ENOENT), "{err}");
-    assert!(rootfs.create_file("/etc/gpuslice/limits", mode(0o644)).is_err());
+    rootfs.mkdir_all("/etc/gpuslice", mode(0o755)).unwrap();
+    assert!(tree.inside(&tree.host).join("gpuslice").is_dir());
     assert_eq!(rootfs.read_file("/etc/passwd", 4096).unwrap(), None, "host passwd read through the link");
     assert_eq!(tree.host_snapshot(), before);
 
@@ -141,7 +139,8 @@ fn relative_dotdot_escape_is_clamped_at_rootfs() {
     let rootfs = tree.open();
 
     assert!(rootfs.write_file("/etc/ld.so.preload", b"/evil.so\n", mode(0o644)).is_err());
-    assert!(rootfs.mkdir_all("/etc/gpuslice", mode(0o755)).is_err());
+    rootfs.mkdir_all("/etc/gpuslice", mode(0o755)).unwrap();
+    assert!(tree.inside(&tree.host).join("gpuslice").is_dir(), "the link's target, clamped at the rootfs");
     assert_eq!(rootfs.read_file("/etc/passwd", 4096).unwrap(), None);
     // `..` in the requested path itself is clamped too.
     let dotdot = Path::new("/").join(tree.escape(2, &tree.host)).join("planted");
@@ -181,13 +180,16 @@ fn magic_links_are_refused() {
     // Ordinary symlinks still work there.
     rootfs.resolve("/proc/self", OFlag::O_PATH | OFlag::O_DIRECTORY).unwrap();
 
-    // In a rootfs without a /proc, `/run -> /proc/self/root` dangles and nothing is created.
+    // In a rootfs without a /proc, `/run -> /proc/self/root` is a plain link that dangles:
+    // what is made through it is made at `<rootfs>/proc/self/root`, not in the host's root.
     let tree = Tree::new();
     symlink("/proc/self/root", tree.rootfs.join("run")).unwrap();
     let rootfs = tree.open();
     let dir = unique("run");
-    assert!(rootfs.mkdir_all(format!("/run/{dir}"), mode(0o755)).is_err());
-    assert!(rootfs.create_file(format!("/run/{dir}.file"), mode(0o644)).is_err());
+    rootfs.mkdir_all(format!("/run/{dir}"), mode(0o755)).unwrap();
+    rootfs.create_file(format!("/run/{dir}.file"), mode(0o644)).unwrap();
+    assert!(tree.rootfs.join("proc/self/root").join(&dir).is_dir());
+    assert!(tree.rootfs.join("proc/self/root").join(format!("{dir}.file")).is_file());
     assert!(!Path::new("/").join(&dir).exists());
     assert!(!Path::new("/").join(format!("{dir}.file")).exists());
 }
@@ -367,8 +369,10 @@ fn bind_mount_through_hostile_symlinks_stays_in_rootfs() {
         assert_eq!(fs::read_to_string(tree.rootfs.join(&file)).unwrap(), "shim");
         assert!(!Path::new("/").join(&file).exists(), "mount point created in the host's /");
 
-        let err = rootfs.bind_mount(&tree.base.join("hostetc/sub"), "/etc/gpuslice", true).unwrap_err();
-        assert_eq!(errno_of(&err), Some(Errno::ENOENT), "{err}");
+        // `/etc` leads to the host decoy's path, which exists only on the host: the mount
+        // point is made at that path inside the rootfs.
+        rootfs.bind_mount(&tree.base.join("hostetc/sub"), "/etc/gpuslice", true).unwrap();
+        let etc_mount = tree.inside(&tree.host).join("gpuslice");
 
         // /proc is a real procfs here, so /run is a magic link: refused outright.
         let err = rootfs.resolve("/run", OFlag::O_PATH).unwrap_err();
@@ -380,6 +384,6 @@ fn bind_mount_through_hostile_symlinks_stays_in_rootfs() {
 
         assert_eq!(tree.host_snapshot(), before_host);
         let new_mounts: Vec<_> = mount_points().into_iter().filter(|m| !before_mounts.contains(m)).collect();
-        assert_eq!(new_mounts, [tree.rootfs.join(&file)], "mounts outside the rootfs");
+        assert_eq!(new_mounts, [tree.rootfs.join(&file), etc_mount], "mounts outside the rootfs");
     });
 }

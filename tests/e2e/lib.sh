@@ -23,6 +23,9 @@ E2E_MIN_DOCKER=26
 
 E2E_GENERATOR=${E2E_GENERATOR:-$REPO_ROOT/target/release/gpuslice-cdi}
 E2E_FAKEGPU_LIB=${E2E_FAKEGPU_LIB:-$REPO_ROOT/target/release/libfakegpu.so}
+# The statically linked hook (`make hook`) and the interception library.
+E2E_HOOK=${E2E_HOOK:-$REPO_ROOT/target/x86_64-unknown-linux-gnu/release/gpuslice-hook}
+E2E_SHIM=${E2E_SHIM:-$REPO_ROOT/target/release/libgpuslice.so}
 
 # ---------------------------------------------------------------------------------------------
 # Logging and polling
