@@ -4,6 +4,8 @@
 #   make test       every test tier that can run on this machine (see README "Testing")
 #   make check      formatting, clippy with warnings as errors, then `make test`
 #   make bench      the interception library's overhead, as ratios against the bare driver
+#   make demo       without a GPU: a simulated two-GPU node, real containers on a slice (root;
+#                   DEMO_ARGS="--engine podman", "--keep DIR", "--install": scripts/demo.sh --help)
 
 CARGO ?= cargo
 SHELL := /bin/bash
@@ -14,7 +16,7 @@ SHELL := /bin/bash
 HOOK_TARGET := x86_64-unknown-linux-gnu
 HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
 
-.PHONY: all build release hook test unit e2e gpu bench check fmt clippy clean
+.PHONY: all build release hook test unit e2e gpu bench demo check fmt clippy clean
 
 all: release
 
@@ -45,6 +47,12 @@ gpu:
 bench:
 	$(CARGO) build --release --workspace
 	$(CARGO) bench -p gpuslice-shim --bench shim
+
+# The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
+# slice; exits non-zero when a step does not show what it should.
+DEMO_ARGS ?=
+demo: release
+	bash scripts/demo.sh $(DEMO_ARGS)
 
 test: unit e2e gpu
 

@@ -18,6 +18,7 @@ E2E_RUN_DIR=/run/gpuslice-e2e
 E2E_DOCKER_CDI_DIR=$E2E_RUN_DIR/cdi
 # podman gets its own storage so the tests never touch /var/lib/containers.
 E2E_PODMAN_ROOT=$E2E_STATE_DIR/podman
+E2E_PODMAN_RUNROOT=$E2E_RUN_DIR/podman
 E2E_DOCKER_IMAGE=gpuslice-e2e/busybox:latest
 E2E_MIN_DOCKER=26
 
@@ -317,10 +318,17 @@ e2e_podman() {
     CONTAINERS_CONF=$E2E_DIR/fixtures/containers.conf unshare --mount --propagation private -- \
         bash -c '{ [ ! -d /etc/cdi ] || mount --bind "$1" /etc/cdi; } && mount --bind "$2" /run/cdi && shift 2 && exec "$@"' \
         e2e-podman "$empty" "$specdir" \
-        podman --root "$E2E_PODMAN_ROOT/root" --runroot "$E2E_RUN_DIR/podman" --storage-driver vfs "$@"
+        podman --root "$E2E_PODMAN_ROOT/root" --runroot "$E2E_PODMAN_RUNROOT" --storage-driver vfs "$@"
 }
 
 E2E_ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
+
+# podman_annotations: whether this podman loads CDI 0.6.0 specs (annotations); 4.3 does not.
+podman_annotations() {
+    local v
+    v=$(podman version --format '{{.Client.Version}}' 2>/dev/null) || v=0
+    if [[ $(printf '%s\n' "$v" 4.7.0 | sort -V | head -n1) == 4.7.0 ]]; then echo true; else echo false; fi
+}
 
 # What the slice checks run inside the container: every NVIDIA node with type and numbers,
 # then the slice name. One line per node: "<path> <type> <major>:<minor>" (decimal).

@@ -55,10 +55,3 @@ test_docker_generated_spec() {
     out=$(docker_slice "$image" gpuslice.dev/vgpu=slice2)
     assert_slice_view "$out" slice2 1
 }
-
-# podman_annotations: whether this podman loads CDI 0.6.0 specs (annotations); 4.3 does not.
-podman_annotations() {
-    local v
-    v=$(podman version --format '{{.Client.Version}}' 2>/dev/null) || v=0
-    if [[ $(printf '%s\n' "$v" 4.7.0 | sort -V | head -n1) == 4.7.0 ]]; then echo true; else echo false; fi
-}
