@@ -68,6 +68,8 @@ pub const HEADER_SIZE: usize = 4096;
 pub const SLOT_COUNT: usize = 1024;
 /// Size of the whole file.
 pub const REGION_SIZE: usize = HEADER_SIZE + SLOT_COUNT * size_of::<Slot>();
+/// Where the compute block starts, inside the header's bytes.
+pub const COMPUTE_OFFSET: usize = 512;
 /// Where the container table starts, inside the header's bytes.
 pub const CONTAINER_TABLE_OFFSET: usize = 1024;
 /// Containers the table records at once; beyond that the oldest record is reused.
@@ -131,9 +133,33 @@ pub struct ContainerRecord {
     pub id_text: [AtomicU8; CONTAINER_ID_TEXT],
 }
 
+/// The slice's compute accounting, shared by every process on it (the pacing in the
+/// interception library). All times are `CLOCK_MONOTONIC` nanoseconds, which every process
+/// and container on the machine shares.
+///
+/// Pacing is a virtual clock (the generic cell rate algorithm): charging `g` ns of GPU time at
+/// a share of `p` % moves `virtual_ns` to `max(virtual_ns, now - burst) + g × 100 / p`, and
+/// work may start while `virtual_ns` is not ahead of now. Over any window the slice's GPU
+/// time is then at most `p` % of the window plus one burst. One compare-and-swap per charge;
+/// a process killed at any point leaves a valid value behind.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Compute {
+    /// The pacing clock: how far the slice's charged GPU time, spread at its share, reaches.
+    pub virtual_ns: AtomicU64,
+    /// GPU time charged by the slice's processes since the region was created.
+    pub gpu_ns_total: AtomicU64,
+    /// Time the slice's processes spent held back by pacing.
+    pub held_ns_total: AtomicU64,
+    /// When GPU time was last charged (a heartbeat of activity).
+    pub last_charge_ns: AtomicU64,
+    _reserved: [u64; 4],
+}
+
 const _: () = assert!(size_of::<Slot>() == 64);
 const _: () = assert!(size_of::<ContainerRecord>() == 64);
-const _: () = assert!(size_of::<Header>() <= CONTAINER_TABLE_OFFSET);
+const _: () = assert!(size_of::<Header>() <= COMPUTE_OFFSET);
+const _: () = assert!(COMPUTE_OFFSET + size_of::<Compute>() <= CONTAINER_TABLE_OFFSET);
 const _: () = assert!(CONTAINER_TABLE_OFFSET + CONTAINER_COUNT * size_of::<ContainerRecord>() <= HEADER_SIZE);
 
 /// Why a region cannot be used.
@@ -419,6 +445,32 @@ impl Region {
 
     fn corrupt(&self, reason: impl Into<String>) -> RegionError {
         RegionError::Corrupt { path: self.path.clone(), reason: reason.into() }
+    }
+
+    /// The slice's compute block (see [`Compute`]).
+    pub fn compute(&self) -> &Compute {
+        // SAFETY: the mapping is REGION_SIZE bytes (checked at open) and COMPUTE_OFFSET +
+        // size_of::<Compute>() is within the header (asserted above); the offset is 8-aligned
+        // and every field is an atomic, valid for any bit pattern.
+        unsafe { &*self.base.add(COMPUTE_OFFSET).cast::<Compute>() }
+    }
+
+    /// Charges `gpu_ns` of GPU time at a share of `percent` (1–100) and returns the pacing
+    /// clock's new value. Idle time earns credit for at most `burst_ns`.
+    pub fn charge_gpu_time(&self, gpu_ns: u64, percent: u32, burst_ns: u64, now_ns: u64) -> u64 {
+        let c = self.compute();
+        let cost = gpu_ns.saturating_mul(100) / u64::from(percent.clamp(1, 100));
+        c.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
+        c.last_charge_ns.fetch_max(now_ns, Ordering::Relaxed);
+        let update = |v: u64| Some(v.max(now_ns.saturating_sub(burst_ns)).saturating_add(cost));
+        let old = c.virtual_ns.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).unwrap_or_default();
+        update(old).unwrap_or_default()
+    }
+
+    /// How long work must wait before it may start at `now_ns`: how far the pacing clock is
+    /// ahead of now (zero when it is not).
+    pub fn pacing_delay(&self, now_ns: u64) -> u64 {
+        self.compute().virtual_ns.load(Ordering::Acquire).saturating_sub(now_ns)
     }
 
     fn header(&self) -> &Header {

@@ -145,8 +145,33 @@ api! {
         cuLaunchKernel_ptsz(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
                             params: *mut *mut c_void, extra: *mut *mut c_void)
             => crate::launch::launch_kernel_ptsz, "cuLaunchKernel" @ 7000, true;
+        cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void)
+            => crate::launch::launch_kernel_ex, "cuLaunchKernelEx" @ 11060, false;
+        cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void)
+            => crate::launch::launch_kernel_ex_ptsz, "cuLaunchKernelEx" @ 11060, true;
+        cuLaunchCooperativeKernel(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32,
+                                  stream: CUstream, params: *mut *mut c_void)
+            => crate::launch::launch_cooperative_kernel, "cuLaunchCooperativeKernel" @ 9000, false;
+        cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32,
+                                       stream: CUstream, params: *mut *mut c_void)
+            => crate::launch::launch_cooperative_kernel_ptsz, "cuLaunchCooperativeKernel" @ 9000, true;
+        cuLaunchCooperativeKernelMultiDevice(list: *mut CUDA_LAUNCH_PARAMS, n: u32, flags: u32)
+            => crate::launch::launch_cooperative_kernel_multi_device, "cuLaunchCooperativeKernelMultiDevice" @ 9000, false;
+        cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => crate::launch::graph_launch, "cuGraphLaunch" @ 10000, false;
+        cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream)
+            => crate::launch::graph_launch_ptsz, "cuGraphLaunch" @ 10000, true;
+        cuStreamSynchronize(stream: CUstream) => crate::launch::stream_synchronize, "cuStreamSynchronize" @ 2000, false;
+        cuStreamSynchronize_ptsz(stream: CUstream)
+            => crate::launch::stream_synchronize_ptsz, "cuStreamSynchronize" @ 7000, true;
+        cuCtxSynchronize() => crate::launch::ctx_synchronize, "cuCtxSynchronize" @ 2000, false;
     }
     helpers {
+        cuCtxGetCurrent(*mut CUcontext);
+        cuEventCreate(*mut CUevent, u32);
+        cuEventRecord(CUevent, CUstream);
+        cuEventQuery(CUevent);
+        cuEventSynchronize(CUevent);
+        cuEventElapsedTime(*mut f32, CUevent, CUevent);
         cuCtxGetDevice(*mut CUdevice);
         cuDeviceGetUuid(*mut CUuuid, CUdevice);
         cuDeviceGetUuid_v2(*mut CUuuid, CUdevice);

@@ -14,6 +14,8 @@ pub type CUmemoryPool = *mut c_void;
 pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
 pub type CUfunction = *mut c_void;
+pub type CUevent = *mut c_void;
+pub type CUgraphExec = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
 pub type cuuint64_t = u64;
 
@@ -22,9 +24,13 @@ pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
 pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+pub const CUDA_ERROR_NOT_READY: CUresult = 600;
 pub const CUDA_ERROR_NOT_PERMITTED: CUresult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
+
+/// The per-thread default stream as a handle, usable with the non-`_ptsz` entry points.
+pub const CU_STREAM_PER_THREAD: CUstream = 0x2 as CUstream;
 
 /// `cuGetProcAddress` flag asking for per-thread default stream variants.
 pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: u64 = 1 << 1;
@@ -77,6 +83,42 @@ pub struct CUDA_ARRAY3D_DESCRIPTOR {
     pub Flags: u32,
 }
 
+/// `CUlaunchConfig` (`cuLaunchKernelEx`): the shim reads `hStream`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUlaunchConfig {
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub hStream: CUstream,
+    pub attrs: *mut c_void,
+    pub numAttrs: u32,
+}
+
+/// `CUDA_LAUNCH_PARAMS` (`cuLaunchCooperativeKernelMultiDevice`): the shim reads `hStream`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_LAUNCH_PARAMS {
+    pub function: CUfunction,
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub hStream: CUstream,
+    pub kernelParams: *mut *mut c_void,
+}
+
+const _: () = assert!(size_of::<CUlaunchConfig>() == 56);
+const _: () = assert!(std::mem::offset_of!(CUlaunchConfig, hStream) == 32);
+const _: () = assert!(size_of::<CUDA_LAUNCH_PARAMS>() == 56);
+const _: () = assert!(std::mem::offset_of!(CUDA_LAUNCH_PARAMS, hStream) == 40);
 const _: () = assert!(size_of::<CUmemAllocationProp>() == 32);
 const _: () = assert!(size_of::<CUDA_ARRAY_DESCRIPTOR>() == 24);
 const _: () = assert!(size_of::<CUDA_ARRAY3D_DESCRIPTOR>() == 40);

@@ -1,14 +1,19 @@
-//! Kernel launches. Without a compute limit they go straight to the driver: these wrappers
-//! are where SM pacing hooks in, and their cost when idle is measured by `benches/shim.rs`.
+//! Kernel launches and synchronisation: every launch path goes through [`crate::pacing`],
+//! which paces it to the slice's compute share (or passes it straight through outside a
+//! paced slice); synchronisations tell the pacing when a stream's work ended.
 
 use std::ffi::c_void;
 
 use crate::driver::cuda;
 use crate::ffi::*;
+use crate::pacing;
+
+/// Devices a multi-device launch can name (more is refused by the driver anyway).
+const MAX_MULTI_DEVICE: u32 = 64;
 
 /// `cuLaunchKernel` and its per-thread-stream twin share one signature and one body.
-macro_rules! launch {
-    ($($imp:ident => $real:ident),* $(,)?) => {$(
+macro_rules! launch_kernel {
+    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
         /// # Safety
         #[doc = concat!("`", stringify!($real), "`'s contract.")]
         #[allow(clippy::too_many_arguments)]
@@ -27,9 +32,124 @@ macro_rules! launch {
         ) -> CUresult {
             let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
             // SAFETY: forwarded unchanged.
-            unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) }
+            pacing::launch(stream, $pt, || unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) })
         }
     )*};
 }
 
-launch!(launch_kernel => cuLaunchKernel, launch_kernel_ptsz => cuLaunchKernel_ptsz);
+launch_kernel!(launch_kernel => cuLaunchKernel, false, launch_kernel_ptsz => cuLaunchKernel_ptsz, true);
+
+macro_rules! launch_cooperative {
+    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
+        /// # Safety
+        #[doc = concat!("`", stringify!($real), "`'s contract.")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $imp(
+            f: CUfunction,
+            gx: u32,
+            gy: u32,
+            gz: u32,
+            bx: u32,
+            by: u32,
+            bz: u32,
+            shared: u32,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            // SAFETY: forwarded unchanged.
+            pacing::launch(stream, $pt, || unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params) })
+        }
+    )*};
+}
+
+launch_cooperative!(
+    launch_cooperative_kernel => cuLaunchCooperativeKernel, false,
+    launch_cooperative_kernel_ptsz => cuLaunchCooperativeKernel_ptsz, true,
+);
+
+macro_rules! launch_kernel_ex {
+    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
+        /// # Safety
+        #[doc = concat!("`", stringify!($real), "`'s contract.")]
+        pub unsafe fn $imp(
+            config: *const CUlaunchConfig,
+            f: CUfunction,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            if config.is_null() {
+                // SAFETY: forwarded unchanged; the driver rejects it.
+                return unsafe { real(config, f, params, extra) };
+            }
+            // SAFETY: a non-null config points at a CUlaunchConfig per the contract.
+            let stream = unsafe { (*config).hStream };
+            // SAFETY: forwarded unchanged.
+            pacing::launch(stream, $pt, || unsafe { real(config, f, params, extra) })
+        }
+    )*};
+}
+
+launch_kernel_ex!(launch_kernel_ex => cuLaunchKernelEx, false, launch_kernel_ex_ptsz => cuLaunchKernelEx_ptsz, true);
+
+macro_rules! graph_launch {
+    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
+        /// # Safety
+        #[doc = concat!("`", stringify!($real), "`'s contract.")]
+        pub unsafe fn $imp(exec: CUgraphExec, stream: CUstream) -> CUresult {
+            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            // SAFETY: forwarded unchanged.
+            pacing::launch(stream, $pt, || unsafe { real(exec, stream) })
+        }
+    )*};
+}
+
+graph_launch!(graph_launch => cuGraphLaunch, false, graph_launch_ptsz => cuGraphLaunch_ptsz, true);
+
+/// # Safety
+/// `cuLaunchCooperativeKernelMultiDevice`'s contract.
+pub unsafe fn launch_cooperative_kernel_multi_device(list: *mut CUDA_LAUNCH_PARAMS, n: u32, flags: u32) -> CUresult {
+    let Some(real) = cuda().cuLaunchCooperativeKernelMultiDevice else { return CUDA_ERROR_NOT_SUPPORTED };
+    if list.is_null() || n == 0 || n > MAX_MULTI_DEVICE {
+        // SAFETY: forwarded unchanged; the driver judges it.
+        return unsafe { real(list, n, flags) };
+    }
+    // SAFETY: `list` holds `n` launch parameter blocks per the contract.
+    let streams: Vec<CUstream> = (0..n as usize).map(|i| unsafe { (*list.add(i)).hStream }).collect();
+    // SAFETY: forwarded unchanged.
+    pacing::launch_many(&streams, || unsafe { real(list, n, flags) })
+}
+
+macro_rules! stream_synchronize {
+    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
+        /// # Safety
+        #[doc = concat!("`", stringify!($real), "`'s contract.")]
+        pub unsafe fn $imp(stream: CUstream) -> CUresult {
+            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            // SAFETY: forwarded unchanged.
+            let r = unsafe { real(stream) };
+            if r == CUDA_SUCCESS {
+                pacing::synchronized(Some(stream), $pt);
+            }
+            r
+        }
+    )*};
+}
+
+stream_synchronize!(
+    stream_synchronize => cuStreamSynchronize, false,
+    stream_synchronize_ptsz => cuStreamSynchronize_ptsz, true,
+);
+
+/// # Safety
+/// `cuCtxSynchronize`'s contract.
+pub unsafe fn ctx_synchronize() -> CUresult {
+    let Some(real) = cuda().cuCtxSynchronize else { return CUDA_ERROR_NOT_SUPPORTED };
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real() };
+    if r == CUDA_SUCCESS {
+        pacing::synchronized(None, false);
+    }
+    r
+}

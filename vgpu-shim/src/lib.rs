@@ -30,5 +30,6 @@ pub mod launch;
 pub mod log;
 pub mod memory;
 pub mod nvml;
+pub mod pacing;
 pub mod procaddr;
 pub mod state;

@@ -10,7 +10,7 @@
 //! copy of the parent's locks and descriptors must not be used) starts afresh.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use gpuslice_core::config::Mode;
@@ -76,6 +76,8 @@ pub struct Slice {
     /// `GPUSLICE_MEMORY_LIMIT`: may only lower the limit.
     env_cap: Option<u64>,
     limit: AtomicU64,
+    /// The slice's compute share in percent (100: not paced).
+    cores: AtomicU32,
     generation: AtomicU64,
     next_check_ns: AtomicU64,
     joined: OnceLock<Result<Joined, String>>,
@@ -91,6 +93,7 @@ impl Slice {
             region_path,
             env_cap,
             limit: AtomicU64::new(0),
+            cores: AtomicU32::new(limits.cores_percent),
             generation: AtomicU64::new(limits.generation),
             next_check_ns: AtomicU64::new(now_ns() + RECHECK_NS),
             joined: OnceLock::new(),
@@ -117,6 +120,12 @@ impl Slice {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// The compute share in percent, re-reading the limits file as [`Slice::limit`] does.
+    pub fn cores(&self) -> u32 {
+        self.limit();
+        self.cores.load(Ordering::Relaxed)
+    }
+
     fn reload(&self) {
         match read_trusted(&self.limits_path) {
             Ok(Some(l)) if l.generation != self.generation.load(Ordering::Relaxed) && l.slice == self.name => {
@@ -129,6 +138,7 @@ impl Slice {
                     l.generation
                 );
                 self.limit.store(limit, Ordering::Relaxed);
+                self.cores.store(l.cores_percent, Ordering::Relaxed);
                 self.generation.store(l.generation, Ordering::Relaxed);
             }
             Ok(_) => {}

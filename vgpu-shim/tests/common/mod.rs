@@ -145,7 +145,12 @@ impl Node {
 
     /// Adds a slice of `memory` bytes on GPU `uuid` (index `index`), as `gpuslice-cdi` would.
     pub fn slice(&mut self, name: &str, uuid: &str, index: u32, memory: u64) -> &mut Self {
-        self.write_limits(name, uuid, index, memory);
+        self.slice_cores(name, uuid, index, memory, 100)
+    }
+
+    /// A slice with a compute share of `cores` percent.
+    pub fn slice_cores(&mut self, name: &str, uuid: &str, index: u32, memory: u64, cores: u32) -> &mut Self {
+        self.write_limits_cores(name, uuid, index, memory, cores);
         Region::create(&region_path(&self.host(), name)).unwrap();
         std::fs::create_dir_all(slice_dir(&self.view(), name)).unwrap();
         self.slices.push(name.to_owned());
@@ -153,13 +158,18 @@ impl Node {
     }
 
     pub fn write_limits(&self, name: &str, uuid: &str, index: u32, memory: u64) -> Limits {
+        self.write_limits_cores(name, uuid, index, memory, 100)
+    }
+
+    /// As [`Node::write_limits`], with a compute share of `cores` percent.
+    pub fn write_limits_cores(&self, name: &str, uuid: &str, index: u32, memory: u64, cores: u32) -> Limits {
         Limits {
             slice: name.to_owned(),
             mode: Mode::Shim,
             gpu_uuid: uuid.to_owned(),
             gpu_index: index,
             memory_bytes: memory,
-            cores_percent: 100,
+            cores_percent: cores,
             generation: 1,
         }
         .store(&self.host())

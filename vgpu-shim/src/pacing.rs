@@ -1,0 +1,365 @@
+//! Compute slicing: kernel launches paced so that a slice with `cores = N` gets N % of its
+//! GPU's time, shared by all of its processes. The design and its trade-offs are in
+//! `docs/pacing.md`; in short:
+//!
+//! - **Measuring** without host PIDs: each thread brackets its launches in *windows*, a pair of
+//!   events per window on the launch's stream (a start event before the window's first launch,
+//!   an end event when the window closes). The time between the two is the GPU time the window's
+//!   work took. A window closes after [`WINDOW_LAUNCHES`] launches, after [`WINDOW_NS`], when
+//!   the thread launches on another stream, and when the thread synchronises (then the end
+//!   event is exactly the end of the work).
+//! - **Charging**: a window's GPU time is charged to the slice's pacing clock in the region
+//!   ([`Region::charge_gpu_time`]) once its end event has completed.
+//! - **Holding back**: before a window opens, the thread waits while the slice's pacing clock
+//!   is ahead of now. Windows not yet measured are bounded ([`MAX_PENDING_WINDOWS`]), so the
+//!   work a slice can queue beyond its share is bounded too.
+//!
+//! The fast path (inside a window) is a thread-local counter, a stream compare and a coarse
+//! clock read; everything else happens once per window.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ptr::null_mut;
+
+use gpuslice_core::region::Region;
+
+use crate::driver::cuda;
+use crate::ffi::*;
+use crate::log::log;
+use crate::state::{now_ns, state};
+
+/// A window closes after this many launches…
+pub const WINDOW_LAUNCHES: u32 = 16;
+/// … or this long after it opened.
+pub const WINDOW_NS: u64 = 2_000_000;
+/// Windows of one thread whose end has not been measured yet; one more waits for the oldest.
+pub const MAX_PENDING_WINDOWS: usize = 4;
+/// Idle time earns a slice at most this much GPU time at full speed.
+pub const BURST_NS: u64 = 50_000_000;
+/// Longest single sleep while held back; the clock is read again after it.
+const MAX_SLEEP_NS: u64 = 10_000_000;
+/// A pacing clock further ahead than this is not believed (a scribbled region): reset to now.
+const MAX_AHEAD_NS: u64 = 120_000_000_000;
+/// Launches between re-checks of a thread that is not paced (its slice may get a share).
+const UNPACED_LAUNCHES: u32 = 1 << 20;
+
+/// The fast path's state: launches left in the current window, its stream, its deadline on
+/// the coarse clock.
+struct Fast {
+    left: Cell<u32>,
+    stream: Cell<CUstream>,
+    deadline: Cell<u64>,
+    unpaced: Cell<bool>,
+    /// The coarse clock at the last launch inside the window.
+    last: Cell<u64>,
+}
+
+thread_local! {
+    static FAST: Fast = const {
+        Fast {
+            left: Cell::new(0),
+            stream: Cell::new(null_mut()),
+            deadline: Cell::new(0),
+            unpaced: Cell::new(false),
+            last: Cell::new(0),
+        }
+    };
+    static WINDOWS: RefCell<Windows> = RefCell::new(Windows::default());
+}
+
+/// One window of launches on one stream.
+#[derive(Debug)]
+struct Window {
+    stream: CUstream,
+    start: CUevent,
+    end: CUevent,
+    /// Opened, and last launched into, on the precise clock.
+    opened_ns: u64,
+    last_launch_ns: u64,
+    /// The stream was idle when the window was closed by a later launch (not by a
+    /// synchronisation), so its end event may mark that launch rather than the end of the work.
+    closed_idle_late: bool,
+}
+
+/// A thread's windows.
+#[derive(Debug, Default)]
+struct Windows {
+    ctx: usize,
+    slice: Option<usize>,
+    open: Option<Window>,
+    pending: VecDeque<Window>,
+    /// Spare events of `ctx`.
+    pool: Vec<CUevent>,
+}
+
+/// Runs a launch on `stream`, paced. `per_thread` says whether the entry point was a `_ptsz`
+/// one (then the null stream is the per-thread default stream).
+#[inline]
+pub fn launch(stream: CUstream, per_thread: bool, f: impl FnOnce() -> CUresult) -> CUresult {
+    let stream = if per_thread && stream.is_null() { CU_STREAM_PER_THREAD } else { stream };
+    let fast = FAST.with(|fast| {
+        let left = fast.left.get();
+        if left <= 1 {
+            return false;
+        }
+        if fast.unpaced.get() {
+            fast.left.set(left - 1);
+            return true;
+        }
+        let now = now_ns();
+        if fast.stream.get() == stream && now < fast.deadline.get() {
+            fast.left.set(left - 1);
+            fast.last.set(now);
+            return true;
+        }
+        false
+    });
+    if fast {
+        return f();
+    }
+    slow(&[stream], f)
+}
+
+/// A launch onto several streams at once (`cuLaunchCooperativeKernelMultiDevice`): each is
+/// paced as if launched on its own, in the calling thread's current context.
+pub fn launch_many(streams: &[CUstream], f: impl FnOnce() -> CUresult) -> CUresult {
+    slow(streams, f)
+}
+
+fn slow(streams: &[CUstream], f: impl FnOnce() -> CUresult) -> CUresult {
+    let stream = streams.first().copied().unwrap_or(null_mut());
+    let paced = WINDOWS.try_with(|w| match w.try_borrow_mut() {
+        Ok(mut w) => w.before_launch(streams),
+        Err(_) => false,
+    });
+    let result = f();
+    let paced = paced.unwrap_or(false) && result == CUDA_SUCCESS;
+    FAST.with(|fast| {
+        fast.stream.set(stream);
+        if paced {
+            fast.unpaced.set(false);
+            fast.left.set(WINDOW_LAUNCHES);
+            fast.deadline.set(now_ns().saturating_add(WINDOW_NS));
+        } else {
+            fast.unpaced.set(true);
+            fast.left.set(UNPACED_LAUNCHES);
+        }
+    });
+    result
+}
+
+/// Called after a synchronisation on `stream` (or the whole context, `None`) returned: the
+/// thread's open window there ends now, exactly.
+pub fn synchronized(stream: Option<CUstream>, per_thread: bool) {
+    let stream = stream.map(|s| if per_thread && s.is_null() { CU_STREAM_PER_THREAD } else { s });
+    let _ = WINDOWS.try_with(|w| {
+        if let Ok(mut w) = w.try_borrow_mut() {
+            w.after_sync(stream);
+        }
+    });
+    // The next launch opens a new window.
+    FAST.with(|fast| {
+        if !fast.unpaced.get() {
+            fast.left.set(0);
+        }
+    });
+}
+
+/// The slice of the current context's device, when it is paced.
+fn paced_slice() -> Option<(usize, usize)> {
+    let st = state();
+    if st.slices.is_empty() {
+        return None;
+    }
+    let api = cuda();
+    let mut ctx: CUcontext = null_mut();
+    let mut dev: CUdevice = 0;
+    // SAFETY: out pointers to locals.
+    unsafe {
+        if api.cuCtxGetCurrent.map(|f| f(&mut ctx))? != CUDA_SUCCESS || ctx.is_null() {
+            return None;
+        }
+        if api.cuCtxGetDevice.map(|f| f(&mut dev))? != CUDA_SUCCESS {
+            return None;
+        }
+    }
+    let index = st.slice_for_device(dev)?;
+    (st.slices[index].cores() < 100).then_some((ctx as usize, index))
+}
+
+/// The precise monotonic clock (the coarse one steps in ticks of several milliseconds).
+fn precise_ns() -> u64 {
+    // SAFETY: timespec is plain data; CLOCK_MONOTONIC is always available on Linux.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Windows {
+    /// Everything that happens once per window, before the launch that opens it. Returns
+    /// whether the launch is paced.
+    fn before_launch(&mut self, streams: &[CUstream]) -> bool {
+        let Some((ctx, slice)) = paced_slice() else {
+            log!(Debug, "launch not paced");
+            self.open = None;
+            return false;
+        };
+        if ctx != self.ctx || Some(slice) != self.slice {
+            // Events belong to a context: start over in this one (the old ones are left to it).
+            *self = Windows { ctx, slice: Some(slice), ..Windows::default() };
+        }
+        let now = precise_ns();
+        self.close_open(now, false);
+        self.harvest(false);
+        while self.pending.len() >= MAX_PENDING_WINDOWS {
+            self.harvest(true);
+        }
+        self.hold_back();
+        for &stream in streams {
+            self.open_window(stream);
+        }
+        true
+    }
+
+    fn after_sync(&mut self, stream: Option<CUstream>) {
+        let Some(open) = &self.open else { return };
+        if stream.is_none_or(|s| s == open.stream) {
+            self.close_open(precise_ns(), true);
+            self.harvest(false);
+        }
+    }
+
+    fn region(&self) -> Option<&'static Region> {
+        let slice = &state().slices[self.slice?];
+        slice.join().ok().map(|j| &j.region)
+    }
+
+    fn event(&mut self) -> Option<CUevent> {
+        if let Some(e) = self.pool.pop() {
+            return Some(e);
+        }
+        let mut e: CUevent = null_mut();
+        // SAFETY: out pointer; flags 0 = default (timing enabled).
+        let r = unsafe { cuda().cuEventCreate?(&mut e, 0) };
+        (r == CUDA_SUCCESS).then_some(e)
+    }
+
+    fn record(event: CUevent, stream: CUstream) -> bool {
+        // SAFETY: an event of the current context, a stream the application just launched on.
+        cuda().cuEventRecord.is_some_and(|f| unsafe { f(event, stream) } == CUDA_SUCCESS)
+    }
+
+    fn open_window(&mut self, stream: CUstream) {
+        let (Some(start), Some(end)) = (self.event(), self.event()) else { return };
+        if !Self::record(start, stream) {
+            self.pool.extend([start, end]);
+            return;
+        }
+        let now = precise_ns();
+        if let Some(old) = self.open.replace(Window {
+            stream,
+            start,
+            end,
+            opened_ns: now,
+            last_launch_ns: now,
+            closed_idle_late: false,
+        }) {
+            // A multi-stream launch opens several; only the last stays open, the others close
+            // right behind their launch.
+            self.pending.push_back(old);
+        }
+    }
+
+    /// Ends the open window with its end event. `by_sync`: the stream was just synchronised.
+    fn close_open(&mut self, now: u64, by_sync: bool) {
+        let Some(mut w) = self.open.take() else { return };
+        w.last_launch_ns = w.last_launch_ns.max(FAST.with(|f| f.last.get()));
+        if !Self::record(w.end, w.stream) {
+            self.pool.extend([w.start, w.end]);
+            return;
+        }
+        if !by_sync {
+            // SAFETY: an event just recorded.
+            let idle = unsafe { cuda().cuEventQuery.map(|f| f(w.end)) } == Some(CUDA_SUCCESS);
+            w.closed_idle_late = idle && now.saturating_sub(w.last_launch_ns) > WINDOW_NS;
+        }
+        self.pending.push_back(w);
+    }
+
+    /// Charges every pending window whose end has completed, oldest first; with `wait`, waits
+    /// for the oldest one first.
+    fn harvest(&mut self, wait: bool) {
+        let api = cuda();
+        let mut wait = wait;
+        while let Some(w) = self.pending.front() {
+            // SAFETY: events of this context, recorded.
+            let done = unsafe {
+                if wait {
+                    api.cuEventSynchronize.map(|f| f(w.end)) == Some(CUDA_SUCCESS)
+                } else {
+                    api.cuEventQuery.map(|f| f(w.end)) == Some(CUDA_SUCCESS)
+                }
+            };
+            if !done {
+                if wait {
+                    // The event cannot be waited for: drop it rather than wait forever.
+                    if let Some(w) = self.pending.pop_front() {
+                        self.pool.extend([w.start, w.end]);
+                    }
+                }
+                break;
+            }
+            wait = false;
+            let Some(w) = self.pending.pop_front() else { break };
+            let mut ms = 0f32;
+            // SAFETY: out pointer; both events recorded and complete.
+            let ok = unsafe { api.cuEventElapsedTime.map(|f| f(&mut ms, w.start, w.end)) } == Some(CUDA_SUCCESS);
+            self.pool.extend([w.start, w.end]);
+            if !ok || !ms.is_finite() || ms <= 0.0 {
+                continue;
+            }
+            let mut gpu_ns = (f64::from(ms) * 1e6) as u64;
+            if w.closed_idle_late {
+                // The work ended some time before the late end event: count at most what was
+                // launched, plus one window.
+                gpu_ns = gpu_ns.min(w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS);
+            }
+            log!(Debug, "window: {gpu_ns} ns of GPU time");
+            self.charge(gpu_ns);
+        }
+    }
+
+    fn charge(&self, gpu_ns: u64) {
+        let (Some(region), Some(slice)) = (self.region(), self.slice) else { return };
+        let cores = state().slices[slice].cores();
+        region.charge_gpu_time(gpu_ns, cores, BURST_NS, precise_ns());
+    }
+
+    /// Waits while the slice's pacing clock is ahead of now.
+    fn hold_back(&self) {
+        let Some(region) = self.region() else { return };
+        let start = precise_ns();
+        let mut now = start;
+        loop {
+            let delay = region.pacing_delay(now);
+            if delay == 0 {
+                break;
+            }
+            if delay > MAX_AHEAD_NS {
+                log!(Warn, "pacing clock {delay} ns ahead: not believed, reset");
+                region.compute().virtual_ns.store(now, std::sync::atomic::Ordering::Release);
+                break;
+            }
+            let nap = delay.min(MAX_SLEEP_NS);
+            let ts = libc::timespec { tv_sec: (nap / 1_000_000_000) as libc::time_t, tv_nsec: (nap % 1_000_000_000) as _ };
+            // SAFETY: valid timespec; a signal cutting the sleep short only shortens the wait.
+            unsafe { libc::nanosleep(&ts, null_mut()) };
+            now = precise_ns();
+        }
+        if now > start {
+            log!(Debug, "held back {} ns", now - start);
+            region.compute().held_ns_total.fetch_add(now - start, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
