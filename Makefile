@@ -3,7 +3,8 @@
 #   make            release build of every binary and library
 #   make test       every test tier that can run on this machine (see README "Testing")
 #   make check      formatting, clippy with warnings as errors, then `make test`
-#   make bench      the interception library's overhead, as ratios against the bare driver
+#   make bench      overhead as ratios against a baseline of the same run: the interception
+#                   library against the bare driver, container start-up with a slice against without
 #   make demo       without a GPU: a simulated two-GPU node, real containers on a slice (root;
 #                   DEMO_ARGS="--engine podman", "--keep DIR", "--install": scripts/demo.sh --help)
 
@@ -43,10 +44,11 @@ gpu:
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory release; fi
 	bash tests/gpu/run.sh
 
-# Overhead of the interception library against the bare driver, as ratios (root).
-bench:
-	$(CARGO) build --release --workspace
+# Overhead of the interception library against the bare driver, then container start-up with
+# a slice against without (Docker with CDI), as ratios (root; each says `skipped: …` otherwise).
+bench: release
 	$(CARGO) bench -p gpuslice-shim --bench shim
+	bash tests/bench/startup.sh
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
 # slice; exits non-zero when a step does not show what it should.
