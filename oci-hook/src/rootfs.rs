@@ -316,7 +316,8 @@ impl Rootfs {
     /// Replaces `path` with a regular file holding `contents` and mode `mode` (exactly: the
     /// umask does not apply). The parent directory must exist. The file is written under a
     /// temporary name in the same directory and renamed over `path`, so a symlink at `path`
-    /// is replaced, never followed, and readers never see a half-written file.
+    /// is replaced, never followed, and readers never see a half-written file. There is no
+    /// `fsync`: what the hook writes into a container is written again at its next start.
     pub fn write_file(&self, path: impl AsRef<Path>, contents: &[u8], mode: Mode) -> Result<()> {
         let path = path.as_ref();
         let (parent_path, name) = split_last(path)?;
@@ -327,7 +328,6 @@ impl Rootfs {
             .map_err(|errno| Error::Create { path: path.to_owned(), errno })?;
         let written = write_all(&file, contents)
             .and_then(|()| fchmod(file.as_fd(), mode))
-            .and_then(|()| nix::unistd::fsync(file.as_fd()))
             .map_err(|errno| Error::Write { path: path.to_owned(), errno })
             .and_then(|()| {
                 renameat(parent.as_fd(), temp.as_os_str(), parent.as_fd(), name)
