@@ -9,6 +9,7 @@
 //! libraries to mount through the driver root's `ld.so.cache` ([`driver_files`]), and gives the
 //! container a loader cache that lists them beside the image's own ([`ld_cache`]).
 
+pub mod board;
 pub mod cdi;
 pub mod config;
 pub mod driver_files;
