@@ -13,6 +13,7 @@
 //! /etc/ld.so.preload                 the shim, then the image's own entries (read-only bind)
 //! /run/gpuslice/slices/<name>/       bind of the slice's host directory (read-only) …
 //!     region                         … with the region bound read-write on top
+//! /run/gpuslice/gpus/<uuid>/board    bind of the GPU's board (read-write)
 //! ```
 //!
 //! The driver libraries are found through the host's loader cache on every start, so a driver
@@ -51,6 +52,8 @@ pub const SHIM: &str = "/usr/lib/gpuslice/libgpuslice.so";
 pub const BIN_DIR: &str = "/usr/bin";
 /// Where slice state appears in the container (the interception library's default).
 pub const SLICES_DIR: &str = "/run/gpuslice/slices";
+/// Where the boards of the container's GPUs appear.
+pub const GPUS_DIR: &str = "/run/gpuslice/gpus";
 pub const PRELOAD: &str = "/etc/ld.so.preload";
 pub const LD_CACHE: &str = "/etc/ld.so.cache";
 /// Keeps the driver in the cache when something in the container runs `ldconfig` later.
@@ -228,6 +231,13 @@ impl<'r> Injector<'r> {
         self.bind(&slice.dir, &target, true)?;
         if let Some(region) = &slice.region {
             self.bind(region.path(), &target.join("region"), false)?;
+        }
+        if let Some(board) = &slice.board {
+            // Shared by every slice on the GPU: a second slice of the same GPU finds it there.
+            let target = Path::new(GPUS_DIR).join(&slice.limits.gpu_uuid).join("board");
+            if !self.rootfs.is_host_file(&target, &host_stat(board.path())?) {
+                self.bind(board.path(), &target, false)?;
+            }
         }
         Ok(())
     }

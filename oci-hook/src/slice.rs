@@ -9,6 +9,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use gpuslice_core::board::{self, Board, BoardError, Priority};
 use gpuslice_core::config::Mode;
 use gpuslice_core::limits::{self, Limits, LimitsError};
 use gpuslice_core::region::{self, Region, RegionError};
@@ -47,6 +48,8 @@ pub enum SliceError {
     Store { slice: String, state_dir: PathBuf, source: io::Error },
     #[error("{slice}: {source}")]
     Region { slice: String, source: RegionError },
+    #[error("{slice}: {source}")]
+    Board { slice: String, source: BoardError },
 }
 
 impl SliceArgs {
@@ -103,6 +106,8 @@ pub struct Slice {
     pub dir: PathBuf,
     /// The region of a slice in mode `shim`.
     pub region: Option<Region>,
+    /// The board of the slice's GPU, for a slice in mode `shim`.
+    pub board: Option<Board>,
 }
 
 impl Slice {
@@ -122,14 +127,19 @@ impl Slice {
             })?,
             None => Self::load_limits(args)?,
         };
-        let region = match limits.mode {
-            Mode::Shim => Some(
-                Region::open_or_create(&region::region_path(&args.state_dir, &args.name))
-                    .map_err(|source| SliceError::Region { slice: args.name.clone(), source })?,
-            ),
-            Mode::None => None,
+        let (region, board) = match limits.mode {
+            Mode::Shim => {
+                let region = Region::open_or_create(&region::region_path(&args.state_dir, &args.name))
+                    .map_err(|source| SliceError::Region { slice: args.name.clone(), source })?;
+                let board_error = |source| SliceError::Board { slice: args.name.clone(), source };
+                let board = Board::open_or_create(&board::board_path(&args.state_dir, &limits.gpu_uuid))
+                    .map_err(board_error)?;
+                board.claim(&limits.slice, Priority::Normal, limits.cores_percent).map_err(board_error)?;
+                (Some(region), Some(board))
+            }
+            Mode::None => (None, None),
         };
-        Ok(Slice { limits, dir: args.dir(), region })
+        Ok(Slice { limits, dir: args.dir(), region, board })
     }
 
     /// The slice's region if it has one and it exists; never creates anything (for `poststop`).

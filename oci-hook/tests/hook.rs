@@ -205,6 +205,11 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         assert_read_only(&slice.join("limits"));
         fs::OpenOptions::new().read(true).write(true).open(slice.join("region")).unwrap();
         assert_eq!(w.attached("slice0"), ["ctr-1"]);
+        // The GPU's board, read-write, with the slice's record.
+        let board = w.inside(&format!("/run/gpuslice/gpus/{UUID0}/board"));
+        fs::OpenOptions::new().read(true).write(true).open(&board).unwrap();
+        let names: Vec<String> = gpuslice_core::board::Board::open(&board).unwrap().slices().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["slice0"]);
 
         // A second slice in the same container: only its own state is added.
         let before = mounts_under(&w.rootfs).len();
