@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ptr::null_mut;
 
+use gpuslice_core::board::Priority;
 use gpuslice_core::region::Region;
 
 use crate::driver::cuda;
@@ -40,6 +41,11 @@ pub const BURST_NS: u64 = 50_000_000;
 const MAX_SLEEP_NS: u64 = 10_000_000;
 /// A pacing clock further ahead than this is not believed (a scribbled region): reset to now.
 const MAX_AHEAD_NS: u64 = 120_000_000_000;
+/// How long after its last launch a slice still counts as busy for the others on its GPU.
+pub const ACTIVE_NS: u64 = 100_000_000;
+/// The share a normal slice keeps while a high-priority slice on its GPU is busy: it yields
+/// the GPU, and is not starved.
+pub const YIELD_PERCENT: u32 = 5;
 /// Launches between re-checks of a thread that is not paced (its slice may get a share).
 const UNPACED_LAUNCHES: u32 = 1 << 20;
 
@@ -184,7 +190,30 @@ fn paced_slice() -> Option<(usize, usize)> {
         }
     }
     let index = st.slice_for_device(dev)?;
-    (st.slices[index].cores() < 100).then_some((ctx as usize, index))
+    let slice = &st.slices[index];
+    // A normal slice at 100 % is paced only when a high-priority slice shares its GPU.
+    let paced = slice.cores() < 100
+        || slice.priority() == Priority::High
+        || slice.board().is_some_and(|(board, own)| board.others(*own, u64::MAX).any_high);
+    paced.then_some((ctx as usize, index))
+}
+
+/// The share the slice gets now: its own, less while a high-priority slice on its GPU is
+/// busy (a normal slice), all of the GPU while no other slice is busy (a slice that borrows).
+/// Marks the slice busy on its GPU's board.
+fn share_now(slice: usize, now: u64) -> u32 {
+    let slice = &state().slices[slice];
+    let cores = slice.cores();
+    let Some((board, own)) = slice.board() else { return cores };
+    board.touch(*own, now);
+    let others = board.others(*own, now.saturating_sub(ACTIVE_NS));
+    if slice.priority() == Priority::Normal && others.high_busy {
+        cores.min(YIELD_PERCENT)
+    } else if slice.borrows() && !others.busy {
+        100
+    } else {
+        cores
+    }
 }
 
 /// The precise monotonic clock (the coarse one steps in ticks of several milliseconds).
@@ -332,8 +361,8 @@ impl Windows {
 
     fn charge(&self, gpu_ns: u64) {
         let (Some(region), Some(slice)) = (self.region(), self.slice) else { return };
-        let cores = state().slices[slice].cores();
-        region.charge_gpu_time(gpu_ns, cores, BURST_NS, precise_ns());
+        let now = precise_ns();
+        region.charge_gpu_time(gpu_ns, share_now(slice, now), BURST_NS, now);
     }
 
     /// Waits while the slice's pacing clock is ahead of now.
@@ -342,6 +371,10 @@ impl Windows {
         let start = precise_ns();
         let mut now = start;
         loop {
+            if let Some(slice) = self.slice {
+                // Wanting the GPU counts as being busy on it.
+                share_now(slice, now);
+            }
             let delay = region.pacing_delay(now);
             if delay == 0 {
                 break;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use gpuslice_core::board::{Board, Priority, board_path};
 use gpuslice_core::config::Mode;
 use gpuslice_core::limits::{Limits, limits_path, slices_dir};
 use gpuslice_core::region::{OverLimit, Region, on_read_only_mount, region_path};
@@ -81,6 +82,8 @@ pub struct Slice {
     generation: AtomicU64,
     next_check_ns: AtomicU64,
     joined: OnceLock<Result<Joined, String>>,
+    /// The board of the slice's GPU and the slice's record on it, when there is one.
+    board: OnceLock<Option<(Board, usize)>>,
     reported: AtomicBool,
 }
 
@@ -97,6 +100,7 @@ impl Slice {
             generation: AtomicU64::new(limits.generation),
             next_check_ns: AtomicU64::new(now_ns() + RECHECK_NS),
             joined: OnceLock::new(),
+            board: OnceLock::new(),
             reported: AtomicBool::new(false),
         };
         s.limit.store(s.effective(limits.memory_bytes), Ordering::Relaxed);
@@ -147,6 +151,36 @@ impl Slice {
     }
 
     /// Joins the slice's region (creating it if first), once per process.
+    /// The slice's priority on its GPU.
+    pub fn priority(&self) -> Priority {
+        Priority::Normal
+    }
+
+    /// Whether the slice may borrow the GPU's idle time beyond its share.
+    pub fn borrows(&self) -> bool {
+        false
+    }
+
+    /// The board of the slice's GPU (next to the slice directories, `<state dir>/gpus/<uuid>/
+    /// board`) with the slice's record on it, opened once. Without one (an older hook, a
+    /// container that removed it) pacing sees no other slice.
+    pub fn board(&self) -> Option<&(Board, usize)> {
+        self.board
+            .get_or_init(|| {
+                let state_dir = self.region_path.parent()?.parent()?.parent()?;
+                let board = match Board::open(&board_path(state_dir, &self.gpu_uuid)) {
+                    Ok(board) => board,
+                    Err(e) => {
+                        log!(Info, "slice {}: no board of its GPU: {e}", self.name);
+                        return None;
+                    }
+                };
+                let own = board.claim(&self.name, self.priority(), self.cores.load(Ordering::Relaxed)).ok()?;
+                Some((board, own))
+            })
+            .as_ref()
+    }
+
     pub fn join(&self) -> Result<&Joined, Refusal> {
         let joined = self.joined.get_or_init(|| {
             let region = Region::open_or_create(&self.region_path).map_err(|e| e.to_string())?;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use gpuslice_core::board::{Board, Priority, board_path};
 use gpuslice_core::config::Mode;
 use gpuslice_core::limits::{Limits, limits_path, slice_dir};
 use gpuslice_core::region::{Region, region_path};
@@ -151,6 +152,12 @@ impl Node {
     /// A slice with a compute share of `cores` percent.
     pub fn slice_cores(&mut self, name: &str, uuid: &str, index: u32, memory: u64, cores: u32) -> &mut Self {
         self.write_limits_cores(name, uuid, index, memory, cores);
+        // The GPU's board, as the hook makes it: the slice's record, and a mount point in the view.
+        let board = board_path(&self.host(), uuid);
+        Board::open_or_create(&board).unwrap().claim(name, Priority::Normal, cores).unwrap();
+        let view_board = board_path(&self.view(), uuid);
+        std::fs::create_dir_all(view_board.parent().unwrap()).unwrap();
+        std::fs::write(&view_board, b"").unwrap();
         Region::create(&region_path(&self.host(), name)).unwrap();
         std::fs::create_dir_all(slice_dir(&self.view(), name)).unwrap();
         self.slices.push(name.to_owned());
@@ -187,6 +194,16 @@ impl Node {
     /// The mount commands that make the view, then `exec "$@"`.
     fn mount_script(&self) -> String {
         let mut s = String::from("set -e\n");
+        if let Ok(gpus) = std::fs::read_dir(self.host().join("gpus")) {
+            for gpu in gpus.flatten() {
+                let uuid = gpu.file_name().into_string().unwrap();
+                s += &format!(
+                    "mount --bind '{}' '{}'\n",
+                    board_path(&self.host(), &uuid).display(),
+                    board_path(&self.view(), &uuid).display()
+                );
+            }
+        }
         for name in &self.slices {
             let host = slice_dir(&self.host(), name);
             let view = slice_dir(&self.view(), name);
