@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU tier: the shim on a real NVIDIA GPU, in a 4 GiB slice of GPU 0.
+# GPU tier: the shim on a real NVIDIA GPU, in 4 GiB slices of GPU 0 (one unpaced, one at 25 %
+# and one at 50 % of the GPU's time).
 #
 #   tests/gpu/run.sh            as root, after `make release` (no Rust needed here: the
 #                               binaries may be built elsewhere and carried over)
@@ -46,7 +47,11 @@ state_dir = "$work/host"
 spec_dir = "$work/cdi"
 [[gpu]]
 index = 0
-slices = [{ name = "gpu-test", memory = "4GiB", cores = 100 }]
+slices = [
+    { name = "gpu-test", memory = "4GiB", cores = 100 },
+    { name = "cores25", memory = "4GiB", cores = 25 },
+    { name = "cores50", memory = "4GiB", cores = 50 },
+]
 EOF
 if ! out=$("$bin/gpuslice-cdi" generate --config "$work/config.toml" 2>&1); then
     fail "gpuslice-cdi generate on the real NVML" "$out"
@@ -54,19 +59,34 @@ if ! out=$("$bin/gpuslice-cdi" generate --config "$work/config.toml" 2>&1); then
     exit 1
 fi
 pass "gpuslice-cdi generate on the real NVML"
-mkdir -p "$work/view/slices/gpu-test"
+for s in gpu-test cores25 cores50; do mkdir -p "$work/view/slices/$s"; done
+mkdir -p "$work/view/gpus/$uuid" && : >"$work/view/gpus/$uuid/board"
 
-# in_slice CMD…: CMD with the slice mounted as in a container and the shim preloaded.
+# in_slice CMD…: CMD with the slice (SLICE, default gpu-test) mounted as the hook mounts it in
+# a container, and the shim preloaded.
 in_slice() {
     unshare --mount --propagation private -- sh -c '
         set -e
-        h=$1/host/slices/gpu-test v=$1/view/slices/gpu-test
+        h=$1/host/slices/$2 v=$1/view/slices/$2
         mount --bind "$h" "$v"
         mount -o remount,bind,ro "$v"
         mount --bind "$h/region" "$v/region"
-        shift
-        exec "$@"' sh "$work" \
+        mount --bind "$1/host/gpus/$3/board" "$1/view/gpus/$3/board"
+        shift 3
+        exec "$@"' sh "$work" "${SLICE:-gpu-test}" "$uuid" \
         env GPUSLICE_STATE_DIR="$work/view" LD_PRELOAD="$shim" CUDA_VISIBLE_DEVICES=0 "$@"
+}
+# share_check NAME PERCENT GPU_MS WALL_NS: passes when GPU_MS of kernels over WALL_NS of wall
+# time is PERCENT ± 5 points.
+share_check() {
+    local name=$1 want=$2 gpu_ms=$3 wall=$4 share
+    share=$(awk -v g="$gpu_ms" -v w="$wall" 'BEGIN { printf "%.1f", g * 1e8 / w }')
+    echo "gpu: $name: share $share % (want $want ± 5)"
+    if awk -v s="$share" -v w="$want" 'BEGIN { exit !(s >= w - 5 && s <= w + 5) }'; then
+        pass "$name: $share % of the GPU"
+    else
+        fail "$name" "share $share %, want $want ± 5"
+    fi
 }
 field() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -n1; }
 
@@ -99,6 +119,16 @@ if [ -n "$driver" ] && bash "$root/tests/cuda-probe/build.sh" "$work/probe" "$(d
     out=$(in_slice "$work/probe/cuda-probe-direct" fill --path alloc --chunk 256MiB 2>&1)
     bytes=$(field "$out" bytes)
     [ -n "$bytes" ] && [ "$bytes" -le "$limit" ] && pass "directly linked probe is limited" || fail "direct probe" "$out"
+    # Compute: 1 ms kernels (a spin on %globaltimer) back to back; GPU time over wall time.
+    for want in 25 50; do
+        count=$((want * 30))
+        out=$(SLICE=cores$want in_slice "$probe" launch --duration-ns 1000000 --count "$count" 2>&1)
+        wall=$(field "$out" elapsed_ns)
+        if [ -n "$wall" ]; then share_check "probe launch in a $want % slice" "$want" "$count" "$wall"; else fail "probe launch" "$out"; fi
+    done
+    out=$(in_slice "$probe" launch --duration-ns 1000000 --count 1000 2>&1)
+    wall=$(field "$out" elapsed_ns)
+    if [ -n "$wall" ]; then share_check "probe launch in an unpaced slice" 100 1000 "$wall"; else fail "probe launch" "$out"; fi
     for b in bench-launch bench-alloc; do
         plain=$(CUDA_VISIBLE_DEVICES=0 "$probe" "$b" 2>&1 | sed -n 's/^ns_per_op=//p')
         sliced=$(in_slice "$probe" "$b" 2>&1 | sed -n 's/^ns_per_op=//p')
@@ -137,6 +167,43 @@ CU
     fi
 else
     skip "nvcc program" "nvcc not found"
+fi
+
+# nvcc: a kernel loop, as a training step launches them, in a 25 % and a 50 % slice.
+if command -v nvcc >/dev/null 2>&1; then
+    cat >"$work/loop.cu" <<'CU'
+#include <cstdio>
+#include <chrono>
+#include <cuda_runtime.h>
+__global__ void spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}
+int main() {
+    const int n = 1500;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; i++) {
+        spin<<<1, 1>>>(1000000ull);
+        if (i % 8 == 7) cudaStreamSynchronize(0);
+    }
+    cudaDeviceSynchronize();
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    printf("gpu_ms=%d\nwall_ns=%lld\n", n, (long long)ns);
+    return 0;
+}
+CU
+    if nvcc -o "$work/loop" "$work/loop.cu" >/dev/null 2>&1; then
+        for want in 25 50; do
+            out=$(SLICE=cores$want in_slice "$work/loop" 2>&1)
+            wall=$(field "$out" wall_ns)
+            if [ -n "$wall" ]; then share_check "nvcc kernel loop in a $want % slice" "$want" 1500 "$wall"; else fail "nvcc loop" "$out"; fi
+        done
+    else
+        fail "nvcc" "could not build loop.cu"
+    fi
+else
+    skip "nvcc kernel loop" "nvcc not found"
 fi
 
 # PyTorch: mem_get_info, a 5 GiB tensor, cudaMallocAsync and expandable segments (cuMemCreate).
