@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use gpuslice_core::cdi::{self, Spec};
-use gpuslice_core::config::Config;
+use gpuslice_core::config::{Config, Mode};
 use gpuslice_core::fsutil;
 use gpuslice_core::limits::Limits;
 use gpuslice_core::plan::{self, Plan};
@@ -128,9 +128,15 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             .limits()
             .store(&state_dir)
             .with_context(|| format!("writing the limits of {} under {}", d.name, state_dir.display()))?;
-        if d.mode == gpuslice_core::config::Mode::Shim {
+        if d.mode == Mode::Shim {
             let region = gpuslice_core::region::region_path(&state_dir, &d.name);
             gpuslice_core::region::Region::create(&region).with_context(|| format!("creating {}", region.display()))?;
+            // The GPU's board lists every slice on it, so that pacing knows from the start
+            // whether a high-priority slice shares the GPU.
+            let board = gpuslice_core::board::board_path(&state_dir, &d.gpu_uuid);
+            gpuslice_core::board::Board::open_or_create(&board)
+                .and_then(|b| b.claim(&d.name, d.priority, d.cores_percent))
+                .with_context(|| format!("recording {} in {}", d.name, board.display()))?;
         }
         limits.push(written);
     }
@@ -160,25 +166,28 @@ pub fn render(spec: &Spec, format: Format) -> Result<String> {
     })
 }
 
-/// The plan as a table.
+/// The plan as a table. A whole GPU has no policy or priority: `-`.
 pub fn list_table(plan: &Plan) -> String {
     let rows: Vec<Vec<String>> = plan
         .devices
         .iter()
         .map(|d| {
+            let sliced = |v: &dyn std::fmt::Display| if d.mode == Mode::Shim { v.to_string() } else { "-".to_owned() };
             vec![
                 d.name.clone(),
                 d.gpu_index.to_string(),
                 d.gpu_uuid.clone(),
                 format!("{:.2}", d.memory_bytes as f64 / (1u64 << 30) as f64),
                 d.cores_percent.to_string(),
+                sliced(&d.cores_policy),
+                sliced(&d.priority),
                 d.mode.to_string(),
             ]
         })
         .collect();
     render_table(
-        &["SLICE", "GPU", "UUID", "MEMORY (GiB)", "CORES (%)", "MODE"],
-        &[false, true, false, true, true, false],
+        &["SLICE", "GPU", "UUID", "MEMORY (GiB)", "CORES (%)", "POLICY", "PRIORITY", "MODE"],
+        &[false, true, false, true, true, false, false, false],
         rows,
     )
 }

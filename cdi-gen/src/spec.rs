@@ -19,6 +19,8 @@ pub mod annotation {
     pub const MODE: &str = "gpuslice.dev/mode";
     pub const MEMORY_BYTES: &str = "gpuslice.dev/memory-bytes";
     pub const CORES_PERCENT: &str = "gpuslice.dev/cores-percent";
+    pub const CORES_POLICY: &str = "gpuslice.dev/cores-policy";
+    pub const PRIORITY: &str = "gpuslice.dev/priority";
     pub const DEVICES: &str = "gpuslice.dev/devices";
 }
 
@@ -89,6 +91,8 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
         (annotation::MODE.to_owned(), d.mode.to_string()),
         (annotation::MEMORY_BYTES.to_owned(), d.memory_bytes.to_string()),
         (annotation::CORES_PERCENT.to_owned(), d.cores_percent.to_string()),
+        (annotation::CORES_POLICY.to_owned(), d.cores_policy.to_string()),
+        (annotation::PRIORITY.to_owned(), d.priority.to_string()),
     ]);
     Device { name: d.name.clone(), annotations, container_edits: edits }
 }
@@ -121,6 +125,8 @@ fn hook(inputs: &Inputs<'_>, d: &PlannedDevice, stage: &str) -> Hook {
         format!("--gpu-index={}", d.gpu_index),
         format!("--memory-bytes={}", d.memory_bytes),
         format!("--cores-percent={}", d.cores_percent),
+        format!("--cores-policy={}", d.cores_policy),
+        format!("--priority={}", d.priority),
         format!("--driver-root={}", c.driver_root.display()),
         format!("--shim-path={}", c.shim_path.display()),
     ];

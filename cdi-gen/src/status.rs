@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use gpuslice_core::config::Mode;
+use gpuslice_core::config::{CoresPolicy, Mode, Priority};
 use gpuslice_core::limits::{self, Limits};
 use gpuslice_core::region::{self, Region};
 use serde::Serialize;
@@ -22,6 +22,10 @@ pub struct SliceStatus {
     pub gpu_uuid: Option<String>,
     pub memory_limit_bytes: Option<u64>,
     pub cores_percent: Option<u32>,
+    /// `cap` or `borrow`; `null` for a whole GPU (mode `none`), which has no limits.
+    pub cores_policy: Option<CoresPolicy>,
+    /// `normal` or `high`; `null` for a whole GPU.
+    pub priority: Option<Priority>,
     /// Device memory charged by live and not yet reclaimed processes.
     pub memory_used_bytes: u64,
     /// Processes registered in the region that are still alive.
@@ -57,6 +61,8 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
         gpu_uuid: None,
         memory_limit_bytes: None,
         cores_percent: None,
+        cores_policy: None,
+        priority: None,
         memory_used_bytes: 0,
         processes: 0,
         containers: Vec::new(),
@@ -69,6 +75,8 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
             status.gpu_uuid = Some(l.gpu_uuid);
             status.cores_percent = Some(l.cores_percent);
             status.memory_limit_bytes = (l.mode == Mode::Shim).then_some(l.memory_bytes);
+            status.cores_policy = (l.mode == Mode::Shim).then_some(l.cores_policy);
+            status.priority = (l.mode == Mode::Shim).then_some(l.priority);
         }
         Err(e) => status.error = Some(format!("limits: {e}")),
     }
@@ -111,14 +119,27 @@ pub fn table(slices: &[SliceStatus]) -> String {
                 gib(s.memory_used_bytes),
                 s.memory_limit_bytes.map_or_else(|| "-".into(), gib),
                 s.cores_percent.map_or_else(|| "-".into(), |c| c.to_string()),
+                s.cores_policy.map_or_else(|| "-".into(), |p| p.to_string()),
+                s.priority.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.processes.to_string(),
                 if let Some(e) = &s.error { format!("error: {e}") } else { short.join(",") },
             ]
         })
         .collect();
     crate::render_table(
-        &["SLICE", "MODE", "GPU", "USED (GiB)", "LIMIT (GiB)", "CORES (%)", "PROCESSES", "CONTAINERS"],
-        &[false, false, true, true, true, true, true, false],
+        &[
+            "SLICE",
+            "MODE",
+            "GPU",
+            "USED (GiB)",
+            "LIMIT (GiB)",
+            "CORES (%)",
+            "POLICY",
+            "PRIORITY",
+            "PROCESSES",
+            "CONTAINERS",
+        ],
+        &[false, false, true, true, true, true, false, false, true, false],
         rows,
     )
 }
@@ -144,10 +165,22 @@ mod tests {
             gpu_index: 0,
             memory_bytes: 4 << 30,
             cores_percent: 50,
+            cores_policy: CoresPolicy::Borrow,
+            priority: Priority::High,
             generation: 1,
         };
         limits.store(state.path()).unwrap();
         Limits { slice: "slice1".into(), ..limits.clone() }.store(state.path()).unwrap();
+        Limits {
+            slice: "gpu1".into(),
+            mode: Mode::None,
+            cores_percent: 100,
+            cores_policy: CoresPolicy::Cap,
+            priority: Priority::Normal,
+            ..limits.clone()
+        }
+        .store(state.path())
+        .unwrap();
         let region = Region::open_or_create(&region::region_path(state.path(), "slice0")).unwrap();
         let me = region.register().unwrap();
         region.charge(me, 1 << 30, 4 << 30).unwrap().unwrap();
@@ -155,14 +188,28 @@ mod tests {
         fs::write(region::region_path(state.path(), "slice1"), b"scribbled").unwrap();
 
         let report = status(state.path()).unwrap();
-        assert_eq!(report.len(), 2);
-        assert_eq!(report[0].memory_used_bytes, 1 << 30);
-        assert_eq!(report[0].processes, 1);
-        assert_eq!(report[0].containers, ["0123456789abcdef0123"]);
-        assert!(report[1].error.as_deref().is_some_and(|e| e.contains("corrupt")), "{report:?}");
+        assert_eq!(report.len(), 3);
+        let (gpu1, slice0, slice1) = (&report[0], &report[1], &report[2]);
+        assert_eq!(gpu1.slice, "gpu1");
+        assert_eq!((gpu1.cores_policy, gpu1.priority), (None, None), "a whole GPU has no policy");
+        assert_eq!(slice0.memory_used_bytes, 1 << 30);
+        assert_eq!(slice0.processes, 1);
+        assert_eq!(slice0.containers, ["0123456789abcdef0123"]);
+        assert_eq!((slice0.cores_policy, slice0.priority), (Some(CoresPolicy::Borrow), Some(Priority::High)));
+        assert!(slice1.error.as_deref().is_some_and(|e| e.contains("corrupt")), "{report:?}");
         let text = table(&report);
         assert!(text.contains("slice0  shim") && text.contains("1.00") && text.contains("0123456789ab\n"), "{text}");
         assert!(text.contains("error:"), "{text}");
+        let cols = |name: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(cols("SLICE")[9..12], ["POLICY", "PRIORITY", "PROCESSES"], "{text}");
+        assert_eq!(cols("slice0")[6..8], ["borrow", "high"], "{text}");
+        assert_eq!(cols("gpu1")[6..8], ["-", "-"], "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!((json[1]["cores_policy"].as_str(), json[1]["priority"].as_str()), (Some("borrow"), Some("high")));
+        assert!(json[0]["cores_policy"].is_null() && json[0]["priority"].is_null(), "{json}");
         assert!(status(&state.path().join("nothing")).unwrap().is_empty());
     }
 }

@@ -49,6 +49,7 @@ fn one_gpu_defaults_give_one_slice_and_all() {
         assert_eq!(h.env, ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "hooks carry an explicit env");
         assert_eq!(h.args[2..4], ["--slice", "slice0"]);
         assert!(h.args.contains(&format!("--memory-bytes={}", 80 * GIB)));
+        assert!(h.args.iter().any(|a| a == "--cores-policy=cap") && h.args.iter().any(|a| a == "--priority=normal"));
         assert!(h.args.contains(&format!("--state-dir={}", node.state_dir().display())));
     }
     assert_eq!(hooks[0].args[..2], ["gpuslice-hook", "create-container"]);
@@ -56,11 +57,14 @@ fn one_gpu_defaults_give_one_slice_and_all() {
     assert_eq!(slice0.annotations["gpuslice.dev/gpu-uuid"], uuid(0));
     assert_eq!(slice0.annotations["gpuslice.dev/memory-bytes"], (80 * GIB).to_string());
     assert_eq!(slice0.annotations["gpuslice.dev/cores-percent"], "100");
+    assert_eq!(slice0.annotations["gpuslice.dev/cores-policy"], "cap");
+    assert_eq!(slice0.annotations["gpuslice.dev/priority"], "normal");
     assert_eq!(spec.annotations["gpuslice.dev/driver-version"], "580.95.05");
     assert_eq!(spec.annotations["gpuslice.dev/cuda-version"], "13.0");
 
     let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
     assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
+    assert_eq!((limits.cores_policy.as_str(), limits.priority.as_str()), ("cap", "normal"));
     let region = gpuslice_core::region::region_path(&node.state_dir(), "slice0");
     assert_eq!(
         gpuslice_core::region::Region::open(&region).unwrap().usage().unwrap(),
@@ -136,7 +140,8 @@ mode = "none"
 [[gpu]]
 uuid = "{}"
 memory_scaling = 1.5
-slices = [ {{ name = "inference", memory = "40GiB", cores = 60 }}, {{ memory = "32GiB", cores = 40 }} ]
+cores_policy = "borrow"
+slices = [ {{ name = "inference", memory = "40GiB", cores = 60, priority = "high" }}, {{ memory = "32GiB", cores = 40 }} ]
 "#,
         uuid(2)
     ));
@@ -154,6 +159,11 @@ slices = [ {{ name = "inference", memory = "40GiB", cores = 60 }}, {{ memory = "
     assert!(!gpuslice_core::region::region_path(&node.state_dir(), "gpu1").exists(), "a whole GPU has no region");
     let l = Limits::load(&limits_path(&node.state_dir(), "inference")).unwrap();
     assert_eq!((l.memory_bytes, l.cores_percent, l.gpu_index), (40 * GIB, 60, 2));
+    assert_eq!((l.cores_policy.as_str(), l.priority.as_str()), ("borrow", "high"));
+    let l = Limits::load(&limits_path(&node.state_dir(), "slice2")).unwrap();
+    assert_eq!((l.cores_policy.as_str(), l.priority.as_str()), ("borrow", "normal"), "the GPU's policy");
+    let l = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
+    assert_eq!((l.cores_policy.as_str(), l.priority.as_str()), ("cap", "normal"), "the defaults");
 }
 
 /// Compares with `tests/golden/<name>`; `GPUSLICE_BLESS=1` rewrites it.
@@ -182,6 +192,37 @@ fn regenerating_keeps_generation_until_limits_change() {
     ok(node.cdi(&["generate"]));
     assert_eq!(gen_of("slice0"), 2);
     assert_eq!(Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap().memory_bytes, 20 * GIB);
+    node.config("[defaults]\nsplit_count = 2\nmemory_scaling = 0.5\ncores_policy = \"borrow\"\n");
+    ok(node.cdi(&["generate"]));
+    assert_eq!(gen_of("slice0"), 3, "a policy change is a new generation");
+    node.config("[defaults]\nsplit_count = 2\nmemory_scaling = 0.5\ncores_policy = \"borrow\"\npriority = \"high\"\n");
+    ok(node.cdi(&["generate"]));
+    ok(node.cdi(&["generate"]));
+    assert_eq!(gen_of("slice0"), 4, "so is a priority change, once");
+}
+
+#[test]
+fn a_format_1_limits_file_is_replaced_by_format_2() {
+    if skip_unless_root("a_format_1_limits_file_is_replaced_by_format_2") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("");
+    let path = limits_path(&node.state_dir(), "slice0");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let v1 = format!(
+        "format=1\nslice=slice0\nmode=shim\ngpu_uuid={}\ngpu_index=0\nmemory_bytes={}\ncores_percent=100\ngeneration=4\n",
+        uuid(0),
+        80 * GIB
+    );
+    std::fs::write(&path, v1).unwrap();
+    let mut status = std::process::Command::new(env!("CARGO_BIN_EXE_gpuslice-cdi"));
+    status.args(["status", "--state-dir", node.state_dir().to_str().unwrap()]);
+    let out = ok(node.env(&mut status).output().unwrap());
+    assert!(stdout(&out).contains("format 1 is not supported"), "{}", stdout(&out));
+    ok(node.cdi(&["generate"]));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\nformat=2\n") && text.contains("\ncores_policy=cap\npriority=normal\n"), "{text}");
 }
 
 #[test]
@@ -217,15 +258,22 @@ fn nvml_lib_comes_from_the_environment_too() {
 #[test]
 fn list_prints_the_plan_as_a_table() {
     let node = Node::with_memory(&[80, 24], false);
-    node.config("[defaults]\nsplit_count = 2\n[[gpu]]\nindex = 1\nmode = \"none\"\n");
+    node.config(
+        "[defaults]\nsplit_count = 2\n[[gpu]]\nindex = 0\nslices = [{ memory = \"40GiB\", cores = 50 }, \
+         { memory = \"40GiB\", cores = 50, cores_policy = \"borrow\", priority = \"high\" }]\n\
+         [[gpu]]\nindex = 1\nmode = \"none\"\n",
+    );
     let out = ok(node.cdi(&["list"]));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     let cols = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    assert_eq!(cols(lines[0]), ["SLICE", "GPU", "UUID", "MEMORY", "(GiB)", "CORES", "(%)", "MODE"]);
-    assert_eq!(cols(lines[1]), ["slice0", "0", &uuid(0), "40.00", "50", "shim"]);
-    assert_eq!(cols(lines[2]), ["slice1", "0", &uuid(0), "40.00", "50", "shim"]);
-    assert_eq!(cols(lines[3]), ["gpu1", "1", &uuid(1), "24.00", "100", "none"]);
+    assert_eq!(
+        cols(lines[0]),
+        ["SLICE", "GPU", "UUID", "MEMORY", "(GiB)", "CORES", "(%)", "POLICY", "PRIORITY", "MODE"]
+    );
+    assert_eq!(cols(lines[1]), ["slice0", "0", &uuid(0), "40.00", "50", "cap", "normal", "shim"]);
+    assert_eq!(cols(lines[2]), ["slice1", "0", &uuid(0), "40.00", "50", "borrow", "high", "shim"]);
+    assert_eq!(cols(lines[3]), ["gpu1", "1", &uuid(1), "24.00", "100", "-", "-", "none"]);
     assert!(node.written().is_empty(), "list writes nothing");
 }

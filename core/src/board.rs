@@ -38,12 +38,7 @@ const NAME_TEXT: usize = 32;
 const FREE: u32 = 0;
 const USED: u32 = 1;
 
-/// A slice's priority on its GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Normal,
-    High,
-}
+pub use crate::config::Priority;
 
 /// One slice's record.
 #[repr(C)]

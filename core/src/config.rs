@@ -47,6 +47,63 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What a slice's `cores` percentage means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CoresPolicy {
+    /// `cores` is a hard cap: the slice never gets more, even on an idle GPU.
+    #[default]
+    Cap,
+    /// `cores` is a guaranteed share; the slice may borrow compute the GPU is otherwise not
+    /// using, and gives it back when other slices need it.
+    Borrow,
+}
+
+impl CoresPolicy {
+    pub const ALL: [CoresPolicy; 2] = [CoresPolicy::Cap, CoresPolicy::Borrow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CoresPolicy::Cap => "cap",
+            CoresPolicy::Borrow => "borrow",
+        }
+    }
+}
+
+impl fmt::Display for CoresPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a slice's work ranks against the other slices on its GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Normal,
+    /// Not slowed by normal slices: they yield while it is busy, though never to the point
+    /// of starving.
+    High,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 2] = [Priority::Normal, Priority::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +151,10 @@ pub struct GpuDefaults {
     pub memory_scaling: f64,
     #[serde(default = "default_scaling")]
     pub core_scaling: f64,
+    #[serde(default)]
+    pub cores_policy: CoresPolicy,
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 impl Default for GpuDefaults {
@@ -103,6 +164,8 @@ impl Default for GpuDefaults {
             split_count: default_split_count(),
             memory_scaling: default_scaling(),
             core_scaling: default_scaling(),
+            cores_policy: CoresPolicy::default(),
+            priority: Priority::default(),
         }
     }
 }
@@ -117,6 +180,8 @@ pub struct GpuOverride {
     pub split_count: Option<u32>,
     pub memory_scaling: Option<f64>,
     pub core_scaling: Option<f64>,
+    pub cores_policy: Option<CoresPolicy>,
+    pub priority: Option<Priority>,
     /// Explicit slices, instead of an equal split.
     pub slices: Option<Vec<SliceConfig>>,
 }
@@ -130,6 +195,10 @@ pub struct SliceConfig {
     pub memory: ByteSize,
     /// Percent of the GPU's compute, 1–100.
     pub cores: u32,
+    /// The GPU's (or the defaults') when left out.
+    pub cores_policy: Option<CoresPolicy>,
+    /// The GPU's (or the defaults') when left out.
+    pub priority: Option<Priority>,
 }
 
 /// The settings that apply to one GPU, defaults and override merged.
@@ -139,6 +208,8 @@ pub struct GpuSettings {
     pub split_count: u32,
     pub memory_scaling: f64,
     pub core_scaling: f64,
+    pub cores_policy: CoresPolicy,
+    pub priority: Priority,
     pub slices: Option<Vec<SliceConfig>>,
 }
 
@@ -329,6 +400,8 @@ impl Config {
             split_count: o.split_count.unwrap_or(d.split_count),
             memory_scaling: o.memory_scaling.unwrap_or(d.memory_scaling),
             core_scaling: o.core_scaling.unwrap_or(d.core_scaling),
+            cores_policy: o.cores_policy.unwrap_or(d.cores_policy),
+            priority: o.priority.unwrap_or(d.priority),
             slices: o.slices,
         }
     }

@@ -2,19 +2,24 @@
 //!
 //! It lives at `<state_dir>/slices/<name>/limits` and is mounted read-only into containers.
 //! The format is plain `key=value` lines so that the interception library can read it with
-//! no parser behind it; comments start with `#`. Format 1:
+//! no parser behind it; comments start with `#`. Format 2:
 //!
 //! ```text
 //! # gpuslice slice limits; written by gpuslice-cdi, do not edit
-//! format=1
+//! format=2
 //! slice=slice0
 //! mode=shim
 //! gpu_uuid=GPU-11111111-2222-3333-4444-555555555555
 //! gpu_index=0
 //! memory_bytes=42949672960
 //! cores_percent=50
+//! cores_policy=cap
+//! priority=normal
 //! generation=1
 //! ```
+//!
+//! Format 2 added `cores_policy` and `priority`; a format 1 file is refused like any other
+//! format, so that nothing runs under a policy it did not ask for.
 //!
 //! Every key is required, none may repeat and unknown keys are refused: the file is small,
 //! host-written and security-relevant, so anything unexpected is an error, never a guess.
@@ -24,11 +29,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::Mode;
+use crate::config::{CoresPolicy, Mode, Priority};
 use crate::fsutil;
 
 /// The format this code writes and reads.
-pub const LIMITS_FORMAT: u32 = 1;
+pub const LIMITS_FORMAT: u32 = 2;
 /// Largest limits file accepted; anything bigger is not ours.
 pub const MAX_LIMITS_LEN: u64 = 4096;
 
@@ -43,6 +48,10 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Share of the GPU's compute, in percent (1–100).
     pub cores_percent: u32,
+    /// Whether `cores_percent` is a cap or a share that may borrow idle compute.
+    pub cores_policy: CoresPolicy,
+    /// Whether the GPU's normal slices yield to this one while it is busy.
+    pub priority: Priority,
     /// Grows whenever any other value changes.
     pub generation: u64,
 }
@@ -70,8 +79,18 @@ pub enum LimitsError {
     Format(u32),
 }
 
-const KEYS: [&str; 8] =
-    ["format", "slice", "mode", "gpu_uuid", "gpu_index", "memory_bytes", "cores_percent", "generation"];
+const KEYS: [&str; 10] = [
+    "format",
+    "slice",
+    "mode",
+    "gpu_uuid",
+    "gpu_index",
+    "memory_bytes",
+    "cores_percent",
+    "cores_policy",
+    "priority",
+    "generation",
+];
 
 impl Limits {
     /// Reads a limits file's text.
@@ -150,7 +169,9 @@ impl Limits {
             gpu_index,
             memory_bytes: number(5)?,
             cores_percent: cores_percent as u32,
-            generation: number(7)?,
+            cores_policy: keyword(7, get(7)?, &CoresPolicy::ALL, "expected cap or borrow")?,
+            priority: keyword(8, get(8)?, &Priority::ALL, "expected normal or high")?,
+            generation: number(9)?,
         })
     }
 
@@ -159,13 +180,15 @@ impl Limits {
         format!(
             "# gpuslice slice limits; written by gpuslice-cdi, do not edit\n\
              format={LIMITS_FORMAT}\nslice={}\nmode={}\ngpu_uuid={}\ngpu_index={}\n\
-             memory_bytes={}\ncores_percent={}\ngeneration={}\n",
+             memory_bytes={}\ncores_percent={}\ncores_policy={}\npriority={}\ngeneration={}\n",
             self.slice,
             self.mode,
             self.gpu_uuid,
             self.gpu_index,
             self.memory_bytes,
             self.cores_percent,
+            self.cores_policy,
+            self.priority,
             self.generation
         )
     }
@@ -205,6 +228,20 @@ impl Limits {
     }
 }
 
+/// One of a few words, as `Display` writes them.
+fn keyword<T: Copy + std::fmt::Display>(
+    i: usize,
+    value: &str,
+    all: &[T],
+    reason: &'static str,
+) -> Result<T, LimitsError> {
+    all.iter().copied().find(|t| t.to_string() == value).ok_or_else(|| LimitsError::Value {
+        key: KEYS[i],
+        value: value.to_owned(),
+        reason,
+    })
+}
+
 /// `<state_dir>/slices`.
 pub fn slices_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("slices")
@@ -232,6 +269,8 @@ mod tests {
             gpu_index: 0,
             memory_bytes: 40 << 30,
             cores_percent: 50,
+            cores_policy: CoresPolicy::Borrow,
+            priority: Priority::High,
             generation: 1,
         }
     }
@@ -239,18 +278,46 @@ mod tests {
     #[test]
     fn round_trips() {
         assert_eq!(Limits::parse(&sample().render()).unwrap(), sample());
+        let defaults = Limits { cores_policy: CoresPolicy::Cap, priority: Priority::Normal, ..sample() };
+        assert_eq!(Limits::parse(&defaults.render()).unwrap(), defaults);
+    }
+
+    #[test]
+    fn renders_format_2_with_the_policy_keys() {
+        let text = sample().render();
+        assert!(text.contains("\nformat=2\n"), "{text}");
+        assert!(text.contains("\ncores_percent=50\ncores_policy=borrow\npriority=high\ngeneration=1\n"), "{text}");
+    }
+
+    #[test]
+    fn a_format_1_file_is_refused_with_regenerate() {
+        let v1 = "format=1\nslice=slice0\nmode=shim\ngpu_uuid=GPU-11111111-2222-3333-4444-555555555555\n\
+                  gpu_index=0\nmemory_bytes=42949672960\ncores_percent=50\ngeneration=3\n";
+        let err = Limits::parse(v1).unwrap_err();
+        assert!(matches!(err, LimitsError::Format(1)), "{err:?}");
+        let err = err.to_string();
+        assert!(err.contains("format 1 is not supported") && err.contains("regenerate"), "{err}");
     }
 
     #[test]
     fn refuses_anything_unexpected() {
         let good = sample().render();
         let cases = [
-            (good.replace("format=1", "format=2"), "format 2"),
+            (good.replace("format=2", "format=1"), "format 1"),
+            (good.replace("format=2", "format=3"), "format 3"),
             (good.replace("memory_bytes=", "memory_bytez="), "unknown key"),
             (good.replace("cores_percent=50", "cores_percent=0"), "cores_percent"),
             (good.replace("cores_percent=50", "cores_percent=101"), "cores_percent"),
             (good.replace("memory_bytes=42949672960", "memory_bytes=-1"), "memory_bytes"),
             (good.replace("mode=shim", "mode=mps"), "mode"),
+            (good.replace("cores_policy=borrow", "cores_policy=share"), "`cores_policy` = `share`"),
+            (good.replace("cores_policy=borrow", "cores_policy=Borrow"), "expected cap or borrow"),
+            (good.replace("cores_policy=borrow", "cores_policy="), "cores_policy"),
+            (good.replace("priority=high", "priority=urgent"), "`priority` = `urgent`"),
+            (good.replace("priority=high", "priority=low"), "expected normal or high"),
+            (good.replace("cores_policy=borrow\n", ""), "missing `cores_policy`"),
+            (good.replace("priority=high\n", ""), "missing `priority`"),
+            (format!("{good}priority=normal\n"), "`priority` given twice"),
             (good.replace("generation=1\n", ""), "missing `generation`"),
             (format!("{good}slice=slice1\n"), "twice"),
             (good.replace("slice=slice0", "slice=../../etc"), "slice"),
@@ -274,6 +341,11 @@ mod tests {
         let bigger = Limits { memory_bytes: 50 << 30, ..sample() }.store(dir.path()).unwrap();
         assert_eq!(bigger.generation, 2);
         assert_eq!(Limits::load(&limits_path(dir.path(), "slice0")).unwrap(), bigger);
+        let capped = Limits { cores_policy: CoresPolicy::Cap, ..bigger.clone() }.store(dir.path()).unwrap();
+        assert_eq!(capped.generation, 3, "a policy change is a change");
+        let normal = Limits { priority: Priority::Normal, ..capped.clone() }.store(dir.path()).unwrap();
+        assert_eq!(normal.generation, 4, "so is a priority change");
+        assert_eq!(normal.clone().store(dir.path()).unwrap().generation, 4);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(limits_path(dir.path(), "slice0")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);

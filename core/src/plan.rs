@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::config::{Config, ConfigError, GpuOverride, Mode};
+use crate::config::{Config, ConfigError, CoresPolicy, GpuOverride, Mode, Priority};
 use crate::limits::Limits;
 use crate::units::ByteSize;
 
@@ -34,6 +34,10 @@ pub struct PlannedDevice {
     pub mode: Mode,
     pub memory_bytes: u64,
     pub cores_percent: u32,
+    /// Always the default for a whole GPU in mode `none`, which has no limits.
+    pub cores_policy: CoresPolicy,
+    /// Always the default for a whole GPU in mode `none`.
+    pub priority: Priority,
 }
 
 impl PlannedDevice {
@@ -46,6 +50,8 @@ impl PlannedDevice {
             gpu_index: self.gpu_index,
             memory_bytes: self.memory_bytes,
             cores_percent: self.cores_percent,
+            cores_policy: self.cores_policy,
+            priority: self.priority,
             generation: 1,
         }
     }
@@ -70,13 +76,16 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
     for gpu in gpus {
         let settings = config.settings_for(gpu.index, &gpu.uuid);
         let at = override_key(config, gpu);
-        let device = |name: String, memory_bytes: u64, cores_percent: u32, mode: Mode| PlannedDevice {
+        // A slice with this GPU's settings; whole GPUs and explicit slices adjust it.
+        let slice = |name: String, memory_bytes: u64, cores_percent: u32| PlannedDevice {
             name,
             gpu_index: gpu.index,
             gpu_uuid: gpu.uuid.clone(),
-            mode,
+            mode: Mode::Shim,
             memory_bytes,
             cores_percent,
+            cores_policy: settings.cores_policy,
+            priority: settings.priority,
         };
         if settings.mode == Mode::Shim && gpu.mig_enabled {
             return Err(invalid(
@@ -89,7 +98,12 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
             ));
         }
         match (settings.mode, &settings.slices) {
-            (Mode::None, _) => devices.push(device(format!("gpu{}", gpu.index), gpu.memory_total, 100, Mode::None)),
+            (Mode::None, _) => devices.push(PlannedDevice {
+                mode: Mode::None,
+                cores_policy: CoresPolicy::default(),
+                priority: Priority::default(),
+                ..slice(format!("gpu{}", gpu.index), gpu.memory_total, 100)
+            }),
             (Mode::Shim, Some(slices)) => {
                 let budget = scaled(gpu.memory_total, settings.memory_scaling);
                 let sum: u64 = slices.iter().map(|s| s.memory.0).fold(0, u64::saturating_add);
@@ -113,7 +127,11 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                         next_slice += 1;
                         format!("slice{}", next_slice - 1)
                     });
-                    devices.push(device(name, s.memory.0, s.cores, Mode::Shim));
+                    devices.push(PlannedDevice {
+                        cores_policy: s.cores_policy.unwrap_or(settings.cores_policy),
+                        priority: s.priority.unwrap_or(settings.priority),
+                        ..slice(name, s.memory.0, s.cores)
+                    });
                 }
             }
             (Mode::Shim, None) => {
@@ -130,7 +148,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                     ));
                 }
                 for _ in 0..n {
-                    devices.push(device(format!("slice{next_slice}"), memory, cores, Mode::Shim));
+                    devices.push(slice(format!("slice{next_slice}"), memory, cores));
                     next_slice += 1;
                 }
             }

@@ -1,6 +1,6 @@
 //! Parsing and checking `config.toml`: every bad input gets one line naming key and value.
 
-use gpuslice_core::config::{Config, ConfigError, Mode};
+use gpuslice_core::config::{Config, ConfigError, CoresPolicy, Mode, Priority};
 use gpuslice_core::units::ByteSize;
 
 fn err(text: &str) -> String {
@@ -27,6 +27,7 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.defaults.mode, Mode::Shim);
     assert_eq!(c.defaults.split_count, 1);
     assert_eq!((c.defaults.memory_scaling, c.defaults.core_scaling), (1.0, 1.0));
+    assert_eq!((c.defaults.cores_policy, c.defaults.priority), (CoresPolicy::Cap, Priority::Normal));
 }
 
 #[test]
@@ -46,12 +47,15 @@ mode = "shim"
 split_count = 4
 memory_scaling = 1.5
 core_scaling = 2
+cores_policy = "borrow"
+priority = "normal"
 [[gpu]]
 index = 1
 mode = "none"
 [[gpu]]
 uuid = "GPU-aaaa"
-slices = [ { name = "big", memory = "10GiB", cores = 30 }, { memory = 536870912, cores = 70 } ]
+priority = "high"
+slices = [ { name = "big", memory = "10GiB", cores = 30, cores_policy = "cap" }, { memory = 536870912, cores = 70, priority = "normal" } ]
 "#,
     )
     .unwrap();
@@ -63,9 +67,18 @@ slices = [ { name = "big", memory = "10GiB", cores = 30 }, { memory = 536870912,
     assert_eq!(slices[0].name.as_deref(), Some("big"));
     assert_eq!(slices[0].memory, ByteSize(10 << 30));
     assert_eq!(slices[1].memory, ByteSize(512 << 20));
+    assert_eq!((slices[0].cores_policy, slices[0].priority), (Some(CoresPolicy::Cap), None));
+    assert_eq!((slices[1].cores_policy, slices[1].priority), (None, Some(Priority::Normal)));
     let s = c.settings_for(7, "gpu-AAAA");
     assert_eq!(s.split_count, 4, "uuid matching ignores case and inherits defaults");
+    assert_eq!(
+        (s.cores_policy, s.priority),
+        (CoresPolicy::Borrow, Priority::High),
+        "policy from defaults, priority from the override"
+    );
     assert!(s.slices.is_some());
+    let s = c.settings_for(0, "GPU-other");
+    assert_eq!((s.cores_policy, s.priority), (CoresPolicy::Borrow, Priority::Normal));
 }
 
 #[test]
@@ -91,6 +104,22 @@ fn bad_values_are_named_with_their_key() {
         ("[defaults]\ncore_scaling = -0.5", &["defaults.core_scaling = -0.5"]),
         ("[defaults]\ncore_scaling = true", &["defaults.core_scaling", "true"]),
         ("[defaults]\nmode = \"mig\"", &["defaults.mode", "mig"]),
+        (
+            "[defaults]\nsplit_count = 2\ncores_policy = \"share\"",
+            &["line 3", "defaults.cores_policy", "`share`", "`cap` or `borrow`"],
+        ),
+        ("[defaults]\ncores_policy = 1", &["line 2", "defaults.cores_policy", "wanted string"]),
+        ("[defaults]\npriority = \"low\"", &["line 2", "defaults.priority", "`low`", "`normal` or `high`"]),
+        ("[[gpu]]\nindex = 0\ncores_policy = \"Borrow\"", &["line 3", "gpu[0].cores_policy", "`Borrow`"]),
+        ("[[gpu]]\nindex = 0\npriority = \"realtime\"", &["gpu[0].priority", "`realtime`"]),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ memory = 1, cores = 1 }, { memory = 1, cores = 1, priority = \"urgent\" }]",
+            &["line 3", "gpu[0].slices[1].priority", "`urgent`"],
+        ),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ memory = 1, cores = 1, cores_policy = \"burst\" }]",
+            &["gpu[0].slices[0].cores_policy", "`burst`"],
+        ),
         ("[[gpu]]\nindex = 0\nsplit_count = 0", &["gpu[0].split_count = 0"]),
         ("[[gpu]]\nindex = 0\nmemory_scaling = -2", &["gpu[0].memory_scaling = -2"]),
         ("[[gpu]]\nsplit_count = 2", &["gpu[0]", "needs `index` or `uuid`"]),

@@ -1,6 +1,6 @@
 //! Planning slices from config and GPUs.
 
-use gpuslice_core::config::{Config, Mode};
+use gpuslice_core::config::{Config, CoresPolicy, Mode, Priority};
 use gpuslice_core::plan::{GpuInfo, plan};
 
 const GIB: u64 = 1 << 30;
@@ -92,6 +92,67 @@ core_scaling = 2
         ("slice6".into(), 3, Mode::Shim, 20 * GIB, 50),
     ];
     assert_eq!(got, want);
+}
+
+fn policies(text: &str, gpus: &[GpuInfo]) -> Vec<(String, CoresPolicy, Priority)> {
+    let p = plan(&Config::parse(text).unwrap(), gpus).unwrap();
+    p.devices.into_iter().map(|d| (d.name, d.cores_policy, d.priority)).collect()
+}
+
+#[test]
+fn policy_and_priority_come_from_the_slice_then_the_gpu_then_the_defaults() {
+    let text = r#"
+[defaults]
+split_count = 2
+priority = "high"
+[[gpu]]
+index = 1
+cores_policy = "borrow"
+[[gpu]]
+index = 2
+priority = "normal"
+slices = [
+  { name = "inference", memory = "60GiB", cores = 70, priority = "high", cores_policy = "borrow" },
+  { memory = "20GiB", cores = 30 },
+]
+"#;
+    let got = policies(text, &[gpu(0, 80), gpu(1, 80), gpu(2, 80)]);
+    let want = [
+        ("slice0", CoresPolicy::Cap, Priority::High),
+        ("slice1", CoresPolicy::Cap, Priority::High),
+        ("slice2", CoresPolicy::Borrow, Priority::High),
+        ("slice3", CoresPolicy::Borrow, Priority::High),
+        ("inference", CoresPolicy::Borrow, Priority::High),
+        ("slice4", CoresPolicy::Cap, Priority::Normal),
+    ];
+    assert_eq!(got, want.map(|(n, c, p)| (n.to_owned(), c, p)));
+    let limits =
+        plan(&Config::parse(text).unwrap(), &[gpu(0, 80), gpu(1, 80), gpu(2, 80)]).unwrap().devices[4].limits();
+    assert_eq!((limits.cores_policy, limits.priority), (CoresPolicy::Borrow, Priority::High), "the limits carry them");
+}
+
+#[test]
+fn a_whole_gpu_keeps_the_default_policy_and_priority() {
+    let text = r#"
+[defaults]
+cores_policy = "borrow"
+priority = "high"
+[[gpu]]
+index = 1
+mode = "none"
+cores_policy = "borrow"
+priority = "high"
+"#;
+    let got = policies(text, &[gpu(0, 80), gpu(1, 80)]);
+    assert_eq!(
+        got,
+        [
+            ("slice0".to_owned(), CoresPolicy::Borrow, Priority::High),
+            ("gpu1".to_owned(), CoresPolicy::Cap, Priority::Normal)
+        ]
+    );
+    let got = policies("[defaults]\nmode = \"none\"\npriority = \"high\"", &[gpu(0, 80)]);
+    assert_eq!(got, [("gpu0".to_owned(), CoresPolicy::Cap, Priority::Normal)]);
 }
 
 #[test]

@@ -33,7 +33,7 @@ struct Slice {
     /// Host directory of slice state.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// The slice's mode (shim or none); with the four below, recreates missing state.
+    /// The slice's mode (shim or none); with the six below, recreates missing state.
     #[arg(long)]
     mode: Option<String>,
     /// UUID of the slice's GPU.
@@ -48,6 +48,12 @@ struct Slice {
     /// Compute share of the slice, in percent.
     #[arg(long)]
     cores_percent: Option<u32>,
+    /// What the compute share is: cap (a hard cap) or borrow (a share that may use idle compute).
+    #[arg(long)]
+    cores_policy: Option<String>,
+    /// The slice's priority on its GPU: normal or high.
+    #[arg(long)]
+    priority: Option<String>,
     /// Root under which the NVIDIA driver's files are found.
     #[arg(long, default_value = "/")]
     driver_root: PathBuf,
@@ -67,6 +73,8 @@ impl From<Slice> for HookArgs {
                 gpu_index: s.gpu_index,
                 memory_bytes: s.memory_bytes,
                 cores_percent: s.cores_percent,
+                cores_policy: s.cores_policy,
+                priority: s.priority,
             },
             driver_root: s.driver_root,
             shim_path: s.shim_path,

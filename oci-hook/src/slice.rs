@@ -1,15 +1,15 @@
 //! The slice a hook runs for: its limits from the hook's arguments, and its state on the host.
 //!
 //! After a reboot `/run` is empty, yet the CDI spec still names the slice. So the spec passes
-//! the hook everything the slice is (mode, GPU, memory, cores), and `create-container`
-//! rewrites the limits file and recreates the region when they are missing; it never depends
-//! on state having survived. A hook given only `--slice` (a hand-written bundle) uses the
-//! state that is there.
+//! the hook everything the slice is (mode, GPU, memory, cores, cores policy, priority), and
+//! `create-container` rewrites the limits file and recreates the region when they are missing;
+//! it never depends on state having survived. A hook given only `--slice` (a hand-written
+//! bundle) uses the state that is there.
 
 use std::io;
 use std::path::PathBuf;
 
-use gpuslice_core::board::{self, Board, BoardError, Priority};
+use gpuslice_core::board::{self, Board, BoardError};
 use gpuslice_core::config::Mode;
 use gpuslice_core::limits::{self, Limits, LimitsError};
 use gpuslice_core::region::{self, Region, RegionError};
@@ -27,6 +27,10 @@ pub struct SliceArgs {
     pub gpu_index: Option<u32>,
     pub memory_bytes: Option<u64>,
     pub cores_percent: Option<u32>,
+    /// `cap` or `borrow`.
+    pub cores_policy: Option<String>,
+    /// `normal` or `high`.
+    pub priority: Option<String>,
 }
 
 /// Why the slice cannot be set up.
@@ -61,6 +65,8 @@ impl SliceArgs {
             ("--gpu-index", self.gpu_index.is_some()),
             ("--memory-bytes", self.memory_bytes.is_some()),
             ("--cores-percent", self.cores_percent.is_some()),
+            ("--cores-policy", self.cores_policy.is_some()),
+            ("--priority", self.priority.is_some()),
         ];
         let names = |present: bool| given.iter().filter(|g| g.1 == present).map(|g| g.0).collect::<Vec<_>>().join(" ");
         match given.iter().filter(|g| g.1).count() {
@@ -76,7 +82,8 @@ impl SliceArgs {
         }
         // Written out and read back, so the arguments pass exactly the checks a limits file does.
         let text = format!(
-            "format={}\nslice={}\nmode={}\ngpu_uuid={}\ngpu_index={}\nmemory_bytes={}\ncores_percent={}\ngeneration=1\n",
+            "format={}\nslice={}\nmode={}\ngpu_uuid={}\ngpu_index={}\nmemory_bytes={}\ncores_percent={}\n\
+             cores_policy={}\npriority={}\ngeneration=1\n",
             limits::LIMITS_FORMAT,
             self.name,
             self.mode.as_deref().unwrap_or_default(),
@@ -84,6 +91,8 @@ impl SliceArgs {
             self.gpu_index.unwrap_or_default(),
             self.memory_bytes.unwrap_or_default(),
             self.cores_percent.unwrap_or_default(),
+            self.cores_policy.as_deref().unwrap_or_default(),
+            self.priority.as_deref().unwrap_or_default(),
         );
         Limits::parse(&text).map(Some).map_err(|source| SliceError::BadLimits { slice: self.name.clone(), source })
     }
@@ -134,7 +143,7 @@ impl Slice {
                 let board_error = |source| SliceError::Board { slice: args.name.clone(), source };
                 let board = Board::open_or_create(&board::board_path(&args.state_dir, &limits.gpu_uuid))
                     .map_err(board_error)?;
-                board.claim(&limits.slice, Priority::Normal, limits.cores_percent).map_err(board_error)?;
+                board.claim(&limits.slice, limits.priority, limits.cores_percent).map_err(board_error)?;
                 (Some(region), Some(board))
             }
             Mode::None => (None, None),
@@ -172,6 +181,8 @@ impl Slice {
 mod tests {
     use std::path::Path;
 
+    use gpuslice_core::config::{CoresPolicy, Priority};
+
     use super::*;
 
     fn args(state_dir: &Path) -> SliceArgs {
@@ -183,6 +194,8 @@ mod tests {
             gpu_index: Some(0),
             memory_bytes: Some(4 << 30),
             cores_percent: Some(50),
+            cores_policy: Some("cap".into()),
+            priority: Some("normal".into()),
         }
     }
 
@@ -199,6 +212,15 @@ mod tests {
         // New limits in the spec: a new generation.
         let bigger = SliceArgs { memory_bytes: Some(8 << 30), ..args(state.path()) };
         assert_eq!(Slice::ensure(&bigger).unwrap().limits.generation, 2);
+        // A new policy or priority is new limits too.
+        let borrow = SliceArgs { cores_policy: Some("borrow".into()), ..bigger.clone() };
+        let slice = Slice::ensure(&borrow).unwrap();
+        assert_eq!((slice.limits.cores_policy, slice.limits.generation), (CoresPolicy::Borrow, 3));
+        let high = SliceArgs { priority: Some("high".into()), ..borrow };
+        let slice = Slice::ensure(&high).unwrap();
+        assert_eq!((slice.limits.priority, slice.limits.generation), (Priority::High, 4));
+        let text = std::fs::read_to_string(state.path().join("slices/slice0/limits")).unwrap();
+        assert!(text.contains("\ncores_policy=borrow\npriority=high\n"), "{text}");
     }
 
     #[test]
@@ -226,6 +248,10 @@ mod tests {
             (SliceArgs { name: "../etc".into(), ..args(state.path()) }, "is not a slice name"),
             (SliceArgs { name: "".into(), ..args(state.path()) }, "is not a slice name"),
             (SliceArgs { gpu_index: None, ..args(state.path()) }, "but not --gpu-index"),
+            (SliceArgs { cores_policy: None, ..args(state.path()) }, "but not --cores-policy"),
+            (SliceArgs { priority: None, ..args(state.path()) }, "but not --priority"),
+            (SliceArgs { cores_policy: Some("share".into()), ..args(state.path()) }, "`cores_policy` = `share`"),
+            (SliceArgs { priority: Some("low".into()), ..args(state.path()) }, "`priority` = `low`"),
             (SliceArgs { mode: Some("mig".into()), ..args(state.path()) }, "mode"),
             (SliceArgs { cores_percent: Some(0), ..args(state.path()) }, "cores_percent"),
             (SliceArgs { gpu_uuid: Some("GPU-../../x".into()), ..args(state.path()) }, "gpu_uuid"),

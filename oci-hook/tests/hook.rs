@@ -90,7 +90,7 @@ impl World {
         )
     }
 
-    /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 %).
+    /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 % capped, normal priority).
     fn slice_args(&self, slice: &str) -> Vec<String> {
         vec![
             "--slice".into(),
@@ -101,6 +101,8 @@ impl World {
             "--gpu-index=0".into(),
             "--memory-bytes=4294967296".into(),
             "--cores-percent=50".into(),
+            "--cores-policy=cap".into(),
+            "--priority=normal".into(),
             format!("--driver-root={}", self.driver.display()),
             format!("--shim-path={}", self.shim.display()),
         ]
@@ -243,6 +245,10 @@ fn missing_state_is_recreated_from_the_arguments() {
         assert_ok(&w.create("slice0", "ctr-1"), "create-container after a reboot");
         let limits = fs::read_to_string(w.state.join("slices/slice0/limits")).unwrap();
         assert!(limits.contains("generation=1") && limits.contains(&format!("gpu_uuid={UUID0}")), "{limits}");
+        assert!(
+            limits.contains("\nformat=2\n") && limits.contains("\ncores_policy=cap\npriority=normal\n"),
+            "{limits}"
+        );
         assert_eq!(w.attached("slice0"), ["ctr-1"]);
         // A hand-written bundle may name the slice alone; the state is there now.
         let bare = vec!["--slice".into(), "slice0".into(), format!("--state-dir={}", w.state.display())];
@@ -390,6 +396,30 @@ fn failures_are_one_line_and_leave_nothing_behind() {
                     (args, w.state_json("c"))
                 },
                 "cores_percent",
+            ),
+            (
+                "bad priority",
+                |w| {
+                    let args = w
+                        .slice_args("slice0")
+                        .into_iter()
+                        .map(|a| a.replace("priority=normal", "priority=urgent"))
+                        .collect();
+                    (args, w.state_json("c"))
+                },
+                "`priority` = `urgent`",
+            ),
+            (
+                "a spec from before policies",
+                |w| {
+                    let args = w
+                        .slice_args("slice0")
+                        .into_iter()
+                        .filter(|a| !a.starts_with("--cores-policy=") && !a.starts_with("--priority="))
+                        .collect();
+                    (args, w.state_json("c"))
+                },
+                "but not --cores-policy --priority; regenerate the spec",
             ),
         ];
         for (what, setup, expected) in cases {

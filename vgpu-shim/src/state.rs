@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use gpuslice_core::board::{Board, Priority, board_path};
-use gpuslice_core::config::Mode;
+use gpuslice_core::board::{Board, board_path};
+use gpuslice_core::config::{CoresPolicy, Mode, Priority};
 use gpuslice_core::limits::{Limits, limits_path, slices_dir};
 use gpuslice_core::region::{OverLimit, Region, on_read_only_mount, region_path};
 use gpuslice_core::units::ByteSize;
@@ -79,6 +79,10 @@ pub struct Slice {
     limit: AtomicU64,
     /// The slice's compute share in percent (100: not paced).
     cores: AtomicU32,
+    /// `priority = "high"`.
+    high: AtomicBool,
+    /// `cores_policy = "borrow"`.
+    borrow: AtomicBool,
     generation: AtomicU64,
     next_check_ns: AtomicU64,
     joined: OnceLock<Result<Joined, String>>,
@@ -97,6 +101,8 @@ impl Slice {
             env_cap,
             limit: AtomicU64::new(0),
             cores: AtomicU32::new(limits.cores_percent),
+            high: AtomicBool::new(limits.priority == Priority::High),
+            borrow: AtomicBool::new(limits.cores_policy == CoresPolicy::Borrow),
             generation: AtomicU64::new(limits.generation),
             next_check_ns: AtomicU64::new(now_ns() + RECHECK_NS),
             joined: OnceLock::new(),
@@ -143,6 +149,8 @@ impl Slice {
                 );
                 self.limit.store(limit, Ordering::Relaxed);
                 self.cores.store(l.cores_percent, Ordering::Relaxed);
+                self.high.store(l.priority == Priority::High, Ordering::Relaxed);
+                self.borrow.store(l.cores_policy == CoresPolicy::Borrow, Ordering::Relaxed);
                 self.generation.store(l.generation, Ordering::Relaxed);
             }
             Ok(_) => {}
@@ -153,12 +161,12 @@ impl Slice {
     /// Joins the slice's region (creating it if first), once per process.
     /// The slice's priority on its GPU.
     pub fn priority(&self) -> Priority {
-        Priority::Normal
+        if self.high.load(Ordering::Relaxed) { Priority::High } else { Priority::Normal }
     }
 
     /// Whether the slice may borrow the GPU's idle time beyond its share.
     pub fn borrows(&self) -> bool {
-        false
+        self.borrow.load(Ordering::Relaxed)
     }
 
     /// The board of the slice's GPU (next to the slice directories, `<state dir>/gpus/<uuid>/

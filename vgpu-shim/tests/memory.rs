@@ -284,11 +284,35 @@ fn corrupt_or_truncated_state_fails_closed_with_one_line() {
     }
     // A limits file on the read-only mount that is not limits.
     let node = node_with_slice();
-    std::fs::write(node.limits_path("slice0"), "format=1\nslice=slice0\n").unwrap();
+    let partial = format!("format={}\nslice=slice0\n", gpuslice_core::limits::LIMITS_FORMAT);
+    std::fs::write(node.limits_path("slice0"), partial).unwrap();
     let out = node.probe(&["meminfo"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("gpuslice:") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn a_trusted_format_1_limits_file_fails_closed_asking_to_regenerate() {
+    if skip_unless_root("a_trusted_format_1_limits_file_fails_closed_asking_to_regenerate") {
+        return;
+    }
+    // Complete and valid as format 1 was, but without the compute policy format 2 requires.
+    let node = node_with_slice();
+    let v1 = format!(
+        "format=1\nslice=slice0\nmode=shim\ngpu_uuid={UUID0}\ngpu_index=0\nmemory_bytes={}\ncores_percent=100\ngeneration=1\n",
+        4 * GIB
+    );
+    std::fs::write(node.limits_path("slice0"), v1).unwrap();
+    for args in [&["meminfo"][..], &["alloc", "--path", "alloc", "--size", &MIB.to_string()]] {
+        let out = node.probe(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: must fail with a CUDA error: {:?}", out.status);
+        let err = stderr(&out);
+        let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("gpuslice:")).collect();
+        assert_eq!(ours.len(), 1, "{args:?}: one line from the shim: {err}");
+        assert!(ours[0].contains("format 1 is not supported") && ours[0].contains("regenerate"), "{err}");
+        assert!(err.contains("CUDA_ERROR_NOT_PERMITTED"), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use gpuslice_core::board::{Board, Priority, board_path};
-use gpuslice_core::config::Mode;
+use gpuslice_core::board::{Board, board_path};
+use gpuslice_core::config::{CoresPolicy, Mode, Priority};
 use gpuslice_core::limits::{Limits, limits_path, slice_dir};
 use gpuslice_core::region::{Region, region_path};
 
@@ -164,23 +164,30 @@ impl Node {
         self
     }
 
+    /// Writes the limits of a slice of `memory` bytes on GPU `uuid`, 100 % capped, normal
+    /// priority, in the current format; returns what was written (with its generation).
     pub fn write_limits(&self, name: &str, uuid: &str, index: u32, memory: u64) -> Limits {
         self.write_limits_cores(name, uuid, index, memory, 100)
     }
 
     /// As [`Node::write_limits`], with a compute share of `cores` percent.
     pub fn write_limits_cores(&self, name: &str, uuid: &str, index: u32, memory: u64, cores: u32) -> Limits {
-        Limits {
+        self.store_limits(Limits {
             slice: name.to_owned(),
             mode: Mode::Shim,
             gpu_uuid: uuid.to_owned(),
             gpu_index: index,
             memory_bytes: memory,
             cores_percent: cores,
+            cores_policy: CoresPolicy::Cap,
+            priority: Priority::Normal,
             generation: 1,
-        }
-        .store(&self.host())
-        .unwrap()
+        })
+    }
+
+    /// Writes any limits, as `gpuslice-cdi` would (a change is a new generation).
+    pub fn store_limits(&self, limits: Limits) -> Limits {
+        limits.store(&self.host()).unwrap()
     }
 
     pub fn limits_path(&self, name: &str) -> PathBuf {
