@@ -2,6 +2,8 @@
 //! noisy, so each figure is a median of interleaved rounds and only ratios are compared):
 //!
 //! - `cuLaunchKernel` through the shim with no compute limit, against the driver's own;
+//! - `cuLaunchKernel` in a slice with a compute share, under its share (paced, never held
+//!   back), against the same through the shim with no compute limit;
 //! - a `cuMemAlloc` + `cuMemFree` pair charged in a slice, against the driver's own;
 //! - starting `/bin/true` with the shim preloaded, against starting it without.
 //!
@@ -63,6 +65,25 @@ fn main() {
             verdict(ok)
         );
     }
+
+    // Pacing: a 50 % slice whose kernels take no time is never held back; what it pays is the
+    // pacing itself, against the unpaced slice above.
+    let mut paced_node = Node::new();
+    paced_node.slice_cores("slice0", UUID0, 0, 16 * GIB, 50);
+    let args = &["bench-launch", "--count", "200000"][..];
+    let (mut unpaced, mut paced) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        unpaced.push(ns_per_op(node.command(probe, args)));
+        paced.push(ns_per_op(paced_node.command(probe, args)));
+    }
+    let (u, p) = (median(unpaced), median(paced));
+    println!(
+        "bench cuLaunchKernel paced under its share: {p:.1} ns, unpaced through the shim {u:.1} ns: {:+.1} ns, ratio {:.3} \
+         (target ≤ 20 ns added): {}",
+        p - u,
+        p / u,
+        verdict(p - u <= 20.0)
+    );
 
     // Process start: 2000 × /bin/true each way, in 80 rounds of 25 whose order alternates;
     // the figure is the median of the rounds' ratios, which one disturbed round cannot move.

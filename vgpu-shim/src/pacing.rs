@@ -29,8 +29,13 @@ use crate::ffi::*;
 use crate::log::log;
 use crate::state::{now_ns, state};
 
-/// A window closes after this many launches…
+/// A window closes after about this much GPU work (its launch budget is set from the kernels
+/// measured so far, between [`MIN_WINDOW_LAUNCHES`] and [`MAX_WINDOW_LAUNCHES`])…
+pub const WINDOW_GPU_NS: u64 = 4_000_000;
+/// The launch budget of a thread's first window.
 pub const WINDOW_LAUNCHES: u32 = 16;
+pub const MIN_WINDOW_LAUNCHES: u32 = 4;
+pub const MAX_WINDOW_LAUNCHES: u32 = 1024;
 /// … or this long after it opened.
 pub const WINDOW_NS: u64 = 2_000_000;
 /// Windows of one thread whose end has not been measured yet; one more waits for the oldest.
@@ -82,6 +87,8 @@ struct Window {
     /// Opened, and last launched into, on the precise clock.
     opened_ns: u64,
     last_launch_ns: u64,
+    /// Launches in the window, known once it closes.
+    launches: u32,
     /// The stream was idle when the window was closed by a later launch (not by a
     /// synchronisation), so its end event may mark that launch rather than the end of the work.
     closed_idle_late: bool,
@@ -96,6 +103,10 @@ struct Windows {
     pending: VecDeque<Window>,
     /// Spare events of `ctx`.
     pool: Vec<CUevent>,
+    /// The launch budget of the open window.
+    budget: u32,
+    /// GPU time per launch, a moving average of the measured windows.
+    per_launch_ns: u64,
 }
 
 /// Runs a launch on `stream`, paced. `per_thread` says whether the entry point was a `_ptsz`
@@ -134,17 +145,17 @@ pub fn launch_many(streams: &[CUstream], f: impl FnOnce() -> CUresult) -> CUresu
 
 fn slow(streams: &[CUstream], f: impl FnOnce() -> CUresult) -> CUresult {
     let stream = streams.first().copied().unwrap_or(null_mut());
-    let paced = WINDOWS.try_with(|w| match w.try_borrow_mut() {
+    let budget = WINDOWS.try_with(|w| match w.try_borrow_mut() {
         Ok(mut w) => w.before_launch(streams),
-        Err(_) => false,
+        Err(_) => None,
     });
     let result = f();
-    let paced = paced.unwrap_or(false) && result == CUDA_SUCCESS;
+    let budget = budget.ok().flatten().filter(|_| result == CUDA_SUCCESS);
     FAST.with(|fast| {
         fast.stream.set(stream);
-        if paced {
+        if let Some(budget) = budget {
             fast.unpaced.set(false);
-            fast.left.set(WINDOW_LAUNCHES);
+            fast.left.set(budget);
             fast.deadline.set(now_ns().saturating_add(WINDOW_NS));
         } else {
             fast.unpaced.set(true);
@@ -227,12 +238,12 @@ fn precise_ns() -> u64 {
 
 impl Windows {
     /// Everything that happens once per window, before the launch that opens it. Returns
-    /// whether the launch is paced.
-    fn before_launch(&mut self, streams: &[CUstream]) -> bool {
+    /// the new window's launch budget, or `None` when the launch is not paced.
+    fn before_launch(&mut self, streams: &[CUstream]) -> Option<u32> {
         let Some((ctx, slice)) = paced_slice() else {
             log!(Debug, "launch not paced");
             self.open = None;
-            return false;
+            return None;
         };
         if ctx != self.ctx || Some(slice) != self.slice {
             // Events belong to a context: start over in this one (the old ones are left to it).
@@ -248,7 +259,11 @@ impl Windows {
         for &stream in streams {
             self.open_window(stream);
         }
-        true
+        self.budget = match self.per_launch_ns {
+            0 => WINDOW_LAUNCHES,
+            per => (WINDOW_GPU_NS / per).clamp(u64::from(MIN_WINDOW_LAUNCHES), u64::from(MAX_WINDOW_LAUNCHES)) as u32,
+        };
+        Some(self.budget)
     }
 
     fn after_sync(&mut self, stream: Option<CUstream>) {
@@ -292,6 +307,7 @@ impl Windows {
             end,
             opened_ns: now,
             last_launch_ns: now,
+            launches: 1,
             closed_idle_late: false,
         }) {
             // A multi-stream launch opens several; only the last stays open, the others close
@@ -303,7 +319,9 @@ impl Windows {
     /// Ends the open window with its end event. `by_sync`: the stream was just synchronised.
     fn close_open(&mut self, now: u64, by_sync: bool) {
         let Some(mut w) = self.open.take() else { return };
-        w.last_launch_ns = w.last_launch_ns.max(FAST.with(|f| f.last.get()));
+        let (last, left) = FAST.with(|f| (f.last.get(), f.left.get()));
+        w.last_launch_ns = w.last_launch_ns.max(last);
+        w.launches = self.budget.saturating_sub(left).max(1);
         if !Self::record(w.end, w.stream) {
             self.pool.extend([w.start, w.end]);
             return;
@@ -354,7 +372,9 @@ impl Windows {
                 // launched, plus one window.
                 gpu_ns = gpu_ns.min(w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS);
             }
-            log!(Debug, "window: {gpu_ns} ns of GPU time");
+            log!(Debug, "window: {} launches, {gpu_ns} ns of GPU time", w.launches);
+            let per = gpu_ns / u64::from(w.launches.max(1));
+            self.per_launch_ns = if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
             self.charge(gpu_ns);
         }
     }
