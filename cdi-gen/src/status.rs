@@ -28,6 +28,10 @@ pub struct SliceStatus {
     pub priority: Option<Priority>,
     /// Device memory charged by live and not yet reclaimed processes.
     pub memory_used_bytes: u64,
+    /// GPU time the slice's kernels took since its region was created (compute pacing).
+    pub gpu_time_ns: u64,
+    /// Time the slice's processes were held back to keep it within its share.
+    pub held_ns: u64,
     /// Processes registered in the region that are still alive.
     pub processes: usize,
     /// Containers started with the slice and not yet stopped.
@@ -64,6 +68,8 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
         cores_policy: None,
         priority: None,
         memory_used_bytes: 0,
+        gpu_time_ns: 0,
+        held_ns: 0,
         processes: 0,
         containers: Vec::new(),
         error: None,
@@ -85,6 +91,9 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
         return status;
     }
     let read = Region::open(&path).and_then(|r| {
+        let compute = r.compute();
+        status.gpu_time_ns = compute.gpu_ns_total.load(std::sync::atomic::Ordering::Relaxed);
+        status.held_ns = compute.held_ns_total.load(std::sync::atomic::Ordering::Relaxed);
         let slots = r.slots()?;
         Ok((r.usage_locked()?, slots.iter().filter(|s| s.alive).count(), r.containers()?))
     });
