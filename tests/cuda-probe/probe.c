@@ -43,6 +43,9 @@ typedef struct CUstream_st *CUstream;
 typedef struct CUarray_st *CUarray;
 typedef struct CUmipmappedArray_st *CUmipmappedArray;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphExec_st *CUgraphExec;
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
 typedef struct CUuuid_st {
@@ -92,6 +95,45 @@ typedef struct CUDA_ARRAY3D_DESCRIPTOR_st {
     unsigned int Flags;
 } CUDA_ARRAY3D_DESCRIPTOR;
 
+/* cuLaunchKernelEx's configuration (CUDA 11.8); the attribute value is a 64-byte union. */
+typedef struct CUlaunchAttribute_st {
+    int id; /* CUlaunchAttributeID */
+    char pad[4];
+    union {
+        char pad[64];
+        int cooperative;
+        unsigned long long align_;
+    } value;
+} CUlaunchAttribute;
+typedef struct CUlaunchConfig_st {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+/* CUDA_KERNEL_NODE_PARAMS_v2 (CUDA 12.0); v1 is its first seven members, so a v2 struct
+ * serves both variants of cuGraphAddKernelNode. */
+typedef struct CUDA_KERNEL_NODE_PARAMS_st {
+    CUfunction func;
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    void **kernelParams;
+    void **extra;
+    void *kern; /* CUkernel */
+    CUcontext ctx;
+} CUDA_KERNEL_NODE_PARAMS;
+typedef struct CUDA_LAUNCH_PARAMS_st {
+    CUfunction function;
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    void **kernelParams;
+} CUDA_LAUNCH_PARAMS;
+
 enum {
     CUDA_SUCCESS = 0,
     CUDA_ERROR_INVALID_VALUE = 1,
@@ -105,6 +147,7 @@ enum {
 #define CU_MEM_LOCATION_TYPE_DEVICE 0x1
 #define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 0x3
 #define CU_MEM_ALLOC_GRANULARITY_MINIMUM 0x0
+#define CU_STREAM_CAPTURE_MODE_GLOBAL 0
 #define CU_GET_PROC_ADDRESS_DEFAULT 0
 #define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM (1 << 1)
 #define CU_GET_PROC_ADDRESS_SUCCESS 0
@@ -200,6 +243,17 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cu
     X(cuModuleUnload)                                                                          \
     X(cuModuleGetFunction)                                                                     \
     X(cuLaunchKernel)                                                                          \
+    X(cuLaunchKernelEx)                                                                        \
+    X(cuLaunchCooperativeKernel)                                                               \
+    X(cuLaunchCooperativeKernelMultiDevice)                                                    \
+    X(cuGraphCreate)                                                                           \
+    X(cuGraphAddKernelNode)                                                                    \
+    X(cuGraphInstantiateWithFlags)                                                             \
+    X(cuGraphLaunch)                                                                           \
+    X(cuGraphExecDestroy)                                                                      \
+    X(cuGraphDestroy)                                                                          \
+    X(cuStreamBeginCapture)                                                                    \
+    X(cuStreamEndCapture)                                                                      \
     X(cuGetProcAddress)
 
 enum {
@@ -276,6 +330,17 @@ static struct entry E[EP_COUNT] = {
     [EP_cuModuleUnload] = {"cuModuleUnload", {V(2000, cuModuleUnload)}, 0, 0, 0, 0, 0, 0, 0},
     [EP_cuModuleGetFunction] = {"cuModuleGetFunction", {V(2000, cuModuleGetFunction)}, 0, 0, 0, 0, 0, 0, 0},
     [EP_cuLaunchKernel] = {"cuLaunchKernel", {V(4000, cuLaunchKernel)}, 7000, "cuLaunchKernel_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuLaunchKernelEx] = {"cuLaunchKernelEx", {V(11060, cuLaunchKernelEx)}, 11060, "cuLaunchKernelEx_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuLaunchCooperativeKernel] = {"cuLaunchCooperativeKernel", {V(9000, cuLaunchCooperativeKernel)}, 9000, "cuLaunchCooperativeKernel_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuLaunchCooperativeKernelMultiDevice] = {"cuLaunchCooperativeKernelMultiDevice", {V(9000, cuLaunchCooperativeKernelMultiDevice)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuGraphCreate] = {"cuGraphCreate", {V(10000, cuGraphCreate)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuGraphAddKernelNode] = {"cuGraphAddKernelNode", {V(10000, cuGraphAddKernelNode), V(12000, cuGraphAddKernelNode_v2)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuGraphInstantiateWithFlags] = {"cuGraphInstantiateWithFlags", {V(11040, cuGraphInstantiateWithFlags)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuGraphLaunch] = {"cuGraphLaunch", {V(10000, cuGraphLaunch)}, 10000, "cuGraphLaunch_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuGraphExecDestroy] = {"cuGraphExecDestroy", {V(10000, cuGraphExecDestroy)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuGraphDestroy] = {"cuGraphDestroy", {V(10000, cuGraphDestroy)}, 0, 0, 0, 0, 0, 0, 0},
+    [EP_cuStreamBeginCapture] = {"cuStreamBeginCapture", {V(10000, cuStreamBeginCapture), V(10010, cuStreamBeginCapture_v2)}, 10010, "cuStreamBeginCapture_v2_ptsz", 0, 0, 0, 0, 0},
+    [EP_cuStreamEndCapture] = {"cuStreamEndCapture", {V(10000, cuStreamEndCapture)}, 10000, "cuStreamEndCapture_ptsz", 0, 0, 0, 0, 0},
     [EP_cuGetProcAddress] = {"cuGetProcAddress", {V(11030, cuGetProcAddress), V(12000, cuGetProcAddress_v2)}, 0, 0, 0, 0, 0, 0, 0},
 };
 #undef V
@@ -307,6 +372,13 @@ static struct {
     unsigned long long retry_ms;
     unsigned long long until_bytes;
     int echo_pid;
+    unsigned long long kernel_ns;
+    int have_kernel_ns;
+    double seconds;
+    int have_count;
+    unsigned long long sync_every;
+    unsigned long long stream_count;
+    unsigned long long graph_nodes;
     const char *names[256];
     int n_names;
 } opt;
@@ -602,13 +674,38 @@ DEF(cuLaunchKernel, cuLaunchKernel,
      void **extra),
     (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra))
 
-/* cuCtxCreate and cuCtxSynchronize change signature between variants. */
+DEF(cuLaunchKernelEx, cuLaunchKernelEx,
+    (const CUlaunchConfig *config, CUfunction f, void **params, void **extra), (config, f, params, extra))
+DEF(cuLaunchCooperativeKernel, cuLaunchCooperativeKernel,
+    (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+     unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params),
+    (f, gx, gy, gz, bx, by, bz, shmem, s, params))
+DEF(cuLaunchCooperativeKernelMultiDevice, cuLaunchCooperativeKernelMultiDevice,
+    (CUDA_LAUNCH_PARAMS * list, unsigned int n, unsigned int flags), (list, n, flags))
+DEF(cuGraphCreate, cuGraphCreate, (CUgraph * g, unsigned int flags), (g, flags))
+/* Both variants: the v2 parameters begin with v1's. */
+DEF(cuGraphAddKernelNode, cuGraphAddKernelNode_v2,
+    (CUgraphNode * node, CUgraph g, const CUgraphNode *deps, size_t ndeps,
+     const CUDA_KERNEL_NODE_PARAMS *params),
+    (node, g, deps, ndeps, params))
+DEF(cuGraphInstantiateWithFlags, cuGraphInstantiateWithFlags,
+    (CUgraphExec * exec, CUgraph g, unsigned long long flags), (exec, g, flags))
+DEF(cuGraphLaunch, cuGraphLaunch, (CUgraphExec exec, CUstream s), (exec, s))
+DEF(cuGraphExecDestroy, cuGraphExecDestroy, (CUgraphExec exec), (exec))
+DEF(cuGraphDestroy, cuGraphDestroy, (CUgraph g), (g))
+DEF(cuStreamEndCapture, cuStreamEndCapture, (CUstream s, CUgraph *g), (s, g))
+
+/* cuCtxCreate, cuCtxSynchronize and cuStreamBeginCapture change signature between variants. */
 #ifdef PROBE_DIRECT
 CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev);
 CUresult cuCtxSynchronize(void);
 static const char *ctx_create_name(void) { return "cuCtxCreate_v2"; }
 static CUresult p_cuCtxCreate(CUcontext *pctx, CUdevice dev) { return cuCtxCreate_v2(pctx, 0, dev); }
 static CUresult p_cuCtxSynchronize(void) { return cuCtxSynchronize(); }
+CUresult cuStreamBeginCapture_v2(CUstream s, int mode);
+static CUresult p_cuStreamBeginCapture(CUstream s) {
+    return cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
+}
 #else
 static const char *ctx_create_name(void) {
     int v = E[EP_cuCtxCreate].sel_ver;
@@ -638,6 +735,16 @@ static CUresult p_cuCtxSynchronize(void) {
     typedef CUresult (*fn)(void);
     return ((fn)e->pfn)();
 }
+static CUresult p_cuStreamBeginCapture(CUstream s) {
+    const struct entry *e = &E[EP_cuStreamBeginCapture];
+    if (!e->pfn) return unresolved(e);
+    if (e->sel_ver >= 10010) { /* cuStreamBeginCapture_v2: with a capture mode */
+        typedef CUresult (*fn)(CUstream, int);
+        return ((fn)e->pfn)(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    }
+    typedef CUresult (*fn)(CUstream);
+    return ((fn)e->pfn)(s);
+}
 #endif
 
 /* ------------------------------------------------------------------------------------------
@@ -665,8 +772,11 @@ static void usage(FILE *f) {
             "  fill --path P --chunk BYTES [--max-chunks N] [--hold SECONDS | --hold-forever]\n"
             "  copy --size BYTES\n"
             "  launch --duration-ns N [--count K]\n"
+            "  work --path P --kernel-ns D (--seconds S | --count N) [--sync-every N]\n"
+            "       [--stream-count K] [--graph-nodes G] [--echo-pid]\n"
             "  symbols [--name NAME]...\n"
             "paths: alloc pitch managed vmm async pool array array3d mipmap ctx\n"
+            "work paths: kernel ex coop coop-multi graph capture\n"
             "sizes take an optional K, M, G, T (or KiB, MiB, GiB, TiB) suffix, powers of 1024\n");
 }
 
@@ -1400,6 +1510,212 @@ static int cmd_launch(void) {
 }
 
 /* ------------------------------------------------------------------------------------------
+ * work: keep the device busy with `busy` kernels through one launch path
+ * ---------------------------------------------------------------------------------------- */
+enum work_path { W_KERNEL, W_EX, W_COOP, W_COOP_MULTI, W_GRAPH, W_CAPTURE };
+static const char *work_path_names[] = {"kernel", "ex", "coop", "coop-multi", "graph", "capture"};
+
+#define MAX_STREAMS 64
+#define MAX_DEVICES 64
+
+static struct {
+    enum work_path path;
+    unsigned long long duration; /* the kernels' parameter, in ns */
+    void *params[1];
+    CUmodule mod;
+    CUfunction f;
+    CUstream streams[MAX_STREAMS];
+    int nstreams; /* 0: the default stream only */
+    CUgraph graph;
+    CUgraphExec exec;
+    int ndev; /* coop-multi */
+    CUcontext ctx[MAX_DEVICES];
+    CUmodule dmod[MAX_DEVICES];
+    CUDA_LAUNCH_PARAMS multi[MAX_DEVICES];
+} W;
+
+static int parse_work_path(const char *s) {
+    for (size_t i = 0; i < sizeof work_path_names / sizeof work_path_names[0]; i++)
+        if (strcmp(s, work_path_names[i]) == 0) return (int)i;
+    return -1;
+}
+
+/* The stream of launch number i. */
+static CUstream work_stream(unsigned long long i) {
+    return W.nstreams ? W.streams[i % (unsigned long long)W.nstreams] : NULL;
+}
+
+static CUresult work_sync(void) {
+    if (W.path == W_COOP_MULTI) {
+        for (int d = 0; d < W.ndev; d++) {
+            CUresult r = p_cuStreamSynchronize(W.multi[d].hStream);
+            if (r != CUDA_SUCCESS) return r;
+        }
+        return CUDA_SUCCESS;
+    }
+    if (!W.nstreams) return p_cuStreamSynchronize(NULL);
+    for (int i = 0; i < W.nstreams; i++) {
+        CUresult r = p_cuStreamSynchronize(W.streams[i]);
+        if (r != CUDA_SUCCESS) return r;
+    }
+    return CUDA_SUCCESS;
+}
+
+/* One launch of launch number i through the path; *kernels gets how many kernels it ran. */
+static CUresult work_launch(unsigned long long i, unsigned long long *kernels, const char **what) {
+    CUstream s = work_stream(i);
+    *kernels = 1;
+    switch (W.path) {
+    case W_KERNEL:
+        *what = "cuLaunchKernel";
+        return p_cuLaunchKernel(W.f, 1, 1, 1, 1, 1, 1, 0, s, W.params, NULL);
+    case W_EX: {
+        CUlaunchConfig config;
+        memset(&config, 0, sizeof config);
+        config.gridDimX = config.gridDimY = config.gridDimZ = 1;
+        config.blockDimX = config.blockDimY = config.blockDimZ = 1;
+        config.hStream = s;
+        *what = "cuLaunchKernelEx";
+        return p_cuLaunchKernelEx(&config, W.f, W.params, NULL);
+    }
+    case W_COOP:
+        *what = "cuLaunchCooperativeKernel";
+        return p_cuLaunchCooperativeKernel(W.f, 1, 1, 1, 1, 1, 1, 0, s, W.params);
+    case W_COOP_MULTI:
+        *kernels = (unsigned long long)W.ndev;
+        *what = "cuLaunchCooperativeKernelMultiDevice";
+        return p_cuLaunchCooperativeKernelMultiDevice(W.multi, (unsigned int)W.ndev, 0);
+    case W_GRAPH:
+    case W_CAPTURE:
+        *kernels = opt.graph_nodes;
+        *what = "cuGraphLaunch";
+        return p_cuGraphLaunch(W.exec, s);
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* The graph of --graph-nodes kernels, one after another: node by node, or captured from the
+ * first stream. */
+static int work_graph(void) {
+    if (W.path == W_GRAPH) {
+        CK(p_cuGraphCreate(&W.graph, 0), "cuGraphCreate");
+        CUgraphNode prev = NULL;
+        for (unsigned long long i = 0; i < opt.graph_nodes; i++) {
+            CUDA_KERNEL_NODE_PARAMS np;
+            memset(&np, 0, sizeof np);
+            np.func = W.f;
+            np.gridDimX = np.gridDimY = np.gridDimZ = 1;
+            np.blockDimX = np.blockDimY = np.blockDimZ = 1;
+            np.kernelParams = W.params;
+            CUgraphNode node;
+            CK(p_cuGraphAddKernelNode(&node, W.graph, prev ? &prev : NULL, prev ? 1 : 0, &np),
+               "cuGraphAddKernelNode");
+            prev = node;
+        }
+    } else {
+        CK(p_cuStreamBeginCapture(W.streams[0]), "cuStreamBeginCapture");
+        for (unsigned long long i = 0; i < opt.graph_nodes; i++)
+            CK(p_cuLaunchKernel(W.f, 1, 1, 1, 1, 1, 1, 0, W.streams[0], W.params, NULL),
+               "cuLaunchKernel (capturing)");
+        CK(p_cuStreamEndCapture(W.streams[0], &W.graph), "cuStreamEndCapture");
+    }
+    CK(p_cuGraphInstantiateWithFlags(&W.exec, W.graph, 0), "cuGraphInstantiateWithFlags");
+    return 0;
+}
+
+/* One stream, module and launch per device, each in its device's primary context. */
+static int work_multi_device(void) {
+    int count = 0;
+    CK(p_cuDeviceGetCount(&count), "cuDeviceGetCount");
+    W.ndev = count < MAX_DEVICES ? count : MAX_DEVICES;
+    for (int d = 0; d < W.ndev; d++) {
+        CUdevice dev;
+        CUfunction f;
+        CUstream s;
+        CK(p_cuDeviceGet(&dev, d), "cuDeviceGet");
+        CK(p_cuDevicePrimaryCtxRetain(&W.ctx[d], dev), "cuDevicePrimaryCtxRetain");
+        CK(p_cuCtxSetCurrent(W.ctx[d]), "cuCtxSetCurrent");
+        CK(p_cuModuleLoadData(&W.dmod[d], busy_ptx), "cuModuleLoadData");
+        CK(p_cuModuleGetFunction(&f, W.dmod[d], "busy"), "cuModuleGetFunction");
+        CK(p_cuStreamCreate(&s, 0), "cuStreamCreate");
+        CUDA_LAUNCH_PARAMS *m = &W.multi[d];
+        memset(m, 0, sizeof *m);
+        m->function = f;
+        m->gridDimX = m->gridDimY = m->gridDimZ = 1;
+        m->blockDimX = m->blockDimY = m->blockDimZ = 1;
+        m->hStream = s;
+        m->kernelParams = W.params;
+    }
+    CK(p_cuCtxSetCurrent(g_primary), "cuCtxSetCurrent");
+    return 0;
+}
+
+static int work_cleanup(void) {
+    if (W.exec) CK(p_cuGraphExecDestroy(W.exec), "cuGraphExecDestroy");
+    if (W.graph) CK(p_cuGraphDestroy(W.graph), "cuGraphDestroy");
+    for (int d = 0; d < W.ndev; d++) {
+        CK(p_cuCtxSetCurrent(W.ctx[d]), "cuCtxSetCurrent");
+        CK(p_cuStreamDestroy(W.multi[d].hStream), "cuStreamDestroy");
+        CK(p_cuModuleUnload(W.dmod[d]), "cuModuleUnload");
+    }
+    CK(p_cuCtxSetCurrent(g_primary), "cuCtxSetCurrent");
+    for (int i = 0; i < W.nstreams; i++) CK(p_cuStreamDestroy(W.streams[i]), "cuStreamDestroy");
+    if (W.mod) CK(p_cuModuleUnload(W.mod), "cuModuleUnload");
+    return 0;
+}
+
+static int cmd_work(void) {
+    int rc;
+    W.duration = opt.kernel_ns;
+    W.params[0] = &W.duration;
+    if (opt.echo_pid) printf("pid=%d\n", (int)getpid());
+    printf("path=%s\n", work_path_names[W.path]);
+    if (W.path == W_COOP_MULTI) {
+        if ((rc = work_multi_device())) return rc;
+        printf("devices=%d\n", W.ndev);
+    } else {
+        CK(p_cuModuleLoadData(&W.mod, busy_ptx), "cuModuleLoadData");
+        CK(p_cuModuleGetFunction(&W.f, W.mod, "busy"), "cuModuleGetFunction");
+        W.nstreams = (int)opt.stream_count;
+        for (int i = 0; i < W.nstreams; i++) CK(p_cuStreamCreate(&W.streams[i], 0), "cuStreamCreate");
+        if ((W.path == W_GRAPH || W.path == W_CAPTURE) && (rc = work_graph())) return rc;
+    }
+    uint64_t limit = (uint64_t)(opt.seconds * 1e9);
+    unsigned long long launched = 0, kernels = 0;
+    uint64_t t0 = now_ns();
+    printf("start_ns=%" PRIu64 "\n", t0);
+    fflush(stdout);
+    CUresult r = CUDA_SUCCESS;
+    const char *what = "";
+    while (limit ? now_ns() - t0 < limit : launched < opt.count) {
+        unsigned long long k = 0;
+        r = work_launch(launched, &k, &what);
+        if (r != CUDA_SUCCESS) break;
+        launched++;
+        kernels += k;
+        if (launched % opt.sync_every == 0 && (r = work_sync()) != CUDA_SUCCESS) {
+            what = "cuStreamSynchronize";
+            break;
+        }
+    }
+    if (r == CUDA_SUCCESS && (r = work_sync()) != CUDA_SUCCESS) what = "cuStreamSynchronize";
+    uint64_t t1 = now_ns();
+    printf("launched=%llu\n", launched);
+    if (r != CUDA_SUCCESS) {
+        print_error(r);
+        return cu_fail(what, r);
+    }
+    unsigned long long kernel_ns = kernels * W.duration;
+    uint64_t wall = t1 - t0;
+    printf("kernels=%llu\n", kernels);
+    printf("kernel_ns=%llu\n", kernel_ns);
+    printf("wall_ns=%" PRIu64 "\n", wall);
+    printf("share_pct=%.1f\n", wall ? 100.0 * (double)kernel_ns / (double)wall : 0.0);
+    printf("end_ns=%" PRIu64 "\n", t1);
+    return work_cleanup();
+}
+
+/* ------------------------------------------------------------------------------------------
  * bench-launch, bench-alloc: the cost of one call, for overhead benchmarks (ns per operation,
  * best of 5 runs of --count operations each, so one disturbed run does not count)
  * ---------------------------------------------------------------------------------------- */
@@ -1516,6 +1832,9 @@ static int cmd_symbols(void) {
 static int parse_args(int argc, char **argv) {
     opt.cuda_version = 12080;
     opt.count = 1;
+    opt.sync_every = 4;
+    opt.stream_count = 1;
+    opt.graph_nodes = 4;
     opt.max_chunks = 1000000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1550,13 +1869,30 @@ static int parse_args(int argc, char **argv) {
 #endif
         } else if (strcmp(a, "--path") == 0) {
             NEED_VALUE();
-            if (parse_path(val) < 0) return usage_error("--path: unknown path '%s'", val);
             opt.path = val;
         } else if (strcmp(a, "--size") == 0) {
             NUM(opt.size, 1, 0, ~0ULL);
             opt.have_size = 1;
         } else if (strcmp(a, "--count") == 0) {
             NUM(opt.count, 0, 0, ~0ULL);
+            opt.have_count = 1;
+        } else if (strcmp(a, "--kernel-ns") == 0) {
+            NUM(opt.kernel_ns, 0, 0, 3600000000000ULL);
+            opt.have_kernel_ns = 1;
+        } else if (strcmp(a, "--seconds") == 0) {
+            NEED_VALUE();
+            char *end;
+            errno = 0;
+            double s = strtod(val, &end);
+            if (errno || end == val || *end || !(s > 0) || s > 1e6)
+                return usage_error("--seconds: bad value '%s'", val);
+            opt.seconds = s;
+        } else if (strcmp(a, "--sync-every") == 0) {
+            NUM(opt.sync_every, 0, 1, 1000000);
+        } else if (strcmp(a, "--stream-count") == 0) {
+            NUM(opt.stream_count, 0, 0, 64);
+        } else if (strcmp(a, "--graph-nodes") == 0) {
+            NUM(opt.graph_nodes, 0, 1, 1024);
         } else if (strcmp(a, "--height") == 0) {
             NUM(opt.height, 0, 1, 1u << 30);
         } else if (strcmp(a, "--levels") == 0) {
@@ -1617,17 +1953,32 @@ int main(int argc, char **argv) {
 
     const char *c = opt.cmd;
     int is_alloc = strcmp(c, "alloc") == 0, is_fill = strcmp(c, "fill") == 0;
-    int known = is_alloc || is_fill || !strcmp(c, "info") || !strcmp(c, "meminfo") ||
+    int is_work = strcmp(c, "work") == 0;
+    int known = is_alloc || is_fill || is_work || !strcmp(c, "info") || !strcmp(c, "meminfo") ||
                 !strcmp(c, "nvml-meminfo") || !strcmp(c, "copy") || !strcmp(c, "launch") ||
                 !strcmp(c, "symbols") || !strcmp(c, "bench-launch") || !strcmp(c, "bench-alloc");
     if (!known) return usage_error("unknown command '%s'", c);
     if (is_alloc || is_fill) {
         if (!opt.path) return usage_error("%s needs --path", c);
+        if (parse_path(opt.path) < 0) return usage_error("--path: unknown path '%s'", opt.path);
         A.path = (enum path)parse_path(opt.path);
         if (is_alloc && !opt.have_size && A.path != P_CTX) return usage_error("alloc needs --size");
         if (is_fill && !opt.chunk && A.path != P_CTX) return usage_error("fill needs --chunk");
     }
     if (!strcmp(c, "copy") && !opt.have_size) return usage_error("copy needs --size");
+    if (is_work) {
+        if (!opt.path) return usage_error("work needs --path");
+        if (parse_work_path(opt.path) < 0) return usage_error("--path: unknown work path '%s'", opt.path);
+        W.path = (enum work_path)parse_work_path(opt.path);
+        if (!opt.have_kernel_ns) return usage_error("work needs --kernel-ns");
+        if ((opt.seconds > 0) == opt.have_count) return usage_error("work needs one of --seconds and --count");
+        if (W.path == W_CAPTURE && opt.stream_count == 0)
+            return usage_error("work --path capture needs --stream-count 1 or more (the legacy stream cannot capture)");
+        if (W.path == W_COOP_MULTI && opt.stream_count != 1)
+            return usage_error("work --path coop-multi uses one stream per device; leave out --stream-count");
+    } else if (opt.path && !is_alloc && !is_fill) {
+        return usage_error("%s takes no --path", c);
+    }
     if (!strcmp(c, "nvml-meminfo")) return cmd_nvml_meminfo();
 
     int calls = strcmp(c, "symbols") != 0;
@@ -1652,5 +2003,6 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "copy")) return cmd_copy();
     if (!strcmp(c, "bench-launch")) return cmd_bench_launch();
     if (!strcmp(c, "bench-alloc")) return cmd_bench_alloc();
+    if (is_work) return cmd_work();
     return cmd_launch();
 }

@@ -10,8 +10,14 @@
 //! every live process that holds memory there. A CUDA program in another process that calls
 //! `cuMemAlloc_v2` ([`cuda`]) adds to that sum, and its share disappears when it exits, as
 //! on a real GPU.
+//!
+//! Time works the same way. Each GPU's [`timeline`] is shared by every process: a `busy`
+//! kernel launched anywhere waits for the device's earlier work and then occupies it, so
+//! processes take turns, and `nvmlDeviceGetUtilizationRates` reads how busy the device was
+//! over the last second from that timeline.
 
 pub mod config;
 pub mod cuda;
 pub mod nvml;
 pub mod state;
+pub mod timeline;

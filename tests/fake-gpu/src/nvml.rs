@@ -8,7 +8,7 @@
 //! A device handle is the address of the GPU's [`DeviceState`]; it is compared against the
 //! known addresses and never dereferenced.
 
-use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
 use std::mem::offset_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nvml_wrapper_sys::bindings::{
     NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_INIT_FLAG_NO_GPUS, nvmlDevice_t, nvmlMemory_t,
-    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessUtilizationSample_t, nvmlReturn_t, nvmlUtilization_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
 use crate::state::{DeviceState, Simulator, StateError};
+use crate::timeline::DeviceTimeline;
 
 type NvmlResult<T = ()> = Result<T, nvmlReturn_t>;
 
@@ -126,6 +127,12 @@ fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static DeviceState, &'static Gp
         .zip(&sim.config().gpu)
         .find(|(state, _)| ptr::eq(handle_of(state), handle))
         .ok_or(INVALID_ARGUMENT)
+}
+
+/// The timeline of the GPU a handle names.
+fn timeline(handle: nvmlDevice_t) -> NvmlResult<&'static DeviceTimeline> {
+    let (state, _) = device(handle)?;
+    initialized()?.timeline(state.index()).ok_or(INVALID_ARGUMENT)
 }
 
 fn device_by_index(index: c_uint) -> NvmlResult<nvmlDevice_t> {
@@ -460,6 +467,55 @@ exports! {
         unsafe { put(current_mode, mode) }?;
         // SAFETY: non-null and writable per the export's contract.
         unsafe { put(pending_mode, mode) }
+    }
+
+    /// `gpu`: percent of the last second the device was busy, from the timeline every process
+    /// shares. `memory`: 0, since `busy` reads no device memory.
+    fn nvmlDeviceGetUtilizationRates(device: nvmlDevice_t, utilization: *mut nvmlUtilization_t) {
+        let gpu = timeline(device)?.utilization();
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(utilization, nvmlUtilization_t { gpu, memory: 0 }) }
+    }
+
+    /// One sample per process the device worked for in the last second, if stamped (with the
+    /// end of that work, wall-clock µs) after `last_seen_time_stamp`: `smUtil` is its percent
+    /// of that second, the rest 0. None: `NVML_ERROR_NOT_FOUND`. A null buffer, or one
+    /// `*process_samples_count` cannot hold them: `NVML_ERROR_INSUFFICIENT_SIZE` with the
+    /// count needed.
+    fn nvmlDeviceGetProcessUtilization(
+        device: nvmlDevice_t,
+        utilization: *mut nvmlProcessUtilizationSample_t,
+        process_samples_count: *mut c_uint,
+        last_seen_time_stamp: c_ulonglong,
+    ) {
+        let samples = timeline(device)?.process_samples(last_seen_time_stamp);
+        if process_samples_count.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null, readable and writable per the export's contract.
+        let room = unsafe { process_samples_count.read() };
+        let needed = c_uint::try_from(samples.len()).map_err(|_| UNKNOWN)?;
+        // SAFETY: as above.
+        unsafe { process_samples_count.write(needed) };
+        if samples.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        if utilization.is_null() || room < needed {
+            return Err(INSUFFICIENT_SIZE);
+        }
+        for (i, s) in samples.iter().enumerate() {
+            let sample = nvmlProcessUtilizationSample_t {
+                pid: s.pid,
+                timeStamp: s.timestamp_us,
+                smUtil: s.sm_util,
+                memUtil: 0,
+                encUtil: 0,
+                decUtil: 0,
+            };
+            // SAFETY: the buffer holds `room` ≥ `needed` > i samples per the export's contract.
+            unsafe { utilization.add(i).write(sample) };
+        }
+        Ok(())
     }
 
     /// `sm_count × cores_per_sm`.

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::config::{ConfigError, FakeGpuConfig};
+use crate::timeline::DeviceTimeline;
 
 /// Environment variable naming the state directory.
 pub const STATE_DIR_ENV: &str = "FAKEGPU_STATE_DIR";
@@ -92,7 +93,7 @@ pub struct OutOfMemory {
     pub free: u64,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError + use<> {
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError + use<> {
     let path = path.to_owned();
     move |source| StateError::Io { op, path, source }
 }
@@ -136,7 +137,7 @@ impl DeviceState {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("opening", &path)(e)),
             }
-            publish(&path, index, total_bytes)?;
+            publish(&path, &image(index, total_bytes))?;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening", &path))?;
         Self::map(file, path, index, total_bytes)
@@ -350,7 +351,8 @@ fn slot_range(i: usize) -> (u64, u64) {
 /// it conflicts with locks of every other open file description, in this process or
 /// another, and the kernel drops it when the description is closed or its process dies.
 /// Released on drop unless [`keep`](Self::keep) is called.
-struct RangeLock<'a> {
+#[derive(Debug)]
+pub(crate) struct RangeLock<'a> {
     file: &'a File,
     range: (u64, u64),
 }
@@ -379,13 +381,13 @@ impl<'a> RangeLock<'a> {
     }
 
     /// Take the lock if no other open file description holds it.
-    fn try_take(file: &'a File, range: (u64, u64)) -> Option<Self> {
+    pub(crate) fn try_take(file: &'a File, range: (u64, u64)) -> Option<Self> {
         Self::fcntl(file, libc::F_OFD_SETLK, libc::F_WRLCK, range).ok().map(|()| Self { file, range })
     }
 
     /// Wait for the lock. If locking itself fails (it does not on Linux ≥ 3.15), go on
     /// unlocked: the in-process mutex still orders this process's own reservations.
-    fn wait(file: &'a File, range: (u64, u64)) -> Option<Self> {
+    pub(crate) fn wait(file: &'a File, range: (u64, u64)) -> Option<Self> {
         match Self::fcntl(file, libc::F_OFD_SETLKW, libc::F_WRLCK, range) {
             Ok(()) => Some(Self { file, range }),
             Err(err) => {
@@ -396,8 +398,24 @@ impl<'a> RangeLock<'a> {
     }
 
     /// Keep the lock until the file is closed.
-    fn keep(self) {
+    pub(crate) fn keep(self) {
         std::mem::forget(self);
+    }
+
+    /// Whether another open file description (in this process or another) holds a lock on
+    /// any byte of `range`. Asks without taking anything; on an error, says yes.
+    pub(crate) fn held_elsewhere(file: &File, (start, len): (u64, u64)) -> bool {
+        let mut lock = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: start as libc::off_t,
+            l_len: len as libc::off_t,
+            l_pid: 0,
+        };
+        // SAFETY: `lock` is a valid, writable flock for the duration of the call, l_pid is 0
+        // as OFD locks require, and the descriptor is open for as long as `file` lives.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+        r != 0 || lock.l_type != libc::F_UNLCK as libc::c_short
     }
 }
 
@@ -407,11 +425,8 @@ impl Drop for RangeLock<'_> {
     }
 }
 
-/// Write a fresh state file for GPU `index` to a private name, then link it to `path`.
-/// Losing the race to another process is not an error.
-fn publish(path: &Path, index: u32, total_bytes: u64) -> Result<(), StateError> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+/// The bytes of a fresh state file for GPU `index`: the header, and every slot empty.
+fn image(index: u32, total_bytes: u64) -> Vec<u8> {
     let mut page = vec![0u8; FILE_SIZE];
     let mut put = |offset: usize, bytes: &[u8]| {
         page[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -422,8 +437,16 @@ fn publish(path: &Path, index: u32, total_bytes: u64) -> Result<(), StateError> 
     put(offset_of!(Header, total_bytes), &total_bytes.to_ne_bytes());
     put(offset_of!(Header, slots), &(SLOTS as u32).to_ne_bytes());
     put(offset_of!(Header, slot_offset), &(HEADER_SIZE as u32).to_ne_bytes());
+    page
+}
 
-    let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(&page));
+/// Write `contents` to a private name beside `path`, then link it to `path`, so that no
+/// process ever sees a half-written file. Losing the race to another process is not an
+/// error.
+pub(crate) fn publish(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(contents));
     let result = written.map_err(io_err("writing", &tmp)).and_then(|()| match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -440,6 +463,7 @@ pub struct Simulator {
     config: FakeGpuConfig,
     state_dir: PathBuf,
     devices: Vec<DeviceState>,
+    timelines: Vec<DeviceTimeline>,
 }
 
 impl Simulator {
@@ -464,13 +488,15 @@ impl Simulator {
     /// A machine from an already validated config, with state in `state_dir` (created if
     /// missing).
     pub fn new(config_path: PathBuf, config: FakeGpuConfig, state_dir: PathBuf) -> Result<Self, StateError> {
-        let devices = config
+        let devices: Vec<DeviceState> = config
             .gpu
             .iter()
             .zip(0u32..)
             .map(|(gpu, index)| DeviceState::open(&state_dir, index, gpu.memory.0))
             .collect::<Result<_, _>>()?;
-        Ok(Self { config_path, config, state_dir, devices })
+        let timelines =
+            (0..devices.len() as u32).map(|index| DeviceTimeline::open(&state_dir, index)).collect::<Result<_, _>>()?;
+        Ok(Self { config_path, config, state_dir, devices, timelines })
     }
 
     pub fn config_path(&self) -> &Path {
@@ -493,6 +519,11 @@ impl Simulator {
     /// GPU `index`'s state.
     pub fn device(&self, index: u32) -> Option<&DeviceState> {
         self.devices.get(usize::try_from(index).ok()?)
+    }
+
+    /// GPU `index`'s timeline: when it is busy, and for whom.
+    pub fn timeline(&self, index: u32) -> Option<&DeviceTimeline> {
+        self.timelines.get(usize::try_from(index).ok()?)
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::cuda::*;
 use common::{Fixture, Gpu, config_with, is_child, run_child};
 use fakegpu::state::DeviceState;
+use fakegpu::timeline::{self, DeviceTimeline};
 use nvml_wrapper_sys::bindings::{NvmlLib, nvmlDevice_t, nvmlMemory_t};
 
 /// A one-GPU machine with `memory` and `context_memory`, and `extra` top-level keys.
@@ -125,6 +126,13 @@ fn proc_addresses_are_the_exported_symbols() {
     resolves_to(&cu, "cuStreamSynchronize", 12000, PTDS, "cuStreamSynchronize_ptsz");
     resolves_to(&cu, "cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2");
     resolves_to(&cu, "cuEventElapsedTime", 12080, 0, "cuEventElapsedTime_v2");
+    resolves_to(&cu, "cuLaunchKernelEx", 12000, PTDS, "cuLaunchKernelEx_ptsz");
+    resolves_to(&cu, "cuLaunchCooperativeKernel", 13000, 0, "cuLaunchCooperativeKernel");
+    resolves_to(&cu, "cuGraphInstantiate", 11040, 0, "cuGraphInstantiate_v2");
+    resolves_to(&cu, "cuGraphInstantiate", 12000, 0, "cuGraphInstantiateWithFlags");
+    resolves_to(&cu, "cuGraphAddKernelNode", 13000, 0, "cuGraphAddKernelNode_v2");
+    resolves_to(&cu, "cuStreamBeginCapture", 12000, PTDS, "cuStreamBeginCapture_v2_ptsz");
+    resolves_to(&cu, "cuGraphLaunch", 12000, PTDS, "cuGraphLaunch_ptsz");
 
     // Every variant of the table, at its own version, with and without the per-thread flag.
     for e in fakegpu::cuda::proc_address::table() {
@@ -835,10 +843,11 @@ fn busy_kernels_occupy_their_stream() {
         ok((cu.cuEventSynchronize)(end));
         about(t.elapsed(), 200);
 
-        // Non-blocking streams run side by side; the context waits for all of them.
+        // Kernels of independent (non-blocking) streams take turns on the device; the
+        // context waits for all of them.
         let t = Instant::now();
-        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 300));
-        ok(busy(&cu, cu.cuLaunchKernel, f, s2, 300));
+        ok(busy(&cu, cu.cuLaunchKernel, f, s1, 150));
+        ok(busy(&cu, cu.cuLaunchKernel, f, s2, 150));
         ok((cu.cuCtxSynchronize)());
         about(t.elapsed(), 300);
 
@@ -915,4 +924,345 @@ fn the_nth_allocation_can_be_made_to_fail() {
         ok((cu.cuMemAllocAsync)(&mut b, 1, null_mut()));
         assert_eq!(used(&cu), 10 * MIB);
     }
+}
+
+// ---- every launch path, graphs and capture ------------------------------------------------
+
+const MS: u64 = 1_000_000;
+
+/// `busy`'s parameter array for a duration in `nanos` (which must outlive the launch call).
+fn busy_params(nanos: &mut u64) -> [*mut c_void; 1] {
+    [(nanos as *mut u64).cast::<c_void>()]
+}
+
+/// Device time GPU `tl` gave this process in `[from, now)`.
+fn mine(tl: &DeviceTimeline, from: u64) -> u64 {
+    let pid = std::process::id();
+    tl.by_process(from, u64::MAX).iter().filter(|p| p.pid == pid).map(|p| p.busy_ns).sum()
+}
+
+fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("FAKEGPU_STATE_DIR").unwrap().into()
+}
+
+/// Load `busy` in the current context.
+fn busy_function(cu: &Cuda) -> Handle {
+    let (mut module, mut f) = (null_mut(), null_mut());
+    let image = [0u8; 16];
+    // SAFETY: live outputs and a NUL-terminated name.
+    ok(unsafe { (cu.cuModuleLoadData)(&mut module, image.as_ptr().cast()) });
+    // SAFETY: as above.
+    ok(unsafe { (cu.cuModuleGetFunction)(&mut f, module, c"busy".as_ptr()) });
+    f
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn every_launch_path_takes_its_turn_on_the_device() {
+    let name = "every_launch_path_takes_its_turn_on_the_device";
+    if !is_child(name) {
+        return Fixture::new(&config_with(2, "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    let ctx1 = primary(&cu, 1);
+    let f1 = busy_function(&cu);
+    let ctx0 = primary(&cu, 0);
+    let f = busy_function(&cu);
+    let tl = DeviceTimeline::open(&state_dir(), 0).unwrap();
+    let tl1 = DeviceTimeline::open(&state_dir(), 1).unwrap();
+    let (mut s, mut s1, mut a, mut b) = (null_mut(), null_mut(), null_mut(), null_mut());
+    let mut nanos = 5 * MS;
+    let mut params = busy_params(&mut nanos);
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null or invalid; handles come from the driver.
+    unsafe {
+        ok((cu.cuStreamCreate)(&mut s, 0));
+        ok((cu.cuEventCreate)(&mut a, 0));
+        ok((cu.cuEventCreate)(&mut b, 0));
+        let t0 = timeline::now();
+
+        // cuLaunchKernel(_ptsz): 5 ms each on GPU 0.
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, params.as_mut_ptr(), null_mut()));
+        ok((cu.cuLaunchKernel_ptsz)(f, 1, 1, 1, 32, 1, 1, 0, null_mut(), params.as_mut_ptr(), null_mut()));
+        ok((cu.cuCtxSynchronize)());
+        assert_eq!(mine(&tl, t0), 10 * MS);
+
+        // cuLaunchKernelEx(_ptsz): shape and stream from the config; attributes are read.
+        let mut attrs = [CUlaunchAttribute::int(8, 0), CUlaunchAttribute::int(2, 1)];
+        let mut config = CUlaunchConfig {
+            grid: [2, 1, 1],
+            block: [64, 1, 1],
+            shared_mem_bytes: 0,
+            stream: s,
+            attrs: attrs.as_mut_ptr(),
+            num_attrs: 2,
+        };
+        ok((cu.cuLaunchKernelEx)(&config, f, params.as_mut_ptr(), null_mut()));
+        config.stream = null_mut();
+        ok((cu.cuLaunchKernelEx_ptsz)(&config, f, params.as_mut_ptr(), null_mut()));
+        ok((cu.cuCtxSynchronize)());
+        assert_eq!(mine(&tl, t0), 20 * MS);
+        // Cooperative (the second attribute): no more blocks than the device holds at once,
+        // 32 per SM of 132 SMs here.
+        config.grid = [132 * 32 + 1, 1, 1];
+        config.block = [1, 1, 1];
+        check((cu.cuLaunchKernelEx)(&config, f, params.as_mut_ptr(), null_mut()), COOPERATIVE_LAUNCH_TOO_LARGE);
+        config.num_attrs = 1;
+        let mut zero = 0u64;
+        let mut quick = busy_params(&mut zero);
+        ok((cu.cuLaunchKernelEx)(&config, f, quick.as_mut_ptr(), null_mut()));
+        config.attrs = null_mut();
+        check((cu.cuLaunchKernelEx)(&config, f, quick.as_mut_ptr(), null_mut()), INVALID_VALUE);
+        check((cu.cuLaunchKernelEx)(null(), f, quick.as_mut_ptr(), null_mut()), INVALID_VALUE);
+
+        // cuLaunchCooperativeKernel(_ptsz).
+        ok((cu.cuLaunchCooperativeKernel)(f, 132, 1, 1, 1024, 1, 1, 0, s, params.as_mut_ptr()));
+        ok((cu.cuLaunchCooperativeKernel_ptsz)(f, 1, 1, 1, 32, 1, 1, 0, null_mut(), params.as_mut_ptr()));
+        let too_many = (cu.cuLaunchCooperativeKernel)(f, 133 * 2, 1, 1, 1024, 1, 1, 0, s, params.as_mut_ptr());
+        check(too_many, COOPERATIVE_LAUNCH_TOO_LARGE);
+        check((cu.cuLaunchCooperativeKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, null_mut()), INVALID_VALUE);
+        ok((cu.cuCtxSynchronize)());
+        assert_eq!(mine(&tl, t0), 30 * MS);
+
+        // cuLaunchCooperativeKernelMultiDevice: one kernel per device. By default they start
+        // together, once every stream's earlier work is done, and later work on each stream
+        // waits for all of them.
+        ok((cu.cuCtxSetCurrent)(ctx1));
+        ok((cu.cuStreamCreate)(&mut s1, 0));
+        ok((cu.cuCtxSetCurrent)(ctx0));
+        let (mut eight, mut four) = (8 * MS, 4 * MS);
+        let (mut p8, mut p4) = (busy_params(&mut eight), busy_params(&mut four));
+        let launch = |f: Handle, stream: Handle, p: *mut *mut c_void| CUDA_LAUNCH_PARAMS {
+            function: f,
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            shared_mem_bytes: 0,
+            stream,
+            kernel_params: p,
+        };
+        let t1 = timeline::now();
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, params.as_mut_ptr(), null_mut()));
+        let mut list = [launch(f, s, p8.as_mut_ptr()), launch(f1, s1, p4.as_mut_ptr())];
+        ok((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 0));
+        ok((cu.cuEventRecord)(a, s));
+        ok((cu.cuEventRecord)(b, s1));
+        ok((cu.cuEventSynchronize)(a));
+        ok((cu.cuEventSynchronize)(b));
+        assert_eq!((mine(&tl, t1), mine(&tl1, t1)), (13 * MS, 4 * MS), "one kernel on each device");
+        let start1 = tl1.by_process(t1, u64::MAX)[0].last_ns - 4 * MS;
+        assert_eq!(tl1.busy(t1, start1), 0, "device 1 waited for stream s's earlier work");
+        assert!(start1 >= t1 + 5 * MS);
+        let mut ms = -1f32;
+        ok((cu.cuEventElapsedTime)(&mut ms, a, b));
+        assert_eq!(ms, 0.0, "both streams wait for the longer kernel");
+        // Without the post-launch sync, s1's later work waits for its own kernel only.
+        ok((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 2));
+        ok((cu.cuEventRecord)(a, s));
+        ok((cu.cuEventRecord)(b, s1));
+        ok((cu.cuEventSynchronize)(a));
+        ok((cu.cuEventSynchronize)(b));
+        ok((cu.cuEventElapsedTime)(&mut ms, a, b));
+        assert!((ms + 4.0).abs() < 0.01, "{ms} ms: s1 is done 4 ms before s");
+        // One device twice, a default stream, a function of another context, no launches,
+        // unknown flags, different shapes.
+        let mut bad = [launch(f, s, p4.as_mut_ptr()), launch(f, s, p4.as_mut_ptr())];
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(bad.as_mut_ptr(), 2, 0), INVALID_VALUE);
+        bad = [launch(f, null_mut(), p4.as_mut_ptr()), launch(f1, s1, p4.as_mut_ptr())];
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(bad.as_mut_ptr(), 2, 0), INVALID_VALUE);
+        bad = [launch(f1, s, p4.as_mut_ptr()), launch(f, s1, p4.as_mut_ptr())];
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(bad.as_mut_ptr(), 2, 0), INVALID_VALUE);
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 0, 0), INVALID_VALUE);
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 4), INVALID_VALUE);
+        list[1].block = [64, 1, 1];
+        check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 0), INVALID_VALUE);
+    }
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
+    let name = "graphs_run_their_nodes_in_order_and_captures_run_nothing";
+    if !is_child(name) {
+        return Fixture::new(&config_with(1, "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let f = busy_function(&cu);
+    let tl = DeviceTimeline::open(&state_dir(), 0).unwrap();
+    let (mut s, mut a, mut b, mut e) = (null_mut(), null_mut(), null_mut(), null_mut());
+    let (mut graph, mut exec, mut n1, mut n2, mut n3) = (null_mut(), null_mut(), null_mut(), null_mut(), null_mut());
+    let (mut d2, mut d3, mut d4) = (2 * MS, 3 * MS, 4 * MS);
+    let (mut p2, mut p3, mut p4) = (busy_params(&mut d2), busy_params(&mut d3), busy_params(&mut d4));
+    // Queued ahead of an event, so that what follows the event starts exactly when it
+    // completes, however late this thread gets to launch it.
+    let mut ahead = 100 * MS;
+    let mut p_ahead = busy_params(&mut ahead);
+    let node = |p: *mut *mut c_void| CUDA_KERNEL_NODE_PARAMS {
+        func: f,
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_mem_bytes: 0,
+        kernel_params: p,
+        extra: null_mut(),
+        kern: null_mut(),
+        ctx: null_mut(),
+    };
+    let mut status = -1;
+    // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
+    // null or invalid; handles come from the driver.
+    unsafe {
+        ok((cu.cuStreamCreate)(&mut s, 0));
+        for ev in [&mut a, &mut b, &mut e] {
+            ok((cu.cuEventCreate)(ev, 0));
+        }
+        // Three nodes in a chain, through both variants; parameters are read when added.
+        check((cu.cuGraphCreate)(&mut graph, 1), INVALID_VALUE);
+        ok((cu.cuGraphCreate)(&mut graph, 0));
+        ok((cu.cuGraphAddKernelNode)(&mut n1, graph, null(), 0, &node(p2.as_mut_ptr())));
+        ok((cu.cuGraphAddKernelNode_v2)(&mut n2, graph, &n1, 1, &node(p3.as_mut_ptr())));
+        ok((cu.cuGraphAddKernelNode_v2)(&mut n3, graph, [n1, n2].as_ptr(), 2, &node(p4.as_mut_ptr())));
+        p2[0].cast::<u64>().write(100 * MS); // the node keeps the 2 ms it was given
+        let stranger = 0x5555 as Handle;
+        check((cu.cuGraphAddKernelNode_v2)(&mut n3, graph, &stranger, 1, &node(p4.as_mut_ptr())), INVALID_VALUE);
+        check(
+            (cu.cuGraphAddKernelNode_v2)(&mut n3, graph, [n1, n1].as_ptr(), 2, &node(p4.as_mut_ptr())),
+            INVALID_VALUE,
+        );
+        let mut kernelless = node(p4.as_mut_ptr());
+        kernelless.func = null_mut();
+        check((cu.cuGraphAddKernelNode_v2)(&mut n3, graph, null(), 0, &kernelless), INVALID_VALUE);
+        check((cu.cuGraphInstantiateWithFlags)(&mut exec, graph, 2), INVALID_VALUE);
+        ok((cu.cuGraphInstantiateWithFlags)(&mut exec, graph, 0));
+
+        // Each launch runs 2 + 3 + 4 ms on the device, after the previous one.
+        let t0 = timeline::now();
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p_ahead.as_mut_ptr(), null_mut()));
+        ok((cu.cuEventRecord)(a, s));
+        ok((cu.cuGraphLaunch)(exec, s));
+        ok((cu.cuGraphLaunch_ptsz)(exec, null_mut()));
+        ok((cu.cuEventRecord)(b, s));
+        ok((cu.cuCtxSynchronize)());
+        assert_eq!(mine(&tl, t0), 100 * MS + 18 * MS);
+        let mut ms = 0f32;
+        ok((cu.cuEventElapsedTime)(&mut ms, a, b));
+        assert!((ms - 9.0).abs() < 0.001, "{ms} ms: the stream's launch, the per-thread one after it");
+        // The executable graph outlives its graph; the older instantiate forms work too.
+        let (mut exec2, mut exec3, mut error_node) = (null_mut(), null_mut(), 0x77 as Handle);
+        let mut log = [1 as c_char; 8];
+        ok((cu.cuGraphInstantiate)(&mut exec2, graph, &mut error_node, log.as_mut_ptr(), 8));
+        assert!(error_node.is_null() && log[0] == 0);
+        ok((cu.cuGraphInstantiate_v2)(&mut exec3, graph, null_mut(), null_mut(), 0));
+        ok((cu.cuGraphDestroy)(graph));
+        check((cu.cuGraphDestroy)(graph), INVALID_VALUE);
+        let t1 = timeline::now();
+        ok((cu.cuGraphLaunch)(exec3, s));
+        ok((cu.cuStreamSynchronize)(s));
+        assert_eq!(mine(&tl, t1), 9 * MS);
+        for x in [exec, exec2, exec3] {
+            ok((cu.cuGraphExecDestroy)(x));
+        }
+        check((cu.cuGraphLaunch)(exec, s), INVALID_VALUE);
+
+        // Capture: kernels (any launch path) and event records become nodes; nothing runs.
+        check((cu.cuStreamBeginCapture_v2)(null_mut(), 0), STREAM_CAPTURE_UNSUPPORTED);
+        check((cu.cuStreamEndCapture)(s, &mut graph), ILLEGAL_STATE);
+        ok((cu.cuStreamBeginCapture_v2)(s, 0));
+        check((cu.cuStreamBeginCapture_v2)(s, 0), ILLEGAL_STATE);
+        ok((cu.cuStreamIsCapturing)(s, &mut status));
+        assert_eq!(status, 1);
+        let t2 = timeline::now();
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p3.as_mut_ptr(), null_mut()));
+        ok((cu.cuEventRecord)(e, s));
+        check((cu.cuEventQuery)(e), CAPTURED_EVENT);
+        let config = CUlaunchConfig {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_mem_bytes: 0,
+            stream: s,
+            attrs: null_mut(),
+            num_attrs: 0,
+        };
+        ok((cu.cuLaunchKernelEx)(&config, f, p4.as_mut_ptr(), null_mut()));
+        ok((cu.cuLaunchCooperativeKernel)(f, 1, 1, 1, 1, 1, 1, 0, s, p4.as_mut_ptr()));
+        // Ending the capture on another thread: not in global mode.
+        let (s_addr, end) = (s as usize, cu.cuStreamEndCapture);
+        let other = std::thread::spawn(move || {
+            let mut g = null_mut();
+            end(s_addr as Handle, &mut g)
+        });
+        check(other.join().unwrap(), STREAM_CAPTURE_WRONG_THREAD);
+        ok((cu.cuStreamEndCapture)(s, &mut graph));
+        assert_eq!(mine(&tl, t2), 0, "nothing ran while capturing");
+        ok((cu.cuStreamIsCapturing)(s, &mut status));
+        assert_eq!(status, 0);
+        ok((cu.cuGraphInstantiateWithFlags)(&mut exec, graph, 0));
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p_ahead.as_mut_ptr(), null_mut()));
+        ok((cu.cuEventRecord)(a, s));
+        ok((cu.cuGraphLaunch)(exec, s));
+        ok((cu.cuStreamSynchronize)(s));
+        assert_eq!(mine(&tl, t2), 100 * MS + 11 * MS, "3 + 4 + 4 ms after the 100");
+        ok((cu.cuEventElapsedTime)(&mut ms, a, e));
+        assert!((ms - 3.0).abs() < 0.001, "{ms} ms: the captured event ran after the first kernel");
+        ok((cu.cuGraphExecDestroy)(exec));
+        ok((cu.cuGraphDestroy)(graph));
+
+        // Synchronising a capturing stream fails and invalidates the capture.
+        ok((cu.cuStreamBeginCapture)(s));
+        check((cu.cuStreamSynchronize)(s), STREAM_CAPTURE_UNSUPPORTED);
+        ok((cu.cuStreamIsCapturing)(s, &mut status));
+        assert_eq!(status, 2);
+        check((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p3.as_mut_ptr(), null_mut()), STREAM_CAPTURE_INVALIDATED);
+        graph = 0x99 as Handle;
+        check((cu.cuStreamEndCapture)(s, &mut graph), STREAM_CAPTURE_INVALIDATED);
+        assert!(graph.is_null());
+        // The per-thread default stream captures; a graph launched on a capturing stream is
+        // captured too.
+        ok((cu.cuStreamBeginCapture_v2_ptsz)(null_mut(), 2));
+        ok((cu.cuLaunchKernel_ptsz)(f, 1, 1, 1, 32, 1, 1, 0, null_mut(), p3.as_mut_ptr(), null_mut()));
+        ok((cu.cuStreamIsCapturing_ptsz)(null_mut(), &mut status));
+        assert_eq!(status, 1);
+        ok((cu.cuStreamEndCapture_ptsz)(null_mut(), &mut graph));
+        ok((cu.cuGraphInstantiateWithFlags)(&mut exec, graph, 0));
+        ok((cu.cuStreamBeginCapture_v2)(s, 1));
+        ok((cu.cuGraphLaunch)(exec, s));
+        ok((cu.cuGraphLaunch)(exec, s));
+        ok((cu.cuStreamEndCapture)(s, &mut graph));
+        ok((cu.cuGraphInstantiateWithFlags)(&mut exec2, graph, 0));
+        let t3 = timeline::now();
+        ok((cu.cuGraphLaunch)(exec2, s));
+        ok((cu.cuStreamSynchronize)(s));
+        assert_eq!(mine(&tl, t3), 6 * MS);
+    }
+}
+
+#[test]
+fn events_bracket_device_time() {
+    let name = "events_bracket_device_time";
+    if !is_child(name) {
+        return Fixture::new(&config_with(1, "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let f = busy_function(&cu);
+    let (mut s, mut start, mut end) = (null_mut(), null_mut(), null_mut());
+    let (mut warm_up, mut twenty) = (200 * MS, 20 * MS);
+    let (mut pw, mut p20) = (busy_params(&mut warm_up), busy_params(&mut twenty));
+    let mut ms = 0f32;
+    // SAFETY: live locals of the types cuda.h names; handles come from the driver.
+    unsafe {
+        ok((cu.cuStreamCreate)(&mut s, 0));
+        ok((cu.cuEventCreate)(&mut start, 0));
+        ok((cu.cuEventCreate)(&mut end, 0));
+        // A kernel ahead of the start event, so that the bracketed ones queue back to back
+        // however slowly this thread gets to launch them.
+        ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, pw.as_mut_ptr(), null_mut()));
+        ok((cu.cuEventRecord)(start, s));
+        for _ in 0..10 {
+            ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p20.as_mut_ptr(), null_mut()));
+        }
+        ok((cu.cuEventRecord)(end, s));
+        ok((cu.cuEventSynchronize)(end));
+        ok((cu.cuEventElapsedTime_v2)(&mut ms, start, end));
+    }
+    assert!((ms - 200.0).abs() <= 2.0, "{ms} ms between events around 200 ms of kernels");
 }

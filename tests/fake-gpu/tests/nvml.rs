@@ -10,9 +10,12 @@ use std::ptr;
 
 use common::{Fixture, Gpu, config_with, is_child, lib_path, run_child};
 use fakegpu::state::DeviceState;
+use fakegpu::timeline::{self, DeviceTimeline};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper_sys::bindings::{NvmlLib, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t};
+use nvml_wrapper_sys::bindings::{
+    NvmlLib, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessUtilizationSample_t,
+};
 
 const GIB: u64 = 1 << 30;
 
@@ -338,4 +341,81 @@ fn no_gpus_needs_the_no_gpus_flag() {
         assert_eq!(lib.nvmlDeviceGetCount_v2(&mut count), SUCCESS);
     }
     assert_eq!(count, 0);
+}
+
+/// Utilisation is read from the device timeline every process shares: here, work this
+/// process puts there directly.
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw NVML calls, all under one contract")]
+fn utilization_comes_from_the_device_timeline() {
+    let name = "utilization_comes_from_the_device_timeline";
+    if !is_child(name) {
+        Fixture::new(&config_with(2, "")).run(name);
+        return;
+    }
+    let nvml = nvml().unwrap();
+    let (dev0, dev1) = (nvml.device_by_index(0).unwrap(), nvml.device_by_index(1).unwrap());
+    let idle = dev0.utilization_rates().unwrap();
+    assert_eq!((idle.gpu, idle.memory), (0, 0));
+    assert!(matches!(dev0.process_utilization_stats(None), Err(NvmlError::NotFound)));
+
+    // Three seconds of work; a second and a bit into it, the last second was all busy.
+    let dir = std::env::var_os("FAKEGPU_STATE_DIR").unwrap();
+    let timeline = DeviceTimeline::open(dir.as_ref(), 0).unwrap();
+    let (start, _) = timeline.occupy(0, 3_000_000_000);
+    timeline::sleep_until(start + 1_200_000_000);
+    let busy = dev0.utilization_rates().unwrap();
+    assert_eq!((busy.gpu, busy.memory), (100, 0));
+    assert_eq!(dev1.utilization_rates().unwrap().gpu, 0, "one timeline per GPU");
+    let samples = dev0.process_utilization_stats(None).unwrap();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!((samples[0].pid, samples[0].sm_util, samples[0].mem_util), (std::process::id(), 100, 0));
+    let unix_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    assert!(
+        samples[0].timestamp.abs_diff(unix_us) < 1_000_000,
+        "{} is a wall-clock µs timestamp",
+        samples[0].timestamp
+    );
+    assert!(matches!(dev0.process_utilization_stats(unix_us + 10_000_000), Err(NvmlError::NotFound)));
+
+    // The C ABI's conventions: a null buffer, or one too small, gets the count needed.
+    let lib = raw();
+    let mut handle: nvmlDevice_t = ptr::null_mut();
+    // SAFETY: a zeroed sample is valid.
+    let mut buf: [nvmlProcessUtilizationSample_t; 2] = unsafe { std::mem::zeroed() };
+    let mut count: c_uint = 0;
+    // SAFETY: live locals of the types nvml.h names, or deliberately null pointers.
+    unsafe {
+        assert_eq!(lib.nvmlInit_v2(), SUCCESS);
+        assert_eq!(lib.nvmlDeviceGetHandleByIndex_v2(0, &mut handle), SUCCESS);
+        assert_eq!(lib.nvmlDeviceGetProcessUtilization(handle, ptr::null_mut(), &mut count, 0), INSUFFICIENT_SIZE);
+        assert_eq!(count, 1);
+        count = 0;
+        assert_eq!(lib.nvmlDeviceGetProcessUtilization(handle, buf.as_mut_ptr(), &mut count, 0), INSUFFICIENT_SIZE);
+        assert_eq!(count, 1);
+        count = 2;
+        assert_eq!(lib.nvmlDeviceGetProcessUtilization(handle, buf.as_mut_ptr(), &mut count, 0), SUCCESS);
+        assert_eq!((count, buf[0].pid, buf[0].smUtil), (1, std::process::id(), 100));
+        assert_eq!(lib.nvmlDeviceGetProcessUtilization(handle, buf.as_mut_ptr(), ptr::null_mut(), 0), INVALID_ARGUMENT);
+        let last = buf[0].timeStamp + 10_000_000;
+        assert_eq!(lib.nvmlDeviceGetProcessUtilization(handle, buf.as_mut_ptr(), &mut count, last), NOT_FOUND);
+        assert_eq!(count, 0);
+        assert_eq!(lib.nvmlDeviceGetUtilizationRates(handle, ptr::null_mut()), INVALID_ARGUMENT);
+        assert_eq!(lib.nvmlShutdown(), SUCCESS);
+    }
+
+    // The work's owner goes away: what it had not run yet is dropped, and a second later
+    // the device reads idle.
+    drop(timeline);
+    let gone = timeline::now();
+    let deadline = gone + 5_000_000_000;
+    let idle = || {
+        dev0.utilization_rates().unwrap().gpu == 0
+            && matches!(dev0.process_utilization_stats(None), Err(NvmlError::NotFound))
+    };
+    while !idle() {
+        assert!(timeline::now() < deadline, "still busy 5 s after the work was dropped");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(timeline::now() >= gone + 900_000_000, "idle too soon: the work ran until it was dropped");
 }

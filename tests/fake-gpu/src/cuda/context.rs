@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::thread::ThreadId;
 
 use super::error::{CuResult, INVALID_CONTEXT, INVALID_VALUE, OUT_OF_MEMORY};
-use super::launch::{self, Timeline};
+use super::launch::{self, QueueTime};
 use super::memory::Charge;
 use super::types::{CU_EXEC_AFFINITY_TYPE_SM_COUNT, CUdevice, CUexecAffinityParam};
 use super::{Driver, Handle, Registry, device, new_handle};
@@ -30,8 +30,8 @@ pub(crate) struct Context {
     pub device: u32,
     pub primary: bool,
     _memory: Charge,
-    pub legacy: Timeline,
-    pub per_thread: HashMap<ThreadId, Timeline>,
+    pub legacy: QueueTime,
+    pub per_thread: HashMap<ThreadId, QueueTime>,
 }
 
 #[derive(Debug)]
@@ -77,7 +77,7 @@ fn make(sim: &'static Simulator, device: CUdevice, primary: bool) -> CuResult<Co
         device: state.index(),
         primary,
         _memory: memory,
-        legacy: Timeline::default(),
+        legacy: QueueTime::default(),
         per_thread: HashMap::new(),
     })
 }
@@ -87,6 +87,7 @@ fn teardown(reg: &mut Registry, ctx: Handle) {
     reg.memory.drop_context(ctx);
     reg.streams.drop_context(ctx);
     reg.modules.drop_context(ctx);
+    reg.graphs.drop_context(ctx);
     reg.contexts.live.remove(&ctx);
 }
 
@@ -206,9 +207,10 @@ pub(crate) fn device_of(reg: &Registry, ctx: Handle) -> CuResult<CUdevice> {
 /// `cuCtxSynchronize`: sleep until every queue of `ctx` (0: the current context) is idle.
 pub(crate) fn synchronize(driver: &Driver, ctx: Handle) -> CuResult {
     let until = {
-        let reg = driver.lock();
+        let mut reg = driver.lock();
         let ctx = if ctx == 0 { current(&reg)? } else { ctx };
         get(&reg, ctx)?;
+        super::graph::forbid_context_sync(&mut reg, ctx)?;
         launch::context_completion(&reg, ctx)
     };
     launch::wait_until(until);

@@ -17,9 +17,15 @@ pub const INVALID_DEVICE: CUresult = 101;
 pub const INVALID_IMAGE: CUresult = 200;
 pub const INVALID_CONTEXT: CUresult = 201;
 pub const INVALID_HANDLE: CUresult = 400;
+pub const ILLEGAL_STATE: CUresult = 401;
 pub const NOT_FOUND: CUresult = 500;
 pub const NOT_READY: CUresult = 600;
+pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = 720;
 pub const NOT_SUPPORTED: CUresult = 801;
+pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
+pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+pub const CAPTURED_EVENT: CUresult = 907;
+pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
 pub const UNKNOWN: CUresult = 999;
 
 /// The codes this driver knows: `cuda.h` name and `cuGetErrorString` text. A code not
@@ -62,7 +68,7 @@ const CODES: &[(CUresult, &CStr, &CStr)] = &[
     (303, c"CUDA_ERROR_SHARED_OBJECT_INIT_FAILED", c"shared object initialization failed"),
     (304, c"CUDA_ERROR_OPERATING_SYSTEM", c"OS call failed or operation not supported on this OS"),
     (INVALID_HANDLE, c"CUDA_ERROR_INVALID_HANDLE", c"invalid resource handle"),
-    (401, c"CUDA_ERROR_ILLEGAL_STATE", c"the operation cannot be performed in the present state"),
+    (ILLEGAL_STATE, c"CUDA_ERROR_ILLEGAL_STATE", c"the operation cannot be performed in the present state"),
     (NOT_FOUND, c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
     (NOT_READY, c"CUDA_ERROR_NOT_READY", c"device not ready"),
     (700, c"CUDA_ERROR_ILLEGAL_ADDRESS", c"an illegal memory access was encountered"),
@@ -75,12 +81,36 @@ const CODES: &[(CUresult, &CStr, &CStr)] = &[
     (715, c"CUDA_ERROR_ILLEGAL_INSTRUCTION", c"an illegal instruction was encountered"),
     (716, c"CUDA_ERROR_MISALIGNED_ADDRESS", c"misaligned address"),
     (719, c"CUDA_ERROR_LAUNCH_FAILED", c"unspecified launch failure"),
+    (
+        COOPERATIVE_LAUNCH_TOO_LARGE,
+        c"CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE",
+        c"too many blocks in cooperative launch",
+    ),
     (800, c"CUDA_ERROR_NOT_PERMITTED", c"operation not permitted"),
     (NOT_SUPPORTED, c"CUDA_ERROR_NOT_SUPPORTED", c"operation not supported"),
     (802, c"CUDA_ERROR_SYSTEM_NOT_READY", c"system not yet initialized"),
     (803, c"CUDA_ERROR_SYSTEM_DRIVER_MISMATCH", c"system has unsupported display driver / cuda driver combination"),
     (804, c"CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE", c"forward compatibility was attempted on non supported HW"),
-    (900, c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", c"operation not permitted when stream is capturing"),
+    (
+        STREAM_CAPTURE_UNSUPPORTED,
+        c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+        c"operation not permitted when stream is capturing",
+    ),
+    (
+        STREAM_CAPTURE_INVALIDATED,
+        c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+        c"operation failed due to a previous error during capture",
+    ),
+    (
+        CAPTURED_EVENT,
+        c"CUDA_ERROR_CAPTURED_EVENT",
+        c"operation not permitted on an event last recorded in a capturing stream",
+    ),
+    (
+        STREAM_CAPTURE_WRONG_THREAD,
+        c"CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
+        c"attempt to terminate a thread-local capture sequence from another thread",
+    ),
     (909, c"CUDA_ERROR_TIMEOUT", c"wait operation timed out"),
     (UNKNOWN, c"CUDA_ERROR_UNKNOWN", c"unknown error"),
 ];

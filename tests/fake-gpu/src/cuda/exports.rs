@@ -9,7 +9,7 @@ use super::error::{self, INVALID_VALUE};
 use super::ffi::{Out, c_str, input, inputs, put_str};
 use super::proc_address::driver_api;
 use super::types::*;
-use super::{context, device, driver, launch, memory, stream};
+use super::{context, device, driver, graph, launch, memory, stream};
 
 driver_api! {
     // ---- initialisation, versions, errors -----------------------------------------------
@@ -673,7 +673,7 @@ driver_api! {
     }
 
     #[proc("cuStreamDestroy", 4000)]
-    fn cuStreamDestroy_v2(h_stream: CUstream) { driver()?.lock().streams.destroy(h_stream as usize) }
+    fn cuStreamDestroy_v2(h_stream: CUstream) { stream::destroy(&mut driver()?.lock(), h_stream as usize) }
 
     /// Sleeps until the stream's queued work is done.
     #[proc("cuStreamSynchronize", 2000)]
@@ -762,8 +762,8 @@ driver_api! {
         Ok(())
     }
 
-    /// `busy` occupies the stream for `*(u64 *)kernelParams[0]` nanoseconds (or the first 8
-    /// bytes of the `extra` buffer); the call returns at once.
+    /// `busy` takes its turn on the device for `*(u64 *)kernelParams[0]` nanoseconds (or the
+    /// first 8 bytes of the `extra` buffer); the call returns at once.
     #[proc("cuLaunchKernel", 4000)]
     fn cuLaunchKernel(
         f: CUfunction,
@@ -785,7 +785,8 @@ driver_api! {
         };
         // SAFETY: null or valid per the export's contract.
         let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        launch::launch_on(f as usize, shape, h_stream, false, duration)
+        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        launch::launch_on(l, h_stream, false)
     }
 
     #[proc("cuLaunchKernel", 7000, per_thread)]
@@ -809,6 +810,385 @@ driver_api! {
         };
         // SAFETY: null or valid per the export's contract.
         let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        launch::launch_on(f as usize, shape, h_stream, true, duration)
+        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        launch::launch_on(l, h_stream, true)
     }
+
+    /// Grid, block, shared memory and stream come from `config`; of its attributes only
+    /// `CU_LAUNCH_ATTRIBUTE_COOPERATIVE` changes anything (the launch must then fit on the
+    /// device at once).
+    #[proc("cuLaunchKernelEx", 11060)]
+    fn cuLaunchKernelEx(
+        config: *const CUlaunchConfig,
+        f: CUfunction,
+        kernel_params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let (l, stream) = unsafe { launch_ex(config, f, kernel_params, extra) }?;
+        launch::launch_on(l, stream, false)
+    }
+
+    #[proc("cuLaunchKernelEx", 11060, per_thread)]
+    fn cuLaunchKernelEx_ptsz(
+        config: *const CUlaunchConfig,
+        f: CUfunction,
+        kernel_params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let (l, stream) = unsafe { launch_ex(config, f, kernel_params, extra) }?;
+        launch::launch_on(l, stream, true)
+    }
+
+    /// As `cuLaunchKernel`, with every block resident at once: more blocks than the device
+    /// holds is `CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE`.
+    #[proc("cuLaunchCooperativeKernel", 9000)]
+    fn cuLaunchCooperativeKernel(
+        f: CUfunction,
+        grid_dim_x: c_uint,
+        grid_dim_y: c_uint,
+        grid_dim_z: c_uint,
+        block_dim_x: c_uint,
+        block_dim_y: c_uint,
+        block_dim_z: c_uint,
+        shared_mem_bytes: c_uint,
+        h_stream: CUstream,
+        kernel_params: *mut *mut c_void,
+    ) {
+        let shape = launch::Shape {
+            grid: [grid_dim_x, grid_dim_y, grid_dim_z],
+            block: [block_dim_x, block_dim_y, block_dim_z],
+            shared_mem: shared_mem_bytes,
+        };
+        // SAFETY: null or valid per the export's contract.
+        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
+        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        launch::launch_on(l, h_stream, false)
+    }
+
+    #[proc("cuLaunchCooperativeKernel", 9000, per_thread)]
+    fn cuLaunchCooperativeKernel_ptsz(
+        f: CUfunction,
+        grid_dim_x: c_uint,
+        grid_dim_y: c_uint,
+        grid_dim_z: c_uint,
+        block_dim_x: c_uint,
+        block_dim_y: c_uint,
+        block_dim_z: c_uint,
+        shared_mem_bytes: c_uint,
+        h_stream: CUstream,
+        kernel_params: *mut *mut c_void,
+    ) {
+        let shape = launch::Shape {
+            grid: [grid_dim_x, grid_dim_y, grid_dim_z],
+            block: [block_dim_x, block_dim_y, block_dim_z],
+            shared_mem: shared_mem_bytes,
+        };
+        // SAFETY: null or valid per the export's contract.
+        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
+        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        launch::launch_on(l, h_stream, true)
+    }
+
+    /// One cooperative launch per device, each on a created stream of that device's context
+    /// with the function loaded there, all of one shape. Flags: `…_NO_PRE_LAUNCH_SYNC` (1) and
+    /// `…_NO_POST_LAUNCH_SYNC` (2).
+    #[proc("cuLaunchCooperativeKernelMultiDevice", 9000)]
+    fn cuLaunchCooperativeKernelMultiDevice(
+        launch_params_list: *mut CUDA_LAUNCH_PARAMS,
+        num_devices: c_uint,
+        flags: c_uint,
+    ) {
+        // SAFETY: null or valid for `num_devices` entries per the export's contract.
+        let list = unsafe { inputs(launch_params_list, num_devices as usize) }?;
+        let mut launches = Vec::with_capacity(list.len());
+        for p in list {
+            let shape = launch::Shape {
+                grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
+                block: [p.blockDimX, p.blockDimY, p.blockDimZ],
+                shared_mem: p.sharedMemBytes,
+            };
+            // SAFETY: each entry's kernelParams is valid per the export's contract.
+            let duration = unsafe { launch::busy_duration(p.kernelParams, std::ptr::null_mut()) }?;
+            let l = launch::Launch { function: p.function as usize, shape, duration, cooperative: true };
+            launches.push((l, p.hStream));
+        }
+        launch::launch_multi_device(&launches, flags)
+    }
+
+    // ---- graphs and stream capture --------------------------------------------------------
+
+    /// `flags` must be 0.
+    #[proc("cuGraphCreate", 10000)]
+    fn cuGraphCreate(ph_graph: *mut CUgraph, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_graph) }?;
+        out.set(driver()?.lock().graphs.create(flags)? as CUgraph);
+        Ok(())
+    }
+
+    /// A `busy` node; its parameters are read now, as the driver copies them.
+    #[proc("cuGraphAddKernelNode", 10000)]
+    fn cuGraphAddKernelNode(
+        ph_graph_node: *mut CUgraphNode,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        num_dependencies: usize,
+        node_params: *const CUDA_KERNEL_NODE_PARAMS_v1,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(ph_graph_node) }?;
+        // SAFETY: as above.
+        let params = unsafe { input(node_params) }?;
+        // SAFETY: as above, for `num_dependencies` entries.
+        let deps = unsafe { inputs(dependencies, num_dependencies) }?;
+        // SAFETY: the struct's parameter pointers are valid per the export's contract.
+        out.set(unsafe { add_kernel_node(h_graph, deps, params) }? as CUgraphNode);
+        Ok(())
+    }
+
+    /// As `cuGraphAddKernelNode`; a node naming a `CUkernel` (`func` null) is not simulated:
+    /// `CUDA_ERROR_INVALID_VALUE`.
+    #[proc("cuGraphAddKernelNode", 12000)]
+    fn cuGraphAddKernelNode_v2(
+        ph_graph_node: *mut CUgraphNode,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        num_dependencies: usize,
+        node_params: *const CUDA_KERNEL_NODE_PARAMS_v2,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        let out = unsafe { Out::new(ph_graph_node) }?;
+        // SAFETY: as above.
+        let params = unsafe { input(node_params) }?;
+        // SAFETY: as above, for `num_dependencies` entries.
+        let deps = unsafe { inputs(dependencies, num_dependencies) }?;
+        // SAFETY: the struct's parameter pointers are valid per the export's contract.
+        out.set(unsafe { add_kernel_node(h_graph, deps, &params.v1) }? as CUgraphNode);
+        Ok(())
+    }
+
+    /// The pre-12.0 form; `ph_error_node` and the log buffer may be null. In the current
+    /// context.
+    #[proc("cuGraphInstantiate", 10000)]
+    fn cuGraphInstantiate(
+        ph_graph_exec: *mut CUgraphExec,
+        h_graph: CUgraph,
+        ph_error_node: *mut CUgraphNode,
+        log_buffer: *mut c_char,
+        buffer_size: usize,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        unsafe { instantiate_with_log(ph_graph_exec, h_graph, ph_error_node, log_buffer, buffer_size) }
+    }
+
+    #[proc("cuGraphInstantiate", 11000)]
+    fn cuGraphInstantiate_v2(
+        ph_graph_exec: *mut CUgraphExec,
+        h_graph: CUgraph,
+        ph_error_node: *mut CUgraphNode,
+        log_buffer: *mut c_char,
+        buffer_size: usize,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        unsafe { instantiate_with_log(ph_graph_exec, h_graph, ph_error_node, log_buffer, buffer_size) }
+    }
+
+    /// What CUDA 12's `cuGraphInstantiate` is (`cuda.h` defines one as the other, and
+    /// `cudaTypedefs.h` gives `PFN_cuGraphInstantiate` this signature), so `cuGetProcAddress`
+    /// answers it for `"cuGraphInstantiate"` from 12.0 on. Flags: `AUTO_FREE_ON_LAUNCH`,
+    /// `DEVICE_LAUNCH`, `USE_NODE_PRIORITY` (accepted, no effect).
+    #[proc("cuGraphInstantiateWithFlags", 11040)]
+    #[alias("cuGraphInstantiate", 12000)]
+    fn cuGraphInstantiateWithFlags(ph_graph_exec: *mut CUgraphExec, h_graph: CUgraph, flags: u64) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_graph_exec) }?;
+        out.set(instantiate(h_graph, flags)? as CUgraphExec);
+        Ok(())
+    }
+
+    /// The graph's nodes run one after another on the stream (after the previous launch of
+    /// the same executable graph); on a capturing stream they are captured.
+    #[proc("cuGraphLaunch", 10000)]
+    fn cuGraphLaunch(h_graph_exec: CUgraphExec, h_stream: CUstream) { graph_launch(h_graph_exec, h_stream, false) }
+
+    #[proc("cuGraphLaunch", 10000, per_thread)]
+    fn cuGraphLaunch_ptsz(h_graph_exec: CUgraphExec, h_stream: CUstream) {
+        graph_launch(h_graph_exec, h_stream, true)
+    }
+
+    /// Launches already queued still run.
+    #[proc("cuGraphExecDestroy", 10000)]
+    fn cuGraphExecDestroy(h_graph_exec: CUgraphExec) {
+        driver()?.lock().graphs.destroy_exec(h_graph_exec as usize)
+    }
+
+    #[proc("cuGraphDestroy", 10000)]
+    fn cuGraphDestroy(h_graph: CUgraph) { driver()?.lock().graphs.destroy(h_graph as usize) }
+
+    /// The pre-10.1 form: global mode.
+    #[proc("cuStreamBeginCapture", 10000)]
+    fn cuStreamBeginCapture(h_stream: CUstream) { begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL as c_int, false) }
+
+    #[proc("cuStreamBeginCapture", 10000, per_thread)]
+    fn cuStreamBeginCapture_ptsz(h_stream: CUstream) {
+        begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL as c_int, true)
+    }
+
+    /// Not on the legacy stream (`CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`) nor on a stream
+    /// already capturing (`CUDA_ERROR_ILLEGAL_STATE`).
+    #[proc("cuStreamBeginCapture", 10010)]
+    fn cuStreamBeginCapture_v2(h_stream: CUstream, mode: c_int) { begin_capture(h_stream, mode, false) }
+
+    #[proc("cuStreamBeginCapture", 10010, per_thread)]
+    fn cuStreamBeginCapture_v2_ptsz(h_stream: CUstream, mode: c_int) { begin_capture(h_stream, mode, true) }
+
+    /// The captured graph; null with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` if the capture
+    /// was invalidated.
+    #[proc("cuStreamEndCapture", 10000)]
+    fn cuStreamEndCapture(h_stream: CUstream, ph_graph: *mut CUgraph) {
+        // SAFETY: null or writable per the export's contract.
+        end_capture(h_stream, unsafe { Out::new(ph_graph) }?, false)
+    }
+
+    #[proc("cuStreamEndCapture", 10000, per_thread)]
+    fn cuStreamEndCapture_ptsz(h_stream: CUstream, ph_graph: *mut CUgraph) {
+        // SAFETY: null or writable per the export's contract.
+        end_capture(h_stream, unsafe { Out::new(ph_graph) }?, true)
+    }
+
+    /// `CU_STREAM_CAPTURE_STATUS_NONE`, `_ACTIVE` or `_INVALIDATED`.
+    #[proc("cuStreamIsCapturing", 10000)]
+    fn cuStreamIsCapturing(h_stream: CUstream, capture_status: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        capture_status_of(h_stream, unsafe { Out::new(capture_status) }?, false)
+    }
+
+    #[proc("cuStreamIsCapturing", 10000, per_thread)]
+    fn cuStreamIsCapturing_ptsz(h_stream: CUstream, capture_status: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        capture_status_of(h_stream, unsafe { Out::new(capture_status) }?, true)
+    }
+}
+
+/// `cuLaunchKernelEx`'s launch and stream, from its config.
+///
+/// # Safety
+///
+/// As for `cuLaunchKernelEx`: `config` is null or valid, with `numAttrs` attributes at
+/// `attrs`; `kernel_params` and `extra` as for `cuLaunchKernel`.
+unsafe fn launch_ex(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> error::CuResult<(launch::Launch, CUstream)> {
+    // SAFETY: null or valid per the caller.
+    let c = unsafe { input(config) }?;
+    // SAFETY: `attrs` holds `numAttrs` entries per the caller.
+    let attrs = unsafe { inputs(c.attrs, c.numAttrs as usize) }?;
+    let cooperative = attrs.iter().any(|a| a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a.value.int() != 0);
+    let shape = launch::Shape {
+        grid: [c.gridDimX, c.gridDimY, c.gridDimZ],
+        block: [c.blockDimX, c.blockDimY, c.blockDimZ],
+        shared_mem: c.sharedMemBytes,
+    };
+    // SAFETY: as for cuLaunchKernel, per the caller.
+    let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
+    Ok((launch::Launch { function: f as usize, shape, duration, cooperative }, c.hStream))
+}
+
+/// A kernel node of `graph` after `deps`.
+///
+/// # Safety
+///
+/// `p`'s `kernelParams` and `extra` are as for `cuLaunchKernel`.
+unsafe fn add_kernel_node(
+    graph: CUgraph,
+    deps: &[CUgraphNode],
+    p: &CUDA_KERNEL_NODE_PARAMS_v1,
+) -> error::CuResult<super::Handle> {
+    let mut reg = driver()?.lock();
+    if p.func.is_null() || !reg.modules.is_function(p.func as usize) {
+        return Err(INVALID_VALUE);
+    }
+    let shape = launch::Shape {
+        grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
+        block: [p.blockDimX, p.blockDimY, p.blockDimZ],
+        shared_mem: p.sharedMemBytes,
+    };
+    shape.check()?;
+    // SAFETY: per the caller.
+    let duration = unsafe { launch::busy_duration(p.kernelParams, p.extra) }?;
+    let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
+    reg.graphs.add(graph as usize, &deps, graph::Node::Kernel { function: p.func as usize, duration })
+}
+
+/// `cuGraphInstantiateWithFlags` in the current context.
+fn instantiate(graph: CUgraph, flags: u64) -> error::CuResult<super::Handle> {
+    let mut reg = driver()?.lock();
+    let ctx = context::current(&reg)?;
+    graph::instantiate(&mut reg, graph as usize, ctx, flags)
+}
+
+/// The pre-12.0 `cuGraphInstantiate`: no error node and an empty log on success.
+///
+/// # Safety
+///
+/// Each pointer is null or valid; the log buffer for `buffer_size` bytes.
+unsafe fn instantiate_with_log(
+    ph_graph_exec: *mut CUgraphExec,
+    h_graph: CUgraph,
+    ph_error_node: *mut CUgraphNode,
+    log_buffer: *mut c_char,
+    buffer_size: usize,
+) -> error::CuResult {
+    // SAFETY: null or writable per the caller.
+    let out = unsafe { Out::new(ph_graph_exec) }?;
+    out.set(instantiate(h_graph, 0)? as CUgraphExec);
+    // SAFETY: as above.
+    if let Some(node) = unsafe { Out::optional(ph_error_node) } {
+        node.set(std::ptr::null_mut());
+    }
+    if !log_buffer.is_null() && buffer_size > 0 {
+        // SAFETY: the buffer holds at least one byte per the caller.
+        unsafe { log_buffer.write(0) };
+    }
+    Ok(())
+}
+
+fn graph_launch(exec: CUgraphExec, stream: CUstream, per_thread: bool) -> error::CuResult {
+    let d = driver()?;
+    let mut reg = d.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    graph::launch(&mut reg, d.sim, exec as usize, q)
+}
+
+fn begin_capture(stream: CUstream, mode: c_int, per_thread: bool) -> error::CuResult {
+    let mut reg = driver()?.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    graph::begin_capture(&mut reg, q, u32::try_from(mode).map_err(|_| INVALID_VALUE)?)
+}
+
+fn end_capture(stream: CUstream, out: Out<CUgraph>, per_thread: bool) -> error::CuResult {
+    let mut reg = driver()?.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    match graph::end_capture(&mut reg, q) {
+        Ok(g) => {
+            out.set(g as CUgraph);
+            Ok(())
+        }
+        Err(e) => {
+            out.set(std::ptr::null_mut());
+            Err(e)
+        }
+    }
+}
+
+fn capture_status_of(stream: CUstream, out: Out<c_int>, per_thread: bool) -> error::CuResult {
+    let reg = driver()?.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    out.set(graph::capture_status(&reg, q));
+    Ok(())
 }

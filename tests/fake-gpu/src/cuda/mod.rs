@@ -20,6 +20,7 @@ mod device;
 pub mod error;
 mod exports;
 mod ffi;
+mod graph;
 mod launch;
 mod memory;
 pub mod proc_address;
@@ -63,6 +64,7 @@ pub(crate) struct Registry {
     pub memory: memory::Memory,
     pub streams: stream::Streams,
     pub modules: launch::Modules,
+    pub graphs: graph::Graphs,
 }
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -119,6 +121,7 @@ pub(crate) fn init(flags: u32) -> CuResult {
             memory: memory::Memory::new(devices),
             streams: stream::Streams::default(),
             modules: launch::Modules::default(),
+            graphs: graph::Graphs::default(),
         };
         Driver { sim, registry: Mutex::new(registry) }
     });

@@ -31,6 +31,9 @@ pub struct ProcEntry {
     pub symbol: &'static str,
     /// The export's address.
     pub address: fn() -> *mut c_void,
+    /// Another name for an export whose own name differs (`cuGraphInstantiate` from 12.0 is
+    /// `cuGraphInstantiateWithFlags`).
+    pub alias: bool,
 }
 
 /// Every export with its proc-address data.
@@ -85,11 +88,14 @@ pub(crate) use has_flag;
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
 /// runs inside [`boundary`](super::boundary), and an entry of `TABLE`. Flags: `per_thread`
-/// for `_ptds`/`_ptsz` variants, `before_init` for calls that work before `cuInit`.
+/// for `_ptds`/`_ptsz` variants, `before_init` for calls that work before `cuInit`. An
+/// `#[alias("cuGraphInstantiate", 12000)]` after `#[proc(…)]` adds an entry under another
+/// base name for the same function.
 macro_rules! driver_api {
     ($(
         $(#[doc = $doc:literal])*
         #[proc($base:literal, $version:literal $(, $flag:ident)*)]
+        $(#[alias($abase:literal, $aversion:literal)])*
         fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block
     )*) => {
         $(
@@ -113,7 +119,16 @@ macro_rules! driver_api {
                 per_thread: $crate::cuda::proc_address::has_flag!(per_thread; $($flag)*),
                 symbol: stringify!($name),
                 address: || $name as *mut ::std::ffi::c_void,
+                alias: false,
             },
+            $($crate::cuda::proc_address::ProcEntry {
+                name: $abase,
+                version: $aversion,
+                per_thread: false,
+                symbol: stringify!($name),
+                address: || $name as *mut ::std::ffi::c_void,
+                alias: true,
+            },)*
         )*];
     };
 }
@@ -152,6 +167,21 @@ mod tests {
             ("cuCtxSynchronize", 13000, 0, Lookup::Found("cuCtxSynchronize_v2")),
             ("cuCtxGetDevice", 13000, 0, Lookup::Found("cuCtxGetDevice_v2")),
             ("cuMemAllocAsync", 11010, 0, Lookup::VersionNotSufficient),
+            ("cuLaunchKernelEx", 11060, 0, Lookup::Found("cuLaunchKernelEx")),
+            ("cuLaunchKernelEx", 11050, 0, Lookup::VersionNotSufficient),
+            ("cuLaunchCooperativeKernel", 9000, 0, Lookup::Found("cuLaunchCooperativeKernel")),
+            ("cuLaunchCooperativeKernelMultiDevice", 13000, 0, Lookup::Found("cuLaunchCooperativeKernelMultiDevice")),
+            ("cuGraphAddKernelNode", 11080, 0, Lookup::Found("cuGraphAddKernelNode")),
+            ("cuGraphAddKernelNode", 12000, 0, Lookup::Found("cuGraphAddKernelNode_v2")),
+            ("cuGraphInstantiate", 10000, 0, Lookup::Found("cuGraphInstantiate")),
+            ("cuGraphInstantiate", 11000, 0, Lookup::Found("cuGraphInstantiate_v2")),
+            ("cuGraphInstantiate", 11080, 0, Lookup::Found("cuGraphInstantiate_v2")),
+            ("cuGraphInstantiate", 12000, 0, Lookup::Found("cuGraphInstantiateWithFlags")),
+            ("cuGraphInstantiateWithFlags", 13000, 0, Lookup::Found("cuGraphInstantiateWithFlags")),
+            ("cuStreamBeginCapture", 10000, 0, Lookup::Found("cuStreamBeginCapture")),
+            ("cuStreamBeginCapture", 10010, 0, Lookup::Found("cuStreamBeginCapture_v2")),
+            ("cuStreamEndCapture", 13000, 0, Lookup::Found("cuStreamEndCapture")),
+            ("cuGraphLaunch", 9020, 0, Lookup::VersionNotSufficient),
             ("cuNoSuchFunction", 13000, 0, Lookup::SymbolNotFound),
             ("cuMemAlloc_v2", 13000, 0, Lookup::SymbolNotFound),
         ];
@@ -185,6 +215,16 @@ mod tests {
             ("cuStreamSynchronize", 13000, 0, "cuStreamSynchronize"),
             ("cuEventRecord", 13000, PTDS, "cuEventRecord_ptsz"),
             ("cuStreamQuery", 13000, PTDS, "cuStreamQuery_ptsz"),
+            ("cuLaunchKernelEx", 13000, PTDS, "cuLaunchKernelEx_ptsz"),
+            ("cuLaunchCooperativeKernel", 13000, PTDS, "cuLaunchCooperativeKernel_ptsz"),
+            ("cuGraphLaunch", 13000, PTDS, "cuGraphLaunch_ptsz"),
+            ("cuGraphLaunch", 13000, LEGACY | PTDS, "cuGraphLaunch"),
+            ("cuStreamBeginCapture", 10000, PTDS, "cuStreamBeginCapture_ptsz"),
+            ("cuStreamBeginCapture", 13000, PTDS, "cuStreamBeginCapture_v2_ptsz"),
+            ("cuStreamEndCapture", 13000, PTDS, "cuStreamEndCapture_ptsz"),
+            ("cuStreamIsCapturing", 13000, PTDS, "cuStreamIsCapturing_ptsz"),
+            ("cuLaunchCooperativeKernelMultiDevice", 13000, PTDS, "cuLaunchCooperativeKernelMultiDevice"),
+            ("cuGraphInstantiate", 13000, PTDS, "cuGraphInstantiateWithFlags"),
             // No per-thread variant: the plain one.
             ("cuMemAlloc", 13000, PTDS, "cuMemAlloc_v2"),
             ("cuCtxSynchronize", 13000, PTDS, "cuCtxSynchronize_v2"),
@@ -201,7 +241,7 @@ mod tests {
             assert_eq!(e.per_thread, e.symbol.ends_with("_ptds") || e.symbol.ends_with("_ptsz"), "{}", e.symbol);
             assert!(e.version >= 2000 && e.version % 10 == 0, "{}", e.symbol);
             for other in &TABLE[i + 1..] {
-                assert_ne!(e.symbol, other.symbol);
+                assert!(e.symbol != other.symbol || e.alias || other.alias, "{} twice", e.symbol);
                 assert!(
                     (e.name, e.version, e.per_thread) != (other.name, other.version, other.per_thread),
                     "{} and {} are the same variant",

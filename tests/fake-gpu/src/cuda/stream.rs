@@ -2,19 +2,20 @@
 //! this module resolves handles and keeps the objects.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use super::context;
-use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_READY};
-use super::launch::{self, Queue, STREAM_NON_BLOCKING, Timeline};
+use super::error::{CAPTURED_EVENT, CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_READY};
+use super::graph::{self, Node};
+use super::launch::{self, Nanos, Queue, QueueTime, STREAM_NON_BLOCKING};
 use super::types::{CU_STREAM_LEGACY, CU_STREAM_PER_THREAD, CUevent, CUstream};
 use super::{Driver, Handle, Registry, new_handle};
+use crate::timeline;
 
 #[derive(Debug)]
 pub(crate) struct Stream {
     pub ctx: Handle,
     pub flags: u32,
-    pub timeline: Timeline,
+    pub time: QueueTime,
 }
 
 #[derive(Debug)]
@@ -22,7 +23,9 @@ struct Event {
     ctx: Handle,
     flags: u32,
     /// When the work before the last `cuEventRecord` finishes.
-    at: Option<Instant>,
+    at: Option<Nanos>,
+    /// Last recorded into a graph being captured, not run.
+    captured: bool,
 }
 
 /// `CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS`.
@@ -68,13 +71,8 @@ impl Streams {
             return Err(INVALID_VALUE);
         }
         let stream = new_handle();
-        self.streams.insert(stream, Stream { ctx, flags, timeline: Timeline::default() });
+        self.streams.insert(stream, Stream { ctx, flags, time: QueueTime::default() });
         Ok(stream)
-    }
-
-    /// `cuStreamDestroy`: returns at once; work already queued still finishes in time.
-    pub fn destroy(&mut self, stream: Handle) -> CuResult {
-        self.streams.remove(&stream).map(drop).ok_or(INVALID_HANDLE)
     }
 
     pub fn create_event(&mut self, ctx: Handle, flags: u32) -> CuResult<Handle> {
@@ -82,7 +80,7 @@ impl Streams {
             return Err(INVALID_VALUE);
         }
         let event = new_handle();
-        self.events.insert(event, Event { ctx, flags, at: None });
+        self.events.insert(event, Event { ctx, flags, at: None, captured: false });
         Ok(event)
     }
 
@@ -97,17 +95,39 @@ impl Streams {
     }
 }
 
-/// `cuEventRecord`: the event completes when the work queued on `q` so far does.
-pub(crate) fn record(reg: &mut Registry, event: Handle, q: Queue) -> CuResult {
+/// `cuStreamDestroy`: returns at once; work already queued still finishes in time. A capture
+/// in progress on the stream ends with it.
+pub(crate) fn destroy(reg: &mut Registry, stream: Handle) -> CuResult {
+    reg.streams.streams.remove(&stream).ok_or(INVALID_HANDLE)?;
+    reg.graphs.drop_queue(Queue::Stream(stream));
+    Ok(())
+}
+
+/// The event completes at `at` (a graph's event node ran). A destroyed event is left alone.
+pub(crate) fn set_event(reg: &mut Registry, event: Handle, at: Nanos) {
+    if let Some(e) = reg.streams.events.get_mut(&event) {
+        e.at = Some(at);
+        e.captured = false;
+    }
+}
+
+/// `cuEventRecord`: the event completes when the work queued on `q` so far does; on a
+/// capturing stream it becomes a node of the graph instead.
+fn record(reg: &mut Registry, event: Handle, q: Queue) -> CuResult {
+    reg.streams.events.get(&event).ok_or(INVALID_HANDLE)?;
+    if graph::capture(reg, q, Node::EventRecord(event))? {
+        reg.streams.events.get_mut(&event).ok_or(INVALID_HANDLE)?.captured = true;
+        return Ok(());
+    }
     let at = launch::completion(reg, q);
-    let event = reg.streams.events.get_mut(&event).ok_or(INVALID_HANDLE)?;
-    event.at = Some(at);
+    set_event(reg, event, at);
     Ok(())
 }
 
 /// When `event` completes; `None` if it was never recorded.
-pub(crate) fn event_time(reg: &Registry, event: Handle) -> CuResult<Option<Instant>> {
-    reg.streams.events.get(&event).map(|e| e.at).ok_or(INVALID_HANDLE)
+pub(crate) fn event_time(reg: &Registry, event: Handle) -> CuResult<Option<Nanos>> {
+    let e = reg.streams.events.get(&event).ok_or(INVALID_HANDLE)?;
+    if e.captured { Err(CAPTURED_EVENT) } else { Ok(e.at) }
 }
 
 /// `cuEventElapsedTime`, in milliseconds.
@@ -117,18 +137,21 @@ pub(crate) fn elapsed(reg: &Registry, start: Handle, end: Handle) -> CuResult<f3
     if (start.flags | end.flags) & EVENT_DISABLE_TIMING != 0 {
         return Err(INVALID_HANDLE);
     }
+    if start.captured || end.captured {
+        return Err(CAPTURED_EVENT);
+    }
     let (Some(a), Some(b)) = (start.at, end.at) else { return Err(INVALID_HANDLE) };
-    let now = Instant::now();
+    let now = timeline::now();
     if a > now || b > now {
         return Err(NOT_READY);
     }
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let ms = |ns: u64| ns as f64 / 1e6;
     Ok(if b >= a { ms(b - a) } else { -ms(a - b) } as f32)
 }
 
 /// Sleep until `until` (computed under the lock) has passed, without the lock.
-pub(crate) fn wait(driver: &Driver, until: impl FnOnce(&Registry) -> CuResult<Option<Instant>>) -> CuResult {
-    let t = until(&driver.lock())?;
+pub(crate) fn wait(driver: &Driver, until: impl FnOnce(&mut Registry) -> CuResult<Option<Nanos>>) -> CuResult {
+    let t = until(&mut driver.lock())?;
     if let Some(t) = t {
         launch::wait_until(t);
     }
@@ -136,22 +159,27 @@ pub(crate) fn wait(driver: &Driver, until: impl FnOnce(&Registry) -> CuResult<Op
 }
 
 /// `NOT_READY` if `t` is still ahead.
-pub(crate) fn ready(t: Option<Instant>) -> CuResult {
+pub(crate) fn ready(t: Option<Nanos>) -> CuResult {
     match t {
-        Some(t) if t > Instant::now() => Err(NOT_READY),
+        Some(t) if t > timeline::now() => Err(NOT_READY),
         _ => Ok(()),
     }
 }
 
-/// `cuStreamSynchronize`.
+/// `cuStreamSynchronize`: not allowed on a capturing stream (which ends its capture).
 pub(crate) fn synchronize(stream: CUstream, per_thread: bool) -> CuResult {
-    wait(super::driver()?, |reg| Ok(Some(launch::completion(reg, queue(reg, stream, per_thread)?))))
+    wait(super::driver()?, |reg| {
+        let q = queue(reg, stream, per_thread)?;
+        graph::forbid_during_capture(reg, q)?;
+        Ok(Some(launch::completion(reg, q)))
+    })
 }
 
-/// `cuStreamQuery`.
+/// `cuStreamQuery`: as `cuStreamSynchronize` on a capturing stream.
 pub(crate) fn query(stream: CUstream, per_thread: bool) -> CuResult {
-    let reg = super::driver()?.lock();
+    let mut reg = super::driver()?.lock();
     let q = queue(&reg, stream, per_thread)?;
+    graph::forbid_during_capture(&mut reg, q)?;
     ready(Some(launch::completion(&reg, q)))
 }
 

@@ -19,6 +19,9 @@ pub type CUfunction = *mut c_void;
 pub type CUmemoryPool = *mut c_void;
 pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
+pub type CUgraph = *mut c_void;
+pub type CUgraphNode = *mut c_void;
+pub type CUgraphExec = *mut c_void;
 
 /// `CU_STREAM_LEGACY`: the legacy default stream, whatever the caller was compiled with.
 pub const CU_STREAM_LEGACY: usize = 0x1;
@@ -126,6 +129,97 @@ pub struct CUDA_ARRAY3D_DESCRIPTOR {
     pub Flags: c_uint,
 }
 
+/// `CUlaunchAttributeValue`: a 64-byte union whose members include pointers, so 8-aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct CUlaunchAttributeValue {
+    pub bytes: [u8; 64],
+}
+
+impl CUlaunchAttributeValue {
+    /// The `int` members (`cooperative`, `priority`, …), which start the union.
+    pub fn int(&self) -> c_int {
+        c_int::from_ne_bytes([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]])
+    }
+}
+
+impl std::fmt::Debug for CUlaunchAttributeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CUlaunchAttributeValue").field("int", &self.int()).finish_non_exhaustive()
+    }
+}
+
+/// `CUlaunchAttribute`: an id (`CUlaunchAttributeID`), padding to 8 bytes, the value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUlaunchAttribute {
+    pub id: c_int,
+    pub pad: [u8; 4],
+    pub value: CUlaunchAttributeValue,
+}
+
+/// `CU_LAUNCH_ATTRIBUTE_COOPERATIVE`: `value.cooperative` non-zero makes a launch cooperative.
+pub const CU_LAUNCH_ATTRIBUTE_COOPERATIVE: c_int = 2;
+
+/// `CUlaunchConfig` (CUDA 11.8), what `cuLaunchKernelEx` takes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUlaunchConfig {
+    pub gridDimX: c_uint,
+    pub gridDimY: c_uint,
+    pub gridDimZ: c_uint,
+    pub blockDimX: c_uint,
+    pub blockDimY: c_uint,
+    pub blockDimZ: c_uint,
+    pub sharedMemBytes: c_uint,
+    pub hStream: CUstream,
+    pub attrs: *mut CUlaunchAttribute,
+    pub numAttrs: c_uint,
+}
+
+/// `CUDA_KERNEL_NODE_PARAMS_v1`, what `cuGraphAddKernelNode` takes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_KERNEL_NODE_PARAMS_v1 {
+    pub func: CUfunction,
+    pub gridDimX: c_uint,
+    pub gridDimY: c_uint,
+    pub gridDimZ: c_uint,
+    pub blockDimX: c_uint,
+    pub blockDimY: c_uint,
+    pub blockDimZ: c_uint,
+    pub sharedMemBytes: c_uint,
+    pub kernelParams: *mut *mut c_void,
+    pub extra: *mut *mut c_void,
+}
+
+/// `CUDA_KERNEL_NODE_PARAMS_v2` (CUDA 12.0; `CUDA_KERNEL_NODE_PARAMS` since), what
+/// `cuGraphAddKernelNode_v2` takes: v1 and a `CUkernel` (used when `func` is null) and a
+/// context.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_KERNEL_NODE_PARAMS_v2 {
+    pub v1: CUDA_KERNEL_NODE_PARAMS_v1,
+    pub kern: *mut c_void,
+    pub ctx: CUcontext,
+}
+
+/// `CUDA_LAUNCH_PARAMS`, one device's part of `cuLaunchCooperativeKernelMultiDevice`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_LAUNCH_PARAMS {
+    pub function: CUfunction,
+    pub gridDimX: c_uint,
+    pub gridDimY: c_uint,
+    pub gridDimZ: c_uint,
+    pub blockDimX: c_uint,
+    pub blockDimY: c_uint,
+    pub blockDimZ: c_uint,
+    pub sharedMemBytes: c_uint,
+    pub hStream: CUstream,
+    pub kernelParams: *mut *mut c_void,
+}
+
 /// `CUdriverProcAddressQueryResult`.
 pub type CUdriverProcAddressQueryResult = c_int;
 pub const CU_GET_PROC_ADDRESS_SUCCESS: c_int = 0;
@@ -146,3 +240,11 @@ const _: () = assert!(size_of::<CUexecAffinityParam>() == 8);
 const _: () = assert!(size_of::<CUctxCreateParams>() == 24);
 const _: () = assert!(size_of::<CUDA_ARRAY_DESCRIPTOR>() == 24);
 const _: () = assert!(size_of::<CUDA_ARRAY3D_DESCRIPTOR>() == 40);
+const _: () = assert!(size_of::<CUlaunchAttribute>() == 72 && offset_of!(CUlaunchAttribute, value) == 8);
+const _: () = assert!(size_of::<CUlaunchConfig>() == 56);
+const _: () = assert!(offset_of!(CUlaunchConfig, hStream) == 32 && offset_of!(CUlaunchConfig, numAttrs) == 48);
+const _: () = assert!(size_of::<CUDA_KERNEL_NODE_PARAMS_v1>() == 56);
+const _: () = assert!(offset_of!(CUDA_KERNEL_NODE_PARAMS_v1, kernelParams) == 40);
+const _: () =
+    assert!(size_of::<CUDA_KERNEL_NODE_PARAMS_v2>() == 72 && offset_of!(CUDA_KERNEL_NODE_PARAMS_v2, ctx) == 64);
+const _: () = assert!(size_of::<CUDA_LAUNCH_PARAMS>() == 56 && offset_of!(CUDA_LAUNCH_PARAMS, hStream) == 40);

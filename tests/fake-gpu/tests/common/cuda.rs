@@ -22,6 +22,12 @@ pub const INVALID_CONTEXT: CUresult = 201;
 pub const INVALID_HANDLE: CUresult = 400;
 pub const NOT_FOUND: CUresult = 500;
 pub const NOT_READY: CUresult = 600;
+pub const ILLEGAL_STATE: CUresult = 401;
+pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = 720;
+pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
+pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+pub const CAPTURED_EVENT: CUresult = 907;
+pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -109,6 +115,64 @@ pub struct CUctxCreateParams {
     pub num_exec_affinity_params: c_int,
     pub cig_params: *mut c_void,
 }
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUlaunchAttribute {
+    pub id: c_int,
+    pub pad: [u8; 4],
+    /// The 64-byte value union; `int` members come first.
+    pub value: [u64; 8],
+}
+
+impl CUlaunchAttribute {
+    pub fn int(id: c_int, value: c_int) -> Self {
+        let mut v = [0u64; 8];
+        v[0] = u64::from(value as u32);
+        Self { id, pad: [0; 4], value: v }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUlaunchConfig {
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared_mem_bytes: c_uint,
+    pub stream: Handle,
+    pub attrs: *mut CUlaunchAttribute,
+    pub num_attrs: c_uint,
+}
+
+/// `CUDA_KERNEL_NODE_PARAMS_v2`; its first seven members are v1.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_KERNEL_NODE_PARAMS {
+    pub func: Handle,
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared_mem_bytes: c_uint,
+    pub kernel_params: *mut *mut c_void,
+    pub extra: *mut *mut c_void,
+    pub kern: Handle,
+    pub ctx: Handle,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_LAUNCH_PARAMS {
+    pub function: Handle,
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared_mem_bytes: c_uint,
+    pub stream: Handle,
+    pub kernel_params: *mut *mut c_void,
+}
+
+const _: () = assert!(std::mem::size_of::<CUlaunchAttribute>() == 72);
+const _: () = assert!(std::mem::size_of::<CUlaunchConfig>() == 56);
+const _: () = assert!(std::mem::size_of::<CUDA_KERNEL_NODE_PARAMS>() == 72);
+const _: () = assert!(std::mem::size_of::<CUDA_LAUNCH_PARAMS>() == 56);
 
 macro_rules! driver {
     ($($name:ident($($arg:ty),*);)*) => {
@@ -237,4 +301,26 @@ driver! {
     cuModuleGetFunction(*mut Handle, Handle, *const c_char);
     cuLaunchKernel(Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void, *mut *mut c_void);
     cuLaunchKernel_ptsz(Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void, *mut *mut c_void);
+    cuLaunchKernelEx(*const CUlaunchConfig, Handle, *mut *mut c_void, *mut *mut c_void);
+    cuLaunchKernelEx_ptsz(*const CUlaunchConfig, Handle, *mut *mut c_void, *mut *mut c_void);
+    cuLaunchCooperativeKernel(Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void);
+    cuLaunchCooperativeKernel_ptsz(Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void);
+    cuLaunchCooperativeKernelMultiDevice(*mut CUDA_LAUNCH_PARAMS, c_uint, c_uint);
+    cuGraphCreate(*mut Handle, c_uint);
+    cuGraphAddKernelNode(*mut Handle, Handle, *const Handle, usize, *const CUDA_KERNEL_NODE_PARAMS);
+    cuGraphAddKernelNode_v2(*mut Handle, Handle, *const Handle, usize, *const CUDA_KERNEL_NODE_PARAMS);
+    cuGraphInstantiate(*mut Handle, Handle, *mut Handle, *mut c_char, usize);
+    cuGraphInstantiate_v2(*mut Handle, Handle, *mut Handle, *mut c_char, usize);
+    cuGraphInstantiateWithFlags(*mut Handle, Handle, u64);
+    cuGraphLaunch(Handle, Handle);
+    cuGraphLaunch_ptsz(Handle, Handle);
+    cuGraphExecDestroy(Handle);
+    cuGraphDestroy(Handle);
+    cuStreamBeginCapture(Handle);
+    cuStreamBeginCapture_v2(Handle, c_int);
+    cuStreamBeginCapture_v2_ptsz(Handle, c_int);
+    cuStreamEndCapture(Handle, *mut Handle);
+    cuStreamEndCapture_ptsz(Handle, *mut Handle);
+    cuStreamIsCapturing(Handle, *mut c_int);
+    cuStreamIsCapturing_ptsz(Handle, *mut c_int);
 }

@@ -9,8 +9,9 @@
 
 pub mod cuda;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
@@ -140,4 +141,83 @@ impl Gpu {
         }
         s
     }
+}
+
+/// Whether a C compiler (`$CC`, else `cc`) is there to build C clients; says `skipped: …`
+/// for `test` when not.
+pub fn have_cc(test: &str) -> bool {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let ok = Command::new(&cc).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("skipped: {test}: no C compiler (`{cc}`) to build tests/cuda-probe");
+    }
+    ok
+}
+
+/// The CUDA probe (`tests/cuda-probe`) built against this library.
+#[derive(Debug)]
+pub struct Probes {
+    /// dlopen + cuGetProcAddress (or `--dlsym`).
+    pub runtime: PathBuf,
+    /// Linked against `libcuda.so.1` directly.
+    pub direct: PathBuf,
+    /// Holds the library as `libcuda.so.1` and `libnvidia-ml.so.1`: the loader path to run
+    /// them with.
+    pub driver: PathBuf,
+    /// Where all of it is.
+    pub dir: PathBuf,
+}
+
+impl Probes {
+    /// A command running the probe build `binary` (`runtime` or `direct`) with `args`, the
+    /// driver on the loader's path and this process's environment (the fixture's config and
+    /// state dir in a child).
+    pub fn command(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
+        cmd.args(args).env("LD_LIBRARY_PATH", &self.driver);
+        cmd
+    }
+}
+
+/// Environment variable: where a parent test built the probes, for its children.
+pub const PROBE_DIR_ENV: &str = "FAKEGPU_TEST_PROBE_DIR";
+
+/// The probes: built once per test run into `target/<profile>/fakegpu-probe/`, or, in a
+/// child, where the parent said ([`PROBE_DIR_ENV`]).
+pub fn probes() -> &'static Probes {
+    static PROBES: OnceLock<Probes> = OnceLock::new();
+    PROBES.get_or_init(|| {
+        let at = |out: PathBuf| Probes {
+            runtime: out.join("cuda-probe"),
+            direct: out.join("cuda-probe-direct"),
+            driver: out.join("driver"),
+            dir: out,
+        };
+        if let Some(dir) = std::env::var_os(PROBE_DIR_ENV) {
+            return at(dir.into());
+        }
+        let profile = lib_path().parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned();
+        let out = profile.join("fakegpu-probe");
+        let driver = out.join("driver");
+        std::fs::create_dir_all(&driver).expect("creating the probe's driver dir");
+        // Copies, not links: the linker records one DT_NEEDED per distinct file. Renamed into
+        // place, so that a library someone has mapped is never rewritten.
+        for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+            let tmp = driver.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(lib_path(), &tmp).expect("copying the library");
+            std::fs::rename(&tmp, driver.join(name)).expect("installing the library as the driver");
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cuda-probe/build.sh");
+        let built = Command::new("bash").arg(&script).arg(&out).arg(&driver).output().expect("running build.sh");
+        assert!(built.status.success(), "building the CUDA probe failed:\n{}", String::from_utf8_lossy(&built.stderr));
+        at(out)
+    })
+}
+
+/// The `key=value` lines of a probe's output.
+pub fn keys(stdout: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
 }

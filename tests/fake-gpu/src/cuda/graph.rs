@@ -1,0 +1,259 @@
+//! Graphs: built node by node (`cuGraphAddKernelNode`) or captured from a stream
+//! (`cuStreamBeginCapture` … `cuStreamEndCapture`), instantiated, and launched on a stream,
+//! where their nodes run one after the other in the order they were added (a valid order:
+//! a node's dependencies are added before it). A kernel node takes its turn on the device
+//! like a launched kernel; an event node (captured `cuEventRecord`) records its event.
+//!
+//! While a stream captures, kernels launched on it (and events recorded on it, and graphs
+//! launched on it) become nodes and do not run. Synchronising or querying the stream is
+//! refused with `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED` and invalidates the capture, whose
+//! end then fails with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::thread::ThreadId;
+
+use super::error::{
+    CuResult, ILLEGAL_STATE, INVALID_HANDLE, INVALID_VALUE, STREAM_CAPTURE_INVALIDATED, STREAM_CAPTURE_UNSUPPORTED,
+    STREAM_CAPTURE_WRONG_THREAD,
+};
+use super::launch::{self, Nanos, Queue};
+use super::{Handle, Registry, new_handle, stream};
+use crate::state::Simulator;
+
+/// One step of a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// `busy` of `duration` ns (its parameters were read when the node was made).
+    Kernel { function: Handle, duration: Nanos },
+    /// `cuEventRecord` captured from a stream.
+    EventRecord(Handle),
+}
+
+#[derive(Debug, Default)]
+struct Graph {
+    /// Node handle and node, in the order added.
+    nodes: Vec<(Handle, Node)>,
+}
+
+/// An instantiated graph: a snapshot of its graph's nodes.
+#[derive(Debug)]
+struct Exec {
+    ctx: Handle,
+    nodes: Vec<Node>,
+    /// Launches of one executable graph run one after another.
+    idle_at: Nanos,
+}
+
+#[derive(Debug)]
+struct Capture {
+    ctx: Handle,
+    graph: Graph,
+    mode: u32,
+    thread: ThreadId,
+    invalidated: bool,
+}
+
+/// `CUstreamCaptureMode`.
+pub(crate) const CAPTURE_MODE_GLOBAL: u32 = 0;
+const CAPTURE_MODE_RELAXED: u32 = 2;
+/// `CUstreamCaptureStatus`.
+pub(crate) const CAPTURE_STATUS_NONE: c_int = 0;
+const CAPTURE_STATUS_ACTIVE: c_int = 1;
+const CAPTURE_STATUS_INVALIDATED: c_int = 2;
+/// `CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH`, `…_DEVICE_LAUNCH` and
+/// `…_USE_NODE_PRIORITY`, what `cuGraphInstantiateWithFlags` accepts.
+const INSTANTIATE_FLAGS: u64 = 0x1 | 0x4 | 0x8;
+
+/// Graphs, executable graphs and captures in progress.
+#[derive(Debug, Default)]
+pub(crate) struct Graphs {
+    graphs: HashMap<Handle, Graph>,
+    execs: HashMap<Handle, Exec>,
+    captures: HashMap<Queue, Capture>,
+}
+
+impl Graphs {
+    /// `cuGraphCreate`.
+    pub fn create(&mut self, flags: u32) -> CuResult<Handle> {
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        let graph = new_handle();
+        self.graphs.insert(graph, Graph::default());
+        Ok(graph)
+    }
+
+    /// `cuGraphAddKernelNode`: `dependencies` must be distinct nodes of `graph`.
+    pub fn add(&mut self, graph: Handle, dependencies: &[Handle], node: Node) -> CuResult<Handle> {
+        let g = self.graphs.get_mut(&graph).ok_or(INVALID_VALUE)?;
+        for (i, dep) in dependencies.iter().enumerate() {
+            if !g.nodes.iter().any(|(h, _)| h == dep) || dependencies[..i].contains(dep) {
+                return Err(INVALID_VALUE);
+            }
+        }
+        let handle = new_handle();
+        g.nodes.push((handle, node));
+        Ok(handle)
+    }
+
+    /// `cuGraphDestroy`: executable graphs made from it stay.
+    pub fn destroy(&mut self, graph: Handle) -> CuResult {
+        self.graphs.remove(&graph).map(drop).ok_or(INVALID_VALUE)
+    }
+
+    /// `cuGraphExecDestroy`.
+    pub fn destroy_exec(&mut self, exec: Handle) -> CuResult {
+        self.execs.remove(&exec).map(drop).ok_or(INVALID_VALUE)
+    }
+
+    /// Forget `ctx`'s executable graphs and captures, as destroying the context does.
+    pub fn drop_context(&mut self, ctx: Handle) {
+        self.execs.retain(|_, e| e.ctx != ctx);
+        self.captures.retain(|_, c| c.ctx != ctx);
+    }
+
+    /// Forget a capture on a stream that is gone.
+    pub fn drop_queue(&mut self, q: Queue) {
+        self.captures.remove(&q);
+    }
+}
+
+/// `cuGraphInstantiate*` in context `ctx`: a snapshot of the graph, whose kernels must still
+/// be loaded.
+pub(crate) fn instantiate(reg: &mut Registry, graph: Handle, ctx: Handle, flags: u64) -> CuResult<Handle> {
+    if flags & !INSTANTIATE_FLAGS != 0 {
+        return Err(INVALID_VALUE);
+    }
+    let g = reg.graphs.graphs.get(&graph).ok_or(INVALID_VALUE)?;
+    let nodes: Vec<Node> = g.nodes.iter().map(|&(_, n)| n).collect();
+    let loaded = |n: &Node| match *n {
+        Node::Kernel { function, .. } => reg.modules.is_function(function),
+        Node::EventRecord(_) => true,
+    };
+    if !nodes.iter().all(loaded) {
+        return Err(INVALID_VALUE);
+    }
+    let exec = new_handle();
+    reg.graphs.execs.insert(exec, Exec { ctx, nodes, idle_at: 0 });
+    Ok(exec)
+}
+
+/// If `q` is capturing, add `node` to the graph being captured instead of running it and
+/// answer `true`. An invalidated capture takes nothing more.
+pub(crate) fn capture(reg: &mut Registry, q: Queue, node: Node) -> CuResult<bool> {
+    let Some(c) = reg.graphs.captures.get_mut(&q) else { return Ok(false) };
+    if c.invalidated {
+        return Err(STREAM_CAPTURE_INVALIDATED);
+    }
+    c.graph.nodes.push((new_handle(), node));
+    Ok(true)
+}
+
+pub(crate) fn is_capturing(reg: &Registry, q: Queue) -> bool {
+    reg.graphs.captures.contains_key(&q)
+}
+
+/// For calls that may not touch a capturing stream (synchronise, query): if `q` captures,
+/// invalidate the capture and refuse.
+pub(crate) fn forbid_during_capture(reg: &mut Registry, q: Queue) -> CuResult {
+    match reg.graphs.captures.get_mut(&q) {
+        Some(c) => {
+            c.invalidated = true;
+            Err(STREAM_CAPTURE_UNSUPPORTED)
+        }
+        None => Ok(()),
+    }
+}
+
+/// For `cuCtxSynchronize`: refused while a stream of `ctx` captures in global or thread-local
+/// mode, whose captures it invalidates.
+pub(crate) fn forbid_context_sync(reg: &mut Registry, ctx: Handle) -> CuResult {
+    let mut refused = false;
+    for c in reg.graphs.captures.values_mut().filter(|c| c.ctx == ctx && c.mode != CAPTURE_MODE_RELAXED) {
+        c.invalidated = true;
+        refused = true;
+    }
+    if refused { Err(STREAM_CAPTURE_UNSUPPORTED) } else { Ok(()) }
+}
+
+/// `cuStreamBeginCapture*`: not on the legacy stream, not twice.
+pub(crate) fn begin_capture(reg: &mut Registry, q: Queue, mode: u32) -> CuResult {
+    if mode > CAPTURE_MODE_RELAXED {
+        return Err(INVALID_VALUE);
+    }
+    if matches!(q, Queue::Legacy(_)) {
+        return Err(STREAM_CAPTURE_UNSUPPORTED);
+    }
+    if reg.graphs.captures.contains_key(&q) {
+        return Err(ILLEGAL_STATE);
+    }
+    let ctx = stream::queue_context(reg, q);
+    let thread = std::thread::current().id();
+    reg.graphs.captures.insert(q, Capture { ctx, graph: Graph::default(), mode, thread, invalidated: false });
+    Ok(())
+}
+
+/// `cuStreamEndCapture`: the captured graph. A global or thread-local capture ends on the
+/// thread that began it.
+pub(crate) fn end_capture(reg: &mut Registry, q: Queue) -> CuResult<Handle> {
+    let c = reg.graphs.captures.get(&q).ok_or(ILLEGAL_STATE)?;
+    if c.mode != CAPTURE_MODE_RELAXED && c.thread != std::thread::current().id() {
+        return Err(STREAM_CAPTURE_WRONG_THREAD);
+    }
+    let c = reg.graphs.captures.remove(&q).ok_or(ILLEGAL_STATE)?;
+    if c.invalidated {
+        return Err(STREAM_CAPTURE_INVALIDATED);
+    }
+    let graph = new_handle();
+    reg.graphs.graphs.insert(graph, c.graph);
+    Ok(graph)
+}
+
+/// `cuStreamIsCapturing`.
+pub(crate) fn capture_status(reg: &Registry, q: Queue) -> c_int {
+    match reg.graphs.captures.get(&q) {
+        None => CAPTURE_STATUS_NONE,
+        Some(c) if c.invalidated => CAPTURE_STATUS_INVALIDATED,
+        Some(_) => CAPTURE_STATUS_ACTIVE,
+    }
+}
+
+/// `cuGraphLaunch`: the nodes run one after another on `q`, after `q`'s earlier work and the
+/// previous launch of the same executable graph. On a capturing stream the nodes are
+/// captured instead.
+pub(crate) fn launch(reg: &mut Registry, sim: &'static Simulator, exec: Handle, q: Queue) -> CuResult {
+    let e = reg.graphs.execs.get(&exec).ok_or(INVALID_VALUE)?;
+    let (nodes, after) = (e.nodes.clone(), e.idle_at);
+    if is_capturing(reg, q) {
+        for node in nodes {
+            capture(reg, q, node)?;
+        }
+        return Ok(());
+    }
+    let all_loaded = nodes.iter().all(|n| match *n {
+        Node::Kernel { function, .. } => reg.modules.is_function(function),
+        Node::EventRecord(_) => true,
+    });
+    if !all_loaded {
+        return Err(INVALID_HANDLE);
+    }
+    let mut t = launch::completion(reg, q).max(after);
+    let mut recorded = Vec::new();
+    let mut session = launch::device_timeline(sim, launch::device_of(reg, q)).lock();
+    for node in nodes {
+        match node {
+            Node::Kernel { duration, .. } => t = session.occupy(t, duration).1,
+            Node::EventRecord(event) => recorded.push((event, t)),
+        }
+    }
+    drop(session);
+    launch::set_idle(reg, q, t);
+    if let Some(e) = reg.graphs.execs.get_mut(&exec) {
+        e.idle_at = t;
+    }
+    for (event, at) in recorded {
+        stream::set_event(reg, event, at);
+    }
+    Ok(())
+}

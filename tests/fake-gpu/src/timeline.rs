@@ -1,0 +1,630 @@
+//! Device time shared by every process: one timeline per GPU, on which every `busy` kernel of
+//! every process takes its turn.
+//!
+//! Each GPU has a file `<state dir>/gpu<index>.timeline`, mapped shared into every process
+//! and published like the memory state ([`crate::state`]): a header, a table of client
+//! records, and a ring of busy intervals. Times are `CLOCK_MONOTONIC` nanoseconds, a clock
+//! every process and container on the machine shares.
+//!
+//! Running `d` ns of work that may start at `earliest` ([`DeviceTimeline::occupy`]) starts it
+//! at `max(earliest, now, the device's idle time)`, makes the device idle `d` ns later, and
+//! records the interval with the launching process's pid. Updates are serialised across
+//! processes by an OFD lock on the file's first byte (and within a process by a mutex), so
+//! one device runs one kernel at a time, whoever launched it.
+//!
+//! Utilisation is read from the ring: the share of the last second the device was busy, in
+//! all and per process ([`DeviceTimeline::utilization`], [`DeviceTimeline::process_samples`]).
+//!
+//! Each process that queues work claims a client record and holds an OFD lock on it for as
+//! long as it lives; its intervals name the record and the record's generation. When the
+//! newest intervals belong to a client whose lock is gone (its process exited or was killed),
+//! the part of them that lies in the future is dropped, as a real driver discards the pending
+//! work of a context it tears down. So a dying process neither wedges the device nor leaves
+//! it busy with work nobody waits for.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::mem::{offset_of, size_of};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::state::{RangeLock, StateError, io_err, publish};
+
+/// First eight bytes of a timeline file.
+const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPUT");
+/// Layout version of [`Header`], [`Client`] and [`Record`]; bump on any change.
+const VERSION: u32 = 1;
+/// Bytes before the client table.
+const HEADER_SIZE: usize = 4096;
+/// Client records: at most this many processes queue work on one GPU at a time (more still
+/// run, but their work is never dropped when they die).
+pub const CLIENTS: usize = 1024;
+/// Busy intervals kept per GPU. Back-to-back intervals of one process are merged, so this
+/// bounds the intervals per second for which utilisation is exact, not the kernels.
+pub const RECORDS: usize = 8192;
+const CLIENT_OFFSET: usize = HEADER_SIZE;
+const RECORD_OFFSET: usize = CLIENT_OFFSET + CLIENTS * size_of::<Client>();
+/// Size of a timeline file.
+const FILE_SIZE: usize = RECORD_OFFSET + RECORDS * size_of::<Record>();
+/// The byte whose lock serialises every read and update of the timeline.
+const LOCK: (u64, u64) = (0, 1);
+/// The window utilisation is measured over, as NVML's sample period on recent GPUs.
+pub const WINDOW_NS: u64 = 1_000_000_000;
+
+/// The start of a timeline file. The first six fields are written before publication and
+/// only read afterwards; the atomics are updated under [`LOCK`].
+#[repr(C)]
+struct Header {
+    magic: u64,
+    version: u32,
+    index: u32,
+    clients: u32,
+    records: u32,
+    client_offset: u32,
+    record_offset: u32,
+    /// When the device has finished everything queued on it so far.
+    idle_at: AtomicU64,
+    /// Intervals written so far, less those dropped; the newest is at `(kept − 1) % RECORDS`.
+    kept: AtomicU64,
+}
+
+/// A process that queues work. `pid` is informational; liveness is the lock on the record's
+/// bytes. `generation` grows with each claim, so intervals of a previous holder are told apart.
+#[repr(C)]
+struct Client {
+    pid: AtomicU32,
+    generation: AtomicU32,
+}
+
+/// One busy interval `[start, end)` of the device. `client` is the client record's index + 1
+/// (0: none).
+#[repr(C)]
+struct Record {
+    start: AtomicU64,
+    end: AtomicU64,
+    pid: AtomicU32,
+    client: AtomicU32,
+    generation: AtomicU32,
+    _reserved: AtomicU32,
+}
+
+const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+const _: () = assert!(size_of::<Client>() == 8 && size_of::<Record>() == 32);
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the timeline's clock.
+pub fn now() -> u64 {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; both clocks exist on every Linux.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// How long before a deadline [`sleep_until`] stops sleeping and starts polling: a sleeping
+/// thread wakes tens of microseconds late (timer slack, scheduling), a real driver's
+/// synchronisation spins by default, and a host that wakes late leaves the device idle.
+const SPIN_NS: u64 = 200_000;
+
+/// Wait until the timeline's clock reads `t` (at once if it has): sleep, then spin for the last
+/// 200 µs. (Spinning, not yielding: on a busy machine a yield hands the CPU away for a whole
+/// time slice.)
+pub fn sleep_until(t: u64) {
+    let wake = t.saturating_sub(SPIN_NS);
+    if now() < wake {
+        let ts = libc::timespec {
+            tv_sec: (wake / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wake % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: an absolute sleep on CLOCK_MONOTONIC with a valid timespec; EINTR is retried.
+        while unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) }
+            == libc::EINTR
+        {}
+    }
+    while now() < t {
+        std::hint::spin_loop();
+    }
+}
+
+/// A timeline time as the wall-clock microseconds NVML's samples carry.
+pub fn to_unix_micros(t: u64) -> u64 {
+    let (mono, real) = (now(), clock(libc::CLOCK_REALTIME));
+    (real.saturating_add(t).saturating_sub(mono)) / 1000
+}
+
+/// Device time one process had in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessBusy {
+    /// The pid as the process sees it (`getpid()`).
+    pub pid: u32,
+    /// Nanoseconds of the window the device worked for it.
+    pub busy_ns: u64,
+    /// The start of its first work in the window, or the window's start.
+    pub first_ns: u64,
+    /// The end of its last work in the window, or the window's end.
+    pub last_ns: u64,
+}
+
+/// One `nvmlProcessUtilizationSample_t`, without the units NVML does not simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSample {
+    pub pid: u32,
+    /// Wall-clock microseconds (`CLOCK_REALTIME`), as NVML's "CPU timestamp".
+    pub timestamp_us: u64,
+    /// Percent of the last second the device worked for this process.
+    pub sm_util: u32,
+}
+
+/// This process's client record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    index: u32,
+    generation: u32,
+}
+
+/// One GPU's timeline, mapped into this process.
+#[derive(Debug)]
+pub struct DeviceTimeline {
+    map: NonNull<u8>,
+    /// Kept open for the OFD locks, which belong to this open file description.
+    file: File,
+    index: u32,
+    path: PathBuf,
+    /// This process's client record, claimed when it first queues work. The mutex also
+    /// serialises this process's threads, which the OFD lock (shared by every thread using
+    /// this file description) cannot.
+    mine: Mutex<Option<Owner>>,
+}
+
+// SAFETY: the mapping is shared memory that lives until `drop`; after publication only atomics
+// are written, and only under the mutex and the OFD lock. `file` is only used for fcntl.
+unsafe impl Send for DeviceTimeline {}
+// SAFETY: as for `Send`: `&DeviceTimeline` gives access to atomics, read-only header fields, the
+// mutex and fcntl on the file.
+unsafe impl Sync for DeviceTimeline {}
+
+impl DeviceTimeline {
+    /// Open GPU `index`'s timeline in `dir`, creating both if they do not exist. Safe against
+    /// other processes doing the same at the same time.
+    pub fn open(dir: &Path, index: u32) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let path = dir.join(format!("gpu{index}.timeline"));
+        for _ in 0..2 {
+            match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => return Self::map(file, path, index),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("opening", &path)(e)),
+            }
+            publish(&path, &image(index))?;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening", &path))?;
+        Self::map(file, path, index)
+    }
+
+    fn map(file: File, path: PathBuf, index: u32) -> Result<Self, StateError> {
+        let len = file.metadata().map_err(io_err("reading", &path))?.len();
+        if len != FILE_SIZE as u64 {
+            return Err(StateError::Corrupt { path, reason: format!("{len} bytes, expected {FILE_SIZE}") });
+        }
+        // SAFETY: a fresh shared mapping of a file opened read-write and exactly FILE_SIZE long;
+        // the kernel picks the address. The mapping outlives `file`.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FILE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io_err("mapping", &path)(io::Error::last_os_error()));
+        }
+        let map = NonNull::new(addr.cast::<u8>())
+            .ok_or_else(|| StateError::Corrupt { path: path.clone(), reason: "mapped at address 0".into() })?;
+        let timeline = Self { map, file, index, path, mine: Mutex::new(None) };
+        timeline.check_header()?;
+        Ok(timeline)
+    }
+
+    fn check_header(&self) -> Result<(), StateError> {
+        let h = self.header();
+        let corrupt = |reason: String| Err(StateError::Corrupt { path: self.path.clone(), reason });
+        if h.magic != MAGIC {
+            return corrupt(format!("magic {:#x}", h.magic));
+        }
+        if h.version != VERSION {
+            return corrupt(format!("layout version {}, this library reads {VERSION}", h.version));
+        }
+        let layout = (h.clients, h.records, h.client_offset, h.record_offset);
+        if layout != (CLIENTS as u32, RECORDS as u32, CLIENT_OFFSET as u32, RECORD_OFFSET as u32) {
+            return corrupt(format!("layout {layout:?}"));
+        }
+        if h.index != self.index {
+            return corrupt(format!("made for GPU {}", h.index));
+        }
+        Ok(())
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: `map` points at a live, page-aligned FILE_SIZE mapping that starts with a
+        // published Header; its plain fields are never written after publication.
+        unsafe { self.map.cast::<Header>().as_ref() }
+    }
+
+    fn client(&self, i: usize) -> &Client {
+        assert!(i < CLIENTS);
+        let p = self.map.as_ptr().wrapping_add(CLIENT_OFFSET + i * size_of::<Client>()).cast::<Client>();
+        // SAFETY: record `i` lies inside the mapping (i < CLIENTS), is 4-byte aligned and holds
+        // only atomics.
+        unsafe { &*p }
+    }
+
+    fn record(&self, n: u64) -> &Record {
+        let i = (n % RECORDS as u64) as usize;
+        let p = self.map.as_ptr().wrapping_add(RECORD_OFFSET + i * size_of::<Record>()).cast::<Record>();
+        // SAFETY: slot `i` lies inside the mapping (i < RECORDS), is 8-byte aligned (the
+        // offsets and the record size are multiples of 8) and holds only atomics.
+        unsafe { &*p }
+    }
+
+    /// The GPU's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The timeline file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Exclusive use of the timeline, against this process's threads and every other
+    /// process, until the session is dropped. The future work of dead processes is dropped
+    /// first. Hold one session at a time per thread; to hold several GPUs', take them in
+    /// index order.
+    pub fn lock(&self) -> Session<'_> {
+        let mine = self.mine.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = RangeLock::wait(&self.file, LOCK);
+        let mut session = Session { timeline: self, mine, _lock: lock, now: now() };
+        session.drop_dead_work();
+        session
+    }
+
+    /// Run `duration` ns of work on the device, starting no earlier than `earliest`, now and
+    /// the end of the device's earlier work; returns `(start, done)`.
+    pub fn occupy(&self, earliest: u64, duration: u64) -> (u64, u64) {
+        self.lock().occupy(earliest, duration)
+    }
+
+    /// When the device will have finished everything queued on it.
+    pub fn idle_at(&self) -> u64 {
+        self.lock().idle_at()
+    }
+
+    /// Nanoseconds of `[from, to)` the device was (or is scheduled to be) busy.
+    pub fn busy(&self, from: u64, to: u64) -> u64 {
+        self.by_process(from, to).iter().map(|p| p.busy_ns).sum()
+    }
+
+    /// Device time in `[from, to)` per process; see [`Session::by_process`].
+    pub fn by_process(&self, from: u64, to: u64) -> Vec<ProcessBusy> {
+        self.lock().by_process(from, to)
+    }
+
+    /// Percent of the last second the device was busy: `nvmlDeviceGetUtilizationRates`'s
+    /// `gpu`.
+    pub fn utilization(&self) -> u32 {
+        let end = now();
+        percent(self.busy(end.saturating_sub(WINDOW_NS), end))
+    }
+
+    /// `nvmlDeviceGetProcessUtilization`'s samples: one per process the device worked for in
+    /// the last second, stamped with the end of that work (wall-clock µs), if later than
+    /// `last_seen_us`.
+    pub fn process_samples(&self, last_seen_us: u64) -> Vec<ProcessSample> {
+        let end = now();
+        let mut samples: Vec<ProcessSample> = self
+            .by_process(end.saturating_sub(WINDOW_NS), end)
+            .into_iter()
+            .map(|p| ProcessSample { pid: p.pid, timestamp_us: to_unix_micros(p.last_ns), sm_util: percent(p.busy_ns) })
+            .filter(|s| s.timestamp_us > last_seen_us)
+            .collect();
+        samples.sort_by_key(|s| (s.timestamp_us, s.pid));
+        samples
+    }
+}
+
+/// `busy` nanoseconds of [`WINDOW_NS`], in whole percent (rounded, at most 100).
+fn percent(busy: u64) -> u32 {
+    ((u128::from(busy) * 100 + u128::from(WINDOW_NS / 2)) / u128::from(WINDOW_NS)).min(100) as u32
+}
+
+impl Drop for DeviceTimeline {
+    fn drop(&mut self) {
+        if let Some(owner) = *self.mine.get_mut().unwrap_or_else(PoisonError::into_inner) {
+            self.client(owner.index as usize).pid.store(0, Ordering::Release);
+        }
+        // SAFETY: `map` is the FILE_SIZE mapping made in `map` and nothing borrows it past
+        // `self`. Closing `file` afterwards drops this process's locks, and with them the
+        // claim on its future work.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), FILE_SIZE);
+        }
+    }
+}
+
+/// Exclusive use of one GPU's timeline; see [`DeviceTimeline::lock`].
+#[derive(Debug)]
+pub struct Session<'a> {
+    timeline: &'a DeviceTimeline,
+    mine: MutexGuard<'a, Option<Owner>>,
+    _lock: Option<RangeLock<'a>>,
+    now: u64,
+}
+
+impl Session<'_> {
+    fn header(&self) -> &Header {
+        self.timeline.header()
+    }
+
+    /// When the device will have finished everything queued on it.
+    pub fn idle_at(&self) -> u64 {
+        self.header().idle_at.load(Ordering::Acquire)
+    }
+
+    /// See [`DeviceTimeline::occupy`].
+    pub fn occupy(&mut self, earliest: u64, duration: u64) -> (u64, u64) {
+        let start = earliest.max(now()).max(self.idle_at());
+        let done = start.saturating_add(duration);
+        if duration > 0 {
+            self.append(start, done);
+            self.header().idle_at.store(done, Ordering::Release);
+        }
+        (start, done)
+    }
+
+    fn append(&mut self, start: u64, end: u64) {
+        let owner = self.owner();
+        let pid = std::process::id();
+        let (client, generation) = owner.map_or((0, 0), |o| (o.index + 1, o.generation));
+        let kept = self.header().kept.load(Ordering::Acquire);
+        if kept > 0 {
+            let last = self.timeline.record(kept - 1);
+            let same = last.pid.load(Ordering::Acquire) == pid
+                && last.client.load(Ordering::Acquire) == client
+                && last.generation.load(Ordering::Acquire) == generation;
+            if same && last.end.load(Ordering::Acquire) == start {
+                last.end.store(end, Ordering::Release);
+                return;
+            }
+        }
+        let r = self.timeline.record(kept);
+        r.start.store(start, Ordering::Release);
+        r.end.store(end, Ordering::Release);
+        r.pid.store(pid, Ordering::Release);
+        r.client.store(client, Ordering::Release);
+        r.generation.store(generation, Ordering::Release);
+        self.header().kept.store(kept + 1, Ordering::Release);
+    }
+
+    /// This process's client record, claimed on first use; `None` if every record is held.
+    fn owner(&mut self) -> Option<Owner> {
+        if self.mine.is_none() {
+            *self.mine = self.claim();
+        }
+        *self.mine
+    }
+
+    fn claim(&self) -> Option<Owner> {
+        let t = self.timeline;
+        let empty = (0..CLIENTS).filter(|&i| t.client(i).pid.load(Ordering::Acquire) == 0);
+        let used = (0..CLIENTS).filter(|&i| t.client(i).pid.load(Ordering::Acquire) != 0);
+        let index = empty.chain(used).find(|&i| {
+            RangeLock::try_take(&t.file, client_range(i)).is_some_and(|lock| {
+                lock.keep();
+                true
+            })
+        })?;
+        let c = t.client(index);
+        let generation = c.generation.load(Ordering::Acquire).wrapping_add(1);
+        c.generation.store(generation, Ordering::Release);
+        c.pid.store(std::process::id(), Ordering::Release);
+        Some(Owner { index: index as u32, generation })
+    }
+
+    /// Whether the process that queued `r` is still there to wait for it.
+    fn alive(&self, r: &Record) -> bool {
+        let client = r.client.load(Ordering::Acquire);
+        let generation = r.generation.load(Ordering::Acquire);
+        let Some(index) = client.checked_sub(1) else { return true };
+        if *self.mine == Some(Owner { index, generation }) {
+            return true;
+        }
+        let c = self.timeline.client(index as usize);
+        c.generation.load(Ordering::Acquire) == generation
+            && RangeLock::held_elsewhere(&self.timeline.file, client_range(index as usize))
+    }
+
+    /// Cut the newest intervals whose process is gone at now; drop those not yet started.
+    fn drop_dead_work(&mut self) {
+        let header = self.header();
+        let mut kept = header.kept.load(Ordering::Acquire);
+        let mut changed = false;
+        while kept > 0 {
+            let r = self.timeline.record(kept - 1);
+            let (start, end) = (r.start.load(Ordering::Acquire), r.end.load(Ordering::Acquire));
+            if end <= self.now || self.alive(r) {
+                break;
+            }
+            changed = true;
+            if start < self.now {
+                r.end.store(self.now, Ordering::Release);
+                break;
+            }
+            // Cleared, so that a reader reaching this slot from the other side of the ring
+            // skips it.
+            r.start.store(0, Ordering::Release);
+            r.end.store(0, Ordering::Release);
+            kept -= 1;
+        }
+        if changed {
+            header.kept.store(kept, Ordering::Release);
+            let idle = if kept > 0 { self.timeline.record(kept - 1).end.load(Ordering::Acquire) } else { 0 };
+            header.idle_at.store(idle, Ordering::Release);
+        }
+    }
+
+    /// Device time in `[from, to)` per process, in pid order. A process is a client record
+    /// (so two processes of one pid in different pid namespaces stay apart), or, for work
+    /// queued without one, a pid.
+    pub fn by_process(&self, from: u64, to: u64) -> Vec<ProcessBusy> {
+        let kept = self.header().kept.load(Ordering::Acquire);
+        let mut out: Vec<(ProcessBusy, (u32, u32))> = Vec::new();
+        for n in (kept.saturating_sub(RECORDS as u64)..kept).rev() {
+            let r = self.timeline.record(n);
+            let (start, end) = (r.start.load(Ordering::Acquire), r.end.load(Ordering::Acquire));
+            if end == 0 {
+                continue;
+            }
+            if end <= from {
+                break;
+            }
+            let (a, b) = (start.max(from), end.min(to));
+            if a >= b {
+                continue;
+            }
+            let pid = r.pid.load(Ordering::Acquire);
+            let client = (r.client.load(Ordering::Acquire), r.generation.load(Ordering::Acquire));
+            let who = if client.0 == 0 { (0, pid) } else { client };
+            match out.iter_mut().find(|(p, w)| *w == who && p.pid == pid) {
+                Some((p, _)) => {
+                    p.busy_ns += b - a;
+                    p.first_ns = p.first_ns.min(a);
+                    p.last_ns = p.last_ns.max(b);
+                }
+                None => out.push((ProcessBusy { pid, busy_ns: b - a, first_ns: a, last_ns: b }, who)),
+            }
+        }
+        out.sort_by_key(|&(p, who)| (p.pid, who));
+        out.into_iter().map(|(p, _)| p).collect()
+    }
+}
+
+/// Byte range of client record `i`, for its lock.
+fn client_range(i: usize) -> (u64, u64) {
+    ((CLIENT_OFFSET + i * size_of::<Client>()) as u64, size_of::<Client>() as u64)
+}
+
+/// The bytes of a fresh timeline file for GPU `index`: idle, no clients, no intervals.
+fn image(index: u32) -> Vec<u8> {
+    let mut page = vec![0u8; FILE_SIZE];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        page[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(offset_of!(Header, magic), &MAGIC.to_ne_bytes());
+    put(offset_of!(Header, version), &VERSION.to_ne_bytes());
+    put(offset_of!(Header, index), &index.to_ne_bytes());
+    put(offset_of!(Header, clients), &(CLIENTS as u32).to_ne_bytes());
+    put(offset_of!(Header, records), &(RECORDS as u32).to_ne_bytes());
+    put(offset_of!(Header, client_offset), &(CLIENT_OFFSET as u32).to_ne_bytes());
+    put(offset_of!(Header, record_offset), &(RECORD_OFFSET as u32).to_ne_bytes());
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn work_of_two_handles_queues_on_one_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceTimeline::open(dir.path(), 0).unwrap();
+        let b = DeviceTimeline::open(dir.path(), 0).unwrap();
+        let t0 = now();
+        let (s1, d1) = a.occupy(t0, 50 * MS);
+        let (s2, d2) = b.occupy(t0, 30 * MS);
+        assert!(s1 >= t0 && d1 == s1 + 50 * MS);
+        assert_eq!((s2, d2), (d1, d1 + 30 * MS), "the second waits for the first");
+        assert_eq!(a.idle_at(), d2);
+        // Work that may only start later leaves a gap.
+        let (s3, _) = a.occupy(d2 + 10 * MS, MS);
+        assert_eq!(s3, d2 + 10 * MS);
+        assert_eq!(a.busy(s1, d2), 80 * MS);
+        assert_eq!(a.busy(s1, s3 + MS), 81 * MS);
+        assert_eq!(a.busy(s1 + 10 * MS, s1 + 20 * MS), 10 * MS);
+        // Zero-length work takes its turn but records nothing.
+        let (s4, d4) = b.occupy(0, 0);
+        assert_eq!((s4, d4), (s3 + MS, s3 + MS));
+        assert_eq!(b.busy(0, u64::MAX), 81 * MS);
+    }
+
+    #[test]
+    fn back_to_back_work_of_one_process_is_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceTimeline::open(dir.path(), 0).unwrap();
+        let t0 = now();
+        // Queued ahead, so each piece starts where the last ended.
+        for _ in 0..3 * RECORDS {
+            a.occupy(t0, MS);
+        }
+        assert_eq!(a.header().kept.load(Ordering::Acquire), 1);
+        assert_eq!(a.busy(0, u64::MAX), 3 * RECORDS as u64 * MS);
+    }
+
+    #[test]
+    fn utilization_counts_the_last_second_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceTimeline::open(dir.path(), 1).unwrap();
+        assert_eq!(a.utilization(), 0);
+        assert!(a.process_samples(0).is_empty());
+        // Half a second of work that ended just now.
+        let t = now();
+        {
+            let mut s = a.lock();
+            let start = t - 500 * MS;
+            s.append(start, t);
+            s.header().idle_at.store(t, Ordering::Release);
+        }
+        let u = a.utilization();
+        assert!((49..=51).contains(&u), "{u}");
+        let samples = a.process_samples(0);
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].pid, std::process::id());
+        assert!((49..=51).contains(&samples[0].sm_util));
+        assert!(a.process_samples(samples[0].timestamp_us).is_empty(), "nothing newer");
+    }
+
+    #[test]
+    fn the_future_work_of_a_dead_process_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceTimeline::open(dir.path(), 0).unwrap();
+        let t0 = now();
+        let (_, done) = a.occupy(t0, 3600 * 1000 * MS);
+        let b = DeviceTimeline::open(dir.path(), 0).unwrap();
+        assert_eq!(b.idle_at(), done, "an hour of work ahead");
+        drop(a);
+        let idle = b.idle_at();
+        assert!(idle < now() + MS, "the work of a gone process is dropped");
+        let (s, _) = b.occupy(0, MS);
+        assert!(s < now() + MS);
+        assert!(b.busy(t0, now()) < 1000 * MS);
+    }
+
+    #[test]
+    fn refuses_a_file_of_another_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("gpu0.timeline"), b"junk").unwrap();
+        assert!(matches!(DeviceTimeline::open(dir.path(), 0), Err(StateError::Corrupt { .. })));
+        drop(DeviceTimeline::open(dir.path(), 1).unwrap());
+        fs::rename(dir.path().join("gpu1.timeline"), dir.path().join("gpu2.timeline")).unwrap();
+        assert!(matches!(DeviceTimeline::open(dir.path(), 2), Err(StateError::Corrupt { .. })));
+    }
+}
