@@ -153,7 +153,10 @@ pub struct Compute {
     pub held_ns_total: AtomicU64,
     /// When GPU time was last charged (a heartbeat of activity).
     pub last_charge_ns: AtomicU64,
-    _reserved: [u64; 4],
+    /// The end of the latest GPU work charged: work of two processes that overlaps in time is
+    /// charged once.
+    pub busy_until_ns: AtomicU64,
+    _reserved: [u64; 3],
 }
 
 const _: () = assert!(size_of::<Slot>() == 64);
@@ -465,6 +468,14 @@ impl Region {
         let update = |v: u64| Some(v.max(now_ns.saturating_sub(burst_ns)).saturating_add(cost));
         let old = c.virtual_ns.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).unwrap_or_default();
         update(old).unwrap_or_default()
+    }
+
+    /// The part of the GPU work that ran from `start_ns` to `end_ns` not yet charged by another
+    /// process of the slice: what is after the slice's `busy_until_ns`, which moves to `end_ns`.
+    pub fn unclaimed_gpu_time(&self, start_ns: u64, end_ns: u64) -> u64 {
+        let c = self.compute();
+        let before = c.busy_until_ns.fetch_max(end_ns, Ordering::AcqRel);
+        end_ns.saturating_sub(start_ns.max(before))
     }
 
     /// How long work must wait before it may start at `now_ns`: how far the pacing clock is

@@ -167,6 +167,7 @@ api! {
     }
     helpers {
         cuCtxGetCurrent(*mut CUcontext);
+        cuStreamCreate(*mut CUstream, u32);
         cuEventCreate(*mut CUevent, u32);
         cuEventRecord(CUevent, CUstream);
         cuEventQuery(CUevent);

@@ -105,8 +105,12 @@ struct Windows {
     pool: Vec<CUevent>,
     /// The launch budget of the open window.
     budget: u32,
-    /// GPU time per launch, a moving average of the measured windows.
+    /// GPU time per launch, a moving average of the windows measured while no other slice
+    /// was busy on the GPU.
     per_launch_ns: u64,
+    /// An event of `ctx` that completed at `base_ns` on the monotonic clock: event times are
+    /// read against it.
+    base: Option<(CUevent, u64)>,
 }
 
 /// Runs a launch on `stream`, paced. `per_thread` says whether the entry point was a `_ptsz`
@@ -248,6 +252,7 @@ impl Windows {
         if ctx != self.ctx || Some(slice) != self.slice {
             // Events belong to a context: start over in this one (the old ones are left to it).
             *self = Windows { ctx, slice: Some(slice), ..Windows::default() };
+            self.base = Self::base_event();
         }
         let now = precise_ns();
         self.close_open(now, false);
@@ -272,6 +277,34 @@ impl Windows {
             self.close_open(precise_ns(), true);
             self.harvest(false);
         }
+    }
+
+    /// Records an event on a private stream of the current context (no work ahead of it, so it
+    /// completes at once), waits for it and reads the clock: event times then map onto the
+    /// monotonic clock within the time that wait takes to return.
+    fn base_event() -> Option<(CUevent, u64)> {
+        let api = cuda();
+        let (mut stream, mut event): (CUstream, CUevent) = (null_mut(), null_mut());
+        // SAFETY: out pointers; flags 1 = non-blocking stream, 0 = default event; the stream is
+        // ours and only ever carries this event.
+        unsafe {
+            if api.cuStreamCreate?(&mut stream, 1) != CUDA_SUCCESS || api.cuEventCreate?(&mut event, 0) != CUDA_SUCCESS {
+                return None;
+            }
+            if api.cuEventRecord?(event, stream) != CUDA_SUCCESS || api.cuEventSynchronize?(event) != CUDA_SUCCESS {
+                return None;
+            }
+        }
+        Some((event, precise_ns()))
+    }
+
+    /// When a completed event completed, on the monotonic clock.
+    fn time_of(&self, event: CUevent) -> Option<u64> {
+        let (base, base_ns) = self.base?;
+        let mut ms = 0f32;
+        // SAFETY: out pointer; both events of this context, recorded and complete.
+        let ok = unsafe { cuda().cuEventElapsedTime.map(|f| f(&mut ms, base, event)) } == Some(CUDA_SUCCESS);
+        (ok && ms.is_finite() && ms >= 0.0).then(|| base_ns + (f64::from(ms) * 1e6) as u64)
     }
 
     fn region(&self) -> Option<&'static Region> {
@@ -359,29 +392,52 @@ impl Windows {
             }
             wait = false;
             let Some(w) = self.pending.pop_front() else { break };
-            let mut ms = 0f32;
-            // SAFETY: out pointer; both events recorded and complete.
-            let ok = unsafe { api.cuEventElapsedTime.map(|f| f(&mut ms, w.start, w.end)) } == Some(CUDA_SUCCESS);
+            let times = self.time_of(w.start).zip(self.time_of(w.end));
             self.pool.extend([w.start, w.end]);
-            if !ok || !ms.is_finite() || ms <= 0.0 {
-                continue;
-            }
-            let mut gpu_ns = (f64::from(ms) * 1e6) as u64;
+            let Some((start, mut end)) = times.filter(|(s, e)| e > s) else { continue };
             if w.closed_idle_late {
                 // The work ended some time before the late end event: count at most what was
                 // launched, plus one window.
-                gpu_ns = gpu_ns.min(w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS);
+                end = end.min(start + w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS);
             }
-            log!(Debug, "window: {} launches, {gpu_ns} ns of GPU time", w.launches);
-            let per = gpu_ns / u64::from(w.launches.max(1));
-            self.per_launch_ns = if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
-            self.charge(gpu_ns);
+            self.account(start, end, w.launches);
         }
     }
 
-    fn charge(&self, gpu_ns: u64) {
+    /// Charges the window of `launches` launches whose work ran from `start` to `end`.
+    ///
+    /// That span is the window's own GPU time only when nothing else ran on the GPU meanwhile.
+    /// Other processes of the slice: what they already charged of the span is not charged
+    /// again (the slice's `busy_until_ns`). Other slices busy on the GPU: their work is in the
+    /// span too, so the window is charged at most its launches at the GPU time per launch
+    /// measured while the GPU was ours alone (half the span before there is such a measure).
+    fn account(&mut self, start: u64, end: u64, launches: u32) {
         let (Some(region), Some(slice)) = (self.region(), self.slice) else { return };
         let now = precise_ns();
+        if region.compute().busy_until_ns.load(std::sync::atomic::Ordering::Relaxed) > now + MAX_AHEAD_NS {
+            // Scribbled: not believed.
+            region.compute().busy_until_ns.store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        let span = end - start;
+        let others_busy = state().slices[slice]
+            .board()
+            .is_some_and(|(board, own)| board.others(*own, start.saturating_sub(ACTIVE_NS)).busy);
+        let launches = u64::from(launches.max(1));
+        let own = if others_busy {
+            match self.per_launch_ns {
+                0 => span / 2,
+                per => span.min(per * launches),
+            }
+        } else {
+            let per = span / launches;
+            self.per_launch_ns = if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
+            span
+        };
+        // The slice's own processes: the part of the span another one already charged is not
+        // charged twice (scaled like the span when other slices shared it).
+        let unclaimed = region.unclaimed_gpu_time(start, end);
+        let gpu_ns = own.min(unclaimed.saturating_mul(own) / span.max(1));
+        log!(Debug, "window: {launches} launches over {span} ns, charged {gpu_ns} ns (others busy: {others_busy})");
         region.charge_gpu_time(gpu_ns, share_now(slice, now), BURST_NS, now);
     }
 
