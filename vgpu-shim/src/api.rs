@@ -164,10 +164,18 @@ api! {
         cuStreamSynchronize_ptsz(stream: CUstream)
             => crate::launch::stream_synchronize_ptsz, "cuStreamSynchronize" @ 7000, true;
         cuCtxSynchronize() => crate::launch::ctx_synchronize, "cuCtxSynchronize" @ 2000, false;
+        cuStreamBeginCapture(stream: CUstream) => crate::launch::stream_begin_capture, "cuStreamBeginCapture" @ 10000, false;
+        cuStreamBeginCapture_ptsz(stream: CUstream)
+            => crate::launch::stream_begin_capture_ptsz, "cuStreamBeginCapture" @ 10000, true;
+        cuStreamBeginCapture_v2(stream: CUstream, mode: i32)
+            => crate::launch::stream_begin_capture_v2, "cuStreamBeginCapture" @ 10010, false;
+        cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: i32)
+            => crate::launch::stream_begin_capture_v2_ptsz, "cuStreamBeginCapture" @ 10010, true;
     }
     helpers {
         cuCtxGetCurrent(*mut CUcontext);
         cuStreamCreate(*mut CUstream, u32);
+        cuStreamIsCapturing(CUstream, *mut i32);
         cuEventCreate(*mut CUevent, u32);
         cuEventRecord(CUevent, CUstream);
         cuEventQuery(CUevent);

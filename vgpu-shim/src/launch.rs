@@ -1,6 +1,7 @@
 //! Kernel launches and synchronisation: every launch path goes through [`crate::pacing`],
 //! which paces it to the slice's compute share (or passes it straight through outside a
-//! paced slice); synchronisations tell the pacing when a stream's work ended.
+//! paced slice); synchronisations tell the pacing when a stream's work ended, and the start of
+//! a stream capture keeps the pacing's events out of the captured graph.
 
 use std::ffi::c_void;
 
@@ -153,3 +154,25 @@ pub unsafe fn ctx_synchronize() -> CUresult {
     }
     r
 }
+
+/// Work is about to be captured on a stream: the thread's open window there is closed first,
+/// so that the pacing's own events never become nodes of the application's graph.
+macro_rules! begin_capture {
+    ($($imp:ident => $real:ident, $pt:literal, ($($arg:ident: $ty:ty),*)),* $(,)?) => {$(
+        /// # Safety
+        #[doc = concat!("`", stringify!($real), "`'s contract.")]
+        pub unsafe fn $imp(stream: CUstream $(, $arg: $ty)*) -> CUresult {
+            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            pacing::before_capture(stream, $pt);
+            // SAFETY: forwarded unchanged.
+            unsafe { real(stream $(, $arg)*) }
+        }
+    )*};
+}
+
+begin_capture!(
+    stream_begin_capture => cuStreamBeginCapture, false, (),
+    stream_begin_capture_ptsz => cuStreamBeginCapture_ptsz, true, (),
+    stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: i32),
+    stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: i32),
+);

@@ -186,6 +186,32 @@ pub fn synchronized(stream: Option<CUstream>, per_thread: bool) {
     });
 }
 
+/// Called before a capture starts on `stream`: the thread's open window there closes now.
+pub fn before_capture(stream: CUstream, per_thread: bool) {
+    let stream = if per_thread && stream.is_null() { CU_STREAM_PER_THREAD } else { stream };
+    let _ = WINDOWS.try_with(|w| {
+        if let Ok(mut w) = w.try_borrow_mut()
+            && w.open.as_ref().is_some_and(|o| o.stream == stream)
+        {
+            w.close_open(precise_ns(), true);
+        }
+    });
+    FAST.with(|fast| {
+        if !fast.unpaced.get() {
+            fast.left.set(0);
+        }
+    });
+}
+
+/// Whether `stream` is capturing: launches there record graph nodes, they run nothing now, and
+/// the pacing records no events there.
+fn capturing(stream: CUstream) -> bool {
+    let mut status = 0i32;
+    // SAFETY: out pointer to a local.
+    let r = unsafe { cuda().cuStreamIsCapturing.map(|f| f(stream, &mut status)) };
+    r == Some(CUDA_SUCCESS) && status != 0
+}
+
 /// The slice of the current context's device, when it is paced.
 fn paced_slice() -> Option<(usize, usize)> {
     let st = state();
@@ -259,6 +285,11 @@ impl Windows {
         self.harvest(false);
         while self.pending.len() >= MAX_PENDING_WINDOWS {
             self.harvest(true);
+        }
+        let capture = streams.iter().any(|&s| capturing(s));
+        if capture {
+            // Captured launches run later, as a graph launch, which is paced then.
+            return Some(1);
         }
         self.hold_back();
         for &stream in streams {

@@ -81,3 +81,115 @@ fn two_processes_share_their_slices_share() {
     println!("two processes on a 25 % slice: {got:.1} % together");
     assert!((got - 25.0).abs() <= 5.0, "two processes on a 25 % slice got {got:.1} % together");
 }
+
+// Several slices on one GPU: each process in its own slice, all on the device's one timeline,
+// measured by the probe's `work` (kernels of 1 ms back to back, a synchronisation every 16).
+
+use gpuslice_core::config::{CoresPolicy, Priority};
+use gpuslice_core::limits::Limits;
+
+fn limits(name: &str, cores: u32, policy: CoresPolicy, priority: Priority) -> Limits {
+    Limits {
+        slice: name.to_owned(),
+        mode: gpuslice_core::config::Mode::Shim,
+        gpu_uuid: UUID0.to_owned(),
+        gpu_index: 0,
+        memory_bytes: 20 * GIB,
+        cores_percent: cores,
+        cores_policy: policy,
+        priority,
+        generation: 1,
+    }
+}
+
+fn work_args(path: &str, seconds: f64) -> Vec<String> {
+    let seconds = format!("{seconds}");
+    ["work", "--path", path, "--kernel-ns", "1000000", "--seconds", &seconds, "--sync-every", "16"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Starts `work` in `slice`.
+fn start_work(node: &Node, slice: &str, path: &str, seconds: f64) -> std::process::Child {
+    let args = work_args(path, seconds);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = node.command_in(slice, &probes().0, &args);
+    if let Ok(log) = std::env::var("GPUSLICE_TEST_LOG") {
+        cmd.env("GPUSLICE_LOG", log);
+    }
+    cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The share of the device `work` got over its run, in percent.
+fn work_share(child: std::process::Child) -> f64 {
+    let out = ok(child.wait_with_output().unwrap());
+    text_value(&out, "share_pct").and_then(|v| v.parse().ok()).expect("share_pct=")
+}
+
+#[test]
+fn contending_slices_get_their_shares() {
+    if skip_unless_root("contending_slices_get_their_shares") {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice_with(limits("thirty", 30, CoresPolicy::Cap, Priority::Normal));
+    node.slice_with(limits("seventy", 70, CoresPolicy::Cap, Priority::Normal));
+    let a = start_work(&node, "thirty", "kernel", 5.0);
+    let b = start_work(&node, "seventy", "kernel", 5.0);
+    let (a, b) = (work_share(a), work_share(b));
+    println!("30 % and 70 % slices contending: {a:.1} % and {b:.1} %");
+    assert!((a - 30.0).abs() <= 5.0 && (b - 70.0).abs() <= 5.0, "30:70 slices got {a:.1}:{b:.1}");
+}
+
+#[test]
+fn graph_and_cooperative_launches_are_paced() {
+    if skip_unless_root("graph_and_cooperative_launches_are_paced") {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice_with(limits("quarter", 25, CoresPolicy::Cap, Priority::Normal));
+    for path in ["ex", "coop", "graph", "capture"] {
+        let got = work_share(start_work(&node, "quarter", path, 3.0));
+        println!("{path} launches in a 25 % slice: {got:.1} %");
+        assert!((got - 25.0).abs() <= 5.0, "{path} launches in a 25 % slice got {got:.1} %");
+    }
+}
+
+#[test]
+fn a_borrowing_slice_takes_idle_time_and_gives_it_back() {
+    if skip_unless_root("a_borrowing_slice_takes_idle_time_and_gives_it_back") {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice_with(limits("lender", 30, CoresPolicy::Borrow, Priority::Normal));
+    node.slice_with(limits("owner", 70, CoresPolicy::Cap, Priority::Normal));
+    let alone = work_share(start_work(&node, "lender", "kernel", 3.0));
+    println!("a 30 % borrowing slice alone: {alone:.1} %");
+    assert!(alone >= 80.0, "a 30 % borrowing slice alone got {alone:.1} %");
+    let a = start_work(&node, "lender", "kernel", 5.0);
+    let b = start_work(&node, "owner", "kernel", 5.0);
+    let (a, b) = (work_share(a), work_share(b));
+    println!("the borrowing slice next to a busy 70 % slice: {a:.1} % and {b:.1} %");
+    assert!((a - 30.0).abs() <= 7.0 && (b - 70.0).abs() <= 7.0, "borrow 30 next to cap 70 got {a:.1}:{b:.1}");
+}
+
+#[test]
+fn a_high_priority_slice_is_not_slowed_by_a_normal_one() {
+    if skip_unless_root("a_high_priority_slice_is_not_slowed_by_a_normal_one") {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice_with(limits("urgent", 100, CoresPolicy::Cap, Priority::High));
+    node.slice_with(limits("batch", 100, CoresPolicy::Cap, Priority::Normal));
+    let solo = work_share(start_work(&node, "urgent", "kernel", 3.0));
+    let high = start_work(&node, "urgent", "kernel", 5.0);
+    let normal = start_work(&node, "batch", "kernel", 5.0);
+    let (high, normal) = (work_share(high), work_share(normal));
+    println!("high priority alone {solo:.1} %, next to a busy normal slice {high:.1} % (normal: {normal:.1} %)");
+    assert!(high >= 0.9 * solo, "the high-priority slice got {high:.1} % next to a normal one, {solo:.1} % alone");
+    assert!(normal > 0.5, "the normal slice starved: {normal:.1} %");
+}

@@ -152,9 +152,20 @@ impl Node {
     /// A slice with a compute share of `cores` percent.
     pub fn slice_cores(&mut self, name: &str, uuid: &str, index: u32, memory: u64, cores: u32) -> &mut Self {
         self.write_limits_cores(name, uuid, index, memory, cores);
-        // The GPU's board, as the hook makes it: the slice's record, and a mount point in the view.
+        self.install_slice(name, uuid, Priority::Normal, cores)
+    }
+
+    /// A slice with any limits (policy, priority).
+    pub fn slice_with(&mut self, limits: Limits) -> &mut Self {
+        let written = self.store_limits(limits);
+        self.install_slice(&written.slice, &written.gpu_uuid, written.priority, written.cores_percent)
+    }
+
+    /// What the hook does besides the limits: the GPU's board with the slice's record (and a
+    /// mount point for it in the view), the region, the slice's directory in the view.
+    fn install_slice(&mut self, name: &str, uuid: &str, priority: Priority, cores: u32) -> &mut Self {
         let board = board_path(&self.host(), uuid);
-        Board::open_or_create(&board).unwrap().claim(name, Priority::Normal, cores).unwrap();
+        Board::open_or_create(&board).unwrap().claim(name, priority, cores).unwrap();
         let view_board = board_path(&self.view(), uuid);
         std::fs::create_dir_all(view_board.parent().unwrap()).unwrap();
         std::fs::write(&view_board, b"").unwrap();
@@ -200,6 +211,11 @@ impl Node {
 
     /// The mount commands that make the view, then `exec "$@"`.
     fn mount_script(&self) -> String {
+        self.mount_script_for(&self.slices)
+    }
+
+    /// The mount script with only `slices` in the view (a process in one slice of several).
+    fn mount_script_for(&self, slices: &[String]) -> String {
         let mut s = String::from("set -e\n");
         if let Ok(gpus) = std::fs::read_dir(self.host().join("gpus")) {
             for gpu in gpus.flatten() {
@@ -211,7 +227,7 @@ impl Node {
                 );
             }
         }
-        for name in &self.slices {
+        for name in slices {
             let host = slice_dir(&self.host(), name);
             let view = slice_dir(&self.view(), name);
             s += &format!(
@@ -227,6 +243,16 @@ impl Node {
     pub fn command(&self, program: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &self.mount_script(), "sh"]);
+        c.arg(program).args(args);
+        self.env(&mut c);
+        c.env("LD_PRELOAD", shim());
+        c
+    }
+
+    /// Like [`Node::command`], in slice `slice` alone of the node's slices.
+    pub fn command_in(&self, slice: &str, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &self.mount_script_for(&[slice.to_owned()]), "sh"]);
         c.arg(program).args(args);
         self.env(&mut c);
         c.env("LD_PRELOAD", shim());
