@@ -210,7 +210,8 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         // The GPU's board, read-write, with the slice's record.
         let board = w.inside(&format!("/run/gpuslice/gpus/{UUID0}/board"));
         fs::OpenOptions::new().read(true).write(true).open(&board).unwrap();
-        let names: Vec<String> = gpuslice_core::board::Board::open(&board).unwrap().slices().into_iter().map(|s| s.name).collect();
+        let names: Vec<String> =
+            gpuslice_core::board::Board::open(&board).unwrap().slices().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["slice0"]);
 
         // A second slice in the same container: only its own state is added.

@@ -319,7 +319,8 @@ impl Windows {
         // SAFETY: out pointers; flags 1 = non-blocking stream, 0 = default event; the stream is
         // ours and only ever carries this event.
         unsafe {
-            if api.cuStreamCreate?(&mut stream, 1) != CUDA_SUCCESS || api.cuEventCreate?(&mut event, 0) != CUDA_SUCCESS {
+            if api.cuStreamCreate?(&mut stream, 1) != CUDA_SUCCESS || api.cuEventCreate?(&mut event, 0) != CUDA_SUCCESS
+            {
                 return None;
             }
             if api.cuEventRecord?(event, stream) != CUDA_SUCCESS || api.cuEventSynchronize?(event) != CUDA_SUCCESS {
@@ -461,7 +462,8 @@ impl Windows {
             }
         } else {
             let per = span / launches;
-            self.per_launch_ns = if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
+            self.per_launch_ns =
+                if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
             span
         };
         // The slice's own processes: the part of the span another one already charged is not
@@ -492,7 +494,8 @@ impl Windows {
                 break;
             }
             let nap = delay.min(MAX_SLEEP_NS);
-            let ts = libc::timespec { tv_sec: (nap / 1_000_000_000) as libc::time_t, tv_nsec: (nap % 1_000_000_000) as _ };
+            let ts =
+                libc::timespec { tv_sec: (nap / 1_000_000_000) as libc::time_t, tv_nsec: (nap % 1_000_000_000) as _ };
             // SAFETY: valid timespec; a signal cutting the sleep short only shortens the wait.
             unsafe { libc::nanosleep(&ts, null_mut()) };
             now = precise_ns();

@@ -117,11 +117,7 @@ fn start_work(node: &Node, slice: &str, path: &str, seconds: f64) -> std::proces
     if let Ok(log) = std::env::var("GPUSLICE_TEST_LOG") {
         cmd.env("GPUSLICE_LOG", log);
     }
-    cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
 }
 
 /// The share of the device `work` got over its run, in percent.

@@ -252,7 +252,16 @@ impl Node {
     /// Like [`Node::command`], in slice `slice` alone of the node's slices.
     pub fn command_in(&self, slice: &str, program: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &self.mount_script_for(&[slice.to_owned()]), "sh"]);
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &self.mount_script_for(&[slice.to_owned()]),
+            "sh",
+        ]);
         c.arg(program).args(args);
         self.env(&mut c);
         c.env("LD_PRELOAD", shim());
