@@ -287,3 +287,33 @@ test_runc_hook_bundle() {
     assert_over_limit "$out"
     slice_idle slice1 || fail "slice1 not idle after runc's container was deleted"
 }
+
+# work_share OUTPUT: the share_pct the probe's `work` printed.
+work_share() { sed -n 's/^share_pct=//p' <<<"$1" | head -n1; }
+
+# assert_share WHAT GOT WANT: GOT within 5 points of WANT.
+assert_share() {
+    awk -v g="$2" -v w="$3" 'BEGIN { exit !(g != "" && g >= w - 5 && g <= w + 5) }' ||
+        fail "$1: ${2:-no} % of the GPU, want $3 ± 5"
+}
+
+test_docker_hook_compute_shares() {
+    require_hook_flow
+    require_docker
+    hook_node
+    install_docker_spec "$T/cdi/gpuslice.yaml"
+    local image out a work=(cuda-probe work --path kernel --kernel-ns 1000000 --seconds 3 --sync-every 16)
+    image=$(e2e_glibc_image)
+    # slice0 alone: its 50 % (split_count = 2), not the idle GPU's 100 %.
+    out=$(docker_gpu --device gpuslice.dev/vgpu=slice0 "$image" "${work[@]}") || fail "docker run of the kernel loop failed"
+    printf '%s\n' "$out"
+    assert_share "slice0 alone" "$(work_share "$out")" 50
+    # slice0 and slice1 share GPU 0 from two containers: half each.
+    docker_gpu --device gpuslice.dev/vgpu=slice0 "$image" "${work[@]}" >"$T/a.out" &
+    a=$!
+    docker_gpu --device gpuslice.dev/vgpu=slice1 "$image" "${work[@]}" >"$T/b.out" || fail "slice1's container failed"
+    wait "$a" || fail "slice0's container failed"
+    cat "$T/a.out" "$T/b.out"
+    assert_share "slice0 next to slice1" "$(work_share "$(cat "$T/a.out")")" 50
+    assert_share "slice1 next to slice0" "$(work_share "$(cat "$T/b.out")")" 50
+}
