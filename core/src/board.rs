@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -177,21 +176,8 @@ impl Board {
         if h != header() {
             return Err(corrupt("wrong header"));
         }
-        // SAFETY: a fresh shared mapping of BOARD_SIZE bytes of a file checked to be that long.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                BOARD_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io_err(io::Error::last_os_error()));
-        }
-        Ok(Board { path: path.to_owned(), _file: file, base: base.cast() })
+        let base = crate::fsutil::map_shared(&file, BOARD_SIZE).map_err(io_err)?;
+        Ok(Board { path: path.to_owned(), _file: file, base })
     }
 
     pub fn path(&self) -> &Path {

@@ -422,22 +422,8 @@ impl Region {
         if meta.size() != REGION_SIZE as u64 {
             return Err(corrupt(format!("{} bytes, expected {REGION_SIZE} (truncated or not a region)", meta.size())));
         }
-        // SAFETY: a fresh shared read-write mapping of REGION_SIZE bytes of a file we checked is
-        // exactly that long; the kernel picks the address.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                REGION_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io_err(io::Error::last_os_error()));
-        }
-        let region = Region { path: path.to_owned(), file, base: base.cast(), lock: Mutex::new(Vec::new()) };
+        let base = crate::fsutil::map_shared(&file, REGION_SIZE).map_err(io_err)?;
+        let region = Region { path: path.to_owned(), file, base, lock: Mutex::new(Vec::new()) };
         region.check_header()?;
         Ok(region)
     }

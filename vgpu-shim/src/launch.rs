@@ -12,62 +12,37 @@ use crate::pacing;
 /// Devices a multi-device launch can name (more is refused by the driver anyway).
 const MAX_MULTI_DEVICE: u32 = 64;
 
-/// `cuLaunchKernel` and its per-thread-stream twin share one signature and one body.
-macro_rules! launch_kernel {
-    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
+/// A launch whose stream is one of its arguments: `cuLaunchKernel`, `cuLaunchCooperativeKernel`,
+/// `cuGraphLaunch` and their per-thread-stream twins.
+macro_rules! paced {
+    ($($imp:ident => $real:ident, $pt:literal, $stream:ident, ($($arg:ident: $ty:ty),*);)*) => {$(
         /// # Safety
         #[doc = concat!("`", stringify!($real), "`'s contract.")]
         #[allow(clippy::too_many_arguments)]
-        pub unsafe fn $imp(
-            f: CUfunction,
-            gx: u32,
-            gy: u32,
-            gz: u32,
-            bx: u32,
-            by: u32,
-            bz: u32,
-            shared: u32,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
+        pub unsafe fn $imp($($arg: $ty),*) -> CUresult {
             let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
             // SAFETY: forwarded unchanged.
-            pacing::launch(stream, $pt, || unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) })
+            pacing::launch($stream, $pt, || unsafe { real($($arg),*) })
         }
     )*};
 }
 
-launch_kernel!(launch_kernel => cuLaunchKernel, false, launch_kernel_ptsz => cuLaunchKernel_ptsz, true);
-
-macro_rules! launch_cooperative {
-    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
-        /// # Safety
-        #[doc = concat!("`", stringify!($real), "`'s contract.")]
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe fn $imp(
-            f: CUfunction,
-            gx: u32,
-            gy: u32,
-            gz: u32,
-            bx: u32,
-            by: u32,
-            bz: u32,
-            shared: u32,
-            stream: CUstream,
-            params: *mut *mut c_void,
-        ) -> CUresult {
-            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
-            // SAFETY: forwarded unchanged.
-            pacing::launch(stream, $pt, || unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params) })
-        }
-    )*};
+paced! {
+    launch_kernel => cuLaunchKernel, false, stream,
+        (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
+         params: *mut *mut c_void, extra: *mut *mut c_void);
+    launch_kernel_ptsz => cuLaunchKernel_ptsz, true, stream,
+        (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
+         params: *mut *mut c_void, extra: *mut *mut c_void);
+    launch_cooperative_kernel => cuLaunchCooperativeKernel, false, stream,
+        (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
+         params: *mut *mut c_void);
+    launch_cooperative_kernel_ptsz => cuLaunchCooperativeKernel_ptsz, true, stream,
+        (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
+         params: *mut *mut c_void);
+    graph_launch => cuGraphLaunch, false, stream, (exec: CUgraphExec, stream: CUstream);
+    graph_launch_ptsz => cuGraphLaunch_ptsz, true, stream, (exec: CUgraphExec, stream: CUstream);
 }
-
-launch_cooperative!(
-    launch_cooperative_kernel => cuLaunchCooperativeKernel, false,
-    launch_cooperative_kernel_ptsz => cuLaunchCooperativeKernel_ptsz, true,
-);
 
 macro_rules! launch_kernel_ex {
     ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
@@ -93,20 +68,6 @@ macro_rules! launch_kernel_ex {
 }
 
 launch_kernel_ex!(launch_kernel_ex => cuLaunchKernelEx, false, launch_kernel_ex_ptsz => cuLaunchKernelEx_ptsz, true);
-
-macro_rules! graph_launch {
-    ($($imp:ident => $real:ident, $pt:literal),* $(,)?) => {$(
-        /// # Safety
-        #[doc = concat!("`", stringify!($real), "`'s contract.")]
-        pub unsafe fn $imp(exec: CUgraphExec, stream: CUstream) -> CUresult {
-            let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
-            // SAFETY: forwarded unchanged.
-            pacing::launch(stream, $pt, || unsafe { real(exec, stream) })
-        }
-    )*};
-}
-
-graph_launch!(graph_launch => cuGraphLaunch, false, graph_launch_ptsz => cuGraphLaunch_ptsz, true);
 
 /// # Safety
 /// `cuLaunchCooperativeKernelMultiDevice`'s contract.

@@ -144,27 +144,7 @@ impl DeviceState {
     }
 
     fn map(file: File, path: PathBuf, index: u32, total_bytes: u64) -> Result<Self, StateError> {
-        let len = file.metadata().map_err(io_err("reading", &path))?.len();
-        if len != FILE_SIZE as u64 {
-            return Err(StateError::Corrupt { path, reason: format!("{len} bytes, expected {FILE_SIZE}") });
-        }
-        // SAFETY: a fresh shared mapping of a file we opened read-write and that is exactly
-        // FILE_SIZE long; the kernel picks the address. The mapping outlives `file`.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                FILE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io_err("mapping", &path)(io::Error::last_os_error()));
-        }
-        let map = NonNull::new(addr.cast::<u8>())
-            .ok_or_else(|| StateError::Corrupt { path: path.clone(), reason: "mapped at address 0".into() })?;
+        let map = map_shared(&file, &path, FILE_SIZE)?;
         let state = Self { map, file, index, total: total_bytes, path, mine: Mutex::new(None) };
         state.check_header(index, total_bytes)?;
         Ok(state)
@@ -537,6 +517,31 @@ pub fn default_state_dir(config_path: &Path) -> PathBuf {
         .iter()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     std::env::temp_dir().join(format!("fakegpu-{hash:016x}"))
+}
+
+/// Maps `file`, which must be exactly `size` bytes long, shared and read-write.
+pub(crate) fn map_shared(file: &File, path: &Path, size: usize) -> Result<NonNull<u8>, StateError> {
+    let len = file.metadata().map_err(io_err("reading", path))?.len();
+    if len != size as u64 {
+        return Err(StateError::Corrupt { path: path.to_owned(), reason: format!("{len} bytes, expected {size}") });
+    }
+    // SAFETY: a fresh shared mapping of a file opened read-write and exactly `size` bytes long;
+    // the kernel picks the address. The mapping outlives `file`.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io_err("mapping", path)(io::Error::last_os_error()));
+    }
+    NonNull::new(addr.cast::<u8>())
+        .ok_or_else(|| StateError::Corrupt { path: path.to_owned(), reason: "mapped at address 0".into() })
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::mem::{offset_of, size_of};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -207,27 +206,7 @@ impl DeviceTimeline {
     }
 
     fn map(file: File, path: PathBuf, index: u32) -> Result<Self, StateError> {
-        let len = file.metadata().map_err(io_err("reading", &path))?.len();
-        if len != FILE_SIZE as u64 {
-            return Err(StateError::Corrupt { path, reason: format!("{len} bytes, expected {FILE_SIZE}") });
-        }
-        // SAFETY: a fresh shared mapping of a file opened read-write and exactly FILE_SIZE long;
-        // the kernel picks the address. The mapping outlives `file`.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                FILE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io_err("mapping", &path)(io::Error::last_os_error()));
-        }
-        let map = NonNull::new(addr.cast::<u8>())
-            .ok_or_else(|| StateError::Corrupt { path: path.clone(), reason: "mapped at address 0".into() })?;
+        let map = crate::state::map_shared(&file, &path, FILE_SIZE)?;
         let timeline = Self { map, file, index, path, mine: Mutex::new(None) };
         timeline.check_header()?;
         Ok(timeline)
