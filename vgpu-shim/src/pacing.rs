@@ -428,9 +428,12 @@ impl Windows {
             self.pool.extend([w.start, w.end]);
             let Some((start, mut end)) = times.filter(|(s, e)| e > s) else { continue };
             if w.closed_idle_late {
-                // The work ended some time before the late end event: count at most what was
-                // launched, plus one window.
-                end = end.min(start + w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS);
+                // The work ended some time before the late end event: count at most how long
+                // its launches took to issue plus one window, or its launches at the GPU time
+                // per launch measured so far, whichever is more.
+                let issued = w.last_launch_ns.saturating_sub(w.opened_ns) + WINDOW_NS;
+                let expected = self.per_launch_ns.saturating_mul(u64::from(w.launches));
+                end = end.min(start + issued.max(expected));
             }
             self.account(start, end, w.launches);
         }
@@ -455,15 +458,22 @@ impl Windows {
             .board()
             .is_some_and(|(board, own)| board.others(*own, start.saturating_sub(ACTIVE_NS)).busy);
         let launches = u64::from(launches.max(1));
+        let sample = (span / launches).max(1);
         let own = if others_busy {
-            match self.per_launch_ns {
-                0 => span / 2,
-                per => span.min(per * launches),
-            }
+            // The span is an upper bound of our per-launch time: the estimate follows lower
+            // samples at once (a window the others left us alone in) and higher ones slowly (our
+            // kernels got longer).
+            self.per_launch_ns = match self.per_launch_ns {
+                0 => sample,
+                per if sample < per => sample,
+                per => per + (sample - per) / 32,
+            };
+            span.min(self.per_launch_ns * launches)
         } else {
-            let per = span / launches;
-            self.per_launch_ns =
-                if self.per_launch_ns == 0 { per.max(1) } else { (self.per_launch_ns * 3 + per) / 4 + 1 };
+            self.per_launch_ns = match self.per_launch_ns {
+                0 => sample,
+                per => (per * 3 + sample) / 4,
+            };
             span
         };
         // The slice's own processes: the part of the span another one already charged is not

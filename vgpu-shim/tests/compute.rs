@@ -12,6 +12,13 @@ use common::*;
 
 const MS: u64 = 1_000_000;
 
+/// These tests measure time: one at a time, so that they do not take each other's CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Kernels for a run of about `wall_ms` at `percent` %.
 fn kernels_for(percent: u32, wall_ms: u64) -> u64 {
     wall_ms * u64::from(percent) / 100
@@ -42,6 +49,7 @@ fn a_slice_alone_gets_its_share() {
     if skip_unless_root("a_slice_alone_gets_its_share") {
         return;
     }
+    let _serial = serial();
     for percent in [10, 25, 50, 75, 90] {
         let node = node_with_share(percent);
         let kernels = kernels_for(percent, 2500);
@@ -56,6 +64,7 @@ fn an_unlimited_slice_is_not_slowed() {
     if skip_unless_root("an_unlimited_slice_is_not_slowed") {
         return;
     }
+    let _serial = serial();
     let node = node_with_share(100);
     let got = run(&node, 1000);
     println!("100 % slice: {got:.1} %");
@@ -67,6 +76,7 @@ fn two_processes_share_their_slices_share() {
     if skip_unless_root("two_processes_share_their_slices_share") {
         return;
     }
+    let _serial = serial();
     let node = node_with_share(25);
     let kernels = 300;
     let args = launch_args(kernels);
@@ -123,6 +133,11 @@ fn start_work(node: &Node, slice: &str, path: &str, seconds: f64) -> std::proces
 /// The share of the device `work` got over its run, in percent.
 fn work_share(child: std::process::Child) -> f64 {
     let out = ok(child.wait_with_output().unwrap());
+    if std::env::var_os("GPUSLICE_TEST_LOG").is_some() {
+        let log = stderr(&out);
+        let lines: Vec<&str> = log.lines().collect();
+        println!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
     text_value(&out, "share_pct").and_then(|v| v.parse().ok()).expect("share_pct=")
 }
 
@@ -131,6 +146,7 @@ fn contending_slices_get_their_shares() {
     if skip_unless_root("contending_slices_get_their_shares") {
         return;
     }
+    let _serial = serial();
     let mut node = Node::new();
     node.slice_with(limits("thirty", 30, CoresPolicy::Cap, Priority::Normal));
     node.slice_with(limits("seventy", 70, CoresPolicy::Cap, Priority::Normal));
@@ -146,6 +162,7 @@ fn graph_and_cooperative_launches_are_paced() {
     if skip_unless_root("graph_and_cooperative_launches_are_paced") {
         return;
     }
+    let _serial = serial();
     let mut node = Node::new();
     node.slice_with(limits("quarter", 25, CoresPolicy::Cap, Priority::Normal));
     for path in ["ex", "coop", "graph", "capture"] {
@@ -160,6 +177,7 @@ fn a_borrowing_slice_takes_idle_time_and_gives_it_back() {
     if skip_unless_root("a_borrowing_slice_takes_idle_time_and_gives_it_back") {
         return;
     }
+    let _serial = serial();
     let mut node = Node::new();
     node.slice_with(limits("lender", 30, CoresPolicy::Borrow, Priority::Normal));
     node.slice_with(limits("owner", 70, CoresPolicy::Cap, Priority::Normal));
@@ -178,6 +196,7 @@ fn a_high_priority_slice_is_not_slowed_by_a_normal_one() {
     if skip_unless_root("a_high_priority_slice_is_not_slowed_by_a_normal_one") {
         return;
     }
+    let _serial = serial();
     let mut node = Node::new();
     node.slice_with(limits("urgent", 100, CoresPolicy::Cap, Priority::High));
     node.slice_with(limits("batch", 100, CoresPolicy::Cap, Priority::Normal));
