@@ -165,7 +165,7 @@ fn graph_and_cooperative_launches_are_paced() {
     let _serial = serial();
     let mut node = Node::new();
     node.slice_with(limits("quarter", 25, CoresPolicy::Cap, Priority::Normal));
-    for path in ["ex", "coop", "graph", "capture"] {
+    for path in ["ex", "coop", "coop-multi", "graph", "capture"] {
         let got = work_share(start_work(&node, "quarter", path, 3.0));
         println!("{path} launches in a 25 % slice: {got:.1} %");
         assert!((got - 25.0).abs() <= 5.0, "{path} launches in a 25 % slice got {got:.1} %");
