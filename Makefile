@@ -1,6 +1,7 @@
 # gpuslice: build and test.
 #
 #   make            release build of every binary and library
+#   make packages   the .deb and .rpm (target/debian, target/generate-rpm) from one release build
 #   make test       every test tier that can run on this machine (see README "Testing")
 #   make check      formatting, clippy with warnings as errors, then `make test`
 #   make bench      overhead as ratios against a baseline of the same run: the interception
