@@ -11,7 +11,7 @@
 # --install first installs the tools: lintian rpmlint rpm debootstrap (apt), cargo-deb and
 # cargo-generate-rpm (cargo install). A check that cannot run prints `skipped: <reason>`.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$PWD
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DEB=target/debian/gpuslice_${VERSION}_amd64.deb
@@ -118,7 +118,10 @@ fi
 # deb-root
 deb_root() {
     [[ $(id -u) -eq 0 ]] || { skip deb-root "needs root"; return; }
-    command -v docker >/dev/null && docker info >/dev/null 2>&1 || { skip deb-root "no Docker daemon running"; return; }
+    if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
+        skip deb-root "no Docker daemon running"
+        return
+    fi
     if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
         if [[ ! -f $ROOTFS_CACHE ]]; then
             command -v debootstrap >/dev/null || { skip deb-root "debootstrap not installed (run with --install)"; return; }
