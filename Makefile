@@ -1,6 +1,7 @@
 # gpuslice: build and test.
 #
 #   make            release build of every binary and library
+#   make packages   the .deb and .rpm (target/debian, target/generate-rpm) from one release build
 #   make test       every test tier that can run on this machine (see README "Testing")
 #   make check      formatting, clippy with warnings as errors, then `make test`
 #   make bench      overhead as ratios against a baseline of the same run: the interception
@@ -17,7 +18,7 @@ SHELL := /bin/bash
 HOOK_TARGET := x86_64-unknown-linux-gnu
 HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
 
-.PHONY: all build release hook test unit e2e gpu bench demo check fmt clippy clean
+.PHONY: all build release hook packages packages-test test unit e2e gpu bench demo check fmt clippy clean
 
 all: release
 
@@ -29,6 +30,24 @@ release: hook
 
 hook:
 	$(CARGO) rustc --release -p gpuslice-hook --bin gpuslice-hook --target $(HOOK_TARGET) -- -C target-feature=+crt-static
+
+# The .deb (cargo-deb) and .rpm (cargo-generate-rpm) from one release build: stripped copies
+# of the binaries go to target/pkg-stage/, which both packages' assets name (cdi-gen/Cargo.toml).
+PKG_STAGE := target/pkg-stage
+packages: release
+	command -v cargo-deb >/dev/null && command -v cargo-generate-rpm >/dev/null || \
+		{ echo "make packages: needs cargo-deb and cargo-generate-rpm: run tests/packages/install-deps.sh"; exit 1; }
+	rm -rf $(PKG_STAGE) && mkdir -p $(PKG_STAGE)
+	strip -s -o $(PKG_STAGE)/gpuslice-cdi target/release/gpuslice-cdi
+	strip -s -o $(PKG_STAGE)/gpuslice-hook $(HOOK)
+	strip -s -o $(PKG_STAGE)/libgpuslice.so target/release/libgpuslice.so
+	for m in packaging/man/*.8; do gzip -9n -c $$m > $(PKG_STAGE)/$${m##*/}.gz; done
+	$(CARGO) deb -p gpuslice-cdi --no-build --no-strip
+	$(CARGO) generate-rpm -p cdi-gen
+
+# The packages' checks: lintian, rpmlint, contents, scripts, install and purge in a clean root.
+packages-test:
+	bash tests/packages/run.sh --install
 
 # Tier 1+2: unit and integration tests (the binaries against the simulated GPU).
 unit:
@@ -56,7 +75,7 @@ DEMO_ARGS ?=
 demo: release
 	bash scripts/demo.sh $(DEMO_ARGS)
 
-test: unit e2e gpu
+test: unit e2e packages-test gpu
 
 fmt:
 	$(CARGO) fmt --all -- --check

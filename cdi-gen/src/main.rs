@@ -68,6 +68,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Turn CDI on in a container engine's config (backs up the old file; idempotent).
+    Setup {
+        /// docker (daemon.json features.cdi), containerd (CRI enable_cdi), podman (nothing needed).
+        #[arg(value_enum)]
+        engine: gpuslice_cdi::setup::Engine,
+        /// The engine's config file [default: /etc/docker/daemon.json, /etc/containerd/config.toml].
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Node configuration (its spec_dir is added to the engine's CDI directories).
+        #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print the change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check that a CDI spec file would load in a container engine.
     Validate {
         /// The spec file.
@@ -118,6 +133,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", gpuslice_cdi::status::table(&report));
             }
+            Ok(())
+        }
+        Command::Setup { engine, file, config, dry_run } => {
+            let spec_dir = gpuslice_cdi::load_config(&config)?.spec_dir;
+            let outcome =
+                gpuslice_cdi::setup::setup(&gpuslice_cdi::setup::SetupOptions { engine, file, spec_dir, dry_run })?;
+            print!("{}", outcome.message().trim_end().to_string() + "\n");
             Ok(())
         }
         Command::Validate { file } => {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs inside a clean Debian 12 container (tests/packages/run.sh, deb-root): install the .deb
+# twice, run it, purge it, and compare the filesystem with what it was before.
+set -euo pipefail
+snapshot() {
+    find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /var/lib/dpkg -o -path /var/log \
+        -o -path /var/cache -o -path /pkg -o -path /tmp -o -path /var/lib/apt \) -prune -o -print | sort
+}
+snapshot >/tmp/before
+dpkg -i /pkg/gpuslice.deb
+dpkg -i /pkg/gpuslice.deb    # again: the maintainer scripts are idempotent
+gpuslice-cdi --version
+gpuslice-hook --help >/dev/null
+gpuslice-cdi setup podman
+test -d /run/gpuslice
+dpkg-query -W -f='${Conffiles}\n' gpuslice | grep -q /etc/gpuslice/config.toml
+test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.service
+test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.path
+# A spec "generated" earlier goes away on removal.
+mkdir -p /var/run/cdi && echo 'stale' >/var/run/cdi/gpuslice.yaml
+dpkg -r gpuslice
+test ! -e /var/run/cdi/gpuslice.yaml
+test -e /etc/gpuslice/config.toml    # a removed (not purged) package keeps its conffile
+dpkg -P gpuslice
+rmdir /var/run/cdi
+snapshot >/tmp/after
+if ! diff /tmp/before /tmp/after; then
+    echo "left behind or removed (above)"
+    exit 1
+fi
+echo "in-root: installed twice, ran, removed, purged; nothing left behind"
