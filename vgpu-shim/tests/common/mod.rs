@@ -90,12 +90,8 @@ pub fn install_driver(dir: &Path) {
 
 /// Whether the tests that need a private mount namespace can run; prints the skip if not.
 pub fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/unshare").exists() {
-        return false;
-    }
-    println!("skipped: {test}: read-only bind mounts need root and unshare(1)");
-    true
+    gpuslice_test_support::skip_unless_root(test, "a read-only bind mount")
+        || gpuslice_test_support::skip_unless_program(test, "/usr/bin/unshare")
 }
 
 /// A GPU for the simulated driver.
