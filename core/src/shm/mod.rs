@@ -14,6 +14,38 @@
 //!   of exactly the layout's size, mapped shared; the caller then validates a snapshot of the
 //!   header, since anything a container can reach may hold anything;
 //! - **locking** ([`lock`]): OFD byte-range locks, released by the kernel when their holder dies.
+//!
+//! Only [`Shared`] types can be mapped, and only atomics, arrays of them and `shared_struct!`
+//! structs are `Shared`, so a plain field in shared memory does not compile:
+//!
+//! ```
+//! gpuslice_core::shared_struct! {
+//!     struct Head as HeadValues { magic: [u8; 8], count: u32, flags: u32 }
+//! }
+//! gpuslice_core::shared_struct! {
+//!     struct File { head: Head, slots: [gpuslice_core::shm::atomic::AtomicU64; 4] }
+//! }
+//! let missing = gpuslice_core::shm::Mapping::<File>::open(std::path::Path::new("/nonexistent"));
+//! assert!(missing.unwrap_err().is_not_found());
+//! ```
+//!
+//! ```compile_fail,E0277
+//! #[repr(C)]
+//! struct Header { magic: [u8; 8], version: u32 } // plain fields: not `Shared`
+//! let _ = gpuslice_core::shm::Mapping::<Header>::open(std::path::Path::new("/nonexistent"));
+//! ```
+//!
+//! ```compile_fail,E0277
+//! gpuslice_core::shared_struct! {
+//!     struct File { magic: [u8; 8] } // a plain array among shared parts: not `Shared`
+//! }
+//! ```
+//!
+//! ```compile_fail,E0080
+//! gpuslice_core::shared_struct! {
+//!     struct Padded as PaddedValues { small: u8, large: u64 } // padding between them
+//! }
+//! ```
 
 pub mod atomic;
 mod layout;
