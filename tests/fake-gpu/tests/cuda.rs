@@ -134,12 +134,22 @@ fn proc_addresses_are_the_exported_symbols() {
     resolves_to(&cu, "cuStreamBeginCapture", 12000, PTDS, "cuStreamBeginCapture_v2_ptsz");
     resolves_to(&cu, "cuGraphLaunch", 12000, PTDS, "cuGraphLaunch_ptsz");
 
-    // Every variant of the table, at its own version, with and without the per-thread flag.
-    for e in fakegpu::cuda::proc_address::table() {
-        let flags = if e.per_thread { PTDS } else { LEGACY };
-        let (r, pfn, _) = proc_address(&cu, e.name, e.version, flags);
-        assert_eq!(r, SUCCESS, "{}", e.name);
-        assert_eq!(pfn, cu.sym(e.symbol), "{} @ {} is not dlsym({})", e.name, e.version, e.symbol);
+    // Every row of the generated table whose symbol the simulator exports, at its own version:
+    // exactly that export (the address dlsym gives); every other row is refused, never
+    // answered with another variant.
+    for row in gpuslice_cuda_abi::proc::PROC_TABLE {
+        let flags = if row.per_thread { PTDS } else { LEGACY };
+        let (r, pfn, _) = proc_address(&cu, row.name, row.version, flags);
+        let selected = match gpuslice_cuda_abi::lookup(row.name, row.version, flags) {
+            gpuslice_cuda_abi::Lookup::Found(r) => r.symbol,
+            other => panic!("{row:?}: {other:?}"),
+        };
+        if fakegpu::cuda::proc_address::export(selected).is_some() {
+            assert_eq!(r, SUCCESS, "{row:?}");
+            assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name, row.version);
+        } else {
+            assert_eq!((r, pfn), (NOT_FOUND, null_mut()), "{row:?}: the simulator has no {selected}");
+        }
     }
 
     // Failures null the pointer and say why.

@@ -142,9 +142,7 @@ pub(crate) fn get_proc_address(
     flags: u64,
     status: Option<ffi::Out<types::CUdriverProcAddressQueryResult>>,
 ) -> CuResult {
-    use types::{
-        CU_GET_PROC_ADDRESS_LEGACY_STREAM as LEGACY, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as PER_THREAD,
-    };
+    use gpuslice_cuda_abi::proc::{LEGACY_STREAM as LEGACY, PER_THREAD_DEFAULT_STREAM as PER_THREAD};
     if flags & !(LEGACY | PER_THREAD) != 0 {
         pfn.set(std::ptr::null_mut());
         return Err(error::INVALID_VALUE);
