@@ -123,3 +123,28 @@ fn bug2_cuda13_cu_ctx_synchronize_of_another_context_waits_for_its_work() {
     let waited = value(&out, "waited_ns");
     assert!(waited >= KERNEL_NS * 8 / 10, "waited {waited} ns for a {KERNEL_NS} ns kernel: {}", stdout(&out));
 }
+
+/// Bug 5 (re-entry half): the shim loads the driver for its first call (`cuInit` found with
+/// `dlsym(RTLD_DEFAULT)` before anything loaded `libcuda.so.1`), and the driver's constructor
+/// calls one of its own exports, which the shim interposes. That call re-enters the shim while
+/// its driver table is being loaded, and must reach the driver instead of waiting for the table.
+#[test]
+fn bug5_reentry_while_the_shim_loads_the_driver_reaches_the_real_symbol() {
+    let node = Node::new();
+    let mut cmd = node.bare(&c_program("procaddr"), &["call-init"]);
+    cmd.env("LD_PRELOAD", shim()).env(fakegpu::cuda::CONSTRUCTOR_CALL_ENV, "cuMemGetInfo_v2");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("deadlocked: still running after 30 s\nstderr: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = ok(child.wait_with_output().unwrap());
+    // The constructor's call reached the simulated driver (which answers it), and cuInit worked.
+    assert!(stderr(&out).contains("fakegpu: constructor called cuMemGetInfo_v2: "), "{}", stderr(&out));
+    assert_eq!(value(&out, "cuInit"), 0);
+}

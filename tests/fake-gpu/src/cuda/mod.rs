@@ -41,6 +41,39 @@ use crate::state::{DeviceState, Simulator, StateError};
 /// `CUDA_ERROR_OUT_OF_MEMORY` (1-based).
 pub const FAIL_ALLOC_AT_ENV: &str = "FAKEGPU_FAIL_ALLOC_AT";
 
+/// Environment variable (fault injection): when the library is loaded, its constructor calls
+/// its own exported `cuMemGetInfo_v2` (null pointers, so nothing happens) through the dynamic
+/// linker, `dlsym(RTLD_DEFAULT, …)`, as real drivers call their own exports while they load.
+/// A preloaded interposer then sees a call into one of its exports during the `dlopen` that
+/// loads the driver. The only value understood is `cuMemGetInfo_v2`.
+pub const CONSTRUCTOR_CALL_ENV: &str = "FAKEGPU_CONSTRUCTOR_CALL";
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// The library's constructor: nothing unless [`CONSTRUCTOR_CALL_ENV`] asks for the call.
+extern "C" fn constructor() {
+    let _ = catch_unwind(|| {
+        let Some(name) = std::env::var_os(CONSTRUCTOR_CALL_ENV) else { return };
+        if name != "cuMemGetInfo_v2" {
+            eprintln!("fakegpu: {CONSTRUCTOR_CALL_ENV}={name:?}: only cuMemGetInfo_v2 is understood");
+            return;
+        }
+        // SAFETY: dlsym with a valid C string.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cuMemGetInfo_v2".as_ptr()) };
+        if f.is_null() {
+            return;
+        }
+        // SAFETY: the global scope's cuMemGetInfo_v2 has cuda.h's signature for it.
+        let f = unsafe { std::mem::transmute::<*mut c_void, gpuslice_cuda_abi::cuda::sym::cuMemGetInfo_v2>(f) };
+        // SAFETY: null outputs are allowed (the call answers CUDA_ERROR_INVALID_VALUE or
+        // CUDA_ERROR_NOT_INITIALIZED).
+        let rc = unsafe { f(std::ptr::null_mut(), std::ptr::null_mut()) };
+        eprintln!("fakegpu: constructor called cuMemGetInfo_v2: {rc}");
+    });
+}
+
 /// A handle the driver hands out (`CUcontext`, `CUstream`, …) as a number: never 0, and
 /// never 1 or 2, which are the special stream handles.
 pub(crate) type Handle = usize;
