@@ -758,7 +758,7 @@ static void usage(FILE *f) {
             "global options:\n"
             "  --device N            CUDA device ordinal (default 0)\n"
             "  --cuda-version N      cudaVersion for cuGetProcAddress, 1000*major+10*minor "
-            "(default 12080)\n"
+            "(default 12080, or $CUDA_PROBE_CUDA_VERSION)\n"
             "  --ptsz                CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM\n"
 #ifndef PROBE_DIRECT
             "  --dlsym               resolve versioned names with dlsym instead\n"
@@ -1831,6 +1831,8 @@ static int cmd_symbols(void) {
  * ---------------------------------------------------------------------------------------- */
 static int parse_args(int argc, char **argv) {
     opt.cuda_version = 12080;
+    const char *env_version = getenv("CUDA_PROBE_CUDA_VERSION"); /* the default, for test suites */
+    if (env_version && *env_version) opt.cuda_version = atoi(env_version);
     opt.count = 1;
     opt.sync_every = 4;
     opt.stream_count = 1;

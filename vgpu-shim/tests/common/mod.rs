@@ -140,6 +140,8 @@ pub struct Gpu {
 
 pub struct Node {
     pub dir: tempfile::TempDir,
+    /// The simulated driver's CUDA version, and the probe's default `--cuda-version`.
+    pub cuda_version: i32,
     pub driver: PathBuf,
     pub slices: Vec<String>,
 }
@@ -178,7 +180,7 @@ impl Node {
         for sub in ["host/slices", "view/slices", "fakegpu-state"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        Node { dir, driver, slices: Vec::new() }
+        Node { dir, cuda_version, driver, slices: Vec::new() }
     }
 
     pub fn host(&self) -> PathBuf {
@@ -343,6 +345,7 @@ impl Node {
         c.env("FAKEGPU_CONFIG", self.dir.path().join("fakegpu.toml"))
             .env("FAKEGPU_STATE_DIR", self.dir.path().join("fakegpu-state"))
             .env("LD_LIBRARY_PATH", &self.driver)
+            .env("CUDA_PROBE_CUDA_VERSION", self.cuda_version.to_string())
             .env("GPUSLICE_STATE_DIR", self.view())
             .env_remove("GPUSLICE_MEMORY_LIMIT")
             .env_remove("GPUSLICE_LOG")
