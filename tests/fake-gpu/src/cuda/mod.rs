@@ -1,11 +1,12 @@
-//! The CUDA driver API subset gpuslice's shim intercepts, exported with `cuda.h`'s C ABI so
-//! that `libfakegpu.so` can stand in as `libcuda.so.1`.
+//! The CUDA driver API subset gpuslice's shim intercepts, exported with `cuda.h`'s C ABI (the
+//! types generated from NVIDIA's headers in `gpuslice_cuda_abi`) so that `libfakegpu.so` can
+//! stand in as `libcuda.so.1`.
 //!
 //! One request end to end: the CUDA runtime `dlopen`s `libcuda.so.1`, looks up
 //! `cuGetProcAddress_v2` with `dlsym`, and asks it for `"cuMemAlloc"` at version 13000.
-//! [`proc_address`] picks the newest variant introduced at or before 13000 from the table
-//! that [`exports`] generates along with the exported functions themselves, and hands back
-//! the address of the exported `cuMemAlloc_v2` (the very address `dlsym` gives). Calling it
+//! [`proc_address`] asks the table generated from NVIDIA's `cudaTypedefs.h`
+//! (`gpuslice_cuda_abi::proc`) which symbol that selects, `cuMemAlloc_v2`, and hands back
+//! the address of its own export of that symbol (the very address `dlsym` gives). Calling it
 //! runs the export's body inside [`boundary`], which turns a panic into
 //! `CUDA_ERROR_UNKNOWN` and checks that `cuInit` succeeded; the body checks the output
 //! pointer, and [`memory`] charges the rounded size to the GPU's shared state
