@@ -24,23 +24,61 @@ pub const LEGACY_STREAM: u64 = crate::cuda::CU_GET_PROC_ADDRESS_LEGACY_STREAM as
 /// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`, as the `u64` flags `cuGetProcAddress` takes.
 pub const PER_THREAD_DEFAULT_STREAM: u64 = crate::cuda::CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as u64;
 
-/// One typedef of `cudaTypedefs.h` and the symbol that implements it.
+/// A string of the table: an offset and a length into one blob (no pointer to relocate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Str(pub(crate) u32, pub(crate) u16);
+
+impl Str {
+    fn get(self) -> &'static str {
+        &crate::table::STRINGS[self.0 as usize..self.0 as usize + self.1 as usize]
+    }
+}
+
+/// One typedef of `cudaTypedefs.h` and the symbol that implements it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ProcRow {
-    /// The name callers ask for, e.g. `cuMemAlloc`.
-    pub name: &'static str,
+    pub(crate) name: Str,
     /// The CUDA version (`1000 * major + 10 * minor`) that introduced this variant.
     pub version: c_int,
     /// A `_ptds`/`_ptsz` variant.
     pub per_thread: bool,
-    /// The exported symbol, e.g. `cuMemAlloc_v2`.
-    pub symbol: &'static str,
-    /// The typedef (or, for an alias row, the `#define`) the row comes from.
-    pub typedef: &'static str,
+    pub(crate) symbol: Str,
+    pub(crate) typedef: Str,
     /// From a `#define PFN_<name> PFN_<other>_v…` alias rather than a typedef of `<name>`.
     pub alias: bool,
     /// Which releases of [`HEADERS`] have it, as a bit mask in that order.
     pub headers: u8,
+}
+
+impl ProcRow {
+    /// The name callers ask for, e.g. `cuMemAlloc`.
+    pub fn name(&self) -> &'static str {
+        self.name.get()
+    }
+
+    /// The exported symbol, e.g. `cuMemAlloc_v2`.
+    pub fn symbol(&self) -> &'static str {
+        self.symbol.get()
+    }
+
+    /// The typedef (or, for an alias row, the `#define`) the row comes from.
+    pub fn typedef(&self) -> &'static str {
+        self.typedef.get()
+    }
+}
+
+impl std::fmt::Debug for ProcRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcRow")
+            .field("name", &self.name())
+            .field("version", &self.version)
+            .field("per_thread", &self.per_thread)
+            .field("symbol", &self.symbol())
+            .field("typedef", &self.typedef())
+            .field("alias", &self.alias)
+            .field("headers", &self.headers)
+            .finish()
+    }
 }
 
 /// What a lookup found.
@@ -55,8 +93,8 @@ pub enum Lookup {
 
 /// The rows of `name`, oldest plain variant first, then the per-thread ones.
 pub fn rows(name: &str) -> &'static [ProcRow] {
-    let start = PROC_TABLE.partition_point(|r| r.name < name);
-    let end = PROC_TABLE.partition_point(|r| r.name <= name);
+    let start = PROC_TABLE.partition_point(|r| r.name() < name);
+    let end = PROC_TABLE.partition_point(|r| r.name() <= name);
     &PROC_TABLE[start..end]
 }
 
@@ -80,7 +118,7 @@ pub fn lookup(name: &str, version: c_int, flags: u64) -> Lookup {
 
 /// The rows whose symbol is `symbol` (one typedef each; an alias adds another name).
 pub fn rows_of_symbol(symbol: &str) -> impl Iterator<Item = &'static ProcRow> + '_ {
-    PROC_TABLE.iter().filter(move |r| r.symbol == symbol)
+    PROC_TABLE.iter().filter(move |r| r.symbol() == symbol)
 }
 
 /// Whether `symbol` is an exported driver symbol some typedef describes.
@@ -97,13 +135,13 @@ mod tests {
 
     fn found(name: &str, version: c_int, flags: u64) -> Option<&'static str> {
         match lookup(name, version, flags) {
-            Lookup::Found(r) => Some(r.symbol),
+            Lookup::Found(r) => Some(r.symbol()),
             _ => None,
         }
     }
 
     fn row(typedef: &str) -> &'static ProcRow {
-        PROC_TABLE.iter().find(|r| r.typedef == typedef).unwrap_or_else(|| panic!("no row for {typedef}"))
+        PROC_TABLE.iter().find(|r| r.typedef() == typedef).unwrap_or_else(|| panic!("no row for {typedef}"))
     }
 
     #[test]
@@ -135,10 +173,10 @@ mod tests {
             ("PFN_cuGetProcAddress_v12000", "cuGetProcAddress_v2"),
             ("PFN_cuLaunchKernel_v7000_ptsz", "cuLaunchKernel_ptsz"),
         ] {
-            assert_eq!(row(typedef).symbol, symbol, "{typedef}");
+            assert_eq!(row(typedef).symbol(), symbol, "{typedef}");
         }
         let alias = row("PFN_cuGraphInstantiate");
-        assert!(alias.alias && alias.version == 12000 && alias.name == "cuGraphInstantiate");
+        assert!(alias.alias && alias.version == 12000 && alias.name() == "cuGraphInstantiate");
     }
 
     #[test]
@@ -189,12 +227,12 @@ mod tests {
     #[test]
     fn the_table_is_sorted_and_every_row_is_a_variant_of_its_name() {
         for w in PROC_TABLE.windows(2) {
-            let key = |r: &ProcRow| (r.name, r.per_thread, r.version);
+            let key = |r: &ProcRow| (r.name(), r.per_thread, r.version);
             assert!(key(&w[0]) < key(&w[1]), "{:?} before {:?}", w[0], w[1]);
         }
         for r in PROC_TABLE {
-            assert!(r.alias || r.symbol.starts_with(r.name), "{r:?}");
-            assert_eq!(r.per_thread, r.symbol.ends_with("_ptds") || r.symbol.ends_with("_ptsz"), "{r:?}");
+            assert!(r.alias || r.symbol().starts_with(r.name()), "{r:?}");
+            assert_eq!(r.per_thread, r.symbol().ends_with("_ptds") || r.symbol().ends_with("_ptsz"), "{r:?}");
             assert!(r.version >= 2000 && r.version % 10 == 0 && r.version <= NEWEST_VERSION, "{r:?}");
         }
     }

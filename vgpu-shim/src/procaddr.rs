@@ -63,7 +63,7 @@ pub fn choose(name: &[u8], real: usize, version: c_int, flags: u64) -> Option<&'
     }
     let name = std::str::from_utf8(name).ok()?;
     let chosen = match abi::lookup(name, version, flags) {
-        abi::Lookup::Found(row) if version <= NEWEST_VERSION => wrapper_of(row.symbol),
+        abi::Lookup::Found(row) if version <= NEWEST_VERSION => wrapper_of(row.symbol()),
         _ => None,
     };
     log!(

@@ -62,11 +62,11 @@ fn every_wrapped_function_at_every_version_is_the_drivers_answer_or_our_wrapper_
     // Every name one of whose variants we wrap, at 11.0, at the newest version the headers
     // know, and at every version where one of its variants appears and just below it.
     let mut versions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
-    for row in PROC_TABLE.iter().filter(|r| wrapped.contains(r.symbol)) {
-        versions.entry(row.name).or_default();
+    for row in PROC_TABLE.iter().filter(|r| wrapped.contains(r.symbol())) {
+        versions.entry(row.name()).or_default();
     }
     for row in PROC_TABLE {
-        let Some(set) = versions.get_mut(row.name) else { continue };
+        let Some(set) = versions.get_mut(row.name()) else { continue };
         set.extend([11000, NEWEST_VERSION]);
         set.extend([row.version, row.version - 10].into_iter().filter(|v| (11000..=NEWEST_VERSION).contains(v)));
     }

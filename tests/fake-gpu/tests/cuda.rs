@@ -144,14 +144,14 @@ fn proc_addresses_are_the_exported_symbols() {
     // answered with another variant.
     for row in gpuslice_cuda_abi::proc::PROC_TABLE {
         let flags = if row.per_thread { PTDS } else { LEGACY };
-        let (r, pfn, _) = proc_address(&cu, row.name, row.version, flags);
-        let selected = match gpuslice_cuda_abi::lookup(row.name, row.version, flags) {
-            gpuslice_cuda_abi::Lookup::Found(r) => r.symbol,
+        let (r, pfn, _) = proc_address(&cu, row.name(), row.version, flags);
+        let selected = match gpuslice_cuda_abi::lookup(row.name(), row.version, flags) {
+            gpuslice_cuda_abi::Lookup::Found(r) => r.symbol(),
             other => panic!("{row:?}: {other:?}"),
         };
         if fakegpu::cuda::proc_address::export(selected).is_some() {
             assert_eq!(r, SUCCESS, "{row:?}");
-            assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name, row.version);
+            assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name(), row.version);
         } else {
             assert_eq!((r, pfn), (NOT_FOUND, null_mut()), "{row:?}: the simulator has no {selected}");
         }

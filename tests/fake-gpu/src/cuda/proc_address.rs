@@ -58,10 +58,10 @@ pub(crate) fn entry(name: &str, version: c_int, flags: u64) -> Result<&'static E
         abi::Lookup::SymbolNotFound => return Err(Lookup::SymbolNotFound),
         abi::Lookup::VersionNotSufficient => return Err(Lookup::VersionNotSufficient),
     };
-    if let Some(e) = export(row.symbol) {
+    if let Some(e) = export(row.symbol()) {
         return Ok(e);
     }
-    let oldest_exported = abi::rows(name).iter().filter(|r| export(r.symbol).is_some()).map(|r| r.version).min();
+    let oldest_exported = abi::rows(name).iter().filter(|r| export(r.symbol()).is_some()).map(|r| r.version).min();
     match oldest_exported {
         Some(oldest) if row.version < oldest => Err(Lookup::VersionNotSufficient),
         _ => Err(Lookup::SymbolNotFound),
@@ -230,7 +230,7 @@ mod tests {
             // Some (name, version, flags) selects it, and the lookup then hands it out.
             let row = abi::rows_of_symbol(e.symbol).next().unwrap_or_else(|| panic!("{} is in no typedef", e.symbol));
             let flags = if row.per_thread { PTDS } else { 0 };
-            assert_eq!(lookup(row.name, row.version, flags), Lookup::Found(e.symbol), "{row:?}");
+            assert_eq!(lookup(row.name(), row.version, flags), Lookup::Found(e.symbol), "{row:?}");
         }
     }
 }
