@@ -252,17 +252,25 @@ fn host_idle_between_launches_is_not_charged() {
     let mut slow = Vec::new();
     let held = || node.region("slice0").compute().held_ns_total.load(std::sync::atomic::Ordering::Relaxed);
     for (kernel_us, gap_us) in [(100, 300), (20, 100)] {
+        const ROUNDS: usize = 3;
+        const SECONDS: f64 = 1.5;
         let held_before = held();
         let ((alone, alone_busy), (paced, paced_busy)) =
-            unpaced_and_paced(&unlimited, &node, &gap_args(kernel_us, gap_us, 1.5), 3);
+            unpaced_and_paced(&unlimited, &node, &gap_args(kernel_us, gap_us, SECONDS), ROUNDS);
         let ratio = paced / alone;
+        let held_ms = (held() - held_before) / MS;
         println!(
             "{kernel_us} µs kernels, {gap_us} µs host gaps: unpaced {alone:.0} kernels/s ({alone_busy:.1} % busy), \
-             50 % slice {paced:.0} kernels/s ({paced_busy:.1} % busy): ratio {ratio:.2}, held back {} ms",
-            (held() - held_before) / MS
+             50 % slice {paced:.0} kernels/s ({paced_busy:.1} % busy): ratio {ratio:.2}, held back {held_ms} ms"
         );
-        if ratio < 0.9 {
-            slow.push(format!("{kernel_us} µs kernels with {gap_us} µs gaps ({alone_busy:.1} % busy): {ratio:.2}"));
+        // The pacing's own effect is the time it held the slice back: under 2 % of the paced
+        // runs. The rate ratio also carries the machine's noise (other work on a busy CPU moves
+        // either run by several percent), so it only has to stay clearly above a 50 % cut.
+        let paced_ms = (ROUNDS as f64 * SECONDS * 1000.0) as u64;
+        if held_ms * 50 > paced_ms || ratio < 0.8 {
+            slow.push(format!(
+                "{kernel_us} µs kernels with {gap_us} µs gaps ({alone_busy:.1} % busy): ratio {ratio:.2}, held back {held_ms} ms"
+            ));
         }
     }
     assert!(slow.is_empty(), "work under its 50 % share ran slower than alone: {}", slow.join("; "));
