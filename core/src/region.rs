@@ -22,9 +22,10 @@
 //! **Exact limit across processes.** Charging takes an OFD write lock on byte 0 of the file
 //! (the region lock), sums the active slots, and adds to the caller's own slot only if the sum
 //! stays within the limit. A process killed while holding the region lock loses the lock with
-//! its life, and the only thing it can have half-done is a single atomic store to its own slot,
+//! its life, and the only thing it can have half-done is a single atomic update of its own slot,
 //! which dies with it: nothing wedges and nothing is double counted. Frees need no lock: a
-//! process only ever subtracts from its own slot.
+//! process only ever subtracts from its own slot, and every change to a slot is one atomic
+//! read-modify-write, so one thread's free never undoes or is undone by another's charge.
 //!
 //! **Reclaiming the dead.** Dead slots are freed (usage dropped, slot reused) when an
 //! allocation would otherwise fail, when a process registers and finds no free slot, and
@@ -647,13 +648,18 @@ impl Region {
             if used.saturating_add(bytes) > limit {
                 return Ok(Err(OverLimit { requested: bytes, used, limit }));
             }
-            let slot = self.slot(own);
-            slot.used.store(slot.used.load(Ordering::Relaxed).saturating_add(bytes), Ordering::Release);
+            // One atomic read-modify-write: the region lock keeps other chargers out, not this
+            // process's other threads, whose frees subtract from the same slot without it.
+            let _ = self
+                .slot(own)
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_add(bytes)));
             Ok(Ok(()))
         })
     }
 
-    /// Returns `bytes` from `own`'s charge. Lock-free: only the owner changes its slot.
+    /// Returns `bytes` from `own`'s charge. Lock-free: only the owner's threads change its
+    /// slot, each with one atomic read-modify-write, so a free racing a charge is never lost.
     pub fn uncharge(&self, own: usize, bytes: u64) {
         let slot = self.slot(own);
         let _ = slot.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
@@ -843,6 +849,52 @@ mod tests {
         assert_eq!(r.usage().unwrap(), 70);
         r.uncharge(s, 1000);
         assert_eq!(r.usage().unwrap(), 0, "uncharging never underflows");
+    }
+
+    #[test]
+    fn frees_racing_charges_on_one_slot_are_never_lost() {
+        // Threads of one process share its slot: charges (under the region lock) and frees
+        // (lock-free) of the same slot interleave. Some threads charge one unit at a time;
+        // the others give back each unit as soon as it has been charged, for as long as the
+        // charging goes on. Every unit charged is freed once, so the slot ends where it began.
+        use std::sync::atomic::AtomicBool;
+        const CHARGERS: u64 = 4;
+        const ROUNDS: u64 = 50_000;
+        const BASE: u64 = 1000;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let slot = r.register().unwrap();
+        r.charge(slot, BASE, u64::MAX).unwrap().unwrap();
+        let owed = AtomicU64::new(0);
+        let charging = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            let chargers: Vec<_> = (0..CHARGERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..ROUNDS {
+                            r.charge(slot, 1, u64::MAX).unwrap().unwrap();
+                            owed.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for _ in 0..CHARGERS {
+                scope.spawn(|| {
+                    while charging.load(Ordering::Acquire) || owed.load(Ordering::Acquire) > 0 {
+                        if owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+                            r.uncharge(slot, 1);
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            for c in chargers {
+                c.join().unwrap();
+            }
+            charging.store(false, Ordering::Release);
+        });
+        assert_eq!(r.usage().unwrap(), BASE, "frees of this slot were lost to charges racing them");
     }
 
     #[test]
