@@ -87,10 +87,10 @@ pub(crate) use has_flag;
 /// ```
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
-/// runs inside [`boundary`](super::boundary), and an entry of `TABLE`. Flags: `per_thread`
-/// for `_ptds`/`_ptsz` variants, `before_init` for calls that work before `cuInit`. An
-/// `#[alias("cuGraphInstantiate", 12000)]` after `#[proc(…)]` adds an entry under another
-/// base name for the same function.
+/// runs inside [`boundary`](super::boundary) (and may then be held, see [`hold`](super::hold)),
+/// and an entry of `TABLE`. Flags: `per_thread` for `_ptds`/`_ptsz` variants, `before_init`
+/// for calls that work before `cuInit`. An `#[alias("cuGraphInstantiate", 12000)]` after
+/// `#[proc(…)]` adds an entry under another base name for the same function.
 macro_rules! driver_api {
     ($(
         $(#[doc = $doc:literal])*
@@ -107,7 +107,9 @@ macro_rules! driver_api {
             /// writes through it, strings are NUL-terminated.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::cuda::CUresult {
-                $crate::cuda::boundary($crate::cuda::proc_address::has_flag!(before_init; $($flag)*), || $body)
+                let rc = $crate::cuda::boundary($crate::cuda::proc_address::has_flag!(before_init; $($flag)*), || $body);
+                $crate::cuda::hold::after(stringify!($name));
+                rc
             }
         )*
 

@@ -64,6 +64,12 @@ pub struct CUmemLocation {
 pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
 pub const CU_MEM_ALLOCATION_TYPE_PINNED: c_int = 1;
 
+/// `CUmemAllocationHandleType`: bits of `requestedHandleTypes`, and the `handleType` of
+/// `cuMemExportToShareableHandle`/`cuMemImportFromShareableHandle`.
+pub type CUmemAllocationHandleType = c_int;
+pub const CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: CUmemAllocationHandleType = 0x1;
+pub const CU_MEM_HANDLE_TYPE_FABRIC: CUmemAllocationHandleType = 0x8;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct CUmemAllocationPropAllocFlags {

@@ -24,6 +24,7 @@ pub const NOT_FOUND: CUresult = 500;
 pub const NOT_READY: CUresult = 600;
 pub const ILLEGAL_STATE: CUresult = 401;
 pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = 720;
+pub const NOT_SUPPORTED: CUresult = 801;
 pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
 pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
 pub const CAPTURED_EVENT: CUresult = 907;
@@ -59,7 +60,17 @@ impl CUmemAllocationProp {
             alloc_flags: [0; 8],
         }
     }
+
+    /// Pinned memory on `device` that may be exported as a POSIX file descriptor.
+    pub fn shareable(device: c_int) -> Self {
+        Self { requested_handle_types: POSIX_FD, ..Self::device(device) }
+    }
 }
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+pub const POSIX_FD: c_int = 1;
+/// `CU_MEM_HANDLE_TYPE_FABRIC`.
+pub const FABRIC: c_int = 8;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +273,9 @@ driver! {
     cuMemUnmap(CUdeviceptr, usize);
     cuMemSetAccess(CUdeviceptr, usize, *const CUmemAccessDesc, usize);
     cuMemGetAllocationGranularity(*mut usize, *const CUmemAllocationProp, c_int);
+    cuMemRetainAllocationHandle(*mut u64, *mut c_void);
+    cuMemExportToShareableHandle(*mut c_void, u64, c_int, u64);
+    cuMemImportFromShareableHandle(*mut u64, *mut c_void, c_int);
     cuMemAllocAsync(*mut CUdeviceptr, usize, Handle);
     cuMemAllocAsync_ptsz(*mut CUdeviceptr, usize, Handle);
     cuMemFreeAsync(CUdeviceptr, Handle);
