@@ -2,8 +2,8 @@
 //! be, so tests can check what other threads (and gpuslice's interception library) do
 //! meanwhile.
 //!
-//! `FAKEGPU_HOLD=<export>[:<n>]` names an exported function (`cuMemFree_v2`,
-//! `cuDevicePrimaryCtxRetain`, …) and which of its calls in the process to hold (1-based,
+//! `FAKEGPU_HOLD=<export>[:<n>]` names an exported function of the CUDA driver API or NVML
+//! (`cuMemFree_v2`, `cuDevicePrimaryCtxRetain`, `nvmlDeviceGetUUID`, …) and which of its calls in the process to hold (1-based,
 //! default the first); `FAKEGPU_HOLD_DIR` is a directory the test watches. That call does
 //! its work, then creates `<dir>/<export>.held` and does not return until
 //! `<dir>/<export>.release` exists (polled every millisecond). A test that forgets to release
