@@ -2,9 +2,19 @@
 //! the driver's allocation granularity, and gives the charge back when the memory is freed.
 //!
 //! Order of operations, for every path: charge (refused past the limit: the driver is never
-//! called, nothing is allocated), call the driver, and on failure return the charge. A free
-//! goes to the driver first; the charge is returned only if the driver freed. A pointer or
-//! handle we did not charge is the driver's business and goes to it untouched.
+//! called, nothing is allocated), call the driver, and on failure return the charge; on
+//! success record what was charged under the address or handle the driver returned. A free
+//! takes the record out of the book first, then calls the driver, and returns the charge only
+//! if the driver freed (putting the record back if it did not): the moment the driver frees,
+//! it may hand the same address to another thread, whose record must not be the one this free
+//! removes. A pointer or handle we did not charge is the driver's business and goes to it
+//! untouched.
+//!
+//! No lock of ours (the book's mutex, a region's lock) is held across a call into the driver:
+//! a driver call may block for long (or call back into an export), and every other thread of
+//! the process needs the book. Where a call's outcome decides a charge that concurrent calls
+//! share (a primary context), the book keeps a count of the calls in flight so that the
+//! charge stays until all of them have returned.
 //!
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
@@ -22,8 +32,8 @@ use crate::state::{CONTEXT_CHARGE, Refusal, State, state};
 pub struct Book {
     /// Pointers, handles, arrays and contexts: `(kind, id)` → charge.
     charges: HashMap<(Kind, u64), Charge>,
-    /// Primary contexts: device → (retain count, slice).
-    primary: HashMap<CUdevice, (u32, usize)>,
+    /// Primary contexts, by device.
+    primary: HashMap<CUdevice, Primary>,
     /// Memory pools: pool → (slice, bytes charged).
     pools: HashMap<usize, (usize, u64)>,
     /// Allocation granularity per device.
@@ -45,6 +55,17 @@ struct Charge {
     bytes: u64,
     /// Stream-ordered allocation from this pool: charged through the pool.
     pool: Option<usize>,
+}
+
+/// A device's primary context in this process. It holds one context charge exactly while
+/// `retained + retaining > 0`: from the first retain's start to the last release's end.
+#[derive(Debug)]
+struct Primary {
+    slice: usize,
+    /// Retains that succeeded less releases that did.
+    retained: u32,
+    /// Retains in the driver now.
+    retaining: u32,
 }
 
 fn book(s: &State) -> std::sync::MutexGuard<'_, Book> {
@@ -95,6 +116,56 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
     g
 }
 
+/// Charges `bytes` to `slice`; refused past the limit.
+fn charge(s: &State, slice: usize, bytes: u64) -> Result<(), Refusal> {
+    s.slices[slice].charge(bytes)
+}
+
+/// Returns what a record charged.
+fn give_back(s: &State, c: Charge) {
+    match c.pool {
+        Some(pool) => settle_pool(s, pool),
+        None => s.slices[c.slice].uncharge(c.bytes),
+    }
+}
+
+/// Records a charge under the address or handle the driver just returned. A record already
+/// there is stale: the driver let go of what it named without us seeing it (a context
+/// destroyed with its allocations), or it would not hand the value out again. Its charge
+/// goes back.
+fn record(s: &State, key: (Kind, u64), charge: Charge) {
+    let stale = book(s).charges.insert(key, charge);
+    if let Some(old) = stale {
+        crate::log::log!(Debug, "{key:?} was handed out again: returning its old charge of {} bytes", old.bytes);
+        give_back(s, old);
+    }
+}
+
+/// Frees `key` in the driver (`call`). Its record is taken out of the book first and put back
+/// if the driver refuses; its charge goes back only once the driver has freed.
+fn freeing(s: &State, key: (Kind, u64), call: impl FnOnce() -> CUresult) -> CUresult {
+    let taken = book(s).charges.remove(&key);
+    let rc = call();
+    if let Some(c) = taken
+        && (rc == CUDA_SUCCESS || !put_back(&mut book(s).charges, key, c))
+    {
+        give_back(s, c);
+    }
+    rc
+}
+
+/// Puts a record back where it was taken from, unless the value has been recorded anew since
+/// (then the new record stands). `true` if it went back.
+fn put_back<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) -> bool {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(value);
+            true
+        }
+        std::collections::hash_map::Entry::Occupied(_) => false,
+    }
+}
+
 /// Charges `bytes` to `slice`, runs the driver call, records the result under `key` on
 /// success and returns the charge on failure.
 fn charged(
@@ -104,7 +175,7 @@ fn charged(
     call: impl FnOnce() -> CUresult,
     key: impl FnOnce() -> Option<(Kind, u64)>,
 ) -> CUresult {
-    if let Err(r) = s.slices[slice].charge(bytes) {
+    if let Err(r) = charge(s, slice, bytes) {
         return r.into();
     }
     let rc = call();
@@ -113,23 +184,10 @@ fn charged(
         return rc;
     }
     match key() {
-        Some(k) => {
-            book(s).charges.insert(k, Charge { slice, bytes, pool: None });
-        }
+        Some(k) => record(s, k, Charge { slice, bytes, pool: None }),
         None => s.slices[slice].uncharge(bytes),
     }
     rc
-}
-
-/// Returns what `key` was charged, if anything.
-fn release(s: &State, key: (Kind, u64)) {
-    let charge = book(s).charges.remove(&key);
-    if let Some(c) = charge {
-        match c.pool {
-            Some(pool) => settle_pool(s, pool),
-            None => s.slices[c.slice].uncharge(c.bytes),
-        }
-    }
 }
 
 macro_rules! real {
@@ -207,7 +265,7 @@ pub unsafe fn mem_alloc_pitch(
     // Before: the widest pitch the driver may choose; after: what it chose.
     let align = pitch_alignment(dev).max(512);
     let estimate = round_up(round_up(width as u64, align).saturating_mul(height as u64), g);
-    if let Err(r) = s.slices[slice].charge(estimate) {
+    if let Err(r) = charge(s, slice, estimate) {
         return r.into();
     }
     let rc = pass();
@@ -223,7 +281,7 @@ pub unsafe fn mem_alloc_pitch(
     } else {
         s.slices[slice].uncharge(estimate - actual);
     }
-    book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None });
+    record(s, (Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None });
     rc
 }
 
@@ -243,11 +301,11 @@ fn pitch_alignment(dev: CUdevice) -> u64 {
 pub unsafe fn mem_free(dptr: CUdeviceptr) -> CUresult {
     let f = real!(cuMemFree_v2);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(dptr) };
-    if rc == CUDA_SUCCESS && dptr != 0 && crate::state::active() {
-        release(state(), (Kind::Pointer, dptr));
+    let pass = || unsafe { f(dptr) };
+    if dptr == 0 || !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Pointer, dptr), pass)
 }
 
 /// # Safety
@@ -332,11 +390,11 @@ pub unsafe fn mem_create(
 pub unsafe fn mem_release(handle: CUmemGenericAllocationHandle) -> CUresult {
     let f = real!(cuMemRelease);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(handle) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Handle, handle));
+    let pass = || unsafe { f(handle) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Handle, handle), pass)
 }
 
 /// What a pool holds now, if the driver says.
@@ -378,7 +436,7 @@ fn pool_alloc(
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let advance = round_up(size as u64, granularity(s, dev));
-    if let Err(r) = s.slices[slice].charge(advance) {
+    if let Err(r) = charge(s, slice, advance) {
         return r.into();
     }
     let rc = call();
@@ -390,35 +448,36 @@ fn pool_alloc(
     let ptr = unsafe { *dptr };
     let Some(reserved) = pool_reserved(pool) else {
         // No pool attributes: account the allocation itself.
-        book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None });
+        record(s, (Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None });
         return rc;
     };
     let mut b = book(s);
     let before = b.pools.get(&pool).map_or(0, |e| e.1);
     b.pools.insert(pool, (slice, reserved));
-    b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool) });
+    let stale = b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool) });
     drop(b);
+    if let Some(old) = stale.filter(|old| old.pool != Some(pool)) {
+        give_back(s, old);
+    }
     let charged = before + advance;
     if reserved <= charged {
         s.slices[slice].uncharge(charged - reserved);
-        return rc;
+    } else if charge(s, slice, reserved - charged).is_err() {
+        // The pool grew past the limit: undo the allocation, its record out first.
+        let mut b = book(s);
+        b.charges.remove(&(Kind::Pointer, ptr));
+        if let Some(e) = b.pools.get_mut(&pool) {
+            e.1 = charged;
+        }
+        drop(b);
+        if let Some(free) = cuda().cuMemFreeAsync {
+            // SAFETY: freeing the pointer the driver just returned, on the same stream.
+            unsafe { free(ptr, stream) };
+        }
+        settle_pool(s, pool);
+        return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if s.slices[slice].charge(reserved - charged).is_ok() {
-        return rc;
-    }
-    // The pool grew past the limit: undo the allocation.
-    if let Some(free) = cuda().cuMemFreeAsync {
-        // SAFETY: freeing the pointer the driver just returned, on the same stream.
-        unsafe { free(ptr, stream) };
-    }
-    let mut b = book(s);
-    b.charges.remove(&(Kind::Pointer, ptr));
-    if let Some(e) = b.pools.get_mut(&pool) {
-        e.1 = charged;
-    }
-    drop(b);
-    settle_pool(s, pool);
-    CUDA_ERROR_OUT_OF_MEMORY
+    rc
 }
 
 unsafe fn alloc_async(
@@ -491,11 +550,10 @@ pub unsafe fn mem_alloc_from_pool_ptsz(
 }
 
 fn free_async(dptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
-    let rc = call();
-    if rc == CUDA_SUCCESS && dptr != 0 && crate::state::active() {
-        release(state(), (Kind::Pointer, dptr));
+    if dptr == 0 || !crate::state::active() {
+        return call();
     }
-    rc
+    freeing(state(), (Kind::Pointer, dptr), call)
 }
 
 /// # Safety
@@ -531,16 +589,34 @@ pub unsafe fn mem_pool_trim_to(pool: CUmemoryPool, keep: usize) -> CUresult {
 pub unsafe fn mem_pool_destroy(pool: CUmemoryPool) -> CUresult {
     let f = real!(cuMemPoolDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(pool) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        let s = state();
+    let pass = || unsafe { f(pool) };
+    if !crate::state::active() {
+        return pass();
+    }
+    let s = state();
+    let key = pool as usize;
+    // The pool's records out first: once destroyed, its handle may name another thread's pool.
+    let mut b = book(s);
+    let entry = b.pools.remove(&key);
+    let allocations: Vec<_> = b.charges.extract_if(|_, c| c.pool == Some(key)).collect();
+    drop(b);
+    let rc = pass();
+    if rc != CUDA_SUCCESS {
         let mut b = book(s);
-        let entry = b.pools.remove(&(pool as usize));
-        b.charges.retain(|_, c| c.pool != Some(pool as usize));
-        drop(b);
-        if let Some((slice, charged)) = entry {
-            s.slices[slice].uncharge(charged);
+        if let Some(e) = entry
+            && !put_back(&mut b.pools, key, e)
+        {
+            drop(b);
+            s.slices[e.0].uncharge(e.1);
+            return rc;
         }
+        for (k, c) in allocations {
+            put_back(&mut b.charges, k, c);
+        }
+        return rc;
+    }
+    if let Some((slice, charged)) = entry {
+        s.slices[slice].uncharge(charged);
     }
     rc
 }
@@ -616,11 +692,11 @@ pub unsafe fn array3d_create(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESC
 pub unsafe fn array_destroy(array: CUarray) -> CUresult {
     let f = real!(cuArrayDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(array) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Array, array as u64));
+    let pass = || unsafe { f(array) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Array, array as u64), pass)
 }
 
 /// # Safety
@@ -649,15 +725,16 @@ pub unsafe fn mipmapped_array_create(
 pub unsafe fn mipmapped_array_destroy(array: CUmipmappedArray) -> CUresult {
     let f = real!(cuMipmappedArrayDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(array) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Mipmap, array as u64));
+    let pass = || unsafe { f(array) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Mipmap, array as u64), pass)
 }
 
-/// A primary context is charged when this process's first retain creates it and returned
-/// when its last release lets it go.
+/// A primary context is charged when this process's first retain starts and returned when
+/// its last release has let it go; no lock is held while the driver retains (see
+/// [`Primary`]).
 ///
 /// # Safety
 /// `cuDevicePrimaryCtxRetain`'s contract.
@@ -667,35 +744,50 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     let pass = || unsafe { f(ctx, dev) };
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), pass());
-    let mut b = book(s);
-    let count = b.primary.get(&dev).map_or(0, |e| e.0);
-    if count == 0
-        && let Err(r) = s.slices[slice].charge(CONTEXT_CHARGE)
     {
-        return r.into();
+        let mut b = book(s);
+        let p = b.primary.entry(dev).or_insert(Primary { slice, retained: 0, retaining: 0 });
+        // The first retain charges, under the book's lock so that a concurrent retain never
+        // counts on a charge that is then refused (no driver call is made under it).
+        if p.retained + p.retaining == 0
+            && let Err(r) = s.slices[p.slice].charge(CONTEXT_CHARGE)
+        {
+            return r.into();
+        }
+        p.retaining += 1;
     }
     let rc = pass();
+    let mut b = book(s);
+    let Some(p) = b.primary.get_mut(&dev) else { return rc };
+    p.retaining -= 1;
     if rc == CUDA_SUCCESS {
-        b.primary.insert(dev, (count + 1, slice));
-    } else if count == 0 {
+        p.retained += 1;
+    }
+    let gone = (p.retained + p.retaining == 0).then_some(p.slice);
+    drop(b);
+    if let Some(slice) = gone {
         s.slices[slice].uncharge(CONTEXT_CHARGE);
     }
     rc
 }
 
+/// A release the driver accepted: the last one returns the charge (unless a retain is in
+/// flight, which keeps it).
 fn primary_released(dev: CUdevice) {
     if !crate::state::active() {
         return;
     }
     let s = state();
     let mut b = book(s);
-    if let Some(e) = b.primary.get_mut(&dev) {
-        e.0 = e.0.saturating_sub(1);
-        if e.0 == 0 {
-            let slice = e.1;
-            b.primary.remove(&dev);
-            s.slices[slice].uncharge(CONTEXT_CHARGE);
-        }
+    let Some(p) = b.primary.get_mut(&dev) else { return };
+    if p.retained == 0 {
+        return;
+    }
+    p.retained -= 1;
+    let gone = (p.retained + p.retaining == 0).then_some(p.slice);
+    drop(b);
+    if let Some(slice) = gone {
+        s.slices[slice].uncharge(CONTEXT_CHARGE);
     }
 }
 
@@ -762,11 +854,11 @@ pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32
 pub unsafe fn ctx_destroy(ctx: CUcontext) -> CUresult {
     let f = real!(cuCtxDestroy_v2);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(ctx) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Context, ctx as u64));
+    let pass = || unsafe { f(ctx) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Context, ctx as u64), pass)
 }
 
 #[cfg(test)]
