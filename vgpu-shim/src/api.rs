@@ -112,8 +112,18 @@ api! {
         cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => crate::memory::mem_get_info, "cuMemGetInfo" @ 3020, false;
         cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) => crate::memory::device_total_mem, "cuDeviceTotalMem" @ 3020, false;
         cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64)
-            => crate::memory::mem_create, "cuMemCreate" @ 10020, false;
-        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::mem_release, "cuMemRelease" @ 10020, false;
+            => crate::memory::vmm::mem_create, "cuMemCreate" @ 10020, false;
+        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::vmm::mem_release, "cuMemRelease" @ 10020, false;
+        cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64)
+            => crate::memory::vmm::mem_map, "cuMemMap" @ 10020, false;
+        cuMemUnmap(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_unmap, "cuMemUnmap" @ 10020, false;
+        cuMemAddressFree(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_address_free, "cuMemAddressFree" @ 10020, false;
+        cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void)
+            => crate::memory::vmm::mem_retain_allocation_handle, "cuMemRetainAllocationHandle" @ 11000, false;
+        cuMemExportToShareableHandle(shareable: *mut c_void, handle: CUmemGenericAllocationHandle, handle_type: u32, flags: u64)
+            => crate::memory::vmm::mem_export_to_shareable_handle, "cuMemExportToShareableHandle" @ 10020, false;
+        cuMemImportFromShareableHandle(handle: *mut CUmemGenericAllocationHandle, os_handle: *mut c_void, handle_type: u32)
+            => crate::memory::vmm::mem_import_from_shareable_handle, "cuMemImportFromShareableHandle" @ 10020, false;
         cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async, "cuMemAllocAsync" @ 11020, false;
         cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async_ptsz, "cuMemAllocAsync" @ 11020, true;
         cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream)

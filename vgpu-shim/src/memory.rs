@@ -13,12 +13,13 @@
 //! No lock of ours (the book's mutex, a region's lock) is held across a call into the driver:
 //! a driver call may block for long (or call back into an export), and every other thread of
 //! the process needs the book. Where a call's outcome decides a charge that concurrent calls
-//! share (a primary context), the book keeps a count of the calls in flight so that the
-//! charge stays until all of them have returned.
+//! share (a primary context, a physical allocation's references), the book keeps a count of
+//! the calls in flight so that the charge stays until all of them have returned.
 //!
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
-//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it.
+//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it. Virtual memory
+//! management (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`].
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -30,7 +31,7 @@ use crate::state::{CONTEXT_CHARGE, Refusal, State, state};
 /// What was charged, per process.
 #[derive(Debug, Default)]
 pub struct Book {
-    /// Pointers, handles, arrays and contexts: `(kind, id)` → charge.
+    /// Pointers, arrays and contexts: `(kind, id)` → charge.
     charges: HashMap<(Kind, u64), Charge>,
     /// Primary contexts, by device.
     primary: HashMap<CUdevice, Primary>,
@@ -38,12 +39,13 @@ pub struct Book {
     pools: HashMap<usize, (usize, u64)>,
     /// Allocation granularity per device.
     granularity: HashMap<CUdevice, u64>,
+    /// Physical allocations, their handles and mappings.
+    vmm: vmm::Vmm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Pointer,
-    Handle,
     Array,
     Mipmap,
     Context,
@@ -116,9 +118,13 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
     g
 }
 
-/// Charges `bytes` to `slice`; refused past the limit.
+/// Charges `bytes` to `slice`. Refused past the limit, unless physical memory whose last
+/// exported descriptor has been closed since was still charged: that is let go first.
 fn charge(s: &State, slice: usize, bytes: u64) -> Result<(), Refusal> {
-    s.slices[slice].charge(bytes)
+    match s.slices[slice].charge(bytes) {
+        Err(Refusal::OverLimit(_)) if vmm::settle(s) => s.slices[slice].charge(bytes),
+        other => other,
+    }
 }
 
 /// Returns what a record charged.
@@ -210,6 +216,8 @@ macro_rules! slice_or_pass {
         }
     }};
 }
+
+pub mod vmm;
 
 /// # Safety
 /// `cuMemAlloc_v2`'s contract.
@@ -319,6 +327,7 @@ pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CUresult {
     }
     let s = state();
     let Some(dev) = current_device() else { return rc };
+    vmm::settle(s);
     let slice = match target(s, dev) {
         Err(r) => return r.into(),
         Ok(None) => return rc,
@@ -356,45 +365,6 @@ pub unsafe fn device_total_mem(bytes: *mut usize, dev: CUdevice) -> CUresult {
             rc
         }
     }
-}
-
-/// # Safety
-/// `cuMemCreate`'s contract.
-pub unsafe fn mem_create(
-    handle: *mut CUmemGenericAllocationHandle,
-    size: usize,
-    prop: *const CUmemAllocationProp,
-    flags: u64,
-) -> CUresult {
-    let f = real!(cuMemCreate);
-    // SAFETY: forwarded unchanged.
-    let pass = || unsafe { f(handle, size, prop, flags) };
-    if handle.is_null() || prop.is_null() || size == 0 {
-        return pass();
-    }
-    // SAFETY: checked non-null; the caller passes a valid property struct.
-    let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
-        return pass();
-    }
-    let s = state();
-    let (slice, dev) = slice_or_pass!(s, Some(location.id), pass());
-    // The physical memory is what counts; mapping it (cuMemMap) adds nothing.
-    let bytes = round_up(size as u64, granularity(s, dev));
-    // SAFETY: the driver wrote the handle on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Handle, unsafe { *handle })))
-}
-
-/// # Safety
-/// `cuMemRelease`'s contract.
-pub unsafe fn mem_release(handle: CUmemGenericAllocationHandle) -> CUresult {
-    let f = real!(cuMemRelease);
-    // SAFETY: forwarded unchanged.
-    let pass = || unsafe { f(handle) };
-    if !crate::state::active() {
-        return pass();
-    }
-    freeing(state(), (Kind::Handle, handle), pass)
 }
 
 /// What a pool holds now, if the driver says.
@@ -744,17 +714,29 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     let pass = || unsafe { f(ctx, dev) };
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), pass());
-    {
+    let mut settled = false;
+    loop {
         let mut b = book(s);
         let p = b.primary.entry(dev).or_insert(Primary { slice, retained: 0, retaining: 0 });
         // The first retain charges, under the book's lock so that a concurrent retain never
         // counts on a charge that is then refused (no driver call is made under it).
-        if p.retained + p.retaining == 0
-            && let Err(r) = s.slices[p.slice].charge(CONTEXT_CHARGE)
-        {
-            return r.into();
+        if p.retained + p.retaining == 0 {
+            match s.slices[p.slice].charge(CONTEXT_CHARGE) {
+                Ok(()) => {}
+                Err(Refusal::OverLimit(_)) if !settled => {
+                    // Memory kept only by a descriptor closed since may go: look, then again.
+                    drop(b);
+                    settled = true;
+                    if vmm::settle(s) {
+                        continue;
+                    }
+                    return CUDA_ERROR_OUT_OF_MEMORY;
+                }
+                Err(r) => return r.into(),
+            }
         }
         p.retaining += 1;
+        break;
     }
     let rc = pass();
     let mut b = book(s);
