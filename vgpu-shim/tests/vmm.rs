@@ -219,7 +219,7 @@ fn memory_shared_with_another_process_is_charged_once_to_its_creator() {
         let va = cu.reserve(GIB);
         cu.map(va, GIB, h);
         // SAFETY: a mapped range and one access descriptor.
-        check_ok(unsafe { (cu.cuMemSetAccess)(va, GIB as usize, &READ_WRITE, 1) });
+        check_ok(unsafe { (cu.cuMemSetAccess)(va, GIB as usize, &read_write(), 1) });
         let text = b"shared through a descriptor";
         // SAFETY: the range is mapped and writable; the buffer is live.
         check_ok(unsafe { (cu.cuMemcpyHtoD_v2)(va, text.as_ptr().cast(), text.len()) });
@@ -268,7 +268,7 @@ fn memory_shared_with_another_process_importer() {
     let va = cu.reserve(GIB);
     cu.map(va, GIB, h);
     // SAFETY: a mapped range and one access descriptor.
-    check_ok(unsafe { (cu.cuMemSetAccess)(va, GIB as usize, &READ_WRITE, 1) });
+    check_ok(unsafe { (cu.cuMemSetAccess)(va, GIB as usize, &read_write(), 1) });
     report("importer_mapped", cu.used());
     let mut back = vec![0u8; want.len()];
     // SAFETY: a readable mapped range and a live buffer of that length.

@@ -312,11 +312,11 @@ pub unsafe fn mem_create(
     }
     // SAFETY: checked non-null; the caller passes a valid property struct.
     let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
+    if location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return pass();
     }
     let s = state();
-    let (slice, dev) = slice_or_pass!(s, Some(location.id), pass());
+    let (slice, dev) = slice_or_pass!(s, Some(location_id(&location)), pass());
     // The physical memory is what counts; mapping it adds nothing.
     let bytes = round_up(size as u64, granularity(s, dev));
     if let Err(r) = charge(s, slice, bytes) {

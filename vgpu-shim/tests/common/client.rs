@@ -5,21 +5,22 @@
 //! The child finds the driver as a program does, `dlopen("libcuda.so.1")` and `dlsym`, so
 //! every call goes through the shim's wrappers. It prints `key=value` lines for the parent.
 
-use std::ffi::{CString, c_int, c_void};
+use std::ffi::{CString, c_void};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use super::{Node, stderr, stdout};
 
-pub type CUresult = u32;
-pub type Handle = *mut c_void;
+use gpuslice_cuda_abi::cuda::sym;
+pub use gpuslice_cuda_abi::cuda::*;
+use gpuslice_cuda_abi::nvml;
 
-pub const SUCCESS: CUresult = 0;
-pub const INVALID_VALUE: CUresult = 1;
-pub const OUT_OF_MEMORY: CUresult = 2;
+pub const SUCCESS: CUresult = CUDA_SUCCESS;
+pub const INVALID_VALUE: CUresult = CUDA_ERROR_INVALID_VALUE;
+pub const OUT_OF_MEMORY: CUresult = CUDA_ERROR_OUT_OF_MEMORY;
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
-pub const POSIX_FD: c_int = 1;
+pub const POSIX_FD: CUmemAllocationHandleType = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
 
 /// The environment variable naming the test a child runs.
 const CHILD_ENV: &str = "GPUSLICE_TEST_CLIENT";
@@ -58,52 +59,34 @@ pub fn report(key: &str, value: impl std::fmt::Display) {
     println!("\n{key}={value}");
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct CUmemLocation {
-    pub type_: c_int,
-    pub id: c_int,
+/// `CU_MEM_LOCATION_TYPE_DEVICE` 0.
+pub fn device0() -> CUmemLocation {
+    let mut l = CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, ..Default::default() };
+    l.__bindgen_anon_1.id = 0;
+    l
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct CUmemAllocationProp {
-    pub type_: c_int,
-    pub requested_handle_types: c_int,
-    pub location: CUmemLocation,
-    pub win32_handle_meta_data: *mut c_void,
-    pub alloc_flags: [u8; 8],
-}
-
-impl CUmemAllocationProp {
-    /// Pinned memory on device 0, exportable as a POSIX file descriptor.
-    pub fn device0() -> Self {
-        Self {
-            type_: 1,
-            requested_handle_types: POSIX_FD,
-            location: CUmemLocation { type_: 1, id: 0 },
-            win32_handle_meta_data: std::ptr::null_mut(),
-            alloc_flags: [0; 8],
-        }
+/// Pinned memory on device 0, exportable as a POSIX file descriptor.
+pub fn device0_prop() -> CUmemAllocationProp {
+    CUmemAllocationProp {
+        type_: CU_MEM_ALLOCATION_TYPE_PINNED,
+        requestedHandleTypes: POSIX_FD,
+        location: device0(),
+        ..Default::default()
     }
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct CUmemAccessDesc {
-    pub location: CUmemLocation,
-    pub flags: c_int,
+/// Read and write access from device 0.
+pub fn read_write() -> CUmemAccessDesc {
+    CUmemAccessDesc { location: device0(), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE }
 }
 
-/// Read and write access from device 0.
-pub const READ_WRITE: CUmemAccessDesc = CUmemAccessDesc { location: CUmemLocation { type_: 1, id: 0 }, flags: 3 };
-
 macro_rules! driver {
-    ($($name:ident($($arg:ty),*);)*) => {
-        /// The driver's functions as the shim hands them out.
+    ($($name:ident;)*) => {
+        /// The driver's functions as the shim hands them out, typed as `cuda.h` declares them.
         #[allow(non_snake_case)]
         pub struct Cuda {
-            $(pub $name: unsafe extern "C" fn($($arg),*) -> CUresult,)*
+            $(pub $name: sym::$name,)*
         }
 
         impl Cuda {
@@ -117,9 +100,8 @@ macro_rules! driver {
                         // SAFETY: a handle from dlopen and a NUL-terminated name.
                         let f = unsafe { libc::dlsym(handle, name.as_ptr()) };
                         assert!(!f.is_null(), "{} is not exported", stringify!($name));
-                        // SAFETY: the function of that name, whose signature (cuda.h's) is
-                        // the one declared here.
-                        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) -> CUresult>(f) }
+                        // SAFETY: the function of that name, whose signature is cuda.h's.
+                        unsafe { std::mem::transmute::<*mut c_void, sym::$name>(f) }
                     },)*
                 }
             }
@@ -128,27 +110,27 @@ macro_rules! driver {
 }
 
 driver! {
-    cuInit(u32);
-    cuDevicePrimaryCtxRetain(*mut Handle, c_int);
-    cuDevicePrimaryCtxRelease_v2(c_int);
-    cuCtxSetCurrent(Handle);
-    cuCtxCreate_v2(*mut Handle, u32, c_int);
-    cuCtxDestroy_v2(Handle);
-    cuMemAlloc_v2(*mut u64, usize);
-    cuMemFree_v2(u64);
-    cuMemGetInfo_v2(*mut usize, *mut usize);
-    cuMemCreate(*mut u64, usize, *const CUmemAllocationProp, u64);
-    cuMemRelease(u64);
-    cuMemAddressReserve(*mut u64, usize, usize, u64, u64);
-    cuMemAddressFree(u64, usize);
-    cuMemMap(u64, usize, usize, u64, u64);
-    cuMemUnmap(u64, usize);
-    cuMemSetAccess(u64, usize, *const CUmemAccessDesc, usize);
-    cuMemcpyHtoD_v2(u64, *const c_void, usize);
-    cuMemcpyDtoH_v2(*mut c_void, u64, usize);
-    cuMemRetainAllocationHandle(*mut u64, *mut c_void);
-    cuMemExportToShareableHandle(*mut c_void, u64, c_int, u64);
-    cuMemImportFromShareableHandle(*mut u64, *mut c_void, c_int);
+    cuInit;
+    cuDevicePrimaryCtxRetain;
+    cuDevicePrimaryCtxRelease_v2;
+    cuCtxSetCurrent;
+    cuCtxCreate_v2;
+    cuCtxDestroy_v2;
+    cuMemAlloc_v2;
+    cuMemFree_v2;
+    cuMemGetInfo_v2;
+    cuMemCreate;
+    cuMemRelease;
+    cuMemAddressReserve;
+    cuMemAddressFree;
+    cuMemMap;
+    cuMemUnmap;
+    cuMemSetAccess;
+    cuMemcpyHtoD_v2;
+    cuMemcpyDtoH_v2;
+    cuMemRetainAllocationHandle;
+    cuMemExportToShareableHandle;
+    cuMemImportFromShareableHandle;
 }
 
 // SAFETY: plain function pointers, callable from any thread (the driver API is thread-safe).
@@ -176,7 +158,7 @@ impl Cuda {
     /// Makes `ctx` current on the calling thread.
     pub fn enter(&self, ctx: usize) {
         // SAFETY: a context the driver handed out.
-        check_ok(unsafe { (self.cuCtxSetCurrent)(ctx as Handle) });
+        check_ok(unsafe { (self.cuCtxSetCurrent)(ctx as CUcontext) });
     }
 
     /// Bytes of the slice in use as `cuMemGetInfo` shows them: total − free.
@@ -205,7 +187,7 @@ impl Cuda {
     pub fn create(&self, size: u64) -> Result<u64, CUresult> {
         let mut h = 0u64;
         // SAFETY: a live output and property struct.
-        match unsafe { (self.cuMemCreate)(&mut h, size as usize, &CUmemAllocationProp::device0(), 0) } {
+        match unsafe { (self.cuMemCreate)(&mut h, size as usize, &device0_prop(), 0) } {
             SUCCESS => Ok(h),
             rc => Err(rc),
         }
@@ -260,8 +242,8 @@ pub fn slice_usage(name: &str) -> u64 {
 /// NVML's memory query for device 0, as a program finds it (`dlopen` + `dlsym`, through the
 /// shim): (total, used).
 pub struct Nvml {
-    device: *mut c_void,
-    get_memory_info: unsafe extern "C" fn(*mut c_void, *mut [u64; 3]) -> u32,
+    device: nvml::nvmlDevice_t,
+    get_memory_info: nvml::sym::nvmlDeviceGetMemoryInfo,
 }
 
 // SAFETY: an NVML device handle and a function pointer; NVML is thread-safe.
@@ -278,26 +260,26 @@ impl Nvml {
             assert!(!f.is_null(), "{name:?} is not exported");
             f
         };
-        type Init = unsafe extern "C" fn() -> u32;
-        type ByIndex = unsafe extern "C" fn(u32, *mut *mut c_void) -> u32;
-        type MemoryInfo = unsafe extern "C" fn(*mut c_void, *mut [u64; 3]) -> u32;
         // SAFETY: the functions of those names, with nvml.h's signatures.
         unsafe {
-            let init = std::mem::transmute::<*mut c_void, Init>(sym(c"nvmlInit_v2"));
-            let by_index = std::mem::transmute::<*mut c_void, ByIndex>(sym(c"nvmlDeviceGetHandleByIndex_v2"));
-            assert_eq!(init(), 0);
+            let init = std::mem::transmute::<*mut c_void, nvml::sym::nvmlInit_v2>(sym(c"nvmlInit_v2"));
+            let by_index = std::mem::transmute::<*mut c_void, nvml::sym::nvmlDeviceGetHandleByIndex_v2>(sym(
+                c"nvmlDeviceGetHandleByIndex_v2",
+            ));
+            assert_eq!(init(), nvml::NVML_SUCCESS);
             let mut device = std::ptr::null_mut();
-            assert_eq!(by_index(0, &mut device), 0);
-            let get_memory_info = std::mem::transmute::<*mut c_void, MemoryInfo>(sym(c"nvmlDeviceGetMemoryInfo"));
+            assert_eq!(by_index(0, &mut device), nvml::NVML_SUCCESS);
+            let get_memory_info =
+                std::mem::transmute::<*mut c_void, nvml::sym::nvmlDeviceGetMemoryInfo>(sym(c"nvmlDeviceGetMemoryInfo"));
             Nvml { device, get_memory_info }
         }
     }
 
     /// `nvmlDeviceGetMemoryInfo`: (total, used).
     pub fn memory(&self) -> (u64, u64) {
-        let mut m = [0u64; 3];
-        // SAFETY: a device handle from NVML and an `nvmlMemory_t` (total, free, used).
-        assert_eq!(unsafe { (self.get_memory_info)(self.device, &mut m) }, 0);
-        (m[0], m[2])
+        let mut m = nvml::nvmlMemory_t::default();
+        // SAFETY: a device handle from NVML and a live `nvmlMemory_t`.
+        assert_eq!(unsafe { (self.get_memory_info)(self.device, &mut m) }, nvml::NVML_SUCCESS);
+        (m.total, m.used)
     }
 }
