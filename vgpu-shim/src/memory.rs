@@ -16,6 +16,11 @@
 //! share (a primary context, a physical allocation's references), the book keeps a count of
 //! the calls in flight so that the charge stays until all of them have returned.
 //!
+//! Every charge records the context current when it was made. A context the driver destroys
+//! (`cuCtxDestroy`, `cuDevicePrimaryCtxReset`, the last `cuDevicePrimaryCtxRelease`) takes
+//! what was allocated in it, and those charges go back then; physical memory (`cuMemCreate`)
+//! and pools are not a context's and stay as the driver keeps them.
+//!
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
 //! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it. Virtual memory
@@ -57,6 +62,9 @@ struct Charge {
     bytes: u64,
     /// Stream-ordered allocation from this pool: charged through the pool.
     pool: Option<usize>,
+    /// The context the charge goes with: the one current when it was made (a created
+    /// context's own charge: that context); 0 when there was none.
+    ctx: u64,
 }
 
 /// A device's primary context in this process. It holds one context charge exactly while
@@ -68,6 +76,9 @@ struct Primary {
     retained: u32,
     /// Retains in the driver now.
     retaining: u32,
+    /// The context's handle, once a retain has returned it (it stays the same for the
+    /// process's life).
+    handle: Option<u64>,
 }
 
 fn book(s: &State) -> std::sync::MutexGuard<'_, Book> {
@@ -84,6 +95,14 @@ fn current_device() -> Option<CUdevice> {
     let mut dev = 0;
     // SAFETY: real driver call with a valid out pointer.
     (unsafe { f(&mut dev) } == CUDA_SUCCESS).then_some(dev)
+}
+
+/// The calling thread's current context; 0 when it has none (or the driver will not say).
+fn current_context() -> u64 {
+    let Some(f) = cuda().cuCtxGetCurrent else { return 0 };
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: real driver call with a valid out pointer.
+    if unsafe { f(&mut ctx) } == CUDA_SUCCESS { ctx as u64 } else { 0 }
 }
 
 /// The slice charged for work on `dev`, after the fail-closed check.
@@ -168,12 +187,50 @@ fn put_back<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: 
     }
 }
 
+/// Runs `call`, which destroys context `ctx` (0: none we know of) and everything allocated in
+/// it when the driver accepts it. The records that go with the context are taken out of the
+/// book first, as a free takes its one: once the context is gone its addresses and handles
+/// may be handed to another thread at once.
+fn destroying(s: &State, ctx: u64, call: impl FnOnce() -> CUresult) -> CUresult {
+    let taken = if ctx == 0 { Vec::new() } else { book(s).charges.extract_if(|_, c| c.ctx == ctx).collect() };
+    let rc = call();
+    if rc == CUDA_SUCCESS {
+        context_gone(s, taken);
+    } else {
+        let mut b = book(s);
+        let stale: Vec<_> = taken.into_iter().filter(|&(k, c)| !put_back(&mut b.charges, k, c)).collect();
+        drop(b);
+        for (_, c) in stale {
+            give_back(s, c);
+        }
+    }
+    rc
+}
+
+/// A context went away in the driver, and with it what was allocated in it (`taken`, out of
+/// the book): those charges go back. Stream-ordered allocations made in it went back to
+/// their pools, which outlive contexts, and the driver may have trimmed any pool meanwhile:
+/// every pool's charge is brought to what the driver says it reserves now.
+fn context_gone(s: &State, taken: Vec<((Kind, u64), Charge)>) {
+    for (key, c) in taken {
+        if c.pool.is_none() {
+            crate::log::log!(Debug, "{key:?} went with context {:#x}: returning {} bytes", c.ctx, c.bytes);
+            s.slices[c.slice].uncharge(c.bytes);
+        }
+    }
+    let pools: Vec<usize> = book(s).pools.keys().copied().collect();
+    for pool in pools {
+        settle_pool(s, pool);
+    }
+}
+
 /// Charges `bytes` to `slice`, runs the driver call, records the result under `key` on
 /// success and returns the charge on failure.
 fn charged(
     s: &State,
     slice: usize,
     bytes: u64,
+    ctx: u64,
     call: impl FnOnce() -> CUresult,
     key: impl FnOnce() -> Option<(Kind, u64)>,
 ) -> CUresult {
@@ -186,7 +243,11 @@ fn charged(
         return rc;
     }
     match key() {
-        Some(k) => record(s, k, Charge { slice, bytes, pool: None }),
+        Some(k) => {
+            // A created context's own charge goes with that context.
+            let ctx = if k.0 == Kind::Context { k.1 } else { ctx };
+            record(s, k, Charge { slice, bytes, pool: None, ctx });
+        }
         None => s.slices[slice].uncharge(bytes),
     }
     rc
@@ -228,7 +289,7 @@ pub unsafe fn mem_alloc(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     let (slice, dev) = slice_or_pass!(s, current_device(), pass());
     let bytes = round_up(size as u64, granularity(s, dev));
     // SAFETY: the driver wrote the pointer on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Pointer, unsafe { *dptr })))
+    charged(s, slice, bytes, current_context(), pass, || Some((Kind::Pointer, unsafe { *dptr })))
 }
 
 /// # Safety
@@ -245,7 +306,7 @@ pub unsafe fn mem_alloc_managed(dptr: *mut CUdeviceptr, size: usize, flags: u32)
     // Managed memory may live on the device in full: charged as device memory.
     let bytes = round_up(size as u64, granularity(s, dev));
     // SAFETY: the driver wrote the pointer on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Pointer, unsafe { *dptr })))
+    charged(s, slice, bytes, current_context(), pass, || Some((Kind::Pointer, unsafe { *dptr })))
 }
 
 /// # Safety
@@ -285,7 +346,7 @@ pub unsafe fn mem_alloc_pitch(
     } else {
         s.slices[slice].uncharge(estimate - actual);
     }
-    record(s, (Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None });
+    record(s, (Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None, ctx: current_context() });
     rc
 }
 
@@ -414,13 +475,14 @@ fn pool_alloc(
     let ptr = unsafe { *dptr };
     let Some(reserved) = pool_reserved(pool) else {
         // No pool attributes: account the allocation itself.
-        record(s, (Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None });
+        record(s, (Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None, ctx: current_context() });
         return rc;
     };
+    let ctx = current_context();
     let mut b = book(s);
     let before = b.pools.get(&pool).map_or(0, |e| e.1);
     b.pools.insert(pool, (slice, reserved));
-    let stale = b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool) });
+    let stale = b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool), ctx });
     drop(b);
     if let Some(old) = stale.filter(|old| old.pool != Some(pool)) {
         give_back(s, old);
@@ -618,7 +680,7 @@ unsafe fn array_like(handle_out: *mut c_void, bytes: u64, kind: Kind, call: impl
     let (slice, dev) = slice_or_pass!(s, current_device(), call());
     let bytes = round_up(bytes, granularity(s, dev));
     // SAFETY: the driver wrote the handle on success; handles are pointers.
-    charged(s, slice, bytes, call, || Some((kind, unsafe { *handle_out.cast::<usize>() } as u64)))
+    charged(s, slice, bytes, current_context(), call, || Some((kind, unsafe { *handle_out.cast::<usize>() } as u64)))
 }
 
 /// # Safety
@@ -713,7 +775,7 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     let mut settled = false;
     loop {
         let mut b = book(s);
-        let p = b.primary.entry(dev).or_insert(Primary { slice, retained: 0, retaining: 0 });
+        let p = b.primary.entry(dev).or_insert(Primary { slice, retained: 0, retaining: 0, handle: None });
         // The first retain charges, under the book's lock so that a concurrent retain never
         // counts on a charge that is then refused (no driver call is made under it).
         if p.retained + p.retaining == 0 {
@@ -740,6 +802,10 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     p.retaining -= 1;
     if rc == CUDA_SUCCESS {
         p.retained += 1;
+        if !ctx.is_null() {
+            // SAFETY: the driver wrote the context on success.
+            p.handle = Some(unsafe { *ctx } as u64);
+        }
     }
     let gone = (p.retained + p.retaining == 0).then_some(p.slice);
     drop(b);
@@ -749,8 +815,9 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     rc
 }
 
-/// A release the driver accepted: the last one returns the charge (unless a retain is in
-/// flight, which keeps it).
+/// A release the driver accepted: the last one destroyed the context, and returns its charge
+/// and those of everything allocated in it (unless a retain is in flight, which keeps the
+/// context, so they stay charged).
 fn primary_released(dev: CUdevice) {
     if !crate::state::active() {
         return;
@@ -762,11 +829,19 @@ fn primary_released(dev: CUdevice) {
         return;
     }
     p.retained -= 1;
-    let gone = (p.retained + p.retaining == 0).then_some(p.slice);
-    drop(b);
-    if let Some(slice) = gone {
-        s.slices[slice].uncharge(CONTEXT_CHARGE);
+    if p.retained + p.retaining > 0 {
+        return;
     }
+    let (slice, handle) = (p.slice, p.handle);
+    // Under the book's lock: a record made in this context after it was destroyed would need
+    // a retain first, which this lock keeps out until the old records are taken.
+    let taken = match handle {
+        Some(h) => b.charges.extract_if(|_, c| c.ctx == h).collect(),
+        None => Vec::new(),
+    };
+    drop(b);
+    s.slices[slice].uncharge(CONTEXT_CHARGE);
+    context_gone(s, taken);
 }
 
 /// # Safety
@@ -793,6 +868,34 @@ pub unsafe fn primary_ctx_release_v2(dev: CUdevice) -> CUresult {
     rc
 }
 
+/// A reset destroys the primary context and everything allocated in it, whose charges go
+/// back; the context itself stays retained (the driver makes it again on its next use), so a
+/// retained one keeps its one context charge.
+fn primary_reset(dev: CUdevice, call: impl FnOnce() -> CUresult) -> CUresult {
+    if !crate::state::active() {
+        return call();
+    }
+    let s = state();
+    let handle = book(s).primary.get(&dev).and_then(|p| p.handle).unwrap_or(0);
+    destroying(s, handle, call)
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset`'s contract.
+pub unsafe fn primary_ctx_reset(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset);
+    // SAFETY: forwarded unchanged.
+    primary_reset(dev, || unsafe { f(dev) })
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset_v2`'s contract.
+pub unsafe fn primary_ctx_reset_v2(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset_v2);
+    // SAFETY: forwarded unchanged.
+    primary_reset(dev, || unsafe { f(dev) })
+}
+
 fn ctx_create(ctx: *mut CUcontext, dev: CUdevice, call: impl FnOnce() -> CUresult) -> CUresult {
     if ctx.is_null() {
         return call();
@@ -800,7 +903,7 @@ fn ctx_create(ctx: *mut CUcontext, dev: CUdevice, call: impl FnOnce() -> CUresul
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), call());
     // SAFETY: the driver wrote the context on success.
-    charged(s, slice, CONTEXT_CHARGE, call, || Some((Kind::Context, unsafe { *ctx } as u64)))
+    charged(s, slice, CONTEXT_CHARGE, 0, call, || Some((Kind::Context, unsafe { *ctx } as u64)))
 }
 
 /// # Safety
@@ -838,6 +941,9 @@ pub unsafe fn ctx_create_v4(
     ctx_create(ctx, dev, || unsafe { f(ctx, params, flags, dev) })
 }
 
+/// The context's own charge and those of everything allocated in it go back once the driver
+/// has destroyed it.
+///
 /// # Safety
 /// `cuCtxDestroy_v2`'s contract.
 pub unsafe fn ctx_destroy(ctx: CUcontext) -> CUresult {
@@ -847,7 +953,7 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CUresult {
     if !crate::state::active() {
         return pass();
     }
-    freeing(state(), (Kind::Context, ctx as u64), pass)
+    destroying(state(), ctx as u64, pass)
 }
 
 #[cfg(test)]
