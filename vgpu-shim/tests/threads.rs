@@ -140,6 +140,9 @@ fn blocking_script(cu: &Cuda, ctx: usize) {
     check_ok(unsafe { (cu.cuDevicePrimaryCtxRetain)(&mut c, 0) });
     // SAFETY: retained just above.
     check_ok(unsafe { (cu.cuDevicePrimaryCtxRelease_v2)(0) });
+    // Nothing is left in the primary context; it stays retained (by `Cuda::start`).
+    // SAFETY: a device the driver knows.
+    check_ok(unsafe { (cu.cuDevicePrimaryCtxReset_v2)(0) });
 }
 
 /// What another thread does meanwhile: everything needs the shim's book.
@@ -191,6 +194,7 @@ fn a_driver_call_that_blocks_does_not_block_other_threads() {
         ("cuCtxCreate_v2", 1),
         ("cuCtxDestroy_v2", 1),
         ("cuDevicePrimaryCtxRelease_v2", 1),
+        ("cuDevicePrimaryCtxReset_v2", 1),
     ] {
         let dir = holds(&node).join(held);
         std::fs::create_dir_all(&dir).unwrap();
