@@ -802,6 +802,52 @@ mod tests {
     }
 
     #[test]
+    fn frees_racing_charges_on_one_slot_are_never_lost() {
+        // Threads of one process share its slot: charges (under the region lock) and frees
+        // (lock-free) of the same slot interleave. Some threads charge one unit at a time;
+        // the others give back each unit as soon as it has been charged, for as long as the
+        // charging goes on. Every unit charged is freed once, so the slot ends where it began.
+        use std::sync::atomic::AtomicBool;
+        const CHARGERS: u64 = 4;
+        const ROUNDS: u64 = 50_000;
+        const BASE: u64 = 1000;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let slot = r.register().unwrap();
+        r.charge(slot, BASE, u64::MAX).unwrap().unwrap();
+        let owed = AtomicU64::new(0);
+        let charging = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            let chargers: Vec<_> = (0..CHARGERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..ROUNDS {
+                            r.charge(slot, 1, u64::MAX).unwrap().unwrap();
+                            owed.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for _ in 0..CHARGERS {
+                scope.spawn(|| {
+                    while charging.load(Ordering::Acquire) || owed.load(Ordering::Acquire) > 0 {
+                        if owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+                            r.uncharge(slot, 1);
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            for c in chargers {
+                c.join().unwrap();
+            }
+            charging.store(false, Ordering::Release);
+        });
+        assert_eq!(r.usage().unwrap(), BASE, "frees of this slot were lost to charges racing them");
+    }
+
+    #[test]
     fn slots_of_other_open_descriptions_count_and_stay_alive() {
         let (_d, path) = fresh();
         let a = Region::open_or_create(&path).unwrap();

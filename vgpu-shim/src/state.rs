@@ -412,10 +412,11 @@ impl State {
             return None;
         }
         let device = key as nvmlDevice_t;
-        let mut cache = self.nvml_devices.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, s)) = cache.iter().find(|(k, _)| *k == key) {
+        let cache = || self.nvml_devices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = cache().iter().find(|(k, _)| *k == key) {
             return *s;
         }
+        // Asked without the cache's lock: no lock of ours is held across a call into NVML.
         let f = crate::driver::nvml().nvmlDeviceGetUUID?;
         let mut buf = [0 as std::ffi::c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize];
         // SAFETY: real NVML call with a buffer of the size we pass.
@@ -425,7 +426,10 @@ impl State {
         // SAFETY: NVML NUL-terminates the UUID within the buffer on success.
         let uuid = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
         let found = self.slice_by_uuid(&uuid);
-        cache.push((key, found));
+        let mut cache = cache();
+        if !cache.iter().any(|(k, _)| *k == key) {
+            cache.push((key, found));
+        }
         found
     }
 }
