@@ -16,6 +16,7 @@ pub mod driver_files;
 pub mod fsutil;
 pub mod ld_cache;
 pub mod limits;
+pub mod mountinfo;
 pub mod plan;
 pub mod region;
 pub mod shm;
