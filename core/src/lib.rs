@@ -20,4 +20,5 @@ pub mod mountinfo;
 pub mod plan;
 pub mod region;
 pub mod shm;
+pub mod state;
 pub mod units;
