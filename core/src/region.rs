@@ -625,17 +625,30 @@ impl Region {
     /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0), waiting
     /// for it at most the region's lock wait.
     fn locked<T>(&self, f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>) -> Result<T, RegionError> {
-        let start = Instant::now();
+        self.locked_for(self.lock_wait, f)
+    }
+
+    /// [`Region::locked`], waiting at most `wait`.
+    fn locked_for<T>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>,
+    ) -> Result<T, RegionError> {
         let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let deadline = start + self.lock_wait;
-        let _region = lock::lock_with_deadline(self.map.file(), REGION_LOCK, Some(deadline)).map_err(|e| {
+        self.with_file_lock(wait, || f(&mut mine))
+    }
+
+    /// Runs `f` holding the OFD lock on byte 0 (the caller holds the in-process mutex).
+    fn with_file_lock<T>(&self, wait: Duration, f: impl FnOnce() -> Result<T, RegionError>) -> Result<T, RegionError> {
+        let start = Instant::now();
+        let _region = lock::lock_with_deadline(self.map.file(), REGION_LOCK, Some(start + wait)).map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
                 RegionError::Busy { path: self.path().to_owned(), waited: start.elapsed() }
             } else {
                 self.io(e)
             }
         })?;
-        f(&mut mine)
+        f()
     }
 
     fn io(&self, source: io::Error) -> RegionError {
@@ -657,39 +670,41 @@ impl Region {
 
     /// Takes a slot for this process, a process of `container` (a number that tells the
     /// containers of the slice apart; 0 for none), unless that container's processes already
-    /// hold [`CONTAINER_SLOT_QUOTA`] slots. Reclaims dead slots when no free one is left or the
-    /// container is at its quota.
+    /// hold [`CONTAINER_SLOT_QUOTA`] slots. Without the region lock: the slot's own lock byte,
+    /// which only one open description can hold, is what makes it this process's, so a process
+    /// that keeps the region lock does not stop others from joining. Only when no free slot is
+    /// left, or the container is at its quota, are dead processes' slots reclaimed (under the
+    /// region lock, until its deadline). Two processes of one container registering at the same
+    /// instant can each see room for one more, so the quota is a bound give or take a few.
     pub fn register_in(&self, container: u64) -> Result<usize, RegionError> {
-        self.locked(|mine| {
-            for pass in 0..2 {
-                let used = self.slots_used()?;
-                let held = (0..used)
-                    .filter(|&i| {
-                        let slot = self.slot(i);
-                        slot.state.load(Ordering::Acquire) == SLOT_ACTIVE
-                            && slot.container.load(Ordering::Relaxed) == container
-                    })
-                    .count();
-                let free = if held >= CONTAINER_SLOT_QUOTA { None } else { self.take_free_slot(container)? };
-                if let Some(index) = free {
-                    if index >= used {
-                        self.header().slots_used.store(index as u32 + 1, Ordering::Release);
-                    }
-                    mine.push(index);
-                    return Ok(index);
-                }
-                if pass == 0 {
-                    self.reclaim_locked(mine)?;
-                } else if held >= CONTAINER_SLOT_QUOTA {
-                    return Err(RegionError::Quota { path: self.path().to_owned() });
-                }
+        let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for pass in 0..2 {
+            let used = self.slots_used()?;
+            let held = (0..used)
+                .filter(|&i| {
+                    let slot = self.slot(i);
+                    slot.state.load(Ordering::Acquire) == SLOT_ACTIVE && slot.container.load(Ordering::Relaxed) == container
+                })
+                .count();
+            if held < CONTAINER_SLOT_QUOTA
+                && let Some(index) = self.take_free_slot(container)
+            {
+                mine.push(index);
+                return Ok(index);
             }
-            Err(RegionError::Full { path: self.path().to_owned() })
-        })
+            if pass == 0 {
+                self.with_file_lock(self.lock_wait, || self.reclaim_locked(&mine))?;
+            } else if held >= CONTAINER_SLOT_QUOTA {
+                return Err(RegionError::Quota { path: self.path().to_owned() });
+            }
+        }
+        Err(RegionError::Full { path: self.path().to_owned() })
     }
 
-    /// Claims the first free slot whose lock byte can be taken (under the region lock).
-    fn take_free_slot(&self, container: u64) -> Result<Option<usize>, RegionError> {
+    /// Claims the first free slot whose lock byte can be taken: holding the byte makes it ours
+    /// (no other description can take it, and reclaiming never touches a free slot or a locked
+    /// one), so this needs no region lock.
+    fn take_free_slot(&self, container: u64) -> Option<usize> {
         for index in 0..SLOT_COUNT {
             let slot = self.slot(index);
             if slot.state.load(Ordering::Acquire) != SLOT_FREE {
@@ -701,15 +716,23 @@ impl Region {
                 Ok(Some(held)) => held.keep(),
                 _ => continue,
             }
+            if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                // Taken since the first load by a process that has died since: its charge is
+                // for reclaiming to give back, so leave the slot to it.
+                let _ = lock::unlock(self.map.file(), self.slot_lock(index));
+                continue;
+            }
             slot.used.store(0, Ordering::Relaxed);
             slot.pid.store(std::process::id(), Ordering::Relaxed);
             slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
             slot.registered_ns.store(now_ns(), Ordering::Relaxed);
             slot.container.store(container, Ordering::Relaxed);
+            // Sums stop at the high-water mark: raise it before the slot is active.
+            self.header().slots_used.fetch_max(index as u32 + 1, Ordering::AcqRel);
             slot.state.store(SLOT_ACTIVE, Ordering::Release);
-            return Ok(Some(index));
+            return Some(index);
         }
-        Ok(None)
+        None
     }
 
     /// Gives up a slot: its usage is dropped and its lock released.
@@ -774,6 +797,12 @@ impl Region {
     /// Frees the slots of processes that died; returns how many.
     pub fn reclaim_dead(&self) -> Result<usize, RegionError> {
         self.locked(|mine| Ok(self.reclaim_locked(mine)?.slots))
+    }
+
+    /// [`Region::reclaim_dead`], waiting at most `wait` for the lock (for callers that only
+    /// reclaim in passing, such as a memory query, which must not be slowed by a held lock).
+    pub fn reclaim_dead_within(&self, wait: Duration) -> Result<usize, RegionError> {
+        self.locked_for(wait, |mine| Ok(self.reclaim_locked(mine)?.slots))
     }
 
     fn reclaim_locked(&self, mine: &[usize]) -> Result<Reclaimed, RegionError> {
@@ -1310,18 +1339,22 @@ mod tests {
         let squatter = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let held = lock::lock(&squatter, REGION_LOCK).unwrap();
         let r = Region::open(&path).unwrap().with_lock_wait(Duration::from_millis(200));
+        // Joining needs no region lock: a process can still take a slot.
+        let slot = r.register().unwrap();
         let start = Instant::now();
-        let err = r.register().unwrap_err();
+        let err = r.charge(slot, 1, 10).unwrap_err();
         let waited = start.elapsed();
         assert!(err.is_busy(), "{err}");
         assert!(err.to_string().contains("its lock stayed held by another process"), "{err}");
         assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
         assert!(r.attach_container("c").unwrap_err().is_busy());
         assert!(r.repair().unwrap_err().is_busy());
-        // Lock-free reads still work, and the lock is usable again once released.
+        assert!(r.reclaim_dead_within(Duration::ZERO).unwrap_err().is_busy());
+        // Lock-free paths still work, and the lock is usable again once released.
         assert_eq!(r.usage().unwrap(), 0);
+        r.uncharge(slot, 1);
         drop(held);
-        r.register().unwrap();
+        r.charge(slot, 1, 10).unwrap().unwrap();
     }
 
     #[test]
