@@ -132,7 +132,11 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
     }
     let mut limits = Vec::with_capacity(plan.devices.len());
     let mut notes = Vec::new();
-    if plan.devices.iter().any(|d| d.mode == Mode::Shim) && state::prepare_dir(&state_dir)? {
+    let sliced = plan.devices.iter().any(|d| d.mode == Mode::Shim);
+    if sliced && !gpuslice_core::shm::zram::available() && gpuslice_core::shm::zram::load() {
+        notes.push("loaded the zram module (the slices' shared state lives on zram devices)".to_owned());
+    }
+    if sliced && state::prepare_dir(&state_dir)? {
         notes.push(format!(
             "{} is on a nodev mount: mounted a tmpfs ({}) on it for the slices' device nodes",
             state_dir.display(),

@@ -70,6 +70,33 @@ fn block(id: u32) -> PathBuf {
     Path::new(SYSFS).join("block").join(format!("zram{id}"))
 }
 
+/// Whether the zram module's controls are there.
+pub fn available() -> bool {
+    Path::new(SYSFS).join("class/zram-control").is_dir()
+}
+
+/// Loads the zram module when its controls are missing (`modprobe zram`, found in the usual
+/// system directories whatever `PATH` says), for a host that does not load it at boot. Returns
+/// whether zram is available afterwards.
+pub fn load() -> bool {
+    if available() {
+        return true;
+    }
+    let modprobe = ["/usr/sbin/modprobe", "/sbin/modprobe", "/usr/bin/modprobe", "/bin/modprobe"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+    if let Some(modprobe) = modprobe {
+        let _ = std::process::Command::new(modprobe)
+            .arg("zram")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    available()
+}
+
 impl Device {
     /// Adds a zram device of at least `size` bytes (the kernel rounds it up to whole pages).
     pub fn add(size: u64) -> Result<Device, ZramError> {
