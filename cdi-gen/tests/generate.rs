@@ -355,3 +355,30 @@ fn list_prints_the_plan_as_a_table() {
     assert_eq!(cols(lines[3]), ["gpu1", "1", &uuid(1), "24.00", "100", "-", "-", "none"]);
     assert!(node.written().is_empty(), "list writes nothing");
 }
+
+/// After an upgrade the state of the previous release is there: plain-file regions (layout 3)
+/// and a 4096-byte board. generate replaces them with devices, not refuses them for ever.
+#[test]
+fn an_older_releases_state_is_replaced_by_devices() {
+    if skip_unless_root("an_older_releases_state_is_replaced_by_devices") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("[defaults]\nsplit_count = 2\n");
+    let region = gpuslice_core::region::region_path(&node.state_dir(), "slice0");
+    std::fs::create_dir_all(region.parent().unwrap()).unwrap();
+    gpuslice_core::region::Region::create(&region).unwrap();
+    let mut old = std::fs::read(&region).unwrap();
+    old[8..12].copy_from_slice(&3u32.to_ne_bytes());
+    std::fs::write(&region, &old).unwrap();
+    let board = gpuslice_core::board::board_path(&node.state_dir(), &uuid(0));
+    std::fs::create_dir_all(board.parent().unwrap()).unwrap();
+    std::fs::write(&board, vec![0u8; 4096]).unwrap();
+    ok(node.cdi(&["generate"]));
+    use std::os::unix::fs::FileTypeExt;
+    for path in [&region, &board] {
+        assert!(std::fs::symlink_metadata(path).unwrap().file_type().is_block_device(), "{}", path.display());
+    }
+    gpuslice_core::region::Region::open(&region).unwrap();
+    assert_eq!(gpuslice_core::board::Board::open(&board).unwrap().slices().len(), 2);
+}
