@@ -683,7 +683,8 @@ impl Region {
             let held = (0..used)
                 .filter(|&i| {
                     let slot = self.slot(i);
-                    slot.state.load(Ordering::Acquire) == SLOT_ACTIVE && slot.container.load(Ordering::Relaxed) == container
+                    slot.state.load(Ordering::Acquire) == SLOT_ACTIVE
+                        && slot.container.load(Ordering::Relaxed) == container
                 })
                 .count();
             if held < CONTAINER_SLOT_QUOTA

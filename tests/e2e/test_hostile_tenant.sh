@@ -30,10 +30,10 @@ hostile_node() {
 ctr() {
     local limit=$1 status=0
     shift
-    timeout "$limit" "$(e2e_docker_bin)" run --rm --network none "${HOOK_FAKE_ARGS[@]}" \
+    timeout -k 10 "$limit" "$(e2e_docker_bin)" run --rm --network none "${HOOK_FAKE_ARGS[@]}" \
         -v "$T/tenant:/usr/local/bin/tenant:ro" "$@" 2>"$T/docker-stderr" || status=$?
     cat "$T/docker-stderr" >&2
-    ((status != 124)) || fail "docker run $* did not end within ${limit}s"
+    ((status != 124 && status != 137)) || fail "docker run $* did not end within ${limit}s"
     return "$status"
 }
 
@@ -170,13 +170,13 @@ test_hostile_holds_the_region_lock() {
     grep -q 'gpuslice-hook: slice0: recording container .*its lock stayed held by another process' "$T/docker-stderr" ||
         fail "the refusal does not say why: $(cat "$T/docker-stderr")"
     printf 'start refused after %ds\n' "$((SECONDS - start))"
-    out=$(timeout 60 "$(e2e_docker_bin)" exec "$victim" cuda-probe alloc --path alloc --size 1G 2>&1) &&
+    out=$(timeout -k 10 60 "$(e2e_docker_bin)" exec "$victim" cuda-probe alloc --path alloc --size 1G 2>&1) &&
         fail "an allocation succeeded while the region lock was held: $out"
     printf '%s\n' "$out"
     grep -q '^gpuslice: .*its lock stayed held by another process' <<<"$out" || fail "no line from the library: $out"
     grep -q 'CUDA_ERROR_NOT_PERMITTED' <<<"$out" || fail "not refused as NOT_PERMITTED: $out"
     start=$SECONDS
-    timeout 60 "$(e2e_docker_bin)" rm -f "$victim" >/dev/null || fail "docker rm of a slice-mate hung or failed"
+    timeout -k 10 60 "$(e2e_docker_bin)" rm -f "$victim" >/dev/null || fail "docker rm of a slice-mate hung or failed"
     printf 'docker rm took %ds\n' "$((SECONDS - start))"
     assert_slices_work slice1
     e2e_docker rm -f "$squatter" >/dev/null

@@ -426,11 +426,17 @@ impl State {
                 match read_trusted(dir.as_fd(), &shown.join("limits")) {
                     Ok(None) => {}
                     Ok(Some(l)) if l.slice != name => {
-                        broken = Some(format!("{} names slice {:?}, not {name:?}", shown.join("limits").display(), l.slice));
+                        broken =
+                            Some(format!("{} names slice {:?}, not {name:?}", shown.join("limits").display(), l.slice));
                     }
                     Ok(Some(l)) if l.mode == Mode::None => log!(Info, "slice {name}: mode none, no limits"),
                     Ok(Some(l)) if !root.from_hook && hook_gpus.contains(&l.gpu_uuid.to_ascii_lowercase()) => {
-                        log!(Info, "slice {name}: GPU {} has the hook's slice; ignoring {}", l.gpu_uuid, shown.display());
+                        log!(
+                            Info,
+                            "slice {name}: GPU {} has the hook's slice; ignoring {}",
+                            l.gpu_uuid,
+                            shown.display()
+                        );
                     }
                     Ok(Some(l)) => {
                         log!(
@@ -651,9 +657,7 @@ fn read_trusted(dir: BorrowedFd<'_>, shown: &Path) -> Result<Option<Limits>, Str
         return Ok(None);
     }
     let mut text = String::new();
-    file.take(MAX_LIMITS_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", shown.display()))?;
+    file.take(MAX_LIMITS_LEN + 1).read_to_string(&mut text).map_err(|e| format!("{}: {e}", shown.display()))?;
     if text.len() as u64 > MAX_LIMITS_LEN {
         return Err(format!("{}: larger than {MAX_LIMITS_LEN} bytes", shown.display()));
     }

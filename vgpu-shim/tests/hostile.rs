@@ -34,7 +34,13 @@ fn container_dir(node: &Node) -> PathBuf {
 
 /// The probe's allocation past the limit was refused as out of memory.
 fn assert_over_limit(out: &std::process::Output) {
-    assert_eq!(text_value(out, "error_name").as_deref(), Some("CUDA_ERROR_OUT_OF_MEMORY"), "{}\n{}", stdout(out), stderr(out));
+    assert_eq!(
+        text_value(out, "error_name").as_deref(),
+        Some("CUDA_ERROR_OUT_OF_MEMORY"),
+        "{}\n{}",
+        stdout(out),
+        stderr(out)
+    );
 }
 
 /// `mv /run/gpuslice …` and `mv /run …`: the library finds the hook's mount wherever it is
@@ -108,7 +114,10 @@ fn the_region_can_be_neither_truncated_nor_grown() {
     let Some(node) = node_on_devices("the_region_can_be_neither_truncated_nor_grown") else { return };
     let mut reaper = Reaper(Vec::new());
     let mut mate = node
-        .command_in_container(&probes().0, &["fill", "--path", "alloc", "--chunk", "1G", "--max-chunks", "4", "--hold-forever"])
+        .command_in_container(
+            &probes().0,
+            &["fill", "--path", "alloc", "--chunk", "1G", "--max-chunks", "4", "--hold-forever"],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -128,7 +137,11 @@ fn the_region_can_be_neither_truncated_nor_grown() {
     // The mate is alive and still holding.
     let mate = &mut reaper.0[0];
     assert!(mate.try_wait().unwrap().is_none(), "the slice-mate died");
-    assert_eq!(std::fs::metadata(node.host().join("slices/slice0/region")).map(|m| m.len()).unwrap(), 0, "a device node");
+    assert_eq!(
+        std::fs::metadata(node.host().join("slices/slice0/region")).map(|m| m.len()).unwrap(),
+        0,
+        "a device node"
+    );
 }
 
 /// A process on the slice that keeps the region's lock: an allocation elsewhere fails after its
@@ -136,7 +149,8 @@ fn the_region_can_be_neither_truncated_nor_grown() {
 #[test]
 fn a_held_region_lock_fails_allocations_at_a_deadline() {
     let Some(node) = node_on_devices("a_held_region_lock_fails_allocations_at_a_deadline") else { return };
-    let region = std::fs::OpenOptions::new().read(true).write(true).open(node.host().join("slices/slice0/region")).unwrap();
+    let region =
+        std::fs::OpenOptions::new().read(true).write(true).open(node.host().join("slices/slice0/region")).unwrap();
     let _held = gpuslice_core::shm::lock::lock(&region, 0..1).unwrap();
     let start = Instant::now();
     let out = node.command_in_container(&probes().0, &["alloc", "--path", "alloc", "--size", "1G"]).output().unwrap();
