@@ -65,8 +65,10 @@ fn main() {
     paced_node.slice_cores("slice0", UUID0, 0, 16 * GIB, 50);
 
     for (name, args, target_ratio, target_ns) in [
-        ("cuLaunchKernel", &["bench-launch", "--count", "200000"][..], 1.05, 20.0),
-        ("cuMemAlloc+cuMemFree", &["bench-alloc", "--count", "20000", "--size", "1048576"][..], f64::INFINITY, 2000.0),
+        ("cuLaunchKernel", &["bench-launch", "--count", "200000"][..], Some(1.05), 20.0),
+        // An allocation's target is the time added alone: the simulated driver's own cost
+        // varies by several microseconds from run to run, so a ratio would say little.
+        ("cuMemAlloc+cuMemFree", &["bench-alloc", "--count", "20000", "--size", "1048576"][..], None, 2000.0),
     ] {
         if !want(name) {
             continue;
@@ -79,10 +81,14 @@ fn main() {
         let (b, s) = (median(bare), median(shim));
         let added = s - b;
         let ratio = s / b;
-        let ok = ratio <= target_ratio || added <= target_ns;
+        let ok = target_ratio.is_some_and(|t| ratio <= t) || added <= target_ns;
+        let target = match target_ratio {
+            Some(t) => format!("≤ {t}× or ≤ {target_ns} ns added"),
+            None => format!("≤ {target_ns} ns added"),
+        };
         println!(
             "bench {name}: driver {b:.1} ns, through the shim {s:.1} ns: {added:+.1} ns, ratio {ratio:.3} \
-             (target ≤ {target_ratio}× or ≤ {target_ns} ns added): {}",
+             (target {target}): {}",
             verdict(ok)
         );
     }
