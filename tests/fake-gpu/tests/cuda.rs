@@ -897,6 +897,21 @@ fn busy_kernels_occupy_their_stream() {
     }
 }
 
+/// `cudaFree(0)`, which programs call to start the runtime, ends in `cuMemFree_v2(0)`: the real
+/// driver accepts it, and so must the simulator (it answered `CUDA_ERROR_INVALID_VALUE`).
+#[test]
+fn mem_free_of_null_is_accepted() {
+    let name = "mem_free_of_null_is_accepted";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    // SAFETY: a null device pointer is what the call is about.
+    ok(unsafe { (cu.cuMemFree_v2)(0) });
+    assert_eq!(used(&cu), 2 * MIB, "it frees nothing");
+}
+
 // ---- fault injection --------------------------------------------------------------------
 
 #[test]

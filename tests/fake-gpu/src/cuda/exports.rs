@@ -354,7 +354,8 @@ driver_api! {
         Ok(())
     }
 
-    /// Only the start of a live allocation; anything else is `CUDA_ERROR_INVALID_VALUE`.
+    /// The start of a live allocation, or 0 (which frees nothing); anything else is
+    /// `CUDA_ERROR_INVALID_VALUE`.
     #[proc("cuMemFree", 3020)]
     fn cuMemFree_v2(dptr: CUdeviceptr) { memory::free(dptr) }
 

@@ -662,8 +662,14 @@ pub(crate) fn alloc_pitch(width: u64, height: u64, element: u32) -> CuResult<(u6
     Ok((alloc(bytes)?, pitch))
 }
 
+/// `cuMemFree`: 0 is accepted and frees nothing, as the real driver does (`cudaFree(0)`, the
+/// usual way to start the runtime, ends here).
 pub(crate) fn free(ptr: u64) -> CuResult {
-    driver()?.lock().memory.free(ptr)
+    let d = driver()?;
+    if ptr == 0 {
+        return Ok(());
+    }
+    d.lock().memory.free(ptr)
 }
 
 /// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
