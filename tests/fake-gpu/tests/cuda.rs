@@ -802,7 +802,8 @@ fn busy_kernels_occupy_their_stream() {
     primary(&cu, 0);
     let (mut module, mut f, mut other) = (null_mut(), null_mut(), null_mut());
     let (mut s1, mut s2, mut start, mut end) = (null_mut(), null_mut(), null_mut(), null_mut());
-    let image = [0u8; 16];
+    let image = c".version 6.0\n.target sm_50\n.visible .entry busy(\n.param .u64 p\n)\n{\nret;\n}\n";
+    let opaque = [0u8; 16];
     let busy_name = c("busy");
     // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
     // null; handles come from the driver.
@@ -813,6 +814,11 @@ fn busy_kernels_occupy_their_stream() {
         ok((cu.cuModuleGetFunction)(&mut other, module, busy_name.as_ptr()));
         assert_eq!(f, other);
         check((cu.cuModuleGetFunction)(&mut other, module, c"saxpy".as_ptr()), NOT_FOUND);
+        // An image whose kernels cannot be read provides any name.
+        let mut unknown = null_mut();
+        ok((cu.cuModuleLoadData)(&mut unknown, opaque.as_ptr().cast()));
+        ok((cu.cuModuleGetFunction)(&mut other, unknown, c"saxpy".as_ptr()));
+        ok((cu.cuModuleUnload)(unknown));
         ok((cu.cuStreamCreate)(&mut s1, 0));
         ok((cu.cuStreamCreate)(&mut s2, 1));
         ok((cu.cuEventCreate)(&mut start, 0));

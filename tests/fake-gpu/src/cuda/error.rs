@@ -16,6 +16,7 @@ pub const NO_DEVICE: CUresult = 100;
 pub const INVALID_DEVICE: CUresult = 101;
 pub const INVALID_IMAGE: CUresult = 200;
 pub const INVALID_CONTEXT: CUresult = 201;
+pub const UNSUPPORTED_LIMIT: CUresult = 215;
 pub const INVALID_HANDLE: CUresult = 400;
 pub const ILLEGAL_STATE: CUresult = 401;
 pub const NOT_FOUND: CUresult = 500;
@@ -58,7 +59,7 @@ const CODES: &[(CUresult, &CStr, &CStr)] = &[
     (210, c"CUDA_ERROR_ALREADY_ACQUIRED", c"resource already acquired"),
     (211, c"CUDA_ERROR_NOT_MAPPED", c"resource not mapped"),
     (214, c"CUDA_ERROR_ECC_UNCORRECTABLE", c"uncorrectable ECC error encountered"),
-    (215, c"CUDA_ERROR_UNSUPPORTED_LIMIT", c"limit is not supported on this architecture"),
+    (UNSUPPORTED_LIMIT, c"CUDA_ERROR_UNSUPPORTED_LIMIT", c"limit is not supported on this architecture"),
     (216, c"CUDA_ERROR_CONTEXT_ALREADY_IN_USE", c"exclusive-thread device already in use by a different thread"),
     (218, c"CUDA_ERROR_INVALID_PTX", c"a PTX JIT compilation failed"),
     (224, c"CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY", c"the provided execution affinity is not supported"),

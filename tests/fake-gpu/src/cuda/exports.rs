@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, c_uchar, c_uint, c_void};
 
 use super::error::{self, INVALID_VALUE};
 use super::ffi::{Out, c_str, input, inputs, put_str};
+use super::modules::{self, Params};
 use super::proc_address::driver_api;
 use super::types::*;
 use super::{context, device, driver, graph, launch, memory, stream};
@@ -171,28 +172,16 @@ driver_api! {
     }
 
     #[proc("cuDevicePrimaryCtxRelease", 7000)]
-    fn cuDevicePrimaryCtxRelease(dev: CUdevice) {
-        let d = driver()?;
-        context::release_primary(&mut d.lock(), d.sim, dev)
-    }
+    fn cuDevicePrimaryCtxRelease(dev: CUdevice) { context::release_primary_with_destructors(driver()?, dev) }
 
     #[proc("cuDevicePrimaryCtxRelease", 11000)]
-    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) {
-        let d = driver()?;
-        context::release_primary(&mut d.lock(), d.sim, dev)
-    }
+    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) { context::release_primary_with_destructors(driver()?, dev) }
 
     #[proc("cuDevicePrimaryCtxReset", 7000)]
-    fn cuDevicePrimaryCtxReset(dev: CUdevice) {
-        let d = driver()?;
-        context::reset_primary(&mut d.lock(), d.sim, dev)
-    }
+    fn cuDevicePrimaryCtxReset(dev: CUdevice) { context::reset_primary_with_destructors(driver()?, dev) }
 
     #[proc("cuDevicePrimaryCtxReset", 11000)]
-    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) {
-        let d = driver()?;
-        context::reset_primary(&mut d.lock(), d.sim, dev)
-    }
+    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) { context::reset_primary_with_destructors(driver()?, dev) }
 
     #[proc("cuDevicePrimaryCtxGetState", 7000)]
     fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) {
@@ -257,7 +246,7 @@ driver_api! {
     }
 
     #[proc("cuCtxDestroy", 4000)]
-    fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy(&mut driver()?.lock(), ctx as usize) }
+    fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy_with_destructors(driver()?, ctx as usize) }
 
     #[proc("cuCtxSetCurrent", 4000)]
     fn cuCtxSetCurrent(ctx: CUcontext) { context::set_current(&driver()?.lock(), ctx as usize) }
@@ -735,36 +724,34 @@ driver_api! {
 
     // ---- modules and launches -------------------------------------------------------------
 
-    /// Any non-null image loads; every module has one kernel, `busy`.
+    /// Any non-null image loads; its kernels are the `.entry` names of PTX (bare or in a fat
+    /// binary of PTX), or any name for an image whose kernels cannot be read.
     #[proc("cuModuleLoadData", 2000)]
     fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(module) }?;
-        if image.is_null() {
-            return Err(INVALID_VALUE);
-        }
-        let mut reg = driver()?.lock();
-        let ctx = context::current(&reg)?;
-        out.set(reg.modules.load(ctx) as CUmodule);
+        // SAFETY: null or an image per the export's contract.
+        out.set(unsafe { modules::load_module(image) }? as CUmodule);
         Ok(())
     }
 
     #[proc("cuModuleUnload", 2000)]
     fn cuModuleUnload(hmod: CUmodule) { driver()?.lock().modules.unload(hmod as usize) }
 
-    /// `busy`, or `CUDA_ERROR_NOT_FOUND`.
+    /// A kernel the module provides, or `CUDA_ERROR_NOT_FOUND`.
     #[proc("cuModuleGetFunction", 2000)]
     fn cuModuleGetFunction(hfunc: *mut CUfunction, hmod: CUmodule, name: *const c_char) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(hfunc) }?;
         // SAFETY: as above.
-        let name = unsafe { c_str(name) }?;
-        out.set(driver()?.lock().modules.function(hmod as usize, name.to_bytes())? as CUfunction);
+        let name = unsafe { c_str(name) }?.to_str().map_err(|_| error::NOT_FOUND)?;
+        out.set(driver()?.lock().modules.function(hmod as usize, name)? as CUfunction);
         Ok(())
     }
 
-    /// `busy` takes its turn on the device for `*(u64 *)kernelParams[0]` nanoseconds (or the
-    /// first 8 bytes of the `extra` buffer); the call returns at once.
+    /// The kernel takes its turn on the device (`busy` for `*(u64 *)kernelParams[0]`
+    /// nanoseconds, or the first 8 bytes of the `extra` buffer); the call returns at once. `f`
+    /// may be a `CUkernel`.
     #[proc("cuLaunchKernel", 4000)]
     fn cuLaunchKernel(
         f: CUfunction,
@@ -784,9 +771,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, extra) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: false };
         launch::launch_on(l, h_stream, false)
     }
 
@@ -809,9 +796,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, extra) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: false };
         launch::launch_on(l, h_stream, true)
     }
 
@@ -862,9 +849,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, std::ptr::null_mut()) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: true };
         launch::launch_on(l, h_stream, false)
     }
 
@@ -886,9 +873,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, std::ptr::null_mut()) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: true };
         launch::launch_on(l, h_stream, true)
     }
 
@@ -911,8 +898,8 @@ driver_api! {
                 shared_mem: p.sharedMemBytes,
             };
             // SAFETY: each entry's kernelParams is valid per the export's contract.
-            let duration = unsafe { launch::busy_duration(p.kernelParams, std::ptr::null_mut()) }?;
-            let l = launch::Launch { function: p.function as usize, shape, duration, cooperative: true };
+            let params = unsafe { Params::new(p.kernelParams, std::ptr::null_mut()) };
+            let l = launch::Launch { function: p.function as usize, shape, params, cooperative: true };
             launches.push((l, p.hStream));
         }
         launch::launch_multi_device(&launches, flags)
@@ -929,7 +916,7 @@ driver_api! {
         Ok(())
     }
 
-    /// A `busy` node; its parameters are read now, as the driver copies them.
+    /// A kernel node; its parameters are read now, as the driver copies them.
     #[proc("cuGraphAddKernelNode", 10000)]
     fn cuGraphAddKernelNode(
         ph_graph_node: *mut CUgraphNode,
@@ -945,12 +932,12 @@ driver_api! {
         // SAFETY: as above, for `num_dependencies` entries.
         let deps = unsafe { inputs(dependencies, num_dependencies) }?;
         // SAFETY: the struct's parameter pointers are valid per the export's contract.
-        out.set(unsafe { add_kernel_node(h_graph, deps, params) }? as CUgraphNode);
+        out.set(unsafe { add_kernel_node(h_graph, deps, params, std::ptr::null_mut(), std::ptr::null_mut()) }? as CUgraphNode);
         Ok(())
     }
 
-    /// As `cuGraphAddKernelNode`; a node naming a `CUkernel` (`func` null) is not simulated:
-    /// `CUDA_ERROR_INVALID_VALUE`.
+    /// As `cuGraphAddKernelNode`; `func` null names the `CUkernel` `kern`, loaded in `ctx` (null:
+    /// the current context).
     #[proc("cuGraphAddKernelNode", 12000)]
     fn cuGraphAddKernelNode_v2(
         ph_graph_node: *mut CUgraphNode,
@@ -966,7 +953,7 @@ driver_api! {
         // SAFETY: as above, for `num_dependencies` entries.
         let deps = unsafe { inputs(dependencies, num_dependencies) }?;
         // SAFETY: the struct's parameter pointers are valid per the export's contract.
-        out.set(unsafe { add_kernel_node(h_graph, deps, &params.v1) }? as CUgraphNode);
+        out.set(unsafe { add_kernel_node(h_graph, deps, &params.v1, params.kern, params.ctx) }? as CUgraphNode);
         Ok(())
     }
 
@@ -1096,11 +1083,12 @@ unsafe fn launch_ex(
         shared_mem: c.sharedMemBytes,
     };
     // SAFETY: as for cuLaunchKernel, per the caller.
-    let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-    Ok((launch::Launch { function: f as usize, shape, duration, cooperative }, c.hStream))
+    let params = unsafe { Params::new(kernel_params, extra) };
+    Ok((launch::Launch { function: f as usize, shape, params, cooperative }, c.hStream))
 }
 
-/// A kernel node of `graph` after `deps`.
+/// A kernel node of `graph` after `deps`: `func` (a function, or a `CUkernel`), else `kernel`,
+/// resolved in `ctx` (null: the current context) when it is a `CUkernel`.
 ///
 /// # Safety
 ///
@@ -1109,11 +1097,17 @@ unsafe fn add_kernel_node(
     graph: CUgraph,
     deps: &[CUgraphNode],
     p: &CUDA_KERNEL_NODE_PARAMS_v1,
+    kernel: *mut c_void,
+    ctx: CUcontext,
 ) -> error::CuResult<super::Handle> {
     let mut reg = driver()?.lock();
-    if p.func.is_null() || !reg.modules.is_function(p.func as usize) {
-        return Err(INVALID_VALUE);
-    }
+    let f = if p.func.is_null() { kernel as usize } else { p.func as usize };
+    let ctx = match (reg.modules.is_kernel(f), ctx.is_null()) {
+        (false, _) => reg.modules.context_of(f).ok_or(INVALID_VALUE)?,
+        (true, true) => context::current(&reg)?,
+        (true, false) => ctx as usize,
+    };
+    let (function, kind) = reg.modules.resolve(f, ctx).map_err(|_| INVALID_VALUE)?;
     let shape = launch::Shape {
         grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
         block: [p.blockDimX, p.blockDimY, p.blockDimZ],
@@ -1121,9 +1115,9 @@ unsafe fn add_kernel_node(
     };
     shape.check()?;
     // SAFETY: per the caller.
-    let duration = unsafe { launch::busy_duration(p.kernelParams, p.extra) }?;
+    let duration = kind.duration(unsafe { Params::new(p.kernelParams, p.extra) })?;
     let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
-    reg.graphs.add(graph as usize, &deps, graph::Node::Kernel { function: p.func as usize, duration })
+    reg.graphs.add(graph as usize, &deps, graph::Node::Kernel { function, duration })
 }
 
 /// `cuGraphInstantiateWithFlags` in the current context.

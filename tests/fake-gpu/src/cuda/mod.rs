@@ -16,15 +16,22 @@
 //! lock; a thread never sleeps holding it (see [`launch`]).
 
 mod context;
+mod context_info;
+mod dark_api;
 mod device;
 pub mod error;
 mod exports;
 mod ffi;
 mod graph;
+mod image;
+mod integrity;
 mod launch;
+mod library;
 mod memory;
+mod modules;
 pub mod proc_address;
 mod stream;
+pub mod trace;
 pub mod types;
 
 use std::ffi::{CStr, c_int, c_void};
@@ -63,7 +70,7 @@ pub(crate) struct Registry {
     pub contexts: context::Contexts,
     pub memory: memory::Memory,
     pub streams: stream::Streams,
-    pub modules: launch::Modules,
+    pub modules: modules::Modules,
     pub graphs: graph::Graphs,
 }
 
@@ -120,7 +127,7 @@ pub(crate) fn init(flags: u32) -> CuResult {
             contexts: context::Contexts::new(devices),
             memory: memory::Memory::new(devices),
             streams: stream::Streams::default(),
-            modules: launch::Modules::default(),
+            modules: modules::Modules::default(),
             graphs: graph::Graphs::default(),
         };
         Driver { sim, registry: Mutex::new(registry) }
@@ -163,6 +170,15 @@ pub(crate) fn get_proc_address(
         }
         Err(_) => (std::ptr::null_mut(), error::NOT_FOUND, types::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
     };
+    let into = pfn.as_ptr();
+    trace::line(|| {
+        let answer = match found {
+            Ok(entry) => entry.symbol.to_owned(),
+            Err(proc_address::Lookup::VersionNotSufficient) => "not found (VERSION_NOT_SUFFICIENT)".to_owned(),
+            Err(_) => "not found (SYMBOL_NOT_FOUND)".to_owned(),
+        };
+        format!("cuGetProcAddress({symbol:?}, {cuda_version}, flags {flags}) = {answer} (into {into:p})")
+    });
     pfn.set(address);
     if let Some(status) = status {
         status.set(query);

@@ -15,7 +15,6 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::exports::TABLE;
 use super::types::{CU_GET_PROC_ADDRESS_LEGACY_STREAM, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM};
 
 /// One exported variant.
@@ -36,9 +35,13 @@ pub struct ProcEntry {
     pub alias: bool,
 }
 
+/// The lists of exports, one per file that declares some.
+static TABLES: [&[ProcEntry]; 4] =
+    [super::exports::TABLE, super::library::TABLE, super::context_info::TABLE, super::dark_api::TABLE];
+
 /// Every export with its proc-address data.
-pub fn table() -> &'static [ProcEntry] {
-    TABLE
+pub fn table() -> impl Iterator<Item = &'static ProcEntry> {
+    TABLES.iter().flat_map(|t| t.iter())
 }
 
 /// What a lookup found.
@@ -57,7 +60,7 @@ pub fn lookup(name: &str, version: c_int, flags: u64) -> Lookup {
 }
 
 pub(crate) fn entry(name: &str, version: c_int, flags: u64) -> Result<&'static ProcEntry, Lookup> {
-    let variants: Vec<&ProcEntry> = TABLE.iter().filter(|e| e.name == name).collect();
+    let variants: Vec<&ProcEntry> = table().filter(|e| e.name == name).collect();
     if variants.is_empty() {
         return Err(Lookup::SymbolNotFound);
     }
@@ -87,7 +90,8 @@ pub(crate) use has_flag;
 /// ```
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
-/// runs inside [`boundary`](super::boundary), and an entry of `TABLE`. Flags: `per_thread`
+/// runs inside [`boundary`](super::boundary) and whose result is traced
+/// ([`trace`](super::trace)), and an entry of the list's `TABLE`. Flags: `per_thread`
 /// for `_ptds`/`_ptsz` variants, `before_init` for calls that work before `cuInit`. An
 /// `#[alias("cuGraphInstantiate", 12000)]` after `#[proc(…)]` adds an entry under another
 /// base name for the same function.
@@ -107,11 +111,13 @@ macro_rules! driver_api {
             /// writes through it, strings are NUL-terminated.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::cuda::CUresult {
-                $crate::cuda::boundary($crate::cuda::proc_address::has_flag!(before_init; $($flag)*), || $body)
+                let code = $crate::cuda::boundary($crate::cuda::proc_address::has_flag!(before_init; $($flag)*), || $body);
+                $crate::cuda::trace::call(stringify!($name), code);
+                code
             }
         )*
 
-        /// Every export, in the order declared.
+        /// Every export of this list, in the order declared.
         pub(crate) static TABLE: &[$crate::cuda::proc_address::ProcEntry] = &[$(
             $crate::cuda::proc_address::ProcEntry {
                 name: $base,
@@ -236,11 +242,12 @@ mod tests {
 
     #[test]
     fn the_table_is_consistent() {
-        for (i, e) in TABLE.iter().enumerate() {
+        let all: Vec<&ProcEntry> = table().collect();
+        for (i, e) in all.iter().enumerate() {
             assert!(e.symbol.starts_with(e.name), "{} is not a variant of {}", e.symbol, e.name);
             assert_eq!(e.per_thread, e.symbol.ends_with("_ptds") || e.symbol.ends_with("_ptsz"), "{}", e.symbol);
             assert!(e.version >= 2000 && e.version % 10 == 0, "{}", e.symbol);
-            for other in &TABLE[i + 1..] {
+            for other in &all[i + 1..] {
                 assert!(e.symbol != other.symbol || e.alias || other.alias, "{} twice", e.symbol);
                 assert!(
                     (e.name, e.version, e.per_thread) != (other.name, other.version, other.per_thread),

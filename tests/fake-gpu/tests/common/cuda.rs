@@ -323,4 +323,18 @@ driver! {
     cuStreamEndCapture_ptsz(Handle, *mut Handle);
     cuStreamIsCapturing(Handle, *mut c_int);
     cuStreamIsCapturing_ptsz(Handle, *mut c_int);
+    cuGetExportTable(*mut *const c_void, *const [u8; 16]);
+    cuLibraryLoadData(*mut Handle, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint);
+    cuLibraryUnload(Handle);
+    cuLibraryGetKernel(*mut Handle, Handle, *const c_char);
+    cuLibraryGetModule(*mut Handle, Handle);
+    cuKernelGetFunction(*mut Handle, Handle);
+    cuKernelGetName(*mut *const c_char, Handle);
+    cuFuncGetAttribute(*mut c_int, c_int, Handle);
+    cuCtxGetApiVersion(Handle, *mut c_uint);
+    cuCtxGetFlags(*mut c_uint);
+    cuDevicePrimaryCtxSetFlags_v2(CUdevice, c_uint);
+    cuCtxGetLimit(*mut usize, c_int);
+    cuCtxSetLimit(c_int, usize);
+    cuCtxGetStreamPriorityRange(*mut c_int, *mut c_int);
 }
