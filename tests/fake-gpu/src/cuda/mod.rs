@@ -12,6 +12,13 @@
 //! ([`crate::state`]), where every process (and NVML) sees it, and backs the allocation
 //! with real host memory so that copies move bytes.
 //!
+//! NVIDIA's runtime (libcudart 12.9 and 13.x) goes further: before its first public call it
+//! asks `cuGetExportTable` ([`dark_api`]) for private tables (the primary context of each
+//! device, context-local storage for its per-context state, an integrity check it
+//! verifies), registers its fat binaries as libraries ([`library`], [`modules`], whose kernel
+//! names come from [`image`]) and launches their `CUkernel`s. `FAKEGPU_TRACE=1` ([`trace`])
+//! prints every lookup and call, which is how what it needs was found.
+//!
 //! Bookkeeping (contexts, allocations, streams, …) lives in one [`Registry`] behind one
 //! lock; a thread never sleeps holding it (see [`launch`]).
 
