@@ -16,6 +16,8 @@
  *   cudart-check free0                        cudaFree(0)
  *   cudart-check kernel --path K --ns N       one busy(N) kernel, timed with events
  *   cudart-check sync2 --ns N                 kernels on two devices, cudaDeviceSynchronize each
+ *   cudart-check sync-thread --ns N           a kernel, then cudaDeviceSynchronize on another thread
+ *   cudart-check ctx-sync --ns N              a kernel in a second context, cuCtxSynchronize_v2 of it
  *   cudart-check reset                        cudaDeviceReset gives memory back, CUDA works after
  *   cudart-check work --ns N --seconds S      busy kernels back to back: the share of the GPU
  *
@@ -27,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -424,6 +427,73 @@ static int cmd_sync2(void) {
     return 0;
 }
 
+/* busy(ns) on device 0 from this thread, then cudaDeviceSynchronize on a new thread that has
+ * done nothing else with CUDA: it must wait for the kernel (the device's work, whichever thread
+ * queued it). */
+static cudaError_t thread_sync_error;
+static uint64_t thread_sync_done;
+
+static void *sync_from_thread(void *arg) {
+    (void)arg;
+    thread_sync_error = cudaDeviceSynchronize();
+    thread_sync_done = now_ns();
+    return NULL;
+}
+
+static int cmd_sync_thread(void) {
+    const char *call = "";
+    pthread_t t;
+    opt.path = "default";
+    CK(cudaSetDevice(0));
+    CK(cudaFree(0));
+    uint64_t t0 = now_ns();
+    cudaError_t e = launch(0, opt.ns, &call);
+    if (e != cudaSuccess) return fail(call, e);
+    if (pthread_create(&t, NULL, sync_from_thread, NULL) != 0) return fail("pthread_create", cudaErrorUnknown);
+    pthread_join(t, NULL);
+    if (thread_sync_error != cudaSuccess) return fail("cudaDeviceSynchronize (other thread)", thread_sync_error);
+    printf("thread_sync_ns=%" PRIu64 "\n", thread_sync_done - t0);
+    CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+/* Two contexts on device 0: the primary one and one made with cuCtxCreate (driver entry points
+ * through cudaGetDriverEntryPointByVersion). busy(ns) runs in the second; then, with the primary
+ * context current, cuCtxSynchronize as CUDA 13 defines it (cuCtxSynchronize_v2, which takes the
+ * context to wait for) is called for the second: it must wait for that kernel. */
+typedef int CUresult_t;
+typedef void *CUctx;
+
+static int entry(const char *name, unsigned version, void **fn) {
+    enum cudaDriverEntryPointQueryResult status;
+    CK(cudaGetDriverEntryPointByVersion(name, fn, version, cudaEnableDefault, &status));
+    if (status != cudaDriverEntryPointSuccess || !*fn) return fail(name, cudaErrorSymbolNotFound);
+    return 0;
+}
+
+static int cmd_ctx_sync(void) {
+    CUresult_t (*create)(CUctx *, unsigned, int), (*pop)(CUctx *), (*destroy)(CUctx), (*sync_v2)(CUctx);
+    const char *call = "";
+    CUctx other, popped;
+    opt.path = "default";
+    if (entry("cuCtxCreate", 3020, (void **)&create) || entry("cuCtxPopCurrent", 4000, (void **)&pop) ||
+        entry("cuCtxDestroy", 4000, (void **)&destroy) || entry("cuCtxSynchronize", 13000, (void **)&sync_v2))
+        return 1;
+    CK(cudaSetDevice(0));
+    CK(cudaFree(0));
+    if (create(&other, 0, 0) != 0) return fail("cuCtxCreate", cudaErrorUnknown);
+    cudaError_t e = launch(0, opt.ns, &call);
+    if (e != cudaSuccess) return fail(call, e);
+    if (pop(&popped) != 0 || popped != other) return fail("cuCtxPopCurrent", cudaErrorUnknown);
+    uint64_t t0 = now_ns();
+    int r = sync_v2(other);
+    uint64_t t1 = now_ns();
+    if (r != 0) return fail("cuCtxSynchronize_v2(the other context)", (cudaError_t)r);
+    printf("ctx_sync_ns=%" PRIu64 "\n", t1 - t0);
+    if (destroy(other) != 0) return fail("cuCtxDestroy", cudaErrorUnknown);
+    return 0;
+}
+
 /* 1 GiB and a kernel, then cudaDeviceReset: the memory comes back, and allocations and kernels
  * work again afterwards (the runtime sets the device up anew). */
 static int cmd_reset(void) {
@@ -500,7 +570,8 @@ static int cmd_free0(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: cudart-check devices|meminfo|alloc|fill|free0|kernel|sync2|reset|work [options]\n");
+        fprintf(stderr, "usage: cudart-check devices|meminfo|alloc|fill|free0|kernel|sync2|sync-thread|ctx-sync|reset|work "
+                        "[options]\n");
         return 2;
     }
     for (int i = 2; i < argc; i++) {
@@ -530,6 +601,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "free0")) return cmd_free0();
     if (!strcmp(cmd, "kernel")) return cmd_kernel();
     if (!strcmp(cmd, "sync2")) return cmd_sync2();
+    if (!strcmp(cmd, "sync-thread")) return cmd_sync_thread();
+    if (!strcmp(cmd, "ctx-sync")) return cmd_ctx_sync();
     if (!strcmp(cmd, "reset")) return cmd_reset();
     if (!strcmp(cmd, "work")) return cmd_work();
     fprintf(stderr, "cudart-check: unknown command %s\n", cmd);

@@ -80,6 +80,23 @@ test_synchronize_two_devices() {
     assert_between "device 0's cudaDeviceSynchronize (ns)" "$(kv device0_sync_ns "$out")" 400000000 600000000
 }
 
+# A second context on the device (cuCtxCreate through cudaGetDriverEntryPointByVersion) runs
+# busy(300 ms); with the primary context current, cuCtxSynchronize as CUDA 13 defines it
+# (cuCtxSynchronize_v2(ctx)) of the second context waits for that kernel.
+test_synchronize_another_context() {
+    local out
+    run_ok "cudart-check ctx-sync" out cudart_bare ctx-sync --ns 300000000
+    assert_between "cuCtxSynchronize_v2 of the other context (ns)" "$(kv ctx_sync_ns "$out")" 250000000 500000000
+}
+
+# cudaDeviceSynchronize on a thread that has done nothing else with CUDA waits for the kernel
+# another thread launched.
+test_synchronize_from_another_thread() {
+    local out
+    run_ok "cudart-check sync-thread" out cudart_bare sync-thread --ns 300000000
+    assert_between "cudaDeviceSynchronize on the other thread (ns)" "$(kv thread_sync_ns "$out")" 300000000 500000000
+}
+
 # cudaDeviceReset gives the device's memory back, and the runtime works again afterwards.
 test_device_reset() {
     local out

@@ -43,6 +43,16 @@ test_slice_kernels() {
     done
 }
 
+# As test_synchronize_another_context, through the shim: cuCtxSynchronize_v2 of the second
+# context must wait for its kernel, not return at once.
+test_slice_synchronize_another_context() {
+    local out
+    known_failure "the shim substitutes its cuCtxSynchronize (no argument) for the driver's cuCtxSynchronize_v2, dropping the context to wait for (cuGetProcAddress substitution)"
+    cudart_node
+    run_ok "ctx-sync in slice0" out cudart_in_slice slice0 ctx-sync --ns 300000000
+    assert_between "cuCtxSynchronize_v2 of the other context (ns)" "$(kv ctx_sync_ns "$out")" 250000000 800000000
+}
+
 # cudaDeviceReset in a slice: the memory it frees must come back to the slice, as it does on
 # the device (test_device_reset).
 test_slice_device_reset() {
