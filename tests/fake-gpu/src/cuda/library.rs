@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use super::error::{self, INVALID_VALUE};
 use super::ffi::{Out, c_str};
 use super::image;
-use super::modules::{self, Kind};
+use super::modules;
 use super::proc_address::driver_api;
 use super::types::{CUcontext, CUdevice, CUfunction, CUmodule};
 use super::{context, device, driver};
@@ -107,8 +107,8 @@ driver_api! {
         let out = unsafe { Out::new(pi) }?;
         let d = driver()?;
         device::gpu(d.sim, dev)?;
-        let kind = Kind::of(d.lock().modules.kernel_name(kernel as usize)?);
-        out.set(modules::attribute(kind, attrib)?);
+        d.lock().modules.kernel_name(kernel as usize)?;
+        out.set(modules::attribute(attrib)?);
         Ok(())
     }
 
@@ -136,8 +136,8 @@ driver_api! {
     fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, hfunc: CUfunction) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pi) }?;
-        let kind = Kind::of(driver()?.lock().modules.function_name(hfunc as usize)?);
-        out.set(modules::attribute(kind, attrib)?);
+        driver()?.lock().modules.function_name(hfunc as usize)?;
+        out.set(modules::attribute(attrib)?);
         Ok(())
     }
 

@@ -237,8 +237,8 @@ impl Modules {
 }
 
 /// `cuFuncGetAttribute`/`cuKernelGetAttribute`: an H100's answers for a small kernel (no
-/// shared, constant or local memory, 32 registers, compiled for `sm_90`); every kind alike.
-pub(crate) fn attribute(_kind: Kind, attribute: c_int) -> CuResult<c_int> {
+/// shared, constant or local memory, 32 registers, compiled for `sm_90`), whatever the kernel.
+pub(crate) fn attribute(attribute: c_int) -> CuResult<c_int> {
     Ok(match attribute {
         0 => 1024,     // MAX_THREADS_PER_BLOCK
         1..=3 => 0,    // SHARED_SIZE_BYTES, CONST_SIZE_BYTES, LOCAL_SIZE_BYTES
