@@ -3,7 +3,7 @@
 #   make            release build of every binary and library
 #   make packages   the .deb and .rpm (target/debian, target/generate-rpm) from one release build
 #   make test       every test tier that can run on this machine (see README "Testing")
-#   make cudart     NVIDIA's CUDA runtime on the simulated GPU, with and without the shim
+#   make cudart     NVIDIA's CUDA runtime and CuPy on the simulated GPU, with and without the shim
 #   make check      formatting, clippy with warnings as errors, then `make test`
 #   make bench      overhead as ratios against a baseline of the same run: the interception
 #                   library against the bare driver, container start-up with a slice against without
@@ -59,9 +59,10 @@ unit:
 e2e: release
 	bash tests/e2e/run.sh --install
 
-# NVIDIA's CUDA runtime (libcudart 12.9 and 13.x from PyPI, pinned in tests/cudart/runtimes.txt,
-# downloaded into /var/cache/gpuslice-cudart) running C programs on the simulated GPU: alone,
-# in a slice through the shim, and in a container (root and Docker for those; skipped otherwise).
+# NVIDIA's CUDA runtime (libcudart 12.9 and 13.x from PyPI, pinned in tests/cudart/runtimes.txt)
+# running C programs on the simulated GPU: alone, in a slice through the shim, and in a container
+# (root and Docker for those; skipped otherwise); and CuPy (tests/cudart/frameworks.txt). The
+# wheels are downloaded into /var/cache/gpuslice-cudart.
 cudart: release
 	bash tests/cudart/run.sh --install
 

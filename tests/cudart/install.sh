@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Installs the cudart tier's runtimes (tests/cudart/runtimes.txt) into its cache: the pinned
-# wheels downloaded from PyPI with `pip download --no-deps` into $CUDART_CACHE/wheels, then
-# unpacked (headers and libraries only) into $CUDART_CACHE/<name>. Nothing is installed
-# system-wide and no pip package is installed. Idempotent: a runtime whose unpacked tree
-# matches its manifest line is left alone, and a wheel already in the cache is not fetched
-# again.
+# Installs the cudart tier's runtimes (tests/cudart/runtimes.txt) and Python frameworks
+# (tests/cudart/frameworks.txt) into its cache: the pinned wheels are downloaded from PyPI with
+# `pip download --no-deps` into $CUDART_CACHE/wheels; a runtime's are unpacked (headers and
+# libraries only) into $CUDART_CACHE/<name>, a framework's installed (`pip install --no-deps
+# --no-index`) into a virtual environment $CUDART_CACHE/<name>. Nothing is installed
+# system-wide. Idempotent: what matches its manifest line is left alone, and a wheel already in
+# the cache is not fetched again.
 #
-#   tests/cudart/install.sh [NAME...]      default: every runtime of the manifest
+#   tests/cudart/install.sh [NAME...]      default: everything in both manifests
 #
-# Needs python3 with pip and unzip. Prints one line per runtime; exit status 1 if any failed.
+# Needs python3 with pip and venv, and unzip. Prints one line per runtime and framework; exit
+# status 1 if any failed.
 set -uo pipefail
 DIR=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CUDART_CACHE:-/var/cache/gpuslice-cudart}
 MANIFEST=$DIR/runtimes.txt
+FRAMEWORKS=$DIR/frameworks.txt
 
 log() { printf 'cudart install: %s\n' "$*"; }
 
@@ -26,6 +29,20 @@ mkdir -p "$CACHE/wheels" || exit 1
 wheel_file() {
     local name=${1%%==*} version=${1#*==}
     compgen -G "$CACHE/wheels/${name//-/_}-${version}-*.whl" | head -n1
+}
+
+# fetch SPEC [PIP-DOWNLOAD-OPTIONS...]: the wheel for SPEC in $CACHE/wheels, downloaded if
+# missing; prints its path.
+fetch() {
+    local spec=$1 file
+    shift
+    file=$(wheel_file "$spec")
+    if [[ -z $file ]]; then
+        python3 -m pip download --quiet --no-deps --only-binary=:all: "$@" --dest "$CACHE/wheels" "$spec" >&2 ||
+            return 1
+        file=$(wheel_file "$spec")
+    fi
+    [[ -n $file ]] && printf '%s\n' "$file"
 }
 
 status=0
@@ -44,17 +61,12 @@ while read -r name lib includes wheels; do
     rm -rf "$dest.tmp"
     mkdir -p "$dest.tmp"
     for spec in "${wheels[@]}"; do
-        file=$(wheel_file "$spec")
-        if [[ -z $file ]]; then
-            if ! python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
-                --python-version 3.11 --dest "$CACHE/wheels" "$spec"; then
-                log "$name: pip download $spec failed"
-                ok=0
-                break
-            fi
-            file=$(wheel_file "$spec")
+        # Runtime wheels are for any Python (py3-none), so the tag is given, not this host's.
+        if ! file=$(fetch "$spec" --platform manylinux2014_x86_64 --python-version 3.11); then
+            log "$name: pip download $spec failed"
+            ok=0
+            break
         fi
-        [[ -n $file ]] || { log "$name: no wheel for $spec after downloading"; ok=0; break; }
         # Headers and libraries only (the nvcc wheel's compiler is not needed). Status 11 is
         # "a pattern matched nothing" (the crt wheels have no lib/).
         unzip -q -o "$file" 'nvidia/*/include/*' 'nvidia/*/lib/*' -d "$dest.tmp" >/dev/null 2>&1
@@ -76,4 +88,42 @@ while read -r name lib includes wheels; do
         status=1
     fi
 done <"$MANIFEST"
+
+while read -r name runtime specs; do
+    [[ -z $name || $name == \#* ]] && continue
+    if (($#)) && [[ " $* " != *" $name "* ]]; then continue; fi
+    read -ra specs <<<"$specs"
+    line="$name $runtime ${specs[*]} $(python3 -c 'import sys; print(sys.version.split()[0])')"
+    dest=$CACHE/$name
+    if [[ -f $dest/.installed && $(<"$dest/.installed") == "$line" ]]; then
+        log "$name: already installed in $dest"
+        continue
+    fi
+    started=$SECONDS
+    ok=1
+    files=()
+    for spec in "${specs[@]}"; do
+        # Framework wheels are built per Python: this host's python3 chooses.
+        if ! file=$(fetch "$spec"); then
+            log "$name: pip download $spec failed"
+            ok=0
+            break
+        fi
+        files+=("$file")
+    done
+    rm -rf "$dest.tmp"
+    # The environment is moved into place afterwards: its python works there (pyvenv.cfg is
+    # found next to it), its pip's shebang does not, and is not used again.
+    if ((ok)) && python3 -m venv "$dest.tmp" >/dev/null &&
+        "$dest.tmp/bin/python" -m pip install --quiet --no-deps --no-index "${files[@]}"; then
+        printf '%s\n' "$line" >"$dest.tmp/.installed"
+        rm -rf "$dest"
+        mv "$dest.tmp" "$dest"
+        log "$name: installed in $dest ($((SECONDS - started)) s)"
+    else
+        ((ok)) && log "$name: installing into a virtual environment failed"
+        rm -rf "$dest.tmp"
+        status=1
+    fi
+done <"$FRAMEWORKS"
 exit "$status"

@@ -10,8 +10,10 @@
 #                                        mounted as the hook mounts it in a container
 #   kv KEY OUTPUT                        the value of KEY=… in a program's output
 #   known_failure REASON                 this test is expected to fail (a bug owned elsewhere)
+#   require_framework                    skip unless framework $RT is installed; PROG is its python
 # Tests are functions test_* in tests/cudart/test_*.sh; run.sh runs each once per runtime,
-# with RT (the runtime's name), CHECK and CHECK_PTDS (the two builds of cudart-check) set.
+# with RT (the runtime's name), CHECK and CHECK_PTDS (the two builds of cudart-check) set, or,
+# in a file test_<stem>.sh defining <stem>_variants, once per variant it names (RT set).
 
 CUDART_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/e2e/lib.sh
@@ -19,6 +21,7 @@ CUDART_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CUDART_CACHE=${CUDART_CACHE:-/var/cache/gpuslice-cudart}
 CUDART_MANIFEST=$CUDART_DIR/runtimes.txt
+CUDART_FRAMEWORKS=$CUDART_DIR/frameworks.txt
 CUDART_FAKEGPU_TOML=$E2E_FAKEGPU_TOML
 # The release builds, as the end-to-end tier uses them.
 CUDART_SHIM=$E2E_SHIM
@@ -71,6 +74,24 @@ cudart_build() {
     "${cc[@]}" -o "$dir/cudart-check" && "${cc[@]}" -DCUDA_API_PER_THREAD_DEFAULT_STREAM -o "$dir/cudart-check-ptds"
 }
 
+# The frameworks of frameworks.txt, one name per line.
+cudart_frameworks() {
+    awk '!/^[[:space:]]*(#|$)/ {print $1}' "$CUDART_FRAMEWORKS"
+}
+
+# require_framework: skips unless framework $RT (a test's variant) and its runtime are installed;
+# sets PROG to its environment's python and CUDART_LIBS to its runtime's library directory.
+require_framework() {
+    local line runtime
+    line=$(awk -v n="$RT" '$1 == n {$1 = $1; print}' "$CUDART_FRAMEWORKS")
+    [[ -f $CUDART_CACHE/$RT/.installed && $(<"$CUDART_CACHE/$RT/.installed") == "$line "* ]] ||
+        skip "$RT is not installed in $CUDART_CACHE (run with --install)"
+    runtime=$(awk -v n="$RT" '$1 == n {print $2}' "$CUDART_FRAMEWORKS")
+    cudart_installed "$runtime" || skip "runtime $runtime is not installed in $CUDART_CACHE (run with --install)"
+    PROG=$CUDART_CACHE/$RT/bin/python
+    CUDART_LIBS=$CUDART_CACHE/$runtime/$(dirname "$(cudart_field "$runtime" 2)")
+}
+
 # ---------------------------------------------------------------------------------------------
 # The simulated GPU, with and without a slice
 
@@ -87,7 +108,7 @@ cudart_driver() {
 cudart_env() {
     cudart_driver
     env -u GPUSLICE_MEMORY_LIMIT -u GPUSLICE_LOG -u LD_PRELOAD FAKEGPU_CONFIG="$CUDART_FAKEGPU_TOML" \
-        FAKEGPU_STATE_DIR="$T/fakegpu-state" LD_LIBRARY_PATH="$T/driver" "$@"
+        FAKEGPU_STATE_DIR="$T/fakegpu-state" LD_LIBRARY_PATH="$T/driver${CUDART_LIBS:+:$CUDART_LIBS}" "$@"
 }
 
 # cudart_bare ARGS...: $CHECK (or $PROG when set) on the simulated GPU, no shim. Prints its

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The cudart tier: NVIDIA's CUDA runtime (libcudart from PyPI's wheels, pinned in
-# runtimes.txt) running unmodified on the simulated GPU, without and with gpuslice's shim,
-# outside and inside containers. Every test_* function of tests/cudart/test_*.sh runs once per
-# runtime.
+# runtimes.txt) and CuPy (frameworks.txt) running unmodified on the simulated GPU, without and
+# with gpuslice's shim, outside and inside containers. Every test_* function of
+# tests/cudart/test_*.sh runs once per runtime (CuPy's once per CuPy package).
 #
 #   tests/cudart/run.sh [--install] [--keep] [--list] [-v] [PATTERN...]
 #
-#   --install  download and unpack the runtimes into the cache first (tests/cudart/install.sh)
+#   --install  download and unpack the runtimes, install the frameworks into the cache first
+#              (tests/cudart/install.sh)
 #   --keep     keep the work directory even when everything passed
 #   --list     print the test names and exit
 #   -v         print every test's log, not only the failed ones'
@@ -31,14 +32,16 @@ for arg in "$@"; do
         --keep) keep=1 ;;
         --list) list=1 ;;
         -v) E2E_VERBOSE=1 ;;
-        -h | --help) sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
         -*) printf 'run.sh: unknown option %s\n' "$arg" >&2; exit 2 ;;
         *) patterns+=("$arg") ;;
     esac
 done
 
 mapfile -t runtimes < <(cudart_runtimes)
-# The simulator alone first, then slices, then containers; any other file after them.
+# The simulator alone first, then slices, then containers; any other file after them. A file
+# test_<stem>.sh whose tests run for other things than the runtimes (frameworks) defines
+# <stem>_variants, printing their names.
 files=("$CUDART_DIR"/test_runtime.sh "$CUDART_DIR"/test_slice.sh "$CUDART_DIR"/test_docker.sh)
 for file in "$CUDART_DIR"/test_*.sh; do
     [[ " ${files[*]} " == *" $file "* ]] || files+=("$file")
@@ -47,8 +50,13 @@ tests=()
 for file in "${files[@]}"; do
     # shellcheck disable=SC1090
     . "$file"
+    stem=$(basename "$file" .sh)
+    variants=("${runtimes[@]}")
+    if declare -F "${stem#test_}_variants" >/dev/null; then
+        mapfile -t variants < <("${stem#test_}_variants")
+    fi
     while read -r fn; do
-        for rt in "${runtimes[@]}"; do
+        for rt in "${variants[@]}"; do
             name="${fn}[$rt]"
             if ((${#patterns[@]})); then
                 matched=0
@@ -78,6 +86,11 @@ for name in "${tests[@]}"; do
     fn=${name%%\[*}
     rt=${name#*\[}
     rt=${rt%\]}
+    if [[ " ${runtimes[*]} " != *" $rt "* ]]; then
+        # A framework: its tests check their own installation.
+        RT=$rt cudart_run_test "$name" "$fn" "$work/$fn-$rt"
+        continue
+    fi
     if [[ -z ${built[$rt]:-} ]]; then
         built[$rt]=missing
         if ! cudart_installed "$rt"; then
