@@ -18,4 +18,5 @@ pub mod ld_cache;
 pub mod limits;
 pub mod plan;
 pub mod region;
+pub mod shm;
 pub mod units;

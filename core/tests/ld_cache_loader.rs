@@ -44,11 +44,6 @@ fn tool(name: &str) -> Option<PathBuf> {
     ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `root` joined with `path`, an absolute path as seen inside `root`.
 fn inside(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
@@ -170,20 +165,21 @@ fn generated_names() -> Vec<String> {
 }
 
 fn setup() -> Option<(PathBuf, PathBuf)> {
-    if !is_root() {
-        println!("skipped: not root");
+    use gpuslice_test_support::skip;
+    const TEST: &str = "the real loader's tests";
+    if gpuslice_test_support::skip_unless_root(TEST, "chroot") {
         return None;
     }
     if !Path::new(LOADER).exists() {
-        println!("skipped: {LOADER} does not exist; not an x86-64 glibc host");
+        skip(TEST, &format!("{LOADER} does not exist; not an x86-64 glibc host"));
         return None;
     }
     let Some(cc) = tool("cc") else {
-        println!("skipped: no C compiler");
+        skip(TEST, "no C compiler");
         return None;
     };
     let Some(chroot) = tool("chroot") else {
-        println!("skipped: no chroot");
+        skip(TEST, "no chroot");
         return None;
     };
     Some((cc, chroot))

@@ -44,10 +44,10 @@ test_slice_kernels() {
 }
 
 # As test_synchronize_another_context, through the shim: cuCtxSynchronize_v2 of the second
-# context must wait for its kernel, not return at once.
+# context must wait for its kernel, not return at once (the shim once handed out its
+# cuCtxSynchronize, which takes no argument, for the driver's cuCtxSynchronize_v2).
 test_slice_synchronize_another_context() {
     local out
-    known_failure "the shim substitutes its cuCtxSynchronize (no argument) for the driver's cuCtxSynchronize_v2, dropping the context to wait for (cuGetProcAddress substitution)"
     cudart_node
     run_ok "ctx-sync in slice0" out cudart_in_slice slice0 ctx-sync --ns 300000000
     assert_between "cuCtxSynchronize_v2 of the other context (ns)" "$(kv ctx_sync_ns "$out")" 250000000 800000000

@@ -90,7 +90,13 @@ e2e_record() {
     case $outcome in
         passed) E2E_PASSED=$((E2E_PASSED + 1)); printf '%s: passed\n' "$name" ;;
         failed) E2E_FAILED=$((E2E_FAILED + 1)); printf '%s: FAILED%s\n' "$name" "${reason:+ ($reason)}" ;;
-        skipped) E2E_SKIPPED=$((E2E_SKIPPED + 1)); printf '%s: skipped: %s\n' "$name" "${reason:-no reason given}" ;;
+        skipped)
+            if [[ ${GPUSLICE_NO_SKIP:-} == 1 ]]; then
+                # As root under `make test` (CI), a test that cannot run is a failure.
+                e2e_record "$name" failed "cannot run here (${reason:-no reason given}), and GPUSLICE_NO_SKIP=1 says every test must run"
+                return
+            fi
+            E2E_SKIPPED=$((E2E_SKIPPED + 1)); printf '%s: skipped: %s\n' "$name" "${reason:-no reason given}" ;;
     esac
 }
 

@@ -149,13 +149,13 @@ write_debian_ld_so_conf() {
 # cuda-probe
 
 # build_cuda_probe [OUTDIR]: tests/cuda-probe built against a simulated driver root, once per
-# content of probe.c and build.sh (and compiler and glibc), cached under
+# content of probe.c, build.sh and the generated gpuslice_cuda_abi.h (and compiler and glibc), cached under
 # $E2E_STATE_DIR/cuda-probe/<hash>. Prints the directory holding cuda-probe and
 # cuda-probe-direct: OUTDIR (a copy) when given and not empty, else the cache (read-only use).
 build_cuda_probe() {
     local out=${1:-} key cache tmp
     key=$({
-        cat "$E2E_PROBE_SRC/probe.c" "$E2E_PROBE_SRC/build.sh"
+        cat "$E2E_PROBE_SRC/probe.c" "$E2E_PROBE_SRC/build.sh" "$REPO_ROOT/cuda-abi/include/gpuslice_cuda_abi.h"
         "${CC:-cc}" --version 2>/dev/null | head -n1
         ldd --version 2>/dev/null | head -n1
         printf 'CFLAGS=%s\n' "${CFLAGS:-}"

@@ -134,6 +134,6 @@ macro_rules! begin_capture {
 begin_capture!(
     stream_begin_capture => cuStreamBeginCapture, false, (),
     stream_begin_capture_ptsz => cuStreamBeginCapture_ptsz, true, (),
-    stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: i32),
-    stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: i32),
+    stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: CUstreamCaptureMode),
+    stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: CUstreamCaptureMode),
 );

@@ -78,13 +78,9 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
     }
     let mut g = 2 << 20;
     if let Some(f) = cuda().cuMemGetAllocationGranularity {
-        let prop = CUmemAllocationProp {
-            kind: CU_MEM_ALLOCATION_TYPE_PINNED,
-            requestedHandleTypes: 0,
-            location: CUmemLocation { kind: CU_MEM_LOCATION_TYPE_DEVICE, id: dev },
-            win32HandleMetaData: std::ptr::null_mut(),
-            allocFlags: [0; 8],
-        };
+        let mut prop = CUmemAllocationProp { type_: CU_MEM_ALLOCATION_TYPE_PINNED, ..Default::default() };
+        prop.location.type_ = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.__bindgen_anon_1.id = dev;
         let mut out = 0usize;
         // SAFETY: real driver call with valid pointers.
         if unsafe { f(&mut out, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) } == CUDA_SUCCESS && out > 0 {
@@ -316,11 +312,11 @@ pub unsafe fn mem_create(
     }
     // SAFETY: checked non-null; the caller passes a valid property struct.
     let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
+    if location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return pass();
     }
     let s = state();
-    let (slice, dev) = slice_or_pass!(s, Some(location.id), pass());
+    let (slice, dev) = slice_or_pass!(s, Some(location_id(&location)), pass());
     // The physical memory is what counts; mapping it (cuMemMap) adds nothing.
     let bytes = round_up(size as u64, granularity(s, dev));
     // SAFETY: the driver wrote the handle on success.
@@ -743,7 +739,13 @@ pub unsafe fn ctx_create_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) -> C
 
 /// # Safety
 /// `cuCtxCreate_v3`'s contract.
-pub unsafe fn ctx_create_v3(ctx: *mut CUcontext, params: *mut c_void, n: i32, flags: u32, dev: CUdevice) -> CUresult {
+pub unsafe fn ctx_create_v3(
+    ctx: *mut CUcontext,
+    params: *mut CUexecAffinityParam,
+    n: i32,
+    flags: u32,
+    dev: CUdevice,
+) -> CUresult {
     let f = real!(cuCtxCreate_v3);
     // SAFETY: forwarded unchanged.
     ctx_create(ctx, dev, || unsafe { f(ctx, params, n, flags, dev) })
@@ -751,7 +753,12 @@ pub unsafe fn ctx_create_v3(ctx: *mut CUcontext, params: *mut c_void, n: i32, fl
 
 /// # Safety
 /// `cuCtxCreate_v4`'s contract.
-pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, dev: CUdevice) -> CUresult {
+pub unsafe fn ctx_create_v4(
+    ctx: *mut CUcontext,
+    params: *mut CUctxCreateParams,
+    flags: u32,
+    dev: CUdevice,
+) -> CUresult {
     let f = real!(cuCtxCreate_v4);
     // SAFETY: forwarded unchanged.
     ctx_create(ctx, dev, || unsafe { f(ctx, params, flags, dev) })

@@ -206,7 +206,7 @@ pub fn before_capture(stream: CUstream, per_thread: bool) {
 /// Whether `stream` is capturing: launches there record graph nodes, they run nothing now, and
 /// the pacing records no events there.
 fn capturing(stream: CUstream) -> bool {
-    let mut status = 0i32;
+    let mut status: CUstreamCaptureStatus = CU_STREAM_CAPTURE_STATUS_NONE;
     // SAFETY: out pointer to a local.
     let r = unsafe { cuda().cuStreamIsCapturing.map(|f| f(stream, &mut status)) };
     r == Some(CUDA_SUCCESS) && status != 0

@@ -417,7 +417,7 @@ impl State {
             return *s;
         }
         let f = crate::driver::nvml().nvmlDeviceGetUUID?;
-        let mut buf = [0 as std::ffi::c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE];
+        let mut buf = [0 as std::ffi::c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize];
         // SAFETY: real NVML call with a buffer of the size we pass.
         if unsafe { f(device, buf.as_mut_ptr(), buf.len() as u32) } != NVML_SUCCESS {
             return None;

@@ -42,7 +42,7 @@ pid_t getppid(void) {
 "#,
         &["-shared", "-fPIC", "-ldl"],
     ) else {
-        println!("skipped: an_rtld_next_interposer_still_finds_the_next_definition: no C compiler");
+        gpuslice_test_support::skip("an_rtld_next_interposer_still_finds_the_next_definition", "no C compiler");
         return;
     };
     let prog = cc(
@@ -96,7 +96,7 @@ fn no_constructor_runs_shim_code_at_load() {
     // ours runs before a CUDA or NVML function is called.
     let out = Command::new("readelf").args(["-W", "-S"]).arg(shim()).output();
     let Ok(out) = out else {
-        println!("skipped: no_constructor_runs_shim_code_at_load: readelf not found");
+        gpuslice_test_support::skip("no_constructor_runs_shim_code_at_load", "readelf not found");
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -128,7 +128,7 @@ int main(void) {
 "#,
         &["-ldl", "-rdynamic"],
     ) else {
-        println!("skipped: looking_up_other_cu_names_loads_no_driver: no C compiler");
+        gpuslice_test_support::skip("looking_up_other_cu_names_loads_no_driver", "no C compiler");
         return;
     };
     let node = Node::new();

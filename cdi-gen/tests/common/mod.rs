@@ -27,11 +27,7 @@ pub fn is_root() -> bool {
 
 /// Prints the skip and says whether to skip: device nodes can only be made by root.
 pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    println!("skipped: {test}: creating device nodes with mknod needs root");
-    true
+    gpuslice_test_support::skip_unless_root(test, "creating device nodes with mknod")
 }
 
 pub struct Node {

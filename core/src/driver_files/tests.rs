@@ -38,7 +38,7 @@ fn sample() -> Vec<(i32, &'static str, &'static str)> {
 fn finds_libc_in_this_machines_cache() {
     let path = Path::new("/etc/ld.so.cache");
     if !path.exists() {
-        println!("skipped: {} does not exist", path.display());
+        gpuslice_test_support::skip("finds_libc_in_this_machines_cache", &format!("{} does not exist", path.display()));
         return;
     }
     let entries = read_ld_cache(path).unwrap();
@@ -191,7 +191,7 @@ fn tool(name: &str) -> Option<PathBuf> {
 #[test]
 fn driver_libraries_from_a_cache_ldconfig_wrote() {
     let (Some(cc), Some(ldconfig)) = (tool("cc"), tool("ldconfig")) else {
-        println!("skipped: needs cc and ldconfig");
+        gpuslice_test_support::skip("driver_libraries_from_a_cache_ldconfig_wrote", "needs cc and ldconfig");
         return;
     };
     for format in ["new", "compat"] {

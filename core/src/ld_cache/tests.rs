@@ -73,7 +73,7 @@ fn host_cache() -> Option<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) => Some(bytes),
         Err(err) => {
-            println!("skipped: reading {}: {err}", path.display());
+            gpuslice_test_support::skip("the host cache tests", &format!("reading {}: {err}", path.display()));
             None
         }
     }
@@ -529,7 +529,7 @@ fn build_library(cc: &Path, dir: &Path, path: &Path, soname: &str, flags: &[&str
 #[test]
 fn ldconfig_orders_entries_as_render_does() {
     let (Some(cc), Some(ldconfig)) = (tool("cc"), tool("ldconfig")) else {
-        println!("skipped: needs cc and ldconfig");
+        gpuslice_test_support::skip("ldconfig_orders_entries_as_render_does", "needs cc and ldconfig");
         return;
     };
     let root = tempfile::tempdir().unwrap();

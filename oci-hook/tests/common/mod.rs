@@ -18,8 +18,7 @@ const CHILD_DONE: &str = "mount-namespace-child-done:";
 /// every mount private, so nothing it mounts is seen by the host. Without root it prints
 /// `skipped:` and returns.
 pub fn in_mount_namespace(name: &str, body: impl FnOnce()) {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: {name} needs root to create a mount namespace");
+    if gpuslice_test_support::skip_unless_root(name, "creating a mount namespace") {
         return;
     }
     if std::env::var_os(CHILD_ENV).as_deref() == Some(OsStr::new(name)) {

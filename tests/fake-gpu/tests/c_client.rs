@@ -9,11 +9,13 @@ use fakegpu::state::DeviceState;
 
 #[test]
 fn a_c_program_linked_with_nvml_sees_the_machine() {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    if Command::new(&cc).arg("--version").output().is_err() {
-        eprintln!("skipped: no C compiler (`{cc}`) to build tests/c/nvml_query.c");
+    let Some(cc) = gpuslice_test_support::c_compiler() else {
+        gpuslice_test_support::skip(
+            "a_c_program_linked_with_nvml_sees_the_machine",
+            "no C compiler to build tests/c/nvml_query.c",
+        );
         return;
-    }
+    };
     let fx = Fixture::new(&config_with(2, ""));
     let libdir = fx.dir.path().join("lib");
     std::fs::create_dir(&libdir).expect("creating the driver dir");
@@ -21,7 +23,14 @@ fn a_c_program_linked_with_nvml_sees_the_machine() {
     let exe = fx.dir.path().join("nvml_query");
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/nvml_query.c");
     let built = Command::new(&cc)
-        .args(["-std=c99", "-Wall", "-Werror", "-o"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-I",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda-abi/include"),
+            "-o",
+        ])
         .arg(&exe)
         .arg(source)
         .arg("-L")

@@ -23,11 +23,11 @@ fn ok(got: CUresult) {
 }
 
 /// A UUID as the runtime passes it: its bytes in the order written.
-fn uuid(hex: &str) -> [u8; 16] {
+fn uuid(hex: &str) -> CUuuid {
     let digits: String = hex.chars().filter(|c| *c != '-').collect();
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap();
+    let mut out = CUuuid { bytes: [0; 16] };
+    for (i, b) in out.bytes.iter_mut().enumerate() {
+        *b = i8::from_ne_bytes([u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).unwrap()]);
     }
     out
 }
@@ -67,7 +67,7 @@ const INTEGRITY_CHECK: &str = "d4082055-bde6-704b-8d34-ba123c66e1f2";
 /// What NVIDIA's runtime asks for first and must not get.
 const STARTUP_PROBE: &str = "f8cff951-2146-8b4e-b9e2-fb469e7c0dd9";
 
-type LocalDestructor = extern "C" fn(Handle, *mut c_void, *mut c_void);
+type LocalDestructor = extern "C" fn(CUcontext, *mut c_void, *mut c_void);
 
 /// What the destructor saw: calls, context, key, value, and whether the context was still
 /// active when it ran.
@@ -75,7 +75,7 @@ static DESTRUCTED: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
 /// `cuDevicePrimaryCtxGetState`, for the destructor.
 static GET_STATE: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn destructor(ctx: Handle, key: *mut c_void, value: *mut c_void) {
+extern "C" fn destructor(ctx: CUcontext, key: *mut c_void, value: *mut c_void) {
     let (mut flags, mut active) = (0, 0);
     // SAFETY: the test stores the export's address before any destructor can run.
     let get_state: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult =
@@ -108,7 +108,7 @@ fn export_tables_answer_as_nvidias_runtime_needs() {
         // The runtime interface: its size, and the primary context without retaining it.
         let rt = table(cu, RUNTIME_INTERFACE, 13).unwrap();
         assert_eq!(rt[0] as usize, 13 * 8);
-        let primary: extern "C" fn(*mut Handle, c_int) -> CUresult = slot(&rt, 2);
+        let primary: extern "C" fn(*mut CUcontext, c_int) -> CUresult = slot(&rt, 2);
         let (mut h0, mut h1, mut retained) = (null_mut(), null_mut(), null_mut());
         ok(primary(&mut h0, 0));
         ok(primary(&mut h1, 1));
@@ -134,7 +134,7 @@ fn export_tables_answer_as_nvidias_runtime_needs() {
 
         // Context checks: nothing special about any context.
         let checks = table(cu, CONTEXT_CHECKS, 4).unwrap();
-        let check_ctx: extern "C" fn(Handle, *mut u32, *mut *const c_void) -> CUresult = slot(&checks, 2);
+        let check_ctx: extern "C" fn(CUcontext, *mut u32, *mut *const c_void) -> CUresult = slot(&checks, 2);
         let mut bits = 7u32;
         ok(check_ctx(h0, &mut bits, null_mut()));
         assert_eq!(bits, 0);
@@ -155,9 +155,10 @@ fn export_tables_answer_as_nvidias_runtime_needs() {
         // Context-local storage: values per context and key; destructors run before a reset
         // takes the context away, and the reset context starts empty.
         let cls = table(cu, CONTEXT_LOCAL_STORAGE, 3).unwrap();
-        let put: extern "C" fn(Handle, *mut c_void, *mut c_void, Option<LocalDestructor>) -> CUresult = slot(&cls, 0);
-        let delete: extern "C" fn(Handle, *mut c_void) -> CUresult = slot(&cls, 1);
-        let get: extern "C" fn(*mut *mut c_void, Handle, *mut c_void) -> CUresult = slot(&cls, 2);
+        let put: extern "C" fn(CUcontext, *mut c_void, *mut c_void, Option<LocalDestructor>) -> CUresult =
+            slot(&cls, 0);
+        let delete: extern "C" fn(CUcontext, *mut c_void) -> CUresult = slot(&cls, 1);
+        let get: extern "C" fn(*mut *mut c_void, CUcontext, *mut c_void) -> CUresult = slot(&cls, 2);
         let (key, other, value) = (0x1000 as *mut c_void, 0x2000 as *mut c_void, 0x3000 as *mut c_void);
         let mut v = null_mut();
         check(get(&mut v, null_mut(), key), INVALID_HANDLE);
@@ -265,8 +266,10 @@ fn libraries_lend_their_kernels_and_launches_take_device_time() {
 
         // A CUkernel straight to cuLaunchKernel (CUDA 13's runtime does this): `busy` takes
         // its first parameter in ns of device time, any other kernel a few microseconds.
-        let ms =
-            timed(&cu, || (cu.cuLaunchKernel)(busy, 1, 1, 1, 1, 1, 1, 0, null_mut(), params.as_mut_ptr(), null_mut()));
+        let busy_f = busy.cast::<CUfunc_st>();
+        let ms = timed(&cu, || {
+            (cu.cuLaunchKernel)(busy_f, 1, 1, 1, 1, 1, 1, 0, null_mut(), params.as_mut_ptr(), null_mut())
+        });
         assert!((149.0..160.0).contains(&ms), "busy took {ms} ms of device time");
         ok((cu.cuKernelGetFunction)(&mut f, idle));
         let ms = timed(&cu, || (cu.cuLaunchKernel)(f, 1, 1, 1, 1, 1, 1, 0, null_mut(), null_mut(), null_mut()));
@@ -275,7 +278,7 @@ fn libraries_lend_their_kernels_and_launches_take_device_time() {
         ok((cu.cuModuleGetFunction)(&mut g, module, c"_Z4idlev".as_ptr()));
         assert_eq!(f, g, "the kernel's function is the library's module's");
         let mut regs = 0;
-        ok((cu.cuFuncGetAttribute)(&mut regs, 4, f));
+        ok((cu.cuFuncGetAttribute)(&mut regs, CU_FUNC_ATTRIBUTE_NUM_REGS, f));
         assert_eq!(regs, 32);
 
         // A graph node naming the CUkernel (func null, kern set).
@@ -285,12 +288,16 @@ fn libraries_lend_their_kernels_and_launches_take_device_time() {
         ok((cu.cuGraphCreate)(&mut graph, 0));
         let mut node_nanos = 80 * MS;
         let mut node_params = [(&raw mut node_nanos).cast::<c_void>()];
-        let p = CUDA_KERNEL_NODE_PARAMS {
+        let p = CUDA_KERNEL_NODE_PARAMS_v2 {
             func: null_mut(),
-            grid: [1; 3],
-            block: [1; 3],
-            shared_mem_bytes: 0,
-            kernel_params: node_params.as_mut_ptr(),
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 1,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            kernelParams: node_params.as_mut_ptr(),
             extra: null_mut(),
             kern: busy,
             ctx: null_mut(),
@@ -303,7 +310,7 @@ fn libraries_lend_their_kernels_and_launches_take_device_time() {
         // Unloading the library takes its kernels and functions with it.
         ok((cu.cuLibraryUnload)(lib));
         check(
-            (cu.cuLaunchKernel)(busy, 1, 1, 1, 1, 1, 1, 0, null_mut(), params.as_mut_ptr(), null_mut()),
+            (cu.cuLaunchKernel)(busy_f, 1, 1, 1, 1, 1, 1, 0, null_mut(), params.as_mut_ptr(), null_mut()),
             INVALID_HANDLE,
         );
         check((cu.cuLaunchKernel)(f, 1, 1, 1, 1, 1, 1, 0, null_mut(), null_mut(), null_mut()), INVALID_HANDLE);
@@ -335,12 +342,12 @@ fn context_settings_are_kept_and_answered() {
         assert_eq!(flags, 4);
         ok((cu.cuCtxGetApiVersion)(null_mut(), &mut version));
         assert_eq!(version, 3020);
-        ok((cu.cuCtxGetLimit)(&mut limit, 0));
-        assert_eq!(limit, 1024, "CU_LIMIT_STACK_SIZE");
-        ok((cu.cuCtxSetLimit)(0, 4096));
-        ok((cu.cuCtxGetLimit)(&mut limit, 0));
+        ok((cu.cuCtxGetLimit)(&mut limit, CU_LIMIT_STACK_SIZE));
+        assert_eq!(limit, 1024);
+        ok((cu.cuCtxSetLimit)(CU_LIMIT_STACK_SIZE, 4096));
+        ok((cu.cuCtxGetLimit)(&mut limit, CU_LIMIT_STACK_SIZE));
         assert_eq!(limit, 4096);
-        check((cu.cuCtxGetLimit)(&mut limit, 99), 215);
+        check((cu.cuCtxGetLimit)(&mut limit, 99), CUDA_ERROR_UNSUPPORTED_LIMIT);
         ok((cu.cuCtxGetStreamPriorityRange)(&mut least, &mut greatest));
         assert_eq!((least, greatest), (0, -5));
     }

@@ -78,6 +78,40 @@ pub fn probes() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// The CUDA version of the simulated driver the suite runs against: `GPUSLICE_TEST_CUDA_VERSION`
+/// (`make test` runs the shim's suite at 12080 and again at 13000), 12080 by default.
+pub fn cuda_version() -> i32 {
+    match std::env::var("GPUSLICE_TEST_CUDA_VERSION") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("GPUSLICE_TEST_CUDA_VERSION={v:?} is not a CUDA version")),
+        Err(_) => 12080,
+    }
+}
+
+/// A C program of `vgpu-shim/tests/c/` built against the generated `gpuslice_cuda_abi.h`, once
+/// per test process.
+pub fn c_program(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = profile_dir().join(format!("shim-tests-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    if !out.exists() {
+        // Built under a name of this thread's, then renamed: tests build it concurrently.
+        let tmp = out.with_extension(format!("{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+        let src = root.join("vgpu-shim/tests/c").join(format!("{name}.c"));
+        let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(root.join("cuda-abi/include"))
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .unwrap();
+        assert!(st.success(), "compiling {} failed", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
 /// Installs the simulated driver in `dir` under the real driver's names.
 pub fn install_driver(dir: &Path) {
     let fake = find("libfakegpu.so");
@@ -90,12 +124,8 @@ pub fn install_driver(dir: &Path) {
 
 /// Whether the tests that need a private mount namespace can run; prints the skip if not.
 pub fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/unshare").exists() {
-        return false;
-    }
-    println!("skipped: {test}: read-only bind mounts need root and unshare(1)");
-    true
+    gpuslice_test_support::skip_unless_root(test, "a read-only bind mount")
+        || gpuslice_test_support::skip_unless_program(test, "/usr/bin/unshare")
 }
 
 /// A GPU for the simulated driver.
@@ -106,6 +136,8 @@ pub struct Gpu {
 
 pub struct Node {
     pub dir: tempfile::TempDir,
+    /// The simulated driver's CUDA version, and the probe's default `--cuda-version`.
+    pub cuda_version: i32,
     pub driver: PathBuf,
     pub slices: Vec<String>,
 }
@@ -117,8 +149,18 @@ impl Node {
     }
 
     pub fn with_gpus(gpus: &[Gpu]) -> Node {
+        Node::with_gpus_at(gpus, cuda_version())
+    }
+
+    /// A node with one 80 GiB GPU whose driver is CUDA `version` (`cuda_version` of the
+    /// simulated driver, as `cuDriverGetVersion` reports it).
+    pub fn at_cuda_version(version: i32) -> Node {
+        Node::with_gpus_at(&[Gpu { uuid: UUID0, memory_gib: 80 }], version)
+    }
+
+    pub fn with_gpus_at(gpus: &[Gpu], cuda_version: i32) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = String::from("driver_version = \"580.95.05\"\ncuda_version = 12080\n");
+        let mut cfg = format!("driver_version = \"580.95.05\"\ncuda_version = {cuda_version}\n");
         for (i, g) in gpus.iter().enumerate() {
             cfg += &format!(
                 "[[gpu]]\nuuid = \"{}\"\nname = \"Simulated H100\"\nmemory = \"{}GiB\"\nsm_count = 132\nminor = {i}\npci_bus_id = \"00000000:{:02X}:00.0\"\n",
@@ -134,7 +176,7 @@ impl Node {
         for sub in ["host/slices", "view/slices", "fakegpu-state"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        Node { dir, driver, slices: Vec::new() }
+        Node { dir, cuda_version, driver, slices: Vec::new() }
     }
 
     pub fn host(&self) -> PathBuf {
@@ -299,6 +341,7 @@ impl Node {
         c.env("FAKEGPU_CONFIG", self.dir.path().join("fakegpu.toml"))
             .env("FAKEGPU_STATE_DIR", self.dir.path().join("fakegpu-state"))
             .env("LD_LIBRARY_PATH", &self.driver)
+            .env("CUDA_PROBE_CUDA_VERSION", self.cuda_version.to_string())
             .env("GPUSLICE_STATE_DIR", self.view())
             .env_remove("GPUSLICE_MEMORY_LIMIT")
             .env_remove("GPUSLICE_LOG")

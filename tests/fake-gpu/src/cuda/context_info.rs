@@ -9,7 +9,10 @@ use super::driver;
 use super::error::{self, CuResult, INVALID_VALUE};
 use super::ffi::Out;
 use super::proc_address::driver_api;
-use super::types::{CUcontext, CUdevice};
+use super::types::{
+    CU_FUNC_CACHE_PREFER_EQUAL, CU_SHARED_MEM_CONFIG_EIGHT_BYTE_BANK_SIZE, CUcontext, CUdevice, CUfunc_cache, CUlimit,
+    CUsharedconfig,
+};
 
 /// `CUlimit`s: stack size, printf FIFO, malloc heap, device-runtime sync depth and pending
 /// launches, L2 fetch granularity, persisting L2 size, shared memory size, CIG enabled, CIG
@@ -21,8 +24,8 @@ const LIMIT_DEFAULTS: [usize; 10] = [1024, 1 << 20, 8 << 20, 2, 2048, 64, 0, 0, 
 pub(crate) struct Settings {
     pub flags: u32,
     limits: [usize; LIMIT_DEFAULTS.len()],
-    cache_config: c_int,
-    shared_mem_config: c_int,
+    cache_config: CUfunc_cache,
+    shared_mem_config: CUsharedconfig,
 }
 
 impl Settings {
@@ -39,13 +42,12 @@ fn with_settings<T>(ctx: CUcontext, f: impl FnOnce(&mut Settings) -> CuResult<T>
     f(&mut c.settings)
 }
 
-fn limit_index(limit: c_int) -> CuResult<usize> {
+fn limit_index(limit: CUlimit) -> CuResult<usize> {
     usize::try_from(limit).ok().filter(|&i| i < LIMIT_DEFAULTS.len()).ok_or(error::UNSUPPORTED_LIMIT)
 }
 
 driver_api! {
     /// 3020, as for every context made through the `_v2` API.
-    #[proc("cuCtxGetApiVersion", 3020)]
     fn cuCtxGetApiVersion(ctx: CUcontext, version: *mut c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(version) }?;
@@ -53,16 +55,12 @@ driver_api! {
         out.set(3020);
         Ok(())
     }
-
-    #[proc("cuCtxGetFlags", 7000)]
     fn cuCtxGetFlags(flags: *mut c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(flags) }?;
         out.set(with_settings(std::ptr::null_mut(), |s| Ok(s.flags))?);
         Ok(())
     }
-
-    #[proc("cuCtxSetFlags", 12010)]
     fn cuCtxSetFlags(flags: c_uint) {
         context::check_flags(flags)?;
         with_settings(std::ptr::null_mut(), |s| {
@@ -72,21 +70,17 @@ driver_api! {
     }
 
     /// What `cudaSetDeviceFlags` calls; applies to the primary context now or when it starts.
-    #[proc("cuDevicePrimaryCtxSetFlags", 7000)]
     fn cuDevicePrimaryCtxSetFlags(dev: CUdevice, flags: c_uint) {
         let d = driver()?;
         context::set_primary_flags(&mut d.lock(), d.sim, dev, flags)
     }
-
-    #[proc("cuDevicePrimaryCtxSetFlags", 11000)]
     fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, flags: c_uint) {
         let d = driver()?;
         context::set_primary_flags(&mut d.lock(), d.sim, dev, flags)
     }
 
     /// An H100's defaults until set; unknown limits are `CUDA_ERROR_UNSUPPORTED_LIMIT`.
-    #[proc("cuCtxGetLimit", 3010)]
-    fn cuCtxGetLimit(value: *mut usize, limit: c_int) {
+    fn cuCtxGetLimit(value: *mut usize, limit: CUlimit) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(value) }?;
         let i = limit_index(limit)?;
@@ -95,17 +89,14 @@ driver_api! {
     }
 
     /// Kept and answered back; nothing else changes.
-    #[proc("cuCtxSetLimit", 3010)]
-    fn cuCtxSetLimit(limit: c_int, value: usize) {
+    fn cuCtxSetLimit(limit: CUlimit, value: usize) {
         let i = limit_index(limit)?;
         with_settings(std::ptr::null_mut(), |s| {
             s.limits[i] = value;
             Ok(())
         })
     }
-
-    #[proc("cuCtxGetCacheConfig", 3020)]
-    fn cuCtxGetCacheConfig(config: *mut c_int) {
+    fn cuCtxGetCacheConfig(config: *mut CUfunc_cache) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(config) }?;
         out.set(with_settings(std::ptr::null_mut(), |s| Ok(s.cache_config))?);
@@ -113,9 +104,8 @@ driver_api! {
     }
 
     /// `CU_FUNC_CACHE_PREFER_NONE` … `_EQUAL` (0–3).
-    #[proc("cuCtxSetCacheConfig", 3020)]
-    fn cuCtxSetCacheConfig(config: c_int) {
-        if !(0..=3).contains(&config) {
+    fn cuCtxSetCacheConfig(config: CUfunc_cache) {
+        if config > CU_FUNC_CACHE_PREFER_EQUAL {
             return Err(INVALID_VALUE);
         }
         with_settings(std::ptr::null_mut(), |s| {
@@ -123,9 +113,7 @@ driver_api! {
             Ok(())
         })
     }
-
-    #[proc("cuCtxGetSharedMemConfig", 4020)]
-    fn cuCtxGetSharedMemConfig(config: *mut c_int) {
+    fn cuCtxGetSharedMemConfig(config: *mut CUsharedconfig) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(config) }?;
         out.set(with_settings(std::ptr::null_mut(), |s| Ok(s.shared_mem_config))?);
@@ -133,9 +121,8 @@ driver_api! {
     }
 
     /// `CU_SHARED_MEM_CONFIG_DEFAULT_BANK_SIZE` … `_EIGHT_BYTE_BANK_SIZE` (0–2).
-    #[proc("cuCtxSetSharedMemConfig", 4020)]
-    fn cuCtxSetSharedMemConfig(config: c_int) {
-        if !(0..=2).contains(&config) {
+    fn cuCtxSetSharedMemConfig(config: CUsharedconfig) {
+        if config > CU_SHARED_MEM_CONFIG_EIGHT_BYTE_BANK_SIZE {
             return Err(INVALID_VALUE);
         }
         with_settings(std::ptr::null_mut(), |s| {
@@ -145,7 +132,6 @@ driver_api! {
     }
 
     /// An H100's: priorities from 0 (least) to -5 (greatest). Either output may be null.
-    #[proc("cuCtxGetStreamPriorityRange", 5050)]
     fn cuCtxGetStreamPriorityRange(least: *mut c_int, greatest: *mut c_int) {
         with_settings(std::ptr::null_mut(), |_| Ok(()))?;
         // SAFETY: null or writable per the export's contract.
@@ -160,6 +146,5 @@ driver_api! {
     }
 
     /// Nothing persists in an L2 that is not simulated.
-    #[proc("cuCtxResetPersistingL2Cache", 11000)]
     fn cuCtxResetPersistingL2Cache() { with_settings(std::ptr::null_mut(), |_| Ok(())) }
 }

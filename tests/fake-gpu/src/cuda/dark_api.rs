@@ -22,7 +22,7 @@ use super::{context, device, driver, trace};
 
 driver_api! {
     /// The private table `id` names, or `CUDA_ERROR_NOT_FOUND` and null.
-    #[proc("cuGetExportTable", 3000, before_init)]
+    #[export(before_init)]
     fn cuGetExportTable(table: *mut *const c_void, id: *const CUuuid) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(table) }?;
@@ -108,8 +108,9 @@ fn show(uuid: &[u8; 16]) -> String {
 
 /// `cuGetExportTable`: the table for `id`, or `CUDA_ERROR_NOT_FOUND` (and null) for any other.
 pub(crate) fn export_table(out: Out<*const c_void>, id: &CUuuid) -> CuResult {
-    let known = KNOWN.iter().find(|k| k.uuid == id.bytes);
-    trace::line(|| format!("cuGetExportTable({}) = {}", show(&id.bytes), known.map_or("not found", |k| k.name)));
+    let bytes = id.bytes.map(|b| b.to_ne_bytes()[0]);
+    let known = KNOWN.iter().find(|k| k.uuid == bytes);
+    trace::line(|| format!("cuGetExportTable({}) = {}", show(&bytes), known.map_or("not found", |k| k.name)));
     match known {
         Some(k) => {
             out.set((k.table)());

@@ -9,24 +9,22 @@ use super::ffi::{Out, c_str};
 use super::image;
 use super::modules;
 use super::proc_address::driver_api;
-use super::types::{CUcontext, CUdevice, CUfunction, CUmodule};
+use super::types::{
+    CU_FUNC_CACHE_PREFER_EQUAL, CU_FUNCTION_LOADING_STATE_LOADED, CUdevice, CUfunc_cache, CUfunction,
+    CUfunction_attribute, CUfunctionLoadingState, CUjit_option, CUkernel, CUlibrary, CUlibraryOption, CUmodule,
+};
 use super::{context, device, driver};
-
-/// `CUlibrary`, `CUkernel`: opaque handles.
-pub type CUlibrary = *mut c_void;
-pub type CUkernel = *mut c_void;
 
 driver_api! {
     /// Any non-null image loads, as with `cuModuleLoadData`; JIT and library options are
     /// accepted and ignored.
-    #[proc("cuLibraryLoadData", 12000)]
     fn cuLibraryLoadData(
         library: *mut CUlibrary,
         code: *const c_void,
-        _jit_options: *mut c_int,
+        _jit_options: *mut CUjit_option,
         _jit_options_values: *mut *mut c_void,
         _num_jit_options: c_uint,
-        _library_options: *mut c_int,
+        _library_options: *mut CUlibraryOption,
         _library_option_values: *mut *mut c_void,
         _num_library_options: c_uint,
     ) {
@@ -43,11 +41,9 @@ driver_api! {
     }
 
     /// Its kernels, and its modules in every context, go with it.
-    #[proc("cuLibraryUnload", 12000)]
     fn cuLibraryUnload(library: CUlibrary) { driver()?.lock().modules.unload_library(library as usize) }
 
     /// A kernel the library provides, or `CUDA_ERROR_NOT_FOUND`; the same handle each time.
-    #[proc("cuLibraryGetKernel", 12000)]
     fn cuLibraryGetKernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(kernel) }?;
@@ -58,7 +54,6 @@ driver_api! {
     }
 
     /// The library loaded in the current context.
-    #[proc("cuLibraryGetModule", 12000)]
     fn cuLibraryGetModule(module: *mut CUmodule, library: CUlibrary) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(module) }?;
@@ -69,7 +64,6 @@ driver_api! {
     }
 
     /// The kernel's function in the current context (its library is loaded there on first use).
-    #[proc("cuKernelGetFunction", 12000)]
     fn cuKernelGetFunction(function: *mut CUfunction, kernel: CUkernel) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(function) }?;
@@ -78,8 +72,6 @@ driver_api! {
         out.set(reg.modules.kernel_function(kernel as usize, ctx)? as CUfunction);
         Ok(())
     }
-
-    #[proc("cuKernelGetLibrary", 12050)]
     fn cuKernelGetLibrary(library: *mut CUlibrary, kernel: CUkernel) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(library) }?;
@@ -88,7 +80,6 @@ driver_api! {
     }
 
     /// The name it was asked for by; valid while the kernel is.
-    #[proc("cuKernelGetName", 12030)]
     fn cuKernelGetName(name: *mut *const c_char, kernel: CUkernel) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(name) }?;
@@ -101,8 +92,7 @@ driver_api! {
     }
 
     /// As `cuFuncGetAttribute`, for the kernel on `dev`.
-    #[proc("cuKernelGetAttribute", 12000)]
-    fn cuKernelGetAttribute(pi: *mut c_int, attrib: c_int, kernel: CUkernel, dev: CUdevice) {
+    fn cuKernelGetAttribute(pi: *mut c_int, attrib: CUfunction_attribute, kernel: CUkernel, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pi) }?;
         let d = driver()?;
@@ -113,8 +103,7 @@ driver_api! {
     }
 
     /// Accepted for the attributes a program may set, and ignored.
-    #[proc("cuKernelSetAttribute", 12000)]
-    fn cuKernelSetAttribute(attrib: c_int, val: c_int, kernel: CUkernel, dev: CUdevice) {
+    fn cuKernelSetAttribute(attrib: CUfunction_attribute, val: c_int, kernel: CUkernel, dev: CUdevice) {
         let d = driver()?;
         device::gpu(d.sim, dev)?;
         d.lock().modules.kernel_name(kernel as usize)?;
@@ -122,18 +111,16 @@ driver_api! {
     }
 
     /// Accepted and ignored.
-    #[proc("cuKernelSetCacheConfig", 12000)]
-    fn cuKernelSetCacheConfig(kernel: CUkernel, config: c_int, dev: CUdevice) {
+    fn cuKernelSetCacheConfig(kernel: CUkernel, config: CUfunc_cache, dev: CUdevice) {
         let d = driver()?;
         device::gpu(d.sim, dev)?;
         d.lock().modules.kernel_name(kernel as usize)?;
-        if (0..=3).contains(&config) { Ok(()) } else { Err(INVALID_VALUE) }
+        if config <= CU_FUNC_CACHE_PREFER_EQUAL { Ok(()) } else { Err(INVALID_VALUE) }
     }
 
     /// An H100's answers for a small kernel (no shared, constant or local memory, 32
     /// registers); `busy` and other kernels alike.
-    #[proc("cuFuncGetAttribute", 2020)]
-    fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, hfunc: CUfunction) {
+    fn cuFuncGetAttribute(pi: *mut c_int, attrib: CUfunction_attribute, hfunc: CUfunction) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pi) }?;
         driver()?.lock().modules.function_name(hfunc as usize)?;
@@ -142,28 +129,22 @@ driver_api! {
     }
 
     /// Accepted for the attributes a program may set, and ignored.
-    #[proc("cuFuncSetAttribute", 9000)]
-    fn cuFuncSetAttribute(hfunc: CUfunction, attrib: c_int, value: c_int) {
+    fn cuFuncSetAttribute(hfunc: CUfunction, attrib: CUfunction_attribute, value: c_int) {
         driver()?.lock().modules.function_name(hfunc as usize)?;
         modules::check_settable(attrib, value)
     }
 
     /// Accepted and ignored.
-    #[proc("cuFuncSetCacheConfig", 3000)]
-    fn cuFuncSetCacheConfig(hfunc: CUfunction, config: c_int) {
+    fn cuFuncSetCacheConfig(hfunc: CUfunction, config: CUfunc_cache) {
         driver()?.lock().modules.function_name(hfunc as usize)?;
-        if (0..=3).contains(&config) { Ok(()) } else { Err(INVALID_VALUE) }
+        if config <= CU_FUNC_CACHE_PREFER_EQUAL { Ok(()) } else { Err(INVALID_VALUE) }
     }
-
-    #[proc("cuFuncGetModule", 11000)]
     fn cuFuncGetModule(hmod: *mut CUmodule, hfunc: CUfunction) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(hmod) }?;
         out.set(driver()?.lock().modules.module_of(hfunc as usize)? as CUmodule);
         Ok(())
     }
-
-    #[proc("cuFuncGetName", 12030)]
     fn cuFuncGetName(name: *mut *const c_char, hfunc: CUfunction) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(name) }?;
@@ -173,25 +154,14 @@ driver_api! {
         Ok(())
     }
 
-    /// Whether the function's module is loaded: always, here (1 = `CU_FUNCTION_LOADING_STATE_LOADED`).
-    #[proc("cuFuncIsLoaded", 12040)]
-    fn cuFuncIsLoaded(state: *mut c_int, hfunc: CUfunction) {
+    /// Whether the function's module is loaded: always, here.
+    fn cuFuncIsLoaded(state: *mut CUfunctionLoadingState, hfunc: CUfunction) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(state) }?;
         driver()?.lock().modules.function_name(hfunc as usize)?;
-        out.set(1);
+        out.set(CU_FUNCTION_LOADING_STATE_LOADED);
         Ok(())
     }
-
-    #[proc("cuFuncLoad", 12040)]
     fn cuFuncLoad(hfunc: CUfunction) { driver()?.lock().modules.function_name(hfunc as usize).map(drop) }
 
-    /// The context a function's module was loaded in.
-    #[proc("cuFuncGetContext", 12080)]
-    fn cuFuncGetContext(ctx: *mut CUcontext, hfunc: CUfunction) {
-        // SAFETY: null or writable per the export's contract.
-        let out = unsafe { Out::new(ctx) }?;
-        out.set(driver()?.lock().modules.context_of(hfunc as usize).ok_or(error::INVALID_HANDLE)? as CUcontext);
-        Ok(())
-    }
 }

@@ -23,8 +23,8 @@ use std::ptr::NonNull;
 use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, OUT_OF_MEMORY};
 use super::types::{
     CU_MEM_ACCESS_FLAGS_PROT_NONE, CU_MEM_ACCESS_FLAGS_PROT_READ, CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUdevice, CUmemAccessDesc,
-    CUmemAllocationProp, CUmemPoolProps, CUstream,
+    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUarray_format, CUdevice,
+    CUmemAccess_flags, CUmemAccessDesc, CUmemAllocationProp, CUmemPoolProps, CUstream, location_id,
 };
 use super::{Driver, FAIL_ALLOC_AT_ENV, Handle, Registry, context, driver, launch, new_handle};
 use crate::state::{DeviceState, Simulator};
@@ -191,7 +191,7 @@ struct Physical {
 struct Mapping {
     size: u64,
     handle: u64,
-    access: c_int,
+    access: CUmemAccess_flags,
 }
 
 #[derive(Debug)]
@@ -337,7 +337,7 @@ impl Memory {
     }
 
     /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
-    pub fn pool_counter(&self, pool: Handle, attribute: c_int) -> CuResult<u64> {
+    pub fn pool_counter(&self, pool: Handle, attribute: super::types::CUmemPool_attribute) -> CuResult<u64> {
         let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
         match attribute {
             4 => Ok(0),               // RELEASE_THRESHOLD
@@ -494,7 +494,7 @@ impl Memory {
     }
 
     /// `cuMemSetAccess`: a range made of whole mappings.
-    pub fn set_access(&mut self, ptr: u64, size: u64, access: c_int) -> CuResult {
+    pub fn set_access(&mut self, ptr: u64, size: u64, access: CUmemAccess_flags) -> CuResult {
         let prot = match access {
             CU_MEM_ACCESS_FLAGS_PROT_NONE => libc::PROT_NONE,
             CU_MEM_ACCESS_FLAGS_PROT_READ => libc::PROT_READ,
@@ -592,7 +592,7 @@ fn memfd(size: u64) -> io::Result<OwnedFd> {
 }
 
 /// Bytes per element of a `CUarray_format` with `channels` channels.
-fn element_bytes(format: c_int, channels: u32) -> CuResult<u64> {
+fn element_bytes(format: CUarray_format, channels: u32) -> CuResult<u64> {
     let per_channel = match format {
         0x01 | 0x08 => 1,        // UNSIGNED_INT8, SIGNED_INT8
         0x02 | 0x09 | 0x10 => 2, // UNSIGNED_INT16, SIGNED_INT16, HALF
@@ -692,7 +692,7 @@ pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResul
     if prop.type_ != CU_MEM_ALLOCATION_TYPE_PINNED || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return Err(INVALID_VALUE);
     }
-    let (_, state) = super::device::gpu(sim, prop.location.id).map_err(|_| INVALID_VALUE)?;
+    let (_, state) = super::device::gpu(sim, location_id(&prop.location)).map_err(|_| INVALID_VALUE)?;
     Ok(state.index())
 }
 
@@ -714,7 +714,7 @@ pub(crate) fn set_access(ptr: u64, size: u64, desc: &[CUmemAccessDesc]) -> CuRes
         if access.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
             return Err(INVALID_VALUE);
         }
-        super::device::gpu(d.sim, access.location.id).map_err(|_| INVALID_VALUE)?;
+        super::device::gpu(d.sim, location_id(&access.location)).map_err(|_| INVALID_VALUE)?;
     }
     let flags = desc[desc.len() - 1].flags;
     d.lock().memory.set_access(ptr, size, flags)
@@ -748,7 +748,7 @@ pub(crate) fn pool_create(props: &CUmemPoolProps) -> CuResult<Handle> {
     if props.allocType != CU_MEM_ALLOCATION_TYPE_PINNED || props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return Err(INVALID_VALUE);
     }
-    let (_, state) = super::device::gpu(d.sim, props.location.id).map_err(|_| INVALID_VALUE)?;
+    let (_, state) = super::device::gpu(d.sim, location_id(&props.location)).map_err(|_| INVALID_VALUE)?;
     Ok(d.lock().memory.create_pool(state.index()))
 }
 
@@ -832,7 +832,7 @@ pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, per_thread: bool) -> Cu
 mod tests {
     use super::*;
 
-    fn desc(w: usize, h: usize, d: usize, format: c_int, channels: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
+    fn desc(w: usize, h: usize, d: usize, format: CUarray_format, channels: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
         CUDA_ARRAY3D_DESCRIPTOR { Width: w, Height: h, Depth: d, Format: format, NumChannels: channels, Flags: 0 }
     }
 

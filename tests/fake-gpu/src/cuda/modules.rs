@@ -16,6 +16,7 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND};
 use super::image::{self, Kernels};
 use super::launch::Nanos;
+use super::types::*;
 use super::{Handle, context, driver, new_handle};
 
 /// How long a kernel other than `busy` occupies the device: about what a small kernel takes
@@ -238,29 +239,37 @@ impl Modules {
 
 /// `cuFuncGetAttribute`/`cuKernelGetAttribute`: an H100's answers for a small kernel (no
 /// shared, constant or local memory, 32 registers, compiled for `sm_90`), whatever the kernel.
-pub(crate) fn attribute(attribute: c_int) -> CuResult<c_int> {
+pub(crate) fn attribute(attribute: CUfunction_attribute) -> CuResult<c_int> {
     Ok(match attribute {
-        0 => 1024,     // MAX_THREADS_PER_BLOCK
-        1..=3 => 0,    // SHARED_SIZE_BYTES, CONST_SIZE_BYTES, LOCAL_SIZE_BYTES
-        4 => 32,       // NUM_REGS
-        5 | 6 => 90,   // PTX_VERSION, BINARY_VERSION
-        7 => 0,        // CACHE_MODE_CA
-        8 => 48 << 10, // MAX_DYNAMIC_SHARED_SIZE_BYTES
-        9 => -1,       // PREFERRED_SHARED_MEMORY_CARVEOUT: no preference
-        10..=15 => 0,  // cluster attributes: none required
+        CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK => 1024,
+        CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
+        | CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES
+        | CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES => 0,
+        CU_FUNC_ATTRIBUTE_NUM_REGS => 32,
+        CU_FUNC_ATTRIBUTE_PTX_VERSION | CU_FUNC_ATTRIBUTE_BINARY_VERSION => 90,
+        CU_FUNC_ATTRIBUTE_CACHE_MODE_CA => 0,
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => 48 << 10,
+        // No preference.
+        CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => -1,
+        // Cluster attributes: none required.
+        CU_FUNC_ATTRIBUTE_CLUSTER_SIZE_MUST_BE_SET..=CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
         _ => return Err(INVALID_VALUE),
     })
 }
 
 /// `cuFuncSetAttribute`/`cuKernelSetAttribute`: the attributes a program may set, with values
 /// in range (accepted, no effect here).
-pub(crate) fn check_settable(attribute: c_int, value: c_int) -> CuResult {
+pub(crate) fn check_settable(attribute: CUfunction_attribute, value: c_int) -> CuResult {
     let ok = match attribute {
-        8 => (0..=227 << 10).contains(&value), // MAX_DYNAMIC_SHARED_SIZE_BYTES
-        9 => (-1..=100).contains(&value),      // PREFERRED_SHARED_MEMORY_CARVEOUT
-        10 | 14 => matches!(value, 0 | 1),     // CLUSTER_SIZE_MUST_BE_SET, NON_PORTABLE_…
-        11..=13 => (0..=16).contains(&value),  // REQUIRED_CLUSTER_WIDTH, _HEIGHT, _DEPTH
-        15 => (0..=2).contains(&value),        // CLUSTER_SCHEDULING_POLICY_PREFERENCE
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => (0..=227 << 10).contains(&value),
+        CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => (-1..=100).contains(&value),
+        CU_FUNC_ATTRIBUTE_CLUSTER_SIZE_MUST_BE_SET | CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED => {
+            matches!(value, 0 | 1)
+        }
+        CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH..=CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH => {
+            (0..=16).contains(&value)
+        }
+        CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE => (0..=2).contains(&value),
         _ => false,
     };
     if ok { Ok(()) } else { Err(INVALID_VALUE) }

@@ -146,12 +146,7 @@ impl Gpu {
 /// Whether a C compiler (`$CC`, else `cc`) is there to build C clients; says `skipped: …`
 /// for `test` when not.
 pub fn have_cc(test: &str) -> bool {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let ok = Command::new(&cc).arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        println!("skipped: {test}: no C compiler (`{cc}`) to build tests/cuda-probe");
-    }
-    ok
+    !gpuslice_test_support::skip_unless_cc(test, "tests/cuda-probe")
 }
 
 /// The CUDA probe (`tests/cuda-probe`) built against this library.
