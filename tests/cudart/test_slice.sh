@@ -57,7 +57,6 @@ test_slice_synchronize_another_context() {
 # the device (test_device_reset).
 test_slice_device_reset() {
     local out
-    known_failure "the shim keeps charging the slice for allocations that cuDevicePrimaryCtxReset freed (shim memory accounting)"
     cudart_node
     run_ok "reset in slice0" out cudart_in_slice slice0 reset
     assert_eq "free memory after the reset" "$(kv free_after_reset "$out")" "$(kv free_before "$out")"

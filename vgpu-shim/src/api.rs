@@ -148,6 +148,8 @@ api! {
         cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) => crate::memory::primary_ctx_retain;
         cuDevicePrimaryCtxRelease(dev: CUdevice) => crate::memory::primary_ctx_release;
         cuDevicePrimaryCtxRelease_v2(dev: CUdevice) => crate::memory::primary_ctx_release_v2;
+        cuDevicePrimaryCtxReset(dev: CUdevice) => crate::memory::primary_ctx_reset;
+        cuDevicePrimaryCtxReset_v2(dev: CUdevice) => crate::memory::primary_ctx_reset_v2;
         cuCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::ctx_create_v2;
         cuCtxCreate_v3(ctx: *mut CUcontext, params: *mut CUexecAffinityParam, num_params: c_int, flags: u32, dev: CUdevice)
             => crate::memory::ctx_create_v3;

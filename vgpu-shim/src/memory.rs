@@ -9,6 +9,16 @@
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
 //! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it.
+//!
+//! A context takes what was allocated in it when it goes: `cuCtxDestroy`, the last release of
+//! a primary context, and `cuDevicePrimaryCtxReset` (`cudaDeviceReset`) free its
+//! allocations, pitched and managed memory, arrays and mipmapped arrays, so each charge
+//! remembers the context that was current when it was made, and those charges are returned
+//! when the driver says the context is gone. A reset also settles the device's pools to what
+//! they still reserve. It does not release the primary context itself: NVIDIA's driver keeps
+//! it retained ("resetting the primary context does not release it"), and it comes back on
+//! the next use, so its charge follows the retain count as before. `cuMemCreate` handles and
+//! pools are not a context's: they stay charged until released or destroyed.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -22,8 +32,8 @@ use crate::state::{CONTEXT_CHARGE, Refusal, State, state};
 pub struct Book {
     /// Pointers, handles, arrays and contexts: `(kind, id)` → charge.
     charges: HashMap<(Kind, u64), Charge>,
-    /// Primary contexts: device → (retain count, slice).
-    primary: HashMap<CUdevice, (u32, usize)>,
+    /// Primary contexts: device → retains, slice, handle.
+    primary: HashMap<CUdevice, Primary>,
     /// Memory pools: pool → (slice, bytes charged).
     pools: HashMap<usize, (usize, u64)>,
     /// Allocation granularity per device.
@@ -45,6 +55,23 @@ struct Charge {
     bytes: u64,
     /// Stream-ordered allocation from this pool: charged through the pool.
     pool: Option<usize>,
+    /// The context current when it was made (0: none), which frees it when it goes.
+    ctx: usize,
+}
+
+impl Charge {
+    fn new(slice: usize, bytes: u64, pool: Option<usize>) -> Self {
+        Self { slice, bytes, pool, ctx: current_context() }
+    }
+}
+
+/// A primary context this process retained.
+#[derive(Debug, Clone, Copy)]
+struct Primary {
+    retains: u32,
+    slice: usize,
+    /// Its handle, as `cuDevicePrimaryCtxRetain` returned it.
+    ctx: usize,
 }
 
 fn book(s: &State) -> std::sync::MutexGuard<'_, Book> {
@@ -53,6 +80,14 @@ fn book(s: &State) -> std::sync::MutexGuard<'_, Book> {
 
 fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to.max(1)).saturating_mul(to.max(1))
+}
+
+/// The calling thread's current context (0: none, or the driver would not say).
+fn current_context() -> usize {
+    let Some(f) = cuda().cuCtxGetCurrent else { return 0 };
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: real driver call with a valid out pointer.
+    if unsafe { f(&mut ctx) } == CUDA_SUCCESS { ctx as usize } else { 0 }
 }
 
 /// The device of the calling thread's current context.
@@ -110,7 +145,8 @@ fn charged(
     }
     match key() {
         Some(k) => {
-            book(s).charges.insert(k, Charge { slice, bytes, pool: None });
+            let charge = Charge::new(slice, bytes, None);
+            book(s).charges.insert(k, charge);
         }
         None => s.slices[slice].uncharge(bytes),
     }
@@ -219,7 +255,8 @@ pub unsafe fn mem_alloc_pitch(
     } else {
         s.slices[slice].uncharge(estimate - actual);
     }
-    book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None });
+    let charge = Charge::new(slice, actual, None);
+    book(s).charges.insert((Kind::Pointer, ptr), charge);
     rc
 }
 
@@ -386,13 +423,15 @@ fn pool_alloc(
     let ptr = unsafe { *dptr };
     let Some(reserved) = pool_reserved(pool) else {
         // No pool attributes: account the allocation itself.
-        book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None });
+        let charge = Charge::new(slice, advance, None);
+        book(s).charges.insert((Kind::Pointer, ptr), charge);
         return rc;
     };
+    let charge = Charge::new(slice, 0, Some(pool));
     let mut b = book(s);
     let before = b.pools.get(&pool).map_or(0, |e| e.1);
     b.pools.insert(pool, (slice, reserved));
-    b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool) });
+    b.charges.insert((Kind::Pointer, ptr), charge);
     drop(b);
     let charged = before + advance;
     if reserved <= charged {
@@ -661,19 +700,24 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     let f = real!(cuDevicePrimaryCtxRetain);
     // SAFETY: forwarded unchanged.
     let pass = || unsafe { f(ctx, dev) };
+    if ctx.is_null() {
+        return pass();
+    }
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), pass());
     let mut b = book(s);
-    let count = b.primary.get(&dev).map_or(0, |e| e.0);
-    if count == 0
+    let retains = b.primary.get(&dev).map_or(0, |p| p.retains);
+    if retains == 0
         && let Err(r) = s.slices[slice].charge(CONTEXT_CHARGE)
     {
         return r.into();
     }
     let rc = pass();
     if rc == CUDA_SUCCESS {
-        b.primary.insert(dev, (count + 1, slice));
-    } else if count == 0 {
+        // SAFETY: the driver wrote the context on success.
+        let handle = unsafe { *ctx } as usize;
+        b.primary.insert(dev, Primary { retains: retains + 1, slice, ctx: handle });
+    } else if retains == 0 {
         s.slices[slice].uncharge(CONTEXT_CHARGE);
     }
     rc
@@ -685,13 +729,32 @@ fn primary_released(dev: CUdevice) {
     }
     let s = state();
     let mut b = book(s);
-    if let Some(e) = b.primary.get_mut(&dev) {
-        e.0 = e.0.saturating_sub(1);
-        if e.0 == 0 {
-            let slice = e.1;
-            b.primary.remove(&dev);
-            s.slices[slice].uncharge(CONTEXT_CHARGE);
+    let Some(p) = b.primary.get_mut(&dev) else { return };
+    p.retains = p.retains.saturating_sub(1);
+    if p.retains == 0 {
+        let p = *p;
+        b.primary.remove(&dev);
+        drop(b);
+        s.slices[p.slice].uncharge(CONTEXT_CHARGE);
+        context_gone(s, p.ctx);
+    }
+}
+
+/// Returns the charges of what was allocated in `ctx`, which the driver has just destroyed.
+fn context_gone(s: &State, ctx: usize) {
+    if ctx == 0 {
+        return;
+    }
+    let mut gone = Vec::new();
+    book(s).charges.retain(|&(kind, _), c| {
+        let freed = c.ctx == ctx && c.pool.is_none() && matches!(kind, Kind::Pointer | Kind::Array | Kind::Mipmap);
+        if freed {
+            gone.push(*c);
         }
+        !freed
+    });
+    for c in gone {
+        s.slices[c.slice].uncharge(c.bytes);
     }
 }
 
@@ -715,6 +778,50 @@ pub unsafe fn primary_ctx_release_v2(dev: CUdevice) -> CUresult {
     let rc = unsafe { f(dev) };
     if rc == CUDA_SUCCESS {
         primary_released(dev);
+    }
+    rc
+}
+
+/// After a successful reset of `dev`'s primary context: what was allocated in it is gone, and
+/// the device's pools hold what they still reserve (a pool the driver no longer answers for
+/// keeps its charge: fail closed). A primary context this process never retained through us
+/// has nothing charged in it: its handle is only had by retaining it.
+fn primary_reset(dev: CUdevice) {
+    if !crate::state::active() {
+        return;
+    }
+    let s = state();
+    let primary = book(s).primary.get(&dev).map(|p| p.ctx);
+    if let Some(ctx) = primary {
+        context_gone(s, ctx);
+    }
+    let Some(slice) = s.slice_for_device(dev) else { return };
+    let pools: Vec<usize> = book(s).pools.iter().filter(|(_, e)| e.0 == slice).map(|(&p, _)| p).collect();
+    for pool in pools {
+        settle_pool(s, pool);
+    }
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset`'s contract.
+pub unsafe fn primary_ctx_reset(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset);
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { f(dev) };
+    if rc == CUDA_SUCCESS {
+        primary_reset(dev);
+    }
+    rc
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset_v2`'s contract.
+pub unsafe fn primary_ctx_reset_v2(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset_v2);
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { f(dev) };
+    if rc == CUDA_SUCCESS {
+        primary_reset(dev);
     }
     rc
 }
@@ -771,7 +878,9 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CUresult {
     // SAFETY: forwarded unchanged.
     let rc = unsafe { f(ctx) };
     if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Context, ctx as u64));
+        let s = state();
+        release(s, (Kind::Context, ctx as u64));
+        context_gone(s, ctx as usize);
     }
     rc
 }
