@@ -314,6 +314,74 @@ driver_api! {
         Ok(())
     }
 
+    /// Page-locked host memory is ordinary host memory here (zeroed, charged to no device);
+    /// with unified addressing its device pointer is its address.
+    fn cuMemHostAlloc(pp: *mut *mut c_void, bytesize: usize, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pp) }?;
+        out.set(driver()?.lock().memory.host_alloc(bytesize as u64, flags)? as *mut c_void);
+        Ok(())
+    }
+    fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytesize: usize) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pp) }?;
+        out.set(driver()?.lock().memory.host_alloc(bytesize as u64, 0)? as *mut c_void);
+        Ok(())
+    }
+    fn cuMemFreeHost(p: *mut c_void) { driver()?.lock().memory.host_free(p as u64) }
+    fn cuMemHostRegister_v2(p: *mut c_void, bytesize: usize, flags: c_uint) {
+        driver()?.lock().memory.host_register(p as u64, bytesize as u64, flags)
+    }
+    fn cuMemHostUnregister(p: *mut c_void) { driver()?.lock().memory.host_unregister(p as u64) }
+    fn cuMemHostGetFlags(p_flags: *mut c_uint, p: *mut c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(p_flags) }?;
+        out.set(driver()?.lock().memory.host_flags(p as u64)?);
+        Ok(())
+    }
+    fn cuMemHostGetDevicePointer_v2(pdptr: *mut CUdeviceptr, p: *mut c_void, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pdptr) }?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        driver()?.lock().memory.host_flags(p as u64)?;
+        out.set(p as CUdeviceptr);
+        Ok(())
+    }
+
+    /// The allocation (or `cuMemMap` mapping) holding `dptr`: its start and size; either
+    /// output may be null. Anything else is `CUDA_ERROR_NOT_FOUND`.
+    fn cuMemGetAddressRange_v2(pbase: *mut CUdeviceptr, psize: *mut usize, dptr: CUdeviceptr) {
+        let (base, size) = driver()?.lock().memory.address_range(dptr)?;
+        // SAFETY: null or writable per the export's contract.
+        if let Some(out) = unsafe { Out::optional(pbase) } {
+            out.set(base);
+        }
+        // SAFETY: as above.
+        if let Some(out) = unsafe { Out::optional(psize) } {
+            out.set(size as usize);
+        }
+        Ok(())
+    }
+
+    /// The properties `cuMemCreate` was given for `handle`.
+    fn cuMemGetAllocationPropertiesFromHandle(prop: *mut CUmemAllocationProp, handle: CUmemGenericAllocationHandle) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(prop) }?;
+        out.set(driver()?.lock().memory.physical_prop(handle)?);
+        Ok(())
+    }
+
+    /// The `cuMemCreate` handle mapped at `addr`, with a reference that `cuMemRelease` gives
+    /// back.
+    fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        out.set(driver()?.lock().memory.retain_physical(addr as u64)?);
+        Ok(())
+    }
+
     /// Pinned device memory only; `size` must be a multiple of the granularity.
     fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) {
         // SAFETY: null or valid per the export's contract.
@@ -423,10 +491,9 @@ driver_api! {
             return Err(INVALID_VALUE);
         }
         let reg = driver()?.lock();
-        if (1..=3).contains(&attr) {
-            reg.memory.pool_device(pool as usize)?;
+        if let Ok(v) = reg.memory.pool_reuse(pool as usize, attr) {
             // SAFETY: non-null; these attributes are `int` per cuda.h.
-            unsafe { value.cast::<c_int>().write_unaligned(1) };
+            unsafe { value.cast::<c_int>().write_unaligned(v) };
         } else {
             let v = reg.memory.pool_counter(pool as usize, attr)?;
             // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
@@ -434,6 +501,51 @@ driver_api! {
         }
         Ok(())
     }
+
+    /// The reuse policies and the release threshold are kept and answered back (freed memory
+    /// stays in the pool until trimmed whatever the threshold); the high-water marks reset
+    /// with 0.
+    fn cuMemPoolSetAttribute(pool: CUmemoryPool, attr: CUmemPool_attribute, value: *mut c_void) {
+        if value.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let mut reg = driver()?.lock();
+        if reg.memory.pool_reuse(pool as usize, attr).is_ok() {
+            // SAFETY: non-null; these attributes are `int` per cuda.h.
+            let v = unsafe { value.cast::<c_int>().read_unaligned() };
+            reg.memory.set_pool_reuse(pool as usize, attr, v)
+        } else {
+            // SAFETY: non-null; the other settable attributes are `cuuint64_t` per cuda.h.
+            let v = unsafe { value.cast::<u64>().read_unaligned() };
+            reg.memory.set_pool_counter(pool as usize, attr, v)
+        }
+    }
+
+    /// The device's graph memory pool: graph memory nodes are not simulated, so it holds
+    /// nothing (every counter 0).
+    fn cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
+        device::gpu(driver()?.sim, dev)?;
+        if value.is_null() || attr > CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
+        unsafe { value.cast::<u64>().write_unaligned(0) };
+        Ok(())
+    }
+
+    /// Resets a high-water mark (only 0 is accepted, as on the real driver).
+    fn cuDeviceSetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
+        device::gpu(driver()?.sim, dev)?;
+        if value.is_null() || !matches!(attr, CU_GRAPH_MEM_ATTR_USED_MEM_HIGH | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH) {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: non-null; `cuuint64_t` per cuda.h.
+        if unsafe { value.cast::<u64>().read_unaligned() } != 0 {
+            return Err(INVALID_VALUE);
+        }
+        Ok(())
+    }
+    fn cuDeviceGraphMemTrim(dev: CUdevice) { device::gpu(driver()?.sim, dev).map(drop) }
     fn cuArrayCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY_DESCRIPTOR) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(p_handle) }?;
@@ -490,6 +602,20 @@ driver_api! {
     fn cuMemcpyDtoH_v2_ptds(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, true)
     }
+    /// Unified addressing: each side is device memory if it lies in an allocation or a
+    /// mapping, host memory otherwise.
+    fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize) {
+        memory::copy_unified(dst, src, byte_count, None, false)
+    }
+    fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize) {
+        memory::copy_unified(dst, src, byte_count, None, true)
+    }
+    fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        memory::copy_unified(dst, src, byte_count, Some(h_stream), false)
+    }
+    fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        memory::copy_unified(dst, src, byte_count, Some(h_stream), true)
+    }
     fn cuMemcpyDtoD_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, false)
     }
@@ -522,17 +648,39 @@ driver_api! {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), true)
     }
-    fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, false) }
+    fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, std::ptr::null_mut(), false) }
     fn cuMemsetD8_v2_ptds(dst_device: CUdeviceptr, uc: c_uchar, n: usize) {
-        memory::memset(dst_device, &[uc], n, true)
+        memory::memset(dst_device, &[uc], n, std::ptr::null_mut(), true)
     }
 
     /// `dst_device` must be 4-byte aligned.
     fn cuMemsetD32_v2(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
-        memory::memset(dst_device, &ui.to_ne_bytes(), n, false)
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, std::ptr::null_mut(), false)
     }
     fn cuMemsetD32_v2_ptds(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
-        memory::memset(dst_device, &ui.to_ne_bytes(), n, true)
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, std::ptr::null_mut(), true)
+    }
+
+    /// As the synchronous sets, at once: the stream is checked, and sets take no device time.
+    fn cuMemsetD8Async(dst_device: CUdeviceptr, uc: c_uchar, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &[uc], n, h_stream, false)
+    }
+    fn cuMemsetD8Async_ptsz(dst_device: CUdeviceptr, uc: c_uchar, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &[uc], n, h_stream, true)
+    }
+    fn cuMemsetD32Async(dst_device: CUdeviceptr, ui: c_uint, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, h_stream, false)
+    }
+    fn cuMemsetD32Async_ptsz(dst_device: CUdeviceptr, ui: c_uint, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, h_stream, true)
+    }
+
+    /// Writes `value` at `addr` at once (as a set of one 32-bit word); flags are ignored.
+    fn cuStreamWriteValue32_v2(stream: CUstream, addr: CUdeviceptr, value: cuuint32_t, _flags: c_uint) {
+        memory::memset(addr, &value.to_ne_bytes(), 1, stream, false)
+    }
+    fn cuStreamWriteValue32_v2_ptsz(stream: CUstream, addr: CUdeviceptr, value: cuuint32_t, _flags: c_uint) {
+        memory::memset(addr, &value.to_ne_bytes(), 1, stream, true)
     }
 
     // ---- streams and events ---------------------------------------------------------------
@@ -541,8 +689,38 @@ driver_api! {
         let out = unsafe { Out::new(ph_stream) }?;
         let mut reg = driver()?.lock();
         let ctx = context::current(&reg)?;
-        out.set(reg.streams.create(ctx, flags)? as CUstream);
+        out.set(reg.streams.create(ctx, flags, stream::PRIORITY_LEAST)? as CUstream);
         Ok(())
+    }
+
+    /// The priority is kept and answered back (clamped to 0 … -5); it changes nothing else.
+    fn cuStreamCreateWithPriority(ph_stream: *mut CUstream, flags: c_uint, priority: c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_stream) }?;
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        out.set(reg.streams.create(ctx, flags, priority)? as CUstream);
+        Ok(())
+    }
+    fn cuStreamGetPriority(h_stream: CUstream, priority: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(priority) }?;
+        out.set(stream::priority(h_stream, false)?);
+        Ok(())
+    }
+    fn cuStreamGetPriority_ptsz(h_stream: CUstream, priority: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(priority) }?;
+        out.set(stream::priority(h_stream, true)?);
+        Ok(())
+    }
+
+    /// Later work on the stream waits for the event's work; flags are ignored.
+    fn cuStreamWaitEvent(h_stream: CUstream, h_event: CUevent, _flags: c_uint) {
+        stream::wait_event(h_stream, h_event, false)
+    }
+    fn cuStreamWaitEvent_ptsz(h_stream: CUstream, h_event: CUevent, _flags: c_uint) {
+        stream::wait_event(h_stream, h_event, true)
     }
     fn cuStreamDestroy_v2(h_stream: CUstream) { stream::destroy(&mut driver()?.lock(), h_stream as usize) }
 
