@@ -37,6 +37,7 @@ mod launch;
 mod library;
 mod memory;
 mod modules;
+mod not_supported;
 pub mod proc_address;
 mod stream;
 pub mod trace;

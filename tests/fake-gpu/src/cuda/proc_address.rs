@@ -5,9 +5,9 @@
 //! the driver's own `cuda_version`, flags) it names the exported symbol, and the simulator
 //! hands out the address of its own export of exactly that symbol, the one `dlsym` returns
 //! for it. Exports are listed once, by symbol alone, in [`exports`](super::exports),
-//! [`library`](super::library), [`context_info`](super::context_info) and
-//! [`dark_api`](super::dark_api); each is checked at compile time against the symbol's
-//! generated signature (`cuda::sym`).
+//! [`library`](super::library), [`context_info`](super::context_info),
+//! [`dark_api`](super::dark_api) and [`not_supported`](super::not_supported); each is checked
+//! at compile time against the symbol's generated signature (`cuda::sym`).
 //!
 //! When the table names a symbol the simulator does not export, it answers as a driver that
 //! lacks it, never with another variant (whose signature would differ): a request older than
@@ -28,8 +28,13 @@ pub struct Export {
 }
 
 /// The lists of exports, one per file that declares some.
-static TABLES: [&[Export]; 4] =
-    [super::exports::TABLE, super::library::TABLE, super::context_info::TABLE, super::dark_api::TABLE];
+static TABLES: [&[Export]; 5] = [
+    super::exports::TABLE,
+    super::library::TABLE,
+    super::context_info::TABLE,
+    super::dark_api::TABLE,
+    super::not_supported::TABLE,
+];
 
 /// Every export.
 pub fn exports() -> impl Iterator<Item = &'static Export> {
