@@ -3,11 +3,14 @@
 # (tests/cudart/frameworks.txt) into its cache: the pinned wheels are downloaded from PyPI with
 # `pip download --no-deps` into $CUDART_CACHE/wheels; a runtime's are unpacked (headers and
 # libraries only) into $CUDART_CACHE/<name>, a framework's installed (`pip install --no-deps
-# --no-index`) into a virtual environment $CUDART_CACHE/<name>. Nothing is installed
-# system-wide. Idempotent: what matches its manifest line is left alone, and a wheel already in
-# the cache is not fetched again.
+# --no-index`) into a virtual environment $CUDART_CACHE/<name>. As root, also the root
+# filesystem of the Python container images (Debian bookworm with python3, made by
+# debootstrap, which is installed with apt when missing) as $CUDART_CACHE/rootfs/$ROOTFS_NAME.tar.
+# Nothing else is installed system-wide. Idempotent: what matches its manifest line is left
+# alone, and a wheel already in the cache is not fetched again.
 #
-#   tests/cudart/install.sh [NAME...]      default: everything in both manifests
+#   tests/cudart/install.sh [NAME...]      default: everything in both manifests, and the rootfs
+#                                          (NAME "rootfs")
 #
 # Needs python3 with pip and venv, and unzip. Prints one line per runtime and framework; exit
 # status 1 if any failed.
@@ -18,6 +21,11 @@ MANIFEST=$DIR/runtimes.txt
 FRAMEWORKS=$DIR/frameworks.txt
 
 log() { printf 'cudart install: %s\n' "$*"; }
+
+# The container images' root filesystem: what debootstrap makes of these, recorded beside the
+# tar; a different line makes it again.
+ROOTFS_NAME=bookworm-python3
+ROOTFS_LINE="debootstrap --variant=minbase --include=python3 bookworm http://deb.debian.org/debian"
 
 for tool in unzip python3; do
     command -v "$tool" >/dev/null || { log "$tool is missing"; exit 1; }
@@ -126,4 +134,40 @@ while read -r name runtime specs; do
         status=1
     fi
 done <"$FRAMEWORKS"
+
+# install_rootfs: $CACHE/rootfs/$ROOTFS_NAME.tar, made by debootstrap as root.
+install_rootfs() {
+    local tar=$CACHE/rootfs/$ROOTFS_NAME.tar started=$SECONDS tmp
+    if [[ -f $tar && -f $tar.installed && $(<"$tar.installed") == "$ROOTFS_LINE" ]]; then
+        log "rootfs: already made in $tar"
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        log "rootfs: not made (debootstrap needs root); the container tests of Python frameworks skip"
+        return 0
+    fi
+    if ! command -v debootstrap >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null 2>&1; } ||
+            { log "rootfs: apt-get install debootstrap failed"; return 1; }
+    fi
+    mkdir -p "$CACHE/rootfs"
+    tmp=$(mktemp -d "$CACHE/rootfs/.make.XXXXXX")
+    read -ra cmd <<<"$ROOTFS_LINE"
+    if ! "${cmd[0]}" "${cmd[@]:1:3}" "$tmp/root" "${cmd[@]:4}" >"$tmp/log" 2>&1; then
+        log "rootfs: debootstrap failed: $(tail -n 1 "$tmp/log")"
+        rm -rf "$tmp"
+        return 1
+    fi
+    # The packages it downloaded are not part of the system.
+    rm -f "$tmp/root/var/cache/apt/archives/"*.deb
+    tar -C "$tmp/root" -cf "$tmp/rootfs.tar" . && mv "$tmp/rootfs.tar" "$tar" && printf '%s\n' "$ROOTFS_LINE" >"$tar.installed"
+    rm -rf "$tmp"
+    log "rootfs: made $tar ($((SECONDS - started)) s, $(du -h "$tar" | cut -f1))"
+}
+
+if ! (($#)) || [[ " $* " == *" rootfs "* ]]; then
+    install_rootfs || status=1
+fi
 exit "$status"

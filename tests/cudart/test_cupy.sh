@@ -47,3 +47,23 @@ test_cupy_slice() {
         fail "the error past the limit: $(kv error "$out")"
     assert_eq "everything given back" "$(kv given_back "$out")" True
 }
+
+# The same in a container: Docker with `--device gpuslice.dev/vgpu=slice0` (the end-to-end
+# tier's node, spec and hook), an image with Python and this CuPy (cudart_python_image).
+test_cupy_docker() {
+    local image out run
+    require_framework
+    docker_slice_setup
+    image=$(cudart_python_image)
+    run=(docker_gpu --device gpuslice.dev/vgpu=slice0 -e LD_LIBRARY_PATH=/opt/cudart-lib "$image" "/opt/$RT/bin/python" /opt/check/cupy-check.py)
+    out=$("${run[@]}" meminfo) || fail "cupy-check meminfo in the container failed"
+    printf '%s\n' "$out"
+    assert_eq "memGetInfo total in the container" "$(kv total "$out")" "$CUDART_SLICE_BYTES"
+    assert_eq "memGetInfo free in the container" "$(kv free "$out")" $((CUDART_SLICE_BYTES - CUDART_CONTEXT_BYTES))
+    out=$("${run[@]}" fill) || fail "cupy-check fill in the container failed"
+    printf '%s\n' "$out"
+    assert_eq "1 GiB arrays that fit" "$(kv arrays "$out")" 39
+    [[ $(kv error "$out") == "OutOfMemoryError: Out of memory allocating 1,073,741,824 bytes"* ]] ||
+        fail "the error past the limit: $(kv error "$out")"
+    assert_eq "everything given back" "$(kv given_back "$out")" True
+}
