@@ -160,6 +160,8 @@ static struct {
     double seconds;
     int have_count;
     unsigned long long sync_every;
+    unsigned long long gap_ns; /* work: host idle after each launch */
+    int bad_launch;            /* work: a failing launch after each synchronisation */
     unsigned long long stream_count;
     unsigned long long graph_nodes;
     const char *names[256];
@@ -509,7 +511,8 @@ static void usage(FILE *f) {
             "  copy --size BYTES\n"
             "  launch --duration-ns N [--count K]\n"
             "  work --path P --kernel-ns D (--seconds S | --count N) [--sync-every N]\n"
-            "       [--stream-count K] [--graph-nodes G] [--echo-pid]\n"
+            "       [--gap-ns G] [--bad-launch-after-sync] [--stream-count K] [--graph-nodes G]\n"
+            "       [--echo-pid]\n"
             "  symbols [--name NAME]...\n"
             "paths: alloc pitch managed vmm async pool array array3d mipmap ctx\n"
             "work paths: kernel ex coop coop-multi graph capture\n"
@@ -1400,6 +1403,15 @@ static int work_cleanup(void) {
     return 0;
 }
 
+/* --gap-ns: the host's own work between two launches (a framework's Python, a sampler), during
+ * which it launches nothing: the thread sleeps, as a host busy elsewhere leaves the GPU alone.
+ * A sleep wakes up to tens of microseconds late; the rate printed is what was achieved. */
+static void host_idle(unsigned long long ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 static int cmd_work(void) {
     int rc;
     W.duration = opt.kernel_ns;
@@ -1417,7 +1429,7 @@ static int cmd_work(void) {
         if ((W.path == W_GRAPH || W.path == W_CAPTURE) && (rc = work_graph())) return rc;
     }
     uint64_t limit = (uint64_t)(opt.seconds * 1e9);
-    unsigned long long launched = 0, kernels = 0;
+    unsigned long long launched = 0, kernels = 0, bad = 0;
     uint64_t t0 = now_ns();
     printf("start_ns=%" PRIu64 "\n", t0);
     fflush(stdout);
@@ -1429,9 +1441,20 @@ static int cmd_work(void) {
         if (r != CUDA_SUCCESS) break;
         launched++;
         kernels += k;
+        if (opt.gap_ns) host_idle(opt.gap_ns);
         if (launched % opt.sync_every == 0 && (r = work_sync()) != CUDA_SUCCESS) {
             what = "cuStreamSynchronize";
             break;
+        }
+        if (launched % opt.sync_every == 0 && opt.bad_launch) {
+            /* The first launch after a synchronisation, refused by the driver (no such
+             * function): what a program that wants to slip past the pacing would try. */
+            if (p_cuLaunchKernel(NULL, 1, 1, 1, 1, 1, 1, 0, work_stream(launched), W.params, NULL) ==
+                CUDA_SUCCESS) {
+                fprintf(stderr, PROG ": a launch of no function succeeded\n");
+                return 1;
+            }
+            bad++;
         }
     }
     if (r == CUDA_SUCCESS && (r = work_sync()) != CUDA_SUCCESS) what = "cuStreamSynchronize";
@@ -1447,6 +1470,8 @@ static int cmd_work(void) {
     printf("kernel_ns=%llu\n", kernel_ns);
     printf("wall_ns=%" PRIu64 "\n", wall);
     printf("share_pct=%.1f\n", wall ? 100.0 * (double)kernel_ns / (double)wall : 0.0);
+    printf("kernels_per_s=%.1f\n", wall ? 1e9 * (double)kernels / (double)wall : 0.0);
+    if (opt.bad_launch) printf("bad_launches=%llu\n", bad);
     printf("end_ns=%" PRIu64 "\n", t1);
     return work_cleanup();
 }
@@ -1627,6 +1652,10 @@ static int parse_args(int argc, char **argv) {
             opt.seconds = s;
         } else if (strcmp(a, "--sync-every") == 0) {
             NUM(opt.sync_every, 0, 1, 1000000);
+        } else if (strcmp(a, "--gap-ns") == 0) {
+            NUM(opt.gap_ns, 0, 0, 60000000000ULL);
+        } else if (strcmp(a, "--bad-launch-after-sync") == 0) {
+            opt.bad_launch = 1;
         } else if (strcmp(a, "--stream-count") == 0) {
             NUM(opt.stream_count, 0, 0, 64);
         } else if (strcmp(a, "--graph-nodes") == 0) {
@@ -1712,6 +1741,8 @@ int main(int argc, char **argv) {
         if ((opt.seconds > 0) == opt.have_count) return usage_error("work needs one of --seconds and --count");
         if (W.path == W_CAPTURE && opt.stream_count == 0)
             return usage_error("work --path capture needs --stream-count 1 or more (the legacy stream cannot capture)");
+        if (opt.bad_launch && W.path != W_KERNEL)
+            return usage_error("work --bad-launch-after-sync needs --path kernel");
         if (W.path == W_COOP_MULTI && opt.stream_count != 1)
             return usage_error("work --path coop-multi uses one stream per device; leave out --stream-count");
     } else if (opt.path && !is_alloc && !is_fill) {

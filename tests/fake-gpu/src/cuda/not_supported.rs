@@ -7,8 +7,6 @@
 //! - Green contexts (`cuDeviceGetDevResource`, `cuDevSmResourceSplitByCount`,
 //!   `cuDevResourceGenerateDesc`, `cuGreenCtx*`, `cuCtxFromGreenCtx`).
 //! - Multicast objects (`cuMulticast*`): `CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED` is 0.
-//! - Shareable handles of `cuMemCreate` allocations (`cuMemExportToShareableHandle`,
-//!   `cuMemImportFromShareableHandle`): inter-process sharing is not simulated.
 //!
 //! Driver log callbacks (`cuLogsRegisterCallback`) are accepted: the simulator writes no driver
 //! log, so a callback is never called.
@@ -70,23 +68,18 @@ driver_api! {
     ) {
         not_supported()
     }
-    fn cuMulticastUnbind(_mc_handle: CUmemGenericAllocationHandle, _dev: CUdevice, _mc_offset: usize, _size: usize) {
-        not_supported()
-    }
-
-    fn cuMemExportToShareableHandle(
-        _shareable_handle: *mut c_void,
-        _handle: CUmemGenericAllocationHandle,
-        _handle_type: CUmemAllocationHandleType,
+    fn cuMulticastBindMem_v2(
+        _mc_handle: CUmemGenericAllocationHandle,
+        _dev: CUdevice,
+        _mc_offset: usize,
+        _mem_handle: CUmemGenericAllocationHandle,
+        _mem_offset: usize,
+        _size: usize,
         _flags: c_ulonglong,
     ) {
         not_supported()
     }
-    fn cuMemImportFromShareableHandle(
-        _handle: *mut CUmemGenericAllocationHandle,
-        _os_handle: *mut c_void,
-        _sh_handle_type: CUmemAllocationHandleType,
-    ) {
+    fn cuMulticastUnbind(_mc_handle: CUmemGenericAllocationHandle, _dev: CUdevice, _mc_offset: usize, _size: usize) {
         not_supported()
     }
 

@@ -86,9 +86,9 @@ pub(crate) fn entry(name: &str, version: c_int, flags: u64) -> Result<&'static E
 /// ```
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
-/// runs inside [`boundary`](super::boundary) and whose result is traced
-/// ([`trace`](super::trace)), an entry of the list's `TABLE`, and a compile-time check that its
-/// signature is the generated one of that symbol (`cuda::sym`).
+/// runs inside [`boundary`](super::boundary) (and may then be held, see [`hold`](super::hold))
+/// and whose result is traced ([`trace`](super::trace)), an entry of the list's `TABLE`, and a
+/// compile-time check that its signature is the generated one of that symbol (`cuda::sym`).
 macro_rules! driver_api {
     ($(
         $(#[doc = $doc:literal])*
@@ -105,6 +105,7 @@ macro_rules! driver_api {
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::cuda::CUresult {
                 let code = $crate::cuda::boundary($crate::cuda::proc_address::before_init!($($flag)?), || $body);
+                $crate::cuda::hold::after(stringify!($name));
                 $crate::cuda::trace::call(stringify!($name), code);
                 code
             }
