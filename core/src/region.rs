@@ -1112,7 +1112,11 @@ mod tests {
             let workers: Vec<_> = (0..8)
                 .map(|_| {
                     scope.spawn(|| {
-                        let r = Region::open(&path).unwrap();
+                        // The lock is waited for by polling, which is not fair: with seven
+                        // threads holding it back to back on a busy machine, one can miss it
+                        // for longer than the default second. This test is about the limit,
+                        // not the deadline (`a_held_region_lock_fails_the_call_at_its_deadline` tests that), so it waits longer.
+                        let r = Region::open(&path).unwrap().with_lock_wait(Duration::from_secs(60));
                         let slot = r.register().unwrap();
                         let mut worst = 0;
                         for _ in 0..20_000 {
