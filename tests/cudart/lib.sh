@@ -222,6 +222,7 @@ cudart_run_test() {
             CUDART_KNOWN=$((CUDART_KNOWN + 1))
             printf '%s: known failure: %s\n' "$name" "$reason"
             grep -E '^(FAIL|error):' "$log" | head -n 3 | sed 's/^/    | /'
+            [[ ${E2E_VERBOSE:-0} != 1 ]] || sed 's/^/    | /' "$log"
         fi
         return 0
     fi

@@ -29,16 +29,15 @@ test_torch_device() {
 }
 
 # torch_fill_in_slice CONF: tensors of 1 GiB in slice0 with PYTORCH_CUDA_ALLOC_CONF=CONF until
-# torch.OutOfMemoryError; prints the output.
+# torch.OutOfMemoryError; leaves the output in TORCH_OUT (not a command substitution, so that
+# its output and failures reach the test's log).
 torch_fill_in_slice() {
-    local out
-    PYTORCH_CUDA_ALLOC_CONF=$1 run_ok "torch-check fill in slice0 (PYTORCH_CUDA_ALLOC_CONF=$1)" out \
+    PYTORCH_CUDA_ALLOC_CONF=$1 run_ok "torch-check fill in slice0 (PYTORCH_CUDA_ALLOC_CONF=$1)" TORCH_OUT \
         cudart_in_slice slice0 "$TORCH_CHECK" fill
     # 1 GiB tensors in 40 GiB less the context's 256 MiB: 38 or 39 fit, depending on what the
     # allocator keeps beside them.
-    assert_between "1 GiB tensors that fit" "$(kv tensors "$out")" 38 39
-    assert_eq "everything given back" "$(kv given_back "$out")" True
-    printf '%s\n' "$out"
+    assert_between "1 GiB tensors that fit" "$(kv tensors "$TORCH_OUT")" 38 39
+    assert_eq "everything given back" "$(kv given_back "$TORCH_OUT")" True
 }
 
 # assert_slice_oom ERROR: the caching allocator's torch.OutOfMemoryError, with the slice's
@@ -66,8 +65,8 @@ test_torch_slice_limit() {
     require_framework
     known_failure "$TORCH_NVML_PROCESSES"
     cudart_node
-    out=$(torch_fill_in_slice "")
-    assert_slice_oom "$(kv error "$out")"
+    torch_fill_in_slice ""
+    assert_slice_oom "$(kv error "$TORCH_OUT")"
 }
 
 # expandable_segments:True maps cuMemCreate allocations into reserved address space (VMM).
@@ -76,8 +75,8 @@ test_torch_expandable_segments() {
     require_framework
     known_failure "$TORCH_NVML_PROCESSES"
     cudart_node
-    out=$(torch_fill_in_slice expandable_segments:True)
-    assert_slice_oom "$(kv error "$out")"
+    torch_fill_in_slice expandable_segments:True
+    assert_slice_oom "$(kv error "$TORCH_OUT")"
 }
 
 # backend:cudaMallocAsync: stream-ordered allocations from the device's pool.
@@ -88,9 +87,9 @@ test_torch_malloc_async() {
     PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync run_ok "torch-check info in slice0 (cudaMallocAsync)" out \
         cudart_in_slice slice0 "$TORCH_CHECK" info
     assert_eq "the allocator" "$(kv backend "$out")" cudaMallocAsync
-    out=$(torch_fill_in_slice backend:cudaMallocAsync)
-    [[ $(kv error "$out") == "OutOfMemoryError: Allocation on device 0 would exceed allowed memory."* ]] ||
-        fail "the error past the limit: $(kv error "$out")"
+    torch_fill_in_slice backend:cudaMallocAsync
+    [[ $(kv error "$TORCH_OUT") == "OutOfMemoryError: Allocation on device 0 would exceed allowed memory."* ]] ||
+        fail "the error past the limit: $(kv error "$TORCH_OUT")"
 }
 
 # torch.cuda.list_gpu_processes(): NVML's process list, through nvidia-ml-py.
