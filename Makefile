@@ -3,7 +3,7 @@
 #   make            release build of every binary and library
 #   make packages   the .deb and .rpm (target/debian, target/generate-rpm) from one release build
 #   make test       every test tier that can run on this machine (see README "Testing")
-#   make cudart     NVIDIA's CUDA runtime and CuPy on the simulated GPU, with and without the shim
+#   make cudart     NVIDIA's CUDA runtime, CuPy and PyTorch on the simulated GPU, with and without the shim
 #   make check      formatting, clippy with warnings as errors, then `make test` (what CI runs)
 #   make bench      overhead as ratios against a baseline of the same run: the interception
 #                   library against the bare driver, container start-up with a slice against without
@@ -70,8 +70,8 @@ e2e: release
 
 # NVIDIA's CUDA runtime (libcudart 12.9 and 13.x from PyPI, pinned in tests/cudart/runtimes.txt)
 # running C programs on the simulated GPU: alone, in a slice through the shim, and in a container
-# (root and Docker for those; skipped otherwise); and CuPy (tests/cudart/frameworks.txt). The
-# wheels are downloaded into /var/cache/gpuslice-cudart.
+# (root and Docker for those; skipped otherwise); and CuPy and PyTorch (tests/cudart/frameworks.txt).
+# The wheels are downloaded into /var/cache/gpuslice-cudart (about 9.5 GiB with the environments).
 cudart: release
 	bash tests/cudart/run.sh --install
 

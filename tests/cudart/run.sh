@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cudart tier: NVIDIA's CUDA runtime (libcudart from PyPI's wheels, pinned in
-# runtimes.txt) and CuPy (frameworks.txt) running unmodified on the simulated GPU, without and
+# runtimes.txt), CuPy and PyTorch (frameworks.txt) running unmodified on the simulated GPU, without and
 # with gpuslice's shim, outside and inside containers. Every test_* function of
-# tests/cudart/test_*.sh runs once per runtime (CuPy's once per CuPy package).
+# tests/cudart/test_*.sh runs once per runtime (a framework's once per line of frameworks.txt
+# its file selects).
 #
 #   tests/cudart/run.sh [--install] [--keep] [--list] [-v] [PATTERN...]
 #
