@@ -927,6 +927,99 @@ fn mem_free_of_null_is_accepted() {
     assert_eq!(used(&cu), 2 * MIB, "it frees nothing");
 }
 
+/// What PyTorch reaches besides the allocation paths: page-locked host memory (charged to no
+/// device), the range holding an address, pool attributes kept, stream priorities clamped and
+/// answered back, and a feature the H100 lacks answered as a driver does.
+#[test]
+fn host_memory_address_ranges_pool_attributes_and_priorities_answer_as_a_driver_does() {
+    let name = "host_memory_address_ranges_pool_attributes_and_priorities_answer_as_a_driver_does";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+
+    let mut host = null_mut::<c_void>();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostAlloc)(&mut host, MIB as usize, 0x2) });
+    assert!(!host.is_null());
+    assert_eq!(used(&cu), 2 * MIB, "page-locked host memory takes no device memory");
+    let mut flags = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostGetFlags)(&mut flags, host) });
+    assert_eq!(flags, 0x2);
+    let mut dptr: CUdeviceptr = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostGetDevicePointer_v2)(&mut dptr, host, 0) });
+    assert_eq!(dptr, host as CUdeviceptr, "unified addressing: the device pointer is the address");
+    // SAFETY: the driver handed out 1 MiB there.
+    unsafe { host.cast::<u8>().add(MIB as usize - 1).write(7) };
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemFreeHost)(host) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemFreeHost)(host) }, INVALID_VALUE);
+
+    let mut buffer = vec![0u8; 8192];
+    let p = buffer.as_mut_ptr().cast::<c_void>();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostRegister_v2)(p, buffer.len(), 0) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemHostRegister_v2)(p, buffer.len(), 0) }, CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostUnregister)(p) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemHostUnregister)(p) }, CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
+
+    let mut d: CUdeviceptr = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemAlloc_v2)(&mut d, 4 * MIB as usize) });
+    let (mut base, mut size) = (0, 0usize);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemGetAddressRange_v2)(&mut base, &mut size, d + 12345) });
+    assert_eq!((base, size), (d, 4 * MIB as usize));
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemGetAddressRange_v2)(&mut base, &mut size, d + 4 * MIB) }, NOT_FOUND);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemFree_v2)(d) });
+
+    let mut pool: CUmemoryPool = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuDeviceGetDefaultMemPool)(&mut pool, 0) });
+    let mut threshold = 3 * MIB;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolSetAttribute)(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut threshold).cast()) });
+    let mut got = 0u64;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolGetAttribute)(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut got).cast()) });
+    assert_eq!(got, 3 * MIB);
+    let mut reuse: c_int = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolSetAttribute)(pool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, (&raw mut reuse).cast()) });
+    let mut got: c_int = 1;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolGetAttribute)(pool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, (&raw mut got).cast()) });
+    assert_eq!(got, 0);
+
+    let mut stream: CUstream = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamCreateWithPriority)(&mut stream, 0, -9) });
+    let mut priority = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamGetPriority)(stream, &mut priority) });
+    assert_eq!(priority, -5, "clamped to the greatest priority");
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamGetPriority)(null_mut(), &mut priority) });
+    assert_eq!(priority, 0, "the default stream's");
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamDestroy_v2)(stream) });
+
+    let mut green: CUgreenCtx = null_mut();
+    let desc: CUdevResourceDesc = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuGreenCtxCreate)(&mut green, desc, 0, 0) }, NOT_SUPPORTED);
+    assert!(green.is_null(), "outputs untouched");
+}
+
 // ---- fault injection --------------------------------------------------------------------
 
 #[test]

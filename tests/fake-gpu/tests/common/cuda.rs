@@ -229,4 +229,15 @@ driver! {
     cuCtxGetLimit;
     cuCtxSetLimit;
     cuCtxGetStreamPriorityRange;
+    cuMemHostAlloc;
+    cuMemFreeHost;
+    cuMemHostRegister_v2;
+    cuMemHostUnregister;
+    cuMemHostGetFlags;
+    cuMemHostGetDevicePointer_v2;
+    cuMemGetAddressRange_v2;
+    cuMemPoolSetAttribute;
+    cuStreamCreateWithPriority;
+    cuStreamGetPriority;
+    cuGreenCtxCreate;
 }
