@@ -3,6 +3,7 @@
 #   make            release build of every binary and library
 #   make packages   the .deb and .rpm (target/debian, target/generate-rpm) from one release build
 #   make test       every test tier that can run on this machine (see README "Testing")
+#   make cudart     NVIDIA's CUDA runtime, CuPy and PyTorch on the simulated GPU, with and without the shim
 #   make check      formatting, clippy with warnings as errors, then `make test` (what CI runs)
 #   make bench      overhead as ratios against a baseline of the same run: the interception
 #                   library against the bare driver, container start-up with a slice against without
@@ -25,7 +26,7 @@ endif
 HOOK_TARGET := x86_64-unknown-linux-gnu
 HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
 
-.PHONY: all build release hook packages packages-test test unit e2e gpu bench demo check fmt clippy clean
+.PHONY: all build release hook packages packages-test test unit e2e cudart gpu bench demo check fmt clippy clean
 
 all: release
 
@@ -67,6 +68,13 @@ unit:
 e2e: release
 	bash tests/e2e/run.sh --install
 
+# NVIDIA's CUDA runtime (libcudart 12.9 and 13.x from PyPI, pinned in tests/cudart/runtimes.txt)
+# running C programs on the simulated GPU: alone, in a slice through the shim, and in a container
+# (root and Docker for those; skipped otherwise); and CuPy and PyTorch (tests/cudart/frameworks.txt).
+# The wheels are downloaded into /var/cache/gpuslice-cudart (about 9.5 GiB with the environments).
+cudart: release
+	bash tests/cudart/run.sh --install
+
 # Tier 4: a real NVIDIA GPU (skips itself, saying why, without one).
 gpu:
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory release; fi
@@ -84,7 +92,7 @@ DEMO_ARGS ?=
 demo: release
 	bash scripts/demo.sh $(DEMO_ARGS)
 
-test: unit e2e packages-test gpu
+test: unit e2e packages-test cudart gpu
 
 fmt:
 	$(CARGO) fmt --all -- --check

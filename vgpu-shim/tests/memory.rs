@@ -406,3 +406,30 @@ fn memory_the_shim_did_not_charge_is_the_drivers_business() {
     assert_eq!(node.device_used(1), 0, "the driver freed what the shim did not charge");
     assert_eq!(node.region("slice0").usage().unwrap(), 0, "nothing charged to the slice");
 }
+
+/// cudaDeviceReset (both `cuDevicePrimaryCtxReset` symbols), the last release of a primary
+/// context and `cuCtxDestroy` free what was allocated in the context; the slice gets it back
+/// as the device does. What the device's default pool still reserves stays charged.
+#[test]
+fn memory_a_context_took_with_it_comes_back_to_the_slice() {
+    if skip_unless_root("memory_a_context_took_with_it_comes_back_to_the_slice") {
+        return;
+    }
+    let node = node_with_slice();
+    let program = c_program("reset");
+    for mode in ["reset", "reset_v2", "release", "destroy"] {
+        for shim in [false, true] {
+            let cmd = |n: &Node| if shim { n.command(&program, &[mode]) } else { n.bare(&program, &[mode]) };
+            let out = ok(cmd(&node).output().unwrap());
+            let (before, during, after) =
+                (value(&out, "free_before"), value(&out, "free_during"), value(&out, "free_after"));
+            let pool = value(&out, "pool_reserved");
+            let view = if shim { "the slice" } else { "the device" };
+            assert!(before - during >= 128 * MIB, "{mode}, {view}: only {} bytes allocated", before - during);
+            assert_eq!(after + pool, before, "{mode}, {view}: {} bytes still charged", before - after - pool);
+        }
+    }
+    let region = node.region("slice0");
+    region.reclaim_dead().unwrap();
+    assert_eq!(region.usage().unwrap(), 0);
+}

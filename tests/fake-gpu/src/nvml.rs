@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use gpuslice_cuda_abi::nvml::{
     NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_ERROR_ARGUMENT_VERSION_MISMATCH, NVML_ERROR_GPU_NOT_FOUND,
     NVML_ERROR_INSUFFICIENT_SIZE, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NOT_FOUND,
-    NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_INIT_FLAG_NO_GPUS, NVML_SUCCESS,
-    nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessUtilizationSample_t, nvmlReturn_t,
-    nvmlUtilization_t,
+    NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_GPU_FABRIC_STATE_NOT_SUPPORTED,
+    NVML_INIT_FLAG_NO_GPUS, NVML_P2P_STATUS_NOT_SUPPORTED, NVML_SUCCESS, nvmlDevice_t, nvmlGpuFabricInfoV_t,
+    nvmlGpuFabricState_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlIntNvLinkDeviceType_t, nvmlMemory_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessUtilizationSample_t, nvmlReturn_t, nvmlUtilization_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
@@ -260,6 +261,8 @@ const _: () = assert!(offset_of!(nvmlMemory_v2_t, version) == 0);
 
 /// `NVML_STRUCT_VERSION(Memory, 2)`.
 const MEMORY_V2_VERSION: c_uint = (size_of::<nvmlMemory_v2_t>() as c_uint) | (2 << 24);
+/// `nvmlGpuFabricInfo_v2`: `NVML_STRUCT_VERSION(GpuFabricInfo, 2)`.
+const FABRIC_INFO_V2_VERSION: c_uint = (size_of::<nvmlGpuFabricInfoV_t>() as c_uint) | (2 << 24);
 
 /// Declares each export once: an `extern "C"` function that runs its body in [`boundary`]
 /// (and may then be held: `FAKEGPU_HOLD`, see [`crate::cuda::hold`]).
@@ -476,6 +479,56 @@ exports! {
         unsafe { put(current_mode, mode) }?;
         // SAFETY: non-null and writable per the export's contract.
         unsafe { put(pending_mode, mode) }
+    }
+
+    /// The simulated GPUs have no NVLink: every link query is `NVML_ERROR_NOT_SUPPORTED`, as
+    /// on a PCIe card.
+    fn nvmlDeviceGetNvLinkRemoteDeviceType(device: nvmlDevice_t, _link: c_uint, _kind: *mut nvmlIntNvLinkDeviceType_t) {
+        self::device(device)?;
+        Err(NOT_SUPPORTED)
+    }
+
+    fn nvmlDeviceGetNvLinkRemotePciInfo_v2(device: nvmlDevice_t, _link: c_uint, _pci: *mut nvmlPciInfo_t) {
+        self::device(device)?;
+        Err(NOT_SUPPORTED)
+    }
+
+    /// No peer-to-peer path between the simulated GPUs: `NVML_P2P_STATUS_NOT_SUPPORTED` for
+    /// every capability.
+    fn nvmlDeviceGetP2PStatus(
+        device1: nvmlDevice_t,
+        device2: nvmlDevice_t,
+        _index: nvmlGpuP2PCapsIndex_t,
+        status: *mut nvmlGpuP2PStatus_t,
+    ) {
+        self::device(device1)?;
+        self::device(device2)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(status, NVML_P2P_STATUS_NOT_SUPPORTED) }
+    }
+
+    /// Not in an NVLink fabric (a PCIe card's answer): state `NOT_SUPPORTED`.
+    fn nvmlDeviceGetGpuFabricInfoV(device: nvmlDevice_t, info: *mut nvmlGpuFabricInfoV_t) {
+        self::device(device)?;
+        if info.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for the struct per the export's contract; the caller set
+        // `version` before the call.
+        let version = unsafe { info.cast::<c_uint>().read() };
+        if version != FABRIC_INFO_V2_VERSION {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let answer = nvmlGpuFabricInfoV_t {
+            version,
+            clusterUuid: [0; 16],
+            status: NVML_SUCCESS,
+            cliqueId: 0,
+            state: NVML_GPU_FABRIC_STATE_NOT_SUPPORTED as nvmlGpuFabricState_t,
+            healthMask: 0,
+        };
+        // SAFETY: checked non-null above; writable per the export's contract.
+        unsafe { put(info, answer) }
     }
 
     /// `gpu`: percent of the last second the device was busy, from the timeline every process

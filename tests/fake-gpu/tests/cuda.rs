@@ -139,21 +139,26 @@ fn proc_addresses_are_the_exported_symbols() {
     resolves_to(&cu, "cuStreamBeginCapture", 12000, PTDS, "cuStreamBeginCapture_v2_ptsz");
     resolves_to(&cu, "cuGraphLaunch", 12000, PTDS, "cuGraphLaunch_ptsz");
 
-    // Every row of the generated table whose symbol the simulator exports, at its own version:
-    // exactly that export (the address dlsym gives); every other row is refused, never
-    // answered with another variant.
+    // Every row of the generated table, at its own version: the variant a driver of this
+    // machine's CUDA version (13000, config_with) selects for it (a newer row is answered as
+    // at the driver's version, as a real driver does) is exactly that export (the address
+    // dlsym gives) if the simulator has it; otherwise the row is refused, never answered with
+    // another variant.
     for row in gpuslice_cuda_abi::proc::PROC_TABLE {
         let flags = if row.per_thread { PTDS } else { LEGACY };
         let (r, pfn, _) = proc_address(&cu, row.name(), row.version, flags);
-        let selected = match gpuslice_cuda_abi::lookup(row.name(), row.version, flags) {
-            gpuslice_cuda_abi::Lookup::Found(r) => r.symbol(),
+        let selected = match gpuslice_cuda_abi::lookup(row.name(), row.version.min(13000), flags) {
+            gpuslice_cuda_abi::Lookup::Found(r) => Some(r.symbol()),
+            // Newer than the driver: no variant at its version.
+            gpuslice_cuda_abi::Lookup::VersionNotSufficient => None,
             other => panic!("{row:?}: {other:?}"),
         };
-        if fakegpu::cuda::proc_address::export(selected).is_some() {
-            assert_eq!(r, SUCCESS, "{row:?}");
-            assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name(), row.version);
-        } else {
-            assert_eq!((r, pfn), (NOT_FOUND, null_mut()), "{row:?}: the simulator has no {selected}");
+        match selected.filter(|s| fakegpu::cuda::proc_address::export(s).is_some()) {
+            Some(selected) => {
+                assert_eq!(r, SUCCESS, "{row:?}");
+                assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name(), row.version);
+            }
+            None => assert_eq!((r, pfn), (NOT_FOUND, null_mut()), "{row:?}: the simulator has no {selected:?}"),
         }
     }
 
@@ -806,7 +811,8 @@ fn busy_kernels_occupy_their_stream() {
     primary(&cu, 0);
     let (mut module, mut f, mut other) = (null_mut(), null_mut(), null_mut());
     let (mut s1, mut s2, mut start, mut end) = (null_mut(), null_mut(), null_mut(), null_mut());
-    let image = [0u8; 16];
+    let image = c".version 6.0\n.target sm_50\n.visible .entry busy(\n.param .u64 p\n)\n{\nret;\n}\n";
+    let opaque = [0u8; 16];
     let busy_name = c("busy");
     // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
     // null; handles come from the driver.
@@ -817,6 +823,11 @@ fn busy_kernels_occupy_their_stream() {
         ok((cu.cuModuleGetFunction)(&mut other, module, busy_name.as_ptr()));
         assert_eq!(f, other);
         check((cu.cuModuleGetFunction)(&mut other, module, c"saxpy".as_ptr()), NOT_FOUND);
+        // An image whose kernels cannot be read provides any name.
+        let mut unknown = null_mut();
+        ok((cu.cuModuleLoadData)(&mut unknown, opaque.as_ptr().cast()));
+        ok((cu.cuModuleGetFunction)(&mut other, unknown, c"saxpy".as_ptr()));
+        ok((cu.cuModuleUnload)(unknown));
         ok((cu.cuStreamCreate)(&mut s1, 0));
         ok((cu.cuStreamCreate)(&mut s2, 1));
         ok((cu.cuEventCreate)(&mut start, 0));
@@ -899,6 +910,114 @@ fn busy_kernels_occupy_their_stream() {
         ok((cu.cuStreamDestroy_v2)(s1));
         check((cu.cuStreamSynchronize)(s1), INVALID_HANDLE);
     }
+}
+
+/// `cudaFree(0)`, which programs call to start the runtime, ends in `cuMemFree_v2(0)`: the real
+/// driver accepts it, and so must the simulator (it answered `CUDA_ERROR_INVALID_VALUE`).
+#[test]
+fn mem_free_of_null_is_accepted() {
+    let name = "mem_free_of_null_is_accepted";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    // SAFETY: a null device pointer is what the call is about.
+    ok(unsafe { (cu.cuMemFree_v2)(0) });
+    assert_eq!(used(&cu), 2 * MIB, "it frees nothing");
+}
+
+/// What PyTorch reaches besides the allocation paths: page-locked host memory (charged to no
+/// device), the range holding an address, pool attributes kept, stream priorities clamped and
+/// answered back, and a feature the H100 lacks answered as a driver does.
+#[test]
+fn host_memory_address_ranges_pool_attributes_and_priorities_answer_as_a_driver_does() {
+    let name = "host_memory_address_ranges_pool_attributes_and_priorities_answer_as_a_driver_does";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+
+    let mut host = null_mut::<c_void>();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostAlloc)(&mut host, MIB as usize, 0x2) });
+    assert!(!host.is_null());
+    assert_eq!(used(&cu), 2 * MIB, "page-locked host memory takes no device memory");
+    let mut flags = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostGetFlags)(&mut flags, host) });
+    assert_eq!(flags, 0x2);
+    let mut dptr: CUdeviceptr = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostGetDevicePointer_v2)(&mut dptr, host, 0) });
+    assert_eq!(dptr, host as CUdeviceptr, "unified addressing: the device pointer is the address");
+    // SAFETY: the driver handed out 1 MiB there.
+    unsafe { host.cast::<u8>().add(MIB as usize - 1).write(7) };
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemFreeHost)(host) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemFreeHost)(host) }, INVALID_VALUE);
+
+    let mut buffer = vec![0u8; 8192];
+    let p = buffer.as_mut_ptr().cast::<c_void>();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostRegister_v2)(p, buffer.len(), 0) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemHostRegister_v2)(p, buffer.len(), 0) }, CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemHostUnregister)(p) });
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemHostUnregister)(p) }, CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
+
+    let mut d: CUdeviceptr = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemAlloc_v2)(&mut d, 4 * MIB as usize) });
+    let (mut base, mut size) = (0, 0usize);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemGetAddressRange_v2)(&mut base, &mut size, d + 12345) });
+    assert_eq!((base, size), (d, 4 * MIB as usize));
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuMemGetAddressRange_v2)(&mut base, &mut size, d + 4 * MIB) }, NOT_FOUND);
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemFree_v2)(d) });
+
+    let mut pool: CUmemoryPool = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuDeviceGetDefaultMemPool)(&mut pool, 0) });
+    let mut threshold = 3 * MIB;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolSetAttribute)(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut threshold).cast()) });
+    let mut got = 0u64;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolGetAttribute)(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut got).cast()) });
+    assert_eq!(got, 3 * MIB);
+    let mut reuse: c_int = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolSetAttribute)(pool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, (&raw mut reuse).cast()) });
+    let mut got: c_int = 1;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuMemPoolGetAttribute)(pool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, (&raw mut got).cast()) });
+    assert_eq!(got, 0);
+
+    let mut stream: CUstream = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamCreateWithPriority)(&mut stream, 0, -9) });
+    let mut priority = 0;
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamGetPriority)(stream, &mut priority) });
+    assert_eq!(priority, -5, "clamped to the greatest priority");
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamGetPriority)(null_mut(), &mut priority) });
+    assert_eq!(priority, 0, "the default stream's");
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    ok(unsafe { (cu.cuStreamDestroy_v2)(stream) });
+
+    let mut green: CUgreenCtx = null_mut();
+    let desc: CUdevResourceDesc = null_mut();
+    // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
+    check(unsafe { (cu.cuGreenCtxCreate)(&mut green, desc, 0, 0) }, NOT_SUPPORTED);
+    assert!(green.is_null(), "outputs untouched");
 }
 
 // ---- fault injection --------------------------------------------------------------------

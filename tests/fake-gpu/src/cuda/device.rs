@@ -10,6 +10,11 @@ use crate::state::{DeviceState, Simulator};
 /// One past the last `CUdevice_attribute` in the CUDA 13 headers (`CU_DEVICE_ATTRIBUTE_MAX`).
 pub const ATTRIBUTE_MAX: c_int = 162;
 
+/// `CU_DEVICE_ATTRIBUTE_PCI_BUS_ID`, `…_PCI_DEVICE_ID` and `…_PCI_DOMAIN_ID`.
+pub const PCI_BUS_ID: c_int = 33;
+pub const PCI_DEVICE_ID: c_int = 34;
+pub const PCI_DOMAIN_ID: c_int = 50;
+
 /// GPU `device`'s config and state; `CUDA_ERROR_INVALID_DEVICE` for an unknown ordinal.
 pub fn gpu(sim: &Simulator, device: CUdevice) -> CuResult<(&GpuConfig, &DeviceState)> {
     let index = u32::try_from(device).map_err(|_| INVALID_DEVICE)?;

@@ -16,6 +16,7 @@ pub const NO_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NO_DEVICE;
 pub const INVALID_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_DEVICE;
 pub const INVALID_IMAGE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_IMAGE;
 pub const INVALID_CONTEXT: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_CONTEXT;
+pub const UNSUPPORTED_LIMIT: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_UNSUPPORTED_LIMIT;
 pub const INVALID_HANDLE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_HANDLE;
 pub const ILLEGAL_STATE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_ILLEGAL_STATE;
 pub const NOT_FOUND: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_FOUND;
@@ -26,6 +27,8 @@ pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = gpuslice_cuda_abi::cuda::CUDA_E
 pub const STREAM_CAPTURE_INVALIDATED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
 pub const CAPTURED_EVENT: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_CAPTURED_EVENT;
 pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+pub const HOST_MEMORY_ALREADY_REGISTERED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+pub const HOST_MEMORY_NOT_REGISTERED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
 pub const UNKNOWN: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_UNKNOWN;
 
 /// The codes this driver knows: `cuda.h` name and `cuGetErrorString` text. A code not
@@ -58,7 +61,7 @@ const CODES: &[(CUresult, &CStr, &CStr)] = &[
     (210, c"CUDA_ERROR_ALREADY_ACQUIRED", c"resource already acquired"),
     (211, c"CUDA_ERROR_NOT_MAPPED", c"resource not mapped"),
     (214, c"CUDA_ERROR_ECC_UNCORRECTABLE", c"uncorrectable ECC error encountered"),
-    (215, c"CUDA_ERROR_UNSUPPORTED_LIMIT", c"limit is not supported on this architecture"),
+    (UNSUPPORTED_LIMIT, c"CUDA_ERROR_UNSUPPORTED_LIMIT", c"limit is not supported on this architecture"),
     (216, c"CUDA_ERROR_CONTEXT_ALREADY_IN_USE", c"exclusive-thread device already in use by a different thread"),
     (218, c"CUDA_ERROR_INVALID_PTX", c"a PTX JIT compilation failed"),
     (224, c"CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY", c"the provided execution affinity is not supported"),
@@ -77,6 +80,16 @@ const CODES: &[(CUresult, &CStr, &CStr)] = &[
     (708, c"CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE", c"primary context active"),
     (709, c"CUDA_ERROR_CONTEXT_IS_DESTROYED", c"context is destroyed"),
     (710, c"CUDA_ERROR_ASSERT", c"device-side assert triggered"),
+    (
+        HOST_MEMORY_ALREADY_REGISTERED,
+        c"CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+        c"part or all of the requested memory range is already mapped",
+    ),
+    (
+        HOST_MEMORY_NOT_REGISTERED,
+        c"CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
+        c"pointer does not correspond to a registered memory region",
+    ),
     (714, c"CUDA_ERROR_HARDWARE_STACK_ERROR", c"hardware stack error"),
     (715, c"CUDA_ERROR_ILLEGAL_INSTRUCTION", c"an illegal instruction was encountered"),
     (716, c"CUDA_ERROR_MISALIGNED_ADDRESS", c"misaligned address"),

@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, c_uchar, c_uint, c_void};
 
 use super::error::{self, INVALID_VALUE};
 use super::ffi::{Out, c_str, input, inputs, put_str};
+use super::modules::{self, Params};
 use super::proc_address::driver_api;
 use super::types::*;
 use super::{context, device, driver, graph, launch, memory, stream};
@@ -152,22 +153,11 @@ driver_api! {
         out.set(context::retain_primary(&mut d.lock(), d.sim, dev)? as CUcontext);
         Ok(())
     }
-    fn cuDevicePrimaryCtxRelease(dev: CUdevice) {
-        let d = driver()?;
-        context::release_primary(&mut d.lock(), d.sim, dev)
-    }
-    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) {
-        let d = driver()?;
-        context::release_primary(&mut d.lock(), d.sim, dev)
-    }
-    fn cuDevicePrimaryCtxReset(dev: CUdevice) {
-        let d = driver()?;
-        context::reset_primary(&mut d.lock(), d.sim, dev)
-    }
-    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) {
-        let d = driver()?;
-        context::reset_primary(&mut d.lock(), d.sim, dev)
-    }
+
+    fn cuDevicePrimaryCtxRelease(dev: CUdevice) { context::release_primary_with_destructors(driver()?, dev) }
+    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) { context::release_primary_with_destructors(driver()?, dev) }
+    fn cuDevicePrimaryCtxReset(dev: CUdevice) { context::reset_primary_with_destructors(driver()?, dev) }
+    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) { context::reset_primary_with_destructors(driver()?, dev) }
     fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) {
         // SAFETY: null or writable per the export's contract.
         let flags = unsafe { Out::new(flags) }?;
@@ -224,7 +214,8 @@ driver_api! {
         out.set(context::create(&mut d.lock(), d.sim, flags, dev)? as CUcontext);
         Ok(())
     }
-    fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy(&mut driver()?.lock(), ctx as usize) }
+
+    fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy_with_destructors(driver()?, ctx as usize) }
     fn cuCtxSetCurrent(ctx: CUcontext) { context::set_current(&driver()?.lock(), ctx as usize) }
 
     /// Null (and success) when the thread has no context.
@@ -307,7 +298,8 @@ driver_api! {
         Ok(())
     }
 
-    /// Only the start of a live allocation; anything else is `CUDA_ERROR_INVALID_VALUE`.
+    /// The start of a live allocation, or 0 (which frees nothing); anything else is
+    /// `CUDA_ERROR_INVALID_VALUE`.
     fn cuMemFree_v2(dptr: CUdeviceptr) { memory::free(dptr) }
 
     /// Device-wide: `total − used by every process`.
@@ -319,6 +311,65 @@ driver_api! {
         let (f, t) = memory::info()?;
         free_out.set(f as usize);
         total_out.set(t as usize);
+        Ok(())
+    }
+
+    /// Page-locked host memory is ordinary host memory here (zeroed, charged to no device);
+    /// with unified addressing its device pointer is its address.
+    fn cuMemHostAlloc(pp: *mut *mut c_void, bytesize: usize, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pp) }?;
+        out.set(driver()?.lock().memory.host_alloc(bytesize as u64, flags)? as *mut c_void);
+        Ok(())
+    }
+    fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytesize: usize) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pp) }?;
+        out.set(driver()?.lock().memory.host_alloc(bytesize as u64, 0)? as *mut c_void);
+        Ok(())
+    }
+    fn cuMemFreeHost(p: *mut c_void) { driver()?.lock().memory.host_free(p as u64) }
+    fn cuMemHostRegister_v2(p: *mut c_void, bytesize: usize, flags: c_uint) {
+        driver()?.lock().memory.host_register(p as u64, bytesize as u64, flags)
+    }
+    fn cuMemHostUnregister(p: *mut c_void) { driver()?.lock().memory.host_unregister(p as u64) }
+    fn cuMemHostGetFlags(p_flags: *mut c_uint, p: *mut c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(p_flags) }?;
+        out.set(driver()?.lock().memory.host_flags(p as u64)?);
+        Ok(())
+    }
+    fn cuMemHostGetDevicePointer_v2(pdptr: *mut CUdeviceptr, p: *mut c_void, flags: c_uint) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(pdptr) }?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        driver()?.lock().memory.host_flags(p as u64)?;
+        out.set(p as CUdeviceptr);
+        Ok(())
+    }
+
+    /// The allocation (or `cuMemMap` mapping) holding `dptr`: its start and size; either
+    /// output may be null. Anything else is `CUDA_ERROR_NOT_FOUND`.
+    fn cuMemGetAddressRange_v2(pbase: *mut CUdeviceptr, psize: *mut usize, dptr: CUdeviceptr) {
+        let (base, size) = driver()?.lock().memory.address_range(dptr)?;
+        // SAFETY: null or writable per the export's contract.
+        if let Some(out) = unsafe { Out::optional(pbase) } {
+            out.set(base);
+        }
+        // SAFETY: as above.
+        if let Some(out) = unsafe { Out::optional(psize) } {
+            out.set(size as usize);
+        }
+        Ok(())
+    }
+
+    /// The properties `cuMemCreate` was given for `handle`.
+    fn cuMemGetAllocationPropertiesFromHandle(prop: *mut CUmemAllocationProp, handle: CUmemGenericAllocationHandle) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(prop) }?;
+        out.set(driver()?.lock().memory.physical_prop(handle)?);
         Ok(())
     }
 
@@ -474,10 +525,9 @@ driver_api! {
             return Err(INVALID_VALUE);
         }
         let reg = driver()?.lock();
-        if (1..=3).contains(&attr) {
-            reg.memory.pool_device(pool as usize)?;
+        if let Ok(v) = reg.memory.pool_reuse(pool as usize, attr) {
             // SAFETY: non-null; these attributes are `int` per cuda.h.
-            unsafe { value.cast::<c_int>().write_unaligned(1) };
+            unsafe { value.cast::<c_int>().write_unaligned(v) };
         } else {
             let v = reg.memory.pool_counter(pool as usize, attr)?;
             // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
@@ -485,6 +535,51 @@ driver_api! {
         }
         Ok(())
     }
+
+    /// The reuse policies and the release threshold are kept and answered back (freed memory
+    /// stays in the pool until trimmed whatever the threshold); the high-water marks reset
+    /// with 0.
+    fn cuMemPoolSetAttribute(pool: CUmemoryPool, attr: CUmemPool_attribute, value: *mut c_void) {
+        if value.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let mut reg = driver()?.lock();
+        if reg.memory.pool_reuse(pool as usize, attr).is_ok() {
+            // SAFETY: non-null; these attributes are `int` per cuda.h.
+            let v = unsafe { value.cast::<c_int>().read_unaligned() };
+            reg.memory.set_pool_reuse(pool as usize, attr, v)
+        } else {
+            // SAFETY: non-null; the other settable attributes are `cuuint64_t` per cuda.h.
+            let v = unsafe { value.cast::<u64>().read_unaligned() };
+            reg.memory.set_pool_counter(pool as usize, attr, v)
+        }
+    }
+
+    /// The device's graph memory pool: graph memory nodes are not simulated, so it holds
+    /// nothing (every counter 0).
+    fn cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
+        device::gpu(driver()?.sim, dev)?;
+        if value.is_null() || attr > CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
+        unsafe { value.cast::<u64>().write_unaligned(0) };
+        Ok(())
+    }
+
+    /// Resets a high-water mark (only 0 is accepted, as on the real driver).
+    fn cuDeviceSetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
+        device::gpu(driver()?.sim, dev)?;
+        if value.is_null() || !matches!(attr, CU_GRAPH_MEM_ATTR_USED_MEM_HIGH | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH) {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: non-null; `cuuint64_t` per cuda.h.
+        if unsafe { value.cast::<u64>().read_unaligned() } != 0 {
+            return Err(INVALID_VALUE);
+        }
+        Ok(())
+    }
+    fn cuDeviceGraphMemTrim(dev: CUdevice) { device::gpu(driver()?.sim, dev).map(drop) }
     fn cuArrayCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY_DESCRIPTOR) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(p_handle) }?;
@@ -541,6 +636,20 @@ driver_api! {
     fn cuMemcpyDtoH_v2_ptds(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, true)
     }
+    /// Unified addressing: each side is device memory if it lies in an allocation or a
+    /// mapping, host memory otherwise.
+    fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize) {
+        memory::copy_unified(dst, src, byte_count, None, false)
+    }
+    fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize) {
+        memory::copy_unified(dst, src, byte_count, None, true)
+    }
+    fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        memory::copy_unified(dst, src, byte_count, Some(h_stream), false)
+    }
+    fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
+        memory::copy_unified(dst, src, byte_count, Some(h_stream), true)
+    }
     fn cuMemcpyDtoD_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, false)
     }
@@ -573,17 +682,39 @@ driver_api! {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), true)
     }
-    fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, false) }
+    fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, std::ptr::null_mut(), false) }
     fn cuMemsetD8_v2_ptds(dst_device: CUdeviceptr, uc: c_uchar, n: usize) {
-        memory::memset(dst_device, &[uc], n, true)
+        memory::memset(dst_device, &[uc], n, std::ptr::null_mut(), true)
     }
 
     /// `dst_device` must be 4-byte aligned.
     fn cuMemsetD32_v2(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
-        memory::memset(dst_device, &ui.to_ne_bytes(), n, false)
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, std::ptr::null_mut(), false)
     }
     fn cuMemsetD32_v2_ptds(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
-        memory::memset(dst_device, &ui.to_ne_bytes(), n, true)
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, std::ptr::null_mut(), true)
+    }
+
+    /// As the synchronous sets, at once: the stream is checked, and sets take no device time.
+    fn cuMemsetD8Async(dst_device: CUdeviceptr, uc: c_uchar, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &[uc], n, h_stream, false)
+    }
+    fn cuMemsetD8Async_ptsz(dst_device: CUdeviceptr, uc: c_uchar, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &[uc], n, h_stream, true)
+    }
+    fn cuMemsetD32Async(dst_device: CUdeviceptr, ui: c_uint, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, h_stream, false)
+    }
+    fn cuMemsetD32Async_ptsz(dst_device: CUdeviceptr, ui: c_uint, n: usize, h_stream: CUstream) {
+        memory::memset(dst_device, &ui.to_ne_bytes(), n, h_stream, true)
+    }
+
+    /// Writes `value` at `addr` at once (as a set of one 32-bit word); flags are ignored.
+    fn cuStreamWriteValue32_v2(stream: CUstream, addr: CUdeviceptr, value: cuuint32_t, _flags: c_uint) {
+        memory::memset(addr, &value.to_ne_bytes(), 1, stream, false)
+    }
+    fn cuStreamWriteValue32_v2_ptsz(stream: CUstream, addr: CUdeviceptr, value: cuuint32_t, _flags: c_uint) {
+        memory::memset(addr, &value.to_ne_bytes(), 1, stream, true)
     }
 
     // ---- streams and events ---------------------------------------------------------------
@@ -592,8 +723,38 @@ driver_api! {
         let out = unsafe { Out::new(ph_stream) }?;
         let mut reg = driver()?.lock();
         let ctx = context::current(&reg)?;
-        out.set(reg.streams.create(ctx, flags)? as CUstream);
+        out.set(reg.streams.create(ctx, flags, stream::PRIORITY_LEAST)? as CUstream);
         Ok(())
+    }
+
+    /// The priority is kept and answered back (clamped to 0 … -5); it changes nothing else.
+    fn cuStreamCreateWithPriority(ph_stream: *mut CUstream, flags: c_uint, priority: c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_stream) }?;
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        out.set(reg.streams.create(ctx, flags, priority)? as CUstream);
+        Ok(())
+    }
+    fn cuStreamGetPriority(h_stream: CUstream, priority: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(priority) }?;
+        out.set(stream::priority(h_stream, false)?);
+        Ok(())
+    }
+    fn cuStreamGetPriority_ptsz(h_stream: CUstream, priority: *mut c_int) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(priority) }?;
+        out.set(stream::priority(h_stream, true)?);
+        Ok(())
+    }
+
+    /// Later work on the stream waits for the event's work; flags are ignored.
+    fn cuStreamWaitEvent(h_stream: CUstream, h_event: CUevent, _flags: c_uint) {
+        stream::wait_event(h_stream, h_event, false)
+    }
+    fn cuStreamWaitEvent_ptsz(h_stream: CUstream, h_event: CUevent, _flags: c_uint) {
+        stream::wait_event(h_stream, h_event, true)
     }
     fn cuStreamDestroy_v2(h_stream: CUstream) { stream::destroy(&mut driver()?.lock(), h_stream as usize) }
 
@@ -636,32 +797,30 @@ driver_api! {
 
     // ---- modules and launches -------------------------------------------------------------
 
-    /// Any non-null image loads; every module has one kernel, `busy`.
+    /// Any non-null image loads; its kernels are the `.entry` names of PTX (bare or in a fat
+    /// binary of PTX), or any name for an image whose kernels cannot be read.
     fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(module) }?;
-        if image.is_null() {
-            return Err(INVALID_VALUE);
-        }
-        let mut reg = driver()?.lock();
-        let ctx = context::current(&reg)?;
-        out.set(reg.modules.load(ctx) as CUmodule);
+        // SAFETY: null or an image per the export's contract.
+        out.set(unsafe { modules::load_module(image) }? as CUmodule);
         Ok(())
     }
     fn cuModuleUnload(hmod: CUmodule) { driver()?.lock().modules.unload(hmod as usize) }
 
-    /// `busy`, or `CUDA_ERROR_NOT_FOUND`.
+    /// A kernel the module provides, or `CUDA_ERROR_NOT_FOUND`.
     fn cuModuleGetFunction(hfunc: *mut CUfunction, hmod: CUmodule, name: *const c_char) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(hfunc) }?;
         // SAFETY: as above.
-        let name = unsafe { c_str(name) }?;
-        out.set(driver()?.lock().modules.function(hmod as usize, name.to_bytes())? as CUfunction);
+        let name = unsafe { c_str(name) }?.to_str().map_err(|_| error::NOT_FOUND)?;
+        out.set(driver()?.lock().modules.function(hmod as usize, name)? as CUfunction);
         Ok(())
     }
 
-    /// `busy` takes its turn on the device for `*(u64 *)kernelParams[0]` nanoseconds (or the
-    /// first 8 bytes of the `extra` buffer); the call returns at once.
+    /// The kernel takes its turn on the device (`busy` for `*(u64 *)kernelParams[0]`
+    /// nanoseconds, or the first 8 bytes of the `extra` buffer); the call returns at once. `f`
+    /// may be a `CUkernel`.
     fn cuLaunchKernel(
         f: CUfunction,
         grid_dim_x: c_uint,
@@ -680,9 +839,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, extra) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: false };
         launch::launch_on(l, h_stream, false)
     }
     fn cuLaunchKernel_ptsz(
@@ -703,9 +862,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, extra) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: false };
         launch::launch_on(l, h_stream, true)
     }
 
@@ -752,9 +911,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, std::ptr::null_mut()) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: true };
         launch::launch_on(l, h_stream, false)
     }
     fn cuLaunchCooperativeKernel_ptsz(
@@ -774,9 +933,9 @@ driver_api! {
             block: [block_dim_x, block_dim_y, block_dim_z],
             shared_mem: shared_mem_bytes,
         };
-        // SAFETY: null or valid per the export's contract.
-        let duration = unsafe { launch::busy_duration(kernel_params, std::ptr::null_mut()) }?;
-        let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
+        // SAFETY: valid per the export's contract until it returns.
+        let params = unsafe { Params::new(kernel_params, std::ptr::null_mut()) };
+        let l = launch::Launch { function: f as usize, shape, params, cooperative: true };
         launch::launch_on(l, h_stream, true)
     }
 
@@ -798,8 +957,8 @@ driver_api! {
                 shared_mem: p.sharedMemBytes,
             };
             // SAFETY: each entry's kernelParams is valid per the export's contract.
-            let duration = unsafe { launch::busy_duration(p.kernelParams, std::ptr::null_mut()) }?;
-            let l = launch::Launch { function: p.function as usize, shape, duration, cooperative: true };
+            let params = unsafe { Params::new(p.kernelParams, std::ptr::null_mut()) };
+            let l = launch::Launch { function: p.function as usize, shape, params, cooperative: true };
             launches.push((l, p.hStream));
         }
         launch::launch_multi_device(&launches, flags)
@@ -815,7 +974,7 @@ driver_api! {
         Ok(())
     }
 
-    /// A `busy` node; its parameters are read now, as the driver copies them.
+    /// A kernel node; its parameters are read now, as the driver copies them.
     fn cuGraphAddKernelNode(
         ph_graph_node: *mut CUgraphNode,
         h_graph: CUgraph,
@@ -830,12 +989,12 @@ driver_api! {
         // SAFETY: as above, for `num_dependencies` entries.
         let deps = unsafe { inputs(dependencies, num_dependencies) }?;
         // SAFETY: the struct's parameter pointers are valid per the export's contract.
-        out.set(unsafe { add_kernel_node(h_graph, deps, params) }? as CUgraphNode);
+        out.set(unsafe { add_kernel_node(h_graph, deps, params, std::ptr::null_mut(), std::ptr::null_mut()) }? as CUgraphNode);
         Ok(())
     }
 
-    /// As `cuGraphAddKernelNode`; a node naming a `CUkernel` (`func` null) is not simulated:
-    /// `CUDA_ERROR_INVALID_VALUE`.
+    /// As `cuGraphAddKernelNode`; `func` null names the `CUkernel` `kern`, loaded in `ctx` (null:
+    /// the current context).
     fn cuGraphAddKernelNode_v2(
         ph_graph_node: *mut CUgraphNode,
         h_graph: CUgraph,
@@ -850,7 +1009,7 @@ driver_api! {
         // SAFETY: as above, for `num_dependencies` entries.
         let deps = unsafe { inputs(dependencies, num_dependencies) }?;
         // SAFETY: the struct's parameter pointers are valid per the export's contract.
-        out.set(unsafe { add_kernel_node(h_graph, deps, &v1_of(params)) }? as CUgraphNode);
+        out.set(unsafe { add_kernel_node(h_graph, deps, &v1_of(params), params.kern, params.ctx) }? as CUgraphNode);
         Ok(())
     }
 
@@ -957,11 +1116,12 @@ unsafe fn launch_ex(
         shared_mem: c.sharedMemBytes,
     };
     // SAFETY: as for cuLaunchKernel, per the caller.
-    let duration = unsafe { launch::busy_duration(kernel_params, extra) }?;
-    Ok((launch::Launch { function: f as usize, shape, duration, cooperative }, c.hStream))
+    let params = unsafe { Params::new(kernel_params, extra) };
+    Ok((launch::Launch { function: f as usize, shape, params, cooperative }, c.hStream))
 }
 
-/// A kernel node of `graph` after `deps`.
+/// A kernel node of `graph` after `deps`: `func` (a function, or a `CUkernel`), else `kernel`,
+/// resolved in `ctx` (null: the current context) when it is a `CUkernel`.
 ///
 /// # Safety
 ///
@@ -970,11 +1130,17 @@ unsafe fn add_kernel_node(
     graph: CUgraph,
     deps: &[CUgraphNode],
     p: &CUDA_KERNEL_NODE_PARAMS_v1,
+    kernel: CUkernel,
+    ctx: CUcontext,
 ) -> error::CuResult<super::Handle> {
     let mut reg = driver()?.lock();
-    if p.func.is_null() || !reg.modules.is_function(p.func as usize) {
-        return Err(INVALID_VALUE);
-    }
+    let f = if p.func.is_null() { kernel as usize } else { p.func as usize };
+    let ctx = match (reg.modules.is_kernel(f), ctx.is_null()) {
+        (false, _) => reg.modules.context_of(f).ok_or(INVALID_VALUE)?,
+        (true, true) => context::current(&reg)?,
+        (true, false) => ctx as usize,
+    };
+    let (function, kind) = reg.modules.resolve(f, ctx).map_err(|_| INVALID_VALUE)?;
     let shape = launch::Shape {
         grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
         block: [p.blockDimX, p.blockDimY, p.blockDimZ],
@@ -982,9 +1148,9 @@ unsafe fn add_kernel_node(
     };
     shape.check()?;
     // SAFETY: per the caller.
-    let duration = unsafe { launch::busy_duration(p.kernelParams, p.extra) }?;
+    let duration = kind.duration(unsafe { Params::new(p.kernelParams, p.extra) })?;
     let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
-    reg.graphs.add(graph as usize, &deps, graph::Node::Kernel { function: p.func as usize, duration })
+    reg.graphs.add(graph as usize, &deps, graph::Node::Kernel { function, duration })
 }
 
 /// `cuGraphInstantiateWithFlags` in the current context.

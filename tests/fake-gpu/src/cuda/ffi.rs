@@ -28,6 +28,11 @@ impl<T> Out<T> {
         NonNull::new(p).map(Self)
     }
 
+    /// Where the value goes (for traces).
+    pub fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+
     pub fn set(self, value: T) {
         // SAFETY: non-null, and the constructor's caller promised it is writable.
         unsafe { self.0.as_ptr().write(value) }

@@ -1,7 +1,8 @@
-//! Modules, kernel launches and the time they take: every rule about when queued work
-//! finishes lives here.
+//! Kernel launches and the time they take: every rule about when queued work finishes lives
+//! here.
 //!
-//! The only kernel is `busy`, whose first parameter is a duration in nanoseconds. Every queue
+//! A kernel's duration comes from its name ([`super::modules::Kind`]: `busy`'s first
+//! parameter, in nanoseconds, or a small modelled time for any other). Every queue
 //! (stream) has an "idle at" time, and so has the device, on a timeline shared by every
 //! process ([`crate::timeline`]). A launch returns at once. Its kernel starts when the
 //! queue's earlier work is done, when whatever the legacy-stream rules make the queue wait
@@ -17,16 +18,13 @@
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds ([`crate::timeline::now`]).
 
-use std::collections::HashMap;
-use std::ffi::c_void;
 use std::thread::ThreadId;
 
-use super::error::{
-    COOPERATIVE_LAUNCH_TOO_LARGE, CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND, STREAM_CAPTURE_UNSUPPORTED,
-};
+use super::error::{COOPERATIVE_LAUNCH_TOO_LARGE, CuResult, INVALID_VALUE, STREAM_CAPTURE_UNSUPPORTED};
 use super::graph::{self, Node};
+use super::modules::Params;
 use super::types::{CU_STREAM_LEGACY, CU_STREAM_PER_THREAD, CUstream};
-use super::{Handle, Registry, new_handle, stream};
+use super::{Handle, Registry, stream};
 use crate::state::Simulator;
 use crate::timeline::{self, DeviceTimeline};
 
@@ -155,76 +153,6 @@ pub(crate) fn run(
     t
 }
 
-/// The kernels a module provides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// Occupies the device for `kernelParams[0]` (a `u64`) nanoseconds.
-    Busy,
-}
-
-#[derive(Debug)]
-struct Function {
-    module: Handle,
-    kernel: Kernel,
-}
-
-/// Loaded modules and their functions.
-#[derive(Debug, Default)]
-pub(crate) struct Modules {
-    /// Module → its context.
-    modules: HashMap<Handle, Handle>,
-    functions: HashMap<Handle, Function>,
-}
-
-impl Modules {
-    /// `cuModuleLoadData`: any image loads, and provides `busy`.
-    pub fn load(&mut self, ctx: Handle) -> Handle {
-        let module = new_handle();
-        self.modules.insert(module, ctx);
-        module
-    }
-
-    pub fn unload(&mut self, module: Handle) -> CuResult {
-        self.modules.remove(&module).ok_or(INVALID_HANDLE)?;
-        self.functions.retain(|_, f| f.module != module);
-        Ok(())
-    }
-
-    /// `cuModuleGetFunction`: the same handle each time for one name in one module.
-    pub fn function(&mut self, module: Handle, name: &[u8]) -> CuResult<Handle> {
-        if !self.modules.contains_key(&module) {
-            return Err(INVALID_HANDLE);
-        }
-        let kernel = match name {
-            b"busy" => Kernel::Busy,
-            _ => return Err(NOT_FOUND),
-        };
-        if let Some((&f, _)) = self.functions.iter().find(|(_, f)| f.module == module && f.kernel == kernel) {
-            return Ok(f);
-        }
-        let f = new_handle();
-        self.functions.insert(f, Function { module, kernel });
-        Ok(f)
-    }
-
-    /// Forget `ctx`'s modules, as destroying the context does.
-    pub fn drop_context(&mut self, ctx: Handle) {
-        let gone: Vec<Handle> = self.modules.iter().filter(|&(_, &c)| c == ctx).map(|(&m, _)| m).collect();
-        for module in gone {
-            let _ = self.unload(module);
-        }
-    }
-
-    pub fn is_function(&self, f: Handle) -> bool {
-        self.functions.contains_key(&f)
-    }
-
-    /// The context whose module provides `f`.
-    pub fn context_of(&self, f: Handle) -> Option<Handle> {
-        self.functions.get(&f).and_then(|f| self.modules.get(&f.module)).copied()
-    }
-}
-
 /// Grid and block shape of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -271,31 +199,38 @@ impl Shape {
     }
 }
 
-/// One kernel launch, parameters read.
+/// One kernel launch as the caller asked for it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Launch {
+    /// A `CUfunction`, or a `CUkernel` (resolved in the stream's context).
     pub function: Handle,
     pub shape: Shape,
-    /// `busy`'s duration.
-    pub duration: Nanos,
+    pub params: Params,
     /// A cooperative launch: every block must be resident at once.
     pub cooperative: bool,
 }
 
+/// A launch checked against what is loaded in the context of its queue.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    function: Handle,
+    duration: Nanos,
+}
+
 impl Launch {
-    /// Whether `reg` knows the function and GPU `device` can run it.
-    fn check(&self, reg: &Registry, sim: &Simulator, device: u32) -> CuResult {
-        if !reg.modules.is_function(self.function) {
-            return Err(INVALID_HANDLE);
-        }
+    /// The function in `ctx` and its duration, if `ctx` has it and GPU `device` can run it.
+    fn resolve(&self, reg: &mut Registry, sim: &Simulator, ctx: Handle, device: u32) -> CuResult<Resolved> {
+        let (function, kind) = reg.modules.resolve(self.function, ctx)?;
         self.shape.check()?;
         let sm_count = sim.config().gpu.get(device as usize).map_or(0, |g| g.sm_count);
         if self.cooperative && self.shape.blocks() > self.shape.co_resident_blocks(sm_count) {
             return Err(COOPERATIVE_LAUNCH_TOO_LARGE);
         }
-        Ok(())
+        Ok(Resolved { function, duration: kind.duration(self.params)? })
     }
+}
 
+impl Resolved {
     fn node(&self) -> Node {
         Node::Kernel { function: self.function, duration: self.duration }
     }
@@ -308,7 +243,8 @@ pub(crate) fn launch_on(launch: Launch, stream: CUstream, per_thread: bool) -> C
     let d = super::driver()?;
     let mut reg = d.lock();
     let q = stream::queue(&reg, stream, per_thread)?;
-    launch.check(&reg, d.sim, device_of(&reg, q))?;
+    let (ctx, device) = (stream::queue_context(&reg, q), device_of(&reg, q));
+    let launch = launch.resolve(&mut reg, d.sim, ctx, device)?;
     if graph::capture(&mut reg, q, launch.node())? {
         return Ok(());
     }
@@ -339,9 +275,9 @@ pub(crate) fn launch_multi_device(launches: &[(Launch, CUstream)], flags: u32) -
             return Err(INVALID_VALUE);
         }
         let q = stream::queue(&reg, *stream, false)?;
-        let device = device_of(&reg, q);
-        launch.check(&reg, d.sim, device)?;
-        if reg.modules.context_of(launch.function) != Some(stream::queue_context(&reg, q))
+        let (ctx, device) = (stream::queue_context(&reg, q), device_of(&reg, q));
+        let resolved = launch.resolve(&mut reg, d.sim, ctx, device)?;
+        if reg.modules.context_of(resolved.function) != Some(ctx)
             || plan.iter().any(|&(_, other, _)| other == device)
             || launch.shape != launches[0].0.shape
         {
@@ -350,7 +286,7 @@ pub(crate) fn launch_multi_device(launches: &[(Launch, CUstream)], flags: u32) -
         if graph::is_capturing(&reg, q) {
             return Err(STREAM_CAPTURE_UNSUPPORTED);
         }
-        plan.push((q, device, launch.duration));
+        plan.push((q, device, resolved.duration));
     }
     // Devices' timelines are locked in index order, so concurrent multi-device launches
     // cannot deadlock.
@@ -371,58 +307,6 @@ pub(crate) fn launch_multi_device(launches: &[(Launch, CUstream)], flags: u32) -
         set_idle(&mut reg, q, if flags & NO_POST_LAUNCH_SYNC == 0 { last } else { done });
     }
     Ok(())
-}
-
-/// `CU_LAUNCH_PARAM_END`, `CU_LAUNCH_PARAM_BUFFER_POINTER` and `CU_LAUNCH_PARAM_BUFFER_SIZE`.
-const PARAM_END: usize = 0;
-const PARAM_BUFFER_POINTER: usize = 1;
-const PARAM_BUFFER_SIZE: usize = 2;
-
-/// `busy`'s duration in nanoseconds: `*(u64 *)kernel_params[0]`, or the first 8 bytes of the
-/// buffer that `extra` passes. Exactly one of the two must be given.
-///
-/// # Safety
-///
-/// As for `cuLaunchKernel`: `kernel_params` is null or an array whose first entry points at
-/// the first parameter; `extra` is null or a `CU_LAUNCH_PARAM_END`-terminated list of
-/// key/value pointers.
-pub(crate) unsafe fn busy_duration(kernel_params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult<Nanos> {
-    match (kernel_params.is_null(), extra.is_null()) {
-        (false, true) => {
-            // SAFETY: a non-null kernelParams array holds one pointer per kernel parameter,
-            // and `busy` has one.
-            let first = unsafe { kernel_params.read() };
-            if first.is_null() {
-                return Err(INVALID_VALUE);
-            }
-            // SAFETY: the first parameter is a u64 per `busy`'s signature.
-            Ok(unsafe { first.cast::<u64>().read_unaligned() })
-        }
-        (true, false) => {
-            let (mut buffer, mut size) = (std::ptr::null::<u8>(), None);
-            for i in 0.. {
-                // SAFETY: the list runs in key/value pairs up to CU_LAUNCH_PARAM_END.
-                let key = unsafe { extra.wrapping_add(i * 2).read() } as usize;
-                if key == PARAM_END {
-                    break;
-                }
-                // SAFETY: every key but the end marker has a value after it.
-                let value = unsafe { extra.wrapping_add(i * 2 + 1).read() };
-                match key {
-                    PARAM_BUFFER_POINTER => buffer = value.cast(),
-                    // SAFETY: the value of CU_LAUNCH_PARAM_BUFFER_SIZE points at a size_t.
-                    PARAM_BUFFER_SIZE if !value.is_null() => size = Some(unsafe { value.cast::<usize>().read() }),
-                    _ => return Err(INVALID_VALUE),
-                }
-            }
-            if buffer.is_null() || size.is_some_and(|s| s < 8) {
-                return Err(INVALID_VALUE);
-            }
-            // SAFETY: the buffer holds the packed parameters, the first a u64.
-            Ok(unsafe { buffer.cast::<u64>().read_unaligned() })
-        }
-        _ => Err(INVALID_VALUE),
-    }
 }
 
 #[cfg(test)]

@@ -29,13 +29,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_SUPPORTED, OUT_OF_MEMORY};
-use super::types::{
-    CU_MEM_ACCESS_FLAGS_PROT_NONE, CU_MEM_ACCESS_FLAGS_PROT_READ, CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_HANDLE_TYPE_FABRIC, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-    CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUarray_format, CUdevice, CUmemAccess_flags, CUmemAccessDesc,
-    CUmemAllocationHandleType, CUmemAllocationProp, CUmemPoolProps, CUstream, location_id,
+use super::error::{
+    CuResult, HOST_MEMORY_ALREADY_REGISTERED, HOST_MEMORY_NOT_REGISTERED, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND,
+    NOT_SUPPORTED, OUT_OF_MEMORY,
 };
+use super::types::*;
 use super::{Driver, FAIL_ALLOC_AT_ENV, Handle, REUSE_ADDRESSES_ENV, Registry, context, driver, launch, new_handle};
 use crate::state::{DeviceState, Simulator};
 
@@ -73,6 +71,11 @@ impl Drop for Charge {
         self.device.release(self.bytes);
     }
 }
+
+/// `CU_MEMHOSTALLOC_PORTABLE | DEVICEMAP | WRITECOMBINED`.
+const HOST_ALLOC_FLAGS: u32 = 0x1 | 0x2 | 0x4;
+/// `CU_MEMHOSTREGISTER_PORTABLE | DEVICEMAP | IOMEMORY | READ_ONLY`.
+const HOST_REGISTER_FLAGS: u32 = 0x1 | 0x2 | 0x4 | 0x8;
 
 /// A private anonymous mapping standing in for device memory. Pages are only backed once
 /// touched, so a large allocation costs address space, not RAM.
@@ -184,12 +187,23 @@ struct Pool {
     reserved_high: u64,
     used: u64,
     used_high: u64,
+    /// `REUSE_FOLLOW_EVENT_DEPENDENCIES`, `REUSE_ALLOW_OPPORTUNISTIC`,
+    /// `REUSE_ALLOW_INTERNAL_DEPENDENCIES`: kept and answered back.
+    reuse: [c_int; 3],
+    /// `RELEASE_THRESHOLD`: kept and answered back; freed memory stays in the pool until
+    /// `cuMemPoolTrimTo` whatever it is (the real driver also trims to it at synchronisation).
+    release_threshold: u64,
 }
 
 /// A `cuMemCreate` allocation, or an imported one.
 #[derive(Debug)]
 struct Physical {
     size: u64,
+    /// The device and handle types `cuMemCreate` was asked for
+    /// (`cuMemGetAllocationPropertiesFromHandle`); an import answers device 0 and a POSIX
+    /// file descriptor (the exporter's device is not recorded in what it shares).
+    device: u32,
+    handle_types: CUmemAllocationHandleType,
     fd: OwnedFd,
     /// The device memory, held by the process that created the allocation (an import holds
     /// none) until nothing refers to the allocation.
@@ -249,6 +263,16 @@ struct Mapping {
     access: CUmemAccess_flags,
 }
 
+/// Page-locked host memory: `cuMemHostAlloc` (owned here) or `cuMemHostRegister` (the
+/// caller's). Host RAM, charged to no device.
+#[derive(Debug)]
+struct Host {
+    len: u64,
+    flags: u32,
+    /// `None` for registered memory.
+    _memory: Option<HostMemory>,
+}
+
 #[derive(Debug)]
 struct Array {
     ctx: Handle,
@@ -266,6 +290,7 @@ pub(crate) struct Memory {
     reservations: BTreeMap<u64, HostMemory>,
     mappings: BTreeMap<u64, Mapping>,
     arrays: HashMap<Handle, Array>,
+    host: BTreeMap<u64, Host>,
     /// `FAKEGPU_FAIL_ALLOC_AT`: the 1-based allocation call that fails.
     fail_at: Option<u64>,
     calls: u64,
@@ -435,20 +460,55 @@ impl Memory {
     }
 
     /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
-    pub fn pool_counter(&self, pool: Handle, attribute: super::types::CUmemPool_attribute) -> CuResult<u64> {
+    pub fn pool_counter(&self, pool: Handle, attribute: CUmemPool_attribute) -> CuResult<u64> {
         let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
         match attribute {
-            4 => Ok(0),               // RELEASE_THRESHOLD
-            5 => Ok(p.reserved),      // RESERVED_MEM_CURRENT
-            6 => Ok(p.reserved_high), // RESERVED_MEM_HIGH
-            7 => Ok(p.used),          // USED_MEM_CURRENT
-            8 => Ok(p.used_high),     // USED_MEM_HIGH
+            CU_MEMPOOL_ATTR_RELEASE_THRESHOLD => Ok(p.release_threshold),
+            CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT => Ok(p.reserved),
+            CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH => Ok(p.reserved_high),
+            CU_MEMPOOL_ATTR_USED_MEM_CURRENT => Ok(p.used),
+            CU_MEMPOOL_ATTR_USED_MEM_HIGH => Ok(p.used_high),
             _ => Err(INVALID_VALUE),
         }
     }
 
+    /// A reuse policy (`REUSE_*`, an `int`).
+    pub fn pool_reuse(&self, pool: Handle, attribute: CUmemPool_attribute) -> CuResult<c_int> {
+        let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
+        Ok(p.reuse[reuse_index(attribute)?])
+    }
+
+    /// `cuMemPoolSetAttribute` of a reuse policy: 0 or 1.
+    pub fn set_pool_reuse(&mut self, pool: Handle, attribute: CUmemPool_attribute, value: c_int) -> CuResult {
+        let i = reuse_index(attribute)?;
+        let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
+        if !matches!(value, 0 | 1) {
+            return Err(INVALID_VALUE);
+        }
+        p.reuse[i] = value;
+        Ok(())
+    }
+
+    /// `cuMemPoolSetAttribute` of a `cuuint64_t`: the release threshold, or 0 to reset a
+    /// high-water mark to the current value.
+    pub fn set_pool_counter(&mut self, pool: Handle, attribute: CUmemPool_attribute, value: u64) -> CuResult {
+        let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
+        match attribute {
+            CU_MEMPOOL_ATTR_RELEASE_THRESHOLD => p.release_threshold = value,
+            CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH if value == 0 => p.reserved_high = p.reserved,
+            CU_MEMPOOL_ATTR_USED_MEM_HIGH if value == 0 => p.used_high = p.used,
+            _ => return Err(INVALID_VALUE),
+        }
+        Ok(())
+    }
+
     /// `cuMemCreate`: `size` must be whole granules.
-    pub fn create_physical(&mut self, device: &'static DeviceState, size: u64, exportable: bool) -> CuResult<u64> {
+    pub fn create_physical(
+        &mut self,
+        device: &'static DeviceState,
+        size: u64,
+        handle_types: CUmemAllocationHandleType,
+    ) -> CuResult<u64> {
         if size == 0 || !size.is_multiple_of(GRANULARITY) {
             return Err(INVALID_VALUE);
         }
@@ -460,11 +520,13 @@ impl Memory {
         })?;
         Ok(self.add_physical(Physical {
             size,
+            device: device.index(),
+            handle_types,
             fd,
             _charge: Some(charge),
             refs: 1,
             mappings: 0,
-            exportable,
+            exportable: handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR != 0,
             exported: Vec::new(),
         }))
     }
@@ -551,6 +613,8 @@ impl Memory {
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
         Ok(self.add_physical(Physical {
             size,
+            device: 0,
+            handle_types: CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
             fd,
             _charge: None,
             refs: 1,
@@ -558,6 +622,19 @@ impl Memory {
             exportable: true,
             exported: Vec::new(),
         }))
+    }
+
+    /// `cuMemGetAllocationPropertiesFromHandle`: what the allocation was created with.
+    pub fn physical_prop(&self, handle: u64) -> CuResult<CUmemAllocationProp> {
+        let p = self.physical.get(&handle).filter(|p| p.refs > 0).ok_or(INVALID_VALUE)?;
+        let mut prop = CUmemAllocationProp {
+            type_: CU_MEM_ALLOCATION_TYPE_PINNED,
+            requestedHandleTypes: p.handle_types,
+            ..Default::default()
+        };
+        prop.location.type_ = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.__bindgen_anon_1.id = p.device as c_int;
+        Ok(prop)
     }
 
     /// `cuMemAddressReserve`: `size` and `align` whole granules (`align` 0 for the
@@ -694,6 +771,74 @@ impl Memory {
         Ok(())
     }
 
+    /// `cuMemHostAlloc`, `cuMemAllocHost`: zeroed, page-locked (in name) host memory.
+    pub fn host_alloc(&mut self, len: u64, flags: u32) -> CuResult<u64> {
+        if len == 0 || flags & !HOST_ALLOC_FLAGS != 0 {
+            return Err(INVALID_VALUE);
+        }
+        let memory = HostMemory::new(len)?;
+        let addr = memory.addr();
+        self.host.insert(addr, Host { len, flags, _memory: Some(memory) });
+        Ok(addr)
+    }
+
+    /// `cuMemFreeHost`: the start of a `cuMemHostAlloc` allocation.
+    pub fn host_free(&mut self, ptr: u64) -> CuResult {
+        match self.host.get(&ptr) {
+            Some(h) if h._memory.is_some() => {
+                self.host.remove(&ptr);
+                Ok(())
+            }
+            _ => Err(INVALID_VALUE),
+        }
+    }
+
+    /// `cuMemHostRegister`: `[ptr, ptr+len)` of the caller's memory, overlapping nothing
+    /// registered or allocated here.
+    pub fn host_register(&mut self, ptr: u64, len: u64, flags: u32) -> CuResult {
+        let end = ptr.checked_add(len).filter(|_| ptr != 0 && len != 0).ok_or(INVALID_VALUE)?;
+        if flags & !HOST_REGISTER_FLAGS != 0 {
+            return Err(INVALID_VALUE);
+        }
+        if self.host.range(..end).next_back().is_some_and(|(&a, h)| a + h.len > ptr) {
+            return Err(HOST_MEMORY_ALREADY_REGISTERED);
+        }
+        self.host.insert(ptr, Host { len, flags, _memory: None });
+        Ok(())
+    }
+
+    /// `cuMemHostUnregister`: the start of a registered range.
+    pub fn host_unregister(&mut self, ptr: u64) -> CuResult {
+        match self.host.get(&ptr) {
+            Some(h) if h._memory.is_none() => {
+                self.host.remove(&ptr);
+                Ok(())
+            }
+            _ => Err(HOST_MEMORY_NOT_REGISTERED),
+        }
+    }
+
+    /// The flags of the page-locked range holding `ptr`.
+    pub fn host_flags(&self, ptr: u64) -> CuResult<u32> {
+        match self.host.range(..=ptr).next_back() {
+            Some((&a, h)) if ptr < a + h.len => Ok(h.flags),
+            _ => Err(INVALID_VALUE),
+        }
+    }
+
+    /// `cuMemGetAddressRange`: the allocation or mapping holding `ptr`, as (start, size).
+    pub fn address_range(&self, ptr: u64) -> CuResult<(u64, u64)> {
+        if let Some((&start, a)) = self.allocations.range(..=ptr).next_back()
+            && ptr < start + a.size
+        {
+            return Ok((start, a.size));
+        }
+        match self.mappings.range(..=ptr).next_back() {
+            Some((&start, m)) if ptr < start + m.size => Ok((start, m.size)),
+            _ => Err(NOT_FOUND),
+        }
+    }
+
     /// The host address of `len` device bytes at `ptr`, which must lie inside one allocation
     /// or inside mappings with enough access; `CUDA_ERROR_INVALID_VALUE` otherwise.
     pub fn span(&self, ptr: u64, len: u64, write: bool) -> CuResult<*mut u8> {
@@ -752,7 +897,17 @@ impl Memory {
 
 impl Pool {
     fn new(device: u32, default: bool) -> Self {
-        Self { device, default, free: Vec::new(), reserved: 0, reserved_high: 0, used: 0, used_high: 0 }
+        Self {
+            device,
+            default,
+            free: Vec::new(),
+            reserved: 0,
+            reserved_high: 0,
+            used: 0,
+            used_high: 0,
+            reuse: [1; 3],
+            release_threshold: 0,
+        }
     }
 }
 
@@ -860,8 +1015,14 @@ pub(crate) fn alloc_pitch(width: u64, height: u64, element: u32) -> CuResult<(u6
     Ok((alloc(bytes)?, pitch))
 }
 
+/// `cuMemFree`: 0 is accepted and frees nothing, as the real driver does (`cudaFree(0)`, the
+/// usual way to start the runtime, ends here).
 pub(crate) fn free(ptr: u64) -> CuResult {
-    driver()?.lock().memory.free(ptr)
+    let d = driver()?;
+    if ptr == 0 {
+        return Ok(());
+    }
+    d.lock().memory.free(ptr)
 }
 
 /// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
@@ -893,8 +1054,7 @@ pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResul
 pub(crate) fn create(size: u64, prop: &CUmemAllocationProp) -> CuResult<u64> {
     let d = driver()?;
     let device = check_prop(d.sim, prop)?;
-    let exportable = prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR != 0;
-    d.lock().memory.create_physical(d.device(device), size, exportable)
+    d.lock().memory.create_physical(d.device(device), size, prop.requestedHandleTypes)
 }
 
 /// `cuMemSetAccess`: one descriptor per device; this driver's devices all see the same
@@ -968,6 +1128,28 @@ pub(crate) enum Src {
     Device(u64),
 }
 
+/// The index of a `REUSE_*` pool attribute.
+fn reuse_index(attribute: CUmemPool_attribute) -> CuResult<usize> {
+    match attribute {
+        CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES => Ok(0),
+        CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC => Ok(1),
+        CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES => Ok(2),
+        _ => Err(INVALID_VALUE),
+    }
+}
+
+/// `cuMemcpy`, `cuMemcpyAsync`: device or host memory on either side, told apart by address
+/// (unified addressing).
+pub(crate) fn copy_unified(dst: u64, src: u64, n: usize, stream: Option<CUstream>, per_thread: bool) -> CuResult {
+    let (dst_device, src_device) = {
+        let reg = driver()?.lock();
+        (reg.memory.address_range(dst).is_ok(), reg.memory.address_range(src).is_ok())
+    };
+    let to = if dst_device { Dst::Device(dst) } else { Dst::Host(dst as *mut u8) };
+    let from = if src_device { Src::Device(src) } else { Src::Host(src as *const u8) };
+    copy(to, from, n, stream, per_thread)
+}
+
 /// `cuMemcpy*`: `stream` `None` for the synchronous calls, which first wait for the default
 /// stream (legacy, or per-thread in `_ptds` calls) as the real ones do. Device ranges must
 /// lie inside live allocations (or accessible mappings).
@@ -1002,10 +1184,10 @@ pub(crate) fn copy(dst: Dst, src: Src, n: usize, stream: Option<CUstream>, per_t
 
 /// `cuMemsetD8`/`cuMemsetD32`: `n` copies of `pattern` (1 or 4 bytes, the start aligned
 /// to it). Happens at once: these calls are asynchronous to the host anyway.
-pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, per_thread: bool) -> CuResult {
+pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, stream: CUstream, per_thread: bool) -> CuResult {
     let d = driver()?;
     let reg = d.lock();
-    super::stream::queue(&reg, std::ptr::null_mut(), per_thread)?;
+    super::stream::queue(&reg, stream, per_thread)?;
     if !ptr.is_multiple_of(pattern.len() as u64) {
         return Err(INVALID_VALUE);
     }

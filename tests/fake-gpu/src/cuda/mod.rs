@@ -13,20 +13,35 @@
 //! ([`crate::state`]), where every process (and NVML) sees it, and backs the allocation
 //! with real host memory so that copies move bytes.
 //!
+//! NVIDIA's runtime (libcudart 12.9 and 13.x) goes further: before its first public call it
+//! asks `cuGetExportTable` ([`dark_api`]) for private tables (the primary context of each
+//! device, context-local storage for its per-context state, an integrity check it
+//! verifies), registers its fat binaries as libraries ([`library`], [`modules`], whose kernel
+//! names come from [`image`]) and launches their `CUkernel`s. `FAKEGPU_TRACE=1` ([`trace`])
+//! prints every lookup and call, which is how what it needs was found.
+//!
 //! Bookkeeping (contexts, allocations, streams, …) lives in one [`Registry`] behind one
 //! lock; a thread never sleeps holding it (see [`launch`]).
 
 mod context;
+mod context_info;
+mod dark_api;
 mod device;
 pub mod error;
 mod exports;
 mod ffi;
 mod graph;
 pub mod hold;
+mod image;
+mod integrity;
 mod launch;
+mod library;
 mod memory;
+mod modules;
+mod not_supported;
 pub mod proc_address;
 mod stream;
+pub mod trace;
 pub mod types;
 
 use std::ffi::{CStr, c_int, c_void};
@@ -102,7 +117,7 @@ pub(crate) struct Registry {
     pub contexts: context::Contexts,
     pub memory: memory::Memory,
     pub streams: stream::Streams,
-    pub modules: launch::Modules,
+    pub modules: modules::Modules,
     pub graphs: graph::Graphs,
 }
 
@@ -159,7 +174,7 @@ pub(crate) fn init(flags: u32) -> CuResult {
             contexts: context::Contexts::new(devices),
             memory: memory::Memory::new(devices),
             streams: stream::Streams::default(),
-            modules: launch::Modules::default(),
+            modules: modules::Modules::default(),
             graphs: graph::Graphs::default(),
         };
         Driver { sim, registry: Mutex::new(registry) }
@@ -200,6 +215,15 @@ pub(crate) fn get_proc_address(
         }
         Err(_) => (std::ptr::null_mut(), error::NOT_FOUND, types::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
     };
+    let into = pfn.as_ptr();
+    trace::line(|| {
+        let answer = match found {
+            Ok(entry) => entry.symbol.to_owned(),
+            Err(proc_address::Lookup::VersionNotSufficient) => "not found (VERSION_NOT_SUFFICIENT)".to_owned(),
+            Err(_) => "not found (SYMBOL_NOT_FOUND)".to_owned(),
+        };
+        format!("cuGetProcAddress({symbol:?}, {cuda_version}, flags {flags}) = {answer} (into {into:p})")
+    });
     pfn.set(address);
     if let Some(status) = status {
         status.set(query);

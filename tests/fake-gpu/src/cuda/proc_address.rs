@@ -4,8 +4,10 @@
 //! `cudaTypedefs.h` (`PFN_cuMemAlloc_v3020` → `cuMemAlloc_v2`): for (name, version capped at
 //! the driver's own `cuda_version`, flags) it names the exported symbol, and the simulator
 //! hands out the address of its own export of exactly that symbol, the one `dlsym` returns
-//! for it. Exports are listed once, in [`exports`](super::exports), by symbol alone; each is
-//! checked at compile time against the symbol's generated signature (`cuda::sym`).
+//! for it. Exports are listed once, by symbol alone, in [`exports`](super::exports),
+//! [`library`](super::library), [`context_info`](super::context_info),
+//! [`dark_api`](super::dark_api) and [`not_supported`](super::not_supported); each is checked
+//! at compile time against the symbol's generated signature (`cuda::sym`).
 //!
 //! When the table names a symbol the simulator does not export, it answers as a driver that
 //! lacks it, never with another variant (whose signature would differ): a request older than
@@ -16,8 +18,6 @@ use std::ffi::{c_int, c_void};
 
 use gpuslice_cuda_abi::proc as abi;
 
-use super::exports::TABLE;
-
 /// One exported function.
 #[derive(Debug)]
 pub struct Export {
@@ -27,14 +27,23 @@ pub struct Export {
     pub address: fn() -> *mut c_void,
 }
 
+/// The lists of exports, one per file that declares some.
+static TABLES: [&[Export]; 5] = [
+    super::exports::TABLE,
+    super::library::TABLE,
+    super::context_info::TABLE,
+    super::dark_api::TABLE,
+    super::not_supported::TABLE,
+];
+
 /// Every export.
-pub fn exports() -> &'static [Export] {
-    TABLE
+pub fn exports() -> impl Iterator<Item = &'static Export> {
+    TABLES.iter().flat_map(|t| t.iter())
 }
 
 /// The export of `symbol`, if the simulator has one.
 pub fn export(symbol: &str) -> Option<&'static Export> {
-    TABLE.iter().find(|e| e.symbol == symbol)
+    exports().find(|e| e.symbol == symbol)
 }
 
 /// What a lookup found.
@@ -77,9 +86,9 @@ pub(crate) fn entry(name: &str, version: c_int, flags: u64) -> Result<&'static E
 /// ```
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
-/// runs inside [`boundary`](super::boundary) (and may then be held, see [`hold`](super::hold)),
-/// an entry of `TABLE`, and a compile-time check that its signature is the generated one of
-/// that symbol (`cuda::sym`).
+/// runs inside [`boundary`](super::boundary) (and may then be held, see [`hold`](super::hold))
+/// and whose result is traced ([`trace`](super::trace)), an entry of the list's `TABLE`, and a
+/// compile-time check that its signature is the generated one of that symbol (`cuda::sym`).
 macro_rules! driver_api {
     ($(
         $(#[doc = $doc:literal])*
@@ -95,15 +104,16 @@ macro_rules! driver_api {
             /// writes through it, strings are NUL-terminated.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::cuda::CUresult {
-                let rc = $crate::cuda::boundary($crate::cuda::proc_address::before_init!($($flag)?), || $body);
+                let code = $crate::cuda::boundary($crate::cuda::proc_address::before_init!($($flag)?), || $body);
                 $crate::cuda::hold::after(stringify!($name));
-                rc
+                $crate::cuda::trace::call(stringify!($name), code);
+                code
             }
 
             const _: Option<gpuslice_cuda_abi::cuda::sym::$name> = Some($name);
         )*
 
-        /// Every export, in the order declared.
+        /// Every export of this list, in the order declared.
         pub(crate) static TABLE: &[$crate::cuda::proc_address::Export] = &[$(
             $crate::cuda::proc_address::Export {
                 symbol: stringify!($name),
@@ -227,8 +237,9 @@ mod tests {
 
     #[test]
     fn every_export_is_a_driver_symbol_the_table_can_select() {
-        for (i, e) in TABLE.iter().enumerate() {
-            assert!(TABLE[i + 1..].iter().all(|o| o.symbol != e.symbol), "{} twice", e.symbol);
+        let all: Vec<&Export> = exports().collect();
+        for (i, e) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|o| o.symbol != e.symbol), "{} twice", e.symbol);
             assert!(!(e.address)().is_null());
             // Some (name, version, flags) selects it, and the lookup then hands it out.
             let row = abi::rows_of_symbol(e.symbol).next().unwrap_or_else(|| panic!("{} is in no typedef", e.symbol));

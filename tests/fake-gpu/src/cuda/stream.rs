@@ -15,8 +15,15 @@ use crate::timeline;
 pub(crate) struct Stream {
     pub ctx: Handle,
     pub flags: u32,
+    /// As created, clamped to the range `cuCtxGetStreamPriorityRange` gives; the device serves
+    /// work in queue order whatever the priority.
+    pub priority: i32,
     pub time: QueueTime,
 }
+
+/// `cuCtxGetStreamPriorityRange`: from 0 (least, the default) to -5 (greatest).
+pub(crate) const PRIORITY_LEAST: i32 = 0;
+pub(crate) const PRIORITY_GREATEST: i32 = -5;
 
 #[derive(Debug)]
 struct Event {
@@ -66,12 +73,13 @@ pub(crate) fn queue_context(reg: &Registry, q: Queue) -> Handle {
 }
 
 impl Streams {
-    pub fn create(&mut self, ctx: Handle, flags: u32) -> CuResult<Handle> {
+    pub fn create(&mut self, ctx: Handle, flags: u32, priority: i32) -> CuResult<Handle> {
         if flags & !STREAM_NON_BLOCKING != 0 {
             return Err(INVALID_VALUE);
         }
         let stream = new_handle();
-        self.streams.insert(stream, Stream { ctx, flags, time: QueueTime::default() });
+        let priority = priority.clamp(PRIORITY_GREATEST, PRIORITY_LEAST);
+        self.streams.insert(stream, Stream { ctx, flags, priority, time: QueueTime::default() });
         Ok(stream)
     }
 
@@ -181,6 +189,31 @@ pub(crate) fn query(stream: CUstream, per_thread: bool) -> CuResult {
     let q = queue(&reg, stream, per_thread)?;
     graph::forbid_during_capture(&mut reg, q)?;
     ready(Some(launch::completion(&reg, q)))
+}
+
+/// `cuStreamWaitEvent`: work queued on the stream from now on starts after the event's work
+/// is done. An event never recorded is done; while the stream (or the event) is being
+/// captured, nothing changes: a captured graph's nodes run one after another anyway.
+pub(crate) fn wait_event(stream: CUstream, event: CUevent, per_thread: bool) -> CuResult {
+    let mut reg = super::driver()?.lock();
+    let q = queue(&reg, stream, per_thread)?;
+    let e = reg.streams.events.get(&(event as Handle)).ok_or(INVALID_HANDLE)?;
+    if e.captured || graph::is_capturing(&reg, q) {
+        return Ok(());
+    }
+    if let Some(at) = e.at {
+        launch::set_idle(&mut reg, q, at);
+    }
+    Ok(())
+}
+
+/// `cuStreamGetPriority`: 0 for the default streams.
+pub(crate) fn priority(stream: CUstream, per_thread: bool) -> CuResult<i32> {
+    let reg = super::driver()?.lock();
+    Ok(match queue(&reg, stream, per_thread)? {
+        Queue::Stream(s) => reg.streams.streams[&s].priority,
+        Queue::Legacy(_) | Queue::PerThread(..) => PRIORITY_LEAST,
+    })
 }
 
 /// `cuEventRecord`.
