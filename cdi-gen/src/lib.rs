@@ -10,6 +10,7 @@
 //! none exists yet), then the spec, atomically with mode 0644.
 
 pub mod discover;
+pub mod engines;
 pub mod setup;
 pub mod spec;
 pub mod status;
@@ -29,7 +30,7 @@ use gpuslice_core::plan::{self, Plan};
 use crate::discover::NodeInfo;
 
 /// The spec file's name in the spec dir.
-pub const SPEC_FILE: &str = "gpuslice.yaml";
+pub use gpuslice_core::cdi::SPEC_FILE;
 
 /// How a spec is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,6 +81,8 @@ pub struct Generated {
     /// Where the spec went; `None` for standard output.
     pub spec_path: Option<PathBuf>,
     pub limits: Vec<Limits>,
+    /// One line per installed engine that cannot read this spec (see [`engines`]).
+    pub warnings: Vec<String>,
 }
 
 /// Plans, builds and checks the spec, then writes the limits files and the spec.
@@ -111,6 +114,9 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         state_dir: &state_dir,
     });
     cdi::validate(&spec).context("the generated spec is not valid CDI (a bug in gpuslice-cdi)")?;
+    let (needed, why) = cdi::minimum_version(&spec);
+    let warnings =
+        if needed > cdi::Version::FLOOR { engines::warnings(needed, why, &engines::installed()) } else { Vec::new() };
 
     let (spec_path, format) = match &opts.output {
         Some(p) if p.as_os_str() == "-" => (None, opts.format.unwrap_or(Format::Yaml)),
@@ -147,7 +153,7 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?
         }
     }
-    Ok(Generated { spec, spec_path, limits })
+    Ok(Generated { spec, spec_path, limits, warnings })
 }
 
 /// JSON for `.json` files, YAML otherwise.

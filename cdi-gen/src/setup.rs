@@ -96,8 +96,8 @@ pub fn setup(opts: &SetupOptions) -> Result<Outcome> {
         (Engine::Podman, _) => {
             return Ok(Outcome::NothingNeeded(format!(
                 "podman: nothing to do: podman 4.1 and newer always read CDI specs from {}. \
-                 podman 4.3 (Debian 12) reads specs up to CDI 0.5.0 only: set `annotations = false` \
-                 in /etc/gpuslice/config.toml and run `gpuslice-cdi generate`.",
+                 podman before 4.7 (4.3 in Debian 12) reads specs up to CDI 0.5.0 only, which the \
+                 default spec is: leave `annotations` off in /etc/gpuslice/config.toml.",
                 dirs.join(" and ")
             )));
         }
