@@ -218,6 +218,36 @@ pub(crate) fn render_table(header: &[&str], right_aligned: &[bool], rows: Vec<Ve
     out
 }
 
+/// The devices a container can ask for by name, in the spec's order: every one but `all`.
+pub fn slice_names(spec: &Spec) -> Vec<String> {
+    spec.devices.iter().map(|d| d.name.clone()).filter(|n| n != spec::ALL_DEVICE).collect()
+}
+
+/// Keeps Docker Swarm's `gpuslice=…` generic resources in `daemon_json` in step with the
+/// spec's slices, where `setup docker --swarm` put them (a file without them is left alone).
+/// Returns what changed, for the operator.
+pub fn sync_swarm(daemon_json: &Path, spec: &Spec) -> Result<Option<String>> {
+    let old = match std::fs::read_to_string(daemon_json) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", daemon_json.display())),
+    };
+    let slices = slice_names(spec);
+    let Some(new) =
+        setup::runtime::swarm_resources(&old, &slices).with_context(|| daemon_json.display().to_string())?
+    else {
+        return Ok(None);
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(daemon_json)?.permissions()) & 0o7777;
+    fsutil::write_atomic(daemon_json, new.as_bytes(), mode)
+        .with_context(|| format!("writing {}", daemon_json.display()))?;
+    Ok(Some(format!(
+        "{}: Swarm's gpuslice resources are now {}; restart dockerd for Swarm to see them",
+        daemon_json.display(),
+        slices.iter().map(|s| format!("gpuslice={s}")).collect::<Vec<_>>().join(" ")
+    )))
+}
+
 /// Reads and checks a spec file as an engine would load it.
 pub fn validate_file(path: &Path) -> Result<Spec> {
     let text = fsutil::read_bounded(path, 16 << 20)
