@@ -47,6 +47,7 @@ packages: release
 	rm -rf $(PKG_STAGE) && mkdir -p $(PKG_STAGE)
 	strip -s -o $(PKG_STAGE)/gpuslice-cdi target/release/gpuslice-cdi
 	strip -s -o $(PKG_STAGE)/gpuslice-hook $(HOOK)
+	strip -s -o $(PKG_STAGE)/gpuslice-runtime target/release/gpuslice-runtime
 	strip -s -o $(PKG_STAGE)/libgpuslice.so target/release/libgpuslice.so
 	for m in packaging/man/*.8; do gzip -9n -c $$m > $(PKG_STAGE)/$${m##*/}.gz; done
 	$(CARGO) deb -p gpuslice-cdi --no-build --no-strip
@@ -88,6 +89,7 @@ test: unit e2e packages-test gpu
 
 fmt:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path tests/cri-client/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -81,7 +81,8 @@ else
     if grep -q ' 0 errors' "$T/rpmlint"; then ok rpmlint; else cat "$T/rpmlint"; bad rpmlint "errors above"; fi
 fi
 
-FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/lib/gpuslice/libgpuslice.so /etc/gpuslice/config.toml
+FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/bin/gpuslice-runtime /usr/lib/gpuslice/libgpuslice.so
+    /etc/gpuslice/config.toml /usr/share/containers/oci/hooks.d/gpuslice.json
     /usr/lib/systemd/system/gpuslice-generate.service /usr/lib/systemd/system/gpuslice-generate.path
     /usr/lib/tmpfiles.d/gpuslice.conf /usr/lib/udev/rules.d/71-gpuslice.rules)
 
