@@ -7,7 +7,8 @@
 #   make bench      overhead as ratios against a baseline of the same run: the interception
 #                   library against the bare driver, container start-up with a slice against without
 #   make demo       without a GPU: a simulated two-GPU node, real containers on a slice (root;
-#                   DEMO_ARGS="--engine podman", "--keep DIR", "--install": scripts/demo.sh --help)
+#                   installs what it lacks, as `make test` does; DEMO_ARGS="--engine podman",
+#                   "--keep DIR": scripts/demo.sh --help)
 
 CARGO ?= cargo
 SHELL := /bin/bash
@@ -80,10 +81,12 @@ bench: release
 	bash tests/bench/startup.sh
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
-# slice; exits non-zero when a step does not show what it should.
+# slice; exits non-zero when a step does not show what it should. Like `make test`, it installs
+# what it lacks (tests/e2e/install-deps.sh, Debian 12); DEMO_INSTALL= installs nothing.
 DEMO_ARGS ?=
+DEMO_INSTALL ?= --install
 demo: release
-	bash scripts/demo.sh $(DEMO_ARGS)
+	bash scripts/demo.sh $(DEMO_INSTALL) $(DEMO_ARGS)
 
 test: unit e2e packages-test gpu
 
