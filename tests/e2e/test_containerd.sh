@@ -18,7 +18,7 @@ E2E_CONTAINERD_SOCK=$E2E_CONTAINERD_RUN/containerd.sock
 # Images and snapshots stay between runs (an import takes seconds); the state does not.
 E2E_CONTAINERD_ROOT=$E2E_STATE_DIR/containerd
 E2E_PAUSE_IMAGE=gpuslice-e2e/pause:1
-E2E_CRI_CLIENT=$REPO_ROOT/target/cri-client/release/gpuslice-cri-client
+E2E_CRI_CLIENT=$REPO_ROOT/target/cri-client/debug/gpuslice-cri-client
 
 require_containerd() {
     require_root
@@ -34,7 +34,7 @@ require_containerd() {
 # build_cri_client: the CRI test client, built once per change into target/cri-client.
 build_cri_client() {
     command -v protoc >/dev/null || skip "no protoc (tests/e2e/install-deps.sh installs protobuf-compiler): the CRI client compiles the CRI protos"
-    (cd "$REPO_ROOT/tests/cri-client" && CARGO_INCREMENTAL=0 cargo build --release --quiet --target-dir "$REPO_ROOT/target/cri-client") ||
+    (cd "$REPO_ROOT/tests/cri-client" && CARGO_INCREMENTAL=0 cargo build --quiet --target-dir "$REPO_ROOT/target/cri-client") ||
         fail "building tests/cri-client failed"
     [[ -x $E2E_CRI_CLIENT ]] || fail "no $E2E_CRI_CLIENT after the build"
 }
@@ -74,7 +74,7 @@ containerd_pid() { pgrep -f -x "containerd --config $T/containerd.toml" | head -
 start_containerd() {
     mkdir -p "$E2E_CONTAINERD_RUN" "$E2E_CONTAINERD_ROOT"
     (
-        for fd in /proc/$BASHPID/fd/*; do
+        for fd in "/proc/$BASHPID/fd/"*; do
             fd=${fd##*/}
             ((fd > 2)) && eval "exec $fd>&-"
         done

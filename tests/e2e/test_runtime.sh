@@ -114,6 +114,7 @@ test_docker_runtime_refusals() {
     local image out
     image=$(e2e_glibc_image)
     # A container that asks for nothing runs as under runc, without a GPU.
+    # shellcheck disable=SC2016
     out=$(docker_gpu --runtime gpuslice "$image" sh -c 'ls /dev; echo "slice=${GPUSLICE_SLICE:-none}"') ||
         fail "a container without a slice failed under gpuslice-runtime"
     assert_line_in "slice=none" "$out" "no slice asked, none given"

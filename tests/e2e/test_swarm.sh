@@ -22,7 +22,7 @@ swarm_dockerd_pid() { cat "$E2E_SWARM_RUN/docker.pid" 2>/dev/null; }
 start_swarm_dockerd() {
     mkdir -p "$E2E_SWARM_RUN" "$E2E_SWARM_ROOT"
     (
-        for fd in /proc/$BASHPID/fd/*; do
+        for fd in "/proc/$BASHPID/fd/"*; do
             fd=${fd##*/}
             ((fd > 2)) && eval "exec $fd>&-"
         done
