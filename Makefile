@@ -79,6 +79,7 @@ gpu:
 bench: release
 	$(CARGO) bench -p gpuslice-shim --bench shim
 	bash tests/bench/startup.sh
+	bash tests/bench/engines.sh
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
 # slice; exits non-zero when a step does not show what it should. Like `make test`, it installs

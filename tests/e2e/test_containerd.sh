@@ -181,6 +181,18 @@ test_containerd_cri_cdi() {
         fail "the CRI run with slice2 failed"
     assert_cri_slice_view "$out" slice2 1
     wait_for 10 slice_idle slice1 || fail "slice1 not idle after the CRI container was removed"
+
+    # Annotations make the spec CDI 0.6.0, which containerd 1.7 does not read: generate warns
+    # about the installed containerd, and the device is unresolvable.
+    sed -i 's/^annotations = .*/annotations = true/' "$T/gpuslice.toml"
+    FAKEGPU_CONFIG=$E2E_FAKEGPU_TOML "$E2E_GENERATOR" generate --config "$T/gpuslice.toml" \
+        --nvml-lib "$E2E_FAKEGPU_LIB" --dev-root "$T/devroot" --state-dir "$T/state" \
+        --output "$T/cdi/gpuslice.yaml" 2>"$T/generate.err" || fail "generate with annotations failed: $(cat "$T/generate.err")"
+    cat "$T/generate.err"
+    grep -q '^gpuslice-cdi: warning: containerd .* reads CDI specs up to 0.5.0, and this spec is 0.6.0' "$T/generate.err" ||
+        fail "generate did not warn about containerd: $(cat "$T/generate.err")"
+    cri_run --cdi-device gpuslice.dev/vgpu=slice1 "$image" -- true && fail "containerd 1.7 used a CDI 0.6.0 spec"
+    grep -q 'unresolvable CDI devices' "$T/cri-stderr" || fail "not refused as unresolvable: $(cat "$T/cri-stderr")"
 }
 
 test_containerd_cri_runtime() {

@@ -79,7 +79,7 @@ test_swarm_service_replicas_get_their_own_slices() {
     # Five replicas of one slice each on a node with four slices: four run, one waits.
     # shellcheck disable=SC2016
     swarm_docker service create --detach --no-resolve-image --name "$E2E_SWARM_SERVICE" --replicas 5 \
-        --generic-resource gpuslice=1 --restart-condition none --network host \
+        --generic-resource gpuslice=1 --restart-condition none --stop-grace-period 1s --network host \
         --mount "type=bind,src=$E2E_FAKEGPU_TOML,dst=/fakegpu/config.toml,readonly" \
         --mount "type=bind,src=$T/fakegpu-state,dst=/fakegpu/state" \
         --env FAKEGPU_CONFIG=/fakegpu/config.toml --env FAKEGPU_STATE_DIR=/fakegpu/state \
