@@ -121,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for line in &g.warnings {
                 eprintln!("gpuslice-cdi: {line}");
             }
+            for note in &g.notes {
+                eprintln!("gpuslice-cdi: {note}");
+            }
             if g.spec_path.is_some() {
                 match gpuslice_cdi::sync_swarm(&docker_config, &g.spec) {
                     Ok(Some(message)) => eprintln!("{message}"),

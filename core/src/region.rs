@@ -12,8 +12,14 @@
 //! offset 1024   ContainerRecord[48]: state (free/attached), registration time, a hash of the
 //!               container id, the id's length and its first 40 bytes as text
 //! offset 4096   Slot[1024]: state (free/active), pid (informational, in the owner's PID
-//!               namespace), a registration token, bytes charged, registration time
+//!               namespace), a registration token, bytes charged, registration time, the
+//!               owner's container
 //! ```
+//!
+//! **A file no container can truncate or grow.** On the host the region is a zram block device
+//! ([`Region::publish`], [`crate::shm::zram`]), bound into each container of the slice: its
+//! size cannot change, so no process mapping it can be made to fault. (A plain file, which
+//! [`Region::create`] still makes for tests and tools, is for processes outside containers.)
 //!
 //! **Everything is atomic.** Containers can write the file, so every field is an atomic and is
 //! read into a snapshot that is validated before use (the header at open, the slot high-water
@@ -27,7 +33,9 @@
 //!
 //! **Exact limit across processes.** Charging takes an OFD write lock on byte 0 of the file
 //! (the region lock), sums the active slots, and adds to the caller's own slot only if the sum
-//! stays within the limit. A process killed while holding the region lock loses the lock with
+//! stays within the limit. The lock is waited for until a deadline ([`Region::with_lock_wait`],
+//! [`DEFAULT_LOCK_WAIT`] unless the opener says otherwise), never for ever: any process of the
+//! slice can take it and keep it, and then callers get [`RegionError::Busy`]. A process killed while holding the region lock loses the lock with
 //! its life, and the only thing it can have half-done is a single atomic update of its own
 //! slot, which dies with it: nothing wedges and nothing is double counted. Frees need no lock:
 //! a process only ever subtracts from its own slot. Every update of a slot's `used` is an
@@ -48,21 +56,30 @@
 //! the runtime and are arbitrary text; a record keeps a hash of the whole id and a bounded,
 //! printable prefix.
 //!
-//! **Creation** is exclusive ([`crate::shm::Mapping::create`]): the first process (hook or
-//! shim) writes a complete file under a temporary name and `link(2)`s it into place; a loser of
-//! the race opens the winner's file. Everything that reads the region checks the header, the
-//! size and every slot's (or container record's) state, so a truncated or scribbled-on region
-//! is reported as [`RegionError::Corrupt`] instead of being trusted. A region of another layout
-//! version is refused, naming both versions. A region is per slice, so a container that
+//! **Slots per container.** A process holds one slot for its lifetime; each slot records which
+//! container its owner is in (a number the owner's mount of the slice state gives it, see the
+//! interception library), and no container's processes may hold more than
+//! [`CONTAINER_SLOT_QUOTA`] slots, so one container cannot take the whole table through the
+//! library. (A process that takes the slots' lock bytes itself, without the library, is not
+//! bound by this: see `docs/region.md`.)
+//!
+//! **Creation** is done by `gpuslice-cdi generate` on the host ([`Region::publish`]: the file
+//! is written whole on its device under a temporary name, then renamed into place). Everything
+//! that reads the region checks the header, the size and every slot's (or container record's)
+//! state, so a scribbled-on region is reported as [`RegionError::Corrupt`] instead of being
+//! trusted; the hook and `generate` repair it in place ([`Region::repair`]). A region of another
+//! layout version is refused, naming both versions. A region is per slice, so a container that
 //! corrupts its own hurts no other slice.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::offset_of;
 use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::shared_struct;
 use crate::shm::atomic::{AtomicArray, AtomicU64, Ordering, bytes_of};
@@ -70,11 +87,19 @@ use crate::shm::{Mapping, ShmError, lock};
 
 /// First bytes of every region file.
 pub const REGION_MAGIC: [u8; 8] = *b"GPUSLRG\0";
-/// Layout version of [`RegionFile`]; bump on any change to it. Version 3 describes the compute
-/// block and the container table in the header; version 2 had them without saying so.
-pub const REGION_VERSION: u32 = 3;
+/// Layout version of [`RegionFile`]; bump on any change to it. Version 4 records each slot's
+/// container; version 3 described the compute block and the container table in the header;
+/// version 2 had them without saying so.
+pub const REGION_VERSION: u32 = 4;
 /// Processes one slice can hold at once.
 pub const SLOT_COUNT: usize = 1024;
+/// Slots the processes of one container may hold at once: a quarter of the table, so a
+/// container that starts processes without end leaves room for three others at its size.
+pub const CONTAINER_SLOT_QUOTA: usize = SLOT_COUNT / 4;
+/// How long the region lock is waited for unless the opener says otherwise. Its holders keep it
+/// for microseconds (a reclaim of the whole table, the longest, takes about a millisecond), so
+/// this is only ever reached when a process holds it on purpose.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Containers the table records at once; beyond that the oldest record is reused.
 pub const CONTAINER_COUNT: usize = 48;
 /// Bytes of a container id kept as text.
@@ -161,7 +186,9 @@ shared_struct! {
         pub used: u64,
         /// Registration time, nanoseconds since the Unix epoch.
         pub registered_ns: u64,
-        reserved: [u64; 4],
+        /// The owner's container, as its mount of the slice state identifies it (0: none).
+        pub container: u64,
+        reserved: [u64; 3],
     }
 }
 
@@ -186,7 +213,7 @@ pub const COMPUTE_OFFSET: usize = offset_of!(RegionFile, compute);
 /// Where the container table starts.
 pub const CONTAINER_TABLE_OFFSET: usize = offset_of!(RegionFile, containers);
 
-// The layout of version 3. A change here is a new layout version: bump REGION_VERSION (and
+// The layout of version 4. A change here is a new layout version: bump REGION_VERSION (and
 // update docs/region.md, which a test compares with these definitions).
 const _: () = {
     assert!(offset_of!(Header, magic) == 0 && offset_of!(Header, version) == 8, "fixed in every version");
@@ -247,6 +274,12 @@ pub enum RegionError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: all {SLOT_COUNT} process slots are taken by live processes")]
     Full { path: PathBuf },
+    #[error(
+        "{path}: this container's processes already hold {CONTAINER_SLOT_QUOTA} of its slots, the most one container may"
+    )]
+    Quota { path: PathBuf },
+    #[error("{path}: its lock stayed held by another process for {:.1} s", waited.as_secs_f64())]
+    Busy { path: PathBuf, waited: Duration },
 }
 
 impl RegionError {
@@ -254,11 +287,35 @@ impl RegionError {
         let corrupt = |reason: String| RegionError::Corrupt { path: path.to_owned(), reason };
         match err {
             ShmError::Io { source, .. } => RegionError::Io { path: path.to_owned(), source },
-            ShmError::NotRegular { .. } => corrupt("not a regular file".into()),
+            ShmError::NotRegular { .. } => corrupt("not a regular file or a block device".into()),
             ShmError::Size { found, .. } => {
                 corrupt(format!("{found} bytes, expected {REGION_SIZE} (truncated or not a region)"))
             }
         }
+    }
+
+    /// Whether the region's lock could not be had in time.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, RegionError::Busy { .. })
+    }
+}
+
+/// What [`Region::repair`] put right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The header was rewritten.
+    pub header: bool,
+    /// Slots whose state was set from their owner's liveness (a live owner's slot made active,
+    /// a dead or unknown state freed).
+    pub slots: usize,
+    /// Container records with an unknown state, cleared.
+    pub containers: usize,
+}
+
+impl RepairReport {
+    /// Whether anything was wrong.
+    pub fn repaired(&self) -> bool {
+        self.header || self.slots > 0 || self.containers > 0
     }
 }
 
@@ -384,6 +441,8 @@ pub struct Region {
     /// slots this open description holds: their locks look free from here, so reclaiming
     /// must skip them.
     lock: Mutex<Vec<usize>>,
+    /// How long the region lock is waited for.
+    lock_wait: Duration,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -403,7 +462,8 @@ fn new_token(index: usize, old: u64) -> u64 {
 }
 
 impl Region {
-    /// Opens the slice's region, creating it if it does not exist yet.
+    /// Opens the slice's region, creating it as a plain file if it does not exist yet (tests and
+    /// tools; on a node, `generate` publishes regions on devices).
     pub fn open_or_create(path: &Path) -> Result<Region, RegionError> {
         match Self::open(path) {
             Err(RegionError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -414,20 +474,65 @@ impl Region {
         }
     }
 
-    /// Publishes a fresh region at `path` unless one is already there. Every process of the
-    /// slice writes it, whatever its uid: mode 0666, whatever the umask.
+    /// Publishes a fresh region at `path` as a plain file unless one is already there (tests and
+    /// processes outside containers). Every process of the slice writes it, whatever its uid:
+    /// mode 0666, whatever the umask.
     pub fn create(path: &Path) -> Result<(), RegionError> {
-        Mapping::<RegionFile>::create(path, 0o666, |file| file.header.store(&HeaderValues::new(REGION_VERSION)))
-            .map(drop)
-            .map_err(|e| RegionError::from_shm(path, e))
+        Mapping::<RegionFile>::create(path, 0o666, init).map(drop).map_err(|e| RegionError::from_shm(path, e))
+    }
+
+    /// Publishes a fresh region at `path` on a new zram device, in place of whatever is there
+    /// (needs root). This is what containers get: a file no process can truncate or grow.
+    pub fn publish(path: &Path) -> Result<crate::shm::zram::Device, RegionError> {
+        Mapping::<RegionFile>::publish_device(path, 0o666, init).map_err(|e| RegionError::from_shm(path, e))
     }
 
     /// Opens and maps an existing region, checking its header and size.
     pub fn open(path: &Path) -> Result<Region, RegionError> {
-        let map = Mapping::<RegionFile>::open(path).map_err(|e| RegionError::from_shm(path, e))?;
-        let region = Region { map, lock: Mutex::new(Vec::new()) };
+        let region = Self::open_unchecked(path)?;
         region.check_header()?;
         Ok(region)
+    }
+
+    /// Opens the region `name` in the directory `dir` (`openat`, no symlink followed), checking
+    /// its header and size; `shown` names it in messages.
+    pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Region, RegionError> {
+        let map = Mapping::<RegionFile>::open_at(dir, name, shown).map_err(|e| RegionError::from_shm(shown, e))?;
+        let region = Self::from_map(map);
+        region.check_header()?;
+        Ok(region)
+    }
+
+    /// Opens a region whose header may be damaged, repairing it in place if anything is wrong
+    /// (the hook and `generate` do, [`Region::repair`]). What cannot be repaired here (a file
+    /// of the wrong size or kind) is an error.
+    pub fn open_repairing(path: &Path, lock_wait: Duration) -> Result<(Region, RepairReport), RegionError> {
+        let region = Self::open_unchecked(path)?.with_lock_wait(lock_wait);
+        if region.check_header().is_ok() && region.check_states().is_ok() {
+            return Ok((region, RepairReport::default()));
+        }
+        let report = region.repair()?;
+        Ok((region, report))
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Region, RegionError> {
+        let map = Mapping::<RegionFile>::open(path).map_err(|e| RegionError::from_shm(path, e))?;
+        Ok(Self::from_map(map))
+    }
+
+    fn from_map(map: Mapping<RegionFile>) -> Region {
+        Region { map, lock: Mutex::new(Vec::new()), lock_wait: DEFAULT_LOCK_WAIT }
+    }
+
+    /// Waits at most `wait` for the region lock from now on (by default [`DEFAULT_LOCK_WAIT`]).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Region {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Whether the region is on a block device, which no process can truncate or grow.
+    pub fn is_device(&self) -> bool {
+        self.map.is_device()
     }
 
     pub fn path(&self) -> &Path {
@@ -517,11 +622,33 @@ impl Region {
         if n > SLOT_COUNT { Err(self.corrupt("slot high-water mark beyond the slot table")) } else { Ok(n) }
     }
 
-    /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0).
+    /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0), waiting
+    /// for it at most the region's lock wait.
     fn locked<T>(&self, f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>) -> Result<T, RegionError> {
+        self.locked_for(self.lock_wait, f)
+    }
+
+    /// [`Region::locked`], waiting at most `wait`.
+    fn locked_for<T>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>,
+    ) -> Result<T, RegionError> {
         let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _region = lock::lock(self.map.file(), REGION_LOCK).map_err(|e| self.io(e))?;
-        f(&mut mine)
+        self.with_file_lock(wait, || f(&mut mine))
+    }
+
+    /// Runs `f` holding the OFD lock on byte 0 (the caller holds the in-process mutex).
+    fn with_file_lock<T>(&self, wait: Duration, f: impl FnOnce() -> Result<T, RegionError>) -> Result<T, RegionError> {
+        let start = Instant::now();
+        let _region = lock::lock_with_deadline(self.map.file(), REGION_LOCK, Some(start + wait)).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                RegionError::Busy { path: self.path().to_owned(), waited: start.elapsed() }
+            } else {
+                self.io(e)
+            }
+        })?;
+        f()
     }
 
     fn io(&self, source: io::Error) -> RegionError {
@@ -535,39 +662,78 @@ impl Region {
     }
 
     /// Takes a slot for this process and holds its lock until the region is dropped (or the
-    /// process dies). Reclaims dead slots when no free one is left.
+    /// process dies). Reclaims dead slots when no free one is left. The slot is recorded as
+    /// outside any container; see [`Region::register_in`].
     pub fn register(&self) -> Result<usize, RegionError> {
-        self.locked(|mine| {
-            for pass in 0..2 {
-                let used = self.slots_used()?;
-                for index in 0..SLOT_COUNT {
-                    let slot = self.slot(index);
-                    if slot.state.load(Ordering::Acquire) != SLOT_FREE {
-                        continue;
-                    }
-                    // A free slot can still be locked by a stale descriptor (a forked child
-                    // that inherited it); skip those.
-                    match lock::try_lock(self.map.file(), self.slot_lock(index)) {
-                        Ok(Some(held)) => held.keep(),
-                        _ => continue,
-                    }
-                    slot.used.store(0, Ordering::Relaxed);
-                    slot.pid.store(std::process::id(), Ordering::Relaxed);
-                    slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
-                    slot.registered_ns.store(now_ns(), Ordering::Relaxed);
-                    slot.state.store(SLOT_ACTIVE, Ordering::Release);
-                    if index >= used {
-                        self.header().slots_used.store(index as u32 + 1, Ordering::Release);
-                    }
-                    mine.push(index);
-                    return Ok(index);
-                }
-                if pass == 0 {
-                    self.reclaim_locked(mine)?;
-                }
+        self.register_in(0)
+    }
+
+    /// Takes a slot for this process, a process of `container` (a number that tells the
+    /// containers of the slice apart; 0 for none), unless that container's processes already
+    /// hold [`CONTAINER_SLOT_QUOTA`] slots. Without the region lock: the slot's own lock byte,
+    /// which only one open description can hold, is what makes it this process's, so a process
+    /// that keeps the region lock does not stop others from joining. Only when no free slot is
+    /// left, or the container is at its quota, are dead processes' slots reclaimed (under the
+    /// region lock, until its deadline). Two processes of one container registering at the same
+    /// instant can each see room for one more, so the quota is a bound give or take a few.
+    pub fn register_in(&self, container: u64) -> Result<usize, RegionError> {
+        let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for pass in 0..2 {
+            let used = self.slots_used()?;
+            let held = (0..used)
+                .filter(|&i| {
+                    let slot = self.slot(i);
+                    slot.state.load(Ordering::Acquire) == SLOT_ACTIVE
+                        && slot.container.load(Ordering::Relaxed) == container
+                })
+                .count();
+            if held < CONTAINER_SLOT_QUOTA
+                && let Some(index) = self.take_free_slot(container)
+            {
+                mine.push(index);
+                return Ok(index);
             }
-            Err(RegionError::Full { path: self.path().to_owned() })
-        })
+            if pass == 0 {
+                self.with_file_lock(self.lock_wait, || self.reclaim_locked(&mine))?;
+            } else if held >= CONTAINER_SLOT_QUOTA {
+                return Err(RegionError::Quota { path: self.path().to_owned() });
+            }
+        }
+        Err(RegionError::Full { path: self.path().to_owned() })
+    }
+
+    /// Claims the first free slot whose lock byte can be taken: holding the byte makes it ours
+    /// (no other description can take it, and reclaiming never touches a free slot or a locked
+    /// one), so this needs no region lock.
+    fn take_free_slot(&self, container: u64) -> Option<usize> {
+        for index in 0..SLOT_COUNT {
+            let slot = self.slot(index);
+            if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                continue;
+            }
+            // A free slot can still be locked by a stale descriptor (a forked child that
+            // inherited it) or by a process that took the byte itself; skip those.
+            match lock::try_lock(self.map.file(), self.slot_lock(index)) {
+                Ok(Some(held)) => held.keep(),
+                _ => continue,
+            }
+            if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                // Taken since the first load by a process that has died since: its charge is
+                // for reclaiming to give back, so leave the slot to it.
+                let _ = lock::unlock(self.map.file(), self.slot_lock(index));
+                continue;
+            }
+            slot.used.store(0, Ordering::Relaxed);
+            slot.pid.store(std::process::id(), Ordering::Relaxed);
+            slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
+            slot.registered_ns.store(now_ns(), Ordering::Relaxed);
+            slot.container.store(container, Ordering::Relaxed);
+            // Sums stop at the high-water mark: raise it before the slot is active.
+            self.header().slots_used.fetch_max(index as u32 + 1, Ordering::AcqRel);
+            slot.state.store(SLOT_ACTIVE, Ordering::Release);
+            return Some(index);
+        }
+        None
     }
 
     /// Gives up a slot: its usage is dropped and its lock released.
@@ -634,6 +800,12 @@ impl Region {
         self.locked(|mine| Ok(self.reclaim_locked(mine)?.slots))
     }
 
+    /// [`Region::reclaim_dead`], waiting at most `wait` for the lock (for callers that only
+    /// reclaim in passing, such as a memory query, which must not be slowed by a held lock).
+    pub fn reclaim_dead_within(&self, wait: Duration) -> Result<usize, RegionError> {
+        self.locked_for(wait, |mine| Ok(self.reclaim_locked(mine)?.slots))
+    }
+
     fn reclaim_locked(&self, mine: &[usize]) -> Result<Reclaimed, RegionError> {
         let mut reclaimed = Reclaimed::default();
         for index in 0..self.slots_used()? {
@@ -648,6 +820,63 @@ impl Region {
             }
         }
         Ok(reclaimed)
+    }
+
+    /// Checks every slot's and container record's state (no lock taken).
+    fn check_states(&self) -> Result<(), RegionError> {
+        self.usage()?;
+        self.attached_containers()?;
+        Ok(())
+    }
+
+    /// Puts a damaged region right in place, under the region lock: a header that is not this
+    /// layout's is rewritten; every slot's state is set from its owner's liveness (a slot whose
+    /// lock byte someone holds is active, any other is freed with its charge); container records
+    /// of unknown state are cleared. Processes using the region keep their slots and what they
+    /// charged. For the hook and `generate`, which then let new processes in again.
+    pub fn repair(&self) -> Result<RepairReport, RegionError> {
+        self.locked(|mine| {
+            let mut report = RepairReport::default();
+            let h = self.header().load();
+            let fresh = HeaderValues::new(REGION_VERSION);
+            if h.described() != fresh.described() || h.checksum != fresh.checksum {
+                self.header().store(&HeaderValues { slots_used: SLOT_COUNT as u32, ..fresh });
+                report.header = true;
+            }
+            let mut high = 0;
+            for index in 0..SLOT_COUNT {
+                let slot = self.slot(index);
+                let state = slot.state.load(Ordering::Acquire);
+                let alive = mine.contains(&index) || self.slot_locked_by_other(index);
+                if alive {
+                    if state != SLOT_ACTIVE {
+                        slot.state.store(SLOT_ACTIVE, Ordering::Release);
+                        report.slots += 1;
+                    }
+                    high = index + 1;
+                } else if state != SLOT_FREE {
+                    if state != SLOT_ACTIVE {
+                        report.slots += 1;
+                    }
+                    slot.used.store(0, Ordering::Relaxed);
+                    slot.state.store(SLOT_FREE, Ordering::Release);
+                }
+            }
+            let slots_used = self.header().slots_used.load(Ordering::Acquire) as usize;
+            if report.header || slots_used > SLOT_COUNT || slots_used < high {
+                self.header().slots_used.store(high as u32, Ordering::Release);
+            }
+            for index in 0..CONTAINER_COUNT {
+                let record = self.container(index);
+                let state = record.state.load(Ordering::Acquire);
+                if state != CONTAINER_FREE && state != CONTAINER_ATTACHED {
+                    record.state.store(CONTAINER_FREE, Ordering::Release);
+                    record.fill(&ContainerKey::CLEARED, 0);
+                    report.containers += 1;
+                }
+            }
+            Ok(report)
+        })
     }
 
     /// Every active slot, for tools and tests.
@@ -745,6 +974,11 @@ impl Region {
     }
 }
 
+/// The initial contents of a region.
+fn init(file: &RegionFile) {
+    file.header.store(&HeaderValues::new(REGION_VERSION));
+}
+
 /// `<state_dir>/slices/<name>/region`.
 pub fn region_path(state_dir: &Path, slice: &str) -> PathBuf {
     crate::limits::slice_dir(state_dir, slice).join("region")
@@ -799,6 +1033,52 @@ mod tests {
         assert_eq!(r.usage().unwrap(), 70);
         r.uncharge(s, 1000);
         assert_eq!(r.usage().unwrap(), 0, "uncharging never underflows");
+    }
+
+    #[test]
+    fn frees_racing_charges_on_one_slot_are_never_lost() {
+        // Threads of one process share its slot: charges (under the region lock) and frees
+        // (lock-free) of the same slot interleave. Some threads charge one unit at a time;
+        // the others give back each unit as soon as it has been charged, for as long as the
+        // charging goes on. Every unit charged is freed once, so the slot ends where it began.
+        use std::sync::atomic::AtomicBool;
+        const CHARGERS: u64 = 4;
+        const ROUNDS: u64 = 50_000;
+        const BASE: u64 = 1000;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let slot = r.register().unwrap();
+        r.charge(slot, BASE, u64::MAX).unwrap().unwrap();
+        let owed = AtomicU64::new(0);
+        let charging = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            let chargers: Vec<_> = (0..CHARGERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..ROUNDS {
+                            r.charge(slot, 1, u64::MAX).unwrap().unwrap();
+                            owed.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for _ in 0..CHARGERS {
+                scope.spawn(|| {
+                    while charging.load(Ordering::Acquire) || owed.load(Ordering::Acquire) > 0 {
+                        if owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+                            r.uncharge(slot, 1);
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            for c in chargers {
+                c.join().unwrap();
+            }
+            charging.store(false, Ordering::Release);
+        });
+        assert_eq!(r.usage().unwrap(), BASE, "frees of this slot were lost to charges racing them");
     }
 
     #[test]
@@ -1047,19 +1327,111 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_region_is_refused() {
-        // What the previous release wrote: the compute block and the container table were in
-        // the file, but its header did not describe them.
+    fn a_version_3_region_is_refused_and_repaired_in_place() {
+        // What the previous release wrote: the same bytes, slots without their container.
         let (_d, path) = fresh();
         Region::create(&path).unwrap();
-        let v2 = poke(&std::fs::read(&path).unwrap(), at!(version), &2u32.to_ne_bytes());
-        std::fs::write(&path, &v2).unwrap();
+        let live = Region::open(&path).unwrap();
+        let slot = live.register().unwrap();
+        live.charge(slot, 40, 100).unwrap().unwrap();
+        let v3 = poke(&std::fs::read(&path).unwrap(), at!(version), &3u32.to_ne_bytes());
+        std::fs::write(&path, &v3).unwrap();
         for err in [Region::open(&path).unwrap_err(), Region::open_or_create(&path).unwrap_err()] {
             assert!(matches!(err, RegionError::Corrupt { .. }), "{err:?}");
             let msg = err.to_string();
-            assert!(msg.contains("layout version 2, this gpuslice reads only version 3"), "{msg}");
+            assert!(msg.contains("layout version 3, this gpuslice reads only version 4"), "{msg}");
         }
-        assert_eq!(std::fs::read(&path).unwrap(), v2, "the old file is left alone");
+        assert_eq!(std::fs::read(&path).unwrap(), v3, "opening leaves the old file alone");
+        let (fixed, report) = Region::open_repairing(&path, Duration::from_secs(5)).unwrap();
+        assert!(report.header && report.slots == 0, "{report:?}");
+        assert_eq!(fixed.usage().unwrap(), 40, "the live process keeps its slot and its charge");
+        Region::open(&path).unwrap();
+    }
+
+    #[test]
+    fn repair_sets_every_state_from_what_is_alive() {
+        use std::os::unix::fs::FileExt;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        r.attach_container("kept").unwrap();
+        let live = Region::open(&path).unwrap();
+        let alive = live.register().unwrap();
+        live.charge(alive, 30, 100).unwrap().unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let slot_state = |i: usize| (offset_of!(RegionFile, slots) + i * size_of::<Slot>()) as u64;
+        let slot_used = |i: usize| slot_state(i) + offset_of!(Slot, used) as u64;
+        let record_state = |i: usize| (offset_of!(RegionFile, containers) + i * size_of::<ContainerRecord>()) as u64;
+        // A live process's slot scribbled free, a dead-looking slot with a wild state and a
+        // charge, a container record of a wild state, and the header's magic and high-water mark.
+        file.write_all_at(&0u32.to_ne_bytes(), slot_state(alive)).unwrap();
+        file.write_all_at(&9u32.to_ne_bytes(), slot_state(700)).unwrap();
+        file.write_all_at(&(1u64 << 40).to_ne_bytes(), slot_used(700)).unwrap();
+        file.write_all_at(&5u32.to_ne_bytes(), record_state(7)).unwrap();
+        file.write_all_at(b"scribble", 0).unwrap();
+        file.write_all_at(&4000u32.to_ne_bytes(), at!(slots_used) as u64).unwrap();
+        assert!(Region::open(&path).is_err());
+        let (fixed, report) = Region::open_repairing(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(report, RepairReport { header: true, slots: 2, containers: 1 });
+        assert_eq!(fixed.usage().unwrap(), 30, "the live slot counts again, the wild one is gone");
+        assert_eq!(ids(&fixed), ["kept"]);
+        assert_eq!(fixed.repair().unwrap(), RepairReport::default(), "nothing left to repair");
+        Region::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_held_region_lock_fails_the_call_at_its_deadline() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        // Another process of the slice takes the region lock and keeps it.
+        let squatter = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let held = lock::lock(&squatter, REGION_LOCK).unwrap();
+        let r = Region::open(&path).unwrap().with_lock_wait(Duration::from_millis(200));
+        // Joining needs no region lock: a process can still take a slot.
+        let slot = r.register().unwrap();
+        let start = Instant::now();
+        let err = r.charge(slot, 1, 10).unwrap_err();
+        let waited = start.elapsed();
+        assert!(err.is_busy(), "{err}");
+        assert!(err.to_string().contains("its lock stayed held by another process"), "{err}");
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
+        assert!(r.attach_container("c").unwrap_err().is_busy());
+        assert!(r.repair().unwrap_err().is_busy());
+        assert!(r.reclaim_dead_within(Duration::ZERO).unwrap_err().is_busy());
+        // Lock-free paths still work, and the lock is usable again once released.
+        assert_eq!(r.usage().unwrap(), 0);
+        r.uncharge(slot, 1);
+        drop(held);
+        r.charge(slot, 1, 10).unwrap().unwrap();
+    }
+
+    #[test]
+    fn one_container_cannot_take_every_slot() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        // Each registration holds its own open description, as a process does.
+        let mut greedy = Vec::new();
+        for _ in 0..CONTAINER_SLOT_QUOTA {
+            let r = Region::open(&path).unwrap();
+            r.register_in(7).unwrap();
+            greedy.push(r);
+        }
+        let one_more = Region::open(&path).unwrap();
+        let err = one_more.register_in(7).unwrap_err();
+        assert!(matches!(err, RegionError::Quota { .. }), "{err}");
+        // Other containers, and processes outside any, still get slots.
+        Region::open(&path).unwrap().register_in(8).unwrap();
+        Region::open(&path).unwrap().register().unwrap();
+        // A process of the greedy container that ends gives its place back.
+        drop(greedy.pop());
+        one_more.register_in(7).unwrap();
+        let tags: Vec<u64> = one_more
+            .slots()
+            .unwrap()
+            .iter()
+            .map(|s| s.index)
+            .map(|i| one_more.slot(i).container.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(tags.iter().filter(|&&t| t == 7).count(), CONTAINER_SLOT_QUOTA);
     }
 
     /// Set in a copy of this test binary that plays the process that dies.

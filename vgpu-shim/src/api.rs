@@ -127,8 +127,18 @@ api! {
         cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => crate::memory::mem_get_info;
         cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) => crate::memory::device_total_mem;
         cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64)
-            => crate::memory::mem_create;
-        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::mem_release;
+            => crate::memory::vmm::mem_create;
+        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::vmm::mem_release;
+        cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64)
+            => crate::memory::vmm::mem_map;
+        cuMemUnmap(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_unmap;
+        cuMemAddressFree(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_address_free;
+        cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void)
+            => crate::memory::vmm::mem_retain_allocation_handle;
+        cuMemExportToShareableHandle(shareable: *mut c_void, handle: CUmemGenericAllocationHandle, handle_type: CUmemAllocationHandleType, flags: u64)
+            => crate::memory::vmm::mem_export_to_shareable_handle;
+        cuMemImportFromShareableHandle(handle: *mut CUmemGenericAllocationHandle, os_handle: *mut c_void, handle_type: CUmemAllocationHandleType)
+            => crate::memory::vmm::mem_import_from_shareable_handle;
         cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async;
         cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async_ptsz;
         cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream)
@@ -148,6 +158,8 @@ api! {
         cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) => crate::memory::primary_ctx_retain;
         cuDevicePrimaryCtxRelease(dev: CUdevice) => crate::memory::primary_ctx_release;
         cuDevicePrimaryCtxRelease_v2(dev: CUdevice) => crate::memory::primary_ctx_release_v2;
+        cuDevicePrimaryCtxReset(dev: CUdevice) => crate::memory::primary_ctx_reset;
+        cuDevicePrimaryCtxReset_v2(dev: CUdevice) => crate::memory::primary_ctx_reset_v2;
         cuCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::ctx_create_v2;
         cuCtxCreate_v3(ctx: *mut CUcontext, params: *mut CUexecAffinityParam, num_params: c_int, flags: u32, dev: CUdevice)
             => crate::memory::ctx_create_v3;

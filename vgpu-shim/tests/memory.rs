@@ -219,9 +219,10 @@ fn variables_cannot_hide_the_hooks_slices() {
         return;
     }
     // The slice where the hook mounts it, and the container pointing the shim elsewhere.
-    let node = node_with_slice();
+    let mut node = node_with_slice();
+    node.on_devices();
     for (key, val) in [("GPUSLICE_SLICES", "other"), ("GPUSLICE_STATE_DIR", "/nonexistent")] {
-        let mut cmd = node.command_at_run(&probes().0, &["meminfo"]);
+        let mut cmd = node.command_in_container(&probes().0, &["meminfo"]);
         cmd.env(key, val);
         assert_eq!(common::value(&ok(cmd.output().unwrap()), "total"), LIMIT, "{key}={val}");
     }

@@ -10,9 +10,17 @@
 //!   and then `link(2)`ed into place, which fails if someone else published first. So no
 //!   process ever sees a half-initialised file, and the loser of a race opens the winner's.
 //!   [`Mapping::replace`] publishes with `rename(2)` instead, replacing what is there;
-//! - **opening** ([`Mapping::open`]): read-write, never through a symlink, only a regular file
-//!   of exactly the layout's size, mapped shared; the caller then validates a snapshot of the
-//!   header, since anything a container can reach may hold anything;
+//! - **opening** ([`Mapping::open`], [`Mapping::open_at`]): read-write, never through a symlink,
+//!   only a regular file of exactly the layout's size or a block device of at least that size,
+//!   mapped shared; the caller then validates a snapshot of the header, since anything a
+//!   container can reach may hold anything;
+//! - **files containers share** ([`Mapping::publish_device`], [`zram`]): a regular file can be
+//!   truncated by anyone who can write it, and a process that touches a page of its mapping past
+//!   the new end dies of `SIGBUS`. So the files that containers write (the region, the board)
+//!   live on zram block devices, whose size nobody but root on the host can change: `ftruncate`
+//!   fails with `EINVAL`, a write past the end with `ENOSPC`, and no page of a mapping ever lies
+//!   past the end. (A sealed memfd would do the same, but cannot be given a path: bind mounting
+//!   one fails with `EINVAL`, since memfds live on the kernel's internal mount.)
 //! - **locking** ([`lock`]): OFD byte-range locks, released by the kernel when their holder dies.
 //!
 //! Only [`Shared`] types can be mapped, and only atomics, arrays of them and `shared_struct!`
@@ -50,12 +58,15 @@
 pub mod atomic;
 mod layout;
 pub mod lock;
+pub mod zram;
 
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,7 +79,7 @@ pub use layout::Field;
 pub enum ShmError {
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
-    #[error("{path} is not a regular file")]
+    #[error("{path} is neither a regular file nor a block device")]
     NotRegular { path: PathBuf },
     #[error("{path} is {found} bytes, expected {expected}")]
     Size { path: PathBuf, found: u64, expected: usize },
@@ -110,6 +121,8 @@ pub struct Mapping<T: Shared> {
     /// Kept open for the mapping's OFD locks, which belong to this open description.
     file: File,
     path: PathBuf,
+    /// Whether the file is a block device (which no process can truncate or grow).
+    device: bool,
     _owns: PhantomData<T>,
 }
 
@@ -148,6 +161,74 @@ fn map<T: Shared>(file: &File, path: &Path) -> Result<NonNull<T>, ShmError> {
     NonNull::new(addr.cast::<T>()).ok_or_else(|| io_err("mapping", path)(io::ErrorKind::AddrNotAvailable.into()))
 }
 
+/// The size of a block device: where its end is.
+fn device_size(file: &File) -> io::Result<u64> {
+    // SAFETY: lseek on an open descriptor; it does not change the mapping or any memory.
+    let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+    if end < 0 { Err(io::Error::last_os_error()) } else { Ok(end as u64) }
+}
+
+/// A name beside `path` that no other writer picks: `.<name>.<pid>.<counter>.<time>`.
+fn temporary_name(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Unique within this process (counter) and, across processes and PID namespaces sharing
+    // the directory, all but surely (pid, time); a clash is retried by the callers.
+    dir.join(format!(
+        ".{name}.{}.{}.{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        crate::region::now_ns()
+    ))
+}
+
+/// A block device node under a temporary name beside its final one; removed on drop unless
+/// published.
+struct DeviceNode {
+    tmp: PathBuf,
+    published: bool,
+}
+
+impl DeviceNode {
+    fn create(path: &Path, mode: u32, rdev: libc::dev_t) -> Result<DeviceNode, ShmError> {
+        let mut attempt = 0;
+        loop {
+            let tmp = temporary_name(path);
+            let c = CString::new(tmp.as_os_str().as_bytes())
+                .map_err(|_| io_err("creating", &tmp)(io::ErrorKind::InvalidInput.into()))?;
+            // SAFETY: a NUL-terminated path; mknod does not follow a symlink at the last
+            // component (it fails with EEXIST), and the result is checked.
+            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | (mode & 0o777), rdev) } == 0 {
+                let node = DeviceNode { tmp, published: false };
+                // The umask applied to mknod's mode; set it exactly.
+                std::fs::set_permissions(&node.tmp, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err("setting the mode of", &node.tmp))?;
+                return Ok(node);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::AlreadyExists || attempt >= 8 {
+                return Err(io_err("creating", &tmp)(err));
+            }
+            attempt += 1;
+        }
+    }
+
+    fn publish(mut self, path: &Path) -> Result<(), ShmError> {
+        std::fs::rename(&self.tmp, path).map_err(io_err("publishing", path))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for DeviceNode {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// A temporary file beside `path` holding a complete, initialised `T`; removed on drop.
 struct Draft {
     tmp: PathBuf,
@@ -164,19 +245,9 @@ impl Draft {
     /// (no umask), sized to `T` (zeros, valid for any `Shared` type), then `init` stores the
     /// initial values through a mapping.
     fn write<T: Shared>(path: &Path, mode: u32, init: impl FnOnce(&T)) -> Result<Draft, ShmError> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut attempt = 0;
         let (draft, file) = loop {
-            // Unique within this process (counter) and, across processes and PID namespaces
-            // sharing the directory, all but surely (pid, time); a clash is retried.
-            let tmp = dir.join(format!(
-                ".{name}.{}.{}.{:x}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed),
-                crate::region::now_ns()
-            ));
+            let tmp = temporary_name(path);
             match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -228,23 +299,87 @@ impl<T: Shared> Mapping<T> {
     }
 
     /// Opens and maps an existing file: read-write, never through a symlink, a regular file of
-    /// exactly [`Self::SIZE`] bytes. Its contents are the caller's to validate.
+    /// exactly [`Self::SIZE`] bytes or a block device of at least that many. Its contents are the
+    /// caller's to validate.
     pub fn open(path: &Path) -> Result<Self, ShmError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY)
             .open(path)
             .map_err(io_err("opening", path))?;
-        let meta = file.metadata().map_err(io_err("reading", path))?;
-        if !meta.file_type().is_file() {
-            return Err(ShmError::NotRegular { path: path.to_owned() });
+        Self::from_file(file, path)
+    }
+
+    /// Like [`open`](Self::open), for the entry `name` of the directory `dir` (`openat`: the
+    /// directory is not looked up again, and a symlink at `name` is refused). `shown` names the
+    /// file in messages.
+    pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Self, ShmError> {
+        let c_name =
+            CString::new(name.as_bytes()).map_err(|_| io_err("opening", shown)(io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: a valid directory descriptor and NUL-terminated name; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err("opening", shown)(io::Error::last_os_error()));
         }
-        if meta.len() != Self::SIZE as u64 {
-            return Err(ShmError::Size { path: path.to_owned(), found: meta.len(), expected: Self::SIZE });
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Self::from_file(unsafe { File::from_raw_fd(fd) }, shown)
+    }
+
+    /// Maps an open file (read-write) after checking what it is and its size.
+    pub fn from_file(file: File, path: &Path) -> Result<Self, ShmError> {
+        let meta = file.metadata().map_err(io_err("reading", path))?;
+        let device = meta.file_type().is_block_device();
+        let size = if device {
+            device_size(&file).map_err(io_err("reading the size of", path))?
+        } else if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            return Err(ShmError::NotRegular { path: path.to_owned() });
+        };
+        // A device is at least the layout's size (zram rounds it up to whole pages); a regular
+        // file exactly, since anything else is not what was published.
+        if (device && size < Self::SIZE as u64) || (!device && size != Self::SIZE as u64) {
+            return Err(ShmError::Size { path: path.to_owned(), found: size, expected: Self::SIZE });
         }
         let ptr = map::<T>(&file, path)?;
-        Ok(Self { ptr, file, path: path.to_owned(), _owns: PhantomData })
+        Ok(Self { ptr, file, path: path.to_owned(), device, _owns: PhantomData })
+    }
+
+    /// Whether the file is a block device, which no process can truncate or grow.
+    pub fn is_device(&self) -> bool {
+        self.device
+    }
+
+    /// Publishes a new file at `path` on a fresh zram device ([`zram`]) in place of whatever is
+    /// there (a `rename(2)`: openers get the old file or the new one, and processes that have
+    /// the old one mapped keep it). The device node is created beside `path` with `mode`
+    /// (whatever the umask), `init` writes the initial values through a mapping, and only then
+    /// is the node renamed into place. Needs root. Returns the device.
+    pub fn publish_device(path: &Path, mode: u32, init: impl FnOnce(&T)) -> Result<zram::Device, ShmError> {
+        let device = zram::Device::add(Self::SIZE as u64)
+            .map_err(|e| io_err("adding a zram device for", path)(io::Error::other(e)))?;
+        let result = (|| {
+            let node = DeviceNode::create(path, mode, device.rdev)?;
+            let mapped = Self::open(&node.tmp)?;
+            if !mapped.device {
+                return Err(ShmError::NotRegular { path: node.tmp.clone() });
+            }
+            init(mapped.get());
+            drop(mapped);
+            node.publish(path)
+        })();
+        if let Err(e) = result {
+            let _ = device.remove();
+            return Err(e);
+        }
+        Ok(device)
     }
 
     /// [`open`](Self::open)s `path`, first [`create`](Self::create)ing it if it does not exist.
@@ -374,5 +509,54 @@ mod tests {
         assert_eq!(old.get().head.load().count, 2, "the old mapping is untouched");
         assert_eq!(Mapping::<TestFile>::open(&path).unwrap().get().head.load().count, 5);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_on_a_device_cannot_be_truncated_or_grown() {
+        let test = "a_file_on_a_device_cannot_be_truncated_or_grown";
+        if gpuslice_test_support::skip_unless_root(test, "adding a zram device") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"an old plain file").unwrap();
+        let device = Mapping::<TestFile>::publish_device(&path, 0o666, init).unwrap();
+        let cleanup = scopeguard(|| {
+            let _ = device.remove();
+        });
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        assert!(meta.file_type().is_block_device() && meta.rdev() == device.rdev);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o666, "mode exactly, no umask");
+        let a = Mapping::<TestFile>::open(&path).unwrap();
+        assert!(a.is_device());
+        assert_eq!(a.get().head.load(), HeadValues { magic: 7, count: 2, flags: [1, 2, 3, 4] });
+        a.get().cells[9].store(42, Ordering::Release);
+        // What a container could try with a descriptor open for writing.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(f.set_len(0).is_err(), "truncated");
+        assert!(f.set_len(1 << 30).is_err(), "grown");
+        use std::os::unix::fs::FileExt;
+        assert!(f.write_all_at(b"x", 1 << 20).is_err(), "written past the end");
+        let b = Mapping::<TestFile>::open(&path).unwrap();
+        assert_eq!(b.get().cells[9].load(Ordering::Acquire), 42, "every opener shares the device's pages");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["file"], "no temporary node left behind");
+        drop((a, b, f));
+        drop(cleanup);
+        assert!(zram::Device::of(device.rdev).is_none(), "the device is gone");
+    }
+
+    /// Runs `f` when dropped.
+    fn scopeguard(f: impl FnOnce()) -> impl Drop {
+        struct Guard<F: FnOnce()>(Option<F>);
+        impl<F: FnOnce()> Drop for Guard<F> {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        Guard(Some(f))
     }
 }

@@ -261,7 +261,8 @@ const _: () = assert!(offset_of!(nvmlMemory_v2_t, version) == 0);
 /// `NVML_STRUCT_VERSION(Memory, 2)`.
 const MEMORY_V2_VERSION: c_uint = (size_of::<nvmlMemory_v2_t>() as c_uint) | (2 << 24);
 
-/// Declares each export once: an `extern "C"` function that runs its body in [`boundary`].
+/// Declares each export once: an `extern "C"` function that runs its body in [`boundary`]
+/// (and may then be held: `FAKEGPU_HOLD`, see [`crate::cuda::hold`]).
 macro_rules! exports {
     ($(
         $(#[doc = $doc:literal])*
@@ -275,7 +276,9 @@ macro_rules! exports {
         /// their type, buffers for `length` bytes, strings NUL-terminated.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> nvmlReturn_t {
-            boundary(|| $body)
+            let rc = boundary(|| $body);
+            $crate::cuda::hold::after(stringify!($name));
+            rc
         }
 
         // The signature `nvml.h` declares for this symbol.

@@ -930,6 +930,210 @@ fn the_nth_allocation_can_be_made_to_fail() {
     }
 }
 
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn freed_addresses_are_reused_when_asked() {
+    let name = "freed_addresses_are_reused_when_asked";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let mut cmd = fx.command(name);
+        cmd.env("FAKEGPU_REUSE_ADDRESSES", "1");
+        return run_child(cmd, name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut a, mut b, mut c, mut d) = (0u64, 0u64, 0u64, 0u64);
+    let bytes = [9u8; 16];
+    let mut back = [1u8; 16];
+    // SAFETY: live outputs and buffers of the sizes given.
+    unsafe {
+        ok((cu.cuMemAlloc_v2)(&mut a, (4 * MIB) as usize));
+        ok((cu.cuMemAlloc_v2)(&mut b, (2 * MIB) as usize));
+        ok((cu.cuMemcpyHtoD_v2)(a, bytes.as_ptr().cast(), 16));
+        ok((cu.cuMemFree_v2)(a));
+        ok((cu.cuMemFree_v2)(b));
+        assert_eq!(used(&cu), 2 * MIB, "freed memory is not charged while its address waits");
+        // The most recent free of the same rounded size comes back first.
+        ok((cu.cuMemAlloc_v2)(&mut c, (2 * MIB - 1) as usize));
+        assert_eq!(c, b);
+        ok((cu.cuMemAlloc_v2)(&mut d, (4 * MIB) as usize));
+        assert_eq!(d, a);
+        assert_eq!(used(&cu), 8 * MIB);
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), d, 16));
+        assert_eq!(back, [0; 16], "a reused range starts zeroed");
+    }
+}
+
+#[test]
+fn a_call_can_be_held_in_the_driver() {
+    let name = "a_call_can_be_held_in_the_driver";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let holds = fx.dir.path().join("holds");
+        std::fs::create_dir(&holds).unwrap();
+        let mut cmd = fx.command(name);
+        cmd.env("FAKEGPU_HOLD", "cuMemAlloc_v2:2").env("FAKEGPU_HOLD_DIR", &holds);
+        return run_child(cmd, name).pipe_drop();
+    }
+    let holds = std::path::PathBuf::from(std::env::var_os("FAKEGPU_HOLD_DIR").unwrap());
+    let cu = Cuda::load();
+    let ctx = primary(&cu, 0) as usize;
+    let mut p = 0u64;
+    // SAFETY: a live output. The first call is not the one held.
+    ok(unsafe { (cu.cuMemAlloc_v2)(&mut p, 1) });
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| {
+            let mut q = 0u64;
+            // SAFETY: a live context and output.
+            ok(unsafe { (cu.cuCtxSetCurrent)(ctx as CUcontext) });
+            // SAFETY: a live output.
+            ok(unsafe { (cu.cuMemAlloc_v2)(&mut q, 1) });
+            q
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !holds.join("cuMemAlloc_v2.held").exists() {
+            assert!(Instant::now() < deadline, "the second cuMemAlloc_v2 was never held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The held call did its work and holds no lock of the driver's: others go on.
+        assert_eq!(used(&cu), 6 * MIB);
+        assert!(!held.is_finished());
+        std::fs::write(holds.join("cuMemAlloc_v2.release"), b"").unwrap();
+        assert_ne!(held.join().unwrap(), 0);
+    });
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn physical_memory_lives_while_a_handle_mapping_or_exported_descriptor_refers_to_it() {
+    let name = "physical_memory_lives_while_a_handle_mapping_or_exported_descriptor_refers_to_it";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let base = 2 * MIB;
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let (mut h, mut again, mut imported, mut va) = (0u64, 0u64, 0u64, 0u64);
+    let mut fd: c_int = -1;
+    let bytes = [5u8; 16];
+    let mut back = [0u8; 16];
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemAddressReserve)(&mut va, (8 * MIB) as usize, 0, 0, 0));
+        // A handle retained through its mapping needs one release more.
+        ok((cu.cuMemCreate)(&mut h, (4 * MIB) as usize, &device_prop(0), 0));
+        ok((cu.cuMemMap)(va, (4 * MIB) as usize, 0, h, 0));
+        check((cu.cuMemRetainAllocationHandle)(&mut again, (va + 4 * MIB) as *mut c_void), INVALID_VALUE);
+        ok((cu.cuMemRetainAllocationHandle)(&mut again, (va + 3 * MIB) as *mut c_void));
+        assert_eq!(again, h, "the handle that was mapped");
+        ok((cu.cuMemRelease)(h));
+        ok((cu.cuMemRelease)(h));
+        check((cu.cuMemRelease)(h), INVALID_VALUE);
+        assert_eq!(used(&cu), base + 4 * MIB, "still mapped");
+        // Mapped but released: retaining makes the handle valid again.
+        ok((cu.cuMemRetainAllocationHandle)(&mut again, va as *mut c_void));
+        ok((cu.cuMemUnmap)(va, (4 * MIB) as usize));
+        assert_eq!(used(&cu), base + 4 * MIB, "still referenced");
+        ok((cu.cuMemRelease)(again));
+        assert_eq!(used(&cu), base);
+
+        // Exporting needs the handle type at creation; fabric handles are not simulated.
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &device_prop(0), 0));
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0), INVALID_VALUE);
+        ok((cu.cuMemRelease)(h));
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &shareable_prop(0), 0));
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, FABRIC, 0), NOT_SUPPORTED);
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 1), INVALID_VALUE);
+        ok((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0));
+        assert!(fd >= 0);
+        // An import in this process is another handle to the same bytes.
+        ok((cu.cuMemImportFromShareableHandle)(&mut imported, fd as usize as *mut c_void, POSIX_FD));
+        assert_ne!(imported, h);
+        check((cu.cuMemImportFromShareableHandle)(&mut again, null_mut(), POSIX_FD), INVALID_VALUE);
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemMap)(va + 2 * MIB, (2 * MIB) as usize, 0, imported, 0));
+        ok((cu.cuMemSetAccess)(va, (4 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyHtoD_v2)(va, bytes.as_ptr().cast(), 16));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), va + 2 * MIB, 16));
+        assert_eq!(back, bytes);
+        ok((cu.cuMemUnmap)(va, (4 * MIB) as usize));
+        ok((cu.cuMemRelease)(imported));
+        // Released and unmapped, the exported descriptor still holds the memory.
+        ok((cu.cuMemRelease)(h));
+        assert_eq!(used(&cu), base + 2 * MIB, "the exported descriptor is open");
+        libc::close(fd);
+        assert_eq!(used(&cu), base, "its descriptor closed, the memory is gone");
+        ok((cu.cuMemAddressFree)(va, (8 * MIB) as usize));
+    }
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn an_exported_descriptor_is_imported_by_another_process() {
+    let name = "an_exported_descriptor_is_imported_by_another_process";
+    let importer = "an_exported_descriptor_importer";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let mut cmd = fx.command(name);
+        cmd.env("IMPORTER_CONFIG", &fx.config_path).env("IMPORTER_STATE", &fx.state_dir);
+        return run_child(cmd, name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut h, mut va, mut fd) = (0u64, 0u64, -1 as c_int);
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let bytes = *b"from the exporter";
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &shareable_prop(0), 0));
+        ok((cu.cuMemAddressReserve)(&mut va, (2 * MIB) as usize, 0, 0, 0));
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemSetAccess)(va, (2 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyHtoD_v2)(va, bytes.as_ptr().cast(), bytes.len()));
+        ok((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0));
+        // Passed to the importer by inheritance.
+        assert_eq!(libc::fcntl(fd, libc::F_SETFD, 0), 0);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([importer, "--exact", "--nocapture", "--test-threads=1"])
+        .env("FAKEGPU_TEST_CHILD", importer)
+        .env("FAKEGPU_CONFIG", std::env::var_os("IMPORTER_CONFIG").unwrap())
+        .env("FAKEGPU_STATE_DIR", std::env::var_os("IMPORTER_STATE").unwrap())
+        .env("IMPORT_FD", fd.to_string())
+        .env("WANT_BYTES", std::str::from_utf8(&bytes).unwrap());
+    run_child(cmd, importer);
+    // The importer's context came and went; the memory is the exporter's alone.
+    assert_eq!(used(&cu), 4 * MIB);
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn an_exported_descriptor_importer() {
+    if !is_child("an_exported_descriptor_importer") {
+        return; // run by an_exported_descriptor_is_imported_by_another_process
+    }
+    let fd: c_int = std::env::var("IMPORT_FD").unwrap().parse().unwrap();
+    let want = std::env::var("WANT_BYTES").unwrap();
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut h, mut va) = (0u64, 0u64);
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let mut back = vec![0u8; want.len()];
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemImportFromShareableHandle)(&mut h, fd as usize as *mut c_void, POSIX_FD));
+        assert_eq!(used(&cu), 6 * MIB, "both contexts and the exporter's 2 MiB; the import adds nothing");
+        ok((cu.cuMemAddressReserve)(&mut va, (2 * MIB) as usize, 0, 0, 0));
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemSetAccess)(va, (2 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), va, back.len()));
+        assert_eq!(back, want.as_bytes());
+        ok((cu.cuMemUnmap)(va, (2 * MIB) as usize));
+        ok((cu.cuMemRelease)(h));
+    }
+}
+
 // ---- every launch path, graphs and capture ------------------------------------------------
 
 const MS: u64 = 1_000_000;

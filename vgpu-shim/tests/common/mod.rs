@@ -3,11 +3,15 @@
 //! The host side lives in `<tmp>/host`: `slices/<name>/limits` written with the real limits
 //! code, `slices/<name>/region`. Processes under test run in a private mount namespace in which
 //! `<tmp>/view/slices/<name>` is a read-only bind of the host directory and `region` a
-//! read-write bind on top of it, which is what the hook mounts in a container; they get
-//! `GPUSLICE_STATE_DIR=<tmp>/view`, the shim preloaded and the simulated driver installed as
-//! `libcuda.so.1` and `libnvidia-ml.so.1`.
+//! read-write bind on top of it; they get `GPUSLICE_STATE_DIR=<tmp>/view`, the shim preloaded
+//! and the simulated driver installed as `libcuda.so.1` and `libnvidia-ml.so.1`.
+//! [`Node::command_in_container`] mounts the slices exactly as the hook does instead (a
+//! read-only tmpfs whose source is `gpuslice`, regions and boards on zram devices:
+//! [`Node::on_devices`]).
 
 #![allow(dead_code)]
+
+pub mod client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -140,6 +144,13 @@ pub struct Node {
     pub cuda_version: i32,
     pub driver: PathBuf,
     pub slices: Vec<String>,
+}
+
+impl Drop for Node {
+    /// [`Node::on_devices`] put regions and boards on zram devices: remove them.
+    fn drop(&mut self) {
+        gpuslice_core::state::remove_devices(&self.host());
+    }
 }
 
 impl Node {
@@ -310,17 +321,70 @@ impl Node {
         c
     }
 
-    /// Like [`Node::command`], with the view also mounted where the hook puts it in a
-    /// container, `/run/gpuslice` (over a private tmpfs on `/run`), and `GPUSLICE_STATE_DIR`
-    /// pointing elsewhere.
-    pub fn command_at_run(&self, program: &Path, args: &[&str]) -> Command {
-        let script = self.mount_script().replace(
-            "exec \"$@\"\n",
-            &format!(
-                "mount -t tmpfs gpuslice-test /run\nmkdir -p /run/gpuslice\nmount --rbind '{}' /run/gpuslice\nexec \"$@\"\n",
-                self.view().display()
-            ),
-        );
+    /// Puts every slice's region and every GPU's board on a zram device, as `gpuslice-cdi
+    /// generate` does (needs root); [`Node::command_in_container`] needs them there.
+    pub fn on_devices(&mut self) -> &mut Self {
+        use gpuslice_core::board::BoardSlice;
+        let mut boards: std::collections::BTreeMap<String, Vec<BoardSlice>> = Default::default();
+        for name in &self.slices {
+            let limits = Limits::load(&self.limits_path(name)).unwrap();
+            gpuslice_core::state::ensure_region(&self.host(), name).unwrap();
+            boards.entry(limits.gpu_uuid.clone()).or_default().push(BoardSlice {
+                name: name.clone(),
+                priority: limits.priority,
+                cores: limits.cores_percent,
+            });
+        }
+        for (uuid, slices) in boards {
+            gpuslice_core::state::ensure_board(&self.host(), &uuid, &slices, 1).unwrap();
+        }
+        self
+    }
+
+    /// The mounts the hook makes, with the state tmpfs at `<at>/gpuslice`.
+    fn hook_mounts(&self, at: &Path) -> String {
+        let state = at.join("gpuslice");
+        let mut s = format!("mkdir -p '{st}'\nmount -t tmpfs -o mode=0755 gpuslice '{st}'\n", st = state.display());
+        for name in &self.slices {
+            let host = slice_dir(&self.host(), name);
+            let view = state.join("slices").join(name);
+            s += &format!(
+                "mkdir -p '{v}'\nmount --bind '{h}' '{v}'\nmount -o remount,bind,ro '{v}'\nmount --bind '{h}/region' '{v}/region'\n",
+                h = host.display(),
+                v = view.display()
+            );
+        }
+        if let Ok(gpus) = std::fs::read_dir(self.host().join("gpus")) {
+            for gpu in gpus.flatten() {
+                let uuid = gpu.file_name().into_string().unwrap();
+                let view = state.join("gpus").join(&uuid);
+                s += &format!(
+                    "mkdir -p '{v}'\ntouch '{v}/board'\nmount --bind '{h}' '{v}/board'\n",
+                    h = board_path(&self.host(), &uuid).display(),
+                    v = view.display()
+                );
+            }
+        }
+        s + &format!("mount -o remount,bind,ro '{}'\n", state.display())
+    }
+
+    /// `program args` with the slices where and as the hook mounts them in a container (at
+    /// `/run/gpuslice`, over a private tmpfs on `/run`), the shim preloaded and
+    /// `GPUSLICE_STATE_DIR` pointing elsewhere. Needs [`Node::on_devices`].
+    pub fn command_in_container(&self, program: &Path, args: &[&str]) -> Command {
+        self.command_in_container_after("", Path::new("/run"), program, args)
+    }
+
+    /// Like [`Node::command_in_container`] with the state tmpfs at `<at>/gpuslice`, running the
+    /// shell commands `prelude` (an attack, say) after the mounts and before the program.
+    pub fn command_in_container_after(&self, prelude: &str, at: &Path, program: &Path, args: &[&str]) -> Command {
+        let mut script = String::from("set -e\n");
+        if at == Path::new("/run") {
+            script += "mount -t tmpfs gpuslice-test /run\n";
+        }
+        script += &self.hook_mounts(at);
+        script += prelude;
+        script += "\nexec \"$@\"\n";
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"]);
         c.arg(program).args(args);

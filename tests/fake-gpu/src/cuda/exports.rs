@@ -334,9 +334,52 @@ driver_api! {
         out.set(memory::create(size as u64, prop)?);
         Ok(())
     }
+
+    /// One handle reference less: the memory goes once no reference, mapping or exported
+    /// descriptor (open in this process) is left.
     fn cuMemRelease(handle: CUmemGenericAllocationHandle) {
         driver()?.lock().memory.release_physical(handle)
     }
+
+    /// The handle mapped at `addr` (anywhere in a mapping), with one more reference.
+    fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        out.set(driver()?.lock().memory.retain_physical(addr as u64)?);
+        Ok(())
+    }
+
+    /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` only (an `int`), for an allocation created
+    /// with it among its `requestedHandleTypes`: a new descriptor of its memory.
+    fn cuMemExportToShareableHandle(
+        shareable_handle: *mut c_void,
+        handle: CUmemGenericAllocationHandle,
+        handle_type: CUmemAllocationHandleType,
+        flags: u64,
+    ) {
+        // SAFETY: null or writable for the handle type's value per the export's contract.
+        let out = unsafe { Out::new(shareable_handle.cast::<c_int>()) }?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        out.set(driver()?.lock().memory.export_physical(handle, handle_type)?);
+        Ok(())
+    }
+
+    /// A descriptor `cuMemExportToShareableHandle` handed out (passed as the pointer-sized
+    /// `osHandle`), from this process or another: a new handle to the same memory.
+    fn cuMemImportFromShareableHandle(
+        handle: *mut CUmemGenericAllocationHandle,
+        os_handle: *mut c_void,
+        sh_handle_type: CUmemAllocationHandleType,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        let fd = c_int::try_from(os_handle as usize).map_err(|_| INVALID_VALUE)?;
+        out.set(driver()?.lock().memory.import_physical(fd, sh_handle_type)?);
+        Ok(())
+    }
+
     fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ptr) }?;

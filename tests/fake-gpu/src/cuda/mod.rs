@@ -22,6 +22,7 @@ pub mod error;
 mod exports;
 mod ffi;
 mod graph;
+pub mod hold;
 mod launch;
 mod memory;
 pub mod proc_address;
@@ -41,6 +42,10 @@ use crate::state::{DeviceState, Simulator, StateError};
 /// Environment variable: the Nth device allocation of the process fails with
 /// `CUDA_ERROR_OUT_OF_MEMORY` (1-based).
 pub const FAIL_ALLOC_AT_ENV: &str = "FAKEGPU_FAIL_ALLOC_AT";
+
+/// Environment variable: `1` makes `cuMemAlloc*` hand out the addresses `cuMemFree` gave
+/// back first (most recent first, same rounded size).
+pub const REUSE_ADDRESSES_ENV: &str = "FAKEGPU_REUSE_ADDRESSES";
 
 /// Environment variable (fault injection): when the library is loaded, its constructor calls
 /// its own exported `cuMemGetInfo_v2` (null pointers, so nothing happens) through the dynamic

@@ -77,8 +77,9 @@ pub(crate) fn entry(name: &str, version: c_int, flags: u64) -> Result<&'static E
 /// ```
 ///
 /// it generates the `#[no_mangle] extern "C"` function, whose body (returning `CuResult`)
-/// runs inside [`boundary`](super::boundary), an entry of `TABLE`, and a compile-time check
-/// that its signature is the generated one of that symbol (`cuda::sym`).
+/// runs inside [`boundary`](super::boundary) (and may then be held, see [`hold`](super::hold)),
+/// an entry of `TABLE`, and a compile-time check that its signature is the generated one of
+/// that symbol (`cuda::sym`).
 macro_rules! driver_api {
     ($(
         $(#[doc = $doc:literal])*
@@ -94,7 +95,9 @@ macro_rules! driver_api {
             /// writes through it, strings are NUL-terminated.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::cuda::CUresult {
-                $crate::cuda::boundary($crate::cuda::proc_address::before_init!($($flag)?), || $body)
+                let rc = $crate::cuda::boundary($crate::cuda::proc_address::before_init!($($flag)?), || $body);
+                $crate::cuda::hold::after(stringify!($name));
+                rc
             }
 
             const _: Option<gpuslice_cuda_abi::cuda::sym::$name> = Some($name);

@@ -24,6 +24,7 @@ pub const NOT_FOUND: CUresult = CUDA_ERROR_NOT_FOUND;
 pub const NOT_READY: CUresult = CUDA_ERROR_NOT_READY;
 pub const ILLEGAL_STATE: CUresult = CUDA_ERROR_ILLEGAL_STATE;
 pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
+pub const NOT_SUPPORTED: CUresult = CUDA_ERROR_NOT_SUPPORTED;
 pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
 pub const STREAM_CAPTURE_INVALIDATED: CUresult = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
 pub const CAPTURED_EVENT: CUresult = CUDA_ERROR_CAPTURED_EVENT;
@@ -37,6 +38,16 @@ pub fn device_prop(device: c_int) -> CUmemAllocationProp {
     p.location = device_location(device);
     p
 }
+
+/// Pinned memory on `device` that may be exported as a POSIX file descriptor.
+pub fn shareable_prop(device: c_int) -> CUmemAllocationProp {
+    CUmemAllocationProp { requestedHandleTypes: POSIX_FD, ..device_prop(device) }
+}
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+pub const POSIX_FD: CUmemAllocationHandleType = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+/// `CU_MEM_HANDLE_TYPE_FABRIC`.
+pub const FABRIC: CUmemAllocationHandleType = CU_MEM_HANDLE_TYPE_FABRIC;
 
 /// `CU_MEM_LOCATION_TYPE_DEVICE` `device`.
 pub fn device_location(device: c_int) -> CUmemLocation {
@@ -140,6 +151,9 @@ driver! {
     cuMemUnmap;
     cuMemSetAccess;
     cuMemGetAllocationGranularity;
+    cuMemRetainAllocationHandle;
+    cuMemExportToShareableHandle;
+    cuMemImportFromShareableHandle;
     cuMemAllocAsync;
     cuMemAllocAsync_ptsz;
     cuMemFreeAsync;
