@@ -29,6 +29,8 @@ pub const RUNTIME_NAME: &str = "gpuslice";
 pub const DEFAULT_RUNTIME_BINARY: &str = "/usr/bin/gpuslice-runtime";
 /// The generic resource kind Swarm schedules; tasks see `DOCKER_RESOURCE_GPUSLICE`.
 pub const GENERIC_RESOURCE: &str = "gpuslice";
+/// containerd's default runtime, which it configures itself only when the file names none.
+const DEFAULT_CONTAINERD_RUNTIME: &str = "runc";
 /// The annotations containerd passes through to the OCI config.
 pub const ANNOTATIONS: &str = "gpuslice.dev/*";
 
@@ -100,14 +102,24 @@ pub fn containerd(old: &str, binary: &Path) -> Result<Option<String>> {
     let plugins = table_in(doc.as_table_mut(), "plugins")?;
     let cri = table_in(plugins, plugin)?;
     let containerd = table_in(cri, "containerd")?;
+    let default_runtime =
+        containerd.get("default_runtime_name").and_then(Item::as_str).unwrap_or(DEFAULT_CONTAINERD_RUNTIME).to_owned();
     let runtimes = table_in(containerd, "runtimes")?;
     let systemd_cgroup = runtimes
         .get("runc")
         .and_then(|r| r.get("options"))
         .and_then(|o| o.get("SystemdCgroup"))
         .and_then(Item::as_bool);
-    let ours = table_in(runtimes, RUNTIME_NAME)?;
     let mut changed = false;
+    // containerd fills in its default runtime `runc` only while the file names no runtime at
+    // all: once `gpuslice` is there, a file without `runc` would leave the CRI plugin with no
+    // default runtime, and it would not load.
+    if default_runtime == DEFAULT_CONTAINERD_RUNTIME && !runtimes.contains_key(DEFAULT_CONTAINERD_RUNTIME) {
+        let runc = table_in(runtimes, DEFAULT_CONTAINERD_RUNTIME)?;
+        runc["runtime_type"] = value("io.containerd.runc.v2");
+        changed = true;
+    }
+    let ours = table_in(runtimes, RUNTIME_NAME)?;
     if ours.get("runtime_type").and_then(Item::as_str) != Some("io.containerd.runc.v2") {
         ours["runtime_type"] = value("io.containerd.runc.v2");
         changed = true;
@@ -205,6 +217,15 @@ mod tests {
         let new = containerd("", bin()).unwrap().unwrap();
         assert!(new.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gpuslice]"), "{new}");
         assert!(!new.contains("SystemdCgroup"), "no cgroup driver to copy: {new}");
+        // The default runtime stays defined, or the CRI plugin would not load.
+        let doc: toml::Table = toml::from_str(&new).unwrap();
+        let runtimes = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(runtimes["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"), "{new}");
+        assert_eq!(containerd(&new, bin()).unwrap(), None);
+        // Another default runtime is the operator's: nothing is added for it.
+        let other = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"crun\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+        let new = containerd(other, bin()).unwrap().unwrap();
+        assert!(!new.contains("runtimes.runc]"), "{new}");
         let new = containerd("root = \"/var/lib/containerd\"\n", bin()).unwrap().unwrap();
         assert!(new.contains("[plugins.cri.containerd.runtimes.gpuslice]"), "{new}");
     }
