@@ -82,7 +82,7 @@ start_containerd() {
     )
     defer stop_containerd
     wait_for 30 ctr --address "$E2E_CONTAINERD_SOCK" version ||
-        fail "containerd did not answer within 30 s: $(tail -n 20 "$T/containerd.log")"
+        fail "containerd did not answer within 30 s: $(timeout 10 ctr --address "$E2E_CONTAINERD_SOCK" version 2>&1 | tail -n 3)"$'\n'"$(tail -n 20 "$T/containerd.log")"
 }
 
 stop_containerd() {
@@ -139,8 +139,10 @@ cri_run() {
 }
 
 # The probe the CRI tests run: the slice's view, 41 GiB refused, the slice's name and nodes.
+# slice2 and slice3 are on GPU 1, CUDA device 1: the simulated driver lists every GPU, whatever
+# nodes the container has.
 # shellcheck disable=SC2016
-CRI_PROBE='cuda-probe meminfo; cuda-probe alloc --path alloc --size 41G | sed "s/^/big_/"; echo "slice=$GPUSLICE_SLICE"; echo "nodes=$(ls /dev | grep "^nvidia[0-9]" | tr "\n" " ")"; true'
+CRI_PROBE='d=0; case $GPUSLICE_SLICE in slice2 | slice3) d=1 ;; esac; cuda-probe --device $d meminfo; cuda-probe --device $d alloc --path alloc --size 41G | sed "s/^/big_/"; echo "slice=$GPUSLICE_SLICE"; echo "nodes=$(ls /dev | grep "^nvidia[0-9]" | tr "\n" " ")"; true'
 
 assert_cri_slice_view() {
     local out=$1 slice=$2 minor=$3

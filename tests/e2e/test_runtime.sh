@@ -70,10 +70,11 @@ test_docker_runtime_slice_view_and_limits() {
     assert_line_in "slices=slice1" "$out" "/run/gpuslice/slices"
     assert_line_in "preload=$HOOK_IMAGE_SHIM" "$out" "/etc/ld.so.preload"
 
-    # Docker's --annotation reaches the runtime too: slice2 is on the second GPU.
+    # Docker's --annotation reaches the runtime too: slice2 is on the second GPU (CUDA device 1:
+    # the simulated driver lists every GPU, whatever nodes the container has).
     # shellcheck disable=SC2016
     out=$(docker_gpu --runtime gpuslice --annotation gpuslice.dev/slices=slice2 "$image" sh -c '
-        cuda-probe meminfo; echo "slice=$GPUSLICE_SLICE"; echo "nodes=$(ls /dev | grep "^nvidia[0-9]" | tr "\n" " ")"') ||
+        cuda-probe --device 1 meminfo; echo "slice=$GPUSLICE_SLICE"; echo "nodes=$(ls /dev | grep "^nvidia[0-9]" | tr "\n" " ")"') ||
         fail "docker run --runtime gpuslice --annotation gpuslice.dev/slices=slice2 failed"
     printf '%s\n' "$out"
     assert_line_in "total=$HOOK_SLICE_BYTES" "$out" "the annotation's slice"
@@ -126,7 +127,7 @@ test_docker_runtime_refusals() {
         -e GPUSLICE_SLICES=slice0,,slice1
     docker_runtime_refused 'is a device of kind other.dev/gpu, not of this node' \
         --annotation gpuslice.dev/slices=other.dev/gpu=slice0
-    docker_runtime_refused 'gpuslice-runtime: GPUSLICE_SLICES asks for slice0 but annotation' \
+    docker_runtime_refused 'gpuslice-runtime: annotation gpuslice.dev/slices asks for slice1 but GPUSLICE_SLICES asks for slice0; ask in one place' \
         -e GPUSLICE_SLICES=slice0 --annotation gpuslice.dev/slices=slice1
     # The slice's GPU is no longer in the node (or the spec came from another node).
     local uuid
@@ -156,10 +157,11 @@ test_podman_hooks_dir_annotation() {
     mkdir -p "$T/hooks.d" "$T/no-cdi"
     jq --arg path "$E2E_RUNTIME" --arg config "--gpuslice-config=$T/gpuslice.toml" \
         '.hook.path = $path | .hook.args += [$config]' "$REPO_ROOT/packaging/hooks.d/gpuslice.json" >"$T/hooks.d/gpuslice.json"
-    local out podman_run=(run --rm --network none "${E2E_ULIMITS[@]}" "${HOOK_FAKE_ARGS[@]}" --rootfs "$T/rootfs")
+    # --rootfs is a flag: the rootfs is the first argument after the options.
+    local out podman_run=(run --rm --network none "${E2E_ULIMITS[@]}" "${HOOK_FAKE_ARGS[@]}") rootfs=(--rootfs "$T/rootfs")
     # shellcheck disable=SC2016
     out=$(e2e_podman "$T/no-cdi" --hooks-dir "$T/hooks.d" "${podman_run[@]}" --annotation gpuslice.dev/slices=slice1 \
-        sh -c "$CRI_PROBE_PODMAN") || fail "podman run --annotation gpuslice.dev/slices=slice1 failed"
+        "${rootfs[@]}" sh -c "$CRI_PROBE_PODMAN") || fail "podman run --annotation gpuslice.dev/slices=slice1 failed"
     printf '%s\n' "$out"
     assert_line_in "total=$HOOK_SLICE_BYTES" "$out" "cuMemGetInfo through the hooks directory"
     assert_line_in "big_error_name=CUDA_ERROR_OUT_OF_MEMORY" "$out" "41 GiB in a 40 GiB slice"
@@ -167,11 +169,11 @@ test_podman_hooks_dir_annotation() {
     assert_line_in "nodes=nvidia0 " "$out" "slice1's GPU node"
     wait_for 10 slice_idle slice1 || fail "slice1 not idle after podman's container exited"
     # Without the annotation the hook does not run: no GPU.
-    out=$(e2e_podman "$T/no-cdi" --hooks-dir "$T/hooks.d" "${podman_run[@]}" sh -c "$CRI_PROBE_PODMAN") ||
+    out=$(e2e_podman "$T/no-cdi" --hooks-dir "$T/hooks.d" "${podman_run[@]}" "${rootfs[@]}" sh -c "$CRI_PROBE_PODMAN") ||
         fail "podman run without the annotation failed"
     assert_line_in "slice=" "$out" "no annotation, no slice"
     # A slice the node does not have stops the container with the hook's line.
-    e2e_podman "$T/no-cdi" --hooks-dir "$T/hooks.d" "${podman_run[@]}" --annotation gpuslice.dev/slices=slice9 true \
+    e2e_podman "$T/no-cdi" --hooks-dir "$T/hooks.d" "${podman_run[@]}" --annotation gpuslice.dev/slices=slice9 "${rootfs[@]}" true \
         2>"$T/podman-stderr" && fail "podman started a container asking for slice9"
     grep -qF 'unknown slice slice9' "$T/podman-stderr" || fail "podman did not show the hook's line: $(cat "$T/podman-stderr")"
 }

@@ -76,14 +76,15 @@ test_swarm_service_replicas_get_their_own_slices() {
     swarm_docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:12377 --data-path-port 14789 >/dev/null ||
         fail "docker swarm init failed: $(tail -n 20 "$T/swarm-dockerd.log")"
     mkdir -p "$T/fakegpu-state"
-    # Five replicas of one slice each on a node with four slices: four run, one waits.
+    # Five replicas of one slice each on a node with four slices: four run, one waits. slice2
+    # and slice3 are on GPU 1, CUDA device 1 (the simulated driver lists every GPU).
     # shellcheck disable=SC2016
     swarm_docker service create --detach --no-resolve-image --name "$E2E_SWARM_SERVICE" --replicas 5 \
         --generic-resource gpuslice=1 --restart-condition none --stop-grace-period 1s --network host \
         --mount "type=bind,src=$E2E_FAKEGPU_TOML,dst=/fakegpu/config.toml,readonly" \
         --mount "type=bind,src=$T/fakegpu-state,dst=/fakegpu/state" \
         --env FAKEGPU_CONFIG=/fakegpu/config.toml --env FAKEGPU_STATE_DIR=/fakegpu/state \
-        "$image" sh -c 'cuda-probe meminfo; echo "resource=$DOCKER_RESOURCE_GPUSLICE"; echo "dir=$(ls /run/gpuslice/slices)"; echo "slice=$GPUSLICE_SLICE"; exec sleep 600' \
+        "$image" sh -c 'd=0; case $DOCKER_RESOURCE_GPUSLICE in slice2 | slice3) d=1 ;; esac; cuda-probe --device $d meminfo; echo "resource=$DOCKER_RESOURCE_GPUSLICE"; echo "dir=$(ls /run/gpuslice/slices)"; echo "slice=$GPUSLICE_SLICE"; exec sleep 600' \
         >/dev/null || fail "docker service create failed"
     wait_for 90 swarm_tasks_running 4 ||
         fail "4 replicas did not start: $(swarm_docker service ps --no-trunc "$E2E_SWARM_SERVICE")"
