@@ -65,7 +65,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 EOF
 }
 
-ctr_e2e() { ctr --address "$E2E_CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+# `command`: run.sh sources every test file into one shell, and test_hostile_tenant.sh has a
+# function named ctr.
+ctr_e2e() { command ctr --address "$E2E_CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 containerd_pid() { pgrep -f -x "containerd --config $T/containerd.toml" | head -n1; }
 
@@ -81,7 +83,7 @@ start_containerd() {
         exec setsid -f containerd --config "$T/containerd.toml" >>"$T/containerd.log" 2>&1 </dev/null
     )
     defer stop_containerd
-    wait_for 30 ctr --address "$E2E_CONTAINERD_SOCK" version ||
+    wait_for 30 command ctr --address "$E2E_CONTAINERD_SOCK" version ||
         fail "containerd did not answer within 30 s: $(timeout 10 ctr --address "$E2E_CONTAINERD_SOCK" version 2>&1 | tail -n 3)"$'\n'"$(tail -n 20 "$T/containerd.log")"
 }
 
