@@ -105,10 +105,12 @@ if (require_podman) >/dev/null 2>&1; then
     mkdir -p "$T/hooks.d"
     jq --arg path "$E2E_RUNTIME" --arg config "--gpuslice-config=$T/gpuslice.toml" \
         '.hook.path = $path | .hook.args += [$config]' "$REPO_ROOT/packaging/hooks.d/gpuslice.json" >"$T/hooks.d/gpuslice.json"
-    PODMAN_RUN=(run --rm --network none "${E2E_ULIMITS[@]}" "${HOOK_FAKE_ARGS[@]}" --rootfs "$T/rootfs")
-    run_podman_none() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" true; }
-    run_podman_cdi() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" --device gpuslice.dev/vgpu=slice0 true; }
-    run_podman_hooks() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" --annotation gpuslice.dev/slices=slice0 true; }
+    # --rootfs is a flag: the rootfs is the first argument after the options.
+    PODMAN_RUN=(run --rm --network none "${E2E_ULIMITS[@]}" "${HOOK_FAKE_ARGS[@]}")
+    ROOTFS=(--rootfs "$T/rootfs")
+    run_podman_none() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" "${ROOTFS[@]}" true; }
+    run_podman_cdi() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" --device gpuslice.dev/vgpu=slice0 "${ROOTFS[@]}" true; }
+    run_podman_hooks() { e2e_podman "$T/cdi" --hooks-dir "$T/hooks.d" "${PODMAN_RUN[@]}" --annotation gpuslice.dev/slices=slice0 "${ROOTFS[@]}" true; }
     bench_engine podman podman_none podman_cdi podman_hooks
 else
     engine_skip podman "$(cat "$E2E_SKIP_FILE" 2>/dev/null)"
