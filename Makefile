@@ -8,7 +8,8 @@
 #   make bench      overhead as ratios against a baseline of the same run: the interception
 #                   library against the bare driver, container start-up with a slice against without
 #   make demo       without a GPU: a simulated two-GPU node, real containers on a slice (root;
-#                   DEMO_ARGS="--engine podman", "--keep DIR", "--install": scripts/demo.sh --help)
+#                   installs what it lacks, as `make test` does; DEMO_ARGS="--engine podman",
+#                   "--keep DIR": scripts/demo.sh --help)
 
 CARGO ?= cargo
 SHELL := /bin/bash
@@ -48,6 +49,7 @@ packages: release
 	rm -rf $(PKG_STAGE) && mkdir -p $(PKG_STAGE)
 	strip -s -o $(PKG_STAGE)/gpuslice-cdi target/release/gpuslice-cdi
 	strip -s -o $(PKG_STAGE)/gpuslice-hook $(HOOK)
+	strip -s -o $(PKG_STAGE)/gpuslice-runtime target/release/gpuslice-runtime
 	strip -s -o $(PKG_STAGE)/libgpuslice.so target/release/libgpuslice.so
 	for m in packaging/man/*.8; do gzip -9n -c $$m > $(PKG_STAGE)/$${m##*/}.gz; done
 	$(CARGO) deb -p gpuslice-cdi --no-build --no-strip
@@ -85,17 +87,21 @@ gpu:
 bench: release
 	$(CARGO) bench -p gpuslice-shim --bench shim
 	bash tests/bench/startup.sh
+	bash tests/bench/engines.sh
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
-# slice; exits non-zero when a step does not show what it should.
+# slice; exits non-zero when a step does not show what it should. Like `make test`, it installs
+# what it lacks (tests/e2e/install-deps.sh, Debian 12); DEMO_INSTALL= installs nothing.
 DEMO_ARGS ?=
+DEMO_INSTALL ?= --install
 demo: release
-	bash scripts/demo.sh $(DEMO_ARGS)
+	bash scripts/demo.sh $(DEMO_INSTALL) $(DEMO_ARGS)
 
 test: unit e2e packages-test cudart gpu
 
 fmt:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path tests/cri-client/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

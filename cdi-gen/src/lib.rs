@@ -12,6 +12,7 @@
 //! else replaced, the board rebuilt from the config), then the spec, atomically with mode 0644.
 
 pub mod discover;
+pub mod engines;
 pub mod setup;
 pub mod spec;
 pub mod status;
@@ -33,7 +34,7 @@ use gpuslice_core::state;
 use crate::discover::NodeInfo;
 
 /// The spec file's name in the spec dir.
-pub const SPEC_FILE: &str = "gpuslice.yaml";
+pub use gpuslice_core::cdi::SPEC_FILE;
 
 /// How a spec is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +85,8 @@ pub struct Generated {
     /// Where the spec went; `None` for standard output.
     pub spec_path: Option<PathBuf>,
     pub limits: Vec<Limits>,
+    /// One line per installed engine that cannot read this spec (see [`engines`]).
+    pub warnings: Vec<String>,
     /// What it found wrong in the state and put right (or could not), one line each, for the
     /// operator.
     pub notes: Vec<String>,
@@ -118,6 +121,9 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         state_dir: &state_dir,
     });
     cdi::validate(&spec).context("the generated spec is not valid CDI (a bug in gpuslice-cdi)")?;
+    let (needed, why) = cdi::minimum_version(&spec);
+    let warnings =
+        if needed > cdi::Version::FLOOR { engines::warnings(needed, why, &engines::installed()) } else { Vec::new() };
 
     let (spec_path, format) = match &opts.output {
         Some(p) if p.as_os_str() == "-" => (None, opts.format.unwrap_or(Format::Yaml)),
@@ -189,7 +195,7 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?
         }
     }
-    Ok(Generated { spec, spec_path, limits, notes })
+    Ok(Generated { spec, spec_path, limits, warnings, notes })
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the board's activity times.
@@ -261,6 +267,36 @@ pub(crate) fn render_table(header: &[&str], right_aligned: &[bool], rows: Vec<Ve
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
+}
+
+/// The devices a container can ask for by name, in the spec's order: every one but `all`.
+pub fn slice_names(spec: &Spec) -> Vec<String> {
+    spec.devices.iter().map(|d| d.name.clone()).filter(|n| n != spec::ALL_DEVICE).collect()
+}
+
+/// Keeps Docker Swarm's `gpuslice=…` generic resources in `daemon_json` in step with the
+/// spec's slices, where `setup docker --swarm` put them (a file without them is left alone).
+/// Returns what changed, for the operator.
+pub fn sync_swarm(daemon_json: &Path, spec: &Spec) -> Result<Option<String>> {
+    let old = match std::fs::read_to_string(daemon_json) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", daemon_json.display())),
+    };
+    let slices = slice_names(spec);
+    let Some(new) =
+        setup::runtime::swarm_resources(&old, &slices).with_context(|| daemon_json.display().to_string())?
+    else {
+        return Ok(None);
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(daemon_json)?.permissions()) & 0o7777;
+    fsutil::write_atomic(daemon_json, new.as_bytes(), mode)
+        .with_context(|| format!("writing {}", daemon_json.display()))?;
+    Ok(Some(format!(
+        "{}: Swarm's gpuslice resources are now {}; restart dockerd for Swarm to see them",
+        daemon_json.display(),
+        slices.iter().map(|s| format!("gpuslice={s}")).collect::<Vec<_>>().join(" ")
+    )))
 }
 
 /// Reads and checks a spec file as an engine would load it.

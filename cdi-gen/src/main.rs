@@ -5,6 +5,7 @@ mod observability;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use gpuslice_cdi::{Format, GenerateOptions, Sources};
 
@@ -50,6 +51,9 @@ enum Command {
         /// Write limits files under this directory instead of the config's state_dir.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Docker's daemon.json, whose Swarm resources (from `setup docker --swarm`) follow the slices.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        docker_config: PathBuf,
     },
     /// Print the slices the config makes of this node's GPUs.
     List {
@@ -82,6 +86,15 @@ enum Command {
         /// Print the change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Register gpuslice-runtime instead of turning CDI on (engines without CDI).
+        #[arg(long)]
+        runtime: bool,
+        /// Docker Swarm: gpuslice-runtime as the default runtime, each slice a generic resource.
+        #[arg(long, conflicts_with = "runtime")]
+        swarm: bool,
+        /// Where gpuslice-runtime is installed.
+        #[arg(long, default_value = gpuslice_cdi::setup::runtime::DEFAULT_RUNTIME_BINARY)]
+        runtime_path: PathBuf,
     },
     /// Check that a CDI spec file would load in a container engine.
     Validate {
@@ -103,10 +116,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate { common, output, format, state_dir } => {
+        Command::Generate { common, output, format, state_dir, docker_config } => {
             let g = gpuslice_cdi::generate(&common.sources(), &GenerateOptions { output, format, state_dir })?;
+            for line in &g.warnings {
+                eprintln!("gpuslice-cdi: {line}");
+            }
             for note in &g.notes {
                 eprintln!("gpuslice-cdi: {note}");
+            }
+            if g.spec_path.is_some() {
+                match gpuslice_cdi::sync_swarm(&docker_config, &g.spec) {
+                    Ok(Some(message)) => eprintln!("{message}"),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("gpuslice-cdi: warning: keeping Swarm's resources in step: {e:#}"),
+                }
             }
             if let Some(path) = g.spec_path {
                 let names: Vec<&str> = g.spec.devices.iter().map(|d| d.name.as_str()).collect();
@@ -138,10 +161,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Setup { engine, file, config, dry_run } => {
+        Command::Setup { engine, file, config, dry_run, runtime, swarm, runtime_path } => {
+            use gpuslice_cdi::setup::{Mode, SetupOptions};
             let spec_dir = gpuslice_cdi::load_config(&config)?.spec_dir;
-            let outcome =
-                gpuslice_cdi::setup::setup(&gpuslice_cdi::setup::SetupOptions { engine, file, spec_dir, dry_run })?;
+            let mode = if swarm {
+                let spec_path = spec_dir.join(gpuslice_cdi::SPEC_FILE);
+                let spec = gpuslice_cdi::validate_file(&spec_path)
+                    .context("--swarm advertises the spec's slices; run gpuslice-cdi generate first")?;
+                Mode::Swarm(runtime_path, gpuslice_cdi::slice_names(&spec))
+            } else if runtime {
+                Mode::Runtime(runtime_path)
+            } else {
+                Mode::Cdi
+            };
+            let outcome = gpuslice_cdi::setup::setup(&SetupOptions { engine, mode, file, spec_dir, dry_run })?;
             print!("{}", outcome.message().trim_end().to_string() + "\n");
             Ok(())
         }

@@ -4,7 +4,10 @@
 //! pure function from the old file's text to the new one ([`docker`], [`containerd`]), so the
 //! edit is tested without touching `/etc`; [`setup`] reads, edits, backs up the old file and
 //! writes the new one atomically, or only prints the change with `dry_run`. Running it again
-//! changes nothing.
+//! changes nothing. For engines without CDI, `--runtime` registers `gpuslice-runtime` instead,
+//! and `--swarm` sets Docker up for Swarm's generic resources ([`runtime`]).
+
+pub mod runtime;
 
 use std::fs;
 use std::io::ErrorKind;
@@ -45,10 +48,40 @@ impl Engine {
 /// The CDI spec directories an engine reads by default; gpuslice's own spec dir is added.
 pub const DEFAULT_CDI_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
+/// What to set up in the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// CDI on (the default).
+    Cdi,
+    /// The runtime `gpuslice` (gpuslice-runtime at this path), for engines without CDI.
+    Runtime(PathBuf),
+    /// Docker Swarm: the runtime, as the default, and these slices as generic resources.
+    Swarm(PathBuf, Vec<String>),
+}
+
+impl Mode {
+    fn done(&self) -> &'static str {
+        match self {
+            Mode::Cdi => "CDI turned on",
+            Mode::Runtime(_) => "runtime gpuslice registered",
+            Mode::Swarm(..) => "runtime gpuslice made the default and the slices advertised to Swarm",
+        }
+    }
+
+    fn already(&self) -> &'static str {
+        match self {
+            Mode::Cdi => "CDI is already on",
+            Mode::Runtime(_) => "the runtime gpuslice is already registered",
+            Mode::Swarm(..) => "Swarm is already set up with these slices",
+        }
+    }
+}
+
 /// What `setup` asks for.
 #[derive(Debug, Clone)]
 pub struct SetupOptions {
     pub engine: Engine,
+    pub mode: Mode,
     /// The engine's config file; `None` for its default.
     pub file: Option<PathBuf>,
     /// gpuslice's spec dir, which the engine must read.
@@ -62,10 +95,17 @@ pub struct SetupOptions {
 pub enum Outcome {
     /// The engine needs no change; the reason.
     NothingNeeded(String),
-    /// CDI was on already in `file`.
-    AlreadyOn { file: PathBuf },
+    /// `file` had what was asked for already.
+    AlreadyOn { file: PathBuf, what: &'static str },
     /// `file` was (or, with `dry_run`, would be) changed; `diff` shows how.
-    Changed { file: PathBuf, backup: Option<PathBuf>, diff: String, dry_run: bool, hint: &'static str },
+    Changed {
+        file: PathBuf,
+        backup: Option<PathBuf>,
+        diff: String,
+        dry_run: bool,
+        hint: &'static str,
+        what: &'static str,
+    },
 }
 
 impl Outcome {
@@ -73,17 +113,17 @@ impl Outcome {
     pub fn message(&self) -> String {
         match self {
             Outcome::NothingNeeded(why) => why.clone(),
-            Outcome::AlreadyOn { file } => format!("{}: CDI is already on; nothing to do", file.display()),
+            Outcome::AlreadyOn { file, what } => format!("{}: {what}; nothing to do", file.display()),
             Outcome::Changed { file, backup, diff, dry_run: true, .. } => {
                 let _ = backup;
                 format!("{}: would change (dry run, nothing written):\n{diff}", file.display())
             }
-            Outcome::Changed { file, backup, diff, dry_run: false, hint } => {
+            Outcome::Changed { file, backup, diff, dry_run: false, hint, what } => {
                 let saved = match backup {
                     Some(b) => format!("the old file is saved as {}", b.display()),
                     None => "there was no file before".to_string(),
                 };
-                format!("{}: CDI turned on; {saved}; {hint}\n{diff}", file.display())
+                format!("{}: {what}; {saved}; {hint}\n{diff}", file.display())
             }
         }
     }
@@ -93,11 +133,22 @@ impl Outcome {
 pub fn setup(opts: &SetupOptions) -> Result<Outcome> {
     let dirs = spec_dirs(&opts.spec_dir);
     let file = match (opts.engine, &opts.file) {
+        (Engine::Podman, _) if opts.mode != Mode::Cdi => {
+            return Ok(Outcome::NothingNeeded(
+                "podman: nothing to do: podman 3.x and podman 4 without CDI take slices through the OCI hook \
+                 /usr/share/containers/oci/hooks.d/gpuslice.json that the package installs: \
+                 podman run --annotation gpuslice.dev/slices=slice0 …"
+                    .to_owned(),
+            ));
+        }
+        (Engine::Containerd, _) if matches!(opts.mode, Mode::Swarm(..)) => {
+            bail!("--swarm is for Docker: containerd has no Swarm");
+        }
         (Engine::Podman, _) => {
             return Ok(Outcome::NothingNeeded(format!(
                 "podman: nothing to do: podman 4.1 and newer always read CDI specs from {}. \
-                 podman 4.3 (Debian 12) reads specs up to CDI 0.5.0 only: set `annotations = false` \
-                 in /etc/gpuslice/config.toml and run `gpuslice-cdi generate`.",
+                 podman before 4.7 (4.3 in Debian 12) reads specs up to CDI 0.5.0 only, which the \
+                 default spec is: leave `annotations` off in /etc/gpuslice/config.toml.",
                 dirs.join(" and ")
             )));
         }
@@ -110,18 +161,22 @@ pub fn setup(opts: &SetupOptions) -> Result<Outcome> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
     let old_text = old.as_deref().unwrap_or("");
-    let new_text = match opts.engine {
-        Engine::Docker => docker(old_text),
-        Engine::Containerd => containerd(old_text, &dirs),
-        Engine::Podman => unreachable!(),
+    let new_text = match (opts.engine, &opts.mode) {
+        (Engine::Docker, Mode::Cdi) => docker(old_text),
+        (Engine::Docker, Mode::Runtime(binary)) => runtime::docker(old_text, binary, None),
+        (Engine::Docker, Mode::Swarm(binary, slices)) => runtime::docker(old_text, binary, Some(slices)),
+        (Engine::Containerd, Mode::Cdi) => containerd(old_text, &dirs),
+        (Engine::Containerd, Mode::Runtime(binary)) => runtime::containerd(old_text, binary),
+        (Engine::Containerd, Mode::Swarm(..)) | (Engine::Podman, _) => unreachable!("refused above"),
     }
     .with_context(|| format!("{}", file.display()))?;
+    let what = opts.mode.done();
     let Some(new_text) = new_text else {
-        return Ok(Outcome::AlreadyOn { file });
+        return Ok(Outcome::AlreadyOn { file, what: opts.mode.already() });
     };
     let diff = line_diff(old_text, &new_text);
     if opts.dry_run {
-        return Ok(Outcome::Changed { file, backup: None, diff, dry_run: true, hint: "" });
+        return Ok(Outcome::Changed { file, backup: None, diff, dry_run: true, hint: "", what });
     }
     let backup = match &old {
         Some(text) => {
@@ -141,7 +196,7 @@ pub fn setup(opts: &SetupOptions) -> Result<Outcome> {
     };
     gpuslice_core::fsutil::write_atomic(&file, new_text.as_bytes(), mode)
         .with_context(|| format!("writing {}", file.display()))?;
-    Ok(Outcome::Changed { file, backup, diff, dry_run: false, hint: opts.engine.restart_hint() })
+    Ok(Outcome::Changed { file, backup, diff, dry_run: false, hint: opts.engine.restart_hint(), what })
 }
 
 /// The directories the engine must read: its defaults and gpuslice's spec dir.
@@ -194,22 +249,8 @@ pub fn docker(old: &str) -> Result<Option<String>> {
 /// a file without `version` is version 1: `[plugins.cri]`.
 pub fn containerd(old: &str, dirs: &[String]) -> Result<Option<String>> {
     let mut doc: DocumentMut = old.parse().context("not valid TOML")?;
-    let version = match doc.get("version") {
-        None if old.trim().is_empty() => {
-            doc["version"] = value(2);
-            2
-        }
-        None => 1,
-        Some(v) => match v.as_integer() {
-            Some(n @ 1..=3) => n,
-            _ => bail!("version = {v}: expected 1, 2 or 3"),
-        },
-    };
-    let plugin = match version {
-        1 => "cri",
-        2 => "io.containerd.grpc.v1.cri",
-        _ => "io.containerd.cri.v1.runtime",
-    };
+    let version = containerd_version(&mut doc, old)?;
+    let plugin = cri_plugin(version);
     let plugins = table_in(doc.as_table_mut(), "plugins")?;
     let cri = table_in(plugins, plugin)?;
     let mut changed = false;
@@ -233,6 +274,30 @@ pub fn containerd(old: &str, dirs: &[String]) -> Result<Option<String>> {
         }
     }
     Ok(changed.then(|| doc.to_string()))
+}
+
+/// The config's `version`: 2 for a new file (written into it), 1 when a file has none.
+fn containerd_version(doc: &mut DocumentMut, old: &str) -> Result<i64> {
+    Ok(match doc.get("version") {
+        None if old.trim().is_empty() => {
+            doc["version"] = value(2);
+            2
+        }
+        None => 1,
+        Some(v) => match v.as_integer() {
+            Some(n @ 1..=3) => n,
+            _ => bail!("version = {v}: expected 1, 2 or 3"),
+        },
+    })
+}
+
+/// The CRI plugin's table for a config version (3: the runtime half of containerd 2's CRI).
+fn cri_plugin(version: i64) -> &'static str {
+    match version {
+        1 => "cri",
+        2 => "io.containerd.grpc.v1.cri",
+        _ => "io.containerd.cri.v1.runtime",
+    }
 }
 
 /// The table `key` inside `parent`, made (as a `[header]` table) when missing.

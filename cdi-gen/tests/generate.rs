@@ -29,7 +29,11 @@ fn one_gpu_defaults_give_one_slice_and_all() {
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
     let spec = load(&path);
     assert_eq!(spec.kind, "gpuslice.dev/vgpu");
-    assert_eq!(spec.cdi_version, "0.6.0", "annotations need 0.6.0 and nothing needs more");
+    assert_eq!(spec.cdi_version, "0.5.0", "the default spec is the lowest version every CDI engine reads");
+    assert!(
+        spec.annotations.is_empty() && spec.devices.iter().all(|d| d.annotations.is_empty()),
+        "annotations are opt-in"
+    );
     let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["slice0", "all"]);
     let slice0 = device(&spec, "slice0");
@@ -54,13 +58,6 @@ fn one_gpu_defaults_give_one_slice_and_all() {
     }
     assert_eq!(hooks[0].args[..2], ["gpuslice-hook", "create-container"]);
     assert_eq!(hooks[1].args[..2], ["gpuslice-hook", "poststop"]);
-    assert_eq!(slice0.annotations["gpuslice.dev/gpu-uuid"], uuid(0));
-    assert_eq!(slice0.annotations["gpuslice.dev/memory-bytes"], (80 * GIB).to_string());
-    assert_eq!(slice0.annotations["gpuslice.dev/cores-percent"], "100");
-    assert_eq!(slice0.annotations["gpuslice.dev/cores-policy"], "cap");
-    assert_eq!(slice0.annotations["gpuslice.dev/priority"], "normal");
-    assert_eq!(spec.annotations["gpuslice.dev/driver-version"], "580.95.05");
-    assert_eq!(spec.annotations["gpuslice.dev/cuda-version"], "13.0");
 
     let limits = Limits::load(&limits_path(&node.state_dir(), "slice0")).unwrap();
     assert_eq!((limits.memory_bytes, limits.cores_percent, limits.generation), (80 * GIB, 100, 1));
@@ -86,7 +83,7 @@ fn two_gpus_split_and_all_device() {
         return;
     }
     let node = Node::new(2, true);
-    node.config("[defaults]\nsplit_count = 2\n");
+    node.config("annotations = true\n[defaults]\nsplit_count = 2\n");
     ok(node.cdi(&["generate"]));
     reference_load(&node.spec_path()).unwrap();
     let spec = load(&node.spec_path());
@@ -190,7 +187,7 @@ fn eight_gpus_sixty_four_slices() {
         return;
     }
     let node = Node::new(8, true);
-    node.config("[defaults]\nsplit_count = 8\n");
+    node.config("annotations = true\n[defaults]\nsplit_count = 8\n");
     ok(node.cdi(&["generate", "--output", node.root().join("cdi/spec.json").to_str().unwrap()]));
     let path = node.root().join("cdi/spec.json");
     reference_load(&path).unwrap();
@@ -210,6 +207,7 @@ fn mixed_modes_overrides_explicit_slices_and_overcommit_match_golden() {
     let node = Node::with_memory(&[80, 80, 48], true);
     node.config(&format!(
         r#"
+annotations = true
 [defaults]
 split_count = 2
 [[gpu]]
@@ -317,6 +315,27 @@ fn without_annotations_the_spec_is_cdi_0_5_0() {
     assert!(spec.annotations.is_empty() && spec.devices.iter().all(|d| d.annotations.is_empty()));
     let text = std::fs::read_to_string(node.spec_path()).unwrap();
     assert!(!text.contains("annotations"), "{text}");
+}
+
+#[test]
+fn annotations_are_opt_in_and_need_cdi_0_6_0() {
+    if skip_unless_root("annotations_are_opt_in_and_need_cdi_0_6_0") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("annotations = true\n");
+    ok(node.cdi(&["generate"]));
+    reference_load(&node.spec_path()).unwrap();
+    let spec = load(&node.spec_path());
+    assert_eq!(spec.cdi_version, "0.6.0", "annotations need 0.6.0 and nothing needs more");
+    let slice0 = device(&spec, "slice0");
+    assert_eq!(slice0.annotations["gpuslice.dev/gpu-uuid"], uuid(0));
+    assert_eq!(slice0.annotations["gpuslice.dev/memory-bytes"], (80 * GIB).to_string());
+    assert_eq!(slice0.annotations["gpuslice.dev/cores-percent"], "100");
+    assert_eq!(slice0.annotations["gpuslice.dev/cores-policy"], "cap");
+    assert_eq!(slice0.annotations["gpuslice.dev/priority"], "normal");
+    assert_eq!(spec.annotations["gpuslice.dev/driver-version"], "580.95.05");
+    assert_eq!(spec.annotations["gpuslice.dev/cuda-version"], "13.0");
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn generated_spec_validates() {
     node.config("[defaults]\nsplit_count = 3\n");
     ok(node.cdi(&["generate"]));
     let out = ok(node.cdi(&["validate", node.spec_path().to_str().unwrap()]));
-    assert!(stdout(&out).contains("valid CDI 0.6.0 spec of kind gpuslice.dev/vgpu with 7 devices"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("valid CDI 0.5.0 spec of kind gpuslice.dev/vgpu with 7 devices"), "{}", stdout(&out));
 }
 
 #[test]

@@ -12,6 +12,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The file name of gpuslice's spec in its spec dir.
+pub const SPEC_FILE: &str = "gpuslice.yaml";
+
 /// A CDI spec file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -126,10 +126,10 @@ pub struct Config {
     /// Root under which the NVIDIA driver's files are found.
     #[serde(default = "default_driver_root")]
     pub driver_root: PathBuf,
-    /// Annotate the spec and its devices (GPU UUID, limits). Annotations need CDI 0.6.0,
-    /// which engines vendoring an older CDI library (podman 4.3 in Debian 12) refuse;
-    /// `false` leaves them out and the spec drops to CDI 0.5.0.
-    #[serde(default = "default_true")]
+    /// Annotate the spec and its devices (GPU UUID, limits). Off by default: annotations need
+    /// CDI 0.6.0, which engines vendoring an older CDI library (podman 4.3 in Debian 12,
+    /// containerd 1.7) refuse; without them the spec is CDI 0.5.0, which every CDI engine reads.
+    #[serde(default)]
     pub annotations: bool,
     /// Settings for every GPU without an override.
     #[serde(default)]
@@ -137,6 +137,58 @@ pub struct Config {
     /// Per-GPU overrides, matched by `index` or `uuid`.
     #[serde(default, rename = "gpu")]
     pub gpus: Vec<GpuOverride>,
+    /// `gpuslice-runtime`, for engines without CDI.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`: how `gpuslice-runtime` (the OCI runtime for engines without CDI) works.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The OCI runtime it runs once the bundle is edited: an absolute path, or a name looked
+    /// up in `PATH`.
+    #[serde(default = "default_runtime")]
+    pub runtime: PathBuf,
+    /// Where a container may ask for slices.
+    #[serde(default = "default_slice_sources")]
+    pub sources: Vec<SliceSource>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { runtime: default_runtime(), sources: default_slice_sources() }
+    }
+}
+
+/// A place in a container's OCI config where `gpuslice-runtime` looks for the slices it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SliceSource {
+    /// The annotation `gpuslice.dev/slices` (containerd, CRI-O, Kubernetes, `podman --annotation`).
+    Annotation,
+    /// The variable `GPUSLICE_SLICES` (`docker run -e`, or an image's `ENV`).
+    Env,
+    /// Docker Swarm's `DOCKER_RESOURCE_GPUSLICE`, set from the service's generic resources.
+    Swarm,
+}
+
+impl SliceSource {
+    pub const ALL: [SliceSource; 3] = [SliceSource::Annotation, SliceSource::Env, SliceSource::Swarm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SliceSource::Annotation => "annotation",
+            SliceSource::Env => "env",
+            SliceSource::Swarm => "swarm",
+        }
+    }
+}
+
+impl fmt::Display for SliceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[defaults]`.
@@ -231,8 +283,11 @@ fn default_shim_path() -> PathBuf {
 fn default_driver_root() -> PathBuf {
     PathBuf::from("/")
 }
-fn default_true() -> bool {
-    true
+fn default_runtime() -> PathBuf {
+    PathBuf::from("runc")
+}
+fn default_slice_sources() -> Vec<SliceSource> {
+    SliceSource::ALL.to_vec()
 }
 fn default_split_count() -> u32 {
     1
@@ -250,9 +305,10 @@ impl Default for Config {
             hook_path: default_hook_path(),
             shim_path: default_shim_path(),
             driver_root: default_driver_root(),
-            annotations: true,
+            annotations: false,
             defaults: GpuDefaults::default(),
             gpus: Vec::new(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -308,6 +364,21 @@ impl Config {
             if !path.is_absolute() {
                 return Err(ConfigError::invalid(key, quoted(&path.display()), "must be an absolute path"));
             }
+        }
+        let runtime = &self.runtime.runtime;
+        if runtime.as_os_str().is_empty() || (!runtime.is_absolute() && runtime.components().count() != 1) {
+            return Err(ConfigError::invalid(
+                "runtime.runtime",
+                quoted(&runtime.display()),
+                "must be an absolute path or a plain command name",
+            ));
+        }
+        if runtime.file_name().is_some_and(|n| n == "gpuslice-runtime") {
+            return Err(ConfigError::invalid(
+                "runtime.runtime",
+                quoted(&runtime.display()),
+                "names gpuslice-runtime itself; give the runtime it should run, e.g. \"runc\"",
+            ));
         }
         let d = &self.defaults;
         check_split_count("defaults.split_count", d.split_count)?;

@@ -6,11 +6,15 @@
 # The node is the end-to-end tier's simulated one (tests/e2e: device nodes, driver root, the
 # spec with the static gpuslice-hook, a glibc image). Three figures:
 #
-# 1. `docker run --rm --network none <image> true`, interleaved in rounds over three arms: no
+# 1. `docker run --rm --network none <image> true`, interleaved in rounds over the arms: no
 #    device; a CDI device whose hooks are /bin/true (same device nodes and environment, so this
-#    arm is the engine's own CDI cost); gpuslice.dev/vgpu=slice0 with the real hook. Every arm
-#    gets the simulated GPU's bind mounts and variables, so only the device differs. Ratios are
-#    the median of the rounds' ratios against "no device"; target ≤ 1.15×.
+#    arm is the engine's own CDI cost); gpuslice.dev/vgpu=slice0 with the real hook; and, where
+#    Docker has the runtime "gpuslice" (tests/e2e/install-deps.sh registers it), the path for
+#    engines without CDI: `--runtime gpuslice` asking for nothing (gpuslice-runtime's own cost
+#    in front of runc) and `--runtime gpuslice -e GPUSLICE_SLICES=slice0` (the bundle edited,
+#    then the same hook). Every arm gets the simulated GPU's bind mounts and variables, so only
+#    the device differs. Ratios are the median of the rounds' ratios against "no device";
+#    target ≤ 1.15×.
 # 2. The hook on its own, run the way runc runs it: create-container in a private mount
 #    namespace (`unshare --mount`) on a fresh overlay of the image's rootfs, with the OCI state
 #    on standard input and the spec's arguments; poststop on the host. Each against the same
@@ -34,6 +38,9 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$E2E_DIR/test_cdi_generated.sh"
 # shellcheck source=tests/e2e/test_hook.sh
 . "$E2E_DIR/test_hook.sh"
+# point_runtime_wrapper, for the gpuslice-runtime arms.
+# shellcheck source=tests/e2e/test_runtime.sh
+. "$E2E_DIR/test_runtime.sh"
 
 ROUNDS=${STARTUP_ROUNDS:-30}
 HOOK_ROUNDS=${STARTUP_HOOK_ROUNDS:-100}
@@ -146,7 +153,17 @@ declare -A ARM_NAME=(
     [none]="no device"
     [nohook]="CDI device, hooks /bin/true"
     [hook]="gpuslice.dev/vgpu=slice0"
+    [rtnone]="--runtime gpuslice, no slice"
+    [runtime]="--runtime gpuslice, slice0"
 )
+if [[ -x $E2E_RUNTIME ]] && e2e_docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"gpuslice"'; then
+    point_runtime_wrapper "$T/gpuslice.toml"
+    ARMS+=(rtnone runtime)
+    ARM_ARGS[rtnone]="--runtime gpuslice"
+    ARM_ARGS[runtime]="--runtime gpuslice -e GPUSLICE_SLICES=slice0"
+else
+    note "no gpuslice-runtime arms: $E2E_RUNTIME not built, or Docker has no runtime \"gpuslice\" (tests/e2e/install-deps.sh)"
+fi
 
 # Tracing the hook's processes: a tracefs instance of its own, recording execs of this hook
 # binary (by path: other builds' tests may run theirs meanwhile) and exits of processes named
@@ -283,7 +300,7 @@ declare -A STAGE_NAME=([create]=create-container [poststop]=poststop)
 for arm in "${ARMS[@]}"; do
     declare "med_$arm=$(median <"$T/docker-$arm")"
 done
-for arm in nohook hook; do
+for arm in "${ARMS[@]:1}"; do
     paired ratio "$T/docker-none" "$T/docker-$arm" >"$T/ratio-$arm"
     paired diff "$T/docker-none" "$T/docker-$arm" >"$T/diff-$arm"
     declare "ratio_$arm=$(median <"$T/ratio-$arm")" "diff_$arm=$(median <"$T/diff-$arm")"
@@ -302,8 +319,10 @@ done
     echo "container start-up: docker run --rm --network none <glibc image> true, $ROUNDS interleaved rounds ($docker_secs s)"
     printf '  %-29s %9s %12s %9s %7s\n' arm median p25-p75 "vs none" ratio
     printf '  %-29s %6.1f ms %9s ms\n' "${ARM_NAME[none]}" "$med_none" "$(spread "$T/docker-none")"
-    printf '  %-29s %6.1f ms %9s ms %+6.1f ms %6.3f\n' "${ARM_NAME[nohook]}" "$med_nohook" "$(spread "$T/docker-nohook")" "$diff_nohook" "$ratio_nohook"
-    printf '  %-29s %6.1f ms %9s ms %+6.1f ms %6.3f\n' "${ARM_NAME[hook]}" "$med_hook" "$(spread "$T/docker-hook")" "$diff_hook" "$ratio_hook"
+    for arm in "${ARMS[@]:1}"; do
+        med=med_$arm diff=diff_$arm ratio=ratio_$arm
+        printf '  %-29s %6.1f ms %9s ms %+6.1f ms %6.3f\n' "${ARM_NAME[$arm]}" "${!med}" "$(spread "$T/docker-$arm")" "${!diff}" "${!ratio}"
+    done
     printf '  gpuslice-hook against /bin/true hooks (paired): %+.1f ms\n' "$diff_ours"
     echo
     echo "gpuslice-hook, medians: run directly ($HOOK_ROUNDS rounds, each against the same launch of /bin/true)"
@@ -325,6 +344,10 @@ done
     echo
     printf 'bench container start-up: ratio %.3f× (%+.1f ms) with a slice (target ≤ %s×): %s\n' \
         "$ratio_hook" "$diff_hook" "$RATIO_TARGET" "$(verdict "$ratio_hook" "$RATIO_TARGET")"
+    if [[ -n ${ratio_runtime:-} ]]; then
+        printf 'bench container start-up: ratio %.3f× (%+.1f ms) with a slice through gpuslice-runtime (target ≤ %s×): %s\n' \
+            "$ratio_runtime" "$diff_runtime" "$RATIO_TARGET" "$(verdict "$ratio_runtime" "$RATIO_TARGET")"
+    fi
     printf 'bench hook create-container: %+.2f ms over /bin/true (target ≤ %s ms): %s\n' \
         "$create_added" "$HOOK_TARGET_MS" "$(verdict "$create_added" "$HOOK_TARGET_MS")"
 }

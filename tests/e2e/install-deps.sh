@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the end-to-end tests need, as root, on Debian 12 (bookworm):
-#   - busybox-static, jq and patchelf (bookworm)
+#   - busybox-static, jq, patchelf and protobuf-compiler (bookworm; protoc builds the CRI test client)
 #   - podman and runc (bookworm; podman 4.3 resolves CDI with --runtime runc)
 #   - unless a Docker engine 26+ is already installed (from any package): docker.io and
 #     docker-cli 26.x and containerd 1.7 from Debian 13 "trixie" (bookworm's 20.10 has no CDI).
@@ -9,8 +9,10 @@
 #     (apt-get -s) must show that nothing else comes from trixie; otherwise Docker is left out
 #     and the reason recorded.
 #   - /etc/docker/daemon.json gets {"features":{"cdi":true}} and "cdi-spec-dirs" with
-#     /etc/cdi, /var/run/cdi and the tests' own /run/gpuslice-e2e/cdi (merged into an
-#     existing file; other keys are kept)
+#     /etc/cdi, /var/run/cdi and the tests' own /run/gpuslice-e2e/cdi, and the runtime
+#     "gpuslice" at /var/lib/gpuslice-e2e/bin/gpuslice-runtime (a wrapper each runtime test
+#     points at its own build; between tests it runs runc) (merged into an existing file;
+#     other keys are kept)
 #   - dockerd --iptables=false --bridge=none in the background (log under
 #     /var/log/gpuslice-e2e/), or `systemctl restart docker` where systemd runs the machine
 #
@@ -28,7 +30,7 @@ TRIXIE_PIN=/etc/apt/preferences.d/gpuslice-e2e-trixie
 DAEMON_JSON=/etc/docker/daemon.json
 DOCKERD_LOG=$E2E_LOG_DIR/dockerd.log
 DOCKERD_OURS=$E2E_RUN_DIR/dockerd.pid # the pid of the dockerd this script started
-BOOKWORM_PKGS=(busybox-static jq patchelf podman runc)
+BOOKWORM_PKGS=(busybox-static jq patchelf podman runc protobuf-compiler)
 TRIXIE_PKGS=(docker.io docker-cli containerd)
 
 say() { printf 'install-deps: %s\n' "$*"; }
@@ -186,9 +188,16 @@ configure_docker() {
     fi
     # Keep the defaults (/etc/cdi, /var/run/cdi) first: setting cdi-spec-dirs replaces them.
     # Later directories win on equal names, so the tests' specs shadow a real install's.
-    merged=$(jq --indent 2 --arg dir "$E2E_DOCKER_CDI_DIR" '
+    # The runtime tests' wrapper: runc until a test points it at gpuslice-runtime.
+    if [[ ! -x $E2E_RUNTIME_WRAPPER ]]; then
+        mkdir -p "$(dirname "$E2E_RUNTIME_WRAPPER")"
+        printf '#!/bin/sh\nexec runc "$@"\n' >"$E2E_RUNTIME_WRAPPER"
+        chmod 755 "$E2E_RUNTIME_WRAPPER"
+    fi
+    merged=$(jq --indent 2 --arg dir "$E2E_DOCKER_CDI_DIR" --arg runtime "$E2E_RUNTIME_WRAPPER" '
         .features.cdi = true
         | .["cdi-spec-dirs"] = ((.["cdi-spec-dirs"] // ["/etc/cdi", "/var/run/cdi"]) - [$dir] + [$dir])
+        | .runtimes.gpuslice = {"path": $runtime}
         ' <<<"$current") || {
         docker_skip="could not merge $DAEMON_JSON"
         return 1

@@ -27,6 +27,10 @@ E2E_FAKEGPU_LIB=${E2E_FAKEGPU_LIB:-$REPO_ROOT/target/release/libfakegpu.so}
 # The statically linked hook (`make hook`) and the interception library.
 E2E_HOOK=${E2E_HOOK:-$REPO_ROOT/target/x86_64-unknown-linux-gnu/release/gpuslice-hook}
 E2E_SHIM=${E2E_SHIM:-$REPO_ROOT/target/release/libgpuslice.so}
+E2E_RUNTIME=${E2E_RUNTIME:-$REPO_ROOT/target/release/gpuslice-runtime}
+# Docker's runtime "gpuslice" (install-deps.sh registers it): a wrapper that runs runc, which a
+# runtime test points at $E2E_RUNTIME and its own config while it runs (test_runtime.sh).
+E2E_RUNTIME_WRAPPER=$E2E_STATE_DIR/bin/gpuslice-runtime
 
 # ---------------------------------------------------------------------------------------------
 # Logging and polling

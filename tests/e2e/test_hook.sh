@@ -196,6 +196,12 @@ test_docker_hook_hostile_images() {
     require_docker
     hook_node
     install_docker_spec "$T/cdi/gpuslice.yaml"
+    hostile_images_on_slice0 --device gpuslice.dev/vgpu=slice0
+}
+
+# hostile_images_on_slice0 ARGS...: each hostile image run on slice0 (asked for with ARGS)
+# leaves its host directory alone; only the magic link is refused, by the hook.
+hostile_images_on_slice0() {
     local kind victim before after tag out status
     for kind in etc preload usr-lib-gpuslice run proc-root cache; do
         victim=$T/victim-$kind
@@ -208,7 +214,7 @@ test_docker_hook_hostile_images() {
         docker_image_from_rootfs "$T/hostile-$kind" "$tag"
         defer e2e_docker rmi -f "$tag"
         status=0
-        out=$(docker_gpu --device gpuslice.dev/vgpu=slice0 "$tag" cuda-probe meminfo) || status=$?
+        out=$(docker_gpu "$@" "$tag" cuda-probe meminfo) || status=$?
         printf '%s: status %d\n%s\n' "$kind" "$status" "$out"
         after=$(victim_snapshot "$victim")
         [[ $after == "$before" ]] || fail "$kind: the host directory changed:"$'\n'"$(diff <(echo "$before") <(echo "$after"))"

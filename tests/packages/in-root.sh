@@ -11,6 +11,17 @@ dpkg -i /pkg/gpuslice.deb
 dpkg -i /pkg/gpuslice.deb    # again: the maintainer scripts are idempotent
 gpuslice-cdi --version
 gpuslice-hook --help >/dev/null
+# gpuslice-runtime as podman's hooks.d runs it (the installed hook file's path and arguments):
+# a container that asks for no slice passes unchanged; one that asks before any spec exists is
+# refused with the line that says what to do.
+grep -q '"path": "/usr/bin/gpuslice-runtime"' /usr/share/containers/oci/hooks.d/gpuslice.json
+test "$(echo '{"process":{"env":[]}}' | gpuslice-runtime precreate-hook)" = '{"process":{"env":[]}}'
+if echo '{"annotations":{"gpuslice.dev/slices":"slice0"}}' | gpuslice-runtime precreate-hook 2>/tmp/runtime-err; then
+    echo "gpuslice-runtime accepted a slice with no spec"
+    exit 1
+fi
+grep -q 'run gpuslice-cdi generate' /tmp/runtime-err
+for page in gpuslice-cdi gpuslice-hook gpuslice-runtime; do test -s "/usr/share/man/man8/$page.8.gz"; done
 gpuslice-cdi setup podman
 test -d /run/gpuslice
 dpkg-query -W -f='${Conffiles}\n' gpuslice | grep -q /etc/gpuslice/config.toml

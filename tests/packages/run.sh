@@ -81,9 +81,11 @@ else
     if grep -q ' 0 errors' "$T/rpmlint"; then ok rpmlint; else cat "$T/rpmlint"; bad rpmlint "errors above"; fi
 fi
 
-FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/lib/gpuslice/libgpuslice.so /etc/gpuslice/config.toml
+FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/bin/gpuslice-runtime /usr/lib/gpuslice/libgpuslice.so
+    /etc/gpuslice/config.toml /usr/share/containers/oci/hooks.d/gpuslice.json
     /usr/lib/systemd/system/gpuslice-generate.service /usr/lib/systemd/system/gpuslice-generate.path
-    /usr/lib/tmpfiles.d/gpuslice.conf /usr/lib/udev/rules.d/71-gpuslice.rules)
+    /usr/lib/tmpfiles.d/gpuslice.conf /usr/lib/udev/rules.d/71-gpuslice.rules
+    /usr/share/man/man8/gpuslice-cdi.8.gz /usr/share/man/man8/gpuslice-hook.8.gz /usr/share/man/man8/gpuslice-runtime.8.gz)
 
 # rpm-query
 if ! command -v rpm >/dev/null; then
