@@ -6,10 +6,11 @@
 //!   `pivot_root`, with the container's rootfs as a plain directory. It makes sure the
 //!   slice's state exists on the host ([`slice`]), checks that the slice's GPU is still in the
 //!   node ([`gpu`]), mounts the driver, the interception library, the loader's preload list
-//!   and cache, and the slice's state into the rootfs ([`inject`]), and records the container
-//!   in the slice's region.
+//!   and cache, and the slice's state into the rootfs ([`inject`]), records the container in
+//!   the slice's region, and writes its host-only record for the host guard ([`record`]: its
+//!   cgroups, which tie the driver's host PIDs to the slice).
 //! - `poststop` runs on the host after the container is gone: it takes the container out of
-//!   the region and frees what its processes still had charged.
+//!   the region, frees what its processes still had charged, and removes the host record.
 //!
 //! Everything in the rootfs came from an image we do not trust: `/etc` may be a symlink to
 //! the host's `/etc`, `/run` may point at `/proc/self/root`. Take one mount as an example: to
@@ -28,6 +29,7 @@
 pub mod gpu;
 pub mod inject;
 pub mod oci;
+pub mod record;
 pub mod rootfs;
 pub mod slice;
 
@@ -85,10 +87,12 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
         injector.preload(&scratch_dir).with_context(|| format!("{name}: setting up /etc/ld.so.preload"))?;
     }
     injector.slice(&slice).with_context(|| format!("{name}: mounting the slice's state"))?;
-    if let Some(region) = &slice.region {
-        region
-            .attach_container(&container.id)
-            .with_context(|| format!("{name}: recording container {} in the region", container.id))?;
+    record::record(&args.slice.state_dir, &container, &name)?;
+    if let Some(region) = &slice.region
+        && let Err(e) = region.attach_container(&container.id)
+    {
+        let _ = record::forget(&args.slice.state_dir, &container, &name);
+        return Err(e).with_context(|| format!("{name}: recording container {} in the region", container.id));
     }
     injector.commit();
     Ok(())
@@ -98,10 +102,11 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
 /// container's processes still had charged. A slice without a region has nothing to do.
 pub fn poststop(args: &HookArgs, state: impl Read) -> Result<()> {
     let container = oci::read_state(state)?;
+    let forgotten = record::forget(&args.slice.state_dir, &container, &args.slice.name);
     if let Some(region) = Slice::existing_region(&args.slice)? {
         region
             .detach_container(&container.id)
             .with_context(|| format!("{}: removing container {} from the region", args.slice.name, container.id))?;
     }
-    Ok(())
+    forgotten
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::{in_mount_namespace, mounts_under, snapshot};
+use gpuslice_core::containers::{self, ContainerRecord};
 use gpuslice_core::driver_files::parse_ld_cache;
 use gpuslice_core::ld_cache::compose_container_cache;
 use gpuslice_core::region::Region;
@@ -83,11 +84,20 @@ impl World {
         World { _dir: dir, base, driver, state, shim, bundle, rootfs }
     }
 
+    /// The state a runtime writes, with this test's process standing in for the container's
+    /// first one, and a Kubernetes container name among the annotations.
     fn state_json(&self, id: &str) -> String {
         format!(
-            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"{}"}}"#,
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":{},"bundle":"{}","annotations":{{"io.kubernetes.cri.container-name":"trainer","other":"x"}}}}"#,
+            std::process::id(),
             self.bundle.display()
         )
+    }
+
+    /// The host-only record of container `id` for `slice`, if there is one.
+    fn record(&self, id: &str, slice: &str) -> Option<ContainerRecord> {
+        let path = ContainerRecord::path(&self.state, id, slice);
+        path.exists().then(|| ContainerRecord::load(&path).unwrap())
     }
 
     /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 % capped, normal priority).
@@ -229,12 +239,26 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         let scratch: Vec<_> = fs::read_dir(w.state.join("tmp")).unwrap().collect();
         assert!(scratch.is_empty(), "{scratch:?}");
 
-        // poststop: the container leaves the region, its dead processes' memory is freed.
+        // The host guard's record of the container, per slice: its first process's cgroups as
+        // the kernel lists them, and its name from the annotations; host-only.
+        let record = w.record("ctr-1", "slice0").expect("a record for slice0");
+        let pid = std::process::id();
+        assert_eq!((record.pid, record.name.as_deref(), record.pod.as_deref()), (pid, Some("trainer"), None));
+        assert_eq!(record.cgroups, containers::read_cgroups(Path::new("/proc"), pid).unwrap());
+        assert!(w.record("ctr-1", "slice1").is_some());
+        let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777;
+        assert_eq!(mode(&containers::host_dir(&w.state)), 0o700);
+        assert!(!mounts_under(&w.rootfs).iter().any(|m| m.path.ends_with("host")), "the records are never mounted");
+
+        // poststop: the container leaves the region, its dead processes' memory is freed, its
+        // record goes.
         let poststop =
             w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
         assert_ok(&poststop, "poststop");
         assert!(w.attached("slice0").is_empty());
         assert_eq!(w.attached("slice1"), ["ctr-1"]);
+        assert!(w.record("ctr-1", "slice0").is_none());
+        assert!(w.record("ctr-1", "slice1").is_some(), "the other slice's record stays");
     });
 }
 
@@ -348,6 +372,23 @@ fn failures_are_one_line_and_leave_nothing_behind() {
                 "has no bundle",
             ),
             (
+                "state without a pid",
+                |w| {
+                    (w.slice_args("slice0"), w.state_json("c").replace(&format!("\"pid\":{},", std::process::id()), ""))
+                },
+                "has no pid",
+            ),
+            (
+                "a pid that is no process",
+                |w| {
+                    (
+                        w.slice_args("slice0"),
+                        w.state_json("c").replace(&format!("\"pid\":{},", std::process::id()), "\"pid\":2147483646,"),
+                    )
+                },
+                "reading the cgroups of the container's process 2147483646",
+            ),
+            (
                 "missing bundle",
                 |w| (w.slice_args("slice0"), w.state_json("c").replace("/bundle", "/gone")),
                 "config.json",
@@ -436,6 +477,7 @@ fn failures_are_one_line_and_leave_nothing_behind() {
             if w.state.join("slices/slice0/region").exists() {
                 assert!(w.attached("slice0").is_empty(), "{what}: container recorded");
             }
+            assert!(ContainerRecord::list(&w.state).0.is_empty(), "{what}: host record written");
             // Device files in the rootfs are never created by the hook.
             assert!(!fs::symlink_metadata(w.inside("/usr/lib/gpuslice")).is_ok_and(|m| m.file_type().is_char_device()));
         }
