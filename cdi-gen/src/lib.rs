@@ -10,6 +10,7 @@
 //! none exists yet), then the spec, atomically with mode 0644.
 
 pub mod discover;
+pub mod guard;
 pub mod setup;
 pub mod spec;
 pub mod status;

@@ -11,11 +11,14 @@
 //! `/proc/<pid>/cgroup`, plus the names an engine passes in the OCI annotations. `poststop`
 //! removes it.
 //!
-//! A process belongs to a container when one of its own cgroups, read by the guard from
-//! `/proc/<pid>/cgroup` (kernel-provided: a process cannot write it), is the container's cgroup
-//! in the same hierarchy or one below it ([`CgroupLine::is_within`]). A container process can
-//! only move itself to another cgroup with write access to a cgroup filesystem, which engines
-//! do not give; and a move below its own cgroup still matches.
+//! A process belongs to a container when its own cgroups, read by the guard from
+//! `/proc/<pid>/cgroup` (kernel-provided: a process cannot write it), are the container's, or
+//! below them, in *every* hierarchy where the container is not at the root
+//! ([`ContainerRecord::contains`]). Every hierarchy, not any: an engine may leave a container
+//! in a cgroup it shares with others in one hierarchy (its own service's, say), and one such
+//! line must not make every process there the container's. A container process can only
+//! move itself to another cgroup with write access to a cgroup filesystem, which engines do
+//! not give; and a move below its own cgroup still matches.
 //!
 //! The file format is the limits file's: `key=value` lines, every key known, format-versioned.
 
@@ -332,9 +335,22 @@ impl ContainerRecord {
         (records, errors)
     }
 
-    /// Whether a process with cgroups `process` belongs to this container.
+    /// Whether a process with cgroups `process` belongs to this container: in each hierarchy
+    /// where the container is below the root, the process is in the container's cgroup or
+    /// below it; and there is at least one such hierarchy.
     pub fn contains(&self, process: &[CgroupLine]) -> bool {
-        process.iter().any(|p| self.cgroups.iter().any(|c| p.is_within(c)))
+        let mut compared = false;
+        for c in self.cgroups.iter().filter(|c| c.path != "/") {
+            let same = process.iter().find(|p| p.hierarchy == c.hierarchy && p.controllers == c.controllers);
+            match same {
+                Some(p) if p.is_within(c) => compared = true,
+                Some(_) => return false,
+                // A hierarchy the process does not list (another cgroup namespace's view):
+                // nothing to compare.
+                None => {}
+            }
+        }
+        compared
     }
 
     /// How the container is named in log lines: its id's first 12 characters, and its name
@@ -379,11 +395,23 @@ mod tests {
         assert_eq!(lines[3].render(), "0::/docker/abc");
         let r = record();
         let p = |text: &str| CgroupLine::parse_all(text).unwrap();
+        assert!(r.contains(&p(DOCKER)));
         assert!(r.contains(&p("6:freezer:/docker/abc\n")));
-        assert!(r.contains(&p("0::/docker/abc/nested\n")), "a sub-cgroup is still the container");
+        assert!(
+            r.contains(&p(
+                "9:name=systemd:/docker/abc\n6:freezer:/docker/abc\n4:memory:/docker/abc\n0::/docker/abc/nested\n"
+            )),
+            "a sub-cgroup is still the container"
+        );
         assert!(!r.contains(&p("0::/docker/abcdef\n")), "a prefix of a name is another cgroup");
         assert!(!r.contains(&p("7:blkio:/docker/abc\n")), "a hierarchy the record does not have");
         assert!(!r.contains(&p("6:freezer:/\n0::/\n")), "the host's processes");
+        // A record where one hierarchy is shared with others (the engine's own cgroup): a
+        // process there, elsewhere in the rest, is not the container's.
+        let shared = ContainerRecord { cgroups: p("6:freezer:/test/a\n4:memory:/engine\n"), ..record() };
+        assert!(shared.contains(&p("6:freezer:/test/a\n4:memory:/engine\n")));
+        assert!(!shared.contains(&p("6:freezer:/\n4:memory:/engine\n")), "only the shared line matches");
+        assert!(!shared.contains(&p("6:freezer:/test/b\n4:memory:/engine\n")));
         let root = ContainerRecord { cgroups: p("0::/\n"), ..record() };
         assert!(!root.contains(&p("0::/\n")), "a record at the root matches nothing");
         for bad in ["0:/x", "x::/a", "0::relative"] {

@@ -492,3 +492,63 @@ fn poststop_without_state_is_quiet() {
     assert!(!w.state.exists(), "poststop must create nothing");
     assert_refused(&w.hook("poststop", &w.slice_args("slice0"), ""), "poststop without state");
 }
+
+/// A runtime may run the hook in the container's own cgroup namespace (a private one is the
+/// default on cgroup v2), where the container's cgroup reads as `/`. The record must hold the
+/// host's paths, which is what the host guard reads. Here the hook runs as the container's
+/// first process would: moved into a cgroup of its own, then in a new cgroup namespace rooted
+/// there.
+#[test]
+fn the_record_names_host_cgroups_from_a_private_cgroup_namespace() {
+    let name = "the_record_names_host_cgroups_from_a_private_cgroup_namespace";
+    if gpuslice_test_support::skip_unless_program(name, "unshare") {
+        return;
+    }
+    in_mount_namespace(name, || {
+        let w = World::new();
+        // A cgroup of the test's own, in the v1 freezer hierarchy or the v2 one.
+        let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| {
+                p.join("cgroup.procs").is_file()
+                    && fs::create_dir(p.join(format!("gpuslice-test-{}", std::process::id()))).is_ok()
+            });
+        let Some(parent) = parent else {
+            gpuslice_test_support::skip(name, "no writable cgroup hierarchy");
+            return;
+        };
+        let cgroup = parent.join(format!("gpuslice-test-{}", std::process::id()));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec unshare --cgroup \"$@\"")
+            .arg(&cgroup)
+            .arg(HOOK)
+            .arg("create-container")
+            .args(w.slice_args("slice0"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let state =
+            w.state_json("ctr-ns").replace(&format!("\"pid\":{}", std::process::id()), &format!("\"pid\":{pid}"));
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        let _ = fs::remove_dir(&cgroup);
+        if fs::metadata("/proc/1/ns/cgroup").is_err() {
+            // A host where PID 1 cannot be inspected: the hook cannot leave the namespace, sees
+            // only `/`, and says so rather than write a record that ties nothing.
+            let line = assert_refused(&out, "create-container in a cgroup namespace it cannot leave");
+            assert!(line.contains("reads as /"), "{line}");
+            assert!(w.record("ctr-ns", "slice0").is_none());
+            return;
+        }
+        assert_ok(&out, "create-container in a private cgroup namespace");
+        let record = w.record("ctr-ns", "slice0").expect("a record");
+        let want = format!("/gpuslice-test-{}", std::process::id());
+        assert!(record.cgroups.iter().any(|c| c.path == want), "{:?} has no {want}", record.cgroups);
+    });
+}
