@@ -552,3 +552,60 @@ fn the_record_names_host_cgroups_from_a_private_cgroup_namespace() {
         assert!(record.cgroups.iter().any(|c| c.path == want), "{:?} has no {want}", record.cgroups);
     });
 }
+
+/// runc and crun run `createContainer` hooks as children of the container's first process,
+/// inside its PID namespace, with `"pid": 1` in the state: the container's own number for it.
+/// The record must hold the host's PID and that process's cgroups.
+#[test]
+fn the_record_finds_the_container_process_from_inside_its_pid_namespace() {
+    let name = "the_record_finds_the_container_process_from_inside_its_pid_namespace";
+    if gpuslice_test_support::skip_unless_program(name, "unshare") {
+        return;
+    }
+    in_mount_namespace(name, || {
+        let w = World::new();
+        let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| {
+                p.join("cgroup.procs").is_file()
+                    && fs::create_dir(p.join(format!("gpuslice-pidns-{}", std::process::id()))).is_ok()
+            });
+        let Some(parent) = parent else {
+            gpuslice_test_support::skip(name, "no writable cgroup hierarchy");
+            return;
+        };
+        let cgroup = parent.join(format!("gpuslice-pidns-{}", std::process::id()));
+        // The container's first process: PID 1 of a new namespace, in its cgroup, running the
+        // hook as its child with the state on the hook's standard input.
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "sh", "-c", "echo $$ > \"$0/cgroup.procs\" && \"$@\"; echo hook-status=$?"])
+            .arg(&cgroup)
+            .arg(HOOK)
+            .arg("create-container")
+            .args(w.slice_args("slice0"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let state = w.state_json("ctr-pidns").replace(&format!("\"pid\":{}", std::process::id()), "\"pid\":1");
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        let unshare = child.id();
+        // The shell's host PID, while it runs (it waits for the hook).
+        let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
+        let out = child.wait_with_output().unwrap();
+        let _ = fs::remove_dir(&cgroup);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("hook-status=0"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let record = w.record("ctr-pidns", "slice0").expect("a record");
+        assert_ne!(record.pid, 1, "the container's own number, not the host's");
+        if let Some(shell) = children.split_whitespace().next() {
+            assert_eq!(record.pid.to_string(), shell);
+        }
+        let want = format!("/gpuslice-pidns-{}", std::process::id());
+        assert!(record.cgroups.iter().any(|c| c.path == want), "{:?} has no {want}", record.cgroups);
+    });
+}
