@@ -181,7 +181,7 @@ impl Guard {
         let (mut out, mut errors) = (Vec::new(), Vec::new());
         let dir = limits::slices_dir(state_dir);
         let Ok(entries) = fs::read_dir(&dir) else { return (out, errors) };
-        for entry in entries.filter_map(Result::ok) {
+        for entry in entries.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
             let name = entry.file_name().to_string_lossy().into_owned();
             match Limits::load(&limits::limits_path(state_dir, &name)) {
                 Ok(l) => out.push(l),

@@ -509,3 +509,27 @@ fn unreadable_state_is_reported_and_the_rest_still_enforced() {
     let kill = report.actions.iter().find(|a| a.contains("killed")).unwrap();
     assert!(kill.contains("6.00 GiB held by 1 process on GPU 0, limit 4.00 GiB + 0.25 GiB tolerance"), "{kill}");
 }
+
+#[test]
+fn a_changed_config_is_read_at_the_next_pass_and_a_bad_one_ignored() {
+    let mut w = World::new("[guard]\nmemory_policy = \"log\"");
+    w.container("aaa", "slice0");
+    w.host.spawn(10, 100, "/docker/aaa");
+    w.driver.set(0, &[(10, 6 * GIB)]);
+    assert!(w.pass().actions[0].contains("memory_policy = log"));
+    assert!(w.host.kills().is_empty());
+    let path = w.dir.path().join("config.toml");
+    let state = w.state();
+    let write = |text: &str| {
+        // A new modification time even on a coarse clock.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, format!("state_dir = \"{}\"\n{text}", state.display())).unwrap();
+    };
+    write("[guard]\nmemory_policy = \"nonsense\"");
+    w.pass();
+    assert!(w.host.kills().is_empty(), "a bad file changes nothing");
+    assert_eq!(w.guard.config().guard.memory_policy, GuardPolicy::Log);
+    write("[guard]\nmemory_policy = \"kill\"");
+    w.pass();
+    assert_eq!(w.host.kills(), [10], "the new policy at the next pass");
+}
