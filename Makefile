@@ -57,10 +57,12 @@ packages: release
 packages-test:
 	bash tests/packages/run.sh --install
 
-# Tier 1+2: unit and integration tests (the binaries against the simulated GPU).
+# Tier 1+2: unit and integration tests (the binaries against the simulated GPU). The shim's
+# suite runs twice: on a simulated CUDA 12.8 driver (the default), then on CUDA 13.0.
 unit:
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace --no-fail-fast
+	GPUSLICE_TEST_CUDA_VERSION=13000 $(CARGO) test -p gpuslice-shim --no-fail-fast
 
 # Tier 3: real container engines, as root; installs and starts them when missing.
 e2e: release

@@ -390,13 +390,17 @@ printf '%s+ export PATH=%s%s\n' "$CYAN" "\$DEMO/bin:\$PATH" "$OFF"
 ok "gpuslice-cdi, gpuslice-hook and libgpuslice.so in \$DEMO/bin"
 
 step "Configure: two slices per GPU"
+# generate puts each slice's region and each GPU's board on a zram device; they go at the end,
+# after the demo's containers.
+defer remove_state_devices "$W/state"
 cat >"$W/gpuslice.toml" <<EOF
 # The demo node's gpuslice config; on a GPU node /etc/gpuslice/config.toml (every key is
 # documented in conf/config.toml). Only the paths differ from the defaults.
 kind = "gpuslice.dev/vgpu"
 # default /var/run/cdi; here a spec directory only this engine is pointed at
 spec_dir = "$SPEC_DIR"
-# default /run/gpuslice: each slice's limits file and shared region
+# default /run/gpuslice: each slice's limits file, and its shared region and its GPU's board
+# (zram devices)
 state_dir = "$W/state"
 hook_path = "$BIN/gpuslice-hook"
 shim_path = "$BIN/libgpuslice.so"

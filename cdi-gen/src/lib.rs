@@ -6,8 +6,10 @@
 //! whole GPUs); each GPU's `/dev/nvidia<minor>` and the shared control nodes are looked up
 //! under the dev root; [`spec::build`] makes the spec, which is checked with
 //! [`gpuslice_core::cdi::validate`]. Only when all of that succeeded is anything written:
-//! each device's `limits` file under the state dir (and, for a slice, its shared `region`, if
-//! none exists yet), then the spec, atomically with mode 0644.
+//! each device's `limits` file under the state dir, and for a slice its shared `region` and its
+//! GPU's `board` on zram devices that no container can truncate or grow
+//! ([`gpuslice_core::state`]: a sound one is kept, a damaged one repaired in place, anything
+//! else replaced, the board rebuilt from the config), then the spec, atomically with mode 0644.
 
 pub mod discover;
 pub mod guard;
@@ -21,11 +23,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use gpuslice_core::board::BoardSlice;
 use gpuslice_core::cdi::{self, Spec};
 use gpuslice_core::config::{Config, Mode};
 use gpuslice_core::fsutil;
 use gpuslice_core::limits::Limits;
 use gpuslice_core::plan::{self, Plan};
+use gpuslice_core::state;
 
 use crate::discover::NodeInfo;
 
@@ -81,6 +85,9 @@ pub struct Generated {
     /// Where the spec went; `None` for standard output.
     pub spec_path: Option<PathBuf>,
     pub limits: Vec<Limits>,
+    /// What it found wrong in the state and put right (or could not), one line each, for the
+    /// operator.
+    pub notes: Vec<String>,
 }
 
 /// Plans, builds and checks the spec, then writes the limits files and the spec.
@@ -125,30 +132,74 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         fsutil::create_dir_all_mode(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut limits = Vec::with_capacity(plan.devices.len());
+    let mut notes = Vec::new();
+    let sliced = plan.devices.iter().any(|d| d.mode == Mode::Shim);
+    if sliced && !gpuslice_core::shm::zram::available() && gpuslice_core::shm::zram::load() {
+        notes.push("loaded the zram module (the slices' shared state lives on zram devices)".to_owned());
+    }
+    if sliced && state::prepare_dir(&state_dir)? {
+        notes.push(format!(
+            "{} is on a nodev mount: mounted a tmpfs ({}) on it for the slices' device nodes",
+            state_dir.display(),
+            state::STATE_TMPFS_SOURCE
+        ));
+    }
+    let mut boards: BTreeMap<&str, Vec<BoardSlice>> = BTreeMap::new();
     for d in &plan.devices {
         let written = d
             .limits()
             .store(&state_dir)
             .with_context(|| format!("writing the limits of {} under {}", d.name, state_dir.display()))?;
         if d.mode == Mode::Shim {
-            let region = gpuslice_core::region::region_path(&state_dir, &d.name);
-            gpuslice_core::region::Region::create(&region).with_context(|| format!("creating {}", region.display()))?;
-            // The GPU's board lists every slice on it, so that pacing knows from the start
-            // whether a high-priority slice shares the GPU.
-            let board = gpuslice_core::board::board_path(&state_dir, &d.gpu_uuid);
-            gpuslice_core::board::Board::open_or_create(&board)
-                .and_then(|b| b.claim(&d.name, d.priority, d.cores_percent))
-                .with_context(|| format!("recording {} in {}", d.name, board.display()))?;
+            let outcome = state::ensure_region(&state_dir, &d.name)
+                .with_context(|| format!("setting up the region of {} under {}", d.name, state_dir.display()))?;
+            match outcome {
+                state::Outcome::Repaired => {
+                    notes.push(format!("{}: its region was damaged; repaired in place", d.name))
+                }
+                state::Outcome::Busy => notes.push(format!(
+                    "{}: its region's lock stayed held by a process on the slice; left as it is",
+                    d.name
+                )),
+                state::Outcome::Kept | state::Outcome::Published => {}
+            }
+            boards.entry(&d.gpu_uuid).or_default().push(BoardSlice {
+                name: d.name.clone(),
+                priority: d.priority,
+                cores: d.cores_percent,
+            });
         }
         limits.push(written);
     }
+    // Each GPU's board lists exactly its slices, so that pacing knows from the start whether a
+    // high-priority slice shares the GPU, and records a container forged are gone.
+    for (uuid, slices) in &boards {
+        let (outcome, rebuilt) = state::ensure_board(&state_dir, uuid, slices, monotonic_ns())
+            .with_context(|| format!("setting up the board of {uuid} under {}", state_dir.display()))?;
+        if outcome == state::Outcome::Repaired {
+            notes.push(format!("{uuid}: its board was damaged; repaired in place"));
+        }
+        if rebuilt.dropped > 0 {
+            notes.push(format!("{uuid}: dropped {} board records of no configured slice", rebuilt.dropped));
+        }
+    }
+    state::remove_retired(&state_dir);
     match &spec_path {
         None => std::io::stdout().write_all(text.as_bytes()).context("writing the spec to standard output")?,
         Some(path) => {
             fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?
         }
     }
-    Ok(Generated { spec, spec_path, limits })
+    Ok(Generated { spec, spec_path, limits, notes })
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the board's activity times.
+fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime fills it in.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// JSON for `.json` files, YAML otherwise.

@@ -125,6 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate { common, output, format, state_dir } => {
             let g = gpuslice_cdi::generate(&common.sources(), &GenerateOptions { output, format, state_dir })?;
+            for note in &g.notes {
+                eprintln!("gpuslice-cdi: {note}");
+            }
             if let Some(path) = g.spec_path {
                 let names: Vec<&str> = g.spec.devices.iter().map(|d| d.name.as_str()).collect();
                 eprintln!(

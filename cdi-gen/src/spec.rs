@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use gpuslice_core::cdi::{self, ContainerEdits, Device, DeviceNode, Hook, Spec, Version};
-use gpuslice_core::config::Config;
+use gpuslice_core::config::{Config, Mode};
 use gpuslice_core::plan::{Plan, PlannedDevice};
 
 use crate::discover::{NodeFile, NodeInfo};
@@ -84,6 +84,9 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
     if let Some(n) = inputs.gpu_nodes.get(&d.gpu_index) {
         edits.device_nodes.push(node(n));
     }
+    if d.mode == Mode::Shim {
+        edits.device_nodes.extend(state_nodes(inputs.state_dir, d));
+    }
     edits.hooks = ["createContainer", "poststop"].iter().map(|stage| hook(inputs, d, stage)).collect();
     let annotations = BTreeMap::from([
         (annotation::GPU_UUID.to_owned(), d.gpu_uuid.clone()),
@@ -107,6 +110,34 @@ fn node(n: &NodeFile) -> DeviceNode {
         minor: i64::try_from(n.minor).ok(),
         ..DeviceNode::default()
     }
+}
+
+/// Where the engine puts its own copies of a slice's state device nodes in the container (the
+/// hook binds the host's nodes elsewhere; these entries are what lets the container's device
+/// cgroup open them).
+pub const STATE_NODE_DIR: &str = "/dev/gpuslice";
+
+/// The slice's region and its GPU's board: zram devices on the host (`docs/region.md`), which a
+/// container may only open if its device cgroup allows them. No type or numbers: the engine
+/// reads them from the host's node when it creates the container, so a device `generate`
+/// replaced needs no new spec, and a missing one stops the container instead of granting
+/// whatever device now has the old numbers.
+fn state_nodes(state_dir: &Path, d: &PlannedDevice) -> [DeviceNode; 2] {
+    let host = |p: std::path::PathBuf| Some(p.to_string_lossy().into_owned());
+    [
+        DeviceNode {
+            path: format!("{STATE_NODE_DIR}/slices/{}/region", d.name),
+            host_path: host(gpuslice_core::region::region_path(state_dir, &d.name)),
+            permissions: Some("rw".to_owned()),
+            ..DeviceNode::default()
+        },
+        DeviceNode {
+            path: format!("{STATE_NODE_DIR}/gpus/{}/board", d.gpu_uuid),
+            host_path: host(gpuslice_core::board::board_path(state_dir, &d.gpu_uuid)),
+            permissions: Some("rw".to_owned()),
+            ..DeviceNode::default()
+        },
+    ]
 }
 
 /// `gpuslice-hook create-container|poststop --slice <name> …`, carrying everything the hook

@@ -11,6 +11,9 @@ use anyhow::{Context, Result};
 use gpuslice_core::config::{CoresPolicy, Mode, Priority};
 use gpuslice_core::limits::{self, Limits};
 use gpuslice_core::region::{self, Region};
+
+/// How long `status` waits for a region's lock before reporting without it.
+const STATUS_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 use serde::Serialize;
 
 /// One slice's state.
@@ -90,12 +93,25 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
     if !path.exists() {
         return status;
     }
-    let read = Region::open(&path).and_then(|r| {
+    // A process on the slice can hold the region's lock for ever: wait briefly, then report
+    // what can be read without it and say why the rest is missing.
+    let read = Region::open(&path).map(|r| r.with_lock_wait(STATUS_LOCK_WAIT)).and_then(|r| {
         let compute = r.compute();
         status.gpu_time_ns = compute.gpu_ns_total.load(std::sync::atomic::Ordering::Relaxed);
         status.held_ns = compute.held_ns_total.load(std::sync::atomic::Ordering::Relaxed);
         let slots = r.slots()?;
-        Ok((r.usage_locked()?, slots.iter().filter(|s| s.alive).count(), r.containers()?))
+        let used = match r.usage_locked() {
+            Err(e) if e.is_busy() => {
+                status.error = Some(e.to_string());
+                r.usage()?
+            }
+            other => other?,
+        };
+        let containers = match r.containers() {
+            Err(e) if e.is_busy() => Vec::new(),
+            other => other?,
+        };
+        Ok((used, slots.iter().filter(|s| s.alive).count(), containers))
     });
     match read {
         Ok((used, processes, containers)) => {

@@ -102,8 +102,86 @@ fn two_gpus_split_and_all_device() {
     }
     let all = device(&spec, "all");
     assert_eq!(all.container_edits.env, ["GPUSLICE_SLICE=slice0,slice1,slice2,slice3"]);
-    assert_eq!(all.container_edits.device_nodes.len(), 2, "each GPU node once");
+    let nodes: Vec<&str> = all.container_edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert_eq!(
+        nodes,
+        [
+            "/dev/nvidia0",
+            "/dev/gpuslice/slices/slice0/region",
+            &format!("/dev/gpuslice/gpus/{}/board", uuid(0)),
+            "/dev/gpuslice/slices/slice1/region",
+            "/dev/nvidia1",
+            "/dev/gpuslice/slices/slice2/region",
+            &format!("/dev/gpuslice/gpus/{}/board", uuid(1)),
+            "/dev/gpuslice/slices/slice3/region",
+        ],
+        "each GPU node and each board once, every region"
+    );
     assert_eq!(all.container_edits.hooks.len(), 8, "every slice's hooks");
+}
+
+/// The state devices a slice's container needs in its device cgroup: the engine reads their
+/// type and numbers from the host's nodes when it creates the container.
+#[test]
+fn a_slice_carries_its_region_and_board_devices() {
+    if skip_unless_root("a_slice_carries_its_region_and_board_devices") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("[defaults]\nsplit_count = 2\n");
+    ok(node.cdi(&["generate"]));
+    let spec = load(&node.spec_path());
+    let nodes = &device(&spec, "slice1").container_edits.device_nodes;
+    let region = gpuslice_core::region::region_path(&node.state_dir(), "slice1");
+    let board = gpuslice_core::board::board_path(&node.state_dir(), &uuid(0));
+    for (n, host) in nodes[1..].iter().zip([&region, &board]) {
+        assert_eq!(n.host_path.as_deref(), host.to_str());
+        assert_eq!((n.kind.as_deref(), n.major, n.minor, n.permissions.as_deref()), (None, None, None, Some("rw")));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(host).unwrap().file_type().is_block_device(), "{}", host.display());
+    }
+    assert_eq!(nodes[1].path, "/dev/gpuslice/slices/slice1/region");
+    // Opened as the host tools open them: a region and a board no container can resize.
+    assert!(gpuslice_core::region::Region::open(&region).unwrap().is_device());
+    let b = gpuslice_core::board::Board::open(&board).unwrap();
+    assert!(b.is_device());
+    let names: Vec<String> = b.slices().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["slice0", "slice1"]);
+}
+
+/// split_count = 64 is the documented maximum: every slice gets its limits, its region and a
+/// record on its GPU's board (a board of 63 records stopped generate at the 64th slice).
+#[test]
+fn sixty_four_slices_on_one_gpu() {
+    if skip_unless_root("sixty_four_slices_on_one_gpu") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("[defaults]\nsplit_count = 64\n");
+    ok(node.cdi(&["generate"]));
+    reference_load(&node.spec_path()).unwrap();
+    let spec = load(&node.spec_path());
+    assert_eq!(spec.devices.len(), 65);
+    for i in 0..64 {
+        let name = format!("slice{i}");
+        let l = Limits::load(&limits_path(&node.state_dir(), &name)).unwrap();
+        assert_eq!(l.memory_bytes, 1280 << 20, "{name}");
+        gpuslice_core::region::Region::open(&gpuslice_core::region::region_path(&node.state_dir(), &name)).unwrap();
+    }
+    let board =
+        gpuslice_core::board::Board::open(&gpuslice_core::board::board_path(&node.state_dir(), &uuid(0))).unwrap();
+    assert_eq!(board.slices().len(), 64);
+    // Again, with a board full of forged records: generate rebuilds it and finishes.
+    for i in 0..gpuslice_core::board::BOARD_RECORDS {
+        let _ = board.claim(&format!("forged{i}"), gpuslice_core::config::Priority::High, 100);
+    }
+    let out = ok(node.cdi(&["generate"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dropped 63 board records of no configured slice"),
+        "{out:?}"
+    );
+    let names: Vec<String> = board.slices().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, (0..64).map(|i| format!("slice{i}")).collect::<Vec<_>>());
 }
 
 #[test]
@@ -276,4 +354,31 @@ fn list_prints_the_plan_as_a_table() {
     assert_eq!(cols(lines[2]), ["slice1", "0", &uuid(0), "40.00", "50", "borrow", "high", "shim"]);
     assert_eq!(cols(lines[3]), ["gpu1", "1", &uuid(1), "24.00", "100", "-", "-", "none"]);
     assert!(node.written().is_empty(), "list writes nothing");
+}
+
+/// After an upgrade the state of the previous release is there: plain-file regions (layout 3)
+/// and a 4096-byte board. generate replaces them with devices, not refuses them for ever.
+#[test]
+fn an_older_releases_state_is_replaced_by_devices() {
+    if skip_unless_root("an_older_releases_state_is_replaced_by_devices") {
+        return;
+    }
+    let node = Node::new(1, true);
+    node.config("[defaults]\nsplit_count = 2\n");
+    let region = gpuslice_core::region::region_path(&node.state_dir(), "slice0");
+    std::fs::create_dir_all(region.parent().unwrap()).unwrap();
+    gpuslice_core::region::Region::create(&region).unwrap();
+    let mut old = std::fs::read(&region).unwrap();
+    old[8..12].copy_from_slice(&3u32.to_ne_bytes());
+    std::fs::write(&region, &old).unwrap();
+    let board = gpuslice_core::board::board_path(&node.state_dir(), &uuid(0));
+    std::fs::create_dir_all(board.parent().unwrap()).unwrap();
+    std::fs::write(&board, vec![0u8; 4096]).unwrap();
+    ok(node.cdi(&["generate"]));
+    use std::os::unix::fs::FileTypeExt;
+    for path in [&region, &board] {
+        assert!(std::fs::symlink_metadata(path).unwrap().file_type().is_block_device(), "{}", path.display());
+    }
+    gpuslice_core::region::Region::open(&region).unwrap();
+    assert_eq!(gpuslice_core::board::Board::open(&board).unwrap().slices().len(), 2);
 }

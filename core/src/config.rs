@@ -472,6 +472,13 @@ impl Config {
             if let Some(n) = g.split_count {
                 return Err(ConfigError::invalid(at("split_count"), n, "cannot be combined with explicit `slices`"));
             }
+            if slices.len() > MAX_SPLIT_COUNT as usize {
+                return Err(ConfigError::invalid(
+                    at("slices"),
+                    format!("[{} slices]", slices.len()),
+                    format!("lists more than {MAX_SPLIT_COUNT} slices, the most one GPU can have"),
+                ));
+            }
             if g.mode == Some(Mode::None) {
                 return Err(ConfigError::invalid(
                     at("mode"),

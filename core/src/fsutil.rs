@@ -36,15 +36,3 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Option<String>> {
     fs::File::open(path)?.take(max + 1).read_to_string(&mut text)?;
     Ok((text.len() as u64 <= max).then_some(text))
 }
-
-/// Maps the first `len` bytes of `file` (opened read-write, at least that long) shared and
-/// read-write; the caller unmaps it.
-pub fn map_shared(file: &std::fs::File, len: usize) -> io::Result<*mut u8> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a fresh shared mapping of `len` bytes of an open file; the kernel picks the
-    // address and checks the access mode against how the file was opened.
-    let base = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
-    };
-    if base == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(base.cast()) }
-}

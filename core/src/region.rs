@@ -1,17 +1,29 @@
 //! The shared region: one file per slice where every process on the slice, in every container
-//! that shares it, accounts the device memory it holds.
+//! that shares it, accounts the device memory it holds, and its processes pace their GPU time.
 //!
-//! `<state_dir>/slices/<name>/region`, a fixed-size file mapped `MAP_SHARED` by each process:
+//! `<state_dir>/slices/<name>/region`, a fixed-size file mapped `MAP_SHARED` by each process.
+//! Its layout is [`RegionFile`], defined once here (layout version [`REGION_VERSION`]; the
+//! tables in `docs/region.md` are checked against it by a test):
 //!
 //! ```text
-//! offset 0      Header (48 of 4096 bytes): magic "GPUSLRG\0", layout version, sizes, a checksum
-//!               of those, and `slots_used`, the high-water mark of slots ever handed out
-//! offset 1024   ContainerRecord[48], 64 bytes each, still inside the header's 4096: state
-//!               (free/attached), registration time, a hash of the container id, the id's
-//!               length and its first 40 bytes as text
-//! offset 4096   Slot[1024], 64 bytes each: state (free/active), pid (informational, in the
-//!               owner's PID namespace), a registration token, bytes charged, registration time
+//! offset 0      Header: magic "GPUSLRG\0", layout version, the layout's sizes and offsets, a
+//!               checksum of those, and `slots_used`, the high-water mark of slots handed out
+//! offset 512    Compute: the slice's pacing clock and GPU time totals
+//! offset 1024   ContainerRecord[48]: state (free/attached), registration time, a hash of the
+//!               container id, the id's length and its first 40 bytes as text
+//! offset 4096   Slot[1024]: state (free/active), pid (informational, in the owner's PID
+//!               namespace), a registration token, bytes charged, registration time, the
+//!               owner's container
 //! ```
+//!
+//! **A file no container can truncate or grow.** On the host the region is a zram block device
+//! ([`Region::publish`], [`crate::shm::zram`]), bound into each container of the slice: its
+//! size cannot change, so no process mapping it can be made to fault. (A plain file, which
+//! [`Region::create`] still makes for tests and tools, is for processes outside containers.)
+//!
+//! **Everything is atomic.** Containers can write the file, so every field is an atomic and is
+//! read into a snapshot that is validated before use (the header at open, the slot high-water
+//! mark and every state at each read); nothing is read through a plain reference.
 //!
 //! **Liveness without PIDs.** A process registering takes an `fcntl` *open file description*
 //! (OFD) write lock on the first byte of its slot and holds it for its lifetime. The kernel
@@ -21,10 +33,13 @@
 //!
 //! **Exact limit across processes.** Charging takes an OFD write lock on byte 0 of the file
 //! (the region lock), sums the active slots, and adds to the caller's own slot only if the sum
-//! stays within the limit. A process killed while holding the region lock loses the lock with
-//! its life, and the only thing it can have half-done is a single atomic store to its own slot,
-//! which dies with it: nothing wedges and nothing is double counted. Frees need no lock: a
-//! process only ever subtracts from its own slot.
+//! stays within the limit. The lock is waited for until a deadline ([`Region::with_lock_wait`],
+//! [`DEFAULT_LOCK_WAIT`] unless the opener says otherwise), never for ever: any process of the
+//! slice can take it and keep it, and then callers get [`RegionError::Busy`]. A process killed while holding the region lock loses the lock with
+//! its life, and the only thing it can have half-done is a single atomic update of its own
+//! slot, which dies with it: nothing wedges and nothing is double counted. Frees need no lock:
+//! a process only ever subtracts from its own slot. Every update of a slot's `used` is an
+//! atomic read-modify-write, so threads of one process sharing a slot lose nothing.
 //!
 //! **Reclaiming the dead.** Dead slots are freed (usage dropped, slot reused) when an
 //! allocation would otherwise fail, when a process registers and finds no free slot, and
@@ -41,129 +56,214 @@
 //! the runtime and are arbitrary text; a record keeps a hash of the whole id and a bounded,
 //! printable prefix.
 //!
-//! **Creation** is exclusive: the first process (hook or shim) writes a complete file under a
-//! temporary name and `link(2)`s it into place; a loser of the race opens the winner's file.
-//! Everything that reads the region checks the header, the size and every slot's (or container
-//! record's) state, so a truncated or scribbled-on region is reported as [`RegionError::Corrupt`]
-//! instead of being trusted. A region is per slice, so a container that corrupts its own hurts
-//! no other slice.
+//! **Slots per container.** A process holds one slot for its lifetime; each slot records which
+//! container its owner is in (a number the owner's mount of the slice state gives it, see the
+//! interception library), and no container's processes may hold more than
+//! [`CONTAINER_SLOT_QUOTA`] slots, so one container cannot take the whole table through the
+//! library. (A process that takes the slots' lock bytes itself, without the library, is not
+//! bound by this: see `docs/region.md`.)
+//!
+//! **Creation** is done by `gpuslice-cdi generate` on the host ([`Region::publish`]: the file
+//! is written whole on its device under a temporary name, then renamed into place). Everything
+//! that reads the region checks the header, the size and every slot's (or container record's)
+//! state, so a scribbled-on region is reported as [`RegionError::Corrupt`] instead of being
+//! trusted; the hook and `generate` repair it in place ([`Region::repair`]). A region of another
+//! layout version is refused, naming both versions. A region is per slice, so a container that
+//! corrupts its own hurts no other slice.
 
-use std::ffi::CString;
-use std::fs::File;
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::offset_of;
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::shared_struct;
+use crate::shm::atomic::{AtomicArray, AtomicU64, Ordering, bytes_of};
+use crate::shm::{Mapping, ShmError, lock};
 
 /// First bytes of every region file.
 pub const REGION_MAGIC: [u8; 8] = *b"GPUSLRG\0";
-/// Layout version; bump on any change to [`Header`], [`ContainerRecord`] or [`Slot`].
-pub const REGION_VERSION: u32 = 2;
-/// Bytes reserved for the header.
-pub const HEADER_SIZE: usize = 4096;
+/// Layout version of [`RegionFile`]; bump on any change to it. Version 4 records each slot's
+/// container; version 3 described the compute block and the container table in the header;
+/// version 2 had them without saying so.
+pub const REGION_VERSION: u32 = 4;
 /// Processes one slice can hold at once.
 pub const SLOT_COUNT: usize = 1024;
-/// Size of the whole file.
-pub const REGION_SIZE: usize = HEADER_SIZE + SLOT_COUNT * size_of::<Slot>();
-/// Where the compute block starts, inside the header's bytes.
-pub const COMPUTE_OFFSET: usize = 512;
-/// Where the container table starts, inside the header's bytes.
-pub const CONTAINER_TABLE_OFFSET: usize = 1024;
+/// Slots the processes of one container may hold at once: a quarter of the table, so a
+/// container that starts processes without end leaves room for three others at its size.
+pub const CONTAINER_SLOT_QUOTA: usize = SLOT_COUNT / 4;
+/// How long the region lock is waited for unless the opener says otherwise. Its holders keep it
+/// for microseconds (a reclaim of the whole table, the longest, takes about a millisecond), so
+/// this is only ever reached when a process holds it on purpose.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Containers the table records at once; beyond that the oldest record is reused.
 pub const CONTAINER_COUNT: usize = 48;
 /// Bytes of a container id kept as text.
 pub const CONTAINER_ID_TEXT: usize = 40;
 
+shared_struct! {
+    /// The start of the file. All but `slots_used` is written before the file is published.
+    pub struct Header as HeaderValues {
+        /// `GPUSLRG\0`; at offset 0 in every layout version.
+        pub magic: [u8; 8],
+        /// At offset 8 in every layout version, so any release can name the version it found.
+        pub version: u32,
+        /// Bytes before the slot table.
+        pub header_size: u32,
+        pub slot_size: u32,
+        pub slot_count: u32,
+        pub total_size: u64,
+        pub compute_offset: u32,
+        pub compute_size: u32,
+        pub container_offset: u32,
+        pub container_size: u32,
+        pub container_count: u32,
+        reserved1: u32,
+        /// FNV-1a of the bytes of every field above.
+        pub checksum: u64,
+        /// One past the highest slot index ever handed out; sums stop there.
+        pub slots_used: u32,
+        reserved2: u32,
+    }
+}
+
+shared_struct! {
+    /// The slice's compute accounting, shared by every process on it (the pacing in the
+    /// interception library). All times are `CLOCK_MONOTONIC` nanoseconds, which every process
+    /// and container on the machine shares.
+    ///
+    /// Pacing is a virtual clock (the generic cell rate algorithm): charging `g` ns of GPU time
+    /// at a share of `p` % moves `virtual_ns` to `max(virtual_ns, now - burst) + g × 100 / p`,
+    /// and work may start while `virtual_ns` is not ahead of now. Over any window the slice's
+    /// GPU time is then at most `p` % of the window plus one burst. One compare-and-swap per
+    /// charge; a process killed at any point leaves a valid value behind.
+    pub struct Compute as ComputeValues {
+        /// The pacing clock: how far the slice's charged GPU time, spread at its share, reaches.
+        pub virtual_ns: u64,
+        /// GPU time charged by the slice's processes since the region was created.
+        pub gpu_ns_total: u64,
+        /// Time the slice's processes spent held back by pacing.
+        pub held_ns_total: u64,
+        /// When GPU time was last charged (a heartbeat of activity).
+        pub last_charge_ns: u64,
+        /// The end of the latest GPU work charged: work of two processes that overlaps in time
+        /// is charged once.
+        pub busy_until_ns: u64,
+        reserved: [u64; 3],
+    }
+}
+
+shared_struct! {
+    /// One container using the slice, recorded by the hook. Written only under the region lock.
+    pub struct ContainerRecord as ContainerRecordValues {
+        pub state: u32,
+        /// Length of the whole id in bytes (saturating), so a reader can tell the text is cut
+        /// short.
+        pub id_len: u32,
+        /// Registration time, nanoseconds since the Unix epoch; the oldest record is reused first.
+        pub registered_ns: u64,
+        /// FNV-1a of the whole id. Records are matched on it, the length and the text.
+        pub id_hash: u64,
+        /// The id's first bytes, control characters replaced by `?`, cut at a character
+        /// boundary, NUL padded.
+        pub id_text: [u8; CONTAINER_ID_TEXT],
+    }
+}
+
+shared_struct! {
+    /// One process's accounting.
+    pub struct Slot as SlotValues {
+        pub state: u32,
+        /// The owner's PID in its own namespace, for people reading the region.
+        pub pid: u32,
+        /// Random per registration, so a reused slot is never mistaken for its previous owner.
+        pub token: u64,
+        /// Device memory charged to this process, in bytes.
+        pub used: u64,
+        /// Registration time, nanoseconds since the Unix epoch.
+        pub registered_ns: u64,
+        /// The owner's container, as its mount of the slice state identifies it (0: none).
+        pub container: u64,
+        reserved: [u64; 3],
+    }
+}
+
+shared_struct! {
+    /// The whole region file: the one definition of its layout.
+    pub struct RegionFile {
+        pub header: Header,
+        reserved1: [AtomicU64; (512 - size_of::<Header>()) / 8],
+        pub compute: Compute,
+        reserved2: [AtomicU64; (1024 - 512 - size_of::<Compute>()) / 8],
+        pub containers: [ContainerRecord; CONTAINER_COUNT],
+        pub slots: [Slot; SLOT_COUNT],
+    }
+}
+
+/// Bytes before the slot table.
+pub const HEADER_SIZE: usize = offset_of!(RegionFile, slots);
+/// Size of the whole file.
+pub const REGION_SIZE: usize = size_of::<RegionFile>();
+/// Where the compute block starts.
+pub const COMPUTE_OFFSET: usize = offset_of!(RegionFile, compute);
+/// Where the container table starts.
+pub const CONTAINER_TABLE_OFFSET: usize = offset_of!(RegionFile, containers);
+
+// The layout of version 4. A change here is a new layout version: bump REGION_VERSION (and
+// update docs/region.md, which a test compares with these definitions).
+const _: () = {
+    assert!(offset_of!(Header, magic) == 0 && offset_of!(Header, version) == 8, "fixed in every version");
+    assert!(size_of::<Header>() == 72 && offset_of!(Header, checksum) == 56);
+    assert!(COMPUTE_OFFSET == 512 && size_of::<Compute>() == 64);
+    assert!(CONTAINER_TABLE_OFFSET == 1024 && size_of::<ContainerRecord>() == 64);
+    assert!(HEADER_SIZE == 4096 && size_of::<Slot>() == 64);
+    assert!(REGION_SIZE == 69_632);
+};
+
 const SLOT_FREE: u32 = 0;
 const SLOT_ACTIVE: u32 = 1;
 const CONTAINER_FREE: u32 = 0;
 const CONTAINER_ATTACHED: u32 = 1;
-/// Byte offset of the region lock.
-const REGION_LOCK_BYTE: i64 = 0;
+/// The region lock: the file's first byte.
+const REGION_LOCK: Range<u64> = 0..1;
 
-/// The fixed part of the file.
-#[repr(C)]
-#[derive(Debug)]
-pub struct Header {
-    pub magic: [u8; 8],
-    pub version: u32,
-    pub header_size: u32,
-    pub slot_size: u32,
-    pub slot_count: u32,
-    pub total_size: u64,
-    /// FNV-1a of the fields above.
-    pub checksum: u64,
-    /// One past the highest slot index ever handed out; sums stop there.
-    pub slots_used: AtomicU32,
-    _pad: u32,
+impl HeaderValues {
+    /// The header of a new region of layout `version` (tests write other versions).
+    fn new(version: u32) -> Self {
+        let mut h = HeaderValues {
+            magic: REGION_MAGIC,
+            version,
+            header_size: HEADER_SIZE as u32,
+            slot_size: size_of::<Slot>() as u32,
+            slot_count: SLOT_COUNT as u32,
+            total_size: REGION_SIZE as u64,
+            compute_offset: COMPUTE_OFFSET as u32,
+            compute_size: size_of::<Compute>() as u32,
+            container_offset: CONTAINER_TABLE_OFFSET as u32,
+            container_size: size_of::<ContainerRecord>() as u32,
+            container_count: CONTAINER_COUNT as u32,
+            reserved1: 0,
+            checksum: 0,
+            slots_used: 0,
+            reserved2: 0,
+        };
+        h.checksum = h.checksum();
+        h
+    }
+
+    /// The bytes the checksum covers: every field before it.
+    fn described(&self) -> &[u8] {
+        &bytes_of(self)[..offset_of!(Header, checksum)]
+    }
+
+    fn checksum(&self) -> u64 {
+        fnv1a(self.described())
+    }
 }
-
-/// One process's accounting.
-#[repr(C)]
-#[derive(Debug)]
-pub struct Slot {
-    pub state: AtomicU32,
-    /// The owner's PID in its own namespace, for people reading the region.
-    pub pid: AtomicU32,
-    /// Random per registration, so a reused slot is never mistaken for its previous owner.
-    pub token: AtomicU64,
-    /// Device memory charged to this process, in bytes.
-    pub used: AtomicU64,
-    /// Registration time, nanoseconds since the Unix epoch.
-    pub registered_ns: AtomicU64,
-    _reserved: [u64; 4],
-}
-
-/// One container using the slice, recorded by the hook. Written only under the region lock.
-#[repr(C)]
-#[derive(Debug)]
-pub struct ContainerRecord {
-    pub state: AtomicU32,
-    /// Length of the whole id in bytes (saturating), so a reader can tell the text is cut short.
-    pub id_len: AtomicU32,
-    /// Registration time, nanoseconds since the Unix epoch; the oldest record is reused first.
-    pub registered_ns: AtomicU64,
-    /// FNV-1a of the whole id. Records are matched on it, the length and the text.
-    pub id_hash: AtomicU64,
-    /// The id's first bytes, control characters replaced by `?`, cut at a character boundary,
-    /// NUL padded.
-    pub id_text: [AtomicU8; CONTAINER_ID_TEXT],
-}
-
-/// The slice's compute accounting, shared by every process on it (the pacing in the
-/// interception library). All times are `CLOCK_MONOTONIC` nanoseconds, which every process
-/// and container on the machine shares.
-///
-/// Pacing is a virtual clock (the generic cell rate algorithm): charging `g` ns of GPU time at
-/// a share of `p` % moves `virtual_ns` to `max(virtual_ns, now - burst) + g × 100 / p`, and
-/// work may start while `virtual_ns` is not ahead of now. Over any window the slice's GPU
-/// time is then at most `p` % of the window plus one burst. One compare-and-swap per charge;
-/// a process killed at any point leaves a valid value behind.
-#[repr(C)]
-#[derive(Debug)]
-pub struct Compute {
-    /// The pacing clock: how far the slice's charged GPU time, spread at its share, reaches.
-    pub virtual_ns: AtomicU64,
-    /// GPU time charged by the slice's processes since the region was created.
-    pub gpu_ns_total: AtomicU64,
-    /// Time the slice's processes spent held back by pacing.
-    pub held_ns_total: AtomicU64,
-    /// When GPU time was last charged (a heartbeat of activity).
-    pub last_charge_ns: AtomicU64,
-    /// The end of the latest GPU work charged: work of two processes that overlaps in time is
-    /// charged once.
-    pub busy_until_ns: AtomicU64,
-    _reserved: [u64; 3],
-}
-
-const _: () = assert!(size_of::<Slot>() == 64);
-const _: () = assert!(size_of::<ContainerRecord>() == 64);
-const _: () = assert!(size_of::<Header>() <= COMPUTE_OFFSET);
-const _: () = assert!(COMPUTE_OFFSET + size_of::<Compute>() <= CONTAINER_TABLE_OFFSET);
-const _: () = assert!(CONTAINER_TABLE_OFFSET + CONTAINER_COUNT * size_of::<ContainerRecord>() <= HEADER_SIZE);
 
 /// Why a region cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +274,49 @@ pub enum RegionError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: all {SLOT_COUNT} process slots are taken by live processes")]
     Full { path: PathBuf },
+    #[error(
+        "{path}: this container's processes already hold {CONTAINER_SLOT_QUOTA} of its slots, the most one container may"
+    )]
+    Quota { path: PathBuf },
+    #[error("{path}: its lock stayed held by another process for {:.1} s", waited.as_secs_f64())]
+    Busy { path: PathBuf, waited: Duration },
+}
+
+impl RegionError {
+    fn from_shm(path: &Path, err: ShmError) -> Self {
+        let corrupt = |reason: String| RegionError::Corrupt { path: path.to_owned(), reason };
+        match err {
+            ShmError::Io { source, .. } => RegionError::Io { path: path.to_owned(), source },
+            ShmError::NotRegular { .. } => corrupt("not a regular file or a block device".into()),
+            ShmError::Size { found, .. } => {
+                corrupt(format!("{found} bytes, expected {REGION_SIZE} (truncated or not a region)"))
+            }
+        }
+    }
+
+    /// Whether the region's lock could not be had in time.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, RegionError::Busy { .. })
+    }
+}
+
+/// What [`Region::repair`] put right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The header was rewritten.
+    pub header: bool,
+    /// Slots whose state was set from their owner's liveness (a live owner's slot made active,
+    /// a dead or unknown state freed).
+    pub slots: usize,
+    /// Container records with an unknown state, cleared.
+    pub containers: usize,
+}
+
+impl RepairReport {
+    /// Whether anything was wrong.
+    pub fn repaired(&self) -> bool {
+        self.header || self.slots > 0 || self.containers > 0
+    }
 }
 
 /// A charge that would take the slice past its limit.
@@ -260,7 +403,7 @@ fn printable(c: char) -> char {
 
 impl ContainerRecord {
     fn text(&self) -> [u8; CONTAINER_ID_TEXT] {
-        std::array::from_fn(|i| self.id_text[i].load(Ordering::Relaxed))
+        self.id_text.load_all(Ordering::Relaxed)
     }
 
     fn holds(&self, key: &ContainerKey) -> bool {
@@ -273,9 +416,7 @@ impl ContainerRecord {
         self.id_hash.store(key.hash, Ordering::Relaxed);
         self.id_len.store(key.len, Ordering::Relaxed);
         self.registered_ns.store(registered_ns, Ordering::Relaxed);
-        for (cell, byte) in self.id_text.iter().zip(key.text) {
-            cell.store(byte, Ordering::Relaxed);
-        }
+        self.id_text.store_all(key.text, Ordering::Relaxed);
     }
 
     fn info(&self, index: usize) -> ContainerInfo {
@@ -295,62 +436,17 @@ impl ContainerRecord {
 /// A mapped region.
 #[derive(Debug)]
 pub struct Region {
-    path: PathBuf,
-    file: File,
-    base: *mut u8,
+    map: Mapping<RegionFile>,
     /// Threads of one process share its OFD locks, so they also take this. It guards the
     /// slots this open description holds: their locks look free from here, so reclaiming
     /// must skip them.
     lock: Mutex<Vec<usize>>,
-}
-
-// SAFETY: the mapping is only accessed through atomics (slots, `slots_used`) or read-only
-// header fields written before the file was published; the raw pointer is just its address.
-unsafe impl Send for Region {}
-// SAFETY: as above; all shared mutation goes through atomics and the in-process mutex.
-unsafe impl Sync for Region {}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `base` is the address `mmap` returned for exactly REGION_SIZE bytes, and no
-        // reference into the mapping outlives `self`.
-        unsafe { libc::munmap(self.base.cast(), REGION_SIZE) };
-    }
+    /// How long the region lock is waited for.
+    lock_wait: Duration,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-fn header_checksum(
-    magic: &[u8; 8],
-    version: u32,
-    header_size: u32,
-    slot_size: u32,
-    slot_count: u32,
-    total: u64,
-) -> u64 {
-    let mut bytes = Vec::with_capacity(32);
-    bytes.extend_from_slice(magic);
-    for v in [version, header_size, slot_size, slot_count] {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    bytes.extend_from_slice(&total.to_le_bytes());
-    fnv1a(&bytes)
-}
-
-/// The header bytes of a new region of layout `version` (tests write older ones). The rest of
-/// the file, container table and slots, starts out zero: free.
-fn header_bytes(version: u32) -> Vec<u8> {
-    let (hs, ss, sc, total) = (HEADER_SIZE as u32, size_of::<Slot>() as u32, SLOT_COUNT as u32, REGION_SIZE as u64);
-    let mut h = Vec::with_capacity(48);
-    h.extend_from_slice(&REGION_MAGIC);
-    for v in [version, hs, ss, sc] {
-        h.extend_from_slice(&v.to_le_bytes());
-    }
-    h.extend_from_slice(&total.to_le_bytes());
-    h.extend_from_slice(&header_checksum(&REGION_MAGIC, version, hs, ss, sc, total).to_le_bytes());
-    h
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -366,7 +462,8 @@ fn new_token(index: usize, old: u64) -> u64 {
 }
 
 impl Region {
-    /// Opens the slice's region, creating it if it does not exist yet.
+    /// Opens the slice's region, creating it as a plain file if it does not exist yet (tests and
+    /// tools; on a node, `generate` publishes regions on devices).
     pub fn open_or_create(path: &Path) -> Result<Region, RegionError> {
         match Self::open(path) {
             Err(RegionError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -377,71 +474,78 @@ impl Region {
         }
     }
 
-    /// Publishes a fresh region at `path` unless one is already there.
+    /// Publishes a fresh region at `path` as a plain file unless one is already there (tests and
+    /// processes outside containers). Every process of the slice writes it, whatever its uid:
+    /// mode 0666, whatever the umask.
     pub fn create(path: &Path) -> Result<(), RegionError> {
-        let io_err = |source| RegionError::Io { path: path.to_owned(), source };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".region.{}.{:x}", std::process::id(), now_ns()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io_err)?;
-        let result = (|| {
-            use std::os::unix::fs::{FileExt, PermissionsExt};
-            // Every process of the slice writes here, whatever its uid; no umask games.
-            file.set_permissions(std::fs::Permissions::from_mode(0o666))?;
-            file.set_len(REGION_SIZE as u64)?;
-            file.write_all_at(&header_bytes(REGION_VERSION), 0)?;
-            match std::fs::hard_link(&tmp, path) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-                _ => Ok(()),
-            }
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        result.map_err(io_err)
+        Mapping::<RegionFile>::create(path, 0o666, init).map(drop).map_err(|e| RegionError::from_shm(path, e))
+    }
+
+    /// Publishes a fresh region at `path` on a new zram device, in place of whatever is there
+    /// (needs root). This is what containers get: a file no process can truncate or grow.
+    pub fn publish(path: &Path) -> Result<crate::shm::zram::Device, RegionError> {
+        Mapping::<RegionFile>::publish_device(path, 0o666, init).map_err(|e| RegionError::from_shm(path, e))
     }
 
     /// Opens and maps an existing region, checking its header and size.
     pub fn open(path: &Path) -> Result<Region, RegionError> {
-        let io_err = |source| RegionError::Io { path: path.to_owned(), source };
-        let corrupt = |reason: String| RegionError::Corrupt { path: path.to_owned(), reason };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io_err)?;
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.file_type().is_file() {
-            return Err(corrupt("not a regular file".into()));
-        }
-        if meta.size() != REGION_SIZE as u64 {
-            return Err(corrupt(format!("{} bytes, expected {REGION_SIZE} (truncated or not a region)", meta.size())));
-        }
-        let base = crate::fsutil::map_shared(&file, REGION_SIZE).map_err(io_err)?;
-        let region = Region { path: path.to_owned(), file, base, lock: Mutex::new(Vec::new()) };
+        let region = Self::open_unchecked(path)?;
         region.check_header()?;
         Ok(region)
     }
 
+    /// Opens the region `name` in the directory `dir` (`openat`, no symlink followed), checking
+    /// its header and size; `shown` names it in messages.
+    pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Region, RegionError> {
+        let map = Mapping::<RegionFile>::open_at(dir, name, shown).map_err(|e| RegionError::from_shm(shown, e))?;
+        let region = Self::from_map(map);
+        region.check_header()?;
+        Ok(region)
+    }
+
+    /// Opens a region whose header may be damaged, repairing it in place if anything is wrong
+    /// (the hook and `generate` do, [`Region::repair`]). What cannot be repaired here (a file
+    /// of the wrong size or kind) is an error.
+    pub fn open_repairing(path: &Path, lock_wait: Duration) -> Result<(Region, RepairReport), RegionError> {
+        let region = Self::open_unchecked(path)?.with_lock_wait(lock_wait);
+        if region.check_header().is_ok() && region.check_states().is_ok() {
+            return Ok((region, RepairReport::default()));
+        }
+        let report = region.repair()?;
+        Ok((region, report))
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Region, RegionError> {
+        let map = Mapping::<RegionFile>::open(path).map_err(|e| RegionError::from_shm(path, e))?;
+        Ok(Self::from_map(map))
+    }
+
+    fn from_map(map: Mapping<RegionFile>) -> Region {
+        Region { map, lock: Mutex::new(Vec::new()), lock_wait: DEFAULT_LOCK_WAIT }
+    }
+
+    /// Waits at most `wait` for the region lock from now on (by default [`DEFAULT_LOCK_WAIT`]).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Region {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Whether the region is on a block device, which no process can truncate or grow.
+    pub fn is_device(&self) -> bool {
+        self.map.is_device()
+    }
+
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
     }
 
     fn corrupt(&self, reason: impl Into<String>) -> RegionError {
-        RegionError::Corrupt { path: self.path.clone(), reason: reason.into() }
+        RegionError::Corrupt { path: self.path().to_owned(), reason: reason.into() }
     }
 
     /// The slice's compute block (see [`Compute`]).
     pub fn compute(&self) -> &Compute {
-        // SAFETY: the mapping is REGION_SIZE bytes (checked at open) and COMPUTE_OFFSET +
-        // size_of::<Compute>() is within the header (asserted above); the offset is 8-aligned
-        // and every field is an atomic, valid for any bit pattern.
-        unsafe { &*self.base.add(COMPUTE_OFFSET).cast::<Compute>() }
+        &self.map.get().compute
     }
 
     /// Charges `gpu_ns` of GPU time at a share of `percent` (1–100) and returns the pacing
@@ -471,33 +575,27 @@ impl Region {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping is REGION_SIZE ≥ size_of::<Header>() bytes, page aligned, and
-        // Header is repr(C) plain data plus atomics, valid for any bit pattern.
-        unsafe { &*self.base.cast::<Header>() }
+        &self.map.get().header
     }
 
     fn slot(&self, index: usize) -> &Slot {
-        assert!(index < SLOT_COUNT);
-        // SAFETY: index < SLOT_COUNT keeps the slot inside the mapping; slots are 64-byte
-        // aligned repr(C) atomics, valid for any bit pattern.
-        let p = unsafe { self.base.add(HEADER_SIZE + index * size_of::<Slot>()) }.cast::<Slot>();
-        // SAFETY: `p` points at a whole slot inside the mapping (above).
-        unsafe { &*p }
+        &self.map.get().slots[index]
     }
 
     fn container(&self, index: usize) -> &ContainerRecord {
-        assert!(index < CONTAINER_COUNT);
-        // SAFETY: the table lies inside the header (checked at compile time), so index <
-        // CONTAINER_COUNT keeps the record inside the mapping; records are 64-byte aligned
-        // repr(C) atomics, valid for any bit pattern.
-        let p = unsafe { self.base.add(CONTAINER_TABLE_OFFSET + index * size_of::<ContainerRecord>()) };
-        // SAFETY: `p` points at a whole record inside the mapping (above).
-        unsafe { &*p.cast::<ContainerRecord>() }
+        &self.map.get().containers[index]
     }
 
-    /// Checks magic, version, sizes and checksum.
+    /// The lock byte of slot `index`: its first.
+    fn slot_lock(&self, index: usize) -> Range<u64> {
+        let slot = self.map.range_of(self.slot(index));
+        slot.start..slot.start + 1
+    }
+
+    /// Checks magic, version, checksum, the layout the header describes and the slot
+    /// high-water mark, on one snapshot of the header.
     pub fn check_header(&self) -> Result<(), RegionError> {
-        let h = self.header();
+        let h = self.header().load();
         if h.magic != REGION_MAGIC {
             return Err(self.corrupt("bad magic (not a gpuslice region)"));
         }
@@ -507,16 +605,13 @@ impl Region {
                 h.version
             )));
         }
-        let sum = header_checksum(&h.magic, h.version, h.header_size, h.slot_size, h.slot_count, h.total_size);
-        if h.header_size as usize != HEADER_SIZE
-            || h.slot_size as usize != size_of::<Slot>()
-            || h.slot_count as usize != SLOT_COUNT
-            || h.total_size != REGION_SIZE as u64
-            || h.checksum != sum
-        {
+        if h.checksum != h.checksum() {
             return Err(self.corrupt("header fields do not match their checksum"));
         }
-        if h.slots_used.load(Ordering::Acquire) as usize > SLOT_COUNT {
+        if h.described() != HeaderValues::new(REGION_VERSION).described() {
+            return Err(self.corrupt("header describes another layout of the same version"));
+        }
+        if h.slots_used as usize > SLOT_COUNT {
             return Err(self.corrupt("slot high-water mark beyond the slot table"));
         }
         Ok(())
@@ -527,77 +622,118 @@ impl Region {
         if n > SLOT_COUNT { Err(self.corrupt("slot high-water mark beyond the slot table")) } else { Ok(n) }
     }
 
-    /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0).
+    /// Runs `f` holding the region lock (in-process mutex plus the OFD lock on byte 0), waiting
+    /// for it at most the region's lock wait.
     fn locked<T>(&self, f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>) -> Result<T, RegionError> {
+        self.locked_for(self.lock_wait, f)
+    }
+
+    /// [`Region::locked`], waiting at most `wait`.
+    fn locked_for<T>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut Vec<usize>) -> Result<T, RegionError>,
+    ) -> Result<T, RegionError> {
         let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.ofd_lock(REGION_LOCK_BYTE, libc::F_WRLCK, true).map_err(|e| self.io(e))?;
-        let result = f(&mut mine);
-        let _ = self.ofd_lock(REGION_LOCK_BYTE, libc::F_UNLCK, false);
-        result
+        self.with_file_lock(wait, || f(&mut mine))
+    }
+
+    /// Runs `f` holding the OFD lock on byte 0 (the caller holds the in-process mutex).
+    fn with_file_lock<T>(&self, wait: Duration, f: impl FnOnce() -> Result<T, RegionError>) -> Result<T, RegionError> {
+        let start = Instant::now();
+        let _region = lock::lock_with_deadline(self.map.file(), REGION_LOCK, Some(start + wait)).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                RegionError::Busy { path: self.path().to_owned(), waited: start.elapsed() }
+            } else {
+                self.io(e)
+            }
+        })?;
+        f()
     }
 
     fn io(&self, source: io::Error) -> RegionError {
-        RegionError::Io { path: self.path.clone(), source }
-    }
-
-    fn ofd_lock(&self, byte: i64, kind: i32, wait: bool) -> io::Result<()> {
-        let mut fl = flock(byte, kind);
-        let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
-        loop {
-            // SAFETY: fcntl on our own open fd with a fully initialised flock struct.
-            let rc = unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        RegionError::Io { path: self.path().to_owned(), source }
     }
 
     /// Whether some open file description holds a lock on this slot's byte: its owner lives.
+    /// If we cannot tell, alive: never take a live process's memory away.
     fn slot_locked_by_other(&self, index: usize) -> bool {
-        let mut fl = flock(slot_lock_byte(index), libc::F_WRLCK);
-        // SAFETY: as in `ofd_lock`; F_OFD_GETLK only fills in `fl`.
-        let rc = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-        // If we cannot tell, say alive: never take a live process's memory away.
-        rc != 0 || fl.l_type != libc::F_UNLCK as i16
+        lock::held_elsewhere(self.map.file(), self.slot_lock(index))
     }
 
     /// Takes a slot for this process and holds its lock until the region is dropped (or the
-    /// process dies). Reclaims dead slots when no free one is left.
+    /// process dies). Reclaims dead slots when no free one is left. The slot is recorded as
+    /// outside any container; see [`Region::register_in`].
     pub fn register(&self) -> Result<usize, RegionError> {
-        self.locked(|mine| {
-            for pass in 0..2 {
-                let used = self.slots_used()?;
-                for index in 0..SLOT_COUNT {
-                    let slot = self.slot(index);
-                    if slot.state.load(Ordering::Acquire) != SLOT_FREE {
-                        continue;
-                    }
-                    // A free slot can still be locked by a stale descriptor (a forked child
-                    // that inherited it); skip those.
-                    if self.ofd_lock(slot_lock_byte(index), libc::F_WRLCK, false).is_err() {
-                        continue;
-                    }
-                    slot.used.store(0, Ordering::Relaxed);
-                    slot.pid.store(std::process::id(), Ordering::Relaxed);
-                    slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
-                    slot.registered_ns.store(now_ns(), Ordering::Relaxed);
-                    slot.state.store(SLOT_ACTIVE, Ordering::Release);
-                    if index >= used {
-                        self.header().slots_used.store(index as u32 + 1, Ordering::Release);
-                    }
-                    mine.push(index);
-                    return Ok(index);
-                }
-                if pass == 0 {
-                    self.reclaim_locked(mine)?;
-                }
+        self.register_in(0)
+    }
+
+    /// Takes a slot for this process, a process of `container` (a number that tells the
+    /// containers of the slice apart; 0 for none), unless that container's processes already
+    /// hold [`CONTAINER_SLOT_QUOTA`] slots. Without the region lock: the slot's own lock byte,
+    /// which only one open description can hold, is what makes it this process's, so a process
+    /// that keeps the region lock does not stop others from joining. Only when no free slot is
+    /// left, or the container is at its quota, are dead processes' slots reclaimed (under the
+    /// region lock, until its deadline). Two processes of one container registering at the same
+    /// instant can each see room for one more, so the quota is a bound give or take a few.
+    pub fn register_in(&self, container: u64) -> Result<usize, RegionError> {
+        let mut mine = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for pass in 0..2 {
+            let used = self.slots_used()?;
+            let held = (0..used)
+                .filter(|&i| {
+                    let slot = self.slot(i);
+                    slot.state.load(Ordering::Acquire) == SLOT_ACTIVE
+                        && slot.container.load(Ordering::Relaxed) == container
+                })
+                .count();
+            if held < CONTAINER_SLOT_QUOTA
+                && let Some(index) = self.take_free_slot(container)
+            {
+                mine.push(index);
+                return Ok(index);
             }
-            Err(RegionError::Full { path: self.path.clone() })
-        })
+            if pass == 0 {
+                self.with_file_lock(self.lock_wait, || self.reclaim_locked(&mine))?;
+            } else if held >= CONTAINER_SLOT_QUOTA {
+                return Err(RegionError::Quota { path: self.path().to_owned() });
+            }
+        }
+        Err(RegionError::Full { path: self.path().to_owned() })
+    }
+
+    /// Claims the first free slot whose lock byte can be taken: holding the byte makes it ours
+    /// (no other description can take it, and reclaiming never touches a free slot or a locked
+    /// one), so this needs no region lock.
+    fn take_free_slot(&self, container: u64) -> Option<usize> {
+        for index in 0..SLOT_COUNT {
+            let slot = self.slot(index);
+            if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                continue;
+            }
+            // A free slot can still be locked by a stale descriptor (a forked child that
+            // inherited it) or by a process that took the byte itself; skip those.
+            match lock::try_lock(self.map.file(), self.slot_lock(index)) {
+                Ok(Some(held)) => held.keep(),
+                _ => continue,
+            }
+            if slot.state.load(Ordering::Acquire) != SLOT_FREE {
+                // Taken since the first load by a process that has died since: its charge is
+                // for reclaiming to give back, so leave the slot to it.
+                let _ = lock::unlock(self.map.file(), self.slot_lock(index));
+                continue;
+            }
+            slot.used.store(0, Ordering::Relaxed);
+            slot.pid.store(std::process::id(), Ordering::Relaxed);
+            slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
+            slot.registered_ns.store(now_ns(), Ordering::Relaxed);
+            slot.container.store(container, Ordering::Relaxed);
+            // Sums stop at the high-water mark: raise it before the slot is active.
+            self.header().slots_used.fetch_max(index as u32 + 1, Ordering::AcqRel);
+            slot.state.store(SLOT_ACTIVE, Ordering::Release);
+            return Some(index);
+        }
+        None
     }
 
     /// Gives up a slot: its usage is dropped and its lock released.
@@ -607,7 +743,7 @@ impl Region {
             let slot = self.slot(index);
             slot.used.store(0, Ordering::Relaxed);
             slot.state.store(SLOT_FREE, Ordering::Release);
-            let _ = self.ofd_lock(slot_lock_byte(index), libc::F_UNLCK, false);
+            let _ = lock::unlock(self.map.file(), self.slot_lock(index));
             Ok(())
         })
     }
@@ -648,7 +784,7 @@ impl Region {
                 return Ok(Err(OverLimit { requested: bytes, used, limit }));
             }
             let slot = self.slot(own);
-            slot.used.store(slot.used.load(Ordering::Relaxed).saturating_add(bytes), Ordering::Release);
+            let _ = slot.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_add(bytes)));
             Ok(Ok(()))
         })
     }
@@ -662,6 +798,12 @@ impl Region {
     /// Frees the slots of processes that died; returns how many.
     pub fn reclaim_dead(&self) -> Result<usize, RegionError> {
         self.locked(|mine| Ok(self.reclaim_locked(mine)?.slots))
+    }
+
+    /// [`Region::reclaim_dead`], waiting at most `wait` for the lock (for callers that only
+    /// reclaim in passing, such as a memory query, which must not be slowed by a held lock).
+    pub fn reclaim_dead_within(&self, wait: Duration) -> Result<usize, RegionError> {
+        self.locked_for(wait, |mine| Ok(self.reclaim_locked(mine)?.slots))
     }
 
     fn reclaim_locked(&self, mine: &[usize]) -> Result<Reclaimed, RegionError> {
@@ -678,6 +820,63 @@ impl Region {
             }
         }
         Ok(reclaimed)
+    }
+
+    /// Checks every slot's and container record's state (no lock taken).
+    fn check_states(&self) -> Result<(), RegionError> {
+        self.usage()?;
+        self.attached_containers()?;
+        Ok(())
+    }
+
+    /// Puts a damaged region right in place, under the region lock: a header that is not this
+    /// layout's is rewritten; every slot's state is set from its owner's liveness (a slot whose
+    /// lock byte someone holds is active, any other is freed with its charge); container records
+    /// of unknown state are cleared. Processes using the region keep their slots and what they
+    /// charged. For the hook and `generate`, which then let new processes in again.
+    pub fn repair(&self) -> Result<RepairReport, RegionError> {
+        self.locked(|mine| {
+            let mut report = RepairReport::default();
+            let h = self.header().load();
+            let fresh = HeaderValues::new(REGION_VERSION);
+            if h.described() != fresh.described() || h.checksum != fresh.checksum {
+                self.header().store(&HeaderValues { slots_used: SLOT_COUNT as u32, ..fresh });
+                report.header = true;
+            }
+            let mut high = 0;
+            for index in 0..SLOT_COUNT {
+                let slot = self.slot(index);
+                let state = slot.state.load(Ordering::Acquire);
+                let alive = mine.contains(&index) || self.slot_locked_by_other(index);
+                if alive {
+                    if state != SLOT_ACTIVE {
+                        slot.state.store(SLOT_ACTIVE, Ordering::Release);
+                        report.slots += 1;
+                    }
+                    high = index + 1;
+                } else if state != SLOT_FREE {
+                    if state != SLOT_ACTIVE {
+                        report.slots += 1;
+                    }
+                    slot.used.store(0, Ordering::Relaxed);
+                    slot.state.store(SLOT_FREE, Ordering::Release);
+                }
+            }
+            let slots_used = self.header().slots_used.load(Ordering::Acquire) as usize;
+            if report.header || slots_used > SLOT_COUNT || slots_used < high {
+                self.header().slots_used.store(high as u32, Ordering::Release);
+            }
+            for index in 0..CONTAINER_COUNT {
+                let record = self.container(index);
+                let state = record.state.load(Ordering::Acquire);
+                if state != CONTAINER_FREE && state != CONTAINER_ATTACHED {
+                    record.state.store(CONTAINER_FREE, Ordering::Release);
+                    record.fill(&ContainerKey::CLEARED, 0);
+                    report.containers += 1;
+                }
+            }
+            Ok(report)
+        })
     }
 
     /// Every active slot, for tools and tests.
@@ -770,23 +969,14 @@ impl Region {
 
     /// The raw descriptor, so a forked child can close its inherited copy.
     pub fn raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
+        use std::os::fd::AsRawFd;
+        self.map.file().as_raw_fd()
     }
 }
 
-fn slot_lock_byte(index: usize) -> i64 {
-    (HEADER_SIZE + index * size_of::<Slot>()) as i64
-}
-
-fn flock(byte: i64, kind: i32) -> libc::flock {
-    // SAFETY: libc::flock is plain data; all-zero is a valid value that we then fill in.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    fl.l_pid = 0; // required by OFD locks
-    fl
+/// The initial contents of a region.
+fn init(file: &RegionFile) {
+    file.header.store(&HeaderValues::new(REGION_VERSION));
 }
 
 /// `<state_dir>/slices/<name>/region`.
@@ -846,6 +1036,52 @@ mod tests {
     }
 
     #[test]
+    fn frees_racing_charges_on_one_slot_are_never_lost() {
+        // Threads of one process share its slot: charges (under the region lock) and frees
+        // (lock-free) of the same slot interleave. Some threads charge one unit at a time;
+        // the others give back each unit as soon as it has been charged, for as long as the
+        // charging goes on. Every unit charged is freed once, so the slot ends where it began.
+        use std::sync::atomic::AtomicBool;
+        const CHARGERS: u64 = 4;
+        const ROUNDS: u64 = 50_000;
+        const BASE: u64 = 1000;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        let slot = r.register().unwrap();
+        r.charge(slot, BASE, u64::MAX).unwrap().unwrap();
+        let owed = AtomicU64::new(0);
+        let charging = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            let chargers: Vec<_> = (0..CHARGERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..ROUNDS {
+                            r.charge(slot, 1, u64::MAX).unwrap().unwrap();
+                            owed.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for _ in 0..CHARGERS {
+                scope.spawn(|| {
+                    while charging.load(Ordering::Acquire) || owed.load(Ordering::Acquire) > 0 {
+                        if owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+                            r.uncharge(slot, 1);
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            for c in chargers {
+                c.join().unwrap();
+            }
+            charging.store(false, Ordering::Release);
+        });
+        assert_eq!(r.usage().unwrap(), BASE, "frees of this slot were lost to charges racing them");
+    }
+
+    #[test]
     fn slots_of_other_open_descriptions_count_and_stay_alive() {
         let (_d, path) = fresh();
         let a = Region::open_or_create(&path).unwrap();
@@ -894,51 +1130,64 @@ mod tests {
         assert!(worst <= LIMIT, "usage reached {worst} with a limit of {LIMIT}");
     }
 
+    /// Where field `f` of the header is in the file.
+    macro_rules! at {
+        ($f:ident) => {
+            offset_of!(RegionFile, header) + offset_of!(Header, $f)
+        };
+    }
+
+    fn poke(bytes: &[u8], offset: usize, value: &[u8]) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        b[offset..offset + value.len()].copy_from_slice(value);
+        b
+    }
+
     #[test]
     fn corrupt_and_truncated_regions_are_detected() {
         let (_d, path) = fresh();
         Region::create(&path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
+        let flipped = bytes[at!(slot_size)] ^ 1;
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (bytes[..100].to_vec(), "truncated"),
             (Vec::new(), "truncated"),
-            ([b"XXXXXXXX".as_slice(), &bytes[8..]].concat(), "magic"),
-            (
-                {
-                    let mut b = bytes.clone();
-                    b[8] = 9;
-                    b
-                },
-                "layout version 9",
-            ),
-            (
-                {
-                    let mut b = bytes.clone();
-                    b[16] ^= 1;
-                    b
-                },
-                "checksum",
-            ),
-            (
-                {
-                    let mut b = bytes.clone();
-                    b[40..44].copy_from_slice(&5000u32.to_le_bytes());
-                    b
-                },
-                "high-water",
-            ),
+            (poke(&bytes, at!(magic), b"XXXXXXXX"), "magic"),
+            (poke(&bytes, at!(version), &9u32.to_ne_bytes()), "layout version 9"),
+            (poke(&bytes, at!(slot_size), &[flipped]), "checksum"),
+            (poke(&bytes, at!(slots_used), &5000u32.to_ne_bytes()), "high-water"),
         ];
         for (content, want) in cases {
             std::fs::write(&path, &content).unwrap();
             let err = Region::open(&path).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
-        let mut b = bytes.clone();
-        b[HEADER_SIZE] = 7; // slot 0 state
-        b[40..44].copy_from_slice(&1u32.to_le_bytes());
+        // A header whose checksum matches fields that describe another layout.
+        let mut other = HeaderValues::new(REGION_VERSION);
+        other.container_count = 47;
+        other.checksum = other.checksum();
+        std::fs::write(&path, poke(&bytes, at!(magic), bytes_of(&other))).unwrap();
+        let err = Region::open(&path).unwrap_err().to_string();
+        assert!(err.contains("another layout"), "{err}");
+
+        let slot0 = offset_of!(RegionFile, slots) + offset_of!(Slot, state);
+        let b = poke(&poke(&bytes, slot0, &7u32.to_ne_bytes()), at!(slots_used), &1u32.to_ne_bytes());
         std::fs::write(&path, &b).unwrap();
         let err = Region::open(&path).unwrap().usage().unwrap_err().to_string();
         assert!(err.contains("slot 0 has state 7"), "{err}");
+    }
+
+    #[test]
+    fn the_header_is_written_from_its_definition() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = HeaderValues::new(REGION_VERSION);
+        assert_eq!(&bytes[..size_of::<Header>()], bytes_of(&header));
+        assert_eq!(&bytes[..8], b"GPUSLRG\0");
+        assert_eq!(bytes[at!(version)..at!(version) + 4], REGION_VERSION.to_ne_bytes());
+        assert_eq!(header.checksum, fnv1a(&bytes[..at!(checksum)]));
+        assert!(bytes[size_of::<Header>()..].iter().all(|&b| b == 0), "everything else starts out zero: free");
     }
 
     fn ids(r: &Region) -> Vec<String> {
@@ -970,7 +1219,8 @@ mod tests {
         assert_eq!(ids(&r), ["b"]);
         // The freed record is cleared, not just marked free.
         let bytes = std::fs::read(&path).unwrap();
-        assert!(bytes[CONTAINER_TABLE_OFFSET..CONTAINER_TABLE_OFFSET + 64].iter().all(|&b| b == 0));
+        let record = offset_of!(RegionFile, containers);
+        assert!(bytes[record..record + size_of::<ContainerRecord>()].iter().all(|&b| b == 0));
     }
 
     #[test]
@@ -1058,7 +1308,9 @@ mod tests {
         let r = Region::open_or_create(&path).unwrap();
         r.attach_container("a").unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&7u32.to_le_bytes(), (CONTAINER_TABLE_OFFSET + 5 * 64) as u64).unwrap();
+        let state5 =
+            offset_of!(RegionFile, containers) + 5 * size_of::<ContainerRecord>() + offset_of!(ContainerRecord, state);
+        file.write_all_at(&7u32.to_ne_bytes(), state5 as u64).unwrap();
         let errors =
             [r.containers().unwrap_err(), r.attach_container("b").unwrap_err(), r.detach_container("a").unwrap_err()];
         for err in errors {
@@ -1070,22 +1322,116 @@ mod tests {
         r.charge(s, 5, 10).unwrap().unwrap();
         assert_eq!(r.usage().unwrap(), 5);
         // The failed detach changed nothing.
-        file.write_all_at(&0u32.to_le_bytes(), (CONTAINER_TABLE_OFFSET + 5 * 64) as u64).unwrap();
+        file.write_all_at(&0u32.to_ne_bytes(), state5 as u64).unwrap();
         assert_eq!(ids(&r), ["a"]);
     }
 
     #[test]
-    fn a_version_1_region_is_refused() {
+    fn a_version_3_region_is_refused_and_repaired_in_place() {
+        // What the previous release wrote: the same bytes, slots without their container.
         let (_d, path) = fresh();
-        let mut v1 = header_bytes(1);
-        v1.resize(REGION_SIZE, 0);
-        std::fs::write(&path, &v1).unwrap();
+        Region::create(&path).unwrap();
+        let live = Region::open(&path).unwrap();
+        let slot = live.register().unwrap();
+        live.charge(slot, 40, 100).unwrap().unwrap();
+        let v3 = poke(&std::fs::read(&path).unwrap(), at!(version), &3u32.to_ne_bytes());
+        std::fs::write(&path, &v3).unwrap();
         for err in [Region::open(&path).unwrap_err(), Region::open_or_create(&path).unwrap_err()] {
             assert!(matches!(err, RegionError::Corrupt { .. }), "{err:?}");
             let msg = err.to_string();
-            assert!(msg.contains("layout version 1, this gpuslice reads only version 2"), "{msg}");
+            assert!(msg.contains("layout version 3, this gpuslice reads only version 4"), "{msg}");
         }
-        assert_eq!(std::fs::read(&path).unwrap(), v1, "the old file is left alone");
+        assert_eq!(std::fs::read(&path).unwrap(), v3, "opening leaves the old file alone");
+        let (fixed, report) = Region::open_repairing(&path, Duration::from_secs(5)).unwrap();
+        assert!(report.header && report.slots == 0, "{report:?}");
+        assert_eq!(fixed.usage().unwrap(), 40, "the live process keeps its slot and its charge");
+        Region::open(&path).unwrap();
+    }
+
+    #[test]
+    fn repair_sets_every_state_from_what_is_alive() {
+        use std::os::unix::fs::FileExt;
+        let (_d, path) = fresh();
+        let r = Region::open_or_create(&path).unwrap();
+        r.attach_container("kept").unwrap();
+        let live = Region::open(&path).unwrap();
+        let alive = live.register().unwrap();
+        live.charge(alive, 30, 100).unwrap().unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let slot_state = |i: usize| (offset_of!(RegionFile, slots) + i * size_of::<Slot>()) as u64;
+        let slot_used = |i: usize| slot_state(i) + offset_of!(Slot, used) as u64;
+        let record_state = |i: usize| (offset_of!(RegionFile, containers) + i * size_of::<ContainerRecord>()) as u64;
+        // A live process's slot scribbled free, a dead-looking slot with a wild state and a
+        // charge, a container record of a wild state, and the header's magic and high-water mark.
+        file.write_all_at(&0u32.to_ne_bytes(), slot_state(alive)).unwrap();
+        file.write_all_at(&9u32.to_ne_bytes(), slot_state(700)).unwrap();
+        file.write_all_at(&(1u64 << 40).to_ne_bytes(), slot_used(700)).unwrap();
+        file.write_all_at(&5u32.to_ne_bytes(), record_state(7)).unwrap();
+        file.write_all_at(b"scribble", 0).unwrap();
+        file.write_all_at(&4000u32.to_ne_bytes(), at!(slots_used) as u64).unwrap();
+        assert!(Region::open(&path).is_err());
+        let (fixed, report) = Region::open_repairing(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(report, RepairReport { header: true, slots: 2, containers: 1 });
+        assert_eq!(fixed.usage().unwrap(), 30, "the live slot counts again, the wild one is gone");
+        assert_eq!(ids(&fixed), ["kept"]);
+        assert_eq!(fixed.repair().unwrap(), RepairReport::default(), "nothing left to repair");
+        Region::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_held_region_lock_fails_the_call_at_its_deadline() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        // Another process of the slice takes the region lock and keeps it.
+        let squatter = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let held = lock::lock(&squatter, REGION_LOCK).unwrap();
+        let r = Region::open(&path).unwrap().with_lock_wait(Duration::from_millis(200));
+        // Joining needs no region lock: a process can still take a slot.
+        let slot = r.register().unwrap();
+        let start = Instant::now();
+        let err = r.charge(slot, 1, 10).unwrap_err();
+        let waited = start.elapsed();
+        assert!(err.is_busy(), "{err}");
+        assert!(err.to_string().contains("its lock stayed held by another process"), "{err}");
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
+        assert!(r.attach_container("c").unwrap_err().is_busy());
+        assert!(r.repair().unwrap_err().is_busy());
+        assert!(r.reclaim_dead_within(Duration::ZERO).unwrap_err().is_busy());
+        // Lock-free paths still work, and the lock is usable again once released.
+        assert_eq!(r.usage().unwrap(), 0);
+        r.uncharge(slot, 1);
+        drop(held);
+        r.charge(slot, 1, 10).unwrap().unwrap();
+    }
+
+    #[test]
+    fn one_container_cannot_take_every_slot() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        // Each registration holds its own open description, as a process does.
+        let mut greedy = Vec::new();
+        for _ in 0..CONTAINER_SLOT_QUOTA {
+            let r = Region::open(&path).unwrap();
+            r.register_in(7).unwrap();
+            greedy.push(r);
+        }
+        let one_more = Region::open(&path).unwrap();
+        let err = one_more.register_in(7).unwrap_err();
+        assert!(matches!(err, RegionError::Quota { .. }), "{err}");
+        // Other containers, and processes outside any, still get slots.
+        Region::open(&path).unwrap().register_in(8).unwrap();
+        Region::open(&path).unwrap().register().unwrap();
+        // A process of the greedy container that ends gives its place back.
+        drop(greedy.pop());
+        one_more.register_in(7).unwrap();
+        let tags: Vec<u64> = one_more
+            .slots()
+            .unwrap()
+            .iter()
+            .map(|s| s.index)
+            .map(|i| one_more.slot(i).container.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(tags.iter().filter(|&&t| t == 7).count(), CONTAINER_SLOT_QUOTA);
     }
 
     /// Set in a copy of this test binary that plays the process that dies.

@@ -159,6 +159,10 @@ fn bad_values_are_named_with_their_key() {
             &["gpu[0].slices[0].cores = 0", "between 1 and 100"],
         ),
         ("[[gpu]]\nindex = 0\nslices = [{ memory = \"1GiB\", cores = 101 }]", &["gpu[0].slices[0].cores = 101"]),
+        (
+            &format!("[[gpu]]\nindex = 0\nslices = [{}]", vec!["{ memory = 1, cores = 1 }"; 65].join(", ")),
+            &["gpu[0].slices = [65 slices]", "more than 64 slices"],
+        ),
         ("[[gpu]]\nindex = 0\nslices = [{ memory = \"1 gigs\", cores = 1 }]", &["gpu[0].slices[0].memory", "1 gigs"]),
         ("[[gpu]]\nindex = 0\nslices = [{ memory = 0, cores = 1 }]", &["gpu[0].slices[0].memory"]),
         (

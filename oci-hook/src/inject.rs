@@ -11,10 +11,16 @@
 //! /usr/bin/nvidia-smi                bind of the driver's tools (read-only)
 //! /etc/ld.so.cache                   the image's entries plus the driver's names (written)
 //! /etc/ld.so.preload                 the shim, then the image's own entries (read-only bind)
-//! /run/gpuslice/slices/<name>/       bind of the slice's host directory (read-only) …
-//!     region                         … with the region bound read-write on top
-//! /run/gpuslice/gpus/<uuid>/board    bind of the GPU's board (read-write)
+//! /run/gpuslice/                     a fresh tmpfs (source `gpuslice`), read-only once filled
+//!     slices/<name>/                 bind of the slice's host directory (read-only) …
+//!         region                     … with the region's device node bound on top
+//!     gpus/<uuid>/board              bind of the GPU's board's device node
 //! ```
+//!
+//! The tmpfs at `/run/gpuslice` is what the interception library trusts (it finds it through
+//! `/proc/self/mountinfo` by its source, wherever the container moves it): a mount point cannot
+//! be renamed, a read-only tmpfs cannot be written, and a process in the container can neither
+//! mount nor unmount. So nothing in it can be renamed, replaced, forged or grown.
 //!
 //! The driver libraries are found through the host's loader cache on every start, so a driver
 //! upgrade never leaves a stale spec behind. The container's loader cache is written by the
@@ -35,6 +41,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use gpuslice_core::driver_files::DriverFiles;
 use gpuslice_core::ld_cache;
+use gpuslice_core::mountinfo;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag, stat};
@@ -50,7 +57,9 @@ pub const DRIVER_DIR: &str = "/usr/lib/gpuslice/driver";
 pub const SHIM: &str = "/usr/lib/gpuslice/libgpuslice.so";
 /// Where the driver's tools appear in the container.
 pub const BIN_DIR: &str = "/usr/bin";
-/// Where slice state appears in the container (the interception library's default).
+/// The tmpfs holding the slice state in the container.
+pub const STATE_DIR: &str = "/run/gpuslice";
+/// Where slice state appears in the container.
 pub const SLICES_DIR: &str = "/run/gpuslice/slices";
 /// Where the boards of the container's GPUs appear.
 pub const GPUS_DIR: &str = "/run/gpuslice/gpus";
@@ -61,6 +70,9 @@ pub const LD_CONF: &str = "/etc/ld.so.conf.d/000-gpuslice.conf";
 
 /// The tmpfs at [`LIB_DIR`] holds only mount points and symlinks.
 const TMPFS_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=4096";
+/// The tmpfs at [`STATE_DIR`] holds only directories and mount points (a container with every
+/// slice of a node has 64 per GPU).
+const STATE_TMPFS_OPTIONS: &str = "mode=0755,size=256k,nr_inodes=2048";
 /// Largest image `ld.so.preload` read; glibc itself reads the whole file.
 const MAX_PRELOAD_LEN: usize = 64 << 10;
 /// Largest image `ld.so.cache` read; a big distribution's cache is a few hundred KiB.
@@ -84,11 +96,14 @@ pub struct HostFiles<'a> {
 pub struct Injector<'r> {
     rootfs: &'r Rootfs,
     mounted: Vec<PathBuf>,
+    /// The state tmpfs of an earlier run was made writable to add a slice: made read-only
+    /// again whatever happens.
+    reopened_state: bool,
 }
 
 impl<'r> Injector<'r> {
     pub fn new(rootfs: &'r Rootfs) -> Self {
-        Self { rootfs, mounted: Vec::new() }
+        Self { rootfs, mounted: Vec::new(), reopened_state: false }
     }
 
     /// Keeps everything mounted so far.
@@ -222,23 +237,53 @@ impl<'r> Injector<'r> {
         self.bind_contents(contents.as_bytes(), target, scratch_dir)
     }
 
-    /// The slice's host directory, read-only, with its region read-write on top.
+    /// The slice's state in the container's state tmpfs (mounted by the first run of the hook
+    /// for the container, reopened by the next ones): the slice's host directory read-only,
+    /// with its region's device node bound on top, and its GPU's board's node. The tmpfs is
+    /// read-only again when this returns, whatever happened.
     pub fn slice(&mut self, slice: &Slice) -> Result<()> {
         let target = Path::new(SLICES_DIR).join(slice.name());
         if self.rootfs.is_host_file(&target, &host_stat(&slice.dir)?) {
             return Ok(());
         }
+        self.open_state()?;
         self.bind(&slice.dir, &target, true)?;
         if let Some(region) = &slice.region {
-            self.bind(region.path(), &target.join("region"), false)?;
+            self.bind_node(region.path(), &target.join("region"))?;
         }
         if let Some(board) = &slice.board {
             // Shared by every slice on the GPU: a second slice of the same GPU finds it there.
             let target = Path::new(GPUS_DIR).join(&slice.limits.gpu_uuid).join("board");
             if !self.rootfs.is_host_file(&target, &host_stat(board.path())?) {
-                self.bind(board.path(), &target, false)?;
+                self.bind_node(board.path(), &target)?;
             }
         }
+        self.close_state()
+    }
+
+    /// Makes the state tmpfs writable: a new one, or the one an earlier run for this container
+    /// mounted (recognised by its mount's source, which only the hook gives).
+    fn open_state(&mut self) -> Result<()> {
+        let ours = self.rootfs.mount_of(STATE_DIR)?.is_some_and(|m| m.is_hook_state());
+        if ours {
+            self.rootfs.make_writable(STATE_DIR)?;
+            self.reopened_state = true;
+        } else {
+            self.rootfs.mount_tmpfs_from(mountinfo::STATE_SOURCE, STATE_DIR, STATE_TMPFS_OPTIONS)?;
+            self.mounted.push(PathBuf::from(STATE_DIR));
+        }
+        Ok(())
+    }
+
+    fn close_state(&mut self) -> Result<()> {
+        self.rootfs.make_read_only(STATE_DIR)?;
+        self.reopened_state = false;
+        Ok(())
+    }
+
+    fn bind_node(&mut self, host: &Path, target: &Path) -> Result<()> {
+        self.rootfs.bind_device_node(host, target)?;
+        self.mounted.push(target.to_owned());
         Ok(())
     }
 
@@ -262,6 +307,9 @@ impl Drop for Injector<'_> {
     fn drop(&mut self) {
         while let Some(target) = self.mounted.pop() {
             let _ = self.rootfs.unmount(&target);
+        }
+        if self.reopened_state {
+            let _ = self.rootfs.make_read_only(STATE_DIR);
         }
     }
 }
@@ -289,8 +337,8 @@ fn is_plain_name(name: &str) -> bool {
 fn host_stat(path: &Path) -> Result<FileStat> {
     let st = stat(path).map_err(io::Error::from).with_context(|| format!("{}", path.display()))?;
     let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-    if kind != SFlag::S_IFREG && kind != SFlag::S_IFDIR {
-        bail!("{} is neither a file nor a directory", path.display());
+    if kind != SFlag::S_IFREG && kind != SFlag::S_IFDIR && kind != SFlag::S_IFBLK {
+        bail!("{} is neither a file, a directory nor a block device", path.display());
     }
     Ok(st)
 }

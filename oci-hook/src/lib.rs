@@ -10,7 +10,9 @@
 //!   the slice's region, and writes its host-only record for the host guard ([`record`]: its
 //!   cgroups, which tie the driver's host PIDs to the slice).
 //! - `poststop` runs on the host after the container is gone: it takes the container out of
-//!   the region, frees what its processes still had charged, and removes the host record.
+//!   the region and frees what its processes still had charged, without ever blocking: any
+//!   process on the slice can hold the region's lock, so it is waited for briefly and the
+//!   cleanup is otherwise left to the next reclaim. It removes the host record in any case.
 //!
 //! Everything in the rootfs came from an image we do not trust: `/etc` may be a symlink to
 //! the host's `/etc`, `/run` may point at `/proc/self/root`. Take one mount as an example: to
@@ -98,15 +100,36 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
     Ok(())
 }
 
+/// What `poststop` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poststop {
+    /// Done, or nothing to do (a slice without a region).
+    Done,
+    /// The region's lock stayed held (a process on the slice keeps it): nothing was waited
+    /// for; the container's record and its dead processes' slots are left for the next reclaim
+    /// (any charge that would not fit, the next `poststop` of the slice, a memory query). The
+    /// line says so.
+    Deferred(String),
+}
+
 /// The `poststop` hook: takes the container out of its slice's region and frees what the
-/// container's processes still had charged. A slice without a region has nothing to do.
-pub fn poststop(args: &HookArgs, state: impl Read) -> Result<()> {
+/// container's processes still had charged, and removes the container's host record (first,
+/// whatever happens to the region: the guard must not tie a later container's processes to
+/// it). A slice without a region has nothing else to do. It never blocks: the region's lock is
+/// waited for at most [`slice::POSTSTOP_LOCK_WAIT`].
+pub fn poststop(args: &HookArgs, state: impl Read) -> Result<Poststop> {
     let container = oci::read_state(state)?;
     let forgotten = record::forget(&args.slice.state_dir, &container, &args.slice.name);
-    if let Some(region) = Slice::existing_region(&args.slice)? {
-        region
-            .detach_container(&container.id)
-            .with_context(|| format!("{}: removing container {} from the region", args.slice.name, container.id))?;
-    }
-    forgotten
+    let Some(region) = Slice::existing_region(&args.slice)? else { return forgotten.map(|()| Poststop::Done) };
+    let done = match region.detach_container(&container.id) {
+        Ok(_) => Ok(Poststop::Done),
+        Err(e) if e.is_busy() => Ok(Poststop::Deferred(format!(
+            "{}: {e}; container {}'s record and its processes' memory are left for the next reclaim",
+            args.slice.name, container.id
+        ))),
+        Err(e) => {
+            Err(e).with_context(|| format!("{}: removing container {} from the region", args.slice.name, container.id))
+        }
+    }?;
+    forgotten.map(|()| done)
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gpuslice_hook::HookArgs;
 use gpuslice_hook::slice::{DEFAULT_STATE_DIR, SliceArgs};
+use gpuslice_hook::{HookArgs, Poststop};
 
 /// The OCI hook of gpuslice's CDI devices. Container runtimes run it with the container's
 /// state on standard input; the CDI spec written by gpuslice-cdi gives it its arguments.
@@ -86,7 +86,11 @@ fn main() -> ExitCode {
     let stdin = std::io::stdin().lock();
     let result = match Cli::parse().command {
         Command::CreateContainer(slice) => gpuslice_hook::create_container(&slice.into(), stdin),
-        Command::Poststop(slice) => gpuslice_hook::poststop(&slice.into(), stdin),
+        Command::Poststop(slice) => gpuslice_hook::poststop(&slice.into(), stdin).map(|done| {
+            if let Poststop::Deferred(line) = done {
+                eprintln!("gpuslice-hook: {line}");
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gpuslice_core::mountinfo;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2, readlinkat, renameat};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -55,6 +56,8 @@ pub enum Error {
     Remount { target: PathBuf, errno: Errno },
     #[error("{target:?} in the container is still writable after the read-only remount")]
     StillWritable { target: PathBuf },
+    #[error("{reason}")]
+    Mountinfo { reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -246,10 +249,16 @@ impl Rootfs {
     /// `O_PATH` descriptor of its root. `options` are tmpfs's (`mode=0755,size=…`); the
     /// mount is `nosuid,nodev`.
     pub fn mount_tmpfs(&self, dir: impl AsRef<Path>, options: &str) -> Result<OwnedFd> {
+        self.mount_tmpfs_from("tmpfs", dir, options)
+    }
+
+    /// [`Rootfs::mount_tmpfs`] with `source` as the mount's source, which mountinfo shows (and
+    /// which no process in the container can give a mount: it cannot mount).
+    pub fn mount_tmpfs_from(&self, source: &str, dir: impl AsRef<Path>, options: &str) -> Result<OwnedFd> {
         let dir = dir.as_ref();
         let mount_point = self.mkdir_all(dir, Mode::from_bits_truncate(MOUNT_POINT_DIR_MODE))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        mount(Some("tmpfs"), &proc_fd_path(&mount_point), Some("tmpfs"), flags, Some(options))
+        mount(Some(source), &proc_fd_path(&mount_point), Some("tmpfs"), flags, Some(options))
             .map_err(|errno| Error::Mount { host: PathBuf::from("tmpfs"), target: dir.to_owned(), errno })?;
         // The old descriptor names the directory underneath; the new mount is found by name.
         self.resolve_dir(dir)
@@ -260,6 +269,76 @@ impl Rootfs {
     pub fn make_read_only(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         remount_fd_read_only(&self.resolve(path, OFlag::O_PATH)?, path)
+    }
+
+    /// Makes the mount at `path` writable again (a bind remount keeping its other flags).
+    pub fn make_writable(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mounted = self.resolve(path, OFlag::O_PATH)?;
+        let remount_error = |errno| Error::Remount { target: path.to_owned(), errno };
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | kept_flags(&mounted).map_err(remount_error)?;
+        mount(None::<&str>, &proc_fd_path(&mounted), None::<&str>, flags, None::<&str>).map_err(remount_error)
+    }
+
+    /// The mount `path` (symlinks followed inside the rootfs) is on, as this process's
+    /// mountinfo lists it; `None` when the path does not exist.
+    pub fn mount_of(&self, path: impl AsRef<Path>) -> Result<Option<mountinfo::Mount>> {
+        let path = path.as_ref();
+        let fd = match self.resolve_raw(path, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(Error::Resolve { path: path.to_owned(), errno }),
+        };
+        let id = mountinfo::mount_id(fd.as_fd())
+            .map_err(|e| Error::Resolve { path: path.to_owned(), errno: errno_of(&e) })?;
+        let mounts = mountinfo::read().map_err(|e| Error::Mountinfo { reason: e.to_string() })?;
+        Ok(mounts.into_iter().find(|m| m.id == id))
+    }
+
+    /// Bind mounts the trusted host block device node `host_source` onto `target` inside the
+    /// rootfs, an existing non-directory (the node the slice's directory bind already shows
+    /// there, say) or, if missing, a new empty file. The bind opens the device whatever the
+    /// host's mount says (no `nodev`) and is `nosuid,noexec`; it pins the node's inode, so
+    /// every process of the container opens the same device even if the host replaces the
+    /// node later.
+    pub fn bind_device_node(&self, host_source: &Path, target: impl AsRef<Path>) -> Result<()> {
+        let target = target.as_ref();
+        let host = host_source.to_owned();
+        let source = open(host_source, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| Error::OpenSource { path: host.clone(), errno })?;
+        let source_stat = fstat(source.as_fd()).map_err(|errno| Error::OpenSource { path: host.clone(), errno })?;
+        if file_type(&source_stat) != SFlag::S_IFBLK {
+            return Err(Error::UnsupportedSource { path: host });
+        }
+        let mount_point = match self.resolve_raw(target, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+            Ok(fd) => {
+                let stat = fstat(fd.as_fd()).map_err(|errno| Error::Resolve { path: target.to_owned(), errno })?;
+                if matches!(file_type(&stat), SFlag::S_IFDIR | SFlag::S_IFLNK) {
+                    return Err(Error::NotARegularFile { path: target.to_owned() });
+                }
+                fd
+            }
+            Err(Errno::ENOENT) => self.create_file(target, Mode::from_bits_truncate(MOUNT_POINT_FILE_MODE))?,
+            Err(errno) => return Err(Error::Resolve { path: target.to_owned(), errno }),
+        };
+        let mount_error = |errno| Error::Mount { host: host.clone(), target: target.to_owned(), errno };
+        mount(Some(&proc_fd_path(&source)), &proc_fd_path(&mount_point), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(mount_error)?;
+        let result = (|| {
+            let mounted = self.resolve(target, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+            let stat = fstat(mounted.as_fd()).map_err(|errno| Error::Resolve { path: target.to_owned(), errno })?;
+            if (stat.st_rdev, stat.st_ino, stat.st_dev) != (source_stat.st_rdev, source_stat.st_ino, source_stat.st_dev)
+            {
+                return Err(Error::MountMoved { host: host.clone(), target: target.to_owned() });
+            }
+            let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+            mount(None::<&str>, &proc_fd_path(&mounted), None::<&str>, flags, None::<&str>)
+                .map_err(|errno| Error::Remount { target: target.to_owned(), errno })
+        })();
+        if result.is_err() {
+            let _ = umount2(&proc_fd_path(&mount_point), MntFlags::MNT_DETACH);
+        }
+        result
     }
 
     /// Detaches the mount at `path` (lazily, as `umount -l`). For undoing this hook's own
@@ -374,14 +453,11 @@ impl Rootfs {
     }
 }
 
-/// Remounts the mount `mounted` is the root of read-only, keeping its other flags, and checks
-/// that it took.
-fn remount_fd_read_only(mounted: &OwnedFd, target: &Path) -> Result<()> {
-    let remount_error = |errno| Error::Remount { target: target.to_owned(), errno };
-    // Flags the new mount already has must be kept, or a mount in a user namespace with
-    // locked nosuid/nodev/noexec refuses the remount.
-    let current = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+/// The nosuid, nodev and noexec flags the mount `mounted` is the root of has: a remount must
+/// keep them, or a mount in a user namespace with locked flags refuses it.
+fn kept_flags(mounted: &OwnedFd) -> nix::Result<MsFlags> {
+    let current = fstatvfs(mounted.as_fd())?.flags();
+    let mut flags = MsFlags::empty();
     for (have, keep) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
@@ -391,6 +467,20 @@ fn remount_fd_read_only(mounted: &OwnedFd, target: &Path) -> Result<()> {
             flags |= keep;
         }
     }
+    Ok(flags)
+}
+
+/// The errno of an I/O error, `EIO` when it has none.
+fn errno_of(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+/// Remounts the mount `mounted` is the root of read-only, keeping its other flags, and checks
+/// that it took.
+fn remount_fd_read_only(mounted: &OwnedFd, target: &Path) -> Result<()> {
+    let remount_error = |errno| Error::Remount { target: target.to_owned(), errno };
+    let flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | kept_flags(mounted).map_err(remount_error)?;
     mount(None::<&str>, &proc_fd_path(mounted), None::<&str>, flags, None::<&str>).map_err(remount_error)?;
     let after = fstatvfs(mounted.as_fd()).map_err(remount_error)?.flags();
     if !after.contains(FsFlags::ST_RDONLY) {

@@ -1,13 +1,23 @@
 //! The slice a hook runs for: its limits from the hook's arguments, and its state on the host.
 //!
-//! After a reboot `/run` is empty, yet the CDI spec still names the slice. So the spec passes
-//! the hook everything the slice is (mode, GPU, memory, cores, cores policy, priority), and
-//! `create-container` rewrites the limits file and recreates the region when they are missing;
-//! it never depends on state having survived. A hook given only `--slice` (a hand-written
-//! bundle) uses the state that is there.
+//! The spec passes the hook everything the slice is (mode, GPU, memory, cores, cores policy,
+//! priority), and `create-container` rewrites the limits file when it is missing or differs. A
+//! hook given only `--slice` (a hand-written bundle) uses the limits that are there.
+//!
+//! The slice's region and its GPU's board are zram devices that only `gpuslice-cdi generate`
+//! makes (`gpuslice_core::state`), since the container's device cgroup must let it open them
+//! and the engine reads the devices from the host's nodes when it creates the container, before
+//! the hook runs. So the hook never creates them: state that is missing or not a device (a
+//! reboot the `gpuslice-generate` service has not followed yet, an older release's files) stops
+//! the container with one line saying to run `gpuslice-cdi generate`. What it does mend is
+//! damaged contents, in place ([`Region::open_repairing`], [`Board::open_repairing`]), so that
+//! a container that scribbled on them cannot keep the slice's next containers from starting. The
+//! board is advisory: one the hook cannot open or claim a record on does not stop anything.
 
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gpuslice_core::board::{self, Board, BoardError};
 use gpuslice_core::config::Mode;
@@ -16,6 +26,12 @@ use gpuslice_core::region::{self, Region, RegionError};
 
 /// Where slice state lives on the host unless the spec says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/gpuslice";
+/// How long `create-container` waits for the region's lock (to repair it and record the
+/// container) before refusing the start: its holders keep it for microseconds, unless a process
+/// on the slice keeps it on purpose.
+pub const CREATE_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long `poststop` waits for it before leaving its cleanup to the next reclaim.
+pub const POSTSTOP_LOCK_WAIT: Duration = Duration::from_millis(250);
 
 /// The slice as the hook's arguments describe it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +70,10 @@ pub enum SliceError {
     Region { slice: String, source: RegionError },
     #[error("{slice}: {source}")]
     Board { slice: String, source: BoardError },
+    #[error(
+        "{slice}: its shared state {path:?} is {what}; run gpuslice-cdi generate (the gpuslice-generate service does at boot)"
+    )]
+    NoState { slice: String, path: PathBuf, what: &'static str },
 }
 
 impl SliceArgs {
@@ -124,11 +144,22 @@ impl Slice {
         &self.limits.slice
     }
 
-    /// The slice as the hook's arguments describe it, with its state written (limits) and
-    /// created (region) where missing.
+    /// The slice as the hook's arguments describe it: its limits written where missing or
+    /// different, its region (for a slice in mode `shim`) opened and repaired if damaged, its
+    /// GPU's board opened, repaired and the slice's record claimed if it can be.
     pub fn ensure(args: &SliceArgs) -> Result<Slice, SliceError> {
         args.check_name()?;
-        let limits = match args.limits()? {
+        let wanted = args.limits()?;
+        let mode = match &wanted {
+            Some(l) => l.mode,
+            None => Self::load_limits(args)?.mode,
+        };
+        // The devices first: a refusal for missing state writes nothing.
+        let region = match mode {
+            Mode::Shim => Some(Self::open_region(args)?),
+            Mode::None => None,
+        };
+        let limits = match wanted {
             Some(wanted) => wanted.store(&args.state_dir).map_err(|source| SliceError::Store {
                 slice: args.name.clone(),
                 state_dir: args.state_dir.clone(),
@@ -136,29 +167,43 @@ impl Slice {
             })?,
             None => Self::load_limits(args)?,
         };
-        let (region, board) = match limits.mode {
-            Mode::Shim => {
-                let region = Region::open_or_create(&region::region_path(&args.state_dir, &args.name))
-                    .map_err(|source| SliceError::Region { slice: args.name.clone(), source })?;
-                let board_error = |source| SliceError::Board { slice: args.name.clone(), source };
-                let board = Board::open_or_create(&board::board_path(&args.state_dir, &limits.gpu_uuid))
-                    .map_err(board_error)?;
-                board.claim(&limits.slice, limits.priority, limits.cores_percent).map_err(board_error)?;
-                (Some(region), Some(board))
-            }
-            Mode::None => (None, None),
+        let board = match mode {
+            Mode::Shim => Self::open_board(args, &limits),
+            Mode::None => None,
         };
         Ok(Slice { limits, dir: args.dir(), region, board })
     }
 
-    /// The slice's region if it has one and it exists; never creates anything (for `poststop`).
+    /// The slice's region: a device node at its path, repaired in place if damaged.
+    fn open_region(args: &SliceArgs) -> Result<Region, SliceError> {
+        let path = region::region_path(&args.state_dir, &args.name);
+        require_device(&args.name, &path)?;
+        let (region, _) = Region::open_repairing(&path, CREATE_LOCK_WAIT)
+            .map_err(|source| SliceError::Region { slice: args.name.clone(), source })?;
+        Ok(region)
+    }
+
+    /// The GPU's board with the slice's record claimed, when it can be had: the board only
+    /// informs pacing, so nothing about it stops the container.
+    fn open_board(args: &SliceArgs, limits: &Limits) -> Option<Board> {
+        let path = board::board_path(&args.state_dir, &limits.gpu_uuid);
+        require_device(&args.name, &path).ok()?;
+        let (board, _) = Board::open_repairing(&path).ok()?;
+        let _ = board.claim(&limits.slice, limits.priority, limits.cores_percent);
+        Some(board)
+    }
+
+    /// The slice's region if it has one and it exists; never creates or repairs anything (for
+    /// `poststop`), and waits for its lock at most [`POSTSTOP_LOCK_WAIT`].
     pub fn existing_region(args: &SliceArgs) -> Result<Option<Region>, SliceError> {
         args.check_name()?;
         let path = region::region_path(&args.state_dir, &args.name);
         if !path.exists() {
             return Ok(None);
         }
-        Region::open(&path).map(Some).map_err(|source| SliceError::Region { slice: args.name.clone(), source })
+        Region::open(&path)
+            .map(|r| Some(r.with_lock_wait(POSTSTOP_LOCK_WAIT)))
+            .map_err(|source| SliceError::Region { slice: args.name.clone(), source })
     }
 
     fn load_limits(args: &SliceArgs) -> Result<Limits, SliceError> {
@@ -174,6 +219,17 @@ impl Slice {
             return Err(SliceError::WrongSlice { slice: args.name.clone(), path, found: limits.slice });
         }
         Ok(limits)
+    }
+}
+
+/// Refuses state that is not a block device node: missing, or a plain file of an older release.
+fn require_device(slice: &str, path: &Path) -> Result<(), SliceError> {
+    let no_state = |what| Err(SliceError::NoState { slice: slice.to_owned(), path: path.to_owned(), what });
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => Ok(()),
+        Ok(_) => no_state("not a device (an older release's file?)"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => no_state("missing"),
+        Err(_) => no_state("unreadable"),
     }
 }
 
@@ -199,18 +255,42 @@ mod tests {
         }
     }
 
+    /// What `generate` makes for slice0: limits, and its region and its GPU's board on zram
+    /// devices. Removes the devices when dropped.
+    struct Generated(tempfile::TempDir);
+
+    impl Generated {
+        fn new() -> Option<Generated> {
+            if gpuslice_test_support::skip_unless_root("slice state on zram devices", "adding zram devices") {
+                return None;
+            }
+            let state = tempfile::tempdir().unwrap();
+            let limits = args(state.path()).limits().unwrap().unwrap().store(state.path()).unwrap();
+            gpuslice_core::state::ensure_region(state.path(), "slice0").unwrap();
+            let slices = [board::BoardSlice { name: "slice0".into(), priority: limits.priority, cores: 50 }];
+            gpuslice_core::state::ensure_board(state.path(), &limits.gpu_uuid, &slices, 1).unwrap();
+            Some(Generated(state))
+        }
+    }
+
+    impl Drop for Generated {
+        fn drop(&mut self) {
+            gpuslice_core::state::remove_devices(self.0.path());
+        }
+    }
+
     #[test]
-    fn recreates_missing_state_from_the_arguments() {
-        let state = tempfile::tempdir().unwrap();
-        let slice = Slice::ensure(&args(state.path())).unwrap();
+    fn limits_follow_the_arguments_on_generated_state() {
+        let Some(state) = Generated::new() else { return };
+        let state = state.0.path();
+        let slice = Slice::ensure(&args(state)).unwrap();
         assert_eq!(slice.limits.memory_bytes, 4 << 30);
         assert_eq!(slice.limits.generation, 1);
-        assert!(slice.region.is_some());
-        assert!(state.path().join("slices/slice0/region").is_file());
+        assert!(slice.region.as_ref().unwrap().is_device() && slice.board.as_ref().unwrap().is_device());
         // Again: nothing changes, the generation stays.
-        assert_eq!(Slice::ensure(&args(state.path())).unwrap().limits.generation, 1);
+        assert_eq!(Slice::ensure(&args(state)).unwrap().limits.generation, 1);
         // New limits in the spec: a new generation.
-        let bigger = SliceArgs { memory_bytes: Some(8 << 30), ..args(state.path()) };
+        let bigger = SliceArgs { memory_bytes: Some(8 << 30), ..args(state) };
         assert_eq!(Slice::ensure(&bigger).unwrap().limits.generation, 2);
         // A new policy or priority is new limits too.
         let borrow = SliceArgs { cores_policy: Some("borrow".into()), ..bigger.clone() };
@@ -219,17 +299,49 @@ mod tests {
         let high = SliceArgs { priority: Some("high".into()), ..borrow };
         let slice = Slice::ensure(&high).unwrap();
         assert_eq!((slice.limits.priority, slice.limits.generation), (Priority::High, 4));
-        let text = std::fs::read_to_string(state.path().join("slices/slice0/limits")).unwrap();
+        let text = std::fs::read_to_string(state.join("slices/slice0/limits")).unwrap();
         assert!(text.contains("\ncores_policy=borrow\npriority=high\n"), "{text}");
+    }
+
+    #[test]
+    fn a_damaged_region_and_board_are_repaired_at_the_next_start() {
+        use std::os::unix::fs::FileExt;
+        let Some(state) = Generated::new() else { return };
+        let state = state.0.path();
+        let scribble = |path: PathBuf| {
+            std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(b"scribble", 0).unwrap();
+        };
+        scribble(region::region_path(state, "slice0"));
+        let uuid = args(state).gpu_uuid.unwrap();
+        scribble(board::board_path(state, &uuid));
+        assert!(Region::open(&region::region_path(state, "slice0")).is_err());
+        let slice = Slice::ensure(&args(state)).unwrap();
+        slice.region.unwrap().check_header().unwrap();
+        assert_eq!(slice.board.unwrap().slices().len(), 1);
+    }
+
+    #[test]
+    fn missing_or_plain_file_state_is_refused_asking_for_generate_and_writes_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let err = Slice::ensure(&args(state.path())).unwrap_err().to_string();
+        assert!(err.contains("region\" is missing; run gpuslice-cdi generate"), "{err}");
+        assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0, "nothing written");
+        // A plain file where the device should be: an older release's region.
+        std::fs::create_dir_all(state.path().join("slices/slice0")).unwrap();
+        Region::create(&state.path().join("slices/slice0/region")).unwrap();
+        let err = Slice::ensure(&args(state.path())).unwrap_err().to_string();
+        assert!(err.contains("is not a device") && err.contains("run gpuslice-cdi generate"), "{err}");
+        assert!(!state.path().join("slices/slice0/limits").exists());
     }
 
     #[test]
     fn only_a_name_uses_the_state_that_is_there() {
         let state = tempfile::tempdir().unwrap();
-        let bare = SliceArgs { name: "slice0".into(), state_dir: state.path().to_owned(), ..SliceArgs::default() };
+        let bare = SliceArgs { name: "gpu0".into(), state_dir: state.path().to_owned(), ..SliceArgs::default() };
         let err = Slice::ensure(&bare).unwrap_err().to_string();
-        assert!(err.starts_with("unknown slice slice0:") && err.ends_with("run gpuslice-cdi generate"), "{err}");
-        Slice::ensure(&args(state.path())).unwrap();
+        assert!(err.starts_with("unknown slice gpu0:") && err.ends_with("run gpuslice-cdi generate"), "{err}");
+        let whole = SliceArgs { name: "gpu0".into(), mode: Some("none".into()), ..args(state.path()) };
+        Slice::ensure(&whole).unwrap();
         assert_eq!(Slice::ensure(&bare).unwrap().limits.cores_percent, 50);
     }
 
@@ -266,13 +378,14 @@ mod tests {
     #[test]
     fn a_corrupt_limits_file_is_reported() {
         let state = tempfile::tempdir().unwrap();
-        Slice::ensure(&args(state.path())).unwrap();
-        std::fs::write(state.path().join("slices/slice0/limits"), "garbage\n").unwrap();
-        let bare = SliceArgs { name: "slice0".into(), state_dir: state.path().to_owned(), ..SliceArgs::default() };
+        let whole = SliceArgs { name: "gpu0".into(), mode: Some("none".into()), ..args(state.path()) };
+        Slice::ensure(&whole).unwrap();
+        std::fs::write(state.path().join("slices/gpu0/limits"), "garbage\n").unwrap();
+        let bare = SliceArgs { name: "gpu0".into(), state_dir: state.path().to_owned(), ..SliceArgs::default() };
         let err = Slice::ensure(&bare).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         // The spec's arguments repair it.
-        Slice::ensure(&args(state.path())).unwrap();
+        Slice::ensure(&whole).unwrap();
         Slice::ensure(&bare).unwrap();
     }
 }

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{in_mount_namespace, mounts_under, snapshot};
 use gpuslice_core::containers::{self, ContainerRecord};
@@ -33,6 +34,12 @@ struct World {
     shim: PathBuf,
     bundle: PathBuf,
     rootfs: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        gpuslice_core::state::remove_devices(&self.state);
+    }
 }
 
 impl World {
@@ -82,6 +89,34 @@ impl World {
         fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#).unwrap();
         let state = base.join("state");
         World { _dir: dir, base, driver, state, shim, bundle, rootfs }
+    }
+
+    /// What `gpuslice-cdi generate` makes for `slices` (on GPU 0, as [`World::slice_args`]
+    /// describes them): their limits, their regions and the GPU's board on zram devices.
+    fn generate(&self, slices: &[&str]) -> &Self {
+        let mut board = Vec::new();
+        for name in slices {
+            let args = gpuslice_hook::slice::SliceArgs {
+                name: (*name).to_owned(),
+                state_dir: self.state.clone(),
+                mode: Some("shim".into()),
+                gpu_uuid: Some(UUID0.into()),
+                gpu_index: Some(0),
+                memory_bytes: Some(4 << 30),
+                cores_percent: Some(50),
+                cores_policy: Some("cap".into()),
+                priority: Some("normal".into()),
+            };
+            let limits = args.limits().unwrap().unwrap().store(&self.state).unwrap();
+            gpuslice_core::state::ensure_region(&self.state, name).unwrap();
+            board.push(gpuslice_core::board::BoardSlice {
+                name: (*name).to_owned(),
+                priority: limits.priority,
+                cores: 50,
+            });
+        }
+        gpuslice_core::state::ensure_board(&self.state, UUID0, &board, 1).unwrap();
+        self
     }
 
     /// The state a runtime writes, with this test's process standing in for the container's
@@ -174,6 +209,7 @@ fn assert_read_only(path: &Path) {
 fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
     in_mount_namespace("create_container_sets_up_the_slice_and_poststop_takes_it_back", || {
         let w = World::new();
+        w.generate(&["slice0", "slice1"]);
         assert_ok(&w.create("slice0", "ctr-1"), "create-container");
 
         // The interception library and the driver, in a read-only tmpfs.
@@ -209,26 +245,44 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         assert_eq!(entry("libimage.so.1"), Some(PathBuf::from("/opt/image/lib/libimage.so.1")));
         assert_eq!(cache.iter().filter(|e| e.name == "libcuda.so.1").count(), 1, "{cache:#?}");
 
-        // The slice: limits read-only, the region read-write, the same files as on the host.
+        // The slice state, in a read-only tmpfs of the hook's whose source says so: limits
+        // read-only, the region and the board the host's device nodes, writable.
+        let state_mount = mounts_under(&w.inside("/run/gpuslice"));
+        let tmpfs = state_mount.iter().find(|m| m.path == w.inside("/run/gpuslice")).unwrap();
+        assert_eq!((tmpfs.fstype.as_str(), tmpfs.source.as_str()), ("tmpfs", "gpuslice"));
+        assert!(tmpfs.read_only(), "{tmpfs:?}");
+        assert!(fs::create_dir(w.inside("/run/gpuslice/slices/forged")).is_err(), "nothing can be added");
+        let moved = fs::rename(w.inside("/run/gpuslice"), w.inside("/run/moved")).unwrap_err();
+        assert_eq!(moved.raw_os_error(), Some(libc::EBUSY), "a mount point cannot be renamed: {moved}");
         let slice = w.inside("/run/gpuslice/slices/slice0");
         let host_limits = fs::read_to_string(w.state.join("slices/slice0/limits")).unwrap();
         assert!(host_limits.contains("memory_bytes=4294967296"), "{host_limits}");
         assert_eq!(fs::read_to_string(slice.join("limits")).unwrap(), host_limits);
         assert_read_only(&slice.join("limits"));
-        fs::OpenOptions::new().read(true).write(true).open(slice.join("region")).unwrap();
+        let region = fs::OpenOptions::new().read(true).write(true).open(slice.join("region")).unwrap();
+        assert!(region.metadata().unwrap().file_type().is_block_device());
+        assert!(region.set_len(0).is_err(), "the region cannot be truncated");
         assert_eq!(w.attached("slice0"), ["ctr-1"]);
-        // The GPU's board, read-write, with the slice's record.
+        // The GPU's board, writable, with the slice's record.
         let board = w.inside(&format!("/run/gpuslice/gpus/{UUID0}/board"));
         fs::OpenOptions::new().read(true).write(true).open(&board).unwrap();
         let names: Vec<String> =
             gpuslice_core::board::Board::open(&board).unwrap().slices().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["slice0"]);
+        assert_eq!(names, ["slice0", "slice1"]);
 
-        // A second slice in the same container: only its own state is added.
+        // A second slice in the same container: only its own state is added, in the same
+        // tmpfs, read-only again afterwards.
         let before = mounts_under(&w.rootfs).len();
         assert_ok(&w.create("slice1", "ctr-1"), "create-container for a second slice");
         assert_eq!(mounts_under(&w.rootfs).len(), before + 2, "{:#?}", mounts_under(&w.rootfs));
-        assert!(w.inside("/run/gpuslice/slices/slice1/region").is_file());
+        assert!(fs::metadata(w.inside("/run/gpuslice/slices/slice1/region")).unwrap().file_type().is_block_device());
+        assert!(
+            mounts_under(&w.inside("/run/gpuslice"))
+                .iter()
+                .find(|m| m.path == w.inside("/run/gpuslice"))
+                .unwrap()
+                .read_only()
+        );
         assert_eq!(fs::read_to_string(&preload).unwrap().matches("libgpuslice.so").count(), 1);
         // The same slice again (a device listed twice): nothing new.
         assert_ok(&w.create("slice0", "ctr-1"), "create-container again");
@@ -249,6 +303,12 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777;
         assert_eq!(mode(&containers::host_dir(&w.state)), 0o700);
         assert!(!mounts_under(&w.rootfs).iter().any(|m| m.path.ends_with("host")), "the records are never mounted");
+        // The container's /run/gpuslice holds only the slices' and the GPUs' state.
+        let mut seen: Vec<_> =
+            fs::read_dir(w.inside("/run/gpuslice")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        seen.sort();
+        assert_eq!(seen, ["gpus", "slices"], "the container's state tmpfs");
+        assert!(w.state.join("host/containers/ctr-1").is_dir());
 
         // poststop: the container leaves the region, its dead processes' memory is freed, its
         // record goes.
@@ -263,25 +323,55 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
 }
 
 #[test]
-fn missing_state_is_recreated_from_the_arguments() {
-    in_mount_namespace("missing_state_is_recreated_from_the_arguments", || {
+fn missing_state_is_refused_until_generate_makes_it() {
+    in_mount_namespace("missing_state_is_refused_until_generate_makes_it", || {
         let w = World::new();
         assert!(!w.state.exists());
-        assert_ok(&w.create("slice0", "ctr-1"), "create-container after a reboot");
-        let limits = fs::read_to_string(w.state.join("slices/slice0/limits")).unwrap();
-        assert!(limits.contains("generation=1") && limits.contains(&format!("gpu_uuid={UUID0}")), "{limits}");
-        assert!(
-            limits.contains("\nformat=2\n") && limits.contains("\ncores_policy=cap\npriority=normal\n"),
-            "{limits}"
-        );
+        let line = assert_refused(&w.create("slice0", "ctr-1"), "create-container after a reboot, before generate");
+        assert!(line.contains("region\" is missing; run gpuslice-cdi generate"), "{line}");
+        assert!(mounts_under(&w.base).is_empty());
+        w.generate(&["slice0"]);
+        assert_ok(&w.create("slice0", "ctr-1"), "create-container after generate");
         assert_eq!(w.attached("slice0"), ["ctr-1"]);
-        // A hand-written bundle may name the slice alone; the state is there now.
+        // A hand-written bundle may name the slice alone; the state is there.
         let bare = vec!["--slice".into(), "slice0".into(), format!("--state-dir={}", w.state.display())];
         let mut args = bare.clone();
         args.push(format!("--driver-root={}", w.driver.display()));
         args.push(format!("--shim-path={}", w.shim.display()));
         assert_ok(&w.hook("create-container", &args, &w.state_json("ctr-2")), "create-container with --slice only");
         assert_eq!(w.attached("slice0"), ["ctr-1", "ctr-2"]);
+    });
+}
+
+/// A process on the slice that keeps the region's lock: the next container's start is refused
+/// after a bounded wait with one line, and poststop does not wait at all for long.
+#[test]
+fn a_held_region_lock_fails_the_start_and_never_blocks_poststop() {
+    in_mount_namespace("a_held_region_lock_fails_the_start_and_never_blocks_poststop", || {
+        let w = World::new();
+        w.generate(&["slice0"]);
+        assert_ok(&w.create("slice0", "ctr-1"), "create-container");
+        let squatter =
+            fs::OpenOptions::new().read(true).write(true).open(w.state.join("slices/slice0/region")).unwrap();
+        let _held = gpuslice_core::shm::lock::lock(&squatter, 0..1).unwrap();
+        let start = Instant::now();
+        let line = assert_refused(&w.create("slice0", "ctr-2"), "create-container with the lock held");
+        assert!(line.contains("its lock stayed held by another process"), "{line}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert!(w.record("ctr-1", "slice0").is_some());
+        assert!(w.record("ctr-2", "slice0").is_none(), "a refused container leaves no host record");
+        let start = Instant::now();
+        let out = w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
+        assert!(start.elapsed() < Duration::from_secs(2), "poststop waited {:?}", start.elapsed());
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("left for the next reclaim"), "{stderr}");
+        drop(_held);
+        assert_eq!(w.attached("slice0"), ["ctr-1"], "left as it was");
+        // The host record goes all the same: the guard must not keep tying processes to a
+        // container that is gone.
+        assert!(w.record("ctr-1", "slice0").is_none(), "the host record outlived poststop");
     });
 }
 
@@ -320,6 +410,7 @@ fn hostile_images_write_nothing_on_the_host() {
         ];
         for (path, target) in attacks {
             let w = World::new();
+            w.generate(&["slice0"]);
             let victim = w.base.join("victim");
             fs::create_dir_all(victim.join("usr/lib")).unwrap();
             fs::write(victim.join("ld.so.preload"), "/host/only.so\n").unwrap();
@@ -354,6 +445,18 @@ fn failures_are_one_line_and_leave_nothing_behind() {
     in_mount_namespace("failures_are_one_line_and_leave_nothing_behind", || {
         type Setup = fn(&World) -> (Vec<String>, String);
         let cases: Vec<(&str, Setup, &str)> = vec![
+            ("no generate", |w| (w.slice_args("slice0"), w.state_json("c")), "missing; run gpuslice-cdi generate"),
+            (
+                "an older release's region",
+                |w| {
+                    let region = w.state.join("slices/slice0/region");
+                    gpuslice_core::state::remove_devices(&w.state);
+                    fs::remove_file(&region).unwrap();
+                    Region::create(&region).unwrap();
+                    (w.slice_args("slice0"), w.state_json("c"))
+                },
+                "is not a device",
+            ),
             (
                 "unknown slice",
                 |w| {
@@ -466,6 +569,9 @@ fn failures_are_one_line_and_leave_nothing_behind() {
         ];
         for (what, setup, expected) in cases {
             let w = World::new();
+            if what != "no generate" {
+                w.generate(&["slice0"]);
+            }
             let (args, state) = setup(&w);
             let line = assert_refused(&w.hook("create-container", &args, &state), what);
             assert!(line.contains(expected), "{what}: {line}");
@@ -506,6 +612,7 @@ fn the_record_names_host_cgroups_from_a_private_cgroup_namespace() {
     }
     in_mount_namespace(name, || {
         let w = World::new();
+        w.generate(&["slice0"]);
         // A cgroup of the test's own, in the v1 freezer hierarchy or the v2 one.
         let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
@@ -564,6 +671,7 @@ fn the_record_finds_the_container_process_from_inside_its_pid_namespace() {
     }
     in_mount_namespace(name, || {
         let w = World::new();
+        w.generate(&["slice0"]);
         let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
             .map(Path::new)

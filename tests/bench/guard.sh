@@ -55,6 +55,13 @@ cleanup() {
     for c in "$hierarchy"/gpuslice-bench-"$$"-*; do
         [[ -d $c ]] && { rmdir "$c" 2>/dev/null || sleep 0.2; rmdir "$c" 2>/dev/null || true; }
     done
+    # generate put each slice's region and each GPU's board on a zram device of its own.
+    local node dev id
+    while IFS= read -r node; do
+        dev=$((16#$(stat -c %t "$node"))):$((16#$(stat -c %T "$node")))
+        id=$(basename "$(readlink "/sys/dev/block/$dev" 2>/dev/null)")
+        [[ $id == zram* ]] && { echo "${id#zram}" >/sys/class/zram-control/hot_remove || true; } 2>/dev/null
+    done < <(find "$T/state" -type b 2>/dev/null)
     rm -rf "$T"
 }
 trap cleanup EXIT

@@ -105,6 +105,7 @@ install_docker_spec "$T/cdi/gpuslice.yaml"
 IMAGE=$(e2e_glibc_image)
 
 mkdir -p "$T/cdi-nohook" "$T/state-nohook"
+defer remove_state_devices "$T/state-nohook"
 render_template "$E2E_DIR/fixtures/gpuslice.toml" "$T/nohook.toml" \
     SPEC_DIR="$T/cdi-nohook" STATE_DIR="$T/state-nohook" HOOK_PATH=/bin/true SHIM_PATH="$E2E_SHIM" \
     DRIVER_ROOT="$T/driver" ANNOTATIONS=true

@@ -16,13 +16,17 @@ die() {
 [ $# -eq 2 ] || die "usage: build.sh OUTDIR DRIVERDIR"
 out=$1
 driver=$2
-src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/probe.c"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="$here/probe.c"
+# The generated CUDA/NVML declarations (scripts/gen-cuda-abi.sh), shared with the Rust crates.
+abi="$here/../../cuda-abi/include"
 cc=${CC:-cc}
-flags=(-std=c11 -O2 -Wall -Wextra -Werror)
+flags=(-std=c11 -O2 -Wall -Wextra -Werror -I "$abi")
 # shellcheck disable=SC2206 # CFLAGS is a list of words by convention
 extra=(${CFLAGS:-})
 
 [ -f "$src" ] || die "missing $src"
+[ -f "$abi/gpuslice_cuda_abi.h" ] || die "missing $abi/gpuslice_cuda_abi.h"
 command -v "$cc" >/dev/null 2>&1 || die "no C compiler ($cc)"
 for lib in libcuda.so.1 libnvidia-ml.so.1; do
     [ -e "$driver/$lib" ] || die "no $lib in $driver"

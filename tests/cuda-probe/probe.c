@@ -8,8 +8,9 @@
  *   cuda-probe-direct  -DPROBE_DIRECT: linked against libcuda.so.1 and libnvidia-ml.so.1 and
  *                      calling the versioned functions directly (symbol interposition).
  *
- * Plain C11 plus glibc's libdl. It declares the few CUDA and NVML types, values and
- * prototypes it needs itself, with the layouts and values of cuda.h and nvml.h. */
+ * Plain C11 plus glibc's libdl. CUDA and NVML types, values, prototypes and the
+ * cuGetProcAddress variant table come from cuda-abi/include/gpuslice_cuda_abi.h, generated
+ * from NVIDIA's headers by scripts/gen-cuda-abi.sh (build.sh passes its directory). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -28,172 +29,19 @@
 #define PROG "cuda-probe"
 #endif
 
-/* ------------------------------------------------------------------------------------------
- * CUDA driver API declarations (cuda.h)
- * ---------------------------------------------------------------------------------------- */
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long CUdeviceptr;
-typedef unsigned long long CUmemGenericAllocationHandle;
-typedef uint64_t cuuint64_t;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUmod_st *CUmodule;
-typedef struct CUfunc_st *CUfunction;
-typedef struct CUstream_st *CUstream;
-typedef struct CUarray_st *CUarray;
-typedef struct CUmipmappedArray_st *CUmipmappedArray;
-typedef struct CUmemPoolHandle_st *CUmemoryPool;
-typedef struct CUgraph_st *CUgraph;
-typedef struct CUgraphNode_st *CUgraphNode;
-typedef struct CUgraphExec_st *CUgraphExec;
-typedef struct CUexecAffinityParam_st CUexecAffinityParam;
-typedef struct CUctxCreateParams_st CUctxCreateParams;
-typedef struct CUuuid_st {
-    char bytes[16];
-} CUuuid;
-typedef struct CUmemLocation_st {
-    int type; /* CUmemLocationType */
-    int id;
-} CUmemLocation;
-typedef struct CUmemAllocationProp_st {
-    int type;                 /* CUmemAllocationType */
-    int requestedHandleTypes; /* CUmemAllocationHandleType */
-    CUmemLocation location;
-    void *win32HandleMetaData;
-    struct {
-        unsigned char compressionType;
-        unsigned char gpuDirectRDMACapable;
-        unsigned short usage;
-        unsigned char reserved[4];
-    } allocFlags;
-} CUmemAllocationProp;
-typedef struct CUmemAccessDesc_st {
-    CUmemLocation location;
-    int flags; /* CUmemAccess_flags */
-} CUmemAccessDesc;
-typedef struct CUmemPoolProps_st {
-    int allocType;   /* CUmemAllocationType */
-    int handleTypes; /* CUmemAllocationHandleType */
-    CUmemLocation location;
-    void *win32SecurityAttributes;
-    size_t maxSize;
-    unsigned short usage;
-    unsigned char reserved[54];
-} CUmemPoolProps;
-typedef struct CUDA_ARRAY_DESCRIPTOR_st {
-    size_t Width;
-    size_t Height;
-    int Format; /* CUarray_format */
-    unsigned int NumChannels;
-} CUDA_ARRAY_DESCRIPTOR;
-typedef struct CUDA_ARRAY3D_DESCRIPTOR_st {
-    size_t Width;
-    size_t Height;
-    size_t Depth;
-    int Format; /* CUarray_format */
-    unsigned int NumChannels;
-    unsigned int Flags;
-} CUDA_ARRAY3D_DESCRIPTOR;
+#include "gpuslice_cuda_abi.h"
 
-/* cuLaunchKernelEx's configuration (CUDA 11.8); the attribute value is a 64-byte union. */
-typedef struct CUlaunchAttribute_st {
-    int id; /* CUlaunchAttributeID */
-    char pad[4];
-    union {
-        char pad[64];
-        int cooperative;
-        unsigned long long align_;
-    } value;
-} CUlaunchAttribute;
-typedef struct CUlaunchConfig_st {
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    CUstream hStream;
-    CUlaunchAttribute *attrs;
-    unsigned int numAttrs;
-} CUlaunchConfig;
-/* CUDA_KERNEL_NODE_PARAMS_v2 (CUDA 12.0); v1 is its first seven members, so a v2 struct
- * serves both variants of cuGraphAddKernelNode. */
-typedef struct CUDA_KERNEL_NODE_PARAMS_st {
-    CUfunction func;
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    void **kernelParams;
-    void **extra;
-    void *kern; /* CUkernel */
-    CUcontext ctx;
-} CUDA_KERNEL_NODE_PARAMS;
-typedef struct CUDA_LAUNCH_PARAMS_st {
-    CUfunction function;
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    CUstream hStream;
-    void **kernelParams;
-} CUDA_LAUNCH_PARAMS;
-
-enum {
-    CUDA_SUCCESS = 0,
-    CUDA_ERROR_INVALID_VALUE = 1,
-    CUDA_ERROR_OUT_OF_MEMORY = 2,
-    CUDA_ERROR_NOT_FOUND = 500,
-};
-#define CU_MEM_ATTACH_GLOBAL 0x1
-#define CU_AD_FORMAT_FLOAT 0x20
-#define CU_MEM_ALLOCATION_TYPE_PINNED 0x1
-#define CU_MEM_HANDLE_TYPE_NONE 0x0
-#define CU_MEM_LOCATION_TYPE_DEVICE 0x1
-#define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 0x3
-#define CU_MEM_ALLOC_GRANULARITY_MINIMUM 0x0
-#define CU_STREAM_CAPTURE_MODE_GLOBAL 0
-#define CU_GET_PROC_ADDRESS_DEFAULT 0
-#define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM (1 << 1)
-#define CU_GET_PROC_ADDRESS_SUCCESS 0
-#define CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND 1
-#define CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT 2
-
-typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int cudaVersion,
-                                             cuuint64_t flags, int *symbolStatus);
-typedef CUresult (*pfn_cuGetProcAddress_v1)(const char *symbol, void **pfn, int cudaVersion,
-                                             cuuint64_t flags);
-
-/* ------------------------------------------------------------------------------------------
- * NVML declarations (nvml.h)
- * ---------------------------------------------------------------------------------------- */
-typedef int nvmlReturn_t;
-typedef struct nvmlDevice_st *nvmlDevice_t;
-typedef struct nvmlMemory_st {
-    unsigned long long total, free, used;
-} nvmlMemory_t;
-typedef struct nvmlMemory_v2_st {
-    unsigned int version;
-    unsigned long long total, reserved, free, used;
-} nvmlMemory_v2_t;
+/* nvml.h's NVML_STRUCT_VERSION(Memory, 2), a function-like macro the generator does not carry. */
 #define NVML_MEMORY_V2_VERSION ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24)))
-#define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
-
-#ifdef PROBE_DIRECT
-nvmlReturn_t nvmlInit_v2(void);
-nvmlReturn_t nvmlShutdown(void);
-const char *nvmlErrorString(nvmlReturn_t result);
-nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device);
-nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length);
-nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory);
-nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory);
-CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
-                             int *symbolStatus);
-#endif
 
 /* ------------------------------------------------------------------------------------------
  * Entry points and their versioned variants.
  *
- * For each base name: the variants with the CUDA version that introduced each (the
- * PFN_<name>_v<version> typedefs of cudaTypedefs.h) and, for stream-ordered calls, the
- * per-thread-default-stream variant. cuGetProcAddress(name, cudaVersion) returns the newest
- * variant whose version is <= cudaVersion; the probe casts the pointer to that variant's
- * signature (and, in --dlsym mode, looks that variant's symbol up by name).
+ * The variants of each name come from the generated table (every PFN_<name>_v<version>
+ * typedef of cudaTypedefs.h and the symbol implementing it): cuGetProcAddress(name,
+ * cudaVersion, flags) selects the same row the probe picks here, and the probe calls the
+ * pointer with that symbol's generated signature (gpuslice_sym_<symbol>); in --dlsym mode it
+ * looks that symbol up by name.
  * ---------------------------------------------------------------------------------------- */
 #define ENTRY_LIST(X)                                                                          \
     X(cuGetErrorName)                                                                          \
@@ -263,87 +111,22 @@ enum {
         EP_COUNT
 };
 
-struct variant {
-    int ver;
-    const char *sym;
-};
-
 struct entry {
     const char *base;
-    struct variant v[4]; /* ascending; unused slots have ver 0 */
-    int ptsz_ver;        /* per-thread default stream variant, 0 if none */
-    const char *ptsz_sym;
     /* resolution results */
     void *pfn;
-    int sel_ver;        /* version of the variant selected (0: none) */
-    const char *lookup; /* the name that was looked up */
+    const char *sel_sym; /* the symbol the table selects for the version and flags (NULL: none) */
+    int sel_ver;         /* its row's version (0: none) */
+    const char *lookup;  /* the name that was looked up */
     CUresult res;
-    int status; /* CUdriverProcAddressQueryResult */
+    CUdriverProcAddressQueryResult status;
 };
 
-#define V(ver, sym) {ver, #sym}
 static struct entry E[EP_COUNT] = {
-    [EP_cuGetErrorName] = {"cuGetErrorName", {V(6000, cuGetErrorName)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuInit] = {"cuInit", {V(2000, cuInit)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDriverGetVersion] = {"cuDriverGetVersion", {V(2020, cuDriverGetVersion)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDeviceGet] = {"cuDeviceGet", {V(2000, cuDeviceGet)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDeviceGetCount] = {"cuDeviceGetCount", {V(2000, cuDeviceGetCount)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDeviceGetName] = {"cuDeviceGetName", {V(2000, cuDeviceGetName)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDeviceGetUuid] = {"cuDeviceGetUuid", {V(9020, cuDeviceGetUuid), V(11040, cuDeviceGetUuid_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDeviceTotalMem] = {"cuDeviceTotalMem", {V(2000, cuDeviceTotalMem), V(3020, cuDeviceTotalMem_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDevicePrimaryCtxRetain] = {"cuDevicePrimaryCtxRetain", {V(7000, cuDevicePrimaryCtxRetain)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuDevicePrimaryCtxRelease] = {"cuDevicePrimaryCtxRelease", {V(7000, cuDevicePrimaryCtxRelease), V(11000, cuDevicePrimaryCtxRelease_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuCtxSetCurrent] = {"cuCtxSetCurrent", {V(4000, cuCtxSetCurrent)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuCtxCreate] = {"cuCtxCreate", {V(2000, cuCtxCreate), V(3020, cuCtxCreate_v2), V(11040, cuCtxCreate_v3), V(12050, cuCtxCreate_v4)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuCtxDestroy] = {"cuCtxDestroy", {V(2000, cuCtxDestroy), V(4000, cuCtxDestroy_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuCtxSynchronize] = {"cuCtxSynchronize", {V(2000, cuCtxSynchronize), V(13000, cuCtxSynchronize_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemGetInfo] = {"cuMemGetInfo", {V(2000, cuMemGetInfo), V(3020, cuMemGetInfo_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAlloc] = {"cuMemAlloc", {V(2000, cuMemAlloc), V(3020, cuMemAlloc_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemFree] = {"cuMemFree", {V(2000, cuMemFree), V(3020, cuMemFree_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAllocPitch] = {"cuMemAllocPitch", {V(2000, cuMemAllocPitch), V(3020, cuMemAllocPitch_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAllocManaged] = {"cuMemAllocManaged", {V(6000, cuMemAllocManaged)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemGetAllocationGranularity] = {"cuMemGetAllocationGranularity", {V(10020, cuMemGetAllocationGranularity)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemCreate] = {"cuMemCreate", {V(10020, cuMemCreate)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemRelease] = {"cuMemRelease", {V(10020, cuMemRelease)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAddressReserve] = {"cuMemAddressReserve", {V(10020, cuMemAddressReserve)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAddressFree] = {"cuMemAddressFree", {V(10020, cuMemAddressFree)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemMap] = {"cuMemMap", {V(10020, cuMemMap)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemUnmap] = {"cuMemUnmap", {V(10020, cuMemUnmap)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemSetAccess] = {"cuMemSetAccess", {V(10020, cuMemSetAccess)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuStreamCreate] = {"cuStreamCreate", {V(2000, cuStreamCreate)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuStreamDestroy] = {"cuStreamDestroy", {V(2000, cuStreamDestroy), V(4000, cuStreamDestroy_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuStreamSynchronize] = {"cuStreamSynchronize", {V(2000, cuStreamSynchronize)}, 7000, "cuStreamSynchronize_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuMemAllocAsync] = {"cuMemAllocAsync", {V(11020, cuMemAllocAsync)}, 11020, "cuMemAllocAsync_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuMemFreeAsync] = {"cuMemFreeAsync", {V(11020, cuMemFreeAsync)}, 11020, "cuMemFreeAsync_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuMemPoolCreate] = {"cuMemPoolCreate", {V(11020, cuMemPoolCreate)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemPoolDestroy] = {"cuMemPoolDestroy", {V(11020, cuMemPoolDestroy)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemAllocFromPoolAsync] = {"cuMemAllocFromPoolAsync", {V(11020, cuMemAllocFromPoolAsync)}, 11020, "cuMemAllocFromPoolAsync_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuArrayCreate] = {"cuArrayCreate", {V(2000, cuArrayCreate), V(3020, cuArrayCreate_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuArray3DCreate] = {"cuArray3DCreate", {V(2000, cuArray3DCreate), V(3020, cuArray3DCreate_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuArrayDestroy] = {"cuArrayDestroy", {V(2000, cuArrayDestroy)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMipmappedArrayCreate] = {"cuMipmappedArrayCreate", {V(5000, cuMipmappedArrayCreate)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMipmappedArrayDestroy] = {"cuMipmappedArrayDestroy", {V(5000, cuMipmappedArrayDestroy)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuMemsetD8] = {"cuMemsetD8", {V(2000, cuMemsetD8), V(3020, cuMemsetD8_v2)}, 7000, "cuMemsetD8_v2_ptds", 0, 0, 0, 0, 0},
-    [EP_cuMemcpyHtoD] = {"cuMemcpyHtoD", {V(2000, cuMemcpyHtoD), V(3020, cuMemcpyHtoD_v2)}, 7000, "cuMemcpyHtoD_v2_ptds", 0, 0, 0, 0, 0},
-    [EP_cuMemcpyDtoH] = {"cuMemcpyDtoH", {V(2000, cuMemcpyDtoH), V(3020, cuMemcpyDtoH_v2)}, 7000, "cuMemcpyDtoH_v2_ptds", 0, 0, 0, 0, 0},
-    [EP_cuModuleLoadData] = {"cuModuleLoadData", {V(2000, cuModuleLoadData)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuModuleUnload] = {"cuModuleUnload", {V(2000, cuModuleUnload)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuModuleGetFunction] = {"cuModuleGetFunction", {V(2000, cuModuleGetFunction)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuLaunchKernel] = {"cuLaunchKernel", {V(4000, cuLaunchKernel)}, 7000, "cuLaunchKernel_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuLaunchKernelEx] = {"cuLaunchKernelEx", {V(11060, cuLaunchKernelEx)}, 11060, "cuLaunchKernelEx_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuLaunchCooperativeKernel] = {"cuLaunchCooperativeKernel", {V(9000, cuLaunchCooperativeKernel)}, 9000, "cuLaunchCooperativeKernel_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuLaunchCooperativeKernelMultiDevice] = {"cuLaunchCooperativeKernelMultiDevice", {V(9000, cuLaunchCooperativeKernelMultiDevice)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuGraphCreate] = {"cuGraphCreate", {V(10000, cuGraphCreate)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuGraphAddKernelNode] = {"cuGraphAddKernelNode", {V(10000, cuGraphAddKernelNode), V(12000, cuGraphAddKernelNode_v2)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuGraphInstantiateWithFlags] = {"cuGraphInstantiateWithFlags", {V(11040, cuGraphInstantiateWithFlags)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuGraphLaunch] = {"cuGraphLaunch", {V(10000, cuGraphLaunch)}, 10000, "cuGraphLaunch_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuGraphExecDestroy] = {"cuGraphExecDestroy", {V(10000, cuGraphExecDestroy)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuGraphDestroy] = {"cuGraphDestroy", {V(10000, cuGraphDestroy)}, 0, 0, 0, 0, 0, 0, 0},
-    [EP_cuStreamBeginCapture] = {"cuStreamBeginCapture", {V(10000, cuStreamBeginCapture), V(10010, cuStreamBeginCapture_v2)}, 10010, "cuStreamBeginCapture_v2_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuStreamEndCapture] = {"cuStreamEndCapture", {V(10000, cuStreamEndCapture)}, 10000, "cuStreamEndCapture_ptsz", 0, 0, 0, 0, 0},
-    [EP_cuGetProcAddress] = {"cuGetProcAddress", {V(11030, cuGetProcAddress), V(12000, cuGetProcAddress_v2)}, 0, 0, 0, 0, 0, 0, 0},
+#define X(n) [EP_##n] = {#n, 0, 0, 0, 0, 0, 0},
+    ENTRY_LIST(X)
+#undef X
 };
-#undef V
 
 /* ------------------------------------------------------------------------------------------
  * Options and global state
@@ -377,6 +160,8 @@ static struct {
     double seconds;
     int have_count;
     unsigned long long sync_every;
+    unsigned long long gap_ns; /* work: host idle after each launch */
+    int bad_launch;            /* work: a failing launch after each synchronisation */
     unsigned long long stream_count;
     unsigned long long graph_nodes;
     const char *names[256];
@@ -387,8 +172,8 @@ static struct {
 static int driver_version; /* from cuDriverGetVersion before cuInit; 0 if unknown */
 static int sel_version;    /* version that picks the variants: min(cuda_version, driver) */
 static void *cuda_handle;
-static pfn_cuGetProcAddress_v2 gpa_v2;
-static pfn_cuGetProcAddress_v1 gpa_v1;
+static gpuslice_sym_cuGetProcAddress_v2 gpa_v2;
+static gpuslice_sym_cuGetProcAddress gpa_v1;
 static void *gpa_addr;
 static const char *gpa_name;
 #endif
@@ -456,13 +241,9 @@ static const struct {
 
 static const char *builtin_cu_name(CUresult r) {
     for (size_t i = 0; i < sizeof cu_names / sizeof cu_names[0]; i++)
-        if (cu_names[i].code == r) return cu_names[i].name;
+        if (cu_names[i].code == (int)r) return cu_names[i].name;
     return "CUDA_ERROR_UNRECOGNIZED";
 }
-
-#ifdef PROBE_DIRECT
-CUresult cuGetErrorName(CUresult error, const char **pStr);
-#endif
 
 /* The driver's name for r (cuGetErrorName), or the probe's own when that is unavailable. */
 static const char *cu_name(CUresult r) {
@@ -470,14 +251,14 @@ static const char *cu_name(CUresult r) {
 #ifdef PROBE_DIRECT
     if (cuGetErrorName(r, &s) != CUDA_SUCCESS) s = NULL;
 #else
-    typedef CUresult (*fn)(CUresult, const char **);
-    if (E[EP_cuGetErrorName].pfn && ((fn)E[EP_cuGetErrorName].pfn)(r, &s) != CUDA_SUCCESS) s = NULL;
+    if (E[EP_cuGetErrorName].pfn && ((gpuslice_sym_cuGetErrorName)E[EP_cuGetErrorName].pfn)(r, &s) != CUDA_SUCCESS)
+        s = NULL;
 #endif
     return s && *s ? s : builtin_cu_name(r);
 }
 
 #ifndef PROBE_DIRECT
-static const char *status_name(int status) {
+static const char *status_name(CUdriverProcAddressQueryResult status) {
     switch (status) {
     case CU_GET_PROC_ADDRESS_SUCCESS: return "SUCCESS";
     case CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: return "SYMBOL_NOT_FOUND";
@@ -503,15 +284,22 @@ static int cu_fail(const char *what, CUresult r) {
  * Entry point resolution (runtime-style and dlsym-style builds)
  * ---------------------------------------------------------------------------------------- */
 #ifndef PROBE_DIRECT
-/* The newest variant of e introduced at or before version, or NULL. */
-static const struct variant *pick_variant(const struct entry *e, int version) {
-    const struct variant *best = NULL;
-    for (int i = 0; i < 4 && e->v[i].ver; i++)
-        if (e->v[i].ver <= version) best = &e->v[i];
-    return best;
+/* The row cuGetProcAddress(base, version, flags) selects, as gpuslice-cuda-abi's lookup:
+ * the newest plain row at or below version, replaced by the newest per-thread one when the
+ * per-thread flag asks for it and it is not older. */
+static const struct gpuslice_proc_row *pick_variant(const char *base, int version, int per_thread) {
+    const struct gpuslice_proc_row *plain = NULL, *pt = NULL;
+    for (size_t i = 0; i < GPUSLICE_PROC_TABLE_LEN; i++) {
+        const struct gpuslice_proc_row *r = &gpuslice_proc_table[i];
+        if (strcmp(r->name, base) || r->version > version) continue;
+        const struct gpuslice_proc_row **slot = r->per_thread ? &pt : &plain;
+        if (!*slot || (*slot)->version < r->version) *slot = r;
+    }
+    if (per_thread && pt && (!plain || pt->version >= plain->version)) return pt;
+    return plain;
 }
 
-static CUresult gpa_call(const char *name, void **pfn, int *status) {
+static CUresult gpa_call(const char *name, void **pfn, CUdriverProcAddressQueryResult *status) {
     *pfn = NULL;
     *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     if (gpa_v2) return gpa_v2(name, pfn, opt.cuda_version, proc_flags(), status);
@@ -521,8 +309,9 @@ static CUresult gpa_call(const char *name, void **pfn, int *status) {
 }
 
 static void resolve(struct entry *e) {
-    const struct variant *v = pick_variant(e, sel_version);
-    e->sel_ver = v ? v->ver : 0;
+    const struct gpuslice_proc_row *v = pick_variant(e->base, sel_version, opt.ptsz);
+    e->sel_ver = v ? v->version : 0;
+    e->sel_sym = v ? v->symbol : NULL;
     if (!opt.dlsym_mode) {
         e->lookup = e->base;
         e->res = gpa_call(e->base, &e->pfn, &e->status);
@@ -536,8 +325,7 @@ static void resolve(struct entry *e) {
         e->status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
         return;
     }
-    e->lookup = v->sym;
-    if (opt.ptsz && e->ptsz_ver && e->ptsz_ver <= sel_version) e->lookup = e->ptsz_sym;
+    e->lookup = v->symbol;
     e->pfn = dlsym(cuda_handle, e->lookup);
     e->res = e->pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
     e->status = e->pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
@@ -566,7 +354,7 @@ static int load_cuda(void) {
         gpa_name = "cuGetProcAddress_v2";
         gpa_addr = dlsym(cuda_handle, gpa_name);
         if (gpa_addr) {
-            gpa_v2 = (pfn_cuGetProcAddress_v2)gpa_addr;
+            gpa_v2 = (gpuslice_sym_cuGetProcAddress_v2)gpa_addr;
         } else {
             gpa_name = "cuGetProcAddress";
             gpa_addr = dlsym(cuda_handle, gpa_name);
@@ -575,7 +363,7 @@ static int load_cuda(void) {
                                 "cuGetProcAddress\n");
                 return 1;
             }
-            gpa_v1 = (pfn_cuGetProcAddress_v1)gpa_addr;
+            gpa_v1 = (gpuslice_sym_cuGetProcAddress)gpa_addr;
         }
     }
     /* Like the runtime: the driver's version first (no cuInit needed), then the whole table.
@@ -584,9 +372,9 @@ static int load_cuda(void) {
     sel_version = opt.cuda_version;
     resolve(&E[EP_cuDriverGetVersion]);
     if (E[EP_cuDriverGetVersion].pfn) {
-        typedef CUresult (*fn)(int *);
         int v = 0;
-        if (((fn)E[EP_cuDriverGetVersion].pfn)(&v) == CUDA_SUCCESS && v > 0) driver_version = v;
+        if (((gpuslice_sym_cuDriverGetVersion)E[EP_cuDriverGetVersion].pfn)(&v) == CUDA_SUCCESS && v > 0)
+            driver_version = v;
     }
     if (driver_version && driver_version < sel_version) sel_version = driver_version;
     for (int i = 0; i < EP_COUNT; i++) resolve(&E[i]);
@@ -596,154 +384,104 @@ static int load_cuda(void) {
 
 /* ------------------------------------------------------------------------------------------
  * Call wrappers: direct calls in the direct build, calls through the resolved pointers in
- * the others. DEF(base, direct symbol, parameters, arguments).
+ * the others, with the symbol's generated signature. p_<base>(args) calls <symbol>.
  * ---------------------------------------------------------------------------------------- */
 #ifdef PROBE_DIRECT
-#define DEF(base, dsym, params, args)                                                          \
-    CUresult dsym params;                                                                      \
-    static CUresult p_##base params { return dsym args; }
+#define CALL(base, sym, ...) sym(__VA_ARGS__)
 #else
-#define DEF(base, dsym, params, args)                                                          \
-    typedef CUresult(*pfn_##base) params;                                                      \
-    static CUresult p_##base params {                                                          \
-        if (!E[EP_##base].pfn) return unresolved(&E[EP_##base]);                               \
-        return ((pfn_##base)E[EP_##base].pfn)args;                                             \
-    }
+#define CALL(base, sym, ...)                                                                   \
+    (E[EP_##base].pfn ? ((gpuslice_sym_##sym)E[EP_##base].pfn)(__VA_ARGS__)                   \
+                      : unresolved(&E[EP_##base]))
 #endif
 
-DEF(cuInit, cuInit, (unsigned int flags), (flags))
-DEF(cuDriverGetVersion, cuDriverGetVersion, (int *v), (v))
-DEF(cuDeviceGet, cuDeviceGet, (CUdevice * d, int ordinal), (d, ordinal))
-DEF(cuDeviceGetCount, cuDeviceGetCount, (int *n), (n))
-DEF(cuDeviceGetName, cuDeviceGetName, (char *name, int len, CUdevice d), (name, len, d))
-DEF(cuDeviceGetUuid, cuDeviceGetUuid_v2, (CUuuid * u, CUdevice d), (u, d))
-DEF(cuDeviceTotalMem, cuDeviceTotalMem_v2, (size_t * bytes, CUdevice d), (bytes, d))
-DEF(cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, (CUcontext * c, CUdevice d), (c, d))
-DEF(cuCtxSetCurrent, cuCtxSetCurrent, (CUcontext c), (c))
-DEF(cuCtxDestroy, cuCtxDestroy_v2, (CUcontext c), (c))
-DEF(cuMemGetInfo, cuMemGetInfo_v2, (size_t * f, size_t *t), (f, t))
-DEF(cuMemAlloc, cuMemAlloc_v2, (CUdeviceptr * p, size_t n), (p, n))
-DEF(cuMemFree, cuMemFree_v2, (CUdeviceptr p), (p))
-DEF(cuMemAllocPitch, cuMemAllocPitch_v2,
-    (CUdeviceptr * p, size_t *pitch, size_t w, size_t h, unsigned int elem), (p, pitch, w, h, elem))
-DEF(cuMemAllocManaged, cuMemAllocManaged, (CUdeviceptr * p, size_t n, unsigned int flags),
-    (p, n, flags))
-DEF(cuMemGetAllocationGranularity, cuMemGetAllocationGranularity,
-    (size_t * g, const CUmemAllocationProp *prop, int option), (g, prop, option))
-DEF(cuMemCreate, cuMemCreate,
-    (CUmemGenericAllocationHandle * h, size_t n, const CUmemAllocationProp *prop,
-     unsigned long long flags),
-    (h, n, prop, flags))
-DEF(cuMemRelease, cuMemRelease, (CUmemGenericAllocationHandle h), (h))
-DEF(cuMemAddressReserve, cuMemAddressReserve,
-    (CUdeviceptr * p, size_t n, size_t align, CUdeviceptr addr, unsigned long long flags),
-    (p, n, align, addr, flags))
-DEF(cuMemAddressFree, cuMemAddressFree, (CUdeviceptr p, size_t n), (p, n))
-DEF(cuMemMap, cuMemMap,
-    (CUdeviceptr p, size_t n, size_t off, CUmemGenericAllocationHandle h, unsigned long long fl),
-    (p, n, off, h, fl))
-DEF(cuMemUnmap, cuMemUnmap, (CUdeviceptr p, size_t n), (p, n))
-DEF(cuMemSetAccess, cuMemSetAccess,
-    (CUdeviceptr p, size_t n, const CUmemAccessDesc *desc, size_t count), (p, n, desc, count))
-DEF(cuStreamCreate, cuStreamCreate, (CUstream * s, unsigned int flags), (s, flags))
-DEF(cuStreamDestroy, cuStreamDestroy_v2, (CUstream s), (s))
-DEF(cuStreamSynchronize, cuStreamSynchronize, (CUstream s), (s))
-DEF(cuMemAllocAsync, cuMemAllocAsync, (CUdeviceptr * p, size_t n, CUstream s), (p, n, s))
-DEF(cuMemFreeAsync, cuMemFreeAsync, (CUdeviceptr p, CUstream s), (p, s))
-DEF(cuMemPoolCreate, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props),
-    (pool, props))
-DEF(cuMemPoolDestroy, cuMemPoolDestroy, (CUmemoryPool pool), (pool))
-DEF(cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync,
-    (CUdeviceptr * p, size_t n, CUmemoryPool pool, CUstream s), (p, n, pool, s))
-DEF(cuArrayCreate, cuArrayCreate_v2, (CUarray * a, const CUDA_ARRAY_DESCRIPTOR *d), (a, d))
-DEF(cuArray3DCreate, cuArray3DCreate_v2, (CUarray * a, const CUDA_ARRAY3D_DESCRIPTOR *d), (a, d))
-DEF(cuArrayDestroy, cuArrayDestroy, (CUarray a), (a))
-DEF(cuMipmappedArrayCreate, cuMipmappedArrayCreate,
-    (CUmipmappedArray * m, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels), (m, d, levels))
-DEF(cuMipmappedArrayDestroy, cuMipmappedArrayDestroy, (CUmipmappedArray m), (m))
-DEF(cuMemsetD8, cuMemsetD8_v2, (CUdeviceptr p, unsigned char c, size_t n), (p, c, n))
-DEF(cuMemcpyHtoD, cuMemcpyHtoD_v2, (CUdeviceptr p, const void *h, size_t n), (p, h, n))
-DEF(cuMemcpyDtoH, cuMemcpyDtoH_v2, (void *h, CUdeviceptr p, size_t n), (h, p, n))
-DEF(cuModuleLoadData, cuModuleLoadData, (CUmodule * m, const void *image), (m, image))
-DEF(cuModuleUnload, cuModuleUnload, (CUmodule m), (m))
-DEF(cuModuleGetFunction, cuModuleGetFunction, (CUfunction * f, CUmodule m, const char *name),
-    (f, m, name))
-DEF(cuLaunchKernel, cuLaunchKernel,
-    (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-     unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,
-     void **extra),
-    (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra))
-
-DEF(cuLaunchKernelEx, cuLaunchKernelEx,
-    (const CUlaunchConfig *config, CUfunction f, void **params, void **extra), (config, f, params, extra))
-DEF(cuLaunchCooperativeKernel, cuLaunchCooperativeKernel,
-    (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-     unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params),
-    (f, gx, gy, gz, bx, by, bz, shmem, s, params))
-DEF(cuLaunchCooperativeKernelMultiDevice, cuLaunchCooperativeKernelMultiDevice,
-    (CUDA_LAUNCH_PARAMS * list, unsigned int n, unsigned int flags), (list, n, flags))
-DEF(cuGraphCreate, cuGraphCreate, (CUgraph * g, unsigned int flags), (g, flags))
-/* Both variants: the v2 parameters begin with v1's. */
-DEF(cuGraphAddKernelNode, cuGraphAddKernelNode_v2,
-    (CUgraphNode * node, CUgraph g, const CUgraphNode *deps, size_t ndeps,
-     const CUDA_KERNEL_NODE_PARAMS *params),
-    (node, g, deps, ndeps, params))
-DEF(cuGraphInstantiateWithFlags, cuGraphInstantiateWithFlags,
-    (CUgraphExec * exec, CUgraph g, unsigned long long flags), (exec, g, flags))
-DEF(cuGraphLaunch, cuGraphLaunch, (CUgraphExec exec, CUstream s), (exec, s))
-DEF(cuGraphExecDestroy, cuGraphExecDestroy, (CUgraphExec exec), (exec))
-DEF(cuGraphDestroy, cuGraphDestroy, (CUgraph g), (g))
-DEF(cuStreamEndCapture, cuStreamEndCapture, (CUstream s, CUgraph *g), (s, g))
+#define p_cuInit(...) CALL(cuInit, cuInit, __VA_ARGS__)
+#define p_cuDriverGetVersion(...) CALL(cuDriverGetVersion, cuDriverGetVersion, __VA_ARGS__)
+#define p_cuDeviceGet(...) CALL(cuDeviceGet, cuDeviceGet, __VA_ARGS__)
+#define p_cuDeviceGetCount(...) CALL(cuDeviceGetCount, cuDeviceGetCount, __VA_ARGS__)
+#define p_cuDeviceGetName(...) CALL(cuDeviceGetName, cuDeviceGetName, __VA_ARGS__)
+#define p_cuDeviceGetUuid(...) CALL(cuDeviceGetUuid, cuDeviceGetUuid_v2, __VA_ARGS__)
+#define p_cuDeviceTotalMem(...) CALL(cuDeviceTotalMem, cuDeviceTotalMem_v2, __VA_ARGS__)
+#define p_cuDevicePrimaryCtxRetain(...) CALL(cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, __VA_ARGS__)
+#define p_cuCtxSetCurrent(...) CALL(cuCtxSetCurrent, cuCtxSetCurrent, __VA_ARGS__)
+#define p_cuCtxDestroy(...) CALL(cuCtxDestroy, cuCtxDestroy_v2, __VA_ARGS__)
+#define p_cuMemGetInfo(...) CALL(cuMemGetInfo, cuMemGetInfo_v2, __VA_ARGS__)
+#define p_cuMemAlloc(...) CALL(cuMemAlloc, cuMemAlloc_v2, __VA_ARGS__)
+#define p_cuMemFree(...) CALL(cuMemFree, cuMemFree_v2, __VA_ARGS__)
+#define p_cuMemAllocPitch(...) CALL(cuMemAllocPitch, cuMemAllocPitch_v2, __VA_ARGS__)
+#define p_cuMemAllocManaged(...) CALL(cuMemAllocManaged, cuMemAllocManaged, __VA_ARGS__)
+#define p_cuMemGetAllocationGranularity(...) CALL(cuMemGetAllocationGranularity, cuMemGetAllocationGranularity, __VA_ARGS__)
+#define p_cuMemCreate(...) CALL(cuMemCreate, cuMemCreate, __VA_ARGS__)
+#define p_cuMemRelease(...) CALL(cuMemRelease, cuMemRelease, __VA_ARGS__)
+#define p_cuMemAddressReserve(...) CALL(cuMemAddressReserve, cuMemAddressReserve, __VA_ARGS__)
+#define p_cuMemAddressFree(...) CALL(cuMemAddressFree, cuMemAddressFree, __VA_ARGS__)
+#define p_cuMemMap(...) CALL(cuMemMap, cuMemMap, __VA_ARGS__)
+#define p_cuMemUnmap(...) CALL(cuMemUnmap, cuMemUnmap, __VA_ARGS__)
+#define p_cuMemSetAccess(...) CALL(cuMemSetAccess, cuMemSetAccess, __VA_ARGS__)
+#define p_cuStreamCreate(...) CALL(cuStreamCreate, cuStreamCreate, __VA_ARGS__)
+#define p_cuStreamDestroy(...) CALL(cuStreamDestroy, cuStreamDestroy_v2, __VA_ARGS__)
+#define p_cuStreamSynchronize(...) CALL(cuStreamSynchronize, cuStreamSynchronize, __VA_ARGS__)
+#define p_cuMemAllocAsync(...) CALL(cuMemAllocAsync, cuMemAllocAsync, __VA_ARGS__)
+#define p_cuMemFreeAsync(...) CALL(cuMemFreeAsync, cuMemFreeAsync, __VA_ARGS__)
+#define p_cuMemPoolCreate(...) CALL(cuMemPoolCreate, cuMemPoolCreate, __VA_ARGS__)
+#define p_cuMemPoolDestroy(...) CALL(cuMemPoolDestroy, cuMemPoolDestroy, __VA_ARGS__)
+#define p_cuMemAllocFromPoolAsync(...) CALL(cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync, __VA_ARGS__)
+#define p_cuArrayCreate(...) CALL(cuArrayCreate, cuArrayCreate_v2, __VA_ARGS__)
+#define p_cuArray3DCreate(...) CALL(cuArray3DCreate, cuArray3DCreate_v2, __VA_ARGS__)
+#define p_cuArrayDestroy(...) CALL(cuArrayDestroy, cuArrayDestroy, __VA_ARGS__)
+#define p_cuMipmappedArrayCreate(...) CALL(cuMipmappedArrayCreate, cuMipmappedArrayCreate, __VA_ARGS__)
+#define p_cuMipmappedArrayDestroy(...) CALL(cuMipmappedArrayDestroy, cuMipmappedArrayDestroy, __VA_ARGS__)
+#define p_cuMemsetD8(...) CALL(cuMemsetD8, cuMemsetD8_v2, __VA_ARGS__)
+#define p_cuMemcpyHtoD(...) CALL(cuMemcpyHtoD, cuMemcpyHtoD_v2, __VA_ARGS__)
+#define p_cuMemcpyDtoH(...) CALL(cuMemcpyDtoH, cuMemcpyDtoH_v2, __VA_ARGS__)
+#define p_cuModuleLoadData(...) CALL(cuModuleLoadData, cuModuleLoadData, __VA_ARGS__)
+#define p_cuModuleUnload(...) CALL(cuModuleUnload, cuModuleUnload, __VA_ARGS__)
+#define p_cuModuleGetFunction(...) CALL(cuModuleGetFunction, cuModuleGetFunction, __VA_ARGS__)
+#define p_cuLaunchKernel(...) CALL(cuLaunchKernel, cuLaunchKernel, __VA_ARGS__)
+#define p_cuLaunchKernelEx(...) CALL(cuLaunchKernelEx, cuLaunchKernelEx, __VA_ARGS__)
+#define p_cuLaunchCooperativeKernel(...) CALL(cuLaunchCooperativeKernel, cuLaunchCooperativeKernel, __VA_ARGS__)
+#define p_cuLaunchCooperativeKernelMultiDevice(...) CALL(cuLaunchCooperativeKernelMultiDevice, cuLaunchCooperativeKernelMultiDevice, __VA_ARGS__)
+#define p_cuGraphCreate(...) CALL(cuGraphCreate, cuGraphCreate, __VA_ARGS__)
+#define p_cuGraphAddKernelNode(...) CALL(cuGraphAddKernelNode, cuGraphAddKernelNode_v2, __VA_ARGS__)
+#define p_cuGraphInstantiateWithFlags(...) CALL(cuGraphInstantiateWithFlags, cuGraphInstantiateWithFlags, __VA_ARGS__)
+#define p_cuGraphLaunch(...) CALL(cuGraphLaunch, cuGraphLaunch, __VA_ARGS__)
+#define p_cuGraphExecDestroy(...) CALL(cuGraphExecDestroy, cuGraphExecDestroy, __VA_ARGS__)
+#define p_cuGraphDestroy(...) CALL(cuGraphDestroy, cuGraphDestroy, __VA_ARGS__)
+#define p_cuStreamEndCapture(...) CALL(cuStreamEndCapture, cuStreamEndCapture, __VA_ARGS__)
 
 /* cuCtxCreate, cuCtxSynchronize and cuStreamBeginCapture change signature between variants. */
 #ifdef PROBE_DIRECT
-CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev);
-CUresult cuCtxSynchronize(void);
 static const char *ctx_create_name(void) { return "cuCtxCreate_v2"; }
 static CUresult p_cuCtxCreate(CUcontext *pctx, CUdevice dev) { return cuCtxCreate_v2(pctx, 0, dev); }
 static CUresult p_cuCtxSynchronize(void) { return cuCtxSynchronize(); }
-CUresult cuStreamBeginCapture_v2(CUstream s, int mode);
 static CUresult p_cuStreamBeginCapture(CUstream s) {
     return cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
 }
 #else
+static int selected(const struct entry *e, const char *sym) { return e->sel_sym && !strcmp(e->sel_sym, sym); }
 static const char *ctx_create_name(void) {
-    int v = E[EP_cuCtxCreate].sel_ver;
-    return v >= 12050 ? "cuCtxCreate_v4" : v >= 11040 ? "cuCtxCreate_v3" : "cuCtxCreate_v2";
+    const char *s = E[EP_cuCtxCreate].sel_sym;
+    return s ? s : "cuCtxCreate";
 }
 static CUresult p_cuCtxCreate(CUcontext *pctx, CUdevice dev) {
     const struct entry *e = &E[EP_cuCtxCreate];
     if (!e->pfn) return unresolved(e);
-    if (e->sel_ver >= 12050) { /* cuCtxCreate_v4 */
-        typedef CUresult (*fn)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
-        return ((fn)e->pfn)(pctx, NULL, 0, dev);
-    }
-    if (e->sel_ver >= 11040) { /* cuCtxCreate_v3 */
-        typedef CUresult (*fn)(CUcontext *, CUexecAffinityParam *, int, unsigned int, CUdevice);
-        return ((fn)e->pfn)(pctx, NULL, 0, 0, dev);
-    }
-    typedef CUresult (*fn)(CUcontext *, unsigned int, CUdevice); /* cuCtxCreate(_v2) */
-    return ((fn)e->pfn)(pctx, 0, dev);
+    if (selected(e, "cuCtxCreate_v4")) return ((gpuslice_sym_cuCtxCreate_v4)e->pfn)(pctx, NULL, 0, dev);
+    if (selected(e, "cuCtxCreate_v3")) return ((gpuslice_sym_cuCtxCreate_v3)e->pfn)(pctx, NULL, 0, 0, dev);
+    return ((gpuslice_sym_cuCtxCreate_v2)e->pfn)(pctx, 0, dev);
 }
 static CUresult p_cuCtxSynchronize(void) {
     const struct entry *e = &E[EP_cuCtxSynchronize];
     if (!e->pfn) return unresolved(e);
-    if (e->sel_ver >= 13000) { /* cuCtxSynchronize_v2: NULL is the current context */
-        typedef CUresult (*fn)(CUcontext);
-        return ((fn)e->pfn)(NULL);
-    }
-    typedef CUresult (*fn)(void);
-    return ((fn)e->pfn)();
+    /* cuCtxSynchronize_v2: NULL is the current context */
+    if (selected(e, "cuCtxSynchronize_v2")) return ((gpuslice_sym_cuCtxSynchronize_v2)e->pfn)(NULL);
+    return ((gpuslice_sym_cuCtxSynchronize)e->pfn)();
 }
 static CUresult p_cuStreamBeginCapture(CUstream s) {
     const struct entry *e = &E[EP_cuStreamBeginCapture];
     if (!e->pfn) return unresolved(e);
-    if (e->sel_ver >= 10010) { /* cuStreamBeginCapture_v2: with a capture mode */
-        typedef CUresult (*fn)(CUstream, int);
-        return ((fn)e->pfn)(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
-    }
-    typedef CUresult (*fn)(CUstream);
-    return ((fn)e->pfn)(s);
+    if (e->sel_sym && strstr(e->sel_sym, "_v2")) /* with a capture mode */
+        return ((gpuslice_sym_cuStreamBeginCapture_v2)e->pfn)(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    return ((gpuslice_sym_cuStreamBeginCapture)e->pfn)(s);
 }
 #endif
 
@@ -758,7 +496,7 @@ static void usage(FILE *f) {
             "global options:\n"
             "  --device N            CUDA device ordinal (default 0)\n"
             "  --cuda-version N      cudaVersion for cuGetProcAddress, 1000*major+10*minor "
-            "(default 12080)\n"
+            "(default 12080, or $CUDA_PROBE_CUDA_VERSION)\n"
             "  --ptsz                CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM\n"
 #ifndef PROBE_DIRECT
             "  --dlsym               resolve versioned names with dlsym instead\n"
@@ -773,7 +511,8 @@ static void usage(FILE *f) {
             "  copy --size BYTES\n"
             "  launch --duration-ns N [--count K]\n"
             "  work --path P --kernel-ns D (--seconds S | --count N) [--sync-every N]\n"
-            "       [--stream-count K] [--graph-nodes G] [--echo-pid]\n"
+            "       [--gap-ns G] [--bad-launch-after-sync] [--stream-count K] [--graph-nodes G]\n"
+            "       [--echo-pid]\n"
             "  symbols [--name NAME]...\n"
             "paths: alloc pitch managed vmm async pool array array3d mipmap ctx\n"
             "work paths: kernel ex coop coop-multi graph capture\n"
@@ -1664,6 +1403,15 @@ static int work_cleanup(void) {
     return 0;
 }
 
+/* --gap-ns: the host's own work between two launches (a framework's Python, a sampler), during
+ * which it launches nothing: the thread sleeps, as a host busy elsewhere leaves the GPU alone.
+ * A sleep wakes up to tens of microseconds late; the rate printed is what was achieved. */
+static void host_idle(unsigned long long ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 static int cmd_work(void) {
     int rc;
     W.duration = opt.kernel_ns;
@@ -1681,7 +1429,7 @@ static int cmd_work(void) {
         if ((W.path == W_GRAPH || W.path == W_CAPTURE) && (rc = work_graph())) return rc;
     }
     uint64_t limit = (uint64_t)(opt.seconds * 1e9);
-    unsigned long long launched = 0, kernels = 0;
+    unsigned long long launched = 0, kernels = 0, bad = 0;
     uint64_t t0 = now_ns();
     printf("start_ns=%" PRIu64 "\n", t0);
     fflush(stdout);
@@ -1693,9 +1441,20 @@ static int cmd_work(void) {
         if (r != CUDA_SUCCESS) break;
         launched++;
         kernels += k;
+        if (opt.gap_ns) host_idle(opt.gap_ns);
         if (launched % opt.sync_every == 0 && (r = work_sync()) != CUDA_SUCCESS) {
             what = "cuStreamSynchronize";
             break;
+        }
+        if (launched % opt.sync_every == 0 && opt.bad_launch) {
+            /* The first launch after a synchronisation, refused by the driver (no such
+             * function): what a program that wants to slip past the pacing would try. */
+            if (p_cuLaunchKernel(NULL, 1, 1, 1, 1, 1, 1, 0, work_stream(launched), W.params, NULL) ==
+                CUDA_SUCCESS) {
+                fprintf(stderr, PROG ": a launch of no function succeeded\n");
+                return 1;
+            }
+            bad++;
         }
     }
     if (r == CUDA_SUCCESS && (r = work_sync()) != CUDA_SUCCESS) what = "cuStreamSynchronize";
@@ -1711,6 +1470,8 @@ static int cmd_work(void) {
     printf("kernel_ns=%llu\n", kernel_ns);
     printf("wall_ns=%" PRIu64 "\n", wall);
     printf("share_pct=%.1f\n", wall ? 100.0 * (double)kernel_ns / (double)wall : 0.0);
+    printf("kernels_per_s=%.1f\n", wall ? 1e9 * (double)kernels / (double)wall : 0.0);
+    if (opt.bad_launch) printf("bad_launches=%llu\n", bad);
     printf("end_ns=%" PRIu64 "\n", t1);
     return work_cleanup();
 }
@@ -1808,7 +1569,7 @@ static int cmd_symbols(void) {
     }
     for (int i = 0; i < opt.n_names; i++) {
         void *p = NULL;
-        int status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
         CUresult res;
 #ifdef PROBE_DIRECT
         LOOKUP(opt.names[i], &p, res, &status);
@@ -1831,6 +1592,8 @@ static int cmd_symbols(void) {
  * ---------------------------------------------------------------------------------------- */
 static int parse_args(int argc, char **argv) {
     opt.cuda_version = 12080;
+    const char *env_version = getenv("CUDA_PROBE_CUDA_VERSION"); /* the default, for test suites */
+    if (env_version && *env_version) opt.cuda_version = atoi(env_version);
     opt.count = 1;
     opt.sync_every = 4;
     opt.stream_count = 1;
@@ -1889,6 +1652,10 @@ static int parse_args(int argc, char **argv) {
             opt.seconds = s;
         } else if (strcmp(a, "--sync-every") == 0) {
             NUM(opt.sync_every, 0, 1, 1000000);
+        } else if (strcmp(a, "--gap-ns") == 0) {
+            NUM(opt.gap_ns, 0, 0, 60000000000ULL);
+        } else if (strcmp(a, "--bad-launch-after-sync") == 0) {
+            opt.bad_launch = 1;
         } else if (strcmp(a, "--stream-count") == 0) {
             NUM(opt.stream_count, 0, 0, 64);
         } else if (strcmp(a, "--graph-nodes") == 0) {
@@ -1974,6 +1741,8 @@ int main(int argc, char **argv) {
         if ((opt.seconds > 0) == opt.have_count) return usage_error("work needs one of --seconds and --count");
         if (W.path == W_CAPTURE && opt.stream_count == 0)
             return usage_error("work --path capture needs --stream-count 1 or more (the legacy stream cannot capture)");
+        if (opt.bad_launch && W.path != W_KERNEL)
+            return usage_error("work --bad-launch-after-sync needs --path kernel");
         if (W.path == W_COOP_MULTI && opt.stream_count != 1)
             return usage_error("work --path coop-multi uses one stream per device; leave out --stream-count");
     } else if (opt.path && !is_alloc && !is_fill) {

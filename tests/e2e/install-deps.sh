@@ -230,7 +230,15 @@ start_dockerd() {
         fi
         say "starting dockerd --iptables=false --bridge=none (log $DOCKERD_LOG)"
         printf '\n=== %s install-deps.sh starts dockerd\n' "$(date -Is)" >>"$DOCKERD_LOG"
-        setsid -f dockerd --iptables=false --bridge=none >>"$DOCKERD_LOG" 2>&1 </dev/null
+        # Without inherited descriptors: a daemon holding the caller's lock file (a run under
+        # `flock`) would keep that lock for its whole life.
+        (
+            for fd in /proc/$BASHPID/fd/*; do
+                fd=${fd##*/}
+                ((fd > 2)) && eval "exec $fd>&-"
+            done
+            exec setsid -f dockerd --iptables=false --bridge=none >>"$DOCKERD_LOG" 2>&1 </dev/null
+        )
         wait_for 30 dockerd_pid && dockerd_pid >"$DOCKERD_OURS"
     fi
     if ! wait_for 60 docker_answers; then

@@ -149,13 +149,13 @@ write_debian_ld_so_conf() {
 # cuda-probe
 
 # build_cuda_probe [OUTDIR]: tests/cuda-probe built against a simulated driver root, once per
-# content of probe.c and build.sh (and compiler and glibc), cached under
+# content of probe.c, build.sh and the generated gpuslice_cuda_abi.h (and compiler and glibc), cached under
 # $E2E_STATE_DIR/cuda-probe/<hash>. Prints the directory holding cuda-probe and
 # cuda-probe-direct: OUTDIR (a copy) when given and not empty, else the cache (read-only use).
 build_cuda_probe() {
     local out=${1:-} key cache tmp
     key=$({
-        cat "$E2E_PROBE_SRC/probe.c" "$E2E_PROBE_SRC/build.sh"
+        cat "$E2E_PROBE_SRC/probe.c" "$E2E_PROBE_SRC/build.sh" "$REPO_ROOT/cuda-abi/include/gpuslice_cuda_abi.h"
         "${CC:-cc}" --version 2>/dev/null | head -n1
         ldd --version 2>/dev/null | head -n1
         printf 'CFLAGS=%s\n' "${CFLAGS:-}"
@@ -338,6 +338,35 @@ runc_bundle_add_device() {
             fileMode: 438, uid: 0, gid: 0}]
         | .linux.resources.devices += [{allow: true, type: $type, major: $major, minor: $minor, access: "rwm"}]' \
         --arg path "$path" --arg type "$type" --argjson major "$major" --argjson minor "$minor"
+}
+
+# runc_bundle_add_state_devices DIR STATE_DIR SLICE UUID: the device nodes of a slice's region
+# and its GPU's board (zram devices made by gpuslice-cdi generate) in the bundle's device cgroup,
+# as a CDI spec gives them, under /dev/gpuslice/.
+runc_bundle_add_state_devices() {
+    local dir=$1 state=$2 slice=$3 uuid=$4 node path
+    for node in "slices/$slice/region" "gpus/$uuid/board"; do
+        path=$state/$node
+        [[ -b $path ]] || fail "$path is not a block device (gpuslice-cdi generate makes it)"
+        runc_bundle_add_device "$dir" "/dev/gpuslice/$node" b "$((16#$(stat -c %t "$path")))" "$((16#$(stat -c %T "$path")))"
+    done
+}
+
+# remove_state_devices STATE_DIR: removes the zram devices of the block device nodes under
+# STATE_DIR (gpuslice-cdi generate makes one per slice region and per GPU board), waiting up to
+# 10 s for containers still exiting to close them. Run it (deferred) after every container.
+remove_state_devices() {
+    local state=$1 node dev id deadline=$((SECONDS + 10))
+    [[ -d $state ]] || return 0
+    while IFS= read -r node; do
+        dev=$((16#$(stat -c %t "$node"))):$((16#$(stat -c %T "$node")))
+        id=$(basename "$(readlink "/sys/dev/block/$dev" 2>/dev/null)")
+        [[ $id == zram* ]] || continue
+        until echo "${id#zram}" >/sys/class/zram-control/hot_remove 2>/dev/null; do
+            ((SECONDS < deadline)) || { e2e_log "could not remove $id ($node): still open"; break; }
+            sleep 0.2
+        done
+    done < <(find "$state" -type b 2>/dev/null)
 }
 
 # runc_bundle_add_bind DIR SRC DST [ro]: a bind mount of host SRC at DST in the container.

@@ -10,6 +10,7 @@ generated_spec() {
     local dir=$1 annotations=${2:-true}
     make_devroot "$T/devroot" >/dev/null
     mkdir -p "$T/state" "$T/driver"
+    defer remove_state_devices "$T/state"
     : >"$T/libgpuslice.so"
     render_template "$E2E_DIR/fixtures/gpuslice.toml" "$T/gpuslice.toml" \
         SPEC_DIR="$dir" STATE_DIR="$T/state" HOOK_PATH=/bin/true SHIM_PATH="$T/libgpuslice.so" DRIVER_ROOT="$T/driver" \

@@ -22,6 +22,8 @@ require_hook_flow() {
 hook_node() {
     local annotations=${1:-true}
     mkdir -p "$T/cdi" "$T/state"
+    # Deferred first, so it runs after every container the test starts is gone.
+    defer remove_state_devices "$T/state"
     make_devroot "$T/devroot" >/dev/null
     make_driver_root "$T/driver"
     render_template "$E2E_DIR/fixtures/gpuslice.toml" "$T/gpuslice.toml" \
@@ -230,11 +232,22 @@ test_docker_hook_errors_reach_the_operator() {
     install_docker_spec "$T/cdi/gpuslice.yaml"
     local image uuid
     image=$(e2e_glibc_image)
-    # After a reboot /run is empty: the hook recreates the slice's state from the spec.
+    # After a reboot /run is empty until the gpuslice-generate service has run: the slice's
+    # devices are missing, and the container does not start (the engine cannot give it the
+    # region's device), with the state's path in the message. generate brings it back.
+    remove_state_devices "$T/state"
     rm -rf "$T/state"
+    docker_gpu --device gpuslice.dev/vgpu=slice0 "$image" cuda-probe meminfo >/dev/null &&
+        fail "a container started with its slice's state missing"
+    grep -qF "$T/state/slices/slice0/region" "$T/docker-stderr" ||
+        fail "Docker did not name the missing state: $(cat "$T/docker-stderr")"
+    FAKEGPU_CONFIG=$E2E_FAKEGPU_TOML "$E2E_GENERATOR" generate --config "$T/gpuslice.toml" \
+        --nvml-lib "$E2E_FAKEGPU_LIB" --dev-root "$T/devroot" --state-dir "$T/state" \
+        --output "$T/cdi/gpuslice.yaml" || fail "gpuslice-cdi generate failed"
+    install_docker_spec "$T/cdi/gpuslice.yaml"
     docker_gpu --device gpuslice.dev/vgpu=slice0 "$image" cuda-probe meminfo >/dev/null ||
-        fail "the container failed after the slice state was removed"
-    [[ -f $T/state/slices/slice0/limits && -f $T/state/slices/slice0/region ]] || fail "the state was not recreated"
+        fail "the container failed after generate made the state again"
+    [[ -f $T/state/slices/slice0/limits && -b $T/state/slices/slice0/region ]] || fail "the state was not made again"
     # The slice's GPU left the node: the container does not start, and Docker shows why.
     uuid=$(sed -n 's/^GPU UUID: \t //p' "$T"/driver/proc/driver/nvidia/gpus/0000:01:00.0/information)
     [[ -n $uuid ]] || fail "no UUID in the simulated driver's information file"
@@ -276,6 +289,7 @@ test_runc_hook_bundle() {
     runc_bundle_add_hook "$dir" createContainer "$E2E_HOOK" create-container "${hook_args[@]}"
     runc_bundle_add_hook "$dir" poststop "$E2E_HOOK" poststop "${hook_args[@]}"
     runc_bundle_add_device "$dir" /dev/nvidia0 c 195 0
+    runc_bundle_add_state_devices "$dir" "$T/state" slice1 "$(sed -n 's/^uuid = "\(.*\)"/\1/p' "$E2E_FAKEGPU_TOML" | head -n1)"
     mkdir -p "$T/fakegpu-state"
     runc_bundle_add_bind "$dir" "$E2E_FAKEGPU_TOML" /fakegpu/config.toml ro
     runc_bundle_add_bind "$dir" "$T/fakegpu-state" /fakegpu/state

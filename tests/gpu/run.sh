@@ -37,7 +37,17 @@ done
 
 limit=$((4 << 30))
 work=$(mktemp -d /tmp/gpuslice-gpu.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# generate puts each slice's region and the GPU's board on zram devices: remove them too.
+remove_devices() {
+    local node dev id
+    find "$work/host" -type b 2>/dev/null | while IFS= read -r node; do
+        dev=$((16#$(stat -c %t "$node"))):$((16#$(stat -c %T "$node")))
+        id=$(basename "$(readlink "/sys/dev/block/$dev" 2>/dev/null)")
+        [ "${id#zram}" != "$id" ] && echo "${id#zram}" >/sys/class/zram-control/hot_remove 2>/dev/null
+    done
+    true
+}
+trap 'remove_devices; rm -rf "$work"' EXIT
 uuid=$(nvidia-smi --query-gpu=uuid --format=csv,noheader -i 0 | tr -d ' ')
 echo "gpu: GPU 0: $uuid, $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0)"
 

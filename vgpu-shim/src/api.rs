@@ -2,24 +2,22 @@
 //! programs linked against `libcuda.so.1` / `libnvidia-ml.so.1`), the table of real driver
 //! pointers, our answers to `dlsym`, and our answers to `cuGetProcAddress`.
 //!
-//! Each intercepted CUDA entry names its base name and the CUDA version that introduced the
-//! variant (as NVIDIA's `cudaTypedefs.h` spells it, `PFN_cuCtxCreate_v11040`), and whether it
-//! is the per-thread-default-stream variant. `cuGetProcAddress` answers are mapped by pointer
-//! identity (the driver picks the variant for the requested version and flags; we hand back
-//! our wrapper of that same variant), and these fields are the fallback when the driver
-//! answers with a pointer that is not one of its exported symbols.
+//! Each intercepted entry names one exported driver symbol (`cuMemAlloc_v2`, not the base
+//! name) and the function that implements it. Its signature is checked at compile time
+//! against the one NVIDIA's headers give that symbol (`gpuslice_cuda_abi::cuda::sym`), and
+//! which (name, CUDA version, per-thread flag) requests select it comes from the table
+//! generated from `cudaTypedefs.h` (`gpuslice_cuda_abi::proc`), not from this list.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_int, c_void};
 
 use crate::ffi::*;
+use gpuslice_cuda_abi::cuda::sym as cuda_sym;
+use gpuslice_cuda_abi::nvml::sym as nvml_sym;
 
-/// One exported wrapper.
+/// One exported wrapper: the driver symbol it stands in for, and our function.
 #[derive(Debug, Clone, Copy)]
 pub struct Wrapper {
     pub name: &'static str,
-    pub base: &'static str,
-    pub since: i32,
-    pub per_thread: bool,
     pub f: *const (),
 }
 
@@ -30,28 +28,28 @@ unsafe impl Send for Wrapper {}
 
 macro_rules! api {
     (
-        $table:ident, $wrappers:ident, $real:path, $ret:ty, panic = $on_panic:expr, missing = $missing:expr;
+        $table:ident, $wrappers:ident, $sym:ident, $real:expr, $ret:ty, panic = $on_panic:expr, missing = $missing:expr;
         intercept {
-            $( $name:ident ( $($arg:ident : $ty:ty),* ) => $imp:path, $base:literal @ $since:literal, $pt:literal; )*
+            $( $name:ident ( $($arg:ident : $ty:ty),* ) => $imp:path; )*
         }
         helpers {
-            $( $hname:ident ( $($hty:ty),* ); )*
+            $( $hname:ident; )*
         }
     ) => {
-        /// Real driver functions, resolved from the driver library.
+        /// Real driver functions, resolved from the driver library, typed as the headers
+        /// declare them.
         #[allow(non_snake_case)]
         #[derive(Debug, Default)]
         pub struct $table {
-            $( pub $name: Option<unsafe extern "C" fn($($ty),*) -> $ret>, )*
-            $( pub $hname: Option<unsafe extern "C" fn($($hty),*) -> $ret>, )*
+            $( pub $name: Option<$sym::$name>, )*
+            $( pub $hname: Option<$sym::$hname>, )*
         }
 
         impl $table {
             /// # Safety
             /// `handle` is null or a `dlopen` handle of the driver library this list describes.
             pub unsafe fn load(handle: *mut c_void) -> Self {
-                // SAFETY: each name is resolved as the signature the list gives it, which is
-                // the driver's C signature for that name.
+                // SAFETY: each name is resolved as the signature the headers give that symbol.
                 unsafe {
                     Self {
                         $( $name: crate::driver::resolve(handle, concat!(stringify!($name), "\0")), )*
@@ -64,6 +62,13 @@ macro_rules! api {
             pub fn real_address(&self, name: &[u8]) -> Option<usize> {
                 $( if name == stringify!($name).as_bytes() { return self.$name.map(|f| f as usize); } )*
                 None
+            }
+
+            /// The real addresses of every intercepted function, with its name.
+            pub fn real_addresses(&self) -> Vec<(usize, &'static str)> {
+                let mut v = Vec::new();
+                $( if let Some(f) = self.$name { v.push((f as usize, stringify!($name))); } )*
+                v
             }
         }
 
@@ -80,131 +85,153 @@ macro_rules! api {
                         // SAFETY: the caller upholds the driver function's C contract, which the
                         // implementation relies on and forwards.
                         || unsafe { $imp($($arg),*) },
-                        || match $real().$name {
+                        || {
+                            let real = match $real.loaded() {
+                                Some(api) => api.$name,
+                                // Re-entered while the table is being loaded (the driver calling
+                                // its own exports from its constructor): the one symbol, now,
+                                // without waiting for the table, which would wait for us.
+                                // SAFETY: resolved as the signature the headers give the symbol.
+                                None => unsafe { $real.resolve_now::<$sym::$name>(concat!(stringify!($name), "\0")) },
+                            };
                             // SAFETY: the real driver function with the same signature and arguments.
-                            Some(f) => unsafe { f($($arg),*) },
-                            None => $missing,
+                            real.map_or($missing, |f| unsafe { f($($arg),*) })
                         },
                     )
                 }
+
+                // The signature NVIDIA's headers give this symbol.
+                const _: Option<$sym::$name> = Some($name);
             )*
         }
 
         pub const $wrappers: &[Wrapper] = &[
-            $( Wrapper { name: stringify!($name), base: $base, since: $since, per_thread: $pt, f: exports::$name as *const () }, )*
+            $( Wrapper { name: stringify!($name), f: exports::$name as *const () }, )*
         ];
     };
 }
 
 api! {
-    CudaApi, CUDA_WRAPPERS, crate::driver::cuda, CUresult, panic = CUDA_ERROR_UNKNOWN, missing = CUDA_ERROR_NOT_SUPPORTED;
+    CudaApi, CUDA_WRAPPERS, cuda_sym, crate::driver::CUDA, CUresult, panic = CUDA_ERROR_UNKNOWN, missing = CUDA_ERROR_NOT_SUPPORTED;
     intercept {
-        cuInit(flags: u32) => crate::init::cu_init, "cuInit" @ 2000, false;
-        cuGetProcAddress(symbol: *const std::ffi::c_char, pfn: *mut *mut c_void, version: i32, flags: u64)
-            => crate::procaddr::get_proc_address, "cuGetProcAddress" @ 11030, false;
-        cuGetProcAddress_v2(symbol: *const std::ffi::c_char, pfn: *mut *mut c_void, version: i32, flags: u64, status: *mut i32)
-            => crate::procaddr::get_proc_address_v2, "cuGetProcAddress" @ 12000, false;
-        cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) => crate::memory::mem_alloc, "cuMemAlloc" @ 3020, false;
+        cuInit(flags: u32) => crate::init::cu_init;
+        cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64)
+            => crate::procaddr::get_proc_address;
+        cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut CUdriverProcAddressQueryResult)
+            => crate::procaddr::get_proc_address_v2;
+        cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) => crate::memory::mem_alloc;
         cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem: u32)
-            => crate::memory::mem_alloc_pitch, "cuMemAllocPitch" @ 3020, false;
-        cuMemAllocManaged(dptr: *mut CUdeviceptr, size: usize, flags: u32) => crate::memory::mem_alloc_managed, "cuMemAllocManaged" @ 6000, false;
-        cuMemFree_v2(dptr: CUdeviceptr) => crate::memory::mem_free, "cuMemFree" @ 3020, false;
-        cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => crate::memory::mem_get_info, "cuMemGetInfo" @ 3020, false;
-        cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) => crate::memory::device_total_mem, "cuDeviceTotalMem" @ 3020, false;
+            => crate::memory::mem_alloc_pitch;
+        cuMemAllocManaged(dptr: *mut CUdeviceptr, size: usize, flags: u32) => crate::memory::mem_alloc_managed;
+        cuMemFree_v2(dptr: CUdeviceptr) => crate::memory::mem_free;
+        cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => crate::memory::mem_get_info;
+        cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) => crate::memory::device_total_mem;
         cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64)
-            => crate::memory::mem_create, "cuMemCreate" @ 10020, false;
-        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::mem_release, "cuMemRelease" @ 10020, false;
-        cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async, "cuMemAllocAsync" @ 11020, false;
-        cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async_ptsz, "cuMemAllocAsync" @ 11020, true;
+            => crate::memory::vmm::mem_create;
+        cuMemRelease(handle: CUmemGenericAllocationHandle) => crate::memory::vmm::mem_release;
+        cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64)
+            => crate::memory::vmm::mem_map;
+        cuMemUnmap(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_unmap;
+        cuMemAddressFree(ptr: CUdeviceptr, size: usize) => crate::memory::vmm::mem_address_free;
+        cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void)
+            => crate::memory::vmm::mem_retain_allocation_handle;
+        cuMemExportToShareableHandle(shareable: *mut c_void, handle: CUmemGenericAllocationHandle, handle_type: CUmemAllocationHandleType, flags: u64)
+            => crate::memory::vmm::mem_export_to_shareable_handle;
+        cuMemImportFromShareableHandle(handle: *mut CUmemGenericAllocationHandle, os_handle: *mut c_void, handle_type: CUmemAllocationHandleType)
+            => crate::memory::vmm::mem_import_from_shareable_handle;
+        cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async;
+        cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) => crate::memory::mem_alloc_async_ptsz;
         cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream)
-            => crate::memory::mem_alloc_from_pool, "cuMemAllocFromPoolAsync" @ 11020, false;
+            => crate::memory::mem_alloc_from_pool;
         cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream)
-            => crate::memory::mem_alloc_from_pool_ptsz, "cuMemAllocFromPoolAsync" @ 11020, true;
-        cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) => crate::memory::mem_free_async, "cuMemFreeAsync" @ 11020, false;
-        cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) => crate::memory::mem_free_async_ptsz, "cuMemFreeAsync" @ 11020, true;
-        cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) => crate::memory::mem_pool_trim_to, "cuMemPoolTrimTo" @ 11020, false;
-        cuMemPoolDestroy(pool: CUmemoryPool) => crate::memory::mem_pool_destroy, "cuMemPoolDestroy" @ 11020, false;
-        cuArrayCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) => crate::memory::array_create, "cuArrayCreate" @ 3020, false;
-        cuArray3DCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) => crate::memory::array3d_create, "cuArray3DCreate" @ 3020, false;
-        cuArrayDestroy(array: CUarray) => crate::memory::array_destroy, "cuArrayDestroy" @ 2000, false;
+            => crate::memory::mem_alloc_from_pool_ptsz;
+        cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) => crate::memory::mem_free_async;
+        cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) => crate::memory::mem_free_async_ptsz;
+        cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) => crate::memory::mem_pool_trim_to;
+        cuMemPoolDestroy(pool: CUmemoryPool) => crate::memory::mem_pool_destroy;
+        cuArrayCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) => crate::memory::array_create;
+        cuArray3DCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) => crate::memory::array3d_create;
+        cuArrayDestroy(array: CUarray) => crate::memory::array_destroy;
         cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const CUDA_ARRAY3D_DESCRIPTOR, levels: u32)
-            => crate::memory::mipmapped_array_create, "cuMipmappedArrayCreate" @ 5000, false;
-        cuMipmappedArrayDestroy(array: CUmipmappedArray) => crate::memory::mipmapped_array_destroy, "cuMipmappedArrayDestroy" @ 5000, false;
-        cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) => crate::memory::primary_ctx_retain, "cuDevicePrimaryCtxRetain" @ 7000, false;
-        cuDevicePrimaryCtxRelease(dev: CUdevice) => crate::memory::primary_ctx_release, "cuDevicePrimaryCtxRelease" @ 7000, false;
-        cuDevicePrimaryCtxRelease_v2(dev: CUdevice) => crate::memory::primary_ctx_release_v2, "cuDevicePrimaryCtxRelease" @ 11000, false;
-        cuCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::ctx_create_v2, "cuCtxCreate" @ 3020, false;
-        cuCtxCreate_v3(ctx: *mut CUcontext, params: *mut c_void, num_params: i32, flags: u32, dev: CUdevice)
-            => crate::memory::ctx_create_v3, "cuCtxCreate" @ 11040, false;
-        cuCtxCreate_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, dev: CUdevice)
-            => crate::memory::ctx_create_v4, "cuCtxCreate" @ 12050, false;
-        cuCtxDestroy_v2(ctx: CUcontext) => crate::memory::ctx_destroy, "cuCtxDestroy" @ 4000, false;
+            => crate::memory::mipmapped_array_create;
+        cuMipmappedArrayDestroy(array: CUmipmappedArray) => crate::memory::mipmapped_array_destroy;
+        cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) => crate::memory::primary_ctx_retain;
+        cuDevicePrimaryCtxRelease(dev: CUdevice) => crate::memory::primary_ctx_release;
+        cuDevicePrimaryCtxRelease_v2(dev: CUdevice) => crate::memory::primary_ctx_release_v2;
+        cuDevicePrimaryCtxReset(dev: CUdevice) => crate::memory::primary_ctx_reset;
+        cuDevicePrimaryCtxReset_v2(dev: CUdevice) => crate::memory::primary_ctx_reset_v2;
+        cuCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::ctx_create_v2;
+        cuCtxCreate_v3(ctx: *mut CUcontext, params: *mut CUexecAffinityParam, num_params: c_int, flags: u32, dev: CUdevice)
+            => crate::memory::ctx_create_v3;
+        cuCtxCreate_v4(ctx: *mut CUcontext, params: *mut CUctxCreateParams, flags: u32, dev: CUdevice)
+            => crate::memory::ctx_create_v4;
+        cuCtxDestroy_v2(ctx: CUcontext) => crate::memory::ctx_destroy;
         cuLaunchKernel(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
                        params: *mut *mut c_void, extra: *mut *mut c_void)
-            => crate::launch::launch_kernel, "cuLaunchKernel" @ 4000, false;
+            => crate::launch::launch_kernel;
         cuLaunchKernel_ptsz(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
                             params: *mut *mut c_void, extra: *mut *mut c_void)
-            => crate::launch::launch_kernel_ptsz, "cuLaunchKernel" @ 7000, true;
+            => crate::launch::launch_kernel_ptsz;
         cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void)
-            => crate::launch::launch_kernel_ex, "cuLaunchKernelEx" @ 11060, false;
+            => crate::launch::launch_kernel_ex;
         cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void)
-            => crate::launch::launch_kernel_ex_ptsz, "cuLaunchKernelEx" @ 11060, true;
+            => crate::launch::launch_kernel_ex_ptsz;
         cuLaunchCooperativeKernel(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32,
                                   stream: CUstream, params: *mut *mut c_void)
-            => crate::launch::launch_cooperative_kernel, "cuLaunchCooperativeKernel" @ 9000, false;
+            => crate::launch::launch_cooperative_kernel;
         cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32,
                                        stream: CUstream, params: *mut *mut c_void)
-            => crate::launch::launch_cooperative_kernel_ptsz, "cuLaunchCooperativeKernel" @ 9000, true;
+            => crate::launch::launch_cooperative_kernel_ptsz;
         cuLaunchCooperativeKernelMultiDevice(list: *mut CUDA_LAUNCH_PARAMS, n: u32, flags: u32)
-            => crate::launch::launch_cooperative_kernel_multi_device, "cuLaunchCooperativeKernelMultiDevice" @ 9000, false;
-        cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => crate::launch::graph_launch, "cuGraphLaunch" @ 10000, false;
+            => crate::launch::launch_cooperative_kernel_multi_device;
+        cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => crate::launch::graph_launch;
         cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream)
-            => crate::launch::graph_launch_ptsz, "cuGraphLaunch" @ 10000, true;
-        cuStreamSynchronize(stream: CUstream) => crate::launch::stream_synchronize, "cuStreamSynchronize" @ 2000, false;
+            => crate::launch::graph_launch_ptsz;
+        cuStreamSynchronize(stream: CUstream) => crate::launch::stream_synchronize;
         cuStreamSynchronize_ptsz(stream: CUstream)
-            => crate::launch::stream_synchronize_ptsz, "cuStreamSynchronize" @ 7000, true;
-        cuCtxSynchronize() => crate::launch::ctx_synchronize, "cuCtxSynchronize" @ 2000, false;
-        cuStreamBeginCapture(stream: CUstream) => crate::launch::stream_begin_capture, "cuStreamBeginCapture" @ 10000, false;
+            => crate::launch::stream_synchronize_ptsz;
+        cuCtxSynchronize() => crate::launch::ctx_synchronize;
+        cuStreamBeginCapture(stream: CUstream) => crate::launch::stream_begin_capture;
         cuStreamBeginCapture_ptsz(stream: CUstream)
-            => crate::launch::stream_begin_capture_ptsz, "cuStreamBeginCapture" @ 10000, true;
-        cuStreamBeginCapture_v2(stream: CUstream, mode: i32)
-            => crate::launch::stream_begin_capture_v2, "cuStreamBeginCapture" @ 10010, false;
-        cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: i32)
-            => crate::launch::stream_begin_capture_v2_ptsz, "cuStreamBeginCapture" @ 10010, true;
+            => crate::launch::stream_begin_capture_ptsz;
+        cuStreamBeginCapture_v2(stream: CUstream, mode: CUstreamCaptureMode)
+            => crate::launch::stream_begin_capture_v2;
+        cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: CUstreamCaptureMode)
+            => crate::launch::stream_begin_capture_v2_ptsz;
     }
     helpers {
-        cuCtxGetCurrent(*mut CUcontext);
-        cuStreamCreate(*mut CUstream, u32);
-        cuStreamIsCapturing(CUstream, *mut i32);
-        cuEventCreate(*mut CUevent, u32);
-        cuEventRecord(CUevent, CUstream);
-        cuEventQuery(CUevent);
-        cuEventSynchronize(CUevent);
-        cuEventElapsedTime(*mut f32, CUevent, CUevent);
-        cuCtxGetDevice(*mut CUdevice);
-        cuDeviceGetUuid(*mut CUuuid, CUdevice);
-        cuDeviceGetUuid_v2(*mut CUuuid, CUdevice);
-        cuDeviceGetAttribute(*mut i32, u32, CUdevice);
-        cuMemGetAllocationGranularity(*mut usize, *const CUmemAllocationProp, u32);
-        cuDeviceGetMemPool(*mut CUmemoryPool, CUdevice);
-        cuMemPoolGetAttribute(CUmemoryPool, u32, *mut c_void);
+        cuCtxGetCurrent;
+        cuStreamCreate;
+        cuStreamIsCapturing;
+        cuEventCreate;
+        cuEventRecord;
+        cuEventQuery;
+        cuEventSynchronize;
+        cuEventElapsedTime;
+        cuCtxGetDevice;
+        cuDeviceGetUuid;
+        cuDeviceGetUuid_v2;
+        cuDeviceGetAttribute;
+        cuMemGetAllocationGranularity;
+        cuDeviceGetMemPool;
+        cuMemPoolGetAttribute;
     }
 }
 
-/// The NVML half: no version semantics, so `base` is the name itself.
+/// The NVML half.
 pub mod nvml {
     use super::*;
 
     api! {
-        NvmlApi, NVML_WRAPPERS, crate::driver::nvml, nvmlReturn_t, panic = NVML_ERROR_UNKNOWN, missing = NVML_ERROR_FUNCTION_NOT_FOUND;
+        NvmlApi, NVML_WRAPPERS, nvml_sym, crate::driver::NVML, nvmlReturn_t, panic = NVML_ERROR_UNKNOWN, missing = NVML_ERROR_FUNCTION_NOT_FOUND;
         intercept {
             nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t)
-                => crate::nvml::device_get_memory_info, "nvmlDeviceGetMemoryInfo" @ 0, false;
+                => crate::nvml::device_get_memory_info;
             nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t)
-                => crate::nvml::device_get_memory_info_v2, "nvmlDeviceGetMemoryInfo_v2" @ 0, false;
+                => crate::nvml::device_get_memory_info_v2;
         }
         helpers {
-            nvmlDeviceGetUUID(nvmlDevice_t, *mut std::ffi::c_char, u32);
+            nvmlDeviceGetUUID;
         }
     }
 }

@@ -74,16 +74,56 @@ fn open_library(name: &CStr) -> *mut c_void {
     unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY) }
 }
 
+/// One driver library and the table of its functions, loaded at first use.
+#[derive(Debug)]
+pub struct Driver<A> {
+    library: &'static CStr,
+    table: OnceLock<A>,
+}
+
+impl<A> Driver<A> {
+    const fn new(library: &'static CStr) -> Self {
+        Self { library, table: OnceLock::new() }
+    }
+
+    /// The table if it is loaded; `None` before, and while it is being loaded (never waits).
+    pub fn loaded(&self) -> Option<&A> {
+        self.table.get()
+    }
+
+    /// `name` (NUL-terminated) resolved in the library if the process has it loaded, without
+    /// touching the table: for a call that re-entered the shim while the table is being
+    /// loaded, where waiting for it would wait for ourselves. Never loads the library.
+    ///
+    /// # Safety
+    /// `F` is the C signature of `name`.
+    pub unsafe fn resolve_now<F: Copy>(&self, name: &str) -> Option<F> {
+        // SAFETY: dlopen with a valid C string; NOLOAD only returns an existing handle (glibc's
+        // loader lock is recursive, so this works from inside the library's constructor).
+        let h = unsafe { libc::dlopen(self.library.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        // SAFETY: `h` is null or the library's handle; the caller vouches for `F`.
+        let f = unsafe { resolve(h, name) };
+        if !h.is_null() {
+            // SAFETY: the reference NOLOAD took; the library stays loaded by its own.
+            unsafe { libc::dlclose(h) };
+        }
+        f
+    }
+}
+
+/// `libcuda.so.1` and the CUDA list's functions.
+pub static CUDA: Driver<CudaApi> = Driver::new(c"libcuda.so.1");
+/// `libnvidia-ml.so.1` and the NVML list's functions.
+pub static NVML: Driver<NvmlApi> = Driver::new(c"libnvidia-ml.so.1");
+
 /// The real CUDA driver's functions.
 pub fn cuda() -> &'static CudaApi {
-    static CUDA: OnceLock<CudaApi> = OnceLock::new();
     // SAFETY: the handle is libcuda's, whose functions the CUDA list describes.
-    CUDA.get_or_init(|| unsafe { CudaApi::load(open_library(c"libcuda.so.1")) })
+    CUDA.table.get_or_init(|| unsafe { CudaApi::load(open_library(CUDA.library)) })
 }
 
 /// The real NVML's functions.
 pub fn nvml() -> &'static NvmlApi {
-    static NVML: OnceLock<NvmlApi> = OnceLock::new();
     // SAFETY: the handle is NVML's, whose functions the NVML list describes.
-    NVML.get_or_init(|| unsafe { NvmlApi::load(open_library(c"libnvidia-ml.so.1")) })
+    NVML.table.get_or_init(|| unsafe { NvmlApi::load(open_library(NVML.library)) })
 }

@@ -1,7 +1,8 @@
 //! Kernel launches and synchronisation: every launch path goes through [`crate::pacing`],
 //! which paces it to the slice's compute share (or passes it straight through outside a
-//! paced slice); synchronisations tell the pacing when a stream's work ended, and the start of
-//! a stream capture keeps the pacing's events out of the captured graph.
+//! paced slice); a synchronisation ends the pacing's window on its stream (an event recorded just
+//! before it completes with the work, which also tells whether the GPU or the host was behind),
+//! and the start of a stream capture keeps the pacing's events out of the captured graph.
 
 use std::ffi::c_void;
 
@@ -89,10 +90,11 @@ macro_rules! stream_synchronize {
         #[doc = concat!("`", stringify!($real), "`'s contract.")]
         pub unsafe fn $imp(stream: CUstream) -> CUresult {
             let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            pacing::before_sync(Some(stream), $pt);
             // SAFETY: forwarded unchanged.
             let r = unsafe { real(stream) };
             if r == CUDA_SUCCESS {
-                pacing::synchronized(Some(stream), $pt);
+                pacing::synchronized();
             }
             r
         }
@@ -108,10 +110,11 @@ stream_synchronize!(
 /// `cuCtxSynchronize`'s contract.
 pub unsafe fn ctx_synchronize() -> CUresult {
     let Some(real) = cuda().cuCtxSynchronize else { return CUDA_ERROR_NOT_SUPPORTED };
+    pacing::before_sync(None, false);
     // SAFETY: forwarded unchanged.
     let r = unsafe { real() };
     if r == CUDA_SUCCESS {
-        pacing::synchronized(None, false);
+        pacing::synchronized();
     }
     r
 }
@@ -134,6 +137,6 @@ macro_rules! begin_capture {
 begin_capture!(
     stream_begin_capture => cuStreamBeginCapture, false, (),
     stream_begin_capture_ptsz => cuStreamBeginCapture_ptsz, true, (),
-    stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: i32),
-    stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: i32),
+    stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: CUstreamCaptureMode),
+    stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: CUstreamCaptureMode),
 );

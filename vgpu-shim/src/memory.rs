@@ -2,13 +2,29 @@
 //! the driver's allocation granularity, and gives the charge back when the memory is freed.
 //!
 //! Order of operations, for every path: charge (refused past the limit: the driver is never
-//! called, nothing is allocated), call the driver, and on failure return the charge. A free
-//! goes to the driver first; the charge is returned only if the driver freed. A pointer or
-//! handle we did not charge is the driver's business and goes to it untouched.
+//! called, nothing is allocated), call the driver, and on failure return the charge; on
+//! success record what was charged under the address or handle the driver returned. A free
+//! takes the record out of the book first, then calls the driver, and returns the charge only
+//! if the driver freed (putting the record back if it did not): the moment the driver frees,
+//! it may hand the same address to another thread, whose record must not be the one this free
+//! removes. A pointer or handle we did not charge is the driver's business and goes to it
+//! untouched.
+//!
+//! No lock of ours (the book's mutex, a region's lock) is held across a call into the driver:
+//! a driver call may block for long (or call back into an export), and every other thread of
+//! the process needs the book. Where a call's outcome decides a charge that concurrent calls
+//! share (a primary context, a physical allocation's references), the book keeps a count of
+//! the calls in flight so that the charge stays until all of them have returned.
+//!
+//! Every charge records the context current when it was made. A context the driver destroys
+//! (`cuCtxDestroy`, `cuDevicePrimaryCtxReset`, the last `cuDevicePrimaryCtxRelease`) takes
+//! what was allocated in it, and those charges go back then; physical memory (`cuMemCreate`)
+//! and pools are not a context's and stay as the driver keeps them.
 //!
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
-//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it.
+//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it. Virtual memory
+//! management (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`].
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -20,20 +36,21 @@ use crate::state::{CONTEXT_CHARGE, Refusal, State, state};
 /// What was charged, per process.
 #[derive(Debug, Default)]
 pub struct Book {
-    /// Pointers, handles, arrays and contexts: `(kind, id)` → charge.
+    /// Pointers, arrays and contexts: `(kind, id)` → charge.
     charges: HashMap<(Kind, u64), Charge>,
-    /// Primary contexts: device → (retain count, slice).
-    primary: HashMap<CUdevice, (u32, usize)>,
+    /// Primary contexts, by device.
+    primary: HashMap<CUdevice, Primary>,
     /// Memory pools: pool → (slice, bytes charged).
     pools: HashMap<usize, (usize, u64)>,
     /// Allocation granularity per device.
     granularity: HashMap<CUdevice, u64>,
+    /// Physical allocations, their handles and mappings.
+    vmm: vmm::Vmm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Pointer,
-    Handle,
     Array,
     Mipmap,
     Context,
@@ -45,6 +62,23 @@ struct Charge {
     bytes: u64,
     /// Stream-ordered allocation from this pool: charged through the pool.
     pool: Option<usize>,
+    /// The context the charge goes with: the one current when it was made (a created
+    /// context's own charge: that context); 0 when there was none.
+    ctx: u64,
+}
+
+/// A device's primary context in this process. It holds one context charge exactly while
+/// `retained + retaining > 0`: from the first retain's start to the last release's end.
+#[derive(Debug)]
+struct Primary {
+    slice: usize,
+    /// Retains that succeeded less releases that did.
+    retained: u32,
+    /// Retains in the driver now.
+    retaining: u32,
+    /// The context's handle, once a retain has returned it (it stays the same for the
+    /// process's life).
+    handle: Option<u64>,
 }
 
 fn book(s: &State) -> std::sync::MutexGuard<'_, Book> {
@@ -63,6 +97,14 @@ fn current_device() -> Option<CUdevice> {
     (unsafe { f(&mut dev) } == CUDA_SUCCESS).then_some(dev)
 }
 
+/// The calling thread's current context; 0 when it has none (or the driver will not say).
+fn current_context() -> u64 {
+    let Some(f) = cuda().cuCtxGetCurrent else { return 0 };
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: real driver call with a valid out pointer.
+    if unsafe { f(&mut ctx) } == CUDA_SUCCESS { ctx as u64 } else { 0 }
+}
+
 /// The slice charged for work on `dev`, after the fail-closed check.
 fn target(s: &State, dev: CUdevice) -> Result<Option<usize>, Refusal> {
     if s.slices.is_empty() && s.broken.is_none() {
@@ -78,13 +120,9 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
     }
     let mut g = 2 << 20;
     if let Some(f) = cuda().cuMemGetAllocationGranularity {
-        let prop = CUmemAllocationProp {
-            kind: CU_MEM_ALLOCATION_TYPE_PINNED,
-            requestedHandleTypes: 0,
-            location: CUmemLocation { kind: CU_MEM_LOCATION_TYPE_DEVICE, id: dev },
-            win32HandleMetaData: std::ptr::null_mut(),
-            allocFlags: [0; 8],
-        };
+        let mut prop = CUmemAllocationProp { type_: CU_MEM_ALLOCATION_TYPE_PINNED, ..Default::default() };
+        prop.location.type_ = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.__bindgen_anon_1.id = dev;
         let mut out = 0usize;
         // SAFETY: real driver call with valid pointers.
         if unsafe { f(&mut out, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) } == CUDA_SUCCESS && out > 0 {
@@ -95,16 +133,108 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
     g
 }
 
+/// Charges `bytes` to `slice`. Refused past the limit, unless physical memory whose last
+/// exported descriptor has been closed since was still charged: that is let go first.
+fn charge(s: &State, slice: usize, bytes: u64) -> Result<(), Refusal> {
+    match s.slices[slice].charge(bytes) {
+        Err(Refusal::OverLimit(_)) if vmm::settle(s) => s.slices[slice].charge(bytes),
+        other => other,
+    }
+}
+
+/// Returns what a record charged.
+fn give_back(s: &State, c: Charge) {
+    match c.pool {
+        Some(pool) => settle_pool(s, pool),
+        None => s.slices[c.slice].uncharge(c.bytes),
+    }
+}
+
+/// Records a charge under the address or handle the driver just returned. A record already
+/// there is stale: the driver let go of what it named without us seeing it (a context
+/// destroyed with its allocations), or it would not hand the value out again. Its charge
+/// goes back.
+fn record(s: &State, key: (Kind, u64), charge: Charge) {
+    let stale = book(s).charges.insert(key, charge);
+    if let Some(old) = stale {
+        crate::log::log!(Debug, "{key:?} was handed out again: returning its old charge of {} bytes", old.bytes);
+        give_back(s, old);
+    }
+}
+
+/// Frees `key` in the driver (`call`). Its record is taken out of the book first and put back
+/// if the driver refuses; its charge goes back only once the driver has freed.
+fn freeing(s: &State, key: (Kind, u64), call: impl FnOnce() -> CUresult) -> CUresult {
+    let taken = book(s).charges.remove(&key);
+    let rc = call();
+    if let Some(c) = taken
+        && (rc == CUDA_SUCCESS || !put_back(&mut book(s).charges, key, c))
+    {
+        give_back(s, c);
+    }
+    rc
+}
+
+/// Puts a record back where it was taken from, unless the value has been recorded anew since
+/// (then the new record stands). `true` if it went back.
+fn put_back<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) -> bool {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(value);
+            true
+        }
+        std::collections::hash_map::Entry::Occupied(_) => false,
+    }
+}
+
+/// Runs `call`, which destroys context `ctx` (0: none we know of) and everything allocated in
+/// it when the driver accepts it. The records that go with the context are taken out of the
+/// book first, as a free takes its one: once the context is gone its addresses and handles
+/// may be handed to another thread at once.
+fn destroying(s: &State, ctx: u64, call: impl FnOnce() -> CUresult) -> CUresult {
+    let taken = if ctx == 0 { Vec::new() } else { book(s).charges.extract_if(|_, c| c.ctx == ctx).collect() };
+    let rc = call();
+    if rc == CUDA_SUCCESS {
+        context_gone(s, taken);
+    } else {
+        let mut b = book(s);
+        let stale: Vec<_> = taken.into_iter().filter(|&(k, c)| !put_back(&mut b.charges, k, c)).collect();
+        drop(b);
+        for (_, c) in stale {
+            give_back(s, c);
+        }
+    }
+    rc
+}
+
+/// A context went away in the driver, and with it what was allocated in it (`taken`, out of
+/// the book): those charges go back. Stream-ordered allocations made in it went back to
+/// their pools, which outlive contexts, and the driver may have trimmed any pool meanwhile:
+/// every pool's charge is brought to what the driver says it reserves now.
+fn context_gone(s: &State, taken: Vec<((Kind, u64), Charge)>) {
+    for (key, c) in taken {
+        if c.pool.is_none() {
+            crate::log::log!(Debug, "{key:?} went with context {:#x}: returning {} bytes", c.ctx, c.bytes);
+            s.slices[c.slice].uncharge(c.bytes);
+        }
+    }
+    let pools: Vec<usize> = book(s).pools.keys().copied().collect();
+    for pool in pools {
+        settle_pool(s, pool);
+    }
+}
+
 /// Charges `bytes` to `slice`, runs the driver call, records the result under `key` on
 /// success and returns the charge on failure.
 fn charged(
     s: &State,
     slice: usize,
     bytes: u64,
+    ctx: u64,
     call: impl FnOnce() -> CUresult,
     key: impl FnOnce() -> Option<(Kind, u64)>,
 ) -> CUresult {
-    if let Err(r) = s.slices[slice].charge(bytes) {
+    if let Err(r) = charge(s, slice, bytes) {
         return r.into();
     }
     let rc = call();
@@ -114,22 +244,13 @@ fn charged(
     }
     match key() {
         Some(k) => {
-            book(s).charges.insert(k, Charge { slice, bytes, pool: None });
+            // A created context's own charge goes with that context.
+            let ctx = if k.0 == Kind::Context { k.1 } else { ctx };
+            record(s, k, Charge { slice, bytes, pool: None, ctx });
         }
         None => s.slices[slice].uncharge(bytes),
     }
     rc
-}
-
-/// Returns what `key` was charged, if anything.
-fn release(s: &State, key: (Kind, u64)) {
-    let charge = book(s).charges.remove(&key);
-    if let Some(c) = charge {
-        match c.pool {
-            Some(pool) => settle_pool(s, pool),
-            None => s.slices[c.slice].uncharge(c.bytes),
-        }
-    }
 }
 
 macro_rules! real {
@@ -153,6 +274,8 @@ macro_rules! slice_or_pass {
     }};
 }
 
+pub mod vmm;
+
 /// # Safety
 /// `cuMemAlloc_v2`'s contract.
 pub unsafe fn mem_alloc(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
@@ -166,7 +289,7 @@ pub unsafe fn mem_alloc(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     let (slice, dev) = slice_or_pass!(s, current_device(), pass());
     let bytes = round_up(size as u64, granularity(s, dev));
     // SAFETY: the driver wrote the pointer on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Pointer, unsafe { *dptr })))
+    charged(s, slice, bytes, current_context(), pass, || Some((Kind::Pointer, unsafe { *dptr })))
 }
 
 /// # Safety
@@ -183,7 +306,7 @@ pub unsafe fn mem_alloc_managed(dptr: *mut CUdeviceptr, size: usize, flags: u32)
     // Managed memory may live on the device in full: charged as device memory.
     let bytes = round_up(size as u64, granularity(s, dev));
     // SAFETY: the driver wrote the pointer on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Pointer, unsafe { *dptr })))
+    charged(s, slice, bytes, current_context(), pass, || Some((Kind::Pointer, unsafe { *dptr })))
 }
 
 /// # Safety
@@ -207,7 +330,7 @@ pub unsafe fn mem_alloc_pitch(
     // Before: the widest pitch the driver may choose; after: what it chose.
     let align = pitch_alignment(dev).max(512);
     let estimate = round_up(round_up(width as u64, align).saturating_mul(height as u64), g);
-    if let Err(r) = s.slices[slice].charge(estimate) {
+    if let Err(r) = charge(s, slice, estimate) {
         return r.into();
     }
     let rc = pass();
@@ -223,7 +346,7 @@ pub unsafe fn mem_alloc_pitch(
     } else {
         s.slices[slice].uncharge(estimate - actual);
     }
-    book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None });
+    record(s, (Kind::Pointer, ptr), Charge { slice, bytes: actual, pool: None, ctx: current_context() });
     rc
 }
 
@@ -243,11 +366,11 @@ fn pitch_alignment(dev: CUdevice) -> u64 {
 pub unsafe fn mem_free(dptr: CUdeviceptr) -> CUresult {
     let f = real!(cuMemFree_v2);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(dptr) };
-    if rc == CUDA_SUCCESS && dptr != 0 && crate::state::active() {
-        release(state(), (Kind::Pointer, dptr));
+    let pass = || unsafe { f(dptr) };
+    if dptr == 0 || !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Pointer, dptr), pass)
 }
 
 /// # Safety
@@ -261,6 +384,7 @@ pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CUresult {
     }
     let s = state();
     let Some(dev) = current_device() else { return rc };
+    vmm::settle(s);
     let slice = match target(s, dev) {
         Err(r) => return r.into(),
         Ok(None) => return rc,
@@ -298,45 +422,6 @@ pub unsafe fn device_total_mem(bytes: *mut usize, dev: CUdevice) -> CUresult {
             rc
         }
     }
-}
-
-/// # Safety
-/// `cuMemCreate`'s contract.
-pub unsafe fn mem_create(
-    handle: *mut CUmemGenericAllocationHandle,
-    size: usize,
-    prop: *const CUmemAllocationProp,
-    flags: u64,
-) -> CUresult {
-    let f = real!(cuMemCreate);
-    // SAFETY: forwarded unchanged.
-    let pass = || unsafe { f(handle, size, prop, flags) };
-    if handle.is_null() || prop.is_null() || size == 0 {
-        return pass();
-    }
-    // SAFETY: checked non-null; the caller passes a valid property struct.
-    let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
-        return pass();
-    }
-    let s = state();
-    let (slice, dev) = slice_or_pass!(s, Some(location.id), pass());
-    // The physical memory is what counts; mapping it (cuMemMap) adds nothing.
-    let bytes = round_up(size as u64, granularity(s, dev));
-    // SAFETY: the driver wrote the handle on success.
-    charged(s, slice, bytes, pass, || Some((Kind::Handle, unsafe { *handle })))
-}
-
-/// # Safety
-/// `cuMemRelease`'s contract.
-pub unsafe fn mem_release(handle: CUmemGenericAllocationHandle) -> CUresult {
-    let f = real!(cuMemRelease);
-    // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(handle) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Handle, handle));
-    }
-    rc
 }
 
 /// What a pool holds now, if the driver says.
@@ -378,7 +463,7 @@ fn pool_alloc(
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let advance = round_up(size as u64, granularity(s, dev));
-    if let Err(r) = s.slices[slice].charge(advance) {
+    if let Err(r) = charge(s, slice, advance) {
         return r.into();
     }
     let rc = call();
@@ -390,35 +475,37 @@ fn pool_alloc(
     let ptr = unsafe { *dptr };
     let Some(reserved) = pool_reserved(pool) else {
         // No pool attributes: account the allocation itself.
-        book(s).charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None });
+        record(s, (Kind::Pointer, ptr), Charge { slice, bytes: advance, pool: None, ctx: current_context() });
         return rc;
     };
+    let ctx = current_context();
     let mut b = book(s);
     let before = b.pools.get(&pool).map_or(0, |e| e.1);
     b.pools.insert(pool, (slice, reserved));
-    b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool) });
+    let stale = b.charges.insert((Kind::Pointer, ptr), Charge { slice, bytes: 0, pool: Some(pool), ctx });
     drop(b);
+    if let Some(old) = stale.filter(|old| old.pool != Some(pool)) {
+        give_back(s, old);
+    }
     let charged = before + advance;
     if reserved <= charged {
         s.slices[slice].uncharge(charged - reserved);
-        return rc;
+    } else if charge(s, slice, reserved - charged).is_err() {
+        // The pool grew past the limit: undo the allocation, its record out first.
+        let mut b = book(s);
+        b.charges.remove(&(Kind::Pointer, ptr));
+        if let Some(e) = b.pools.get_mut(&pool) {
+            e.1 = charged;
+        }
+        drop(b);
+        if let Some(free) = cuda().cuMemFreeAsync {
+            // SAFETY: freeing the pointer the driver just returned, on the same stream.
+            unsafe { free(ptr, stream) };
+        }
+        settle_pool(s, pool);
+        return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if s.slices[slice].charge(reserved - charged).is_ok() {
-        return rc;
-    }
-    // The pool grew past the limit: undo the allocation.
-    if let Some(free) = cuda().cuMemFreeAsync {
-        // SAFETY: freeing the pointer the driver just returned, on the same stream.
-        unsafe { free(ptr, stream) };
-    }
-    let mut b = book(s);
-    b.charges.remove(&(Kind::Pointer, ptr));
-    if let Some(e) = b.pools.get_mut(&pool) {
-        e.1 = charged;
-    }
-    drop(b);
-    settle_pool(s, pool);
-    CUDA_ERROR_OUT_OF_MEMORY
+    rc
 }
 
 unsafe fn alloc_async(
@@ -491,11 +578,10 @@ pub unsafe fn mem_alloc_from_pool_ptsz(
 }
 
 fn free_async(dptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
-    let rc = call();
-    if rc == CUDA_SUCCESS && dptr != 0 && crate::state::active() {
-        release(state(), (Kind::Pointer, dptr));
+    if dptr == 0 || !crate::state::active() {
+        return call();
     }
-    rc
+    freeing(state(), (Kind::Pointer, dptr), call)
 }
 
 /// # Safety
@@ -531,16 +617,34 @@ pub unsafe fn mem_pool_trim_to(pool: CUmemoryPool, keep: usize) -> CUresult {
 pub unsafe fn mem_pool_destroy(pool: CUmemoryPool) -> CUresult {
     let f = real!(cuMemPoolDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(pool) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        let s = state();
+    let pass = || unsafe { f(pool) };
+    if !crate::state::active() {
+        return pass();
+    }
+    let s = state();
+    let key = pool as usize;
+    // The pool's records out first: once destroyed, its handle may name another thread's pool.
+    let mut b = book(s);
+    let entry = b.pools.remove(&key);
+    let allocations: Vec<_> = b.charges.extract_if(|_, c| c.pool == Some(key)).collect();
+    drop(b);
+    let rc = pass();
+    if rc != CUDA_SUCCESS {
         let mut b = book(s);
-        let entry = b.pools.remove(&(pool as usize));
-        b.charges.retain(|_, c| c.pool != Some(pool as usize));
-        drop(b);
-        if let Some((slice, charged)) = entry {
-            s.slices[slice].uncharge(charged);
+        if let Some(e) = entry
+            && !put_back(&mut b.pools, key, e)
+        {
+            drop(b);
+            s.slices[e.0].uncharge(e.1);
+            return rc;
         }
+        for (k, c) in allocations {
+            put_back(&mut b.charges, k, c);
+        }
+        return rc;
+    }
+    if let Some((slice, charged)) = entry {
+        s.slices[slice].uncharge(charged);
     }
     rc
 }
@@ -576,7 +680,7 @@ unsafe fn array_like(handle_out: *mut c_void, bytes: u64, kind: Kind, call: impl
     let (slice, dev) = slice_or_pass!(s, current_device(), call());
     let bytes = round_up(bytes, granularity(s, dev));
     // SAFETY: the driver wrote the handle on success; handles are pointers.
-    charged(s, slice, bytes, call, || Some((kind, unsafe { *handle_out.cast::<usize>() } as u64)))
+    charged(s, slice, bytes, current_context(), call, || Some((kind, unsafe { *handle_out.cast::<usize>() } as u64)))
 }
 
 /// # Safety
@@ -616,11 +720,11 @@ pub unsafe fn array3d_create(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESC
 pub unsafe fn array_destroy(array: CUarray) -> CUresult {
     let f = real!(cuArrayDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(array) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Array, array as u64));
+    let pass = || unsafe { f(array) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Array, array as u64), pass)
 }
 
 /// # Safety
@@ -649,15 +753,16 @@ pub unsafe fn mipmapped_array_create(
 pub unsafe fn mipmapped_array_destroy(array: CUmipmappedArray) -> CUresult {
     let f = real!(cuMipmappedArrayDestroy);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(array) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Mipmap, array as u64));
+    let pass = || unsafe { f(array) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    freeing(state(), (Kind::Mipmap, array as u64), pass)
 }
 
-/// A primary context is charged when this process's first retain creates it and returned
-/// when its last release lets it go.
+/// A primary context is charged when this process's first retain starts and returned when
+/// its last release has let it go; no lock is held while the driver retains (see
+/// [`Primary`]).
 ///
 /// # Safety
 /// `cuDevicePrimaryCtxRetain`'s contract.
@@ -667,36 +772,76 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
     let pass = || unsafe { f(ctx, dev) };
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), pass());
-    let mut b = book(s);
-    let count = b.primary.get(&dev).map_or(0, |e| e.0);
-    if count == 0
-        && let Err(r) = s.slices[slice].charge(CONTEXT_CHARGE)
-    {
-        return r.into();
+    let mut settled = false;
+    loop {
+        let mut b = book(s);
+        let p = b.primary.entry(dev).or_insert(Primary { slice, retained: 0, retaining: 0, handle: None });
+        // The first retain charges, under the book's lock so that a concurrent retain never
+        // counts on a charge that is then refused (no driver call is made under it).
+        if p.retained + p.retaining == 0 {
+            match s.slices[p.slice].charge(CONTEXT_CHARGE) {
+                Ok(()) => {}
+                Err(Refusal::OverLimit(_)) if !settled => {
+                    // Memory kept only by a descriptor closed since may go: look, then again.
+                    drop(b);
+                    settled = true;
+                    if vmm::settle(s) {
+                        continue;
+                    }
+                    return CUDA_ERROR_OUT_OF_MEMORY;
+                }
+                Err(r) => return r.into(),
+            }
+        }
+        p.retaining += 1;
+        break;
     }
     let rc = pass();
+    let mut b = book(s);
+    let Some(p) = b.primary.get_mut(&dev) else { return rc };
+    p.retaining -= 1;
     if rc == CUDA_SUCCESS {
-        b.primary.insert(dev, (count + 1, slice));
-    } else if count == 0 {
+        p.retained += 1;
+        if !ctx.is_null() {
+            // SAFETY: the driver wrote the context on success.
+            p.handle = Some(unsafe { *ctx } as u64);
+        }
+    }
+    let gone = (p.retained + p.retaining == 0).then_some(p.slice);
+    drop(b);
+    if let Some(slice) = gone {
         s.slices[slice].uncharge(CONTEXT_CHARGE);
     }
     rc
 }
 
+/// A release the driver accepted: the last one destroyed the context, and returns its charge
+/// and those of everything allocated in it (unless a retain is in flight, which keeps the
+/// context, so they stay charged).
 fn primary_released(dev: CUdevice) {
     if !crate::state::active() {
         return;
     }
     let s = state();
     let mut b = book(s);
-    if let Some(e) = b.primary.get_mut(&dev) {
-        e.0 = e.0.saturating_sub(1);
-        if e.0 == 0 {
-            let slice = e.1;
-            b.primary.remove(&dev);
-            s.slices[slice].uncharge(CONTEXT_CHARGE);
-        }
+    let Some(p) = b.primary.get_mut(&dev) else { return };
+    if p.retained == 0 {
+        return;
     }
+    p.retained -= 1;
+    if p.retained + p.retaining > 0 {
+        return;
+    }
+    let (slice, handle) = (p.slice, p.handle);
+    // Under the book's lock: a record made in this context after it was destroyed would need
+    // a retain first, which this lock keeps out until the old records are taken.
+    let taken = match handle {
+        Some(h) => b.charges.extract_if(|_, c| c.ctx == h).collect(),
+        None => Vec::new(),
+    };
+    drop(b);
+    s.slices[slice].uncharge(CONTEXT_CHARGE);
+    context_gone(s, taken);
 }
 
 /// # Safety
@@ -723,6 +868,34 @@ pub unsafe fn primary_ctx_release_v2(dev: CUdevice) -> CUresult {
     rc
 }
 
+/// A reset destroys the primary context and everything allocated in it, whose charges go
+/// back; the context itself stays retained (the driver makes it again on its next use), so a
+/// retained one keeps its one context charge.
+fn primary_reset(dev: CUdevice, call: impl FnOnce() -> CUresult) -> CUresult {
+    if !crate::state::active() {
+        return call();
+    }
+    let s = state();
+    let handle = book(s).primary.get(&dev).and_then(|p| p.handle).unwrap_or(0);
+    destroying(s, handle, call)
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset`'s contract.
+pub unsafe fn primary_ctx_reset(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset);
+    // SAFETY: forwarded unchanged.
+    primary_reset(dev, || unsafe { f(dev) })
+}
+
+/// # Safety
+/// `cuDevicePrimaryCtxReset_v2`'s contract.
+pub unsafe fn primary_ctx_reset_v2(dev: CUdevice) -> CUresult {
+    let f = real!(cuDevicePrimaryCtxReset_v2);
+    // SAFETY: forwarded unchanged.
+    primary_reset(dev, || unsafe { f(dev) })
+}
+
 fn ctx_create(ctx: *mut CUcontext, dev: CUdevice, call: impl FnOnce() -> CUresult) -> CUresult {
     if ctx.is_null() {
         return call();
@@ -730,7 +903,7 @@ fn ctx_create(ctx: *mut CUcontext, dev: CUdevice, call: impl FnOnce() -> CUresul
     let s = state();
     let (slice, _) = slice_or_pass!(s, Some(dev), call());
     // SAFETY: the driver wrote the context on success.
-    charged(s, slice, CONTEXT_CHARGE, call, || Some((Kind::Context, unsafe { *ctx } as u64)))
+    charged(s, slice, CONTEXT_CHARGE, 0, call, || Some((Kind::Context, unsafe { *ctx } as u64)))
 }
 
 /// # Safety
@@ -743,7 +916,13 @@ pub unsafe fn ctx_create_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) -> C
 
 /// # Safety
 /// `cuCtxCreate_v3`'s contract.
-pub unsafe fn ctx_create_v3(ctx: *mut CUcontext, params: *mut c_void, n: i32, flags: u32, dev: CUdevice) -> CUresult {
+pub unsafe fn ctx_create_v3(
+    ctx: *mut CUcontext,
+    params: *mut CUexecAffinityParam,
+    n: i32,
+    flags: u32,
+    dev: CUdevice,
+) -> CUresult {
     let f = real!(cuCtxCreate_v3);
     // SAFETY: forwarded unchanged.
     ctx_create(ctx, dev, || unsafe { f(ctx, params, n, flags, dev) })
@@ -751,22 +930,30 @@ pub unsafe fn ctx_create_v3(ctx: *mut CUcontext, params: *mut c_void, n: i32, fl
 
 /// # Safety
 /// `cuCtxCreate_v4`'s contract.
-pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, dev: CUdevice) -> CUresult {
+pub unsafe fn ctx_create_v4(
+    ctx: *mut CUcontext,
+    params: *mut CUctxCreateParams,
+    flags: u32,
+    dev: CUdevice,
+) -> CUresult {
     let f = real!(cuCtxCreate_v4);
     // SAFETY: forwarded unchanged.
     ctx_create(ctx, dev, || unsafe { f(ctx, params, flags, dev) })
 }
 
+/// The context's own charge and those of everything allocated in it go back once the driver
+/// has destroyed it.
+///
 /// # Safety
 /// `cuCtxDestroy_v2`'s contract.
 pub unsafe fn ctx_destroy(ctx: CUcontext) -> CUresult {
     let f = real!(cuCtxDestroy_v2);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { f(ctx) };
-    if rc == CUDA_SUCCESS && crate::state::active() {
-        release(state(), (Kind::Context, ctx as u64));
+    let pass = || unsafe { f(ctx) };
+    if !crate::state::active() {
+        return pass();
     }
-    rc
+    destroying(state(), ctx as u64, pass)
 }
 
 #[cfg(test)]

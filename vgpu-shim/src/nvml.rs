@@ -12,6 +12,7 @@ fn slice_view(device: nvmlDevice_t, real_free: u64) -> Result<Option<(u64, u64, 
     let s = state();
     s.check_broken().map_err(Refusal::nvml)?;
     let Some(i) = s.slice_for_nvml(device as usize) else { return Ok(None) };
+    crate::memory::vmm::settle(s);
     let slice = &s.slices[i];
     let used = slice.usage().map_err(Refusal::nvml)?;
     let limit = slice.limit();

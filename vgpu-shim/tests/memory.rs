@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use gpuslice_core::region::REGION_SIZE;
+use std::mem::offset_of;
+
+use gpuslice_core::region::{Header, REGION_SIZE, RegionFile, Slot};
 use gpuslice_core::units::ByteSize;
 
 const LIMIT: u64 = 4 * GIB;
@@ -217,9 +219,10 @@ fn variables_cannot_hide_the_hooks_slices() {
         return;
     }
     // The slice where the hook mounts it, and the container pointing the shim elsewhere.
-    let node = node_with_slice();
+    let mut node = node_with_slice();
+    node.on_devices();
     for (key, val) in [("GPUSLICE_SLICES", "other"), ("GPUSLICE_STATE_DIR", "/nonexistent")] {
-        let mut cmd = node.command_at_run(&probes().0, &["meminfo"]);
+        let mut cmd = node.command_in_container(&probes().0, &["meminfo"]);
         cmd.env(key, val);
         assert_eq!(common::value(&ok(cmd.output().unwrap()), "total"), LIMIT, "{key}={val}");
     }
@@ -264,8 +267,10 @@ fn corrupt_or_truncated_state_fails_closed_with_one_line() {
             "bad slot state",
             Box::new(|p| {
                 let mut b = std::fs::read(p).unwrap();
-                b[40..44].copy_from_slice(&3u32.to_le_bytes()); // slots in use
-                b[4096 + 64] = 9; // slot 1 state
+                let used = offset_of!(RegionFile, header) + offset_of!(Header, slots_used);
+                b[used..used + 4].copy_from_slice(&3u32.to_ne_bytes());
+                let state1 = offset_of!(RegionFile, slots) + size_of::<Slot>() + offset_of!(Slot, state);
+                b[state1..state1 + 4].copy_from_slice(&9u32.to_ne_bytes());
                 assert_eq!(b.len(), REGION_SIZE);
                 std::fs::write(p, b).unwrap();
             }),

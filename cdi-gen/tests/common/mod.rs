@@ -35,6 +35,16 @@ pub struct Node {
     pub gpus: usize,
 }
 
+impl Drop for Node {
+    /// `generate` put each slice's region and each GPU's board on zram devices: remove them.
+    fn drop(&mut self) {
+        let left = gpuslice_core::state::remove_devices(&self.state_dir());
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("zram devices still open after the test: {left:?}");
+        }
+    }
+}
+
 pub fn uuid(i: usize) -> String {
     format!("GPU-{i:08x}-2222-3333-4444-555555555555")
 }

@@ -46,6 +46,7 @@ pub struct MountPoint {
     pub path: PathBuf,
     pub options: String,
     pub fstype: String,
+    pub source: String,
 }
 
 impl MountPoint {
@@ -66,6 +67,7 @@ pub fn mount_points() -> Vec<MountPoint> {
                 path: PathBuf::from(fields[4].replace("\\040", " ")),
                 options: fields[5].to_owned(),
                 fstype: fields[dash + 1].to_owned(),
+                source: fields[dash + 2].to_owned(),
             }
         })
         .collect()

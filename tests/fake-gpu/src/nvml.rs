@@ -14,10 +14,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nvml_wrapper_sys::bindings::{
-    NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_INIT_FLAG_NO_GPUS, nvmlDevice_t, nvmlMemory_t,
-    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t, nvmlProcessUtilizationSample_t,
-    nvmlReturn_t, nvmlUtilization_t,
+use gpuslice_cuda_abi::nvml::{
+    NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_ENABLE, NVML_ERROR_ARGUMENT_VERSION_MISMATCH, NVML_ERROR_GPU_NOT_FOUND,
+    NVML_ERROR_INSUFFICIENT_SIZE, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_INIT_FLAG_NO_GPUS, NVML_SUCCESS,
+    nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t,
+    nvmlProcessUtilizationSample_t, nvmlReturn_t, nvmlUtilization_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
@@ -26,16 +28,16 @@ use crate::timeline::DeviceTimeline;
 
 type NvmlResult<T = ()> = Result<T, nvmlReturn_t>;
 
-const SUCCESS: nvmlReturn_t = 0;
-const UNINITIALIZED: nvmlReturn_t = 1;
-const INVALID_ARGUMENT: nvmlReturn_t = 2;
-const NOT_SUPPORTED: nvmlReturn_t = 3;
-const NOT_FOUND: nvmlReturn_t = 6;
-const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
-const LIBRARY_NOT_FOUND: nvmlReturn_t = 12;
-const ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
-const GPU_NOT_FOUND: nvmlReturn_t = 28;
-const UNKNOWN: nvmlReturn_t = 999;
+const SUCCESS: nvmlReturn_t = NVML_SUCCESS;
+const UNINITIALIZED: nvmlReturn_t = NVML_ERROR_UNINITIALIZED;
+const INVALID_ARGUMENT: nvmlReturn_t = NVML_ERROR_INVALID_ARGUMENT;
+const NOT_SUPPORTED: nvmlReturn_t = NVML_ERROR_NOT_SUPPORTED;
+const NOT_FOUND: nvmlReturn_t = NVML_ERROR_NOT_FOUND;
+const INSUFFICIENT_SIZE: nvmlReturn_t = NVML_ERROR_INSUFFICIENT_SIZE;
+const LIBRARY_NOT_FOUND: nvmlReturn_t = NVML_ERROR_LIBRARY_NOT_FOUND;
+const ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+const GPU_NOT_FOUND: nvmlReturn_t = NVML_ERROR_GPU_NOT_FOUND;
+const UNKNOWN: nvmlReturn_t = NVML_ERROR_UNKNOWN;
 
 /// Every NVML return code: its `nvml.h` name without `NVML_ERROR_`, and `nvmlErrorString`'s
 /// text.
@@ -315,7 +317,8 @@ const _: () = assert!(offset_of!(nvmlMemory_v2_t, version) == 0);
 /// `NVML_STRUCT_VERSION(Memory, 2)`.
 const MEMORY_V2_VERSION: c_uint = (size_of::<nvmlMemory_v2_t>() as c_uint) | (2 << 24);
 
-/// Declares each export once: an `extern "C"` function that runs its body in [`boundary`].
+/// Declares each export once: an `extern "C"` function that runs its body in [`boundary`]
+/// (and may then be held: `FAKEGPU_HOLD`, see [`crate::cuda::hold`]).
 macro_rules! exports {
     ($(
         $(#[doc = $doc:literal])*
@@ -329,8 +332,13 @@ macro_rules! exports {
         /// their type, buffers for `length` bytes, strings NUL-terminated.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> nvmlReturn_t {
-            boundary(|| $body)
+            let rc = boundary(|| $body);
+            $crate::cuda::hold::after(stringify!($name));
+            rc
         }
+
+        // The signature `nvml.h` declares for this symbol.
+        const _: Option<gpuslice_cuda_abi::nvml::sym::$name> = Some($name);
     )*};
 }
 

@@ -2,9 +2,12 @@
 //!
 //! Each GPU has one file, `<state dir>/gpu<index>.state`, mapped shared into every process:
 //! a versioned header written before the file becomes visible, then a table of usage
-//! records, atomics only. A creator writes the whole file to a private temporary file and
-//! publishes it with `link(2)`, which fails if another process published first; the loser
-//! opens the winner's file. So a process never sees a half-written header.
+//! records, atomics only. Its layout is [`StateFile`], defined once with gpuslice's
+//! `shared_struct!`, and the file is created, opened, mapped and locked with the same helper as
+//! gpuslice's own shared files (`gpuslice_core::shm`): a creator writes the whole file under a
+//! temporary name and publishes it with `link(2)`, which fails if another process published
+//! first; the loser opens the winner's file. So a process never sees a half-written header, and
+//! the header is validated from a snapshot of its atomics after the file is mapped.
 //!
 //! Memory in use is kept per holder, as on a real GPU, where the driver frees what a process
 //! held when it exits however it exits. Each [`DeviceState`] that reserves memory claims a
@@ -23,14 +26,17 @@
 //! The state dir is `$FAKEGPU_STATE_DIR`, or `$TMPDIR/fakegpu-<hash of the config path>` so
 //! that every process using one config file shares one machine.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::mem::{offset_of, size_of};
-use std::os::fd::AsRawFd;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+
+use gpuslice_core::shared_struct;
+use gpuslice_core::shm::atomic::{AtomicU64, Ordering};
+use gpuslice_core::shm::lock::{self, RangeLock};
+use gpuslice_core::shm::{Mapping, ShmError};
 
 use crate::config::{ConfigError, FakeGpuConfig};
 use crate::holders::{self, HolderFile};
@@ -41,42 +47,68 @@ pub const STATE_DIR_ENV: &str = "FAKEGPU_STATE_DIR";
 
 /// First eight bytes of a state file.
 const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU\0");
-/// Layout version of [`Header`] and [`Slot`]; bump on any change.
+/// Layout version of [`StateFile`]; bump on any change.
 const VERSION: u32 = 2;
-/// Bytes before the first slot; the header's unused tail is room for later fields.
-const HEADER_SIZE: usize = 4096;
 /// Usage records per GPU: at most this many processes (strictly, [`DeviceState`]s) hold
 /// memory on one GPU at a time.
 pub const SLOTS: usize = 1024;
-/// Size of a state file.
-const FILE_SIZE: usize = HEADER_SIZE + SLOTS * size_of::<Slot>();
 /// The byte of the file whose lock serialises reservations.
-const RESERVE_LOCK: (u64, u64) = (0, 1);
+const RESERVE_LOCK: Range<u64> = 0..1;
 
-/// The start of a state file. Written once, before the file is published, and only read
-/// afterwards.
-#[repr(C)]
-struct Header {
-    magic: u64,
-    version: u32,
-    index: u32,
-    total_bytes: u64,
-    slots: u32,
-    slot_offset: u32,
+shared_struct! {
+    /// The start of a state file. Written once, before the file is published, and only read
+    /// (and validated) afterwards.
+    struct Header as HeaderValues {
+        magic: u64,
+        version: u32,
+        index: u32,
+        total_bytes: u64,
+        slots: u32,
+        slot_offset: u32,
+    }
 }
 
-/// One holder's record. `pid` (as the holder's own PID namespace numbers it) and `pid_ns`
-/// (the low 32 bits of that namespace's inode number) say who holds it, for a reader in the
-/// same namespace; whether the holder lives is decided by the lock on the slot's bytes.
-#[repr(C)]
-struct Slot {
-    pid: AtomicU32,
-    pid_ns: AtomicU32,
-    /// Device memory this holder has in use.
-    bytes: AtomicU64,
+shared_struct! {
+    /// One holder's record. `pid` (as the holder's own PID namespace numbers it) and `pid_ns`
+    /// (the low 32 bits of that namespace's inode number) say who holds it, for a reader in
+    /// the same namespace; whether the holder lives is decided by the lock on the slot's bytes.
+    struct Slot as SlotValues {
+        pid: u32,
+        pid_ns: u32,
+        /// Device memory this holder has in use.
+        bytes: u64,
+    }
 }
 
-const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+shared_struct! {
+    /// A state file: the one definition of its layout.
+    struct StateFile {
+        header: Header,
+        /// Room for later header fields.
+        reserved: [AtomicU64; (4096 - size_of::<Header>()) / 8],
+        slots: [Slot; SLOTS],
+    }
+}
+
+/// Bytes before the first slot.
+const HEADER_SIZE: usize = offset_of!(StateFile, slots);
+/// Size of a state file.
+const FILE_SIZE: usize = size_of::<StateFile>();
+const _: () = assert!(size_of::<Header>() == 32 && HEADER_SIZE == 4096 && size_of::<Slot>() == 16);
+const _: () = assert!(FILE_SIZE == 4096 + 16 * SLOTS);
+
+impl HeaderValues {
+    fn new(index: u32, total_bytes: u64) -> Self {
+        HeaderValues {
+            magic: MAGIC,
+            version: VERSION,
+            index,
+            total_bytes,
+            slots: SLOTS as u32,
+            slot_offset: HEADER_SIZE as u32,
+        }
+    }
+}
 
 /// Why device state could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +121,18 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} was made for a GPU with {found} bytes but the config says {expected}; remove the state directory")]
     Mismatch { path: PathBuf, expected: u64, found: u64 },
+}
+
+impl From<ShmError> for StateError {
+    fn from(err: ShmError) -> Self {
+        match err {
+            ShmError::Io { op, path, source } => StateError::Io { op, path, source },
+            ShmError::NotRegular { path } => StateError::Corrupt { path, reason: "not a regular file".into() },
+            ShmError::Size { path, found, expected } => {
+                StateError::Corrupt { path, reason: format!("{found} bytes, expected {expected}") }
+            }
+        }
+    }
 }
 
 /// A reservation that does not fit in the device's free memory.
@@ -104,21 +148,25 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
     move |source| StateError::Io { op, path, source }
 }
 
+/// Waits for the lock on `range`. If locking itself fails (it does not on Linux ≥ 3.15), goes
+/// on unlocked: the caller's in-process mutex still orders this process's own updates.
+pub(crate) fn wait_lock(file: &fs::File, range: Range<u64>) -> Option<RangeLock<'_>> {
+    lock::lock(file, range).map_err(|err| eprintln!("fakegpu: locking the device state: {err}")).ok()
+}
+
 /// One GPU's shared state, mapped into this process.
 ///
 /// Memory reserved through a `DeviceState` is held until it is released, the `DeviceState`
 /// is dropped, or the process dies, whichever comes first.
 #[derive(Debug)]
 pub struct DeviceState {
-    map: NonNull<u8>,
-    /// Kept open for the OFD locks, which belong to this open file description.
-    file: File,
+    /// The file, kept open for the OFD locks, which belong to this open file description.
+    map: Mapping<StateFile>,
     index: u32,
     total: u64,
-    path: PathBuf,
     /// This holder's slot, claimed on the first reservation. The mutex also serialises this
-    /// holder's reservations between threads, which the OFD lock (shared by every thread
-    /// using this file description) cannot.
+    /// holder's reservations between threads, which the OFD lock (shared by every thread using
+    /// this file description) cannot.
     mine: Mutex<Option<usize>>,
     /// The GPU's holders file, where this process marks its slot; `None` if it could not be
     /// opened (the memory is then used and counted, but no process is named for it).
@@ -134,44 +182,26 @@ pub struct ProcessMemory {
     pub bytes: u64,
 }
 
-// SAFETY: the mapping is shared memory that lives until `drop`; the only fields written after
-// publication are atomics, and the rest are read-only, so any thread may use it. `mine` is a
-// Mutex and `file` is only used for fcntl calls, which are thread-safe.
-unsafe impl Send for DeviceState {}
-// SAFETY: as for `Send`: `&DeviceState` gives access only to atomics, read-only fields, the
-// mutex and fcntl on the file.
-unsafe impl Sync for DeviceState {}
-
 impl DeviceState {
     /// Open GPU `index`'s state in `dir`, creating both (with nothing used) if they do not
     /// exist. Safe against other processes doing the same at the same time.
     pub fn open(dir: &Path, index: u32, total_bytes: u64) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let path = dir.join(format!("gpu{index}.state"));
-        // Two rounds suffice: we lose at most one publication race.
-        for _ in 0..2 {
-            match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(file) => return Self::map(file, path, index, total_bytes),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("opening", &path)(e)),
-            }
-            publish(&path, &image(index, total_bytes))?;
-        }
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening", &path))?;
-        Self::map(file, path, index, total_bytes)
-    }
-
-    fn map(file: File, path: PathBuf, index: u32, total_bytes: u64) -> Result<Self, StateError> {
-        let map = map_shared(&file, &path, FILE_SIZE)?;
-        let holders = path.parent().and_then(|dir| HolderFile::get(dir, index).ok());
-        let state = Self { map, file, index, total: total_bytes, path, mine: Mutex::new(None), holders };
+        // Every process using the simulated GPU writes here, as every process may open a
+        // real GPU's device nodes.
+        let map = Mapping::<StateFile>::open_or_create(&path, 0o666, |f| {
+            f.header.store(&HeaderValues::new(index, total_bytes));
+        })?;
+        let holders = HolderFile::get(dir, index).ok();
+        let state = Self { map, index, total: total_bytes, mine: Mutex::new(None), holders };
         state.check_header(index, total_bytes)?;
         Ok(state)
     }
 
     fn check_header(&self, index: u32, total_bytes: u64) -> Result<(), StateError> {
-        let header = self.header();
-        let corrupt = |reason: String| StateError::Corrupt { path: self.path.clone(), reason };
+        let header = self.header().load();
+        let corrupt = |reason: String| StateError::Corrupt { path: self.path().to_owned(), reason };
         if header.magic != MAGIC {
             return Err(corrupt(format!("magic {:#x}", header.magic)));
         }
@@ -186,7 +216,7 @@ impl DeviceState {
         }
         if header.total_bytes != total_bytes {
             return Err(StateError::Mismatch {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 expected: total_bytes,
                 found: header.total_bytes,
             });
@@ -195,17 +225,16 @@ impl DeviceState {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: `map` points at a live, page-aligned FILE_SIZE mapping (see `map`) that
-        // starts with a published Header, which is never written after publication.
-        unsafe { self.map.cast::<Header>().as_ref() }
+        &self.map.get().header
     }
 
     fn slot(&self, i: usize) -> &Slot {
-        assert!(i < SLOTS);
-        let slot = self.map.as_ptr().wrapping_add(HEADER_SIZE + i * size_of::<Slot>()).cast::<Slot>();
-        // SAFETY: slot `i` lies inside the FILE_SIZE mapping (i < SLOTS), is 8-byte aligned
-        // (HEADER_SIZE and the slot size are multiples of 8) and holds only atomics.
-        unsafe { &*slot }
+        &self.map.get().slots[i]
+    }
+
+    /// Byte range of slot `i` in the file, for its lock.
+    fn slot_range(&self, i: usize) -> Range<u64> {
+        self.map.range_of(self.slot(i))
     }
 
     /// The GPU's NVML index.
@@ -215,7 +244,7 @@ impl DeviceState {
 
     /// The state file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
     }
 
     /// Total device memory in bytes.
@@ -247,14 +276,17 @@ impl DeviceState {
             Some(i) => i,
             None => {
                 let Some(i) = self.claim() else {
-                    eprintln!("fakegpu: {}: all {SLOTS} usage records are held by live processes", self.path.display());
+                    eprintln!(
+                        "fakegpu: {}: all {SLOTS} usage records are held by live processes",
+                        self.path().display()
+                    );
                     return Err(OutOfMemory { requested: bytes, free: 0 });
                 };
                 *mine = Some(i);
                 i
             }
         };
-        let _serialised = RangeLock::wait(&self.file, RESERVE_LOCK);
+        let _serialised = wait_lock(self.map.file(), RESERVE_LOCK);
         let used = self.sum(Some(slot));
         match used.checked_add(bytes).filter(|&new| new <= self.total) {
             Some(new) => {
@@ -288,7 +320,7 @@ impl DeviceState {
         let mut out: Vec<ProcessMemory> = Vec::new();
         for i in 0..SLOTS {
             let bytes = self.slot(i).bytes.load(Ordering::Acquire);
-            if bytes == 0 || (Some(i) != *mine && !RangeLock::held_elsewhere(&self.file, slot_range(i))) {
+            if bytes == 0 || (Some(i) != *mine && !lock::held_elsewhere(self.map.file(), self.slot_range(i))) {
                 continue;
             }
             let Some(pid) = self.holders.and_then(|h| h.holder(i as u64)).or_else(|| self.recorded_pid(i)) else {
@@ -330,7 +362,7 @@ impl DeviceState {
                 continue;
             }
             if Some(i) != mine
-                && let Some(_dead) = RangeLock::try_take(&self.file, slot_range(i))
+                && let Ok(Some(_dead)) = lock::try_lock(self.map.file(), self.slot_range(i))
             {
                 // Nobody holds the slot: its holder is gone, and so is its memory. The lock
                 // stays taken until the slot is clear, so no new holder can claim it first.
@@ -349,11 +381,12 @@ impl DeviceState {
         // Empty slots first, so a fresh holder rarely touches a dead holder's record.
         let empty = (0..SLOTS).filter(|&i| self.slot(i).pid.load(Ordering::Acquire) == 0);
         let used = (0..SLOTS).filter(|&i| self.slot(i).pid.load(Ordering::Acquire) != 0);
-        let i = empty.chain(used).find(|&i| {
-            RangeLock::try_take(&self.file, slot_range(i)).is_some_and(|lock| {
+        let i = empty.chain(used).find(|&i| match lock::try_lock(self.map.file(), self.slot_range(i)) {
+            Ok(Some(lock)) => {
                 lock.keep();
                 true
-            })
+            }
+            _ => false,
         })?;
         let slot = self.slot(i);
         slot.bytes.store(0, Ordering::Release);
@@ -370,7 +403,8 @@ impl DeviceState {
 
 impl Drop for DeviceState {
     fn drop(&mut self) {
-        // What this holder reserved goes back now rather than at the next lazy reclaim.
+        // What this holder reserved goes back now rather than at the next lazy reclaim. The
+        // mapping and the file go with `map` afterwards, and with the file this holder's locks.
         if let Some(i) = *self.lock_mine() {
             self.slot(i).bytes.store(0, Ordering::Release);
             self.slot(i).pid.store(0, Ordering::Release);
@@ -378,126 +412,7 @@ impl Drop for DeviceState {
                 h.release(i as u64);
             }
         }
-        // SAFETY: `map` is the FILE_SIZE mapping made in `map` and nothing borrows it past
-        // `self`. Closing `file` afterwards drops this holder's locks.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), FILE_SIZE);
-        }
     }
-}
-
-/// Byte range of slot `i` in the file, for its lock.
-fn slot_range(i: usize) -> (u64, u64) {
-    ((HEADER_SIZE + i * size_of::<Slot>()) as u64, size_of::<Slot>() as u64)
-}
-
-/// A write lock on a byte range of a file, held by the open file description (`F_OFD_*`):
-/// it conflicts with locks of every other open file description, in this process or
-/// another, and the kernel drops it when the description is closed or its process dies.
-/// Released on drop unless [`keep`](Self::keep) is called.
-#[derive(Debug)]
-pub(crate) struct RangeLock<'a> {
-    file: &'a File,
-    range: (u64, u64),
-}
-
-impl<'a> RangeLock<'a> {
-    fn fcntl(file: &File, cmd: libc::c_int, kind: libc::c_int, (start, len): (u64, u64)) -> io::Result<()> {
-        let lock = libc::flock {
-            l_type: kind as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: start as libc::off_t,
-            l_len: len as libc::off_t,
-            l_pid: 0,
-        };
-        loop {
-            // SAFETY: `lock` is a valid flock for the duration of the call, l_pid is 0 as
-            // OFD locks require, and the descriptor is open for as long as `file` lives.
-            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &lock) };
-            if r == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-
-    /// Take the lock if no other open file description holds it.
-    pub(crate) fn try_take(file: &'a File, range: (u64, u64)) -> Option<Self> {
-        Self::fcntl(file, libc::F_OFD_SETLK, libc::F_WRLCK, range).ok().map(|()| Self { file, range })
-    }
-
-    /// Wait for the lock. If locking itself fails (it does not on Linux ≥ 3.15), go on
-    /// unlocked: the in-process mutex still orders this process's own reservations.
-    pub(crate) fn wait(file: &'a File, range: (u64, u64)) -> Option<Self> {
-        match Self::fcntl(file, libc::F_OFD_SETLKW, libc::F_WRLCK, range) {
-            Ok(()) => Some(Self { file, range }),
-            Err(err) => {
-                eprintln!("fakegpu: locking the device state: {err}");
-                None
-            }
-        }
-    }
-
-    /// Keep the lock until the file is closed.
-    pub(crate) fn keep(self) {
-        std::mem::forget(self);
-    }
-
-    /// Whether another open file description (in this process or another) holds a lock on
-    /// any byte of `range`. Asks without taking anything; on an error, says yes.
-    pub(crate) fn held_elsewhere(file: &File, (start, len): (u64, u64)) -> bool {
-        let mut lock = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: start as libc::off_t,
-            l_len: len as libc::off_t,
-            l_pid: 0,
-        };
-        // SAFETY: `lock` is a valid, writable flock for the duration of the call, l_pid is 0
-        // as OFD locks require, and the descriptor is open for as long as `file` lives.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
-        r != 0 || lock.l_type != libc::F_UNLCK as libc::c_short
-    }
-}
-
-impl Drop for RangeLock<'_> {
-    fn drop(&mut self) {
-        let _ = Self::fcntl(self.file, libc::F_OFD_SETLK, libc::F_UNLCK, self.range);
-    }
-}
-
-/// The bytes of a fresh state file for GPU `index`: the header, and every slot empty.
-fn image(index: u32, total_bytes: u64) -> Vec<u8> {
-    let mut page = vec![0u8; FILE_SIZE];
-    let mut put = |offset: usize, bytes: &[u8]| {
-        page[offset..offset + bytes.len()].copy_from_slice(bytes);
-    };
-    put(offset_of!(Header, magic), &MAGIC.to_ne_bytes());
-    put(offset_of!(Header, version), &VERSION.to_ne_bytes());
-    put(offset_of!(Header, index), &index.to_ne_bytes());
-    put(offset_of!(Header, total_bytes), &total_bytes.to_ne_bytes());
-    put(offset_of!(Header, slots), &(SLOTS as u32).to_ne_bytes());
-    put(offset_of!(Header, slot_offset), &(HEADER_SIZE as u32).to_ne_bytes());
-    page
-}
-
-/// Write `contents` to a private name beside `path`, then link it to `path`, so that no
-/// process ever sees a half-written file. Losing the race to another process is not an
-/// error.
-pub(crate) fn publish(path: &Path, contents: &[u8]) -> Result<(), StateError> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(contents));
-    let result = written.map_err(io_err("writing", &tmp)).and_then(|()| match fs::hard_link(&tmp, path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err("publishing", path)(e)),
-    });
-    let _ = fs::remove_file(&tmp);
-    result
 }
 
 /// The simulated machine for this process: the config and every GPU's shared state.
@@ -583,31 +498,6 @@ pub fn default_state_dir(config_path: &Path) -> PathBuf {
     std::env::temp_dir().join(format!("fakegpu-{hash:016x}"))
 }
 
-/// Maps `file`, which must be exactly `size` bytes long, shared and read-write.
-pub(crate) fn map_shared(file: &File, path: &Path, size: usize) -> Result<NonNull<u8>, StateError> {
-    let len = file.metadata().map_err(io_err("reading", path))?.len();
-    if len != size as u64 {
-        return Err(StateError::Corrupt { path: path.to_owned(), reason: format!("{len} bytes, expected {size}") });
-    }
-    // SAFETY: a fresh shared mapping of a file opened read-write and exactly `size` bytes long;
-    // the kernel picks the address. The mapping outlives `file`.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(io_err("mapping", path)(io::Error::last_os_error()));
-    }
-    NonNull::new(addr.cast::<u8>())
-        .ok_or_else(|| StateError::Corrupt { path: path.to_owned(), reason: "mapped at address 0".into() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,9 +547,9 @@ mod tests {
         // mapping refers to the open file description too, so both must go for the lock to.
         let slot = a.lock_mine().unwrap();
         // SAFETY: `a` is forgotten below, so nothing uses the mapping afterwards.
-        unsafe { libc::munmap(a.map.as_ptr().cast(), FILE_SIZE) };
+        unsafe { libc::munmap(std::ptr::from_ref(a.map.get()).cast_mut().cast(), FILE_SIZE) };
         // SAFETY: as above, for the descriptor.
-        unsafe { libc::close(a.file.as_raw_fd()) };
+        unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(a.map.file())) };
         std::mem::forget(a);
         let b = DeviceState::open(dir.path(), 0, GIB).unwrap();
         assert_eq!(b.slot(slot).bytes.load(Ordering::Acquire), 1000, "the record is still there");

@@ -3,7 +3,7 @@
 //!
 //! Each GPU has a file `<state dir>/gpu<index>.timeline`, mapped shared into every process
 //! and published like the memory state ([`crate::state`]): a header, a table of client
-//! records, and a ring of busy intervals. Times are `CLOCK_MONOTONIC` nanoseconds, a clock
+//! records, and a ring of busy intervals, atomics only ([`TimelineFile`], one definition). Times are `CLOCK_MONOTONIC` nanoseconds, a clock
 //! every process and container on the machine shares.
 //!
 //! Running `d` ns of work that may start at `earliest` ([`DeviceTimeline::occupy`]) starts it
@@ -28,78 +28,109 @@
 //! gone is named by the PID it recorded, if it recorded it in the asker's own PID namespace,
 //! and left out otherwise.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::fs;
 use std::mem::{offset_of, size_of};
-use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::ops::Range;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use gpuslice_core::shared_struct;
+use gpuslice_core::shm::Mapping;
+use gpuslice_core::shm::atomic::{AtomicU64, Ordering};
+use gpuslice_core::shm::lock::{self, RangeLock};
+
 use crate::holders::{self, CLIENT_BASE, HolderFile};
-use crate::state::{RangeLock, StateError, io_err, publish};
+use crate::state::{StateError, io_err, wait_lock};
 
 /// First eight bytes of a timeline file.
 const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPUT");
-/// Layout version of [`Header`], [`Client`] and [`Record`]; bump on any change.
+/// Layout version of [`TimelineFile`]; bump on any change.
 const VERSION: u32 = 1;
-/// Bytes before the client table.
-const HEADER_SIZE: usize = 4096;
 /// Client records: at most this many processes queue work on one GPU at a time (more still
 /// run, but their work is never dropped when they die).
 pub const CLIENTS: usize = 1024;
 /// Busy intervals kept per GPU. Back-to-back intervals of one process are merged, so this
 /// bounds the intervals per second for which utilisation is exact, not the kernels.
 pub const RECORDS: usize = 8192;
-const CLIENT_OFFSET: usize = HEADER_SIZE;
-const RECORD_OFFSET: usize = CLIENT_OFFSET + CLIENTS * size_of::<Client>();
-/// Size of a timeline file.
-const FILE_SIZE: usize = RECORD_OFFSET + RECORDS * size_of::<Record>();
 /// The byte whose lock serialises every read and update of the timeline.
-const LOCK: (u64, u64) = (0, 1);
+const LOCK: Range<u64> = 0..1;
 /// The window utilisation is measured over, as NVML's sample period on recent GPUs.
 pub const WINDOW_NS: u64 = 1_000_000_000;
 
-/// The start of a timeline file. The first six fields are written before publication and
-/// only read afterwards; the atomics are updated under [`LOCK`].
-#[repr(C)]
-struct Header {
-    magic: u64,
-    version: u32,
-    index: u32,
-    clients: u32,
-    records: u32,
-    client_offset: u32,
-    record_offset: u32,
-    /// When the device has finished everything queued on it so far.
-    idle_at: AtomicU64,
-    /// Intervals written so far, less those dropped; the newest is at `(kept − 1) % RECORDS`.
-    kept: AtomicU64,
+shared_struct! {
+    /// The start of a timeline file. The first six fields are written before publication and
+    /// only read (and validated) afterwards; the last two are updated under [`LOCK`].
+    struct Header as HeaderValues {
+        magic: u64,
+        version: u32,
+        index: u32,
+        clients: u32,
+        records: u32,
+        client_offset: u32,
+        record_offset: u32,
+        /// When the device has finished everything queued on it so far.
+        idle_at: u64,
+        /// Intervals written so far, less those dropped; the newest is at `(kept − 1) % RECORDS`.
+        kept: u64,
+    }
 }
 
-/// A process that queues work. `pid` is informational; liveness is the lock on the record's
-/// bytes. `generation` grows with each claim, so intervals of a previous holder are told apart.
-#[repr(C)]
-struct Client {
-    pid: AtomicU32,
-    generation: AtomicU32,
+shared_struct! {
+    /// A process that queues work. `pid` is informational; liveness is the lock on the record's
+    /// bytes. `generation` grows with each claim, so intervals of a previous holder are told
+    /// apart.
+    struct Client as ClientValues {
+        pid: u32,
+        generation: u32,
+    }
 }
 
-/// One busy interval `[start, end)` of the device. `client` is the client record's index + 1
-/// (0: none). `pid` is the launching process's PID in its own namespace, `pid_ns` (the low 32
-/// bits of) that namespace's inode number, 0 if unknown.
-#[repr(C)]
-struct Record {
-    start: AtomicU64,
-    end: AtomicU64,
-    pid: AtomicU32,
-    client: AtomicU32,
-    generation: AtomicU32,
-    pid_ns: AtomicU32,
+shared_struct! {
+    /// One busy interval `[start, end)` of the device. `client` is the client record's index + 1
+    /// (0: none). `pid` is the launching process's PID in its own namespace, `pid_ns` (the low
+    /// 32 bits of) that namespace's inode number, 0 if unknown.
+    struct Record as RecordValues {
+        start: u64,
+        end: u64,
+        pid: u32,
+        client: u32,
+        generation: u32,
+        pid_ns: u32,
+    }
 }
 
-const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
-const _: () = assert!(size_of::<Client>() == 8 && size_of::<Record>() == 32);
+shared_struct! {
+    /// A timeline file: the one definition of its layout.
+    struct TimelineFile {
+        header: Header,
+        /// Room for later header fields.
+        reserved: [AtomicU64; (4096 - size_of::<Header>()) / 8],
+        clients: [Client; CLIENTS],
+        records: [Record; RECORDS],
+    }
+}
+
+const CLIENT_OFFSET: usize = offset_of!(TimelineFile, clients);
+const RECORD_OFFSET: usize = offset_of!(TimelineFile, records);
+const _: () = assert!(size_of::<Header>() == 48 && size_of::<Client>() == 8 && size_of::<Record>() == 32);
+const _: () = assert!(CLIENT_OFFSET == 4096 && RECORD_OFFSET == 4096 + 8 * CLIENTS);
+const _: () = assert!(size_of::<TimelineFile>() == RECORD_OFFSET + 32 * RECORDS);
+
+impl HeaderValues {
+    fn new(index: u32) -> Self {
+        HeaderValues {
+            magic: MAGIC,
+            version: VERSION,
+            index,
+            clients: CLIENTS as u32,
+            records: RECORDS as u32,
+            client_offset: CLIENT_OFFSET as u32,
+            record_offset: RECORD_OFFSET as u32,
+            idle_at: 0,
+            kept: 0,
+        }
+    }
+}
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the timeline's clock.
 pub fn now() -> u64 {
@@ -179,11 +210,9 @@ struct Owner {
 /// One GPU's timeline, mapped into this process.
 #[derive(Debug)]
 pub struct DeviceTimeline {
-    map: NonNull<u8>,
-    /// Kept open for the OFD locks, which belong to this open file description.
-    file: File,
+    /// The file, kept open for the OFD locks, which belong to this open file description.
+    map: Mapping<TimelineFile>,
     index: u32,
-    path: PathBuf,
     /// This process's client record, claimed when it first queues work. The mutex also
     /// serialises this process's threads, which the OFD lock (shared by every thread using
     /// this file description) cannot.
@@ -195,43 +224,22 @@ pub struct DeviceTimeline {
     pid_ns: u32,
 }
 
-// SAFETY: the mapping is shared memory that lives until `drop`; after publication only atomics
-// are written, and only under the mutex and the OFD lock. `file` is only used for fcntl.
-unsafe impl Send for DeviceTimeline {}
-// SAFETY: as for `Send`: `&DeviceTimeline` gives access to atomics, read-only header fields, the
-// mutex and fcntl on the file.
-unsafe impl Sync for DeviceTimeline {}
-
 impl DeviceTimeline {
     /// Open GPU `index`'s timeline in `dir`, creating both if they do not exist. Safe against
     /// other processes doing the same at the same time.
     pub fn open(dir: &Path, index: u32) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let path = dir.join(format!("gpu{index}.timeline"));
-        for _ in 0..2 {
-            match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(file) => return Self::map(file, path, index),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("opening", &path)(e)),
-            }
-            publish(&path, &image(index))?;
-        }
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening", &path))?;
-        Self::map(file, path, index)
-    }
-
-    fn map(file: File, path: PathBuf, index: u32) -> Result<Self, StateError> {
-        let map = crate::state::map_shared(&file, &path, FILE_SIZE)?;
-        let holders = path.parent().and_then(|dir| HolderFile::get(dir, index).ok());
-        let timeline =
-            Self { map, file, index, path, mine: Mutex::new(None), holders, pid_ns: holders::pid_namespace() };
+        let map = Mapping::<TimelineFile>::open_or_create(&path, 0o666, |f| f.header.store(&HeaderValues::new(index)))?;
+        let holders = HolderFile::get(dir, index).ok();
+        let timeline = Self { map, index, mine: Mutex::new(None), holders, pid_ns: holders::pid_namespace() };
         timeline.check_header()?;
         Ok(timeline)
     }
 
     fn check_header(&self) -> Result<(), StateError> {
-        let h = self.header();
-        let corrupt = |reason: String| Err(StateError::Corrupt { path: self.path.clone(), reason });
+        let h = self.header().load();
+        let corrupt = |reason: String| Err(StateError::Corrupt { path: self.path().to_owned(), reason });
         if h.magic != MAGIC {
             return corrupt(format!("magic {:#x}", h.magic));
         }
@@ -249,25 +257,20 @@ impl DeviceTimeline {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: `map` points at a live, page-aligned FILE_SIZE mapping that starts with a
-        // published Header; its plain fields are never written after publication.
-        unsafe { self.map.cast::<Header>().as_ref() }
+        &self.map.get().header
     }
 
     fn client(&self, i: usize) -> &Client {
-        assert!(i < CLIENTS);
-        let p = self.map.as_ptr().wrapping_add(CLIENT_OFFSET + i * size_of::<Client>()).cast::<Client>();
-        // SAFETY: record `i` lies inside the mapping (i < CLIENTS), is 4-byte aligned and holds
-        // only atomics.
-        unsafe { &*p }
+        &self.map.get().clients[i]
+    }
+
+    /// Byte range of client record `i`, for its lock.
+    fn client_range(&self, i: usize) -> Range<u64> {
+        self.map.range_of(self.client(i))
     }
 
     fn record(&self, n: u64) -> &Record {
-        let i = (n % RECORDS as u64) as usize;
-        let p = self.map.as_ptr().wrapping_add(RECORD_OFFSET + i * size_of::<Record>()).cast::<Record>();
-        // SAFETY: slot `i` lies inside the mapping (i < RECORDS), is 8-byte aligned (the
-        // offsets and the record size are multiples of 8) and holds only atomics.
-        unsafe { &*p }
+        &self.map.get().records[(n % RECORDS as u64) as usize]
     }
 
     /// The GPU's index.
@@ -277,7 +280,7 @@ impl DeviceTimeline {
 
     /// The timeline file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
     }
 
     /// Exclusive use of the timeline, against this process's threads and every other
@@ -286,7 +289,7 @@ impl DeviceTimeline {
     /// index order.
     pub fn lock(&self) -> Session<'_> {
         let mine = self.mine.lock().unwrap_or_else(PoisonError::into_inner);
-        let lock = RangeLock::wait(&self.file, LOCK);
+        let lock = wait_lock(self.map.file(), LOCK);
         let mut session = Session { timeline: self, mine, _lock: lock, now: now() };
         session.drop_dead_work();
         session
@@ -346,17 +349,13 @@ fn percent(busy: u64) -> u32 {
 
 impl Drop for DeviceTimeline {
     fn drop(&mut self) {
+        // The mapping and the file go with `map` afterwards; closing the file drops this
+        // process's locks, and with them the claim on its future work.
         if let Some(owner) = *self.mine.get_mut().unwrap_or_else(PoisonError::into_inner) {
             self.client(owner.index as usize).pid.store(0, Ordering::Release);
             if let Some(h) = self.holders {
                 h.release(CLIENT_BASE + u64::from(owner.index));
             }
-        }
-        // SAFETY: `map` is the FILE_SIZE mapping made in `map` and nothing borrows it past
-        // `self`. Closing `file` afterwards drops this process's locks, and with them the
-        // claim on its future work.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), FILE_SIZE);
         }
     }
 }
@@ -429,7 +428,7 @@ impl Session<'_> {
         let empty = (0..CLIENTS).filter(|&i| t.client(i).pid.load(Ordering::Acquire) == 0);
         let used = (0..CLIENTS).filter(|&i| t.client(i).pid.load(Ordering::Acquire) != 0);
         let index = empty.chain(used).find(|&i| {
-            RangeLock::try_take(&t.file, client_range(i)).is_some_and(|lock| {
+            lock::try_lock(t.map.file(), t.client_range(i)).ok().flatten().is_some_and(|lock| {
                 lock.keep();
                 true
             })
@@ -456,7 +455,7 @@ impl Session<'_> {
         }
         let c = self.timeline.client(index as usize);
         c.generation.load(Ordering::Acquire) == generation
-            && RangeLock::held_elsewhere(&self.timeline.file, client_range(index as usize))
+            && lock::held_elsewhere(self.timeline.map.file(), self.timeline.client_range(index as usize))
     }
 
     /// The PID the process that queued `r` has in this process's PID namespace: through its
@@ -544,27 +543,6 @@ impl Session<'_> {
         out.sort_by_key(|&(p, who)| (p.pid, who));
         out.into_iter().map(|(p, _)| p).collect()
     }
-}
-
-/// Byte range of client record `i`, for its lock.
-fn client_range(i: usize) -> (u64, u64) {
-    ((CLIENT_OFFSET + i * size_of::<Client>()) as u64, size_of::<Client>() as u64)
-}
-
-/// The bytes of a fresh timeline file for GPU `index`: idle, no clients, no intervals.
-fn image(index: u32) -> Vec<u8> {
-    let mut page = vec![0u8; FILE_SIZE];
-    let mut put = |offset: usize, bytes: &[u8]| {
-        page[offset..offset + bytes.len()].copy_from_slice(bytes);
-    };
-    put(offset_of!(Header, magic), &MAGIC.to_ne_bytes());
-    put(offset_of!(Header, version), &VERSION.to_ne_bytes());
-    put(offset_of!(Header, index), &index.to_ne_bytes());
-    put(offset_of!(Header, clients), &(CLIENTS as u32).to_ne_bytes());
-    put(offset_of!(Header, records), &(RECORDS as u32).to_ne_bytes());
-    put(offset_of!(Header, client_offset), &(CLIENT_OFFSET as u32).to_ne_bytes());
-    put(offset_of!(Header, record_offset), &(RECORD_OFFSET as u32).to_ne_bytes());
-    page
 }
 
 #[cfg(test)]

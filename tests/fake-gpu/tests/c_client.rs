@@ -23,7 +23,14 @@ fn a_c_program_linked_with_nvml_sees_the_machine() {
     let exe = fx.dir.path().join("nvml_query");
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/nvml_query.c");
     let built = Command::new(&cc)
-        .args(["-std=c99", "-Wall", "-Werror", "-o"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-I",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda-abi/include"),
+            "-o",
+        ])
         .arg(&exe)
         .arg(source)
         .arg("-L")

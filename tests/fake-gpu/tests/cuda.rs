@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::ptr::{null, null_mut};
@@ -45,7 +45,7 @@ fn used(cu: &Cuda) -> u64 {
 }
 
 /// `cuInit`, retain GPU `device`'s primary context and make it current.
-fn primary(cu: &Cuda, device: c_int) -> Handle {
+fn primary(cu: &Cuda, device: c_int) -> CUcontext {
     let mut ctx = null_mut();
     // SAFETY: a live output for the context.
     ok(unsafe { (cu.cuInit)(0) });
@@ -84,8 +84,13 @@ const PTDS: u64 = 2;
 const LEGACY: u64 = 1;
 
 /// `cuGetProcAddress_v2(name, version, flags)`: (result, pointer, status).
-fn proc_address(cu: &Cuda, name: &str, version: c_int, flags: u64) -> (CUresult, *mut c_void, c_int) {
-    let (mut pfn, mut status) = (std::ptr::dangling_mut::<c_void>(), -1);
+fn proc_address(
+    cu: &Cuda,
+    name: &str,
+    version: c_int,
+    flags: u64,
+) -> (CUresult, *mut c_void, CUdriverProcAddressQueryResult) {
+    let (mut pfn, mut status) = (std::ptr::dangling_mut::<c_void>(), 99);
     let name = c(name);
     // SAFETY: a NUL-terminated name and live outputs.
     let r = unsafe { (cu.cuGetProcAddress_v2)(name.as_ptr(), &mut pfn, version, flags, &mut status) };
@@ -134,12 +139,22 @@ fn proc_addresses_are_the_exported_symbols() {
     resolves_to(&cu, "cuStreamBeginCapture", 12000, PTDS, "cuStreamBeginCapture_v2_ptsz");
     resolves_to(&cu, "cuGraphLaunch", 12000, PTDS, "cuGraphLaunch_ptsz");
 
-    // Every variant of the table, at its own version, with and without the per-thread flag.
-    for e in fakegpu::cuda::proc_address::table() {
-        let flags = if e.per_thread { PTDS } else { LEGACY };
-        let (r, pfn, _) = proc_address(&cu, e.name, e.version, flags);
-        assert_eq!(r, SUCCESS, "{}", e.name);
-        assert_eq!(pfn, cu.sym(e.symbol), "{} @ {} is not dlsym({})", e.name, e.version, e.symbol);
+    // Every row of the generated table whose symbol the simulator exports, at its own version:
+    // exactly that export (the address dlsym gives); every other row is refused, never
+    // answered with another variant.
+    for row in gpuslice_cuda_abi::proc::PROC_TABLE {
+        let flags = if row.per_thread { PTDS } else { LEGACY };
+        let (r, pfn, _) = proc_address(&cu, row.name(), row.version, flags);
+        let selected = match gpuslice_cuda_abi::lookup(row.name(), row.version, flags) {
+            gpuslice_cuda_abi::Lookup::Found(r) => r.symbol(),
+            other => panic!("{row:?}: {other:?}"),
+        };
+        if fakegpu::cuda::proc_address::export(selected).is_some() {
+            assert_eq!(r, SUCCESS, "{row:?}");
+            assert_eq!(pfn, cu.sym(selected), "{} @ {} is not dlsym({selected})", row.name(), row.version);
+        } else {
+            assert_eq!((r, pfn), (NOT_FOUND, null_mut()), "{row:?}: the simulator has no {selected}");
+        }
     }
 
     // Failures null the pointer and say why.
@@ -242,14 +257,14 @@ fn init_errors_and_devices_follow_the_driver() {
             assert_eq!(text(&buf), want.name[..4]);
 
             // The UUID's bytes spell the NVML UUID.
-            let mut uuid = [0u8; 16];
+            let mut uuid = CUuuid::default();
             ok((cu.cuDeviceGetUuid_v2)(&mut uuid, i));
-            let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+            let hex: String = uuid.bytes.iter().map(|&b| format!("{:02x}", b as u8)).collect();
             let spelled = format!("GPU-{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
             assert_eq!(spelled, want.uuid);
-            let mut v1 = [0u8; 16];
+            let mut v1 = CUuuid::default();
             ok((cu.cuDeviceGetUuid)(&mut v1, i));
-            assert_eq!(v1, uuid);
+            assert_eq!(v1.bytes, uuid.bytes);
 
             ok((cu.cuDeviceGetPCIBusId)(buf.as_mut_ptr(), 64, i));
             assert_eq!(text(&buf), want.bus_id[4..]);
@@ -257,7 +272,7 @@ fn init_errors_and_devices_follow_the_driver() {
             ok((cu.cuDeviceTotalMem_v2)(&mut total, i));
             assert_eq!(total as u64, want.memory);
 
-            let attr = |a: c_int| {
+            let attr = |a: CUdevice_attribute| {
                 let mut v = -7;
                 ok((cu.cuDeviceGetAttribute)(&mut v, a, i));
                 v
@@ -289,7 +304,7 @@ fn init_errors_and_devices_follow_the_driver() {
         check((cu.cuStreamCreate)(&mut stream, 0), INVALID_CONTEXT);
         check((cu.cuCtxSynchronize)(), INVALID_CONTEXT);
         check((cu.cuCtxGetDevice)(&mut dev), INVALID_CONTEXT);
-        let mut ctx = 0x99 as Handle;
+        let mut ctx = 0x99 as CUcontext;
         ok((cu.cuCtxGetCurrent)(&mut ctx));
         assert!(ctx.is_null());
     }
@@ -358,7 +373,7 @@ fn contexts_are_counted_charged_and_thread_local() {
             s.spawn(|| {
                 let mut q = 0u64;
                 let first = (cu.cuMemAlloc_v2)(&mut q, 1);
-                ok((cu.cuCtxSetCurrent)(a_addr as Handle));
+                ok((cu.cuCtxSetCurrent)(a_addr as CUcontext));
                 ok((cu.cuMemFree_v2)(p));
                 (first, (cu.cuMemAlloc_v2)(&mut q, 1))
             })
@@ -386,21 +401,26 @@ fn contexts_are_counted_charged_and_thread_local() {
         check((cu.cuCtxCreate_v2)(&mut c, 0x1000, 0), INVALID_VALUE);
 
         // v3 with execution affinity, v4 with and without params.
-        let mut affinity = [CUexecAffinityParam { type_: 0, sm_count: 4 }];
+        let affinity_of = |sm| {
+            let mut p = CUexecAffinityParam { type_: CU_EXEC_AFFINITY_TYPE_SM_COUNT, ..Default::default() };
+            p.param.smCount.val = sm;
+            p
+        };
+        let mut affinity = [affinity_of(4)];
         ok((cu.cuCtxCreate_v3)(&mut c, affinity.as_mut_ptr(), 1, 0, 0));
         ok((cu.cuCtxDestroy_v2)(c));
-        affinity[0].sm_count = 9;
+        affinity[0] = affinity_of(9);
         check((cu.cuCtxCreate_v3)(&mut c, affinity.as_mut_ptr(), 1, 0, 0), INVALID_VALUE);
         check((cu.cuCtxCreate_v3)(&mut c, null_mut(), 1, 0, 0), INVALID_VALUE);
         ok((cu.cuCtxCreate_v4)(&mut c, null_mut(), 0, 0));
         ok((cu.cuCtxGetDevice_v2)(&mut dev, c));
         ok((cu.cuCtxSynchronize_v2)(c));
         ok((cu.cuCtxDestroy_v2)(c));
-        affinity[0].sm_count = 2;
+        affinity[0] = affinity_of(2);
         let mut params = CUctxCreateParams {
-            exec_affinity_params: affinity.as_mut_ptr(),
-            num_exec_affinity_params: 1,
-            cig_params: null_mut(),
+            execAffinityParams: affinity.as_mut_ptr(),
+            numExecAffinityParams: 1,
+            cigParams: null_mut(),
         };
         ok((cu.cuCtxCreate_v4)(&mut c, &mut params, 0, 0));
         assert_eq!(used(&cu), 14 * MIB);
@@ -414,7 +434,7 @@ fn contexts_are_counted_charged_and_thread_local() {
         ok((cu.cuCtxPopCurrent_v2)(null_mut()));
         ok((cu.cuCtxPopCurrent_v2)(null_mut()));
         check((cu.cuCtxPopCurrent_v2)(null_mut()), INVALID_CONTEXT);
-        check((cu.cuCtxPushCurrent_v2)(0x12345 as Handle), INVALID_CONTEXT);
+        check((cu.cuCtxPushCurrent_v2)(0x12345 as CUcontext), INVALID_CONTEXT);
         ok((cu.cuCtxSetCurrent)(null_mut()));
         ok((cu.cuCtxSetCurrent)(a));
         ok((cu.cuCtxDestroy_v2)(c));
@@ -458,7 +478,7 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
     unsafe {
         assert_eq!(used(&cu), base);
         let mut g = 0usize;
-        ok((cu.cuMemGetAllocationGranularity)(&mut g, &CUmemAllocationProp::device(0), 0));
+        ok((cu.cuMemGetAllocationGranularity)(&mut g, &device_prop(0), 0));
         assert_eq!(g as u64, 2 * MIB);
 
         // cuMemAlloc: 1 byte and 2 MiB + 1 take one and two granules.
@@ -493,7 +513,7 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
         ok((cu.cuMemAlloc_v2)(&mut p, (60 * MIB) as usize));
         assert_eq!(used(&cu), 64 * MIB);
         check((cu.cuMemAlloc_v2)(&mut q, 1), OUT_OF_MEMORY);
-        check((cu.cuMemCreate)(&mut q, (2 * MIB) as usize, &CUmemAllocationProp::device(0), 0), OUT_OF_MEMORY);
+        check((cu.cuMemCreate)(&mut q, (2 * MIB) as usize, &device_prop(0), 0), OUT_OF_MEMORY);
         ok((cu.cuMemFree_v2)(p));
         assert_eq!(nvml_used(), base);
 
@@ -502,7 +522,7 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
         ok((cu.cuDeviceGetDefaultMemPool)(&mut pool, 0));
         ok((cu.cuDeviceGetMemPool)(&mut current, 0));
         assert_eq!(pool, current);
-        let attr = |pool: Handle, a: c_int| {
+        let attr = |pool: CUmemoryPool, a: CUmemPool_attribute| {
             let mut v = 0u64;
             ok((cu.cuMemPoolGetAttribute)(pool, a, (&raw mut v).cast()));
             v
@@ -533,14 +553,9 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
 
         // A pool of our own: destroying it frees what it reserved.
         let props = CUmemPoolProps {
-            alloc_type: 1,
-            handle_types: 0,
-            location: CUmemLocation { type_: 1, id: 0 },
-            win32_security_attributes: null_mut(),
-            max_size: 0,
-            usage: 0,
-            gpu_direct_rdma_capable: 0,
-            reserved: [0; 53],
+            allocType: CU_MEM_ALLOCATION_TYPE_PINNED,
+            location: device_location(0),
+            ..Default::default()
         };
         let mut mine = null_mut();
         ok((cu.cuMemPoolCreate)(&mut mine, &props));
@@ -552,7 +567,7 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
         check((cu.cuMemAllocFromPoolAsync)(&mut p, 5, mine, null_mut()), INVALID_VALUE);
 
         // Virtual memory management: physical memory is charged, address space is not.
-        let prop = CUmemAllocationProp::device(0);
+        let prop = device_prop(0);
         let mut handle = 0u64;
         check((cu.cuMemCreate)(&mut handle, (3 * MIB) as usize, &prop, 0), INVALID_VALUE);
         ok((cu.cuMemCreate)(&mut handle, (4 * MIB) as usize, &prop, 0));
@@ -565,7 +580,7 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
         check((cu.cuMemMap)(va, (4 * MIB) as usize, 0, handle, 0), INVALID_VALUE);
         let bytes = [7u8; 16];
         check((cu.cuMemcpyHtoD_v2)(va + 2 * MIB, bytes.as_ptr().cast(), 16), INVALID_VALUE);
-        let access = CUmemAccessDesc { location: CUmemLocation { type_: 1, id: 0 }, flags: 3 };
+        let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
         check((cu.cuMemSetAccess)(va, (4 * MIB) as usize, &access, 1), INVALID_VALUE);
         ok((cu.cuMemSetAccess)(va + 2 * MIB, (4 * MIB) as usize, &access, 1));
         ok((cu.cuMemcpyHtoD_v2)(va + 6 * MIB - 16, bytes.as_ptr().cast(), 16));
@@ -595,12 +610,13 @@ fn every_allocation_path_charges_whole_granules_and_ooms_cleanly() {
         check((cu.cuArrayCreate_v2)(&mut array, &bad), INVALID_VALUE);
         let mip =
             CUDA_ARRAY3D_DESCRIPTOR { Width: 2048, Height: 2048, Depth: 0, Format: 0x01, NumChannels: 1, Flags: 0 };
-        ok((cu.cuMipmappedArrayCreate)(&mut array, &mip, 12));
+        let mut mipmapped = null_mut();
+        ok((cu.cuMipmappedArrayCreate)(&mut mipmapped, &mip, 12));
         // 4 MiB + 1 MiB + 256 KiB + … ≈ 5.33 MiB → 6 MiB.
         assert_eq!(used(&cu), base + 6 * MIB);
-        check((cu.cuArrayDestroy)(array), INVALID_HANDLE);
-        ok((cu.cuMipmappedArrayDestroy)(array));
-        check((cu.cuMipmappedArrayCreate)(&mut array, &mip, 13), INVALID_VALUE);
+        check((cu.cuArrayDestroy)(mipmapped.cast()), INVALID_HANDLE);
+        ok((cu.cuMipmappedArrayDestroy)(mipmapped));
+        check((cu.cuMipmappedArrayCreate)(&mut mipmapped, &mip, 13), INVALID_VALUE);
         assert_eq!(used(&cu), base);
     }
 }
@@ -658,7 +674,7 @@ fn copies_move_real_bytes() {
         ok((cu.cuMemcpyHtoD_v2)(a, null(), 0));
         ok((cu.cuMemFree_v2)(b));
         check((cu.cuMemcpyDtoD_v2)(b, a, 16), INVALID_VALUE);
-        check((cu.cuMemcpyHtoDAsync_v2)(a, data.as_ptr().cast(), 16, 0x777 as Handle), INVALID_HANDLE);
+        check((cu.cuMemcpyHtoDAsync_v2)(a, data.as_ptr().cast(), 16, 0x777 as CUstream), INVALID_HANDLE);
         ok((cu.cuStreamDestroy_v2)(stream));
         check((cu.cuStreamDestroy_v2)(stream), INVALID_HANDLE);
     }
@@ -758,21 +774,9 @@ fn a_killed_process_memory_is_reclaimed() {
 /// its `_ptsz` variant).
 fn busy(
     cu: &Cuda,
-    launch: unsafe extern "C" fn(
-        Handle,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        Handle,
-        *mut *mut c_void,
-        *mut *mut c_void,
-    ) -> CUresult,
-    f: Handle,
-    stream: Handle,
+    launch: gpuslice_cuda_abi::cuda::sym::cuLaunchKernel,
+    f: CUfunction,
+    stream: CUstream,
     ms: u64,
 ) -> CUresult {
     let _ = cu;
@@ -869,7 +873,7 @@ fn busy_kernels_occupy_their_stream() {
         about(t.elapsed(), 120);
 
         // Bad launches.
-        check(busy(&cu, cu.cuLaunchKernel, 0x4321 as Handle, s1, 1), INVALID_HANDLE);
+        check(busy(&cu, cu.cuLaunchKernel, 0x4321 as CUfunction, s1, 1), INVALID_HANDLE);
         check((cu.cuLaunchKernel)(f, 1, 1, 1, 2048, 1, 1, 0, s1, null_mut(), null_mut()), INVALID_VALUE);
         let mut nanos = 1u64;
         let mut params = [(&raw mut nanos).cast::<c_void>()];
@@ -916,13 +920,217 @@ fn the_nth_allocation_can_be_made_to_fail() {
     // SAFETY: live outputs.
     unsafe {
         ok((cu.cuMemAlloc_v2)(&mut a, 1));
-        ok((cu.cuMemCreate)(&mut handle, (2 * MIB) as usize, &CUmemAllocationProp::device(0), 0));
+        ok((cu.cuMemCreate)(&mut handle, (2 * MIB) as usize, &device_prop(0), 0));
         assert_eq!(used(&cu), 6 * MIB);
         check((cu.cuMemAllocAsync)(&mut b, 1, null_mut()), OUT_OF_MEMORY);
         assert_eq!(used(&cu), 6 * MIB, "the failed allocation took nothing");
         ok((cu.cuMemAlloc_v2)(&mut c, 1));
         ok((cu.cuMemAllocAsync)(&mut b, 1, null_mut()));
         assert_eq!(used(&cu), 10 * MIB);
+    }
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn freed_addresses_are_reused_when_asked() {
+    let name = "freed_addresses_are_reused_when_asked";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let mut cmd = fx.command(name);
+        cmd.env("FAKEGPU_REUSE_ADDRESSES", "1");
+        return run_child(cmd, name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut a, mut b, mut c, mut d) = (0u64, 0u64, 0u64, 0u64);
+    let bytes = [9u8; 16];
+    let mut back = [1u8; 16];
+    // SAFETY: live outputs and buffers of the sizes given.
+    unsafe {
+        ok((cu.cuMemAlloc_v2)(&mut a, (4 * MIB) as usize));
+        ok((cu.cuMemAlloc_v2)(&mut b, (2 * MIB) as usize));
+        ok((cu.cuMemcpyHtoD_v2)(a, bytes.as_ptr().cast(), 16));
+        ok((cu.cuMemFree_v2)(a));
+        ok((cu.cuMemFree_v2)(b));
+        assert_eq!(used(&cu), 2 * MIB, "freed memory is not charged while its address waits");
+        // The most recent free of the same rounded size comes back first.
+        ok((cu.cuMemAlloc_v2)(&mut c, (2 * MIB - 1) as usize));
+        assert_eq!(c, b);
+        ok((cu.cuMemAlloc_v2)(&mut d, (4 * MIB) as usize));
+        assert_eq!(d, a);
+        assert_eq!(used(&cu), 8 * MIB);
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), d, 16));
+        assert_eq!(back, [0; 16], "a reused range starts zeroed");
+    }
+}
+
+#[test]
+fn a_call_can_be_held_in_the_driver() {
+    let name = "a_call_can_be_held_in_the_driver";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let holds = fx.dir.path().join("holds");
+        std::fs::create_dir(&holds).unwrap();
+        let mut cmd = fx.command(name);
+        cmd.env("FAKEGPU_HOLD", "cuMemAlloc_v2:2").env("FAKEGPU_HOLD_DIR", &holds);
+        return run_child(cmd, name).pipe_drop();
+    }
+    let holds = std::path::PathBuf::from(std::env::var_os("FAKEGPU_HOLD_DIR").unwrap());
+    let cu = Cuda::load();
+    let ctx = primary(&cu, 0) as usize;
+    let mut p = 0u64;
+    // SAFETY: a live output. The first call is not the one held.
+    ok(unsafe { (cu.cuMemAlloc_v2)(&mut p, 1) });
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| {
+            let mut q = 0u64;
+            // SAFETY: a live context and output.
+            ok(unsafe { (cu.cuCtxSetCurrent)(ctx as CUcontext) });
+            // SAFETY: a live output.
+            ok(unsafe { (cu.cuMemAlloc_v2)(&mut q, 1) });
+            q
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !holds.join("cuMemAlloc_v2.held").exists() {
+            assert!(Instant::now() < deadline, "the second cuMemAlloc_v2 was never held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The held call did its work and holds no lock of the driver's: others go on.
+        assert_eq!(used(&cu), 6 * MIB);
+        assert!(!held.is_finished());
+        std::fs::write(holds.join("cuMemAlloc_v2.release"), b"").unwrap();
+        assert_ne!(held.join().unwrap(), 0);
+    });
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn physical_memory_lives_while_a_handle_mapping_or_exported_descriptor_refers_to_it() {
+    let name = "physical_memory_lives_while_a_handle_mapping_or_exported_descriptor_refers_to_it";
+    if !is_child(name) {
+        return Fixture::new(&small_machine("64MiB", "2MiB", "")).run(name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let base = 2 * MIB;
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let (mut h, mut again, mut imported, mut va) = (0u64, 0u64, 0u64, 0u64);
+    let mut fd: c_int = -1;
+    let bytes = [5u8; 16];
+    let mut back = [0u8; 16];
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemAddressReserve)(&mut va, (8 * MIB) as usize, 0, 0, 0));
+        // A handle retained through its mapping needs one release more.
+        ok((cu.cuMemCreate)(&mut h, (4 * MIB) as usize, &device_prop(0), 0));
+        ok((cu.cuMemMap)(va, (4 * MIB) as usize, 0, h, 0));
+        check((cu.cuMemRetainAllocationHandle)(&mut again, (va + 4 * MIB) as *mut c_void), INVALID_VALUE);
+        ok((cu.cuMemRetainAllocationHandle)(&mut again, (va + 3 * MIB) as *mut c_void));
+        assert_eq!(again, h, "the handle that was mapped");
+        ok((cu.cuMemRelease)(h));
+        ok((cu.cuMemRelease)(h));
+        check((cu.cuMemRelease)(h), INVALID_VALUE);
+        assert_eq!(used(&cu), base + 4 * MIB, "still mapped");
+        // Mapped but released: retaining makes the handle valid again.
+        ok((cu.cuMemRetainAllocationHandle)(&mut again, va as *mut c_void));
+        ok((cu.cuMemUnmap)(va, (4 * MIB) as usize));
+        assert_eq!(used(&cu), base + 4 * MIB, "still referenced");
+        ok((cu.cuMemRelease)(again));
+        assert_eq!(used(&cu), base);
+
+        // Exporting needs the handle type at creation; fabric handles are not simulated.
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &device_prop(0), 0));
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0), INVALID_VALUE);
+        ok((cu.cuMemRelease)(h));
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &shareable_prop(0), 0));
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, FABRIC, 0), NOT_SUPPORTED);
+        check((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 1), INVALID_VALUE);
+        ok((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0));
+        assert!(fd >= 0);
+        // An import in this process is another handle to the same bytes.
+        ok((cu.cuMemImportFromShareableHandle)(&mut imported, fd as usize as *mut c_void, POSIX_FD));
+        assert_ne!(imported, h);
+        check((cu.cuMemImportFromShareableHandle)(&mut again, null_mut(), POSIX_FD), INVALID_VALUE);
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemMap)(va + 2 * MIB, (2 * MIB) as usize, 0, imported, 0));
+        ok((cu.cuMemSetAccess)(va, (4 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyHtoD_v2)(va, bytes.as_ptr().cast(), 16));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), va + 2 * MIB, 16));
+        assert_eq!(back, bytes);
+        ok((cu.cuMemUnmap)(va, (4 * MIB) as usize));
+        ok((cu.cuMemRelease)(imported));
+        // Released and unmapped, the exported descriptor still holds the memory.
+        ok((cu.cuMemRelease)(h));
+        assert_eq!(used(&cu), base + 2 * MIB, "the exported descriptor is open");
+        libc::close(fd);
+        assert_eq!(used(&cu), base, "its descriptor closed, the memory is gone");
+        ok((cu.cuMemAddressFree)(va, (8 * MIB) as usize));
+    }
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn an_exported_descriptor_is_imported_by_another_process() {
+    let name = "an_exported_descriptor_is_imported_by_another_process";
+    let importer = "an_exported_descriptor_importer";
+    if !is_child(name) {
+        let fx = Fixture::new(&small_machine("64MiB", "2MiB", ""));
+        let mut cmd = fx.command(name);
+        cmd.env("IMPORTER_CONFIG", &fx.config_path).env("IMPORTER_STATE", &fx.state_dir);
+        return run_child(cmd, name).pipe_drop();
+    }
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut h, mut va, mut fd) = (0u64, 0u64, -1 as c_int);
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let bytes = *b"from the exporter";
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemCreate)(&mut h, (2 * MIB) as usize, &shareable_prop(0), 0));
+        ok((cu.cuMemAddressReserve)(&mut va, (2 * MIB) as usize, 0, 0, 0));
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemSetAccess)(va, (2 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyHtoD_v2)(va, bytes.as_ptr().cast(), bytes.len()));
+        ok((cu.cuMemExportToShareableHandle)((&raw mut fd).cast(), h, POSIX_FD, 0));
+        // Passed to the importer by inheritance.
+        assert_eq!(libc::fcntl(fd, libc::F_SETFD, 0), 0);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([importer, "--exact", "--nocapture", "--test-threads=1"])
+        .env("FAKEGPU_TEST_CHILD", importer)
+        .env("FAKEGPU_CONFIG", std::env::var_os("IMPORTER_CONFIG").unwrap())
+        .env("FAKEGPU_STATE_DIR", std::env::var_os("IMPORTER_STATE").unwrap())
+        .env("IMPORT_FD", fd.to_string())
+        .env("WANT_BYTES", std::str::from_utf8(&bytes).unwrap());
+    run_child(cmd, importer);
+    // The importer's context came and went; the memory is the exporter's alone.
+    assert_eq!(used(&cu), 4 * MIB);
+}
+
+#[test]
+#[expect(clippy::multiple_unsafe_ops_per_block, reason = "a script of raw driver calls, all under one contract")]
+fn an_exported_descriptor_importer() {
+    if !is_child("an_exported_descriptor_importer") {
+        return; // run by an_exported_descriptor_is_imported_by_another_process
+    }
+    let fd: c_int = std::env::var("IMPORT_FD").unwrap().parse().unwrap();
+    let want = std::env::var("WANT_BYTES").unwrap();
+    let cu = Cuda::load();
+    primary(&cu, 0);
+    let (mut h, mut va) = (0u64, 0u64);
+    let access = CUmemAccessDesc { location: device_location(0), flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    let mut back = vec![0u8; want.len()];
+    // SAFETY: live outputs and buffers; handles and addresses come from the driver.
+    unsafe {
+        ok((cu.cuMemImportFromShareableHandle)(&mut h, fd as usize as *mut c_void, POSIX_FD));
+        assert_eq!(used(&cu), 6 * MIB, "both contexts and the exporter's 2 MiB; the import adds nothing");
+        ok((cu.cuMemAddressReserve)(&mut va, (2 * MIB) as usize, 0, 0, 0));
+        ok((cu.cuMemMap)(va, (2 * MIB) as usize, 0, h, 0));
+        ok((cu.cuMemSetAccess)(va, (2 * MIB) as usize, &access, 1));
+        ok((cu.cuMemcpyDtoH_v2)(back.as_mut_ptr().cast(), va, back.len()));
+        assert_eq!(back, want.as_bytes());
+        ok((cu.cuMemUnmap)(va, (2 * MIB) as usize));
+        ok((cu.cuMemRelease)(h));
     }
 }
 
@@ -946,7 +1154,7 @@ fn state_dir() -> std::path::PathBuf {
 }
 
 /// Load `busy` in the current context.
-fn busy_function(cu: &Cuda) -> Handle {
+fn busy_function(cu: &Cuda) -> CUfunction {
     let (mut module, mut f) = (null_mut(), null_mut());
     let image = [0u8; 16];
     // SAFETY: live outputs and a NUL-terminated name.
@@ -988,26 +1196,29 @@ fn every_launch_path_takes_its_turn_on_the_device() {
         assert_eq!(mine(&tl, t0), 10 * MS);
 
         // cuLaunchKernelEx(_ptsz): shape and stream from the config; attributes are read.
-        let mut attrs = [CUlaunchAttribute::int(8, 0), CUlaunchAttribute::int(2, 1)];
+        let mut attrs = [int_attribute(8, 0), int_attribute(CU_LAUNCH_ATTRIBUTE_COOPERATIVE, 1)];
         let mut config = CUlaunchConfig {
-            grid: [2, 1, 1],
-            block: [64, 1, 1],
-            shared_mem_bytes: 0,
-            stream: s,
+            gridDimX: 2,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 64,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: s,
             attrs: attrs.as_mut_ptr(),
-            num_attrs: 2,
+            numAttrs: 2,
         };
         ok((cu.cuLaunchKernelEx)(&config, f, params.as_mut_ptr(), null_mut()));
-        config.stream = null_mut();
+        config.hStream = null_mut();
         ok((cu.cuLaunchKernelEx_ptsz)(&config, f, params.as_mut_ptr(), null_mut()));
         ok((cu.cuCtxSynchronize)());
         assert_eq!(mine(&tl, t0), 20 * MS);
         // Cooperative (the second attribute): no more blocks than the device holds at once,
         // 32 per SM of 132 SMs here.
-        config.grid = [132 * 32 + 1, 1, 1];
-        config.block = [1, 1, 1];
+        (config.gridDimX, config.blockDimX) = (132 * 32 + 1, 1);
         check((cu.cuLaunchKernelEx)(&config, f, params.as_mut_ptr(), null_mut()), COOPERATIVE_LAUNCH_TOO_LARGE);
-        config.num_attrs = 1;
+        config.numAttrs = 1;
         let mut zero = 0u64;
         let mut quick = busy_params(&mut zero);
         ok((cu.cuLaunchKernelEx)(&config, f, quick.as_mut_ptr(), null_mut()));
@@ -1032,13 +1243,17 @@ fn every_launch_path_takes_its_turn_on_the_device() {
         ok((cu.cuCtxSetCurrent)(ctx0));
         let (mut eight, mut four) = (8 * MS, 4 * MS);
         let (mut p8, mut p4) = (busy_params(&mut eight), busy_params(&mut four));
-        let launch = |f: Handle, stream: Handle, p: *mut *mut c_void| CUDA_LAUNCH_PARAMS {
+        let launch = |f: CUfunction, stream: CUstream, p: *mut *mut c_void| CUDA_LAUNCH_PARAMS {
             function: f,
-            grid: [1, 1, 1],
-            block: [32, 1, 1],
-            shared_mem_bytes: 0,
-            stream,
-            kernel_params: p,
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 32,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: stream,
+            kernelParams: p,
         };
         let t1 = timeline::now();
         ok((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, params.as_mut_ptr(), null_mut()));
@@ -1073,7 +1288,7 @@ fn every_launch_path_takes_its_turn_on_the_device() {
         check((cu.cuLaunchCooperativeKernelMultiDevice)(bad.as_mut_ptr(), 2, 0), INVALID_VALUE);
         check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 0, 0), INVALID_VALUE);
         check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 4), INVALID_VALUE);
-        list[1].block = [64, 1, 1];
+        list[1].blockDimX = 64;
         check((cu.cuLaunchCooperativeKernelMultiDevice)(list.as_mut_ptr(), 2, 0), INVALID_VALUE);
     }
 }
@@ -1099,15 +1314,19 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
     let mut p_ahead = busy_params(&mut ahead);
     let node = |p: *mut *mut c_void| CUDA_KERNEL_NODE_PARAMS {
         func: f,
-        grid: [1, 1, 1],
-        block: [32, 1, 1],
-        shared_mem_bytes: 0,
-        kernel_params: p,
+        gridDimX: 1,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: 32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        kernelParams: p,
         extra: null_mut(),
         kern: null_mut(),
         ctx: null_mut(),
     };
-    let mut status = -1;
+    let mut status = 99;
     // SAFETY: every pointer below is a live local of the type cuda.h names, or deliberately
     // null or invalid; handles come from the driver.
     unsafe {
@@ -1118,11 +1337,13 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
         // Three nodes in a chain, through both variants; parameters are read when added.
         check((cu.cuGraphCreate)(&mut graph, 1), INVALID_VALUE);
         ok((cu.cuGraphCreate)(&mut graph, 0));
-        ok((cu.cuGraphAddKernelNode)(&mut n1, graph, null(), 0, &node(p2.as_mut_ptr())));
+        // The v1 struct is the v2 one without its last two members.
+        let first = node(p2.as_mut_ptr());
+        ok((cu.cuGraphAddKernelNode)(&mut n1, graph, null(), 0, (&raw const first).cast()));
         ok((cu.cuGraphAddKernelNode_v2)(&mut n2, graph, &n1, 1, &node(p3.as_mut_ptr())));
         ok((cu.cuGraphAddKernelNode_v2)(&mut n3, graph, [n1, n2].as_ptr(), 2, &node(p4.as_mut_ptr())));
         p2[0].cast::<u64>().write(100 * MS); // the node keeps the 2 ms it was given
-        let stranger = 0x5555 as Handle;
+        let stranger = 0x5555 as CUgraphNode;
         check((cu.cuGraphAddKernelNode_v2)(&mut n3, graph, &stranger, 1, &node(p4.as_mut_ptr())), INVALID_VALUE);
         check(
             (cu.cuGraphAddKernelNode_v2)(&mut n3, graph, [n1, n1].as_ptr(), 2, &node(p4.as_mut_ptr())),
@@ -1147,7 +1368,7 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
         ok((cu.cuEventElapsedTime)(&mut ms, a, b));
         assert!((ms - 9.0).abs() < 0.001, "{ms} ms: the stream's launch, the per-thread one after it");
         // The executable graph outlives its graph; the older instantiate forms work too.
-        let (mut exec2, mut exec3, mut error_node) = (null_mut(), null_mut(), 0x77 as Handle);
+        let (mut exec2, mut exec3, mut error_node) = (null_mut(), null_mut(), 0x77 as CUgraphNode);
         let mut log = [1 as c_char; 8];
         ok((cu.cuGraphInstantiate)(&mut exec2, graph, &mut error_node, log.as_mut_ptr(), 8));
         assert!(error_node.is_null() && log[0] == 0);
@@ -1175,12 +1396,14 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
         ok((cu.cuEventRecord)(e, s));
         check((cu.cuEventQuery)(e), CAPTURED_EVENT);
         let config = CUlaunchConfig {
-            grid: [1, 1, 1],
-            block: [1, 1, 1],
-            shared_mem_bytes: 0,
-            stream: s,
-            attrs: null_mut(),
-            num_attrs: 0,
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 1,
+            blockDimY: 1,
+            blockDimZ: 1,
+            hStream: s,
+            ..Default::default()
         };
         ok((cu.cuLaunchKernelEx)(&config, f, p4.as_mut_ptr(), null_mut()));
         ok((cu.cuLaunchCooperativeKernel)(f, 1, 1, 1, 1, 1, 1, 0, s, p4.as_mut_ptr()));
@@ -1188,7 +1411,7 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
         let (s_addr, end) = (s as usize, cu.cuStreamEndCapture);
         let other = std::thread::spawn(move || {
             let mut g = null_mut();
-            end(s_addr as Handle, &mut g)
+            end(s_addr as CUstream, &mut g)
         });
         check(other.join().unwrap(), STREAM_CAPTURE_WRONG_THREAD);
         ok((cu.cuStreamEndCapture)(s, &mut graph));
@@ -1212,7 +1435,7 @@ fn graphs_run_their_nodes_in_order_and_captures_run_nothing() {
         ok((cu.cuStreamIsCapturing)(s, &mut status));
         assert_eq!(status, 2);
         check((cu.cuLaunchKernel)(f, 1, 1, 1, 32, 1, 1, 0, s, p3.as_mut_ptr(), null_mut()), STREAM_CAPTURE_INVALIDATED);
-        graph = 0x99 as Handle;
+        graph = 0x99 as CUgraph;
         check((cu.cuStreamEndCapture)(s, &mut graph), STREAM_CAPTURE_INVALIDATED);
         assert!(graph.is_null());
         // The per-thread default stream captures; a graph launched on a capturing stream is

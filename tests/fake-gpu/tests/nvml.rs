@@ -186,13 +186,11 @@ fn init_fails_cleanly_with_a_bad_config() {
 
 // ---- the raw C ABI -------------------------------------------------------------------
 
-const SUCCESS: u32 = 0;
-const UNINITIALIZED: u32 = 1;
-const INVALID_ARGUMENT: u32 = 2;
-const NOT_FOUND: u32 = 6;
-const INSUFFICIENT_SIZE: u32 = 7;
-const ARGUMENT_VERSION_MISMATCH: u32 = 25;
-const GPU_NOT_FOUND: u32 = 28;
+use gpuslice_cuda_abi::nvml::{
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH as ARGUMENT_VERSION_MISMATCH, NVML_ERROR_GPU_NOT_FOUND as GPU_NOT_FOUND,
+    NVML_ERROR_INSUFFICIENT_SIZE as INSUFFICIENT_SIZE, NVML_ERROR_INVALID_ARGUMENT as INVALID_ARGUMENT,
+    NVML_ERROR_NOT_FOUND as NOT_FOUND, NVML_ERROR_UNINITIALIZED as UNINITIALIZED, NVML_SUCCESS as SUCCESS,
+};
 
 fn raw() -> NvmlLib {
     // SAFETY: loading the fake NVML runs no initialisers beyond Rust's own.

@@ -3,11 +3,15 @@
 //! The host side lives in `<tmp>/host`: `slices/<name>/limits` written with the real limits
 //! code, `slices/<name>/region`. Processes under test run in a private mount namespace in which
 //! `<tmp>/view/slices/<name>` is a read-only bind of the host directory and `region` a
-//! read-write bind on top of it, which is what the hook mounts in a container; they get
-//! `GPUSLICE_STATE_DIR=<tmp>/view`, the shim preloaded and the simulated driver installed as
-//! `libcuda.so.1` and `libnvidia-ml.so.1`.
+//! read-write bind on top of it; they get `GPUSLICE_STATE_DIR=<tmp>/view`, the shim preloaded
+//! and the simulated driver installed as `libcuda.so.1` and `libnvidia-ml.so.1`.
+//! [`Node::command_in_container`] mounts the slices exactly as the hook does instead (a
+//! read-only tmpfs whose source is `gpuslice`, regions and boards on zram devices:
+//! [`Node::on_devices`]).
 
 #![allow(dead_code)]
+
+pub mod client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -78,6 +82,40 @@ pub fn probes() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// The CUDA version of the simulated driver the suite runs against: `GPUSLICE_TEST_CUDA_VERSION`
+/// (`make test` runs the shim's suite at 12080 and again at 13000), 12080 by default.
+pub fn cuda_version() -> i32 {
+    match std::env::var("GPUSLICE_TEST_CUDA_VERSION") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("GPUSLICE_TEST_CUDA_VERSION={v:?} is not a CUDA version")),
+        Err(_) => 12080,
+    }
+}
+
+/// A C program of `vgpu-shim/tests/c/` built against the generated `gpuslice_cuda_abi.h`, once
+/// per test process.
+pub fn c_program(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = profile_dir().join(format!("shim-tests-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    if !out.exists() {
+        // Built under a name of this thread's, then renamed: tests build it concurrently.
+        let tmp = out.with_extension(format!("{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+        let src = root.join("vgpu-shim/tests/c").join(format!("{name}.c"));
+        let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(root.join("cuda-abi/include"))
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .unwrap();
+        assert!(st.success(), "compiling {} failed", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
 /// Installs the simulated driver in `dir` under the real driver's names.
 pub fn install_driver(dir: &Path) {
     let fake = find("libfakegpu.so");
@@ -102,8 +140,17 @@ pub struct Gpu {
 
 pub struct Node {
     pub dir: tempfile::TempDir,
+    /// The simulated driver's CUDA version, and the probe's default `--cuda-version`.
+    pub cuda_version: i32,
     pub driver: PathBuf,
     pub slices: Vec<String>,
+}
+
+impl Drop for Node {
+    /// [`Node::on_devices`] put regions and boards on zram devices: remove them.
+    fn drop(&mut self) {
+        gpuslice_core::state::remove_devices(&self.host());
+    }
 }
 
 impl Node {
@@ -113,8 +160,18 @@ impl Node {
     }
 
     pub fn with_gpus(gpus: &[Gpu]) -> Node {
+        Node::with_gpus_at(gpus, cuda_version())
+    }
+
+    /// A node with one 80 GiB GPU whose driver is CUDA `version` (`cuda_version` of the
+    /// simulated driver, as `cuDriverGetVersion` reports it).
+    pub fn at_cuda_version(version: i32) -> Node {
+        Node::with_gpus_at(&[Gpu { uuid: UUID0, memory_gib: 80 }], version)
+    }
+
+    pub fn with_gpus_at(gpus: &[Gpu], cuda_version: i32) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = String::from("driver_version = \"580.95.05\"\ncuda_version = 12080\n");
+        let mut cfg = format!("driver_version = \"580.95.05\"\ncuda_version = {cuda_version}\n");
         for (i, g) in gpus.iter().enumerate() {
             cfg += &format!(
                 "[[gpu]]\nuuid = \"{}\"\nname = \"Simulated H100\"\nmemory = \"{}GiB\"\nsm_count = 132\nminor = {i}\npci_bus_id = \"00000000:{:02X}:00.0\"\n",
@@ -130,7 +187,7 @@ impl Node {
         for sub in ["host/slices", "view/slices", "fakegpu-state"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        Node { dir, driver, slices: Vec::new() }
+        Node { dir, cuda_version, driver, slices: Vec::new() }
     }
 
     pub fn host(&self) -> PathBuf {
@@ -264,17 +321,70 @@ impl Node {
         c
     }
 
-    /// Like [`Node::command`], with the view also mounted where the hook puts it in a
-    /// container, `/run/gpuslice` (over a private tmpfs on `/run`), and `GPUSLICE_STATE_DIR`
-    /// pointing elsewhere.
-    pub fn command_at_run(&self, program: &Path, args: &[&str]) -> Command {
-        let script = self.mount_script().replace(
-            "exec \"$@\"\n",
-            &format!(
-                "mount -t tmpfs gpuslice-test /run\nmkdir -p /run/gpuslice\nmount --rbind '{}' /run/gpuslice\nexec \"$@\"\n",
-                self.view().display()
-            ),
-        );
+    /// Puts every slice's region and every GPU's board on a zram device, as `gpuslice-cdi
+    /// generate` does (needs root); [`Node::command_in_container`] needs them there.
+    pub fn on_devices(&mut self) -> &mut Self {
+        use gpuslice_core::board::BoardSlice;
+        let mut boards: std::collections::BTreeMap<String, Vec<BoardSlice>> = Default::default();
+        for name in &self.slices {
+            let limits = Limits::load(&self.limits_path(name)).unwrap();
+            gpuslice_core::state::ensure_region(&self.host(), name).unwrap();
+            boards.entry(limits.gpu_uuid.clone()).or_default().push(BoardSlice {
+                name: name.clone(),
+                priority: limits.priority,
+                cores: limits.cores_percent,
+            });
+        }
+        for (uuid, slices) in boards {
+            gpuslice_core::state::ensure_board(&self.host(), &uuid, &slices, 1).unwrap();
+        }
+        self
+    }
+
+    /// The mounts the hook makes, with the state tmpfs at `<at>/gpuslice`.
+    fn hook_mounts(&self, at: &Path) -> String {
+        let state = at.join("gpuslice");
+        let mut s = format!("mkdir -p '{st}'\nmount -t tmpfs -o mode=0755 gpuslice '{st}'\n", st = state.display());
+        for name in &self.slices {
+            let host = slice_dir(&self.host(), name);
+            let view = state.join("slices").join(name);
+            s += &format!(
+                "mkdir -p '{v}'\nmount --bind '{h}' '{v}'\nmount -o remount,bind,ro '{v}'\nmount --bind '{h}/region' '{v}/region'\n",
+                h = host.display(),
+                v = view.display()
+            );
+        }
+        if let Ok(gpus) = std::fs::read_dir(self.host().join("gpus")) {
+            for gpu in gpus.flatten() {
+                let uuid = gpu.file_name().into_string().unwrap();
+                let view = state.join("gpus").join(&uuid);
+                s += &format!(
+                    "mkdir -p '{v}'\ntouch '{v}/board'\nmount --bind '{h}' '{v}/board'\n",
+                    h = board_path(&self.host(), &uuid).display(),
+                    v = view.display()
+                );
+            }
+        }
+        s + &format!("mount -o remount,bind,ro '{}'\n", state.display())
+    }
+
+    /// `program args` with the slices where and as the hook mounts them in a container (at
+    /// `/run/gpuslice`, over a private tmpfs on `/run`), the shim preloaded and
+    /// `GPUSLICE_STATE_DIR` pointing elsewhere. Needs [`Node::on_devices`].
+    pub fn command_in_container(&self, program: &Path, args: &[&str]) -> Command {
+        self.command_in_container_after("", Path::new("/run"), program, args)
+    }
+
+    /// Like [`Node::command_in_container`] with the state tmpfs at `<at>/gpuslice`, running the
+    /// shell commands `prelude` (an attack, say) after the mounts and before the program.
+    pub fn command_in_container_after(&self, prelude: &str, at: &Path, program: &Path, args: &[&str]) -> Command {
+        let mut script = String::from("set -e\n");
+        if at == Path::new("/run") {
+            script += "mount -t tmpfs gpuslice-test /run\n";
+        }
+        script += &self.hook_mounts(at);
+        script += prelude;
+        script += "\nexec \"$@\"\n";
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"]);
         c.arg(program).args(args);
@@ -295,6 +405,7 @@ impl Node {
         c.env("FAKEGPU_CONFIG", self.dir.path().join("fakegpu.toml"))
             .env("FAKEGPU_STATE_DIR", self.dir.path().join("fakegpu-state"))
             .env("LD_LIBRARY_PATH", &self.driver)
+            .env("CUDA_PROBE_CUDA_VERSION", self.cuda_version.to_string())
             .env("GPUSLICE_STATE_DIR", self.view())
             .env_remove("GPUSLICE_MEMORY_LIMIT")
             .env_remove("GPUSLICE_LOG")

@@ -14,7 +14,7 @@ use std::thread::ThreadId;
 use super::error::{CuResult, INVALID_CONTEXT, INVALID_VALUE, OUT_OF_MEMORY};
 use super::launch::{self, QueueTime};
 use super::memory::Charge;
-use super::types::{CU_EXEC_AFFINITY_TYPE_SM_COUNT, CUdevice, CUexecAffinityParam};
+use super::types::{CU_EXEC_AFFINITY_TYPE_SM_COUNT, CUdevice, CUexecAffinityParam, affinity_sm_count};
 use super::{Driver, Handle, Registry, device, new_handle};
 use crate::state::Simulator;
 
@@ -221,7 +221,8 @@ pub(crate) fn synchronize(driver: &Driver, ctx: Handle) -> CuResult {
 pub(crate) fn check_affinity(sim: &Simulator, device: CUdevice, params: &[CUexecAffinityParam]) -> CuResult {
     let (gpu, _) = device::gpu(sim, device)?;
     for p in params {
-        if p.type_ != CU_EXEC_AFFINITY_TYPE_SM_COUNT || p.sm_count == 0 || p.sm_count > gpu.sm_count {
+        let sm_count = affinity_sm_count(p);
+        if p.type_ != CU_EXEC_AFFINITY_TYPE_SM_COUNT || sm_count == 0 || sm_count > gpu.sm_count {
             return Err(INVALID_VALUE);
         }
     }

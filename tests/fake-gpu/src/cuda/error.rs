@@ -2,31 +2,31 @@
 
 use std::ffi::CStr;
 
-/// `CUresult`, an `enum cudaError_enum` in `cuda.h` (an `int`-sized enum).
-pub type CUresult = u32;
+/// `CUresult`, an `enum cudaError_enum` in `cuda.h` (generated with the rest of the header).
+pub use gpuslice_cuda_abi::cuda::CUresult;
 
 /// A driver call's outcome inside the library; `Err` carries the code to return.
 pub type CuResult<T = ()> = Result<T, CUresult>;
 
-pub const SUCCESS: CUresult = 0;
-pub const INVALID_VALUE: CUresult = 1;
-pub const OUT_OF_MEMORY: CUresult = 2;
-pub const NOT_INITIALIZED: CUresult = 3;
-pub const NO_DEVICE: CUresult = 100;
-pub const INVALID_DEVICE: CUresult = 101;
-pub const INVALID_IMAGE: CUresult = 200;
-pub const INVALID_CONTEXT: CUresult = 201;
-pub const INVALID_HANDLE: CUresult = 400;
-pub const ILLEGAL_STATE: CUresult = 401;
-pub const NOT_FOUND: CUresult = 500;
-pub const NOT_READY: CUresult = 600;
-pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = 720;
-pub const NOT_SUPPORTED: CUresult = 801;
-pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
-pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
-pub const CAPTURED_EVENT: CUresult = 907;
-pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
-pub const UNKNOWN: CUresult = 999;
+pub const SUCCESS: CUresult = gpuslice_cuda_abi::cuda::CUDA_SUCCESS;
+pub const INVALID_VALUE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_VALUE;
+pub const OUT_OF_MEMORY: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_OUT_OF_MEMORY;
+pub const NOT_INITIALIZED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_INITIALIZED;
+pub const NO_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NO_DEVICE;
+pub const INVALID_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_DEVICE;
+pub const INVALID_IMAGE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_IMAGE;
+pub const INVALID_CONTEXT: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_CONTEXT;
+pub const INVALID_HANDLE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_HANDLE;
+pub const ILLEGAL_STATE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_ILLEGAL_STATE;
+pub const NOT_FOUND: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_FOUND;
+pub const NOT_READY: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_READY;
+pub const COOPERATIVE_LAUNCH_TOO_LARGE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
+pub const NOT_SUPPORTED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_SUPPORTED;
+pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+pub const STREAM_CAPTURE_INVALIDATED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+pub const CAPTURED_EVENT: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_CAPTURED_EVENT;
+pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+pub const UNKNOWN: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_UNKNOWN;
 
 /// The codes this driver knows: `cuda.h` name and `cuGetErrorString` text. A code not
 /// listed makes `cuGetErrorName`/`cuGetErrorString` answer `CUDA_ERROR_INVALID_VALUE`, as

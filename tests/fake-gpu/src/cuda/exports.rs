@@ -14,11 +14,11 @@ use super::{context, device, driver, graph, launch, memory, stream};
 driver_api! {
     // ---- initialisation, versions, errors -----------------------------------------------
 
-    #[proc("cuInit", 2000, before_init)]
+    #[export(before_init)]
     fn cuInit(flags: c_uint) { super::init(flags) }
 
     /// The config's `cuda_version`; works before `cuInit`.
-    #[proc("cuDriverGetVersion", 2020, before_init)]
+    #[export(before_init)]
     fn cuDriverGetVersion(driver_version: *mut c_int) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(driver_version) }?;
@@ -27,7 +27,7 @@ driver_api! {
     }
 
     /// Unknown codes: `CUDA_ERROR_INVALID_VALUE` and `*p_str = NULL`.
-    #[proc("cuGetErrorName", 6000, before_init)]
+    #[export(before_init)]
     fn cuGetErrorName(code: error::CUresult, p_str: *mut *const c_char) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(p_str) }?;
@@ -36,7 +36,7 @@ driver_api! {
         name.map(drop).ok_or(INVALID_VALUE)
     }
 
-    #[proc("cuGetErrorString", 6000, before_init)]
+    #[export(before_init)]
     fn cuGetErrorString(code: error::CUresult, p_str: *mut *const c_char) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(p_str) }?;
@@ -45,7 +45,7 @@ driver_api! {
         text.map(drop).ok_or(INVALID_VALUE)
     }
 
-    #[proc("cuGetProcAddress", 11030, before_init)]
+    #[export(before_init)]
     fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64) {
         // SAFETY: null or valid per the export's contract.
         let symbol = unsafe { c_str(symbol) };
@@ -55,7 +55,7 @@ driver_api! {
     }
 
     /// `symbol_status` is optional.
-    #[proc("cuGetProcAddress", 12000, before_init)]
+    #[export(before_init)]
     fn cuGetProcAddress_v2(
         symbol: *const c_char,
         pfn: *mut *mut c_void,
@@ -73,16 +73,12 @@ driver_api! {
     }
 
     // ---- devices --------------------------------------------------------------------------
-
-    #[proc("cuDeviceGetCount", 2000)]
     fn cuDeviceGetCount(count: *mut c_int) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(count) }?;
         out.set(device::count(driver()?.sim));
         Ok(())
     }
-
-    #[proc("cuDeviceGet", 2000)]
     fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dev) }?;
@@ -91,7 +87,6 @@ driver_api! {
     }
 
     /// Truncated to `len − 1` bytes and a NUL.
-    #[proc("cuDeviceGetName", 2000)]
     fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) {
         let (gpu, _) = device::gpu(driver()?.sim, dev)?;
         // SAFETY: null or writable for `len` bytes per the export's contract.
@@ -99,31 +94,26 @@ driver_api! {
     }
 
     /// The UUID's 16 bytes, as in `GPU-<hex>`.
-    #[proc("cuDeviceGetUuid", 9020)]
     fn cuDeviceGetUuid(uuid: *mut CUuuid, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(uuid) }?;
-        out.set(CUuuid { bytes: device::gpu(driver()?.sim, dev)?.0.uuid_bytes() });
+        out.set(CUuuid { bytes: device::gpu(driver()?.sim, dev)?.0.uuid_bytes().map(|b| b as c_char) });
         Ok(())
     }
 
     /// As `cuDeviceGetUuid` (which on a real MIG-enabled GPU differs: v2 names the MIG
     /// instance).
-    #[proc("cuDeviceGetUuid", 11040)]
     fn cuDeviceGetUuid_v2(uuid: *mut CUuuid, dev: CUdevice) {
         // SAFETY: same contract as this export's.
         super::code(unsafe { cuDeviceGetUuid(uuid, dev) })
     }
 
     /// `0000:19:00.0`, truncated to `len − 1` bytes.
-    #[proc("cuDeviceGetPCIBusId", 4010)]
     fn cuDeviceGetPCIBusId(pci_bus_id: *mut c_char, len: c_int, dev: CUdevice) {
         let (gpu, _) = device::gpu(driver()?.sim, dev)?;
         // SAFETY: null or writable for `len` bytes per the export's contract.
         unsafe { put_str(pci_bus_id, len, &device::pci_bus_id(gpu)) }
     }
-
-    #[proc("cuDeviceTotalMem", 3020)]
     fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(bytes) }?;
@@ -131,17 +121,13 @@ driver_api! {
         out.set(usize::try_from(state.total()).unwrap_or(usize::MAX));
         Ok(())
     }
-
-    #[proc("cuDeviceGetAttribute", 2000)]
-    fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev: CUdevice) {
+    fn cuDeviceGetAttribute(pi: *mut c_int, attrib: CUdevice_attribute, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pi) }?;
         let (gpu, _) = device::gpu(driver()?.sim, dev)?;
-        out.set(device::attribute(gpu, attrib)?);
+        out.set(device::attribute(gpu, c_int::try_from(attrib).map_err(|_| INVALID_VALUE)?)?);
         Ok(())
     }
-
-    #[proc("cuDeviceGetDefaultMemPool", 11020)]
     fn cuDeviceGetDefaultMemPool(pool_out: *mut CUmemoryPool, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pool_out) }?;
@@ -151,7 +137,6 @@ driver_api! {
 
     /// The current pool, which is always the default one (`cuDeviceSetMemPool` is not
     /// simulated).
-    #[proc("cuDeviceGetMemPool", 11020)]
     fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pool) }?;
@@ -160,8 +145,6 @@ driver_api! {
     }
 
     // ---- contexts -------------------------------------------------------------------------
-
-    #[proc("cuDevicePrimaryCtxRetain", 7000)]
     fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pctx) }?;
@@ -169,32 +152,22 @@ driver_api! {
         out.set(context::retain_primary(&mut d.lock(), d.sim, dev)? as CUcontext);
         Ok(())
     }
-
-    #[proc("cuDevicePrimaryCtxRelease", 7000)]
     fn cuDevicePrimaryCtxRelease(dev: CUdevice) {
         let d = driver()?;
         context::release_primary(&mut d.lock(), d.sim, dev)
     }
-
-    #[proc("cuDevicePrimaryCtxRelease", 11000)]
     fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) {
         let d = driver()?;
         context::release_primary(&mut d.lock(), d.sim, dev)
     }
-
-    #[proc("cuDevicePrimaryCtxReset", 7000)]
     fn cuDevicePrimaryCtxReset(dev: CUdevice) {
         let d = driver()?;
         context::reset_primary(&mut d.lock(), d.sim, dev)
     }
-
-    #[proc("cuDevicePrimaryCtxReset", 11000)]
     fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) {
         let d = driver()?;
         context::reset_primary(&mut d.lock(), d.sim, dev)
     }
-
-    #[proc("cuDevicePrimaryCtxGetState", 7000)]
     fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) {
         // SAFETY: null or writable per the export's contract.
         let flags = unsafe { Out::new(flags) }?;
@@ -206,8 +179,6 @@ driver_api! {
         active.set(c_int::from(a));
         Ok(())
     }
-
-    #[proc("cuCtxCreate", 3020)]
     fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pctx) }?;
@@ -217,7 +188,6 @@ driver_api! {
     }
 
     /// Execution affinity is checked (SM counts within the device) and otherwise ignored.
-    #[proc("cuCtxCreate", 11040)]
     fn cuCtxCreate_v3(
         pctx: *mut CUcontext,
         params_array: *mut CUexecAffinityParam,
@@ -236,7 +206,6 @@ driver_api! {
     }
 
     /// `ctx_create_params` may be null.
-    #[proc("cuCtxCreate", 12050)]
     fn cuCtxCreate_v4(pctx: *mut CUcontext, ctx_create_params: *mut CUctxCreateParams, flags: c_uint, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pctx) }?;
@@ -255,27 +224,19 @@ driver_api! {
         out.set(context::create(&mut d.lock(), d.sim, flags, dev)? as CUcontext);
         Ok(())
     }
-
-    #[proc("cuCtxDestroy", 4000)]
     fn cuCtxDestroy_v2(ctx: CUcontext) { context::destroy(&mut driver()?.lock(), ctx as usize) }
-
-    #[proc("cuCtxSetCurrent", 4000)]
     fn cuCtxSetCurrent(ctx: CUcontext) { context::set_current(&driver()?.lock(), ctx as usize) }
 
     /// Null (and success) when the thread has no context.
-    #[proc("cuCtxGetCurrent", 4000)]
     fn cuCtxGetCurrent(pctx: *mut CUcontext) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pctx) }?;
         out.set(context::top().unwrap_or(0) as CUcontext);
         Ok(())
     }
-
-    #[proc("cuCtxPushCurrent", 4000)]
     fn cuCtxPushCurrent_v2(ctx: CUcontext) { context::push(&driver()?.lock(), ctx as usize) }
 
     /// `pctx` may be null.
-    #[proc("cuCtxPopCurrent", 4000)]
     fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::optional(pctx) };
@@ -285,8 +246,6 @@ driver_api! {
         }
         Ok(())
     }
-
-    #[proc("cuCtxGetDevice", 2000)]
     fn cuCtxGetDevice(dev: *mut CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dev) }?;
@@ -295,7 +254,6 @@ driver_api! {
     }
 
     /// `ctx` null means the current context.
-    #[proc("cuCtxGetDevice", 13000)]
     fn cuCtxGetDevice_v2(dev: *mut CUdevice, ctx: CUcontext) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dev) }?;
@@ -304,17 +262,14 @@ driver_api! {
     }
 
     /// Sleeps until every queue of the current context is idle.
-    #[proc("cuCtxSynchronize", 2000)]
     fn cuCtxSynchronize() { context::synchronize(driver()?, 0) }
 
     /// `ctx` null means the current context.
-    #[proc("cuCtxSynchronize", 13000)]
     fn cuCtxSynchronize_v2(ctx: CUcontext) { context::synchronize(driver()?, ctx as usize) }
 
     // ---- memory ---------------------------------------------------------------------------
 
     /// Charged in 2 MiB granules.
-    #[proc("cuMemAlloc", 3020)]
     fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
@@ -323,7 +278,6 @@ driver_api! {
     }
 
     /// Rows padded to a multiple of 512 bytes; `pitch × height` charged in granules.
-    #[proc("cuMemAllocPitch", 3020)]
     fn cuMemAllocPitch_v2(
         dptr: *mut CUdeviceptr,
         p_pitch: *mut usize,
@@ -342,7 +296,6 @@ driver_api! {
     }
 
     /// Charged to the device like `cuMemAlloc`.
-    #[proc("cuMemAllocManaged", 6000)]
     fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
@@ -355,11 +308,9 @@ driver_api! {
     }
 
     /// Only the start of a live allocation; anything else is `CUDA_ERROR_INVALID_VALUE`.
-    #[proc("cuMemFree", 3020)]
     fn cuMemFree_v2(dptr: CUdeviceptr) { memory::free(dptr) }
 
     /// Device-wide: `total − used by every process`.
-    #[proc("cuMemGetInfo", 3020)]
     fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) {
         // SAFETY: null or writable per the export's contract.
         let free_out = unsafe { Out::new(free) }?;
@@ -372,7 +323,6 @@ driver_api! {
     }
 
     /// Pinned device memory only; `size` must be a multiple of the granularity.
-    #[proc("cuMemCreate", 10020)]
     fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(handle) }?;
@@ -385,12 +335,51 @@ driver_api! {
         Ok(())
     }
 
-    #[proc("cuMemRelease", 10020)]
+    /// One handle reference less: the memory goes once no reference, mapping or exported
+    /// descriptor (open in this process) is left.
     fn cuMemRelease(handle: CUmemGenericAllocationHandle) {
         driver()?.lock().memory.release_physical(handle)
     }
 
-    #[proc("cuMemAddressReserve", 10020)]
+    /// The handle mapped at `addr` (anywhere in a mapping), with one more reference.
+    fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        out.set(driver()?.lock().memory.retain_physical(addr as u64)?);
+        Ok(())
+    }
+
+    /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` only (an `int`), for an allocation created
+    /// with it among its `requestedHandleTypes`: a new descriptor of its memory.
+    fn cuMemExportToShareableHandle(
+        shareable_handle: *mut c_void,
+        handle: CUmemGenericAllocationHandle,
+        handle_type: CUmemAllocationHandleType,
+        flags: u64,
+    ) {
+        // SAFETY: null or writable for the handle type's value per the export's contract.
+        let out = unsafe { Out::new(shareable_handle.cast::<c_int>()) }?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        out.set(driver()?.lock().memory.export_physical(handle, handle_type)?);
+        Ok(())
+    }
+
+    /// A descriptor `cuMemExportToShareableHandle` handed out (passed as the pointer-sized
+    /// `osHandle`), from this process or another: a new handle to the same memory.
+    fn cuMemImportFromShareableHandle(
+        handle: *mut CUmemGenericAllocationHandle,
+        os_handle: *mut c_void,
+        sh_handle_type: CUmemAllocationHandleType,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(handle) }?;
+        let fd = c_int::try_from(os_handle as usize).map_err(|_| INVALID_VALUE)?;
+        out.set(driver()?.lock().memory.import_physical(fd, sh_handle_type)?);
+        Ok(())
+    }
+
     fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ptr) }?;
@@ -401,25 +390,18 @@ driver_api! {
         out.set(driver()?.lock().memory.reserve(size as u64, alignment as u64)?);
         Ok(())
     }
-
-    #[proc("cuMemAddressFree", 10020)]
     fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) {
         driver()?.lock().memory.free_reservation(ptr, size as u64)
     }
 
     /// Maps with no access: `cuMemSetAccess` opens the range.
-    #[proc("cuMemMap", 10020)]
     fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) {
         if flags != 0 {
             return Err(INVALID_VALUE);
         }
         driver()?.lock().memory.map(ptr, size as u64, offset as u64, handle)
     }
-
-    #[proc("cuMemUnmap", 10020)]
     fn cuMemUnmap(ptr: CUdeviceptr, size: usize) { driver()?.lock().memory.unmap(ptr, size as u64) }
-
-    #[proc("cuMemSetAccess", 10020)]
     fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const CUmemAccessDesc, count: usize) {
         // SAFETY: null or valid for `count` entries per the export's contract.
         let desc = unsafe { inputs(desc, count) }?;
@@ -427,8 +409,7 @@ driver_api! {
     }
 
     /// 2 MiB, minimum and recommended alike.
-    #[proc("cuMemGetAllocationGranularity", 10020)]
-    fn cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const CUmemAllocationProp, option: c_int) {
+    fn cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const CUmemAllocationProp, option: CUmemAllocationGranularity_flags) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(granularity) }?;
         // SAFETY: as above.
@@ -443,15 +424,12 @@ driver_api! {
     }
 
     /// From the device's default pool.
-    #[proc("cuMemAllocAsync", 11020)]
     fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, h_stream: CUstream) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
         out.set(memory::alloc_async(bytesize as u64, None, h_stream, false)?);
         Ok(())
     }
-
-    #[proc("cuMemAllocAsync", 11020, per_thread)]
     fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, h_stream: CUstream) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
@@ -460,13 +438,8 @@ driver_api! {
     }
 
     /// Immediate: a pool allocation goes back to its pool (still reserved).
-    #[proc("cuMemFreeAsync", 11020)]
     fn cuMemFreeAsync(dptr: CUdeviceptr, h_stream: CUstream) { memory::free_async(dptr, h_stream, false) }
-
-    #[proc("cuMemFreeAsync", 11020, per_thread)]
     fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, h_stream: CUstream) { memory::free_async(dptr, h_stream, true) }
-
-    #[proc("cuMemPoolCreate", 11020)]
     fn cuMemPoolCreate(pool: *mut CUmemoryPool, pool_props: *const CUmemPoolProps) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(pool) }?;
@@ -477,34 +450,26 @@ driver_api! {
     }
 
     /// Not the default pool.
-    #[proc("cuMemPoolDestroy", 11020)]
     fn cuMemPoolDestroy(pool: CUmemoryPool) { driver()?.lock().memory.destroy_pool(pool as usize) }
-
-    #[proc("cuMemAllocFromPoolAsync", 11020)]
     fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, h_stream: CUstream) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
         out.set(memory::alloc_async(bytesize as u64, Some(pool as usize), h_stream, false)?);
         Ok(())
     }
-
-    #[proc("cuMemAllocFromPoolAsync", 11020, per_thread)]
     fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, h_stream: CUstream) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(dptr) }?;
         out.set(memory::alloc_async(bytesize as u64, Some(pool as usize), h_stream, true)?);
         Ok(())
     }
-
-    #[proc("cuMemPoolTrimTo", 11020)]
     fn cuMemPoolTrimTo(pool: CUmemoryPool, min_bytes_to_keep: usize) {
         driver()?.lock().memory.trim_pool(pool as usize, min_bytes_to_keep as u64)
     }
 
     /// The reuse flags (`int`, all 1), the release threshold (0) and the reserved and used
     /// counters (`cuuint64_t`).
-    #[proc("cuMemPoolGetAttribute", 11020)]
-    fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: c_int, value: *mut c_void) {
+    fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: CUmemPool_attribute, value: *mut c_void) {
         if value.is_null() {
             return Err(INVALID_VALUE);
         }
@@ -520,8 +485,6 @@ driver_api! {
         }
         Ok(())
     }
-
-    #[proc("cuArrayCreate", 3020)]
     fn cuArrayCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY_DESCRIPTOR) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(p_handle) }?;
@@ -538,8 +501,6 @@ driver_api! {
         out.set(memory::array_create(&desc, None)? as CUarray);
         Ok(())
     }
-
-    #[proc("cuArray3DCreate", 3020)]
     fn cuArray3DCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY3D_DESCRIPTOR) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(p_handle) }?;
@@ -548,11 +509,7 @@ driver_api! {
         out.set(memory::array_create(desc, None)? as CUarray);
         Ok(())
     }
-
-    #[proc("cuArrayDestroy", 2000)]
     fn cuArrayDestroy(h_array: CUarray) { driver()?.lock().memory.destroy_array(h_array as usize, false) }
-
-    #[proc("cuMipmappedArrayCreate", 5000)]
     fn cuMipmappedArrayCreate(
         p_handle: *mut CUmipmappedArray,
         p_mipmapped_array_desc: *const CUDA_ARRAY3D_DESCRIPTOR,
@@ -565,8 +522,6 @@ driver_api! {
         out.set(memory::array_create(desc, Some(num_mipmap_levels))? as CUmipmappedArray);
         Ok(())
     }
-
-    #[proc("cuMipmappedArrayDestroy", 5000)]
     fn cuMipmappedArrayDestroy(h_mipmapped_array: CUmipmappedArray) {
         driver()?.lock().memory.destroy_array(h_mipmapped_array as usize, true)
     }
@@ -574,95 +529,64 @@ driver_api! {
     // ---- copies and sets ----------------------------------------------------------------
 
     /// Waits for the legacy default stream, then copies.
-    #[proc("cuMemcpyHtoD", 3020)]
     fn cuMemcpyHtoD_v2(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()), byte_count, None, false)
     }
-
-    #[proc("cuMemcpyHtoD", 7000, per_thread)]
     fn cuMemcpyHtoD_v2_ptds(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()), byte_count, None, true)
     }
-
-    #[proc("cuMemcpyDtoH", 3020)]
     fn cuMemcpyDtoH_v2(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, false)
     }
-
-    #[proc("cuMemcpyDtoH", 7000, per_thread)]
     fn cuMemcpyDtoH_v2_ptds(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device), byte_count, None, true)
     }
-
-    #[proc("cuMemcpyDtoD", 3020)]
     fn cuMemcpyDtoD_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, false)
     }
-
-    #[proc("cuMemcpyDtoD", 7000, per_thread)]
     fn cuMemcpyDtoD_v2_ptds(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize) {
         memory::copy(memory::Dst::Device(dst_device), memory::Src::Device(src_device), byte_count, None, true)
     }
 
     /// Copies at once (the bytes are there before the call returns).
-    #[proc("cuMemcpyHtoDAsync", 3020)]
     fn cuMemcpyHtoDAsync_v2(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()));
         memory::copy(dst, src, byte_count, Some(h_stream), false)
     }
-
-    #[proc("cuMemcpyHtoDAsync", 7000, per_thread)]
     fn cuMemcpyHtoDAsync_v2_ptsz(dst_device: CUdeviceptr, src_host: *const c_void, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Host(src_host.cast()));
         memory::copy(dst, src, byte_count, Some(h_stream), true)
     }
-
-    #[proc("cuMemcpyDtoHAsync", 3020)]
     fn cuMemcpyDtoHAsync_v2(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), false)
     }
-
-    #[proc("cuMemcpyDtoHAsync", 7000, per_thread)]
     fn cuMemcpyDtoHAsync_v2_ptsz(dst_host: *mut c_void, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Host(dst_host.cast()), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), true)
     }
-
-    #[proc("cuMemcpyDtoDAsync", 3020)]
     fn cuMemcpyDtoDAsync_v2(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), false)
     }
-
-    #[proc("cuMemcpyDtoDAsync", 7000, per_thread)]
     fn cuMemcpyDtoDAsync_v2_ptsz(dst_device: CUdeviceptr, src_device: CUdeviceptr, byte_count: usize, h_stream: CUstream) {
         let (dst, src) = (memory::Dst::Device(dst_device), memory::Src::Device(src_device));
         memory::copy(dst, src, byte_count, Some(h_stream), true)
     }
-
-    #[proc("cuMemsetD8", 3020)]
     fn cuMemsetD8_v2(dst_device: CUdeviceptr, uc: c_uchar, n: usize) { memory::memset(dst_device, &[uc], n, false) }
-
-    #[proc("cuMemsetD8", 7000, per_thread)]
     fn cuMemsetD8_v2_ptds(dst_device: CUdeviceptr, uc: c_uchar, n: usize) {
         memory::memset(dst_device, &[uc], n, true)
     }
 
     /// `dst_device` must be 4-byte aligned.
-    #[proc("cuMemsetD32", 3020)]
     fn cuMemsetD32_v2(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
         memory::memset(dst_device, &ui.to_ne_bytes(), n, false)
     }
-
-    #[proc("cuMemsetD32", 7000, per_thread)]
     fn cuMemsetD32_v2_ptds(dst_device: CUdeviceptr, ui: c_uint, n: usize) {
         memory::memset(dst_device, &ui.to_ne_bytes(), n, true)
     }
 
     // ---- streams and events ---------------------------------------------------------------
-
-    #[proc("cuStreamCreate", 2000)]
     fn cuStreamCreate(ph_stream: *mut CUstream, flags: c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ph_stream) }?;
@@ -671,25 +595,15 @@ driver_api! {
         out.set(reg.streams.create(ctx, flags)? as CUstream);
         Ok(())
     }
-
-    #[proc("cuStreamDestroy", 4000)]
     fn cuStreamDestroy_v2(h_stream: CUstream) { stream::destroy(&mut driver()?.lock(), h_stream as usize) }
 
     /// Sleeps until the stream's queued work is done.
-    #[proc("cuStreamSynchronize", 2000)]
     fn cuStreamSynchronize(h_stream: CUstream) { stream::synchronize(h_stream, false) }
-
-    #[proc("cuStreamSynchronize", 7000, per_thread)]
     fn cuStreamSynchronize_ptsz(h_stream: CUstream) { stream::synchronize(h_stream, true) }
 
     /// `CUDA_ERROR_NOT_READY` while queued work is running.
-    #[proc("cuStreamQuery", 2000)]
     fn cuStreamQuery(h_stream: CUstream) { stream::query(h_stream, false) }
-
-    #[proc("cuStreamQuery", 7000, per_thread)]
     fn cuStreamQuery_ptsz(h_stream: CUstream) { stream::query(h_stream, true) }
-
-    #[proc("cuEventCreate", 2000)]
     fn cuEventCreate(ph_event: *mut CUevent, flags: c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ph_event) }?;
@@ -700,42 +614,29 @@ driver_api! {
     }
 
     /// The event completes when the stream's work queued so far does.
-    #[proc("cuEventRecord", 2000)]
     fn cuEventRecord(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, false) }
-
-    #[proc("cuEventRecord", 7000, per_thread)]
     fn cuEventRecord_ptsz(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, true) }
 
     /// Returns at once for an event never recorded.
-    #[proc("cuEventSynchronize", 2000)]
     fn cuEventSynchronize(h_event: CUevent) {
         stream::wait(driver()?, |reg| stream::event_time(reg, h_event as usize))
     }
-
-    #[proc("cuEventQuery", 2000)]
     fn cuEventQuery(h_event: CUevent) { stream::ready(stream::event_time(&driver()?.lock(), h_event as usize)?) }
-
-    #[proc("cuEventElapsedTime", 2000)]
     fn cuEventElapsedTime(p_milliseconds: *mut f32, h_start: CUevent, h_end: CUevent) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(p_milliseconds) }?;
         out.set(stream::elapsed(&driver()?.lock(), h_start as usize, h_end as usize)?);
         Ok(())
     }
-
-    #[proc("cuEventElapsedTime", 12080)]
     fn cuEventElapsedTime_v2(p_milliseconds: *mut f32, h_start: CUevent, h_end: CUevent) {
         // SAFETY: same contract as this export's.
         super::code(unsafe { cuEventElapsedTime(p_milliseconds, h_start, h_end) })
     }
-
-    #[proc("cuEventDestroy", 4000)]
     fn cuEventDestroy_v2(h_event: CUevent) { driver()?.lock().streams.destroy_event(h_event as usize) }
 
     // ---- modules and launches -------------------------------------------------------------
 
     /// Any non-null image loads; every module has one kernel, `busy`.
-    #[proc("cuModuleLoadData", 2000)]
     fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(module) }?;
@@ -747,12 +648,9 @@ driver_api! {
         out.set(reg.modules.load(ctx) as CUmodule);
         Ok(())
     }
-
-    #[proc("cuModuleUnload", 2000)]
     fn cuModuleUnload(hmod: CUmodule) { driver()?.lock().modules.unload(hmod as usize) }
 
     /// `busy`, or `CUDA_ERROR_NOT_FOUND`.
-    #[proc("cuModuleGetFunction", 2000)]
     fn cuModuleGetFunction(hfunc: *mut CUfunction, hmod: CUmodule, name: *const c_char) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(hfunc) }?;
@@ -764,7 +662,6 @@ driver_api! {
 
     /// `busy` takes its turn on the device for `*(u64 *)kernelParams[0]` nanoseconds (or the
     /// first 8 bytes of the `extra` buffer); the call returns at once.
-    #[proc("cuLaunchKernel", 4000)]
     fn cuLaunchKernel(
         f: CUfunction,
         grid_dim_x: c_uint,
@@ -788,8 +685,6 @@ driver_api! {
         let l = launch::Launch { function: f as usize, shape, duration, cooperative: false };
         launch::launch_on(l, h_stream, false)
     }
-
-    #[proc("cuLaunchKernel", 7000, per_thread)]
     fn cuLaunchKernel_ptsz(
         f: CUfunction,
         grid_dim_x: c_uint,
@@ -817,7 +712,6 @@ driver_api! {
     /// Grid, block, shared memory and stream come from `config`; of its attributes only
     /// `CU_LAUNCH_ATTRIBUTE_COOPERATIVE` changes anything (the launch must then fit on the
     /// device at once).
-    #[proc("cuLaunchKernelEx", 11060)]
     fn cuLaunchKernelEx(
         config: *const CUlaunchConfig,
         f: CUfunction,
@@ -828,8 +722,6 @@ driver_api! {
         let (l, stream) = unsafe { launch_ex(config, f, kernel_params, extra) }?;
         launch::launch_on(l, stream, false)
     }
-
-    #[proc("cuLaunchKernelEx", 11060, per_thread)]
     fn cuLaunchKernelEx_ptsz(
         config: *const CUlaunchConfig,
         f: CUfunction,
@@ -843,7 +735,6 @@ driver_api! {
 
     /// As `cuLaunchKernel`, with every block resident at once: more blocks than the device
     /// holds is `CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE`.
-    #[proc("cuLaunchCooperativeKernel", 9000)]
     fn cuLaunchCooperativeKernel(
         f: CUfunction,
         grid_dim_x: c_uint,
@@ -866,8 +757,6 @@ driver_api! {
         let l = launch::Launch { function: f as usize, shape, duration, cooperative: true };
         launch::launch_on(l, h_stream, false)
     }
-
-    #[proc("cuLaunchCooperativeKernel", 9000, per_thread)]
     fn cuLaunchCooperativeKernel_ptsz(
         f: CUfunction,
         grid_dim_x: c_uint,
@@ -894,7 +783,6 @@ driver_api! {
     /// One cooperative launch per device, each on a created stream of that device's context
     /// with the function loaded there, all of one shape. Flags: `…_NO_PRE_LAUNCH_SYNC` (1) and
     /// `…_NO_POST_LAUNCH_SYNC` (2).
-    #[proc("cuLaunchCooperativeKernelMultiDevice", 9000)]
     fn cuLaunchCooperativeKernelMultiDevice(
         launch_params_list: *mut CUDA_LAUNCH_PARAMS,
         num_devices: c_uint,
@@ -920,7 +808,6 @@ driver_api! {
     // ---- graphs and stream capture --------------------------------------------------------
 
     /// `flags` must be 0.
-    #[proc("cuGraphCreate", 10000)]
     fn cuGraphCreate(ph_graph: *mut CUgraph, flags: c_uint) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ph_graph) }?;
@@ -929,7 +816,6 @@ driver_api! {
     }
 
     /// A `busy` node; its parameters are read now, as the driver copies them.
-    #[proc("cuGraphAddKernelNode", 10000)]
     fn cuGraphAddKernelNode(
         ph_graph_node: *mut CUgraphNode,
         h_graph: CUgraph,
@@ -950,7 +836,6 @@ driver_api! {
 
     /// As `cuGraphAddKernelNode`; a node naming a `CUkernel` (`func` null) is not simulated:
     /// `CUDA_ERROR_INVALID_VALUE`.
-    #[proc("cuGraphAddKernelNode", 12000)]
     fn cuGraphAddKernelNode_v2(
         ph_graph_node: *mut CUgraphNode,
         h_graph: CUgraph,
@@ -965,13 +850,12 @@ driver_api! {
         // SAFETY: as above, for `num_dependencies` entries.
         let deps = unsafe { inputs(dependencies, num_dependencies) }?;
         // SAFETY: the struct's parameter pointers are valid per the export's contract.
-        out.set(unsafe { add_kernel_node(h_graph, deps, &params.v1) }? as CUgraphNode);
+        out.set(unsafe { add_kernel_node(h_graph, deps, &v1_of(params)) }? as CUgraphNode);
         Ok(())
     }
 
     /// The pre-12.0 form; `ph_error_node` and the log buffer may be null. In the current
     /// context.
-    #[proc("cuGraphInstantiate", 10000)]
     fn cuGraphInstantiate(
         ph_graph_exec: *mut CUgraphExec,
         h_graph: CUgraph,
@@ -982,8 +866,6 @@ driver_api! {
         // SAFETY: null or valid per the export's contract.
         unsafe { instantiate_with_log(ph_graph_exec, h_graph, ph_error_node, log_buffer, buffer_size) }
     }
-
-    #[proc("cuGraphInstantiate", 11000)]
     fn cuGraphInstantiate_v2(
         ph_graph_exec: *mut CUgraphExec,
         h_graph: CUgraph,
@@ -999,8 +881,6 @@ driver_api! {
     /// `cudaTypedefs.h` gives `PFN_cuGraphInstantiate` this signature), so `cuGetProcAddress`
     /// answers it for `"cuGraphInstantiate"` from 12.0 on. Flags: `AUTO_FREE_ON_LAUNCH`,
     /// `DEVICE_LAUNCH`, `USE_NODE_PRIORITY` (accepted, no effect).
-    #[proc("cuGraphInstantiateWithFlags", 11040)]
-    #[alias("cuGraphInstantiate", 12000)]
     fn cuGraphInstantiateWithFlags(ph_graph_exec: *mut CUgraphExec, h_graph: CUgraph, flags: u64) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(ph_graph_exec) }?;
@@ -1010,63 +890,45 @@ driver_api! {
 
     /// The graph's nodes run one after another on the stream (after the previous launch of
     /// the same executable graph); on a capturing stream they are captured.
-    #[proc("cuGraphLaunch", 10000)]
     fn cuGraphLaunch(h_graph_exec: CUgraphExec, h_stream: CUstream) { graph_launch(h_graph_exec, h_stream, false) }
-
-    #[proc("cuGraphLaunch", 10000, per_thread)]
     fn cuGraphLaunch_ptsz(h_graph_exec: CUgraphExec, h_stream: CUstream) {
         graph_launch(h_graph_exec, h_stream, true)
     }
 
     /// Launches already queued still run.
-    #[proc("cuGraphExecDestroy", 10000)]
     fn cuGraphExecDestroy(h_graph_exec: CUgraphExec) {
         driver()?.lock().graphs.destroy_exec(h_graph_exec as usize)
     }
-
-    #[proc("cuGraphDestroy", 10000)]
     fn cuGraphDestroy(h_graph: CUgraph) { driver()?.lock().graphs.destroy(h_graph as usize) }
 
     /// The pre-10.1 form: global mode.
-    #[proc("cuStreamBeginCapture", 10000)]
-    fn cuStreamBeginCapture(h_stream: CUstream) { begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL as c_int, false) }
-
-    #[proc("cuStreamBeginCapture", 10000, per_thread)]
+    fn cuStreamBeginCapture(h_stream: CUstream) { begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL, false) }
     fn cuStreamBeginCapture_ptsz(h_stream: CUstream) {
-        begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL as c_int, true)
+        begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL, true)
     }
 
     /// Not on the legacy stream (`CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`) nor on a stream
     /// already capturing (`CUDA_ERROR_ILLEGAL_STATE`).
-    #[proc("cuStreamBeginCapture", 10010)]
-    fn cuStreamBeginCapture_v2(h_stream: CUstream, mode: c_int) { begin_capture(h_stream, mode, false) }
-
-    #[proc("cuStreamBeginCapture", 10010, per_thread)]
-    fn cuStreamBeginCapture_v2_ptsz(h_stream: CUstream, mode: c_int) { begin_capture(h_stream, mode, true) }
+    fn cuStreamBeginCapture_v2(h_stream: CUstream, mode: CUstreamCaptureMode) { begin_capture(h_stream, mode, false) }
+    fn cuStreamBeginCapture_v2_ptsz(h_stream: CUstream, mode: CUstreamCaptureMode) { begin_capture(h_stream, mode, true) }
 
     /// The captured graph; null with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` if the capture
     /// was invalidated.
-    #[proc("cuStreamEndCapture", 10000)]
     fn cuStreamEndCapture(h_stream: CUstream, ph_graph: *mut CUgraph) {
         // SAFETY: null or writable per the export's contract.
         end_capture(h_stream, unsafe { Out::new(ph_graph) }?, false)
     }
-
-    #[proc("cuStreamEndCapture", 10000, per_thread)]
     fn cuStreamEndCapture_ptsz(h_stream: CUstream, ph_graph: *mut CUgraph) {
         // SAFETY: null or writable per the export's contract.
         end_capture(h_stream, unsafe { Out::new(ph_graph) }?, true)
     }
 
     /// `CU_STREAM_CAPTURE_STATUS_NONE`, `_ACTIVE` or `_INVALIDATED`.
-    #[proc("cuStreamIsCapturing", 10000)]
-    fn cuStreamIsCapturing(h_stream: CUstream, capture_status: *mut c_int) {
+    fn cuStreamIsCapturing(h_stream: CUstream, capture_status: *mut CUstreamCaptureStatus) {
         // SAFETY: null or writable per the export's contract.
         capture_status_of(h_stream, unsafe { Out::new(capture_status) }?, false)
     }
-
-    #[proc("cuStreamIsCapturing", 10000, per_thread)]
-    fn cuStreamIsCapturing_ptsz(h_stream: CUstream, capture_status: *mut c_int) {
+    fn cuStreamIsCapturing_ptsz(h_stream: CUstream, capture_status: *mut CUstreamCaptureStatus) {
         // SAFETY: null or writable per the export's contract.
         capture_status_of(h_stream, unsafe { Out::new(capture_status) }?, true)
     }
@@ -1088,7 +950,7 @@ unsafe fn launch_ex(
     let c = unsafe { input(config) }?;
     // SAFETY: `attrs` holds `numAttrs` entries per the caller.
     let attrs = unsafe { inputs(c.attrs, c.numAttrs as usize) }?;
-    let cooperative = attrs.iter().any(|a| a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a.value.int() != 0);
+    let cooperative = attrs.iter().any(|a| a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && attribute_int(&a.value) != 0);
     let shape = launch::Shape {
         grid: [c.gridDimX, c.gridDimY, c.gridDimZ],
         block: [c.blockDimX, c.blockDimY, c.blockDimZ],
@@ -1165,10 +1027,10 @@ fn graph_launch(exec: CUgraphExec, stream: CUstream, per_thread: bool) -> error:
     graph::launch(&mut reg, d.sim, exec as usize, q)
 }
 
-fn begin_capture(stream: CUstream, mode: c_int, per_thread: bool) -> error::CuResult {
+fn begin_capture(stream: CUstream, mode: CUstreamCaptureMode, per_thread: bool) -> error::CuResult {
     let mut reg = driver()?.lock();
     let q = stream::queue(&reg, stream, per_thread)?;
-    graph::begin_capture(&mut reg, q, u32::try_from(mode).map_err(|_| INVALID_VALUE)?)
+    graph::begin_capture(&mut reg, q, mode)
 }
 
 fn end_capture(stream: CUstream, out: Out<CUgraph>, per_thread: bool) -> error::CuResult {
@@ -1186,7 +1048,7 @@ fn end_capture(stream: CUstream, out: Out<CUgraph>, per_thread: bool) -> error::
     }
 }
 
-fn capture_status_of(stream: CUstream, out: Out<c_int>, per_thread: bool) -> error::CuResult {
+fn capture_status_of(stream: CUstream, out: Out<CUstreamCaptureStatus>, per_thread: bool) -> error::CuResult {
     let reg = driver()?.lock();
     let q = stream::queue(&reg, stream, per_thread)?;
     out.set(graph::capture_status(&reg, q));

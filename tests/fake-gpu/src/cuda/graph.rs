@@ -10,7 +10,6 @@
 //! end then fails with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`.
 
 use std::collections::HashMap;
-use std::ffi::c_int;
 use std::thread::ThreadId;
 
 use super::error::{
@@ -55,12 +54,12 @@ struct Capture {
 }
 
 /// `CUstreamCaptureMode`.
-pub(crate) const CAPTURE_MODE_GLOBAL: u32 = 0;
-const CAPTURE_MODE_RELAXED: u32 = 2;
+pub(crate) const CAPTURE_MODE_GLOBAL: u32 = super::types::CU_STREAM_CAPTURE_MODE_GLOBAL;
+const CAPTURE_MODE_RELAXED: u32 = super::types::CU_STREAM_CAPTURE_MODE_RELAXED;
 /// `CUstreamCaptureStatus`.
-pub(crate) const CAPTURE_STATUS_NONE: c_int = 0;
-const CAPTURE_STATUS_ACTIVE: c_int = 1;
-const CAPTURE_STATUS_INVALIDATED: c_int = 2;
+pub(crate) const CAPTURE_STATUS_NONE: u32 = super::types::CU_STREAM_CAPTURE_STATUS_NONE;
+const CAPTURE_STATUS_ACTIVE: u32 = super::types::CU_STREAM_CAPTURE_STATUS_ACTIVE;
+const CAPTURE_STATUS_INVALIDATED: u32 = super::types::CU_STREAM_CAPTURE_STATUS_INVALIDATED;
 /// `CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH`, `…_DEVICE_LAUNCH` and
 /// `…_USE_NODE_PRIORITY`, what `cuGraphInstantiateWithFlags` accepts.
 const INSTANTIATE_FLAGS: u64 = 0x1 | 0x4 | 0x8;
@@ -211,7 +210,7 @@ pub(crate) fn end_capture(reg: &mut Registry, q: Queue) -> CuResult<Handle> {
 }
 
 /// `cuStreamIsCapturing`.
-pub(crate) fn capture_status(reg: &Registry, q: Queue) -> c_int {
+pub(crate) fn capture_status(reg: &Registry, q: Queue) -> super::types::CUstreamCaptureStatus {
     match reg.graphs.captures.get(&q) {
         None => CAPTURE_STATUS_NONE,
         Some(c) if c.invalidated => CAPTURE_STATUS_INVALIDATED,

@@ -335,7 +335,7 @@ pub(crate) fn launch_multi_device(launches: &[(Launch, CUstream)], flags: u32) -
     }
     let mut plan: Vec<(Queue, u32, Nanos)> = Vec::with_capacity(launches.len());
     for (launch, stream) in launches {
-        if matches!(*stream as usize, 0 | CU_STREAM_LEGACY | CU_STREAM_PER_THREAD) {
+        if stream.is_null() || *stream == CU_STREAM_LEGACY || *stream == CU_STREAM_PER_THREAD {
             return Err(INVALID_VALUE);
         }
         let q = stream::queue(&reg, *stream, false)?;

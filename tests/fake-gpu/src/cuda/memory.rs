@@ -10,9 +10,18 @@
 //!   simulated.)
 //! - Virtual memory management: `cuMemCreate` makes a physical allocation (a memfd, charged
 //!   at once), `cuMemAddressReserve` reserves address space (charged nothing), `cuMemMap`
-//!   maps the memfd there with no access, and `cuMemSetAccess` opens it up.
+//!   maps the memfd there with no access, and `cuMemSetAccess` opens it up. As in the real
+//!   driver, an allocation lives while anything refers to it: a handle reference (the create
+//!   or import, and each `cuMemRetainAllocationHandle`, each undone by one `cuMemRelease`), a
+//!   mapping, or a POSIX file descriptor `cuMemExportToShareableHandle` handed out that is
+//!   still open in this process. `cuMemImportFromShareableHandle` of such a descriptor gives
+//!   another process (or this one) a handle to the same memfd; the device memory stays
+//!   charged to the process that created it (see the README for what that leaves out).
 //!
-//! Every allocation call counts towards `FAKEGPU_FAIL_ALLOC_AT`.
+//! Every allocation call counts towards `FAKEGPU_FAIL_ALLOC_AT`. With
+//! `FAKEGPU_REUSE_ADDRESSES=1`, an address `cuMemFree` gave back is handed out again by the
+//! next `cuMemAlloc*` of the same rounded size (the most recently freed first), as a real
+//! driver's address allocator often does, so that tests can make a reuse happen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_int;
@@ -20,13 +29,14 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, OUT_OF_MEMORY};
+use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_SUPPORTED, OUT_OF_MEMORY};
 use super::types::{
     CU_MEM_ACCESS_FLAGS_PROT_NONE, CU_MEM_ACCESS_FLAGS_PROT_READ, CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUdevice, CUmemAccessDesc,
-    CUmemAllocationProp, CUmemPoolProps, CUstream,
+    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_HANDLE_TYPE_FABRIC, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+    CU_MEM_LOCATION_TYPE_DEVICE, CUDA_ARRAY3D_DESCRIPTOR, CUarray_format, CUdevice, CUmemAccess_flags, CUmemAccessDesc,
+    CUmemAllocationHandleType, CUmemAllocationProp, CUmemPoolProps, CUstream, location_id,
 };
-use super::{Driver, FAIL_ALLOC_AT_ENV, Handle, Registry, context, driver, launch, new_handle};
+use super::{Driver, FAIL_ALLOC_AT_ENV, Handle, REUSE_ADDRESSES_ENV, Registry, context, driver, launch, new_handle};
 use crate::state::{DeviceState, Simulator};
 
 /// What `cuMemGetAllocationGranularity` answers, and the unit memory is charged in.
@@ -176,14 +186,59 @@ struct Pool {
     used_high: u64,
 }
 
-/// A `cuMemCreate` allocation.
+/// A `cuMemCreate` allocation, or an imported one.
 #[derive(Debug)]
 struct Physical {
     size: u64,
     fd: OwnedFd,
-    _charge: Charge,
-    released: bool,
+    /// The device memory, held by the process that created the allocation (an import holds
+    /// none) until nothing refers to the allocation.
+    _charge: Option<Charge>,
+    /// Handle references: the create or import, and each `cuMemRetainAllocationHandle`. At
+    /// zero the handle is invalid, though mappings or exported descriptors may keep the
+    /// memory.
+    refs: u32,
     mappings: usize,
+    /// Created with `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` among its handle types.
+    exportable: bool,
+    /// The descriptors `cuMemExportToShareableHandle` handed out, which keep the memory while
+    /// they are open.
+    exported: Vec<Exported>,
+}
+
+/// A descriptor handed out by `cuMemExportToShareableHandle`: its number and what it
+/// referred to, so a closed (or reused) number is told apart from an open one.
+#[derive(Debug, Clone, Copy)]
+struct Exported {
+    fd: c_int,
+    dev: u64,
+    ino: u64,
+}
+
+impl Exported {
+    fn of(fd: c_int) -> Option<Self> {
+        let (dev, ino) = identity(fd)?;
+        Some(Self { fd, dev, ino })
+    }
+
+    fn open(&self) -> bool {
+        identity(self.fd) == Some((self.dev, self.ino))
+    }
+}
+
+/// The device and inode of an open descriptor.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: `stat` is plain data; fstat writes it for an open descriptor and fails otherwise.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer; any descriptor number is safe to ask about.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+impl Physical {
+    /// Nothing refers to the allocation any more: its memory goes.
+    fn unused(&self) -> bool {
+        self.refs == 0 && self.mappings == 0 && !self.exported.iter().any(Exported::open)
+    }
 }
 
 /// One `cuMemMap` of (part of) a physical allocation.
@@ -191,7 +246,7 @@ struct Physical {
 struct Mapping {
     size: u64,
     handle: u64,
-    access: c_int,
+    access: CUmemAccess_flags,
 }
 
 #[derive(Debug)]
@@ -214,7 +269,12 @@ pub(crate) struct Memory {
     /// `FAKEGPU_FAIL_ALLOC_AT`: the 1-based allocation call that fails.
     fail_at: Option<u64>,
     calls: u64,
+    /// `FAKEGPU_REUSE_ADDRESSES`: address ranges `cuMemFree` gave back, newest last.
+    reuse: Option<Vec<HostMemory>>,
 }
+
+/// Freed ranges kept for reuse at most.
+const REUSE_KEPT: usize = 64;
 
 impl Memory {
     pub fn new(devices: usize) -> Self {
@@ -225,7 +285,15 @@ impl Memory {
                 None
             }
         });
-        let mut memory = Self { fail_at, ..Self::default() };
+        let reuse = match std::env::var(REUSE_ADDRESSES_ENV).as_deref() {
+            Err(_) | Ok("" | "0") => None,
+            Ok("1") => Some(Vec::new()),
+            Ok(v) => {
+                eprintln!("fakegpu: ignoring {REUSE_ADDRESSES_ENV}={v}: expected 0 or 1");
+                None
+            }
+        };
+        let mut memory = Self { fail_at, reuse, ..Self::default() };
         for device in 0..devices {
             let pool = new_handle();
             memory.pools.insert(pool, Pool::new(device as u32, true));
@@ -234,8 +302,10 @@ impl Memory {
         memory
     }
 
-    /// Count one allocation call; the one `FAKEGPU_FAIL_ALLOC_AT` names fails.
+    /// Count one allocation call; the one `FAKEGPU_FAIL_ALLOC_AT` names fails. Also lets go
+    /// of physical allocations whose last exported descriptor was closed since.
     fn count_call(&mut self) -> CuResult {
+        self.settle_physical();
         self.calls += 1;
         if self.fail_at == Some(self.calls) { Err(OUT_OF_MEMORY) } else { Ok(()) }
     }
@@ -246,21 +316,49 @@ impl Memory {
             return Err(INVALID_VALUE);
         }
         self.count_call()?;
-        let block = Block::new(device, size)?;
+        let block = match self.reused(device, size)? {
+            Some(block) => block,
+            None => Block::new(device, size)?,
+        };
         let addr = block.memory.addr();
         self.allocations.insert(addr, Allocation { size, block, owner: Owner::Context(ctx) });
         Ok(addr)
+    }
+
+    /// With `FAKEGPU_REUSE_ADDRESSES`: the most recently freed range of `size` rounded,
+    /// zeroed and charged again.
+    fn reused(&mut self, device: &'static DeviceState, size: u64) -> CuResult<Option<Block>> {
+        let rounded = granules(size).ok_or(OUT_OF_MEMORY)?;
+        let Some(kept) = self.reuse.as_mut() else { return Ok(None) };
+        let Some(i) = kept.iter().rposition(|m| m.len as u64 == rounded) else { return Ok(None) };
+        let charge = Charge::uncounted(device, rounded)?;
+        let memory = kept.remove(i);
+        // SAFETY: a private anonymous mapping this value owns: its pages read as zero again.
+        unsafe { libc::madvise(memory.ptr.as_ptr().cast(), memory.len, libc::MADV_DONTNEED) };
+        Ok(Some(Block { memory, charge }))
     }
 
     /// `cuMemFree`, and `cuMemFreeAsync` (which is immediate here): the start of an
     /// allocation; pool allocations go back to their pool.
     pub fn free(&mut self, ptr: u64) -> CuResult {
         let allocation = self.allocations.remove(&ptr).ok_or(INVALID_VALUE)?;
-        if let Owner::Pool(pool) = allocation.owner
-            && let Some(pool) = self.pools.get_mut(&pool)
-        {
-            pool.used -= allocation.block.charge.bytes();
-            pool.free.push(allocation.block);
+        match allocation.owner {
+            Owner::Pool(pool) => {
+                if let Some(pool) = self.pools.get_mut(&pool) {
+                    pool.used -= allocation.block.charge.bytes();
+                    pool.free.push(allocation.block);
+                }
+            }
+            Owner::Context(_) => {
+                if let Some(kept) = self.reuse.as_mut() {
+                    let Block { memory, charge } = allocation.block;
+                    drop(charge);
+                    if kept.len() == REUSE_KEPT {
+                        kept.remove(0);
+                    }
+                    kept.push(memory);
+                }
+            }
         }
         Ok(())
     }
@@ -337,7 +435,7 @@ impl Memory {
     }
 
     /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
-    pub fn pool_counter(&self, pool: Handle, attribute: c_int) -> CuResult<u64> {
+    pub fn pool_counter(&self, pool: Handle, attribute: super::types::CUmemPool_attribute) -> CuResult<u64> {
         let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
         match attribute {
             4 => Ok(0),               // RELEASE_THRESHOLD
@@ -350,7 +448,7 @@ impl Memory {
     }
 
     /// `cuMemCreate`: `size` must be whole granules.
-    pub fn create_physical(&mut self, device: &'static DeviceState, size: u64) -> CuResult<u64> {
+    pub fn create_physical(&mut self, device: &'static DeviceState, size: u64, exportable: bool) -> CuResult<u64> {
         if size == 0 || !size.is_multiple_of(GRANULARITY) {
             return Err(INVALID_VALUE);
         }
@@ -360,20 +458,106 @@ impl Memory {
             eprintln!("fakegpu: cuMemCreate: {err}");
             OUT_OF_MEMORY
         })?;
+        Ok(self.add_physical(Physical {
+            size,
+            fd,
+            _charge: Some(charge),
+            refs: 1,
+            mappings: 0,
+            exportable,
+            exported: Vec::new(),
+        }))
+    }
+
+    fn add_physical(&mut self, physical: Physical) -> u64 {
         self.next_physical += 1;
-        let handle = self.next_physical;
-        self.physical.insert(handle, Physical { size, fd, _charge: charge, released: false, mappings: 0 });
+        self.physical.insert(self.next_physical, physical);
+        self.next_physical
+    }
+
+    /// A physical allocation whose handle is valid: referenced at least once.
+    fn handle(&mut self, handle: u64) -> CuResult<&mut Physical> {
+        self.physical.get_mut(&handle).filter(|p| p.refs > 0).ok_or(INVALID_VALUE)
+    }
+
+    /// Lets `handle`'s memory go if nothing refers to it any more.
+    fn settle(&mut self, handle: u64) {
+        if self.physical.get(&handle).is_some_and(Physical::unused) {
+            self.physical.remove(&handle);
+        }
+    }
+
+    /// Lets go of every physical allocation nothing refers to (an exported descriptor
+    /// closed since the last look).
+    fn settle_physical(&mut self) {
+        self.physical.retain(|_, p| !p.unused());
+    }
+
+    /// `cuMemRelease`: one handle reference less; the memory goes once nothing refers to it.
+    pub fn release_physical(&mut self, handle: u64) -> CuResult {
+        self.handle(handle)?.refs -= 1;
+        self.settle(handle);
+        Ok(())
+    }
+
+    /// `cuMemRetainAllocationHandle`: the handle mapped at `addr` (any address inside a
+    /// mapping), with one more reference.
+    pub fn retain_physical(&mut self, addr: u64) -> CuResult<u64> {
+        let (&start, m) = self.mappings.range(..=addr).next_back().ok_or(INVALID_VALUE)?;
+        if addr >= start + m.size {
+            return Err(INVALID_VALUE);
+        }
+        let handle = m.handle;
+        self.physical.get_mut(&handle).ok_or(INVALID_VALUE)?.refs += 1;
         Ok(handle)
     }
 
-    /// `cuMemRelease`: the memory goes once no mapping uses it.
-    pub fn release_physical(&mut self, handle: u64) -> CuResult {
-        let p = self.physical.get_mut(&handle).filter(|p| !p.released).ok_or(INVALID_VALUE)?;
-        p.released = true;
-        if p.mappings == 0 {
-            self.physical.remove(&handle);
+    /// `cuMemExportToShareableHandle` as a POSIX file descriptor (a new descriptor of the
+    /// allocation's memfd), for an allocation created to be exported so.
+    pub fn export_physical(&mut self, handle: u64, handle_type: CUmemAllocationHandleType) -> CuResult<c_int> {
+        let p = self.handle(handle)?;
+        match handle_type {
+            CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR if p.exportable => {}
+            CU_MEM_HANDLE_TYPE_FABRIC => return Err(NOT_SUPPORTED),
+            _ => return Err(INVALID_VALUE),
         }
-        Ok(())
+        // SAFETY: duplicating a live descriptor this value owns; the result is checked.
+        let fd = unsafe { libc::fcntl(p.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            eprintln!("fakegpu: cuMemExportToShareableHandle: {}", io::Error::last_os_error());
+            return Err(OUT_OF_MEMORY);
+        }
+        p.exported.extend(Exported::of(fd));
+        Ok(fd)
+    }
+
+    /// `cuMemImportFromShareableHandle` of a POSIX file descriptor that
+    /// `cuMemExportToShareableHandle` handed out (here or in another process): a new handle to
+    /// the same memory. The device memory stays the exporter's.
+    pub fn import_physical(&mut self, fd: c_int, handle_type: CUmemAllocationHandleType) -> CuResult<u64> {
+        match handle_type {
+            CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR => {}
+            CU_MEM_HANDLE_TYPE_FABRIC => return Err(NOT_SUPPORTED),
+            _ => return Err(INVALID_VALUE),
+        }
+        let size = exported_memfd_size(fd).ok_or(INVALID_VALUE)?;
+        // SAFETY: duplicating the caller's descriptor, checked above to be one of ours; the
+        // caller keeps its own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        Ok(self.add_physical(Physical {
+            size,
+            fd,
+            _charge: None,
+            refs: 1,
+            mappings: 0,
+            exportable: true,
+            exported: Vec::new(),
+        }))
     }
 
     /// `cuMemAddressReserve`: `size` and `align` whole granules (`align` 0 for the
@@ -415,7 +599,7 @@ impl Memory {
         if !aligned || size == 0 || self.reservation_containing(ptr, size).is_none() {
             return Err(INVALID_VALUE);
         }
-        let p = self.physical.get(&handle).filter(|p| !p.released).ok_or(INVALID_HANDLE)?;
+        let p = self.physical.get(&handle).filter(|p| p.refs > 0).ok_or(INVALID_HANDLE)?;
         if offset.checked_add(size).is_none_or(|end| end > p.size) {
             return Err(INVALID_VALUE);
         }
@@ -479,10 +663,8 @@ impl Memory {
         }
         if let Some(p) = self.physical.get_mut(&m.handle) {
             p.mappings -= 1;
-            if p.released && p.mappings == 0 {
-                self.physical.remove(&m.handle);
-            }
         }
+        self.settle(m.handle);
     }
 
     /// `cuMemUnmap`: a range made of whole mappings.
@@ -494,7 +676,7 @@ impl Memory {
     }
 
     /// `cuMemSetAccess`: a range made of whole mappings.
-    pub fn set_access(&mut self, ptr: u64, size: u64, access: c_int) -> CuResult {
+    pub fn set_access(&mut self, ptr: u64, size: u64, access: CUmemAccess_flags) -> CuResult {
         let prot = match access {
             CU_MEM_ACCESS_FLAGS_PROT_NONE => libc::PROT_NONE,
             CU_MEM_ACCESS_FLAGS_PROT_READ => libc::PROT_READ,
@@ -574,10 +756,13 @@ impl Pool {
     }
 }
 
+/// The name of `cuMemCreate`'s memfds, as `/proc/self/fd` shows it (`memfd:<name>`).
+const MEMFD_NAME: &std::ffi::CStr = c"fakegpu-cuMemCreate";
+
 /// A memfd of `size` bytes for `cuMemCreate`.
 fn memfd(size: u64) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name and valid flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"fakegpu-cuMemCreate".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -591,8 +776,21 @@ fn memfd(size: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The size of `fd` if it is one of `cuMemCreate`'s memfds (as an exported descriptor is).
+fn exported_memfd_size(fd: c_int) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    let name = format!("/memfd:{}", MEMFD_NAME.to_str().ok()?);
+    if !link.to_str()?.starts_with(&name) {
+        return None;
+    }
+    // SAFETY: `stat` is plain data; fstat fills it for the open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_size as u64)
+}
+
 /// Bytes per element of a `CUarray_format` with `channels` channels.
-fn element_bytes(format: c_int, channels: u32) -> CuResult<u64> {
+fn element_bytes(format: CUarray_format, channels: u32) -> CuResult<u64> {
     let per_channel = match format {
         0x01 | 0x08 => 1,        // UNSIGNED_INT8, SIGNED_INT8
         0x02 | 0x09 | 0x10 => 2, // UNSIGNED_INT16, SIGNED_INT16, HALF
@@ -669,8 +867,9 @@ pub(crate) fn free(ptr: u64) -> CuResult {
 /// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
 pub(crate) fn info() -> CuResult<(u64, u64)> {
     let d = driver()?;
-    let reg = d.lock();
+    let mut reg = d.lock();
     let (_, state) = current(&reg, d)?;
+    reg.memory.settle_physical();
     let total = state.total();
     Ok((total.saturating_sub(state.used()), total))
 }
@@ -686,7 +885,7 @@ pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResul
     if prop.type_ != CU_MEM_ALLOCATION_TYPE_PINNED || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return Err(INVALID_VALUE);
     }
-    let (_, state) = super::device::gpu(sim, prop.location.id).map_err(|_| INVALID_VALUE)?;
+    let (_, state) = super::device::gpu(sim, location_id(&prop.location)).map_err(|_| INVALID_VALUE)?;
     Ok(state.index())
 }
 
@@ -694,7 +893,8 @@ pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResul
 pub(crate) fn create(size: u64, prop: &CUmemAllocationProp) -> CuResult<u64> {
     let d = driver()?;
     let device = check_prop(d.sim, prop)?;
-    d.lock().memory.create_physical(d.device(device), size)
+    let exportable = prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR != 0;
+    d.lock().memory.create_physical(d.device(device), size, exportable)
 }
 
 /// `cuMemSetAccess`: one descriptor per device; this driver's devices all see the same
@@ -708,7 +908,7 @@ pub(crate) fn set_access(ptr: u64, size: u64, desc: &[CUmemAccessDesc]) -> CuRes
         if access.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
             return Err(INVALID_VALUE);
         }
-        super::device::gpu(d.sim, access.location.id).map_err(|_| INVALID_VALUE)?;
+        super::device::gpu(d.sim, location_id(&access.location)).map_err(|_| INVALID_VALUE)?;
     }
     let flags = desc[desc.len() - 1].flags;
     d.lock().memory.set_access(ptr, size, flags)
@@ -742,7 +942,7 @@ pub(crate) fn pool_create(props: &CUmemPoolProps) -> CuResult<Handle> {
     if props.allocType != CU_MEM_ALLOCATION_TYPE_PINNED || props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return Err(INVALID_VALUE);
     }
-    let (_, state) = super::device::gpu(d.sim, props.location.id).map_err(|_| INVALID_VALUE)?;
+    let (_, state) = super::device::gpu(d.sim, location_id(&props.location)).map_err(|_| INVALID_VALUE)?;
     Ok(d.lock().memory.create_pool(state.index()))
 }
 
@@ -826,7 +1026,7 @@ pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, per_thread: bool) -> Cu
 mod tests {
     use super::*;
 
-    fn desc(w: usize, h: usize, d: usize, format: c_int, channels: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
+    fn desc(w: usize, h: usize, d: usize, format: CUarray_format, channels: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
         CUDA_ARRAY3D_DESCRIPTOR { Width: w, Height: h, Depth: d, Format: format, NumChannels: channels, Flags: 0 }
     }
 

@@ -1,11 +1,12 @@
-//! The CUDA driver API subset gpuslice's shim intercepts, exported with `cuda.h`'s C ABI so
-//! that `libfakegpu.so` can stand in as `libcuda.so.1`.
+//! The CUDA driver API subset gpuslice's shim intercepts, exported with `cuda.h`'s C ABI (the
+//! types generated from NVIDIA's headers in `gpuslice_cuda_abi`) so that `libfakegpu.so` can
+//! stand in as `libcuda.so.1`.
 //!
 //! One request end to end: the CUDA runtime `dlopen`s `libcuda.so.1`, looks up
 //! `cuGetProcAddress_v2` with `dlsym`, and asks it for `"cuMemAlloc"` at version 13000.
-//! [`proc_address`] picks the newest variant introduced at or before 13000 from the table
-//! that [`exports`] generates along with the exported functions themselves, and hands back
-//! the address of the exported `cuMemAlloc_v2` (the very address `dlsym` gives). Calling it
+//! [`proc_address`] asks the table generated from NVIDIA's `cudaTypedefs.h`
+//! (`gpuslice_cuda_abi::proc`) which symbol that selects, `cuMemAlloc_v2`, and hands back
+//! the address of its own export of that symbol (the very address `dlsym` gives). Calling it
 //! runs the export's body inside [`boundary`], which turns a panic into
 //! `CUDA_ERROR_UNKNOWN` and checks that `cuInit` succeeded; the body checks the output
 //! pointer, and [`memory`] charges the rounded size to the GPU's shared state
@@ -21,6 +22,7 @@ pub mod error;
 mod exports;
 mod ffi;
 mod graph;
+pub mod hold;
 mod launch;
 mod memory;
 pub mod proc_address;
@@ -40,6 +42,43 @@ use crate::state::{DeviceState, Simulator, StateError};
 /// Environment variable: the Nth device allocation of the process fails with
 /// `CUDA_ERROR_OUT_OF_MEMORY` (1-based).
 pub const FAIL_ALLOC_AT_ENV: &str = "FAKEGPU_FAIL_ALLOC_AT";
+
+/// Environment variable: `1` makes `cuMemAlloc*` hand out the addresses `cuMemFree` gave
+/// back first (most recent first, same rounded size).
+pub const REUSE_ADDRESSES_ENV: &str = "FAKEGPU_REUSE_ADDRESSES";
+
+/// Environment variable (fault injection): when the library is loaded, its constructor calls
+/// its own exported `cuMemGetInfo_v2` (null pointers, so nothing happens) through the dynamic
+/// linker, `dlsym(RTLD_DEFAULT, …)`, as real drivers call their own exports while they load.
+/// A preloaded interposer then sees a call into one of its exports during the `dlopen` that
+/// loads the driver. The only value understood is `cuMemGetInfo_v2`.
+pub const CONSTRUCTOR_CALL_ENV: &str = "FAKEGPU_CONSTRUCTOR_CALL";
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// The library's constructor: nothing unless [`CONSTRUCTOR_CALL_ENV`] asks for the call.
+extern "C" fn constructor() {
+    let _ = catch_unwind(|| {
+        let Some(name) = std::env::var_os(CONSTRUCTOR_CALL_ENV) else { return };
+        if name != "cuMemGetInfo_v2" {
+            eprintln!("fakegpu: {CONSTRUCTOR_CALL_ENV}={name:?}: only cuMemGetInfo_v2 is understood");
+            return;
+        }
+        // SAFETY: dlsym with a valid C string.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cuMemGetInfo_v2".as_ptr()) };
+        if f.is_null() {
+            return;
+        }
+        // SAFETY: the global scope's cuMemGetInfo_v2 has cuda.h's signature for it.
+        let f = unsafe { std::mem::transmute::<*mut c_void, gpuslice_cuda_abi::cuda::sym::cuMemGetInfo_v2>(f) };
+        // SAFETY: null outputs are allowed (the call answers CUDA_ERROR_INVALID_VALUE or
+        // CUDA_ERROR_NOT_INITIALIZED).
+        let rc = unsafe { f(std::ptr::null_mut(), std::ptr::null_mut()) };
+        eprintln!("fakegpu: constructor called cuMemGetInfo_v2: {rc}");
+    });
+}
 
 /// A handle the driver hands out (`CUcontext`, `CUstream`, …) as a number: never 0, and
 /// never 1 or 2, which are the special stream handles.
@@ -142,9 +181,7 @@ pub(crate) fn get_proc_address(
     flags: u64,
     status: Option<ffi::Out<types::CUdriverProcAddressQueryResult>>,
 ) -> CuResult {
-    use types::{
-        CU_GET_PROC_ADDRESS_LEGACY_STREAM as LEGACY, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as PER_THREAD,
-    };
+    use gpuslice_cuda_abi::proc::{LEGACY_STREAM as LEGACY, PER_THREAD_DEFAULT_STREAM as PER_THREAD};
     if flags & !(LEGACY | PER_THREAD) != 0 {
         pfn.set(std::ptr::null_mut());
         return Err(error::INVALID_VALUE);

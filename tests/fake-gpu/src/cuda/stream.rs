@@ -43,17 +43,17 @@ pub(crate) struct Streams {
 /// points, where `0` means the per-thread default stream.
 pub(crate) fn queue(reg: &Registry, stream: CUstream, per_thread: bool) -> CuResult<Queue> {
     let handle = stream as usize;
-    match handle {
-        0 | CU_STREAM_LEGACY | CU_STREAM_PER_THREAD => {
-            let ctx = context::current(reg)?;
-            if handle == CU_STREAM_PER_THREAD || (handle == 0 && per_thread) {
-                Ok(Queue::PerThread(ctx, std::thread::current().id()))
-            } else {
-                Ok(Queue::Legacy(ctx))
-            }
+    if stream.is_null() || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD {
+        let ctx = context::current(reg)?;
+        if stream == CU_STREAM_PER_THREAD || (stream.is_null() && per_thread) {
+            Ok(Queue::PerThread(ctx, std::thread::current().id()))
+        } else {
+            Ok(Queue::Legacy(ctx))
         }
-        _ if reg.streams.streams.contains_key(&handle) => Ok(Queue::Stream(handle)),
-        _ => Err(INVALID_HANDLE),
+    } else if reg.streams.streams.contains_key(&handle) {
+        Ok(Queue::Stream(handle))
+    } else {
+        Err(INVALID_HANDLE)
     }
 }
 

@@ -1,30 +1,9 @@
-/* A plain C NVML client, linked with -lnvidia-ml the usual way. Declares the few types and
- * functions it needs as nvml.h does, so it builds without the CUDA toolkit. */
+/* A plain C NVML client, linked with -lnvidia-ml the usual way. Its NVML declarations are
+ * nvml.h's, from the generated cuda-abi/include/gpuslice_cuda_abi.h (no CUDA toolkit needed). */
 #include <stdio.h>
 #include <string.h>
 
-typedef int nvmlReturn_t;
-typedef struct nvmlDevice_st *nvmlDevice_t;
-typedef struct {
-    unsigned int version;
-    unsigned long long total, reserved, free, used;
-} nvmlMemory_v2_t;
-typedef struct {
-    char busIdLegacy[16];
-    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
-    char busId[32];
-} nvmlPciInfo_t;
-
-nvmlReturn_t nvmlInit_v2(void);
-nvmlReturn_t nvmlShutdown(void);
-const char *nvmlErrorString(nvmlReturn_t);
-nvmlReturn_t nvmlSystemGetDriverVersion(char *, unsigned int);
-nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *);
-nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int, nvmlDevice_t *);
-nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t, char *, unsigned int);
-nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t, char *, unsigned int);
-nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t, nvmlMemory_v2_t *);
-nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t, nvmlPciInfo_t *);
+#include "gpuslice_cuda_abi.h"
 
 #define CHECK(call)                                                                     \
     do {                                                                                \
