@@ -35,9 +35,12 @@ guard_env() {
 }
 
 # start_guard: the guard in the background, logging to $T/guard.log; stopped when the test ends.
+# Started as a plain command, so that $! is the daemon itself (a function run with & would be a
+# subshell, and SIGTERM would leave the daemon running), without the run's lock (fd 9), which it
+# would otherwise hold for its whole life.
 start_guard() {
-    guard_env "$E2E_GENERATOR" daemon --config "$T/gpuslice.toml" --nvml-lib "$E2E_FAKEGPU_LIB" \
-        >/dev/null 2>"$T/guard.log" &
+    FAKEGPU_CONFIG=$E2E_FAKEGPU_TOML FAKEGPU_STATE_DIR=$T/fakegpu-state "$E2E_GENERATOR" daemon \
+        --config "$T/gpuslice.toml" --nvml-lib "$E2E_FAKEGPU_LIB" >/dev/null 2>"$T/guard.log" 9>&- &
     GUARD_PID=$!
     defer stop_guard
     wait_for 10 grep -q 'guard started' "$T/guard.log" || fail "the guard did not start: $(cat "$T/guard.log")"
@@ -45,6 +48,7 @@ start_guard() {
 
 stop_guard() {
     kill -TERM "$GUARD_PID" 2>/dev/null && wait "$GUARD_PID" 2>/dev/null
+    ! kill -0 "$GUARD_PID" 2>/dev/null || { e2e_log "the guard outlived SIGTERM"; kill -KILL "$GUARD_PID"; }
     printf -- '--- the guard'"'"'s log\n' >&2
     cat "$T/guard.log" >&2
 }
@@ -210,8 +214,8 @@ test_docker_guard_kills_after_usage_counters_are_zeroed() {
     assert_slice_within slice0 "zeroed counters"
 }
 
-# The pacing clock forged from inside the container (busy_until in the far future, the clock
-# at 0, again and again): the library stops pacing and the kernel loop takes the whole idle GPU
+# The pacing clock forged from inside the container (the clock at 0 and busy_until a minute
+# ahead, every millisecond): the library stops pacing and the kernel loop takes the whole idle GPU
 # on a 50 % `cap` slice. With compute_guard = "throttle" the guard freezes and thaws the
 # container until the slice is back near its share; then a neighbour slice's kernel loop on the
 # same GPU gets its share.
@@ -222,16 +226,9 @@ test_docker_guard_throttles_a_forged_pacing_clock() {
     local image name=gpuslice-e2e-pacer-$$ line started throttled before share samples=() s out
     image=$(guard_image)
     start_guard
-    # Offsets of the region's compute block (core/src/region.rs: COMPUTE_OFFSET 512; virtual_ns
-    # first, busy_until_ns fifth).
-    # shellcheck disable=SC2016 # expanded in the container
+    # forge-clock (tests/e2e/attacks/forge_clock.c) resets the clock every millisecond.
     run_detached "$name" --device gpuslice.dev/vgpu=slice0 "$image" sh -c '
-        region=/run/gpuslice/slices/slice0/region
-        (while :; do
-            printf "\377\377\377\377\377\377\377\177" | dd of="$region" bs=1 seek=544 conv=notrunc 2>/dev/null
-            printf "\0\0\0\0\0\0\0\0" | dd of="$region" bs=1 seek=512 conv=notrunc 2>/dev/null
-            sleep 0.2
-        done) &
+        forge-clock /run/gpuslice/slices/slice0/region &
         exec cuda-probe work --path kernel --kernel-ns 1000000 --seconds 40 --sync-every 16'
     started=$(date +%s%N)
     sleep 2
