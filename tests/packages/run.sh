@@ -98,9 +98,8 @@ else
         why+=" config.toml not %config(noreplace);"
     rpm -qp --scripts "$RPM" >"$T/scripts" 2>/dev/null
     for want in 'postinstall scriptlet' 'systemctl enable gpuslice-generate.service' 'preuninstall scriptlet' \
-        'disable --now gpuslice-generate.path' 'gpuslice.yaml' 'rm -rf /run/gpuslice' \
-        'gpuslice-generate.path gpuslice.service' 'systemctl try-restart gpuslice.service' \
-        'disable --now gpuslice.service'; do
+        'disable --now gpuslice.service gpuslice-generate.path gpuslice-generate.service' 'gpuslice.yaml' \
+        'rm -rf /run/gpuslice' 'gpuslice-generate.path gpuslice.service' 'systemctl try-restart gpuslice.service'; do
         grep -qF -- "$want" "$T/scripts" || why+=" scripts lack '$want';"
     done
     # The hook in the package is the static one.
