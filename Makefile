@@ -6,7 +6,8 @@
 #   make cudart     NVIDIA's CUDA runtime, CuPy and PyTorch on the simulated GPU, with and without the shim
 #   make check      formatting, clippy with warnings as errors, then `make test` (what CI runs)
 #   make bench      overhead as ratios against a baseline of the same run: the interception
-#                   library against the bare driver, container start-up with a slice against without
+#                   library against the bare driver, container start-up with a slice against
+#                   without, a pass of the host guard with 64 slices against one with no process
 #   make demo       without a GPU: a simulated two-GPU node, real containers on a slice (root;
 #                   installs what it lacks, as `make test` does; DEMO_ARGS="--engine podman",
 #                   "--keep DIR": scripts/demo.sh --help)
@@ -82,12 +83,14 @@ gpu:
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory release; fi
 	bash tests/gpu/run.sh
 
-# Overhead of the interception library against the bare driver, then container start-up with
-# a slice against without (Docker with CDI), as ratios (root; each says `skipped: …` otherwise).
+# Overhead of the interception library against the bare driver, container start-up with a
+# slice against without (Docker with CDI), and a pass of the host guard with 64 slices against
+# one without processes, as ratios (root; each says `skipped: …` otherwise).
 bench: release
 	$(CARGO) bench -p gpuslice-shim --bench shim
 	bash tests/bench/startup.sh
 	bash tests/bench/engines.sh
+	bash tests/bench/guard.sh
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
 # slice; exits non-zero when a step does not show what it should. Like `make test`, it installs

@@ -52,43 +52,56 @@ impl NodeInfo {
 
 /// Reads the driver and every GPU through NVML loaded from `lib`.
 pub fn discover(lib: Option<&Path>) -> Result<NodeInfo, DiscoverError> {
+    let nvml = load(lib)?;
+    let driver_version = nvml.sys_driver_version().map_err(query("driver version"))?;
+    let cuda_version = nvml.sys_cuda_driver_version().map_err(query("CUDA version"))?;
+    let gpus = gpus(&nvml)?;
+    Ok(NodeInfo { driver_version, cuda_version, gpus })
+}
+
+/// NVML loaded from `lib` (default [`DEFAULT_NVML_LIB`]) and initialised; a node without GPUs
+/// is not an error here.
+pub fn load(lib: Option<&Path>) -> Result<Nvml, DiscoverError> {
     let lib_name = lib.map_or_else(|| DEFAULT_NVML_LIB.to_owned(), |p| p.display().to_string());
     let lib_os: &OsStr = lib.map_or(OsStr::new(DEFAULT_NVML_LIB), Path::as_os_str);
     // NO_GPUS: a node without GPUs is reported by us, clearly, not as an init failure.
-    let nvml = Nvml::builder().lib_path(lib_os).flags(InitFlags::NO_GPUS).init().map_err(|e| match e {
+    Nvml::builder().lib_path(lib_os).flags(InitFlags::NO_GPUS).init().map_err(|e| match e {
         nvml_wrapper::error::NvmlError::LibloadingError(err) => {
             DiscoverError::Load { lib: lib_name.clone(), reason: err.to_string() }
         }
         other => DiscoverError::Init { lib: lib_name.clone(), reason: other.to_string() },
-    })?;
-    let q = |what: &str| {
-        let what = what.to_owned();
-        move |e: nvml_wrapper::error::NvmlError| DiscoverError::Query { what: what.clone(), reason: e.to_string() }
-    };
-    let driver_version = nvml.sys_driver_version().map_err(q("driver version"))?;
-    let cuda_version = nvml.sys_cuda_driver_version().map_err(q("CUDA version"))?;
-    let count = nvml.device_count().map_err(q("device count"))?;
+    })
+}
+
+fn query(what: &str) -> impl Fn(nvml_wrapper::error::NvmlError) -> DiscoverError + use<> {
+    let what = what.to_owned();
+    move |e| DiscoverError::Query { what: what.clone(), reason: e.to_string() }
+}
+
+/// Every GPU NVML lists, in index order.
+pub fn gpus(nvml: &Nvml) -> Result<Vec<GpuInfo>, DiscoverError> {
+    let count = nvml.device_count().map_err(query("device count"))?;
     let mut gpus = Vec::with_capacity(count as usize);
     for index in 0..count {
         let at = |what: &str| format!("{what} of GPU {index}");
-        let d = nvml.device_by_index(index).map_err(q(&at("handle")))?;
+        let d = nvml.device_by_index(index).map_err(query(&at("handle")))?;
         let mig_enabled = match d.mig_mode() {
             Ok(m) => m.current == 1,
             // GPUs without MIG support answer NotSupported.
             Err(nvml_wrapper::error::NvmlError::NotSupported) => false,
-            Err(e) => return Err(q(&at("MIG mode"))(e)),
+            Err(e) => return Err(query(&at("MIG mode"))(e)),
         };
         gpus.push(GpuInfo {
             index,
-            uuid: d.uuid().map_err(q(&at("UUID")))?,
-            name: d.name().map_err(q(&at("name")))?,
-            memory_total: d.memory_info().map_err(q(&at("memory")))?.total,
-            minor: d.minor_number().map_err(q(&at("minor number")))?,
-            pci_bus_id: d.pci_info().map_err(q(&at("PCI info")))?.bus_id,
+            uuid: d.uuid().map_err(query(&at("UUID")))?,
+            name: d.name().map_err(query(&at("name")))?,
+            memory_total: d.memory_info().map_err(query(&at("memory")))?.total,
+            minor: d.minor_number().map_err(query(&at("minor number")))?,
+            pci_bus_id: d.pci_info().map_err(query(&at("PCI info")))?.bus_id,
             mig_enabled,
         });
     }
-    Ok(NodeInfo { driver_version, cuda_version, gpus })
+    Ok(gpus)
 }
 
 /// A device node as found on the host.

@@ -13,6 +13,7 @@
 
 pub mod discover;
 pub mod engines;
+pub mod guard;
 pub mod setup;
 pub mod spec;
 pub mod status;

@@ -101,11 +101,31 @@ enum Command {
         /// The spec file.
         file: PathBuf,
     },
+    /// The host guard: check every slice against the driver's own per-process numbers, every
+    /// [guard] interval, and kill, log or throttle by the config's [guard] policies.
+    Daemon {
+        /// Node configuration (its [guard] table and state_dir; read again when it changes).
+        #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// NVML library to load instead of libnvidia-ml.so.1.
+        #[arg(long, env = "GPUSLICE_NVML_LIB")]
+        nvml_lib: Option<PathBuf>,
+        /// Read slice state and container records here instead of the config's state_dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Stop after this many passes (default: until SIGTERM or SIGINT).
+        #[arg(long)]
+        passes: Option<u64>,
+        /// Print each pass (what it saw, what it did, its cost) as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    observability::init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    observability::init(if matches!(cli.command, Command::Daemon { .. }) { "info" } else { "warn" });
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gpuslice-cdi: error: {e:#}");
@@ -177,6 +197,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome = gpuslice_cdi::setup::setup(&SetupOptions { engine, mode, file, spec_dir, dry_run })?;
             print!("{}", outcome.message().trim_end().to_string() + "\n");
             Ok(())
+        }
+        Command::Daemon { config, nvml_lib, state_dir, passes, json } => {
+            gpuslice_cdi::guard::daemon(&gpuslice_cdi::guard::Options {
+                config_path: config,
+                nvml_lib,
+                state_dir,
+                passes,
+                json,
+            })
         }
         Command::Validate { file } => {
             let spec = gpuslice_cdi::validate_file(&file)?;

@@ -1,11 +1,12 @@
-//! Logging for the command-line tool: to stderr, level from `GPUSLICE_LOG` (default `warn`).
+//! Logging for the command-line tool: to stderr, level from `GPUSLICE_LOG` (default `warn`, and
+//! `info` for the daemon, whose log is its report).
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
-    let filter = EnvFilter::try_from_env("GPUSLICE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+pub fn init(default: &str) {
+    let filter = EnvFilter::try_from_env("GPUSLICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

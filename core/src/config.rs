@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cdi;
-use crate::units::ByteSize;
+use crate::units::{ByteSize, Span};
 
 /// Where the configuration lives on a node.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpuslice/config.toml";
@@ -104,6 +104,102 @@ impl fmt::Display for Priority {
     }
 }
 
+/// What the host guard does about a process that breaks a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardPolicy {
+    /// `SIGKILL`, and one log line.
+    Kill,
+    /// One log line only.
+    Log,
+}
+
+impl GuardPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardPolicy::Kill => "kill",
+            GuardPolicy::Log => "log",
+        }
+    }
+}
+
+impl fmt::Display for GuardPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the host guard slows a slice that takes far more GPU time than its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeGuard {
+    /// Measure and report only.
+    #[default]
+    Off,
+    /// Freeze and thaw the slice's containers (cgroup freezer) until it is back under.
+    Throttle,
+}
+
+impl fmt::Display for ComputeGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ComputeGuard::Off => "off",
+            ComputeGuard::Throttle => "throttle",
+        })
+    }
+}
+
+/// `[guard]`: the host guard, `gpuslice-cdi daemon`, which checks every slice against the
+/// driver's own per-process numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Time between two passes over the GPUs.
+    #[serde(default = "default_guard_interval")]
+    pub interval: Span,
+    /// A slice over its memory limit (plus the tolerance): kill the process that grew last, or
+    /// log only. `[[gpu]]` tables and explicit slices may set their own.
+    #[serde(default = "default_memory_policy")]
+    pub memory_policy: GuardPolicy,
+    /// Per process of a slice on the GPU: how much the driver's count may exceed what the
+    /// interception library charges for a context (a real context is often larger).
+    #[serde(default = "default_context_tolerance")]
+    pub context_tolerance: ByteSize,
+    /// The most the tolerances of one slice's processes add up to.
+    #[serde(default = "default_max_tolerance")]
+    pub max_tolerance: ByteSize,
+    /// A process using a GPU that has slices, in none of them: log it once, or kill it.
+    #[serde(default = "default_unsliced_policy")]
+    pub unsliced_policy: GuardPolicy,
+    /// Slow a slice far above its compute share, or only report it.
+    #[serde(default)]
+    pub compute_guard: ComputeGuard,
+    /// How long a slice must be above its share (by the margin) before it is throttled.
+    #[serde(default = "default_compute_window")]
+    pub compute_window: Span,
+    /// Percentage points above its share that count as "far above".
+    #[serde(default = "default_compute_margin")]
+    pub compute_margin: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_guard_interval(),
+            memory_policy: default_memory_policy(),
+            context_tolerance: default_context_tolerance(),
+            max_tolerance: default_max_tolerance(),
+            unsliced_policy: default_unsliced_policy(),
+            compute_guard: ComputeGuard::default(),
+            compute_window: default_compute_window(),
+            compute_margin: default_compute_margin(),
+        }
+    }
+}
+
+/// Shortest and longest guard interval accepted.
+pub const GUARD_INTERVAL_RANGE: (u64, u64) = (100, 60_000);
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +236,9 @@ pub struct Config {
     /// `gpuslice-runtime`, for engines without CDI.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The host guard (`gpuslice-cdi daemon`).
+    #[serde(default)]
+    pub guard: GuardConfig,
 }
 
 /// `[runtime]`: how `gpuslice-runtime` (the OCI runtime for engines without CDI) works.
@@ -234,6 +333,8 @@ pub struct GpuOverride {
     pub core_scaling: Option<f64>,
     pub cores_policy: Option<CoresPolicy>,
     pub priority: Option<Priority>,
+    /// The guard's memory policy for this GPU's slices; `[guard] memory_policy` when left out.
+    pub memory_policy: Option<GuardPolicy>,
     /// Explicit slices, instead of an equal split.
     pub slices: Option<Vec<SliceConfig>>,
 }
@@ -251,6 +352,8 @@ pub struct SliceConfig {
     pub cores_policy: Option<CoresPolicy>,
     /// The GPU's (or the defaults') when left out.
     pub priority: Option<Priority>,
+    /// The guard's memory policy for this slice; the GPU's, then `[guard]`'s, when left out.
+    pub memory_policy: Option<GuardPolicy>,
 }
 
 /// The settings that apply to one GPU, defaults and override merged.
@@ -262,7 +365,31 @@ pub struct GpuSettings {
     pub core_scaling: f64,
     pub cores_policy: CoresPolicy,
     pub priority: Priority,
+    /// The guard's memory policy: the override's, else `[guard]`'s.
+    pub memory_policy: GuardPolicy,
     pub slices: Option<Vec<SliceConfig>>,
+}
+
+fn default_guard_interval() -> Span {
+    Span::from_millis(1000)
+}
+fn default_memory_policy() -> GuardPolicy {
+    GuardPolicy::Kill
+}
+fn default_context_tolerance() -> ByteSize {
+    ByteSize(256 * ByteSize::MIB)
+}
+fn default_max_tolerance() -> ByteSize {
+    ByteSize(ByteSize::GIB)
+}
+fn default_unsliced_policy() -> GuardPolicy {
+    GuardPolicy::Log
+}
+fn default_compute_window() -> Span {
+    Span::from_millis(5000)
+}
+fn default_compute_margin() -> u32 {
+    15
 }
 
 fn default_kind() -> String {
@@ -309,6 +436,7 @@ impl Default for Config {
             defaults: GpuDefaults::default(),
             gpus: Vec::new(),
             runtime: RuntimeConfig::default(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -453,6 +581,7 @@ impl Config {
                 }
             }
         }
+        self.guard.validate()?;
         for (i, a) in self.gpus.iter().enumerate() {
             for b in &self.gpus[..i] {
                 let same_index = a.index.is_some() && a.index == b.index;
@@ -480,6 +609,7 @@ impl Config {
             core_scaling: o.core_scaling.unwrap_or(d.core_scaling),
             cores_policy: o.cores_policy.unwrap_or(d.cores_policy),
             priority: o.priority.unwrap_or(d.priority),
+            memory_policy: o.memory_policy.unwrap_or(self.guard.memory_policy),
             slices: o.slices,
         }
     }
@@ -487,6 +617,40 @@ impl Config {
     /// The `[[gpu]]` table that applies to a GPU, if any.
     pub fn override_for(&self, index: u32, uuid: &str) -> Option<&GpuOverride> {
         self.gpus.iter().find(|g| g.matches(index, uuid))
+    }
+}
+
+impl GuardConfig {
+    /// Checks the `[guard]` values, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (lo, hi) = GUARD_INTERVAL_RANGE;
+        let ms = self.interval.as_millis();
+        if !(lo..=hi).contains(&ms) {
+            return Err(ConfigError::invalid(
+                "guard.interval",
+                quoted(&self.interval),
+                format!("must be between {lo}ms and {}s", hi / 1000),
+            ));
+        }
+        let window = self.compute_window.as_millis();
+        if window < 2 * ms || window > 600_000 {
+            return Err(ConfigError::invalid(
+                "guard.compute_window",
+                quoted(&self.compute_window),
+                format!("must be at least two intervals ({}) and at most 10 minutes", Span::from_millis(2 * ms)),
+            ));
+        }
+        if !(1..=100).contains(&self.compute_margin) {
+            return Err(ConfigError::invalid("guard.compute_margin", self.compute_margin, "must be between 1 and 100"));
+        }
+        if self.max_tolerance < self.context_tolerance {
+            return Err(ConfigError::invalid(
+                "guard.max_tolerance",
+                quoted(&self.max_tolerance),
+                format!("must be at least context_tolerance ({})", self.context_tolerance),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod board;
 pub mod cdi;
 pub mod config;
+pub mod containers;
 pub mod driver_files;
 pub mod fsutil;
 pub mod ld_cache;

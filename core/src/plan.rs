@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::config::{Config, ConfigError, CoresPolicy, GpuOverride, Mode, Priority};
+use crate::config::{Config, ConfigError, CoresPolicy, GpuOverride, GuardPolicy, Mode, Priority};
 use crate::limits::Limits;
 use crate::units::ByteSize;
 
@@ -38,6 +38,10 @@ pub struct PlannedDevice {
     pub cores_policy: CoresPolicy,
     /// Always the default for a whole GPU in mode `none`.
     pub priority: Priority,
+    /// What the host guard does when the slice is over its memory limit (by the driver's
+    /// count): the slice's own, else its GPU's, else `[guard] memory_policy`. Not in the
+    /// limits file: the guard plans the node itself.
+    pub memory_policy: GuardPolicy,
 }
 
 impl PlannedDevice {
@@ -86,6 +90,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
             cores_percent,
             cores_policy: settings.cores_policy,
             priority: settings.priority,
+            memory_policy: settings.memory_policy,
         };
         if settings.mode == Mode::Shim && gpu.mig_enabled {
             return Err(invalid(
@@ -130,6 +135,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                     devices.push(PlannedDevice {
                         cores_policy: s.cores_policy.unwrap_or(settings.cores_policy),
                         priority: s.priority.unwrap_or(settings.priority),
+                        memory_policy: s.memory_policy.unwrap_or(settings.memory_policy),
                         ..slice(name, s.memory.0, s.cores)
                     });
                 }

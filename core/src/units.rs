@@ -1,4 +1,5 @@
-//! Human byte sizes: `"10GiB"`, `"512MiB"`, `"1.5GiB"`, `"80GB"` or a plain number of bytes.
+//! Human byte sizes: `"10GiB"`, `"512MiB"`, `"1.5GiB"`, `"80GB"` or a plain number of bytes;
+//! and human spans of time: `"1s"`, `"500ms"`, `"2.5s"`, `"1m"` or a number of seconds.
 //!
 //! Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`) are powers of 1024, decimal ones (`kB`/`KB`,
 //! `MB`, `GB`, `TB`) powers of 1000, as on a GPU's data sheet versus `nvidia-smi`.
@@ -134,6 +135,101 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A span of time, written `"1s"`, `"500ms"`, `"2.5s"`, `"1m"`, `"1h"` or as a number of
+/// seconds, to the millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Span(pub std::time::Duration);
+
+/// Why a span of time could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    #[error("`{0}` is not a span of time: expected a number with a unit (ms, s, m, h), e.g. \"1s\" or \"500ms\"")]
+    Malformed(String),
+    #[error("`{0}` is too long")]
+    Overflow(String),
+}
+
+impl Span {
+    pub fn from_millis(ms: u64) -> Self {
+        Span(std::time::Duration::from_millis(ms))
+    }
+
+    pub fn as_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl FromStr for Span {
+    type Err = SpanError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (number, unit) = (&s[..split], s[split..].trim_start());
+        let ms_per_unit: u64 = match unit {
+            "ms" => 1,
+            "s" | "" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(SpanError::Malformed(s.to_owned())),
+        };
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
+            return Err(SpanError::Malformed(s.to_owned()));
+        }
+        let value: f64 = number.parse().map_err(|_| SpanError::Malformed(s.to_owned()))?;
+        let ms = (value * ms_per_unit as f64).round();
+        if !ms.is_finite() || ms > 1e15 {
+            return Err(SpanError::Overflow(s.to_owned()));
+        }
+        Ok(Span::from_millis(ms as u64))
+    }
+}
+
+impl fmt::Display for Span {
+    /// Whole seconds as `"2s"`, anything else as milliseconds (`"1500ms"`): it reads back the same.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.as_millis();
+        if ms >= 1000 && ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Span;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a span of time such as \"1s\" or \"500ms\", or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Span, E> {
+                v.checked_mul(1000).map(Span::from_millis).ok_or_else(|| E::custom(format!("{v} seconds is too long")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Span, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} seconds is negative")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Span, E> {
+                if (0.0..1e12).contains(&v) {
+                    Ok(Span::from_millis((v * 1000.0).round() as u64))
+                } else {
+                    Err(E::custom(format!("{v} is not a number of seconds")))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Span, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +272,29 @@ mod tests {
         let t: T = toml::from_str("a = 1024\nb = \"1KiB\"").unwrap();
         assert_eq!((t.a, t.b), (ByteSize(1024), ByteSize(1024)));
         assert!(toml::from_str::<T>("a = -1\nb = 1").is_err());
+    }
+
+    #[test]
+    fn spans_parse_and_round_trip() {
+        assert_eq!("1s".parse(), Ok(Span::from_millis(1000)));
+        assert_eq!("500ms".parse(), Ok(Span::from_millis(500)));
+        assert_eq!("2.5s".parse(), Ok(Span::from_millis(2500)));
+        assert_eq!("1m".parse(), Ok(Span::from_millis(60_000)));
+        assert_eq!("3".parse(), Ok(Span::from_millis(3000)));
+        for bad in ["", "s", "1.s", "1 sec", "-1s", "1.2.3s", "ms5"] {
+            assert!(bad.parse::<Span>().is_err(), "{bad:?}");
+        }
+        for s in ["1s", "1500ms", "250ms", "60s"] {
+            assert_eq!(s.parse::<Span>().unwrap().to_string(), s);
+        }
+        #[derive(Deserialize)]
+        struct T {
+            a: Span,
+            b: Span,
+            c: Span,
+        }
+        let t: T = toml::from_str("a = 2\nb = 0.25\nc = \"3s\"").unwrap();
+        assert_eq!((t.a, t.b, t.c), (Span::from_millis(2000), Span::from_millis(250), Span::from_millis(3000)));
+        assert!(toml::from_str::<T>("a = -1\nb = 1\nc = 1").is_err());
     }
 }

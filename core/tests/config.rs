@@ -1,7 +1,7 @@
 //! Parsing and checking `config.toml`: every bad input gets one line naming key and value.
 
-use gpuslice_core::config::{Config, ConfigError, CoresPolicy, Mode, Priority};
-use gpuslice_core::units::ByteSize;
+use gpuslice_core::config::{ComputeGuard, Config, ConfigError, CoresPolicy, GuardPolicy, Mode, Priority};
+use gpuslice_core::units::{ByteSize, Span};
 
 fn err(text: &str) -> String {
     match Config::parse(text) {
@@ -28,6 +28,37 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.defaults.split_count, 1);
     assert_eq!((c.defaults.memory_scaling, c.defaults.core_scaling), (1.0, 1.0));
     assert_eq!((c.defaults.cores_policy, c.defaults.priority), (CoresPolicy::Cap, Priority::Normal));
+    let g = &c.guard;
+    assert_eq!(g.interval, Span::from_millis(1000));
+    assert_eq!((g.memory_policy, g.unsliced_policy), (GuardPolicy::Kill, GuardPolicy::Log));
+    assert_eq!((g.context_tolerance, g.max_tolerance), (ByteSize(256 << 20), ByteSize(1 << 30)));
+    assert_eq!((g.compute_guard, g.compute_window, g.compute_margin), (ComputeGuard::Off, Span::from_millis(5000), 15));
+}
+
+#[test]
+fn guard_table_parses() {
+    let c = Config::parse(
+        r#"
+[guard]
+interval = "500ms"
+memory_policy = "log"
+context_tolerance = "512MiB"
+max_tolerance = "2GiB"
+unsliced_policy = "kill"
+compute_guard = "throttle"
+compute_window = 10
+compute_margin = 20
+"#,
+    )
+    .unwrap();
+    let g = &c.guard;
+    assert_eq!(g.interval, Span::from_millis(500));
+    assert_eq!((g.memory_policy, g.unsliced_policy), (GuardPolicy::Log, GuardPolicy::Kill));
+    assert_eq!((g.context_tolerance, g.max_tolerance), (ByteSize(512 << 20), ByteSize(2 << 30)));
+    assert_eq!(
+        (g.compute_guard, g.compute_window, g.compute_margin),
+        (ComputeGuard::Throttle, Span::from_millis(10_000), 20)
+    );
 }
 
 #[test]
@@ -154,6 +185,23 @@ fn bad_values_are_named_with_their_key() {
         ("spec_dir = \"relative/dir\"", &["spec_dir = \"relative/dir\"", "absolute"]),
         ("state_dir = 3", &["state_dir", "3"]),
         ("split_count = ", &["line 1"]),
+        ("[guard]\ninterval = \"50ms\"", &["guard.interval = \"50ms\"", "between 100ms and 60s"]),
+        ("[guard]\ninterval = \"2m\"", &["guard.interval = \"120s\""]),
+        ("[guard]\ninterval = \"soon\"", &["line 2", "guard.interval", "`soon`"]),
+        ("[guard]\ninterval = -1", &["guard.interval", "negative"]),
+        ("[guard]\nmemory_policy = \"warn\"", &["line 2", "guard.memory_policy", "`warn`", "`kill` or `log`"]),
+        ("[guard]\nunsliced_policy = \"ignore\"", &["guard.unsliced_policy", "`ignore`"]),
+        ("[guard]\ncompute_guard = \"freeze\"", &["guard.compute_guard", "`freeze`", "`off` or `throttle`"]),
+        ("[guard]\ncompute_window = \"1s\"", &["guard.compute_window = \"1s\"", "two intervals (2s)"]),
+        ("[guard]\ncompute_margin = 0", &["guard.compute_margin = 0", "between 1 and 100"]),
+        ("[guard]\ncontext_tolerance = \"1TiB\"", &["guard.max_tolerance", "at least context_tolerance"]),
+        ("[guard]\ncontext_tolerance = \"lots\"", &["guard.context_tolerance", "lots"]),
+        ("[guard]\nperiod = 1", &["unknown field `period`"]),
+        ("[[gpu]]\nindex = 0\nmemory_policy = \"stop\"", &["gpu[0].memory_policy", "`stop`"]),
+        (
+            "[[gpu]]\nindex = 0\nslices = [{ memory = 1, cores = 1, memory_policy = \"nice\" }]",
+            &["gpu[0].slices[0].memory_policy", "`nice`"],
+        ),
     ];
     for (text, wants) in cases {
         let e = err(text);

@@ -1,6 +1,6 @@
 //! Planning slices from config and GPUs.
 
-use gpuslice_core::config::{Config, CoresPolicy, Mode, Priority};
+use gpuslice_core::config::{Config, CoresPolicy, GuardPolicy, Mode, Priority};
 use gpuslice_core::plan::{GpuInfo, plan};
 
 const GIB: u64 = 1 << 30;
@@ -129,6 +129,35 @@ slices = [
     let limits =
         plan(&Config::parse(text).unwrap(), &[gpu(0, 80), gpu(1, 80), gpu(2, 80)]).unwrap().devices[4].limits();
     assert_eq!((limits.cores_policy, limits.priority), (CoresPolicy::Borrow, Priority::High), "the limits carry them");
+}
+
+#[test]
+fn the_guards_memory_policy_comes_from_the_slice_then_the_gpu_then_the_guard_table() {
+    let text = r#"
+[guard]
+memory_policy = "log"
+[defaults]
+split_count = 2
+[[gpu]]
+index = 1
+memory_policy = "kill"
+[[gpu]]
+index = 2
+slices = [{ name = "strict", memory = "10GiB", cores = 50, memory_policy = "kill" }, { memory = "10GiB", cores = 50 }]
+"#;
+    let p = plan(&Config::parse(text).unwrap(), &[gpu(0, 80), gpu(1, 80), gpu(2, 80)]).unwrap();
+    let got: Vec<(String, GuardPolicy)> = p.devices.into_iter().map(|d| (d.name, d.memory_policy)).collect();
+    let want = [
+        ("slice0", GuardPolicy::Log),
+        ("slice1", GuardPolicy::Log),
+        ("slice2", GuardPolicy::Kill),
+        ("slice3", GuardPolicy::Kill),
+        ("strict", GuardPolicy::Kill),
+        ("slice4", GuardPolicy::Log),
+    ];
+    assert_eq!(got, want.map(|(n, m)| (n.to_owned(), m)));
+    let default = plan(&Config::default(), &[gpu(0, 80)]).unwrap();
+    assert_eq!(default.devices[0].memory_policy, GuardPolicy::Kill, "kill unless told otherwise");
 }
 
 #[test]

@@ -6,12 +6,13 @@
 //!   `pivot_root`, with the container's rootfs as a plain directory. It makes sure the
 //!   slice's state exists on the host ([`slice`]), checks that the slice's GPU is still in the
 //!   node ([`gpu`]), mounts the driver, the interception library, the loader's preload list
-//!   and cache, and the slice's state into the rootfs ([`inject`]), and records the container
-//!   in the slice's region.
+//!   and cache, and the slice's state into the rootfs ([`inject`]), records the container in
+//!   the slice's region, and writes its host-only record for the host guard ([`record`]: its
+//!   cgroups, which tie the driver's host PIDs to the slice).
 //! - `poststop` runs on the host after the container is gone: it takes the container out of
 //!   the region and frees what its processes still had charged, without ever blocking: any
 //!   process on the slice can hold the region's lock, so it is waited for briefly and the
-//!   cleanup is otherwise left to the next reclaim.
+//!   cleanup is otherwise left to the next reclaim. It removes the host record in any case.
 //!
 //! Everything in the rootfs came from an image we do not trust: `/etc` may be a symlink to
 //! the host's `/etc`, `/run` may point at `/proc/self/root`. Take one mount as an example: to
@@ -30,6 +31,7 @@
 pub mod gpu;
 pub mod inject;
 pub mod oci;
+pub mod record;
 pub mod rootfs;
 pub mod slice;
 
@@ -87,10 +89,12 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
         injector.preload(&scratch_dir).with_context(|| format!("{name}: setting up /etc/ld.so.preload"))?;
     }
     injector.slice(&slice).with_context(|| format!("{name}: mounting the slice's state"))?;
-    if let Some(region) = &slice.region {
-        region
-            .attach_container(&container.id)
-            .with_context(|| format!("{name}: recording container {} in the region", container.id))?;
+    record::record(&args.slice.state_dir, &container, &name)?;
+    if let Some(region) = &slice.region
+        && let Err(e) = region.attach_container(&container.id)
+    {
+        let _ = record::forget(&args.slice.state_dir, &container, &name);
+        return Err(e).with_context(|| format!("{name}: recording container {} in the region", container.id));
     }
     injector.commit();
     Ok(())
@@ -109,12 +113,15 @@ pub enum Poststop {
 }
 
 /// The `poststop` hook: takes the container out of its slice's region and frees what the
-/// container's processes still had charged. A slice without a region has nothing to do. It
-/// never blocks: the region's lock is waited for at most [`slice::POSTSTOP_LOCK_WAIT`].
+/// container's processes still had charged, and removes the container's host record (first,
+/// whatever happens to the region: the guard must not tie a later container's processes to
+/// it). A slice without a region has nothing else to do. It never blocks: the region's lock is
+/// waited for at most [`slice::POSTSTOP_LOCK_WAIT`].
 pub fn poststop(args: &HookArgs, state: impl Read) -> Result<Poststop> {
     let container = oci::read_state(state)?;
-    let Some(region) = Slice::existing_region(&args.slice)? else { return Ok(Poststop::Done) };
-    match region.detach_container(&container.id) {
+    let forgotten = record::forget(&args.slice.state_dir, &container, &args.slice.name);
+    let Some(region) = Slice::existing_region(&args.slice)? else { return forgotten.map(|()| Poststop::Done) };
+    let done = match region.detach_container(&container.id) {
         Ok(_) => Ok(Poststop::Done),
         Err(e) if e.is_busy() => Ok(Poststop::Deferred(format!(
             "{}: {e}; container {}'s record and its processes' memory are left for the next reclaim",
@@ -123,5 +130,6 @@ pub fn poststop(args: &HookArgs, state: impl Read) -> Result<Poststop> {
         Err(e) => {
             Err(e).with_context(|| format!("{}: removing container {} from the region", args.slice.name, container.id))
         }
-    }
+    }?;
+    forgotten.map(|()| done)
 }

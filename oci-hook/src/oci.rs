@@ -7,6 +7,7 @@
 //! environment and mounts are none of the hook's business, and fields a newer engine adds
 //! cannot break it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,11 @@ pub struct Container {
     /// Absolute path of the bundle directory.
     pub bundle: PathBuf,
     pub status: ContainerState,
+    /// The container's first process, as the host names it (runtimes give it from `created`
+    /// on, so at `createContainer`; `poststop` may have none).
+    pub pid: Option<u32>,
+    /// The container's annotations (engines put names there: Kubernetes' pod and container).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Reads and checks the state the runtime writes to a hook's standard input.
@@ -70,7 +76,9 @@ pub fn read_state(input: impl Read) -> Result<Container, OciError> {
     if !state.bundle().is_absolute() {
         return Err(OciError::RelativeBundle(state.bundle().clone()));
     }
-    Ok(Container { id: state.id().clone(), bundle: state.bundle().clone(), status: *state.status() })
+    let pid = state.pid().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0);
+    let annotations = state.annotations().clone().unwrap_or_default().into_iter().collect();
+    Ok(Container { id: state.id().clone(), bundle: state.bundle().clone(), status: *state.status(), pid, annotations })
 }
 
 /// The part of `config.json` the hook reads.
@@ -116,7 +124,17 @@ mod tests {
             r#"{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b","annotations":{"k":"v"}}"#,
         )
         .unwrap();
-        assert_eq!(c, Container { id: "abc".into(), bundle: "/b".into(), status: ContainerState::Creating });
+        let annotations = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        let want = Container {
+            id: "abc".into(),
+            bundle: "/b".into(),
+            status: ContainerState::Creating,
+            pid: Some(42),
+            annotations,
+        };
+        assert_eq!(c, want);
+        let c = state(r#"{"ociVersion":"1.0.2","id":"abc","status":"stopped","bundle":"/b"}"#).unwrap();
+        assert_eq!((c.pid, c.annotations.len()), (None, 0), "poststop may have neither");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{in_mount_namespace, mounts_under, snapshot};
+use gpuslice_core::containers::{self, ContainerRecord};
 use gpuslice_core::driver_files::parse_ld_cache;
 use gpuslice_core::ld_cache::compose_container_cache;
 use gpuslice_core::region::Region;
@@ -118,11 +119,20 @@ impl World {
         self
     }
 
+    /// The state a runtime writes, with this test's process standing in for the container's
+    /// first one, and a Kubernetes container name among the annotations.
     fn state_json(&self, id: &str) -> String {
         format!(
-            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"{}"}}"#,
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":{},"bundle":"{}","annotations":{{"io.kubernetes.cri.container-name":"trainer","other":"x"}}}}"#,
+            std::process::id(),
             self.bundle.display()
         )
+    }
+
+    /// The host-only record of container `id` for `slice`, if there is one.
+    fn record(&self, id: &str, slice: &str) -> Option<ContainerRecord> {
+        let path = ContainerRecord::path(&self.state, id, slice);
+        path.exists().then(|| ContainerRecord::load(&path).unwrap())
     }
 
     /// The arguments gpuslice-cdi puts in the spec for `slice` (on GPU 0, 4 GiB, 50 % capped, normal priority).
@@ -283,12 +293,32 @@ fn create_container_sets_up_the_slice_and_poststop_takes_it_back() {
         let scratch: Vec<_> = fs::read_dir(w.state.join("tmp")).unwrap().collect();
         assert!(scratch.is_empty(), "{scratch:?}");
 
-        // poststop: the container leaves the region, its dead processes' memory is freed.
+        // The host guard's record of the container, per slice: its first process's cgroups as
+        // the kernel lists them, and its name from the annotations; host-only.
+        let record = w.record("ctr-1", "slice0").expect("a record for slice0");
+        let pid = std::process::id();
+        assert_eq!((record.pid, record.name.as_deref(), record.pod.as_deref()), (pid, Some("trainer"), None));
+        assert_eq!(record.cgroups, containers::read_cgroups(Path::new("/proc"), pid).unwrap());
+        assert!(w.record("ctr-1", "slice1").is_some());
+        let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777;
+        assert_eq!(mode(&containers::host_dir(&w.state)), 0o700);
+        assert!(!mounts_under(&w.rootfs).iter().any(|m| m.path.ends_with("host")), "the records are never mounted");
+        // The container's /run/gpuslice holds only the slices' and the GPUs' state.
+        let mut seen: Vec<_> =
+            fs::read_dir(w.inside("/run/gpuslice")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        seen.sort();
+        assert_eq!(seen, ["gpus", "slices"], "the container's state tmpfs");
+        assert!(w.state.join("host/containers/ctr-1").is_dir());
+
+        // poststop: the container leaves the region, its dead processes' memory is freed, its
+        // record goes.
         let poststop =
             w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
         assert_ok(&poststop, "poststop");
         assert!(w.attached("slice0").is_empty());
         assert_eq!(w.attached("slice1"), ["ctr-1"]);
+        assert!(w.record("ctr-1", "slice0").is_none());
+        assert!(w.record("ctr-1", "slice1").is_some(), "the other slice's record stays");
     });
 }
 
@@ -328,6 +358,8 @@ fn a_held_region_lock_fails_the_start_and_never_blocks_poststop() {
         let line = assert_refused(&w.create("slice0", "ctr-2"), "create-container with the lock held");
         assert!(line.contains("its lock stayed held by another process"), "{line}");
         assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert!(w.record("ctr-1", "slice0").is_some());
+        assert!(w.record("ctr-2", "slice0").is_none(), "a refused container leaves no host record");
         let start = Instant::now();
         let out = w.hook("poststop", &w.slice_args("slice0"), &w.state_json("ctr-1").replace("creating", "stopped"));
         assert!(start.elapsed() < Duration::from_secs(2), "poststop waited {:?}", start.elapsed());
@@ -337,6 +369,9 @@ fn a_held_region_lock_fails_the_start_and_never_blocks_poststop() {
         assert!(stderr.contains("left for the next reclaim"), "{stderr}");
         drop(_held);
         assert_eq!(w.attached("slice0"), ["ctr-1"], "left as it was");
+        // The host record goes all the same: the guard must not keep tying processes to a
+        // container that is gone.
+        assert!(w.record("ctr-1", "slice0").is_none(), "the host record outlived poststop");
     });
 }
 
@@ -440,6 +475,23 @@ fn failures_are_one_line_and_leave_nothing_behind() {
                 "has no bundle",
             ),
             (
+                "state without a pid",
+                |w| {
+                    (w.slice_args("slice0"), w.state_json("c").replace(&format!("\"pid\":{},", std::process::id()), ""))
+                },
+                "has no pid",
+            ),
+            (
+                "a pid that is no process",
+                |w| {
+                    (
+                        w.slice_args("slice0"),
+                        w.state_json("c").replace(&format!("\"pid\":{},", std::process::id()), "\"pid\":2147483646,"),
+                    )
+                },
+                "reading the cgroups of the container's process 2147483646",
+            ),
+            (
                 "missing bundle",
                 |w| (w.slice_args("slice0"), w.state_json("c").replace("/bundle", "/gone")),
                 "config.json",
@@ -531,6 +583,7 @@ fn failures_are_one_line_and_leave_nothing_behind() {
             if w.state.join("slices/slice0/region").exists() {
                 assert!(w.attached("slice0").is_empty(), "{what}: container recorded");
             }
+            assert!(ContainerRecord::list(&w.state).0.is_empty(), "{what}: host record written");
             // Device files in the rootfs are never created by the hook.
             assert!(!fs::symlink_metadata(w.inside("/usr/lib/gpuslice")).is_ok_and(|m| m.file_type().is_char_device()));
         }
@@ -544,4 +597,123 @@ fn poststop_without_state_is_quiet() {
     assert_ok(&out, "poststop with no region");
     assert!(!w.state.exists(), "poststop must create nothing");
     assert_refused(&w.hook("poststop", &w.slice_args("slice0"), ""), "poststop without state");
+}
+
+/// A runtime may run the hook in the container's own cgroup namespace (a private one is the
+/// default on cgroup v2), where the container's cgroup reads as `/`. The record must hold the
+/// host's paths, which is what the host guard reads. Here the hook runs as the container's
+/// first process would: moved into a cgroup of its own, then in a new cgroup namespace rooted
+/// there.
+#[test]
+fn the_record_names_host_cgroups_from_a_private_cgroup_namespace() {
+    let name = "the_record_names_host_cgroups_from_a_private_cgroup_namespace";
+    if gpuslice_test_support::skip_unless_program(name, "unshare") {
+        return;
+    }
+    in_mount_namespace(name, || {
+        let w = World::new();
+        w.generate(&["slice0"]);
+        // A cgroup of the test's own, in the v1 freezer hierarchy or the v2 one.
+        let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| {
+                p.join("cgroup.procs").is_file()
+                    && fs::create_dir(p.join(format!("gpuslice-test-{}", std::process::id()))).is_ok()
+            });
+        let Some(parent) = parent else {
+            gpuslice_test_support::skip(name, "no writable cgroup hierarchy");
+            return;
+        };
+        let cgroup = parent.join(format!("gpuslice-test-{}", std::process::id()));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec unshare --cgroup \"$@\"")
+            .arg(&cgroup)
+            .arg(HOOK)
+            .arg("create-container")
+            .args(w.slice_args("slice0"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let state =
+            w.state_json("ctr-ns").replace(&format!("\"pid\":{}", std::process::id()), &format!("\"pid\":{pid}"));
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        let _ = fs::remove_dir(&cgroup);
+        if fs::metadata("/proc/1/ns/cgroup").is_err() {
+            // A host where PID 1 cannot be inspected: the hook cannot leave the namespace, sees
+            // only `/`, and says so rather than write a record that ties nothing.
+            let line = assert_refused(&out, "create-container in a cgroup namespace it cannot leave");
+            assert!(line.contains("reads as /"), "{line}");
+            assert!(w.record("ctr-ns", "slice0").is_none());
+            return;
+        }
+        assert_ok(&out, "create-container in a private cgroup namespace");
+        let record = w.record("ctr-ns", "slice0").expect("a record");
+        let want = format!("/gpuslice-test-{}", std::process::id());
+        assert!(record.cgroups.iter().any(|c| c.path == want), "{:?} has no {want}", record.cgroups);
+    });
+}
+
+/// runc and crun run `createContainer` hooks as children of the container's first process,
+/// inside its PID namespace, with `"pid": 1` in the state: the container's own number for it.
+/// The record must hold the host's PID and that process's cgroups.
+#[test]
+fn the_record_finds_the_container_process_from_inside_its_pid_namespace() {
+    let name = "the_record_finds_the_container_process_from_inside_its_pid_namespace";
+    if gpuslice_test_support::skip_unless_program(name, "unshare") {
+        return;
+    }
+    in_mount_namespace(name, || {
+        let w = World::new();
+        w.generate(&["slice0"]);
+        let parent = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| {
+                p.join("cgroup.procs").is_file()
+                    && fs::create_dir(p.join(format!("gpuslice-pidns-{}", std::process::id()))).is_ok()
+            });
+        let Some(parent) = parent else {
+            gpuslice_test_support::skip(name, "no writable cgroup hierarchy");
+            return;
+        };
+        let cgroup = parent.join(format!("gpuslice-pidns-{}", std::process::id()));
+        // The container's first process: PID 1 of a new namespace, in its cgroup, running the
+        // hook as its child with the state on the hook's standard input.
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "sh", "-c", "echo $$ > \"$0/cgroup.procs\" && \"$@\"; echo hook-status=$?"])
+            .arg(&cgroup)
+            .arg(HOOK)
+            .arg("create-container")
+            .args(w.slice_args("slice0"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let state = w.state_json("ctr-pidns").replace(&format!("\"pid\":{}", std::process::id()), "\"pid\":1");
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        let unshare = child.id();
+        // The shell's host PID, while it runs (it waits for the hook).
+        let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
+        let out = child.wait_with_output().unwrap();
+        let _ = fs::remove_dir(&cgroup);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("hook-status=0"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let record = w.record("ctr-pidns", "slice0").expect("a record");
+        assert_ne!(record.pid, 1, "the container's own number, not the host's");
+        if let Some(shell) = children.split_whitespace().next() {
+            assert_eq!(record.pid.to_string(), shell);
+        }
+        let want = format!("/gpuslice-pidns-{}", std::process::id());
+        assert!(record.cgroups.iter().any(|c| c.path == want), "{:?} has no {want}", record.cgroups);
+    });
 }

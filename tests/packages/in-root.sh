@@ -27,6 +27,8 @@ test -d /run/gpuslice
 dpkg-query -W -f='${Conffiles}\n' gpuslice | grep -q /etc/gpuslice/config.toml
 test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.service
 test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.path
+test -L /etc/systemd/system/multi-user.target.wants/gpuslice.service
+gpuslice-cdi daemon --help >/dev/null
 # A spec "generated" earlier goes away on removal.
 mkdir -p /var/run/cdi && echo 'stale' >/var/run/cdi/gpuslice.yaml
 dpkg -r gpuslice

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod cuda;
+pub mod holders;
 pub mod nvml;
 pub mod state;
 pub mod timeline;

@@ -20,11 +20,12 @@ use gpuslice_cuda_abi::nvml::{
     NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_GPU_FABRIC_STATE_NOT_SUPPORTED,
     NVML_INIT_FLAG_NO_GPUS, NVML_P2P_STATUS_NOT_SUPPORTED, NVML_SUCCESS, nvmlDevice_t, nvmlGpuFabricInfoV_t,
     nvmlGpuFabricState_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlIntNvLinkDeviceType_t, nvmlMemory_t,
-    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessUtilizationSample_t, nvmlReturn_t, nvmlUtilization_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t, nvmlProcessUtilizationSample_t,
+    nvmlReturn_t, nvmlUtilization_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
-use crate::state::{DeviceState, Simulator, StateError};
+use crate::state::{DeviceState, ProcessMemory, Simulator, StateError};
 use crate::timeline::DeviceTimeline;
 
 type NvmlResult<T = ()> = Result<T, nvmlReturn_t>;
@@ -218,6 +219,62 @@ unsafe fn get_str<'a>(s: *const c_char) -> NvmlResult<&'a str> {
 fn memory(state: &DeviceState) -> (u64, u64, u64) {
     let used = state.used().min(state.total());
     (state.total(), state.total() - used, used)
+}
+
+/// `gpuInstanceId` and `computeInstanceId` of a process on a GPU without MIG.
+const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
+
+/// The `nvmlDevice*RunningProcesses*` calling convention, for an info struct `T` made by
+/// `info`: a null `info_count` is `INVALID_ARGUMENT`; `*info_count == 0` asks for the count
+/// (`infos` may then be null): `SUCCESS` when there is none, else `INSUFFICIENT_SIZE` with the
+/// count; a smaller nonzero `*info_count` is `INSUFFICIENT_SIZE` with the count needed; a null
+/// `infos` otherwise is `INVALID_ARGUMENT`; else the entries are written and `*info_count` is
+/// their number.
+///
+/// # Safety
+///
+/// `info_count` is null or valid for reads and writes; `infos` is null or writable for
+/// `*info_count` entries.
+unsafe fn put_processes<T>(
+    processes: &[ProcessMemory],
+    info_count: *mut c_uint,
+    infos: *mut T,
+    info: impl Fn(&ProcessMemory) -> T,
+) -> NvmlResult {
+    if info_count.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null and readable per this function's contract.
+    let room = unsafe { info_count.read() };
+    let needed = c_uint::try_from(processes.len()).map_err(|_| UNKNOWN)?;
+    if room < needed {
+        // SAFETY: non-null and writable per this function's contract.
+        unsafe { info_count.write(needed) };
+        return Err(INSUFFICIENT_SIZE);
+    }
+    if room > 0 && infos.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    for (i, p) in processes.iter().enumerate() {
+        // SAFETY: `infos` holds `room` ≥ `needed` > i entries per this function's contract.
+        unsafe { infos.add(i).write(info(p)) };
+    }
+    // SAFETY: as above.
+    unsafe { info_count.write(needed) };
+    Ok(())
+}
+
+fn process_v1(p: &ProcessMemory) -> nvmlProcessInfo_v1_t {
+    nvmlProcessInfo_v1_t { pid: p.pid, usedGpuMemory: p.bytes }
+}
+
+fn process_v2(p: &ProcessMemory) -> nvmlProcessInfo_v2_t {
+    nvmlProcessInfo_v2_t {
+        pid: p.pid,
+        usedGpuMemory: p.bytes,
+        gpuInstanceId: NO_INSTANCE,
+        computeInstanceId: NO_INSTANCE,
+    }
 }
 
 fn pci_info(gpu: &GpuConfig) -> nvmlPciInfo_t {
@@ -540,8 +597,9 @@ exports! {
     }
 
     /// One sample per process the device worked for in the last second, if stamped (with the
-    /// end of that work, wall-clock µs) after `last_seen_time_stamp`: `smUtil` is its percent
-    /// of that second, the rest 0. None: `NVML_ERROR_NOT_FOUND`. A null buffer, or one
+    /// end of that work, wall-clock µs) after `last_seen_time_stamp`: `pid` as this process's
+    /// PID namespace names it (the host's PIDs, when asked from the host; a process it cannot
+    /// name is left out), `smUtil` its percent of that second, the rest 0. None: `NVML_ERROR_NOT_FOUND`. A null buffer, or one
     /// `*process_samples_count` cannot hold them: `NVML_ERROR_INSUFFICIENT_SIZE` with the
     /// count needed.
     fn nvmlDeviceGetProcessUtilization(
@@ -578,6 +636,48 @@ exports! {
             unsafe { utilization.add(i).write(sample) };
         }
         Ok(())
+    }
+
+    /// The processes holding memory on the device, by PID as this process's PID namespace
+    /// names them (the host's PIDs, when asked from the host), each with all it holds
+    /// (contexts included). Buffer rules: [`put_processes`].
+    fn nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
+        let (state, _) = self::device(device)?;
+        // SAFETY: the pointers are as the export's contract says, which is put_processes's.
+        unsafe { put_processes(&state.processes(), info_count, infos, process_v2) }
+    }
+
+    /// As `_v3`; the same struct (`nvmlProcessInfo_v2_t`).
+    fn nvmlDeviceGetComputeRunningProcesses_v2(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
+        let (state, _) = self::device(device)?;
+        // SAFETY: as for `_v3`.
+        unsafe { put_processes(&state.processes(), info_count, infos, process_v2) }
+    }
+
+    /// As `_v3`, with the original struct (`nvmlProcessInfo_v1_t`: pid and memory).
+    fn nvmlDeviceGetComputeRunningProcesses(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v1_t) {
+        let (state, _) = self::device(device)?;
+        // SAFETY: as for `_v3`.
+        unsafe { put_processes(&state.processes(), info_count, infos, process_v1) }
+    }
+
+    /// The simulated GPU runs no graphics: always none, with the same buffer rules.
+    fn nvmlDeviceGetGraphicsRunningProcesses_v3(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
+        self::device(device)?;
+        // SAFETY: as for the compute processes.
+        unsafe { put_processes(&[], info_count, infos, process_v2) }
+    }
+
+    fn nvmlDeviceGetGraphicsRunningProcesses_v2(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
+        self::device(device)?;
+        // SAFETY: as for the compute processes.
+        unsafe { put_processes(&[], info_count, infos, process_v2) }
+    }
+
+    fn nvmlDeviceGetGraphicsRunningProcesses(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v1_t) {
+        self::device(device)?;
+        // SAFETY: as for the compute processes.
+        unsafe { put_processes(&[], info_count, infos, process_v1) }
     }
 
     /// `sm_count × cores_per_sm`.

@@ -19,6 +19,10 @@
 //! Reservations are serialised across processes by an OFD lock on the header's first byte,
 //! so two processes cannot both take the last free bytes.
 //!
+//! Each holder also marks its slot as its process's in the GPU's holders file
+//! ([`crate::holders`]), so that anyone can ask which process, by the PID its own namespace
+//! gives it, holds each record: [`DeviceState::processes`], NVML's running processes.
+//!
 //! The state dir is `$FAKEGPU_STATE_DIR`, or `$TMPDIR/fakegpu-<hash of the config path>` so
 //! that every process using one config file shares one machine.
 
@@ -35,6 +39,7 @@ use gpuslice_core::shm::lock::{self, RangeLock};
 use gpuslice_core::shm::{Mapping, ShmError};
 
 use crate::config::{ConfigError, FakeGpuConfig};
+use crate::holders::{self, HolderFile};
 use crate::timeline::DeviceTimeline;
 
 /// Environment variable naming the state directory.
@@ -64,11 +69,12 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// One holder's record. `pid` is informational (for people reading the file); whether the
-    /// holder lives is decided by the lock on the slot's bytes.
+    /// One holder's record. `pid` (as the holder's own PID namespace numbers it) and `pid_ns`
+    /// (the low 32 bits of that namespace's inode number) say who holds it, for a reader in
+    /// the same namespace; whether the holder lives is decided by the lock on the slot's bytes.
     struct Slot as SlotValues {
         pid: u32,
-        reserved: u32,
+        pid_ns: u32,
         /// Device memory this holder has in use.
         bytes: u64,
     }
@@ -162,6 +168,18 @@ pub struct DeviceState {
     /// holder's reservations between threads, which the OFD lock (shared by every thread using
     /// this file description) cannot.
     mine: Mutex<Option<usize>>,
+    /// The GPU's holders file, where this process marks its slot; `None` if it could not be
+    /// opened (the memory is then used and counted, but no process is named for it).
+    holders: Option<&'static HolderFile>,
+}
+
+/// A process holding device memory, as [`DeviceState::processes`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// The process's PID in the asking process's PID namespace.
+    pub pid: u32,
+    /// Device memory it holds, in bytes (its contexts included).
+    pub bytes: u64,
 }
 
 impl DeviceState {
@@ -175,7 +193,8 @@ impl DeviceState {
         let map = Mapping::<StateFile>::open_or_create(&path, 0o666, |f| {
             f.header.store(&HeaderValues::new(index, total_bytes));
         })?;
-        let state = Self { map, index, total: total_bytes, mine: Mutex::new(None) };
+        let holders = HolderFile::get(dir, index).ok();
+        let state = Self { map, index, total: total_bytes, mine: Mutex::new(None), holders };
         state.check_header(index, total_bytes)?;
         Ok(state)
     }
@@ -291,6 +310,42 @@ impl DeviceState {
         self.sum(*mine)
     }
 
+    /// Every live process holding device memory on this GPU, by the PID this process's PID
+    /// namespace gives it, with what it holds: what a real driver's
+    /// `nvmlDeviceGetComputeRunningProcesses` lists. A process invisible from this namespace
+    /// (the asker is in a container, the holder outside it) is left out, as is one whose
+    /// holders mark is missing. In PID order.
+    pub fn processes(&self) -> Vec<ProcessMemory> {
+        let mine = self.lock_mine();
+        let mut out: Vec<ProcessMemory> = Vec::new();
+        for i in 0..SLOTS {
+            let bytes = self.slot(i).bytes.load(Ordering::Acquire);
+            if bytes == 0 || (Some(i) != *mine && !lock::held_elsewhere(self.map.file(), self.slot_range(i))) {
+                continue;
+            }
+            let Some(pid) = self.holders.and_then(|h| h.holder(i as u64)).or_else(|| self.recorded_pid(i)) else {
+                continue;
+            };
+            match out.iter_mut().find(|p| p.pid == pid) {
+                Some(p) => p.bytes = p.bytes.saturating_add(bytes),
+                None => out.push(ProcessMemory { pid, bytes }),
+            }
+        }
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+
+    /// The PID slot `i` records, if it was recorded in this process's PID namespace (where it
+    /// then names the holder). This names a holder whose holders mark cannot be seen from
+    /// here: another copy of this library in the same process (`libcuda.so.1` and
+    /// `libnvidia-ml.so.1` are two files), whose POSIX locks are this process's own.
+    fn recorded_pid(&self, i: usize) -> Option<u32> {
+        let slot = self.slot(i);
+        let ns = slot.pid_ns.load(Ordering::Acquire);
+        let pid = slot.pid.load(Ordering::Acquire);
+        (ns != 0 && ns == holders::pid_namespace() && pid != 0).then_some(pid)
+    }
+
     fn lock_mine(&self) -> MutexGuard<'_, Option<usize>> {
         self.mine.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -336,6 +391,12 @@ impl DeviceState {
         let slot = self.slot(i);
         slot.bytes.store(0, Ordering::Release);
         slot.pid.store(std::process::id(), Ordering::Release);
+        slot.pid_ns.store(holders::pid_namespace(), Ordering::Release);
+        if let Some(h) = self.holders
+            && let Err(err) = h.hold(i as u64)
+        {
+            eprintln!("fakegpu: {}: marking usage record {i} as this process's: {err}", h.path().display());
+        }
         Some(i)
     }
 }
@@ -347,6 +408,9 @@ impl Drop for DeviceState {
         if let Some(i) = *self.lock_mine() {
             self.slot(i).bytes.store(0, Ordering::Release);
             self.slot(i).pid.store(0, Ordering::Release);
+            if let Some(h) = self.holders {
+                h.release(i as u64);
+            }
         }
     }
 }
@@ -515,8 +579,9 @@ mod tests {
             s.try_reserve(1).unwrap();
         }
         assert_eq!(states[0].used(), 8);
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "temporary files left behind");
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["gpu0.holders", "gpu0.state"], "temporary files left behind");
     }
 
     #[test]

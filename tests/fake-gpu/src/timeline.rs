@@ -21,6 +21,12 @@
 //! the part of them that lies in the future is dropped, as a real driver discards the pending
 //! work of a context it tears down. So a dying process neither wedges the device nor leaves
 //! it busy with work nobody waits for.
+//!
+//! NVML's per-process samples name processes as the asking process's PID namespace does, as a
+//! real driver names them by host PID: a client that is still there is named by the kernel
+//! through its mark in the GPU's holders file ([`crate::holders`]); the work of one that is
+//! gone is named by the PID it recorded, if it recorded it in the asker's own PID namespace,
+//! and left out otherwise.
 
 use std::fs;
 use std::mem::{offset_of, size_of};
@@ -33,6 +39,7 @@ use gpuslice_core::shm::Mapping;
 use gpuslice_core::shm::atomic::{AtomicU64, Ordering};
 use gpuslice_core::shm::lock::{self, RangeLock};
 
+use crate::holders::{self, CLIENT_BASE, HolderFile};
 use crate::state::{StateError, io_err, wait_lock};
 
 /// First eight bytes of a timeline file.
@@ -80,14 +87,15 @@ shared_struct! {
 
 shared_struct! {
     /// One busy interval `[start, end)` of the device. `client` is the client record's index + 1
-    /// (0: none).
+    /// (0: none). `pid` is the launching process's PID in its own namespace, `pid_ns` (the low
+    /// 32 bits of) that namespace's inode number, 0 if unknown.
     struct Record as RecordValues {
         start: u64,
         end: u64,
         pid: u32,
         client: u32,
         generation: u32,
-        reserved: u32,
+        pid_ns: u32,
     }
 }
 
@@ -172,6 +180,8 @@ pub fn to_unix_micros(t: u64) -> u64 {
 pub struct ProcessBusy {
     /// The pid as the process sees it (`getpid()`).
     pub pid: u32,
+    /// The pid as the asking process's PID namespace names it, if it can: see the module doc.
+    pub pid_here: Option<u32>,
     /// Nanoseconds of the window the device worked for it.
     pub busy_ns: u64,
     /// The start of its first work in the window, or the window's start.
@@ -207,6 +217,11 @@ pub struct DeviceTimeline {
     /// serialises this process's threads, which the OFD lock (shared by every thread using
     /// this file description) cannot.
     mine: Mutex<Option<Owner>>,
+    /// The GPU's holders file, where this process marks its client record; `None` if it could
+    /// not be opened.
+    holders: Option<&'static HolderFile>,
+    /// This process's PID namespace ([`holders::pid_namespace`]).
+    pid_ns: u32,
 }
 
 impl DeviceTimeline {
@@ -216,7 +231,8 @@ impl DeviceTimeline {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let path = dir.join(format!("gpu{index}.timeline"));
         let map = Mapping::<TimelineFile>::open_or_create(&path, 0o666, |f| f.header.store(&HeaderValues::new(index)))?;
-        let timeline = Self { map, index, mine: Mutex::new(None) };
+        let holders = HolderFile::get(dir, index).ok();
+        let timeline = Self { map, index, mine: Mutex::new(None), holders, pid_ns: holders::pid_namespace() };
         timeline.check_header()?;
         Ok(timeline)
     }
@@ -315,7 +331,10 @@ impl DeviceTimeline {
         let mut samples: Vec<ProcessSample> = self
             .by_process(end.saturating_sub(WINDOW_NS), end)
             .into_iter()
-            .map(|p| ProcessSample { pid: p.pid, timestamp_us: to_unix_micros(p.last_ns), sm_util: percent(p.busy_ns) })
+            .filter_map(|p| {
+                let pid = p.pid_here?;
+                Some(ProcessSample { pid, timestamp_us: to_unix_micros(p.last_ns), sm_util: percent(p.busy_ns) })
+            })
             .filter(|s| s.timestamp_us > last_seen_us)
             .collect();
         samples.sort_by_key(|s| (s.timestamp_us, s.pid));
@@ -334,6 +353,9 @@ impl Drop for DeviceTimeline {
         // process's locks, and with them the claim on its future work.
         if let Some(owner) = *self.mine.get_mut().unwrap_or_else(PoisonError::into_inner) {
             self.client(owner.index as usize).pid.store(0, Ordering::Release);
+            if let Some(h) = self.holders {
+                h.release(CLIENT_BASE + u64::from(owner.index));
+            }
         }
     }
 }
@@ -389,6 +411,7 @@ impl Session<'_> {
         r.pid.store(pid, Ordering::Release);
         r.client.store(client, Ordering::Release);
         r.generation.store(generation, Ordering::Release);
+        r.pid_ns.store(self.timeline.pid_ns, Ordering::Release);
         self.header().kept.store(kept + 1, Ordering::Release);
     }
 
@@ -414,6 +437,11 @@ impl Session<'_> {
         let generation = c.generation.load(Ordering::Acquire).wrapping_add(1);
         c.generation.store(generation, Ordering::Release);
         c.pid.store(std::process::id(), Ordering::Release);
+        if let Some(h) = t.holders
+            && let Err(err) = h.hold(CLIENT_BASE + index as u64)
+        {
+            eprintln!("fakegpu: {}: marking client record {index} as this process's: {err}", h.path().display());
+        }
         Some(Owner { index: index as u32, generation })
     }
 
@@ -428,6 +456,25 @@ impl Session<'_> {
         let c = self.timeline.client(index as usize);
         c.generation.load(Ordering::Acquire) == generation
             && lock::held_elsewhere(self.timeline.map.file(), self.timeline.client_range(index as usize))
+    }
+
+    /// The PID the process that queued `r` has in this process's PID namespace: through its
+    /// holders mark while it is still there, else the PID it recorded if it recorded it in
+    /// this namespace. `None` when neither says.
+    fn pid_here(&self, r: &Record) -> Option<u32> {
+        let (client, generation) = (r.client.load(Ordering::Acquire), r.generation.load(Ordering::Acquire));
+        let own_ns = self.timeline.pid_ns;
+        if let Some(index) = client.checked_sub(1) {
+            let current = self.timeline.client(index as usize).generation.load(Ordering::Acquire) == generation;
+            if current
+                && self.alive(r)
+                && let Some(pid) = self.timeline.holders.and_then(|h| h.holder(CLIENT_BASE + u64::from(index)))
+            {
+                return Some(pid);
+            }
+        }
+        let ns = r.pid_ns.load(Ordering::Acquire);
+        (ns != 0 && ns == own_ns).then(|| r.pid.load(Ordering::Acquire))
     }
 
     /// Cut the newest intervals whose process is gone at now; drop those not yet started.
@@ -487,7 +534,10 @@ impl Session<'_> {
                     p.first_ns = p.first_ns.min(a);
                     p.last_ns = p.last_ns.max(b);
                 }
-                None => out.push((ProcessBusy { pid, busy_ns: b - a, first_ns: a, last_ns: b }, who)),
+                None => {
+                    let pid_here = self.pid_here(r);
+                    out.push((ProcessBusy { pid, pid_here, busy_ns: b - a, first_ns: a, last_ns: b }, who));
+                }
             }
         }
         out.sort_by_key(|&(p, who)| (p.pid, who));

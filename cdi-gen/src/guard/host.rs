@@ -1,0 +1,217 @@
+//! What the guard asks of and does to the host's processes and cgroups, behind a trait so that
+//! the decisions can be tested with a fake ([`Host`]); [`LinuxHost`] is the real thing.
+//!
+//! Everything here is the kernel's: a process's cgroups and start time from `/proc/<pid>/`,
+//! signals through a pidfd (so a PID reused between the look and the kill is never hit: the
+//! pidfd is opened first, then the start time is checked again), and the cgroup freezer, v1
+//! (`freezer.state`) where the engine's cgroups have a freezer hierarchy, else v2
+//! (`cgroup.freeze`).
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use gpuslice_core::containers::CgroupLine;
+
+/// What became of a kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Killed {
+    /// `SIGKILL` was sent.
+    Sent,
+    /// The process had already gone (or its PID now names another process).
+    Gone,
+}
+
+/// The host's processes and cgroups.
+pub trait Host: Send + Sync {
+    /// The cgroups of process `pid`; `None` once it has gone.
+    fn cgroups(&self, pid: u32) -> Option<Vec<CgroupLine>>;
+    /// When process `pid` started (clock ticks since boot, `/proc/<pid>/stat` field 22), which
+    /// together with the PID names one process for good; `None` once it has gone.
+    fn start_time(&self, pid: u32) -> Option<u64>;
+    /// Sends `SIGKILL` to `pid` if it is still the process that started at `start_time`.
+    fn kill(&self, pid: u32, start_time: u64) -> io::Result<Killed>;
+    /// Freezes (or thaws) the cgroup of a container whose first process had `cgroups`.
+    fn set_frozen(&self, cgroups: &[CgroupLine], frozen: bool) -> io::Result<()>;
+}
+
+/// The real host: `/proc` and the cgroup filesystems mounted in this mount namespace.
+#[derive(Debug, Clone)]
+pub struct LinuxHost {
+    proc_root: PathBuf,
+    /// The cgroup v1 hierarchy with the freezer controller, if mounted.
+    freezer: Option<PathBuf>,
+    /// The cgroup v2 (unified) hierarchy, if mounted.
+    unified: Option<PathBuf>,
+}
+
+impl LinuxHost {
+    /// The host as this process's mount namespace shows it.
+    pub fn new() -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (freezer, unified) = cgroup_mounts(&mountinfo);
+        Self { proc_root: PathBuf::from("/proc"), freezer, unified }
+    }
+
+    /// Which freezer a container with these cgroups is frozen with: the v1 freezer's
+    /// `freezer.state`, else v2's `cgroup.freeze`.
+    fn freeze_file(&self, cgroups: &[CgroupLine]) -> io::Result<(PathBuf, &'static str, &'static str)> {
+        if let Some(mount) = &self.freezer
+            && let Some(line) = cgroups.iter().find(|c| c.controllers.split(',').any(|c| c == "freezer"))
+            && line.path != "/"
+        {
+            let file = under(mount, &line.path)?.join("freezer.state");
+            if file.exists() {
+                return Ok((file, "FROZEN", "THAWED"));
+            }
+        }
+        if let Some(mount) = &self.unified
+            && let Some(line) = cgroups.iter().find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+            && line.path != "/"
+        {
+            let file = under(mount, &line.path)?.join("cgroup.freeze");
+            if file.exists() {
+                return Ok((file, "1", "0"));
+            }
+        }
+        Err(io::Error::other("no cgroup freezer for this container (no freezer hierarchy, no cgroup.freeze)"))
+    }
+}
+
+impl Default for LinuxHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `mount` + `path` (a cgroup path as the kernel lists it), refusing anything that is not a
+/// plain descent.
+fn under(mount: &Path, path: &str) -> io::Result<PathBuf> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(io::Error::other(format!("cgroup path {path:?} is not a plain path")));
+    }
+    Ok(mount.join(rel))
+}
+
+/// The v1 freezer hierarchy's and the v2 hierarchy's mount points, from `/proc/self/mountinfo`.
+pub fn cgroup_mounts(mountinfo: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+    let (mut freezer, mut unified) = (None, None);
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some(mount_point) = left.split(' ').nth(4) else { continue };
+        let mut right = right.split(' ');
+        let (fstype, options) = (right.next(), right.nth(1));
+        match fstype {
+            Some("cgroup") if options.is_some_and(|o| o.split(',').any(|o| o == "freezer")) => {
+                freezer.get_or_insert_with(|| PathBuf::from(mount_point));
+            }
+            Some("cgroup2") => {
+                unified.get_or_insert_with(|| PathBuf::from(mount_point));
+            }
+            _ => {}
+        }
+    }
+    (freezer, unified)
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from its closing parenthesis.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Host for LinuxHost {
+    fn cgroups(&self, pid: u32) -> Option<Vec<CgroupLine>> {
+        gpuslice_core::containers::read_cgroups(&self.proc_root, pid).ok()
+    }
+
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        let stat = fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
+        stat_start_time(&stat)
+    }
+
+    fn kill(&self, pid: u32, start_time: u64) -> io::Result<Killed> {
+        let Ok(raw_pid) = libc::pid_t::try_from(pid) else { return Ok(Killed::Gone) };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return if err.raw_os_error() == Some(libc::ESRCH) { Ok(Killed::Gone) } else { Err(err) };
+        }
+        let fd = fd as libc::c_int;
+        // The pidfd now names one process for good; make sure it is the one we measured.
+        let result = if self.start_time(pid) != Some(start_time) {
+            Ok(Killed::Gone)
+        } else {
+            // SAFETY: `fd` is the pidfd opened above; no siginfo, no flags.
+            let r = unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0)
+            };
+            if r == 0 {
+                Ok(Killed::Sent)
+            } else {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ESRCH) { Ok(Killed::Gone) } else { Err(err) }
+            }
+        };
+        // SAFETY: closing the descriptor opened above, once.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    fn set_frozen(&self, cgroups: &[CgroupLine], frozen: bool) -> io::Result<()> {
+        let (file, freeze, thaw) = self.freeze_file(cgroups)?;
+        fs::write(&file, if frozen { freeze } else { thaw })
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_freezer_and_the_unified_hierarchy() {
+        let hybrid = "37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n\
+                      36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup_mounts(hybrid),
+            (Some("/sys/fs/cgroup/freezer".into()), Some("/sys/fs/cgroup/unified".into()))
+        );
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup_mounts(v2), (None, Some("/sys/fs/cgroup".into())));
+        assert_eq!(cgroup_mounts("garbage\n"), (None, None));
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 98765 1000 50";
+        assert_eq!(stat_start_time(stat), Some(98765));
+        assert_eq!(stat_start_time("1 (x) S"), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_start_time(&own).is_some());
+    }
+
+    #[test]
+    fn cgroup_paths_must_descend() {
+        assert!(under(Path::new("/sys/fs/cgroup/freezer"), "/docker/abc").is_ok());
+        assert!(under(Path::new("/m"), "/docker/../../etc").is_err());
+    }
+
+    #[test]
+    fn a_kill_checks_the_start_time() {
+        let host = LinuxHost::new();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = host.start_time(pid).unwrap();
+        assert_eq!(host.kill(pid, start + 1).unwrap(), Killed::Gone, "another process's start time");
+        assert!(child.try_wait().unwrap().is_none(), "still running");
+        assert_eq!(host.kill(pid, start).unwrap(), Killed::Sent);
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        assert_eq!(host.kill(pid, start).unwrap(), Killed::Gone);
+    }
+}
