@@ -39,9 +39,27 @@ build_cri_client() {
     [[ -x $E2E_CRI_CLIENT ]] || fail "no $E2E_CRI_CLIENT after the build"
 }
 
+# has_cap_sys_resource: whether this shell's bounding set holds CAP_SYS_RESOURCE (bit 24),
+# which lowering a process's oom_score_adj below its parent's needs.
+has_cap_sys_resource() {
+    local bounding
+    bounding=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
+    (((0x$bounding >> 24) & 1))
+}
+
 # containerd_base_config FILE: a version 2 config of our own, without CDI.
+#
+# The CRI plugin gives a pod sandbox oom_score_adj -998 (and containers a value from their QoS),
+# which runc's init writes to /proc/self/oom_score_adj; without CAP_SYS_RESOURCE (a VM or
+# container that drops it from the bounding set, as this test machine does) that write is
+# refused and runc fails with "can't get final child's PID from pipe: EOF" (its log.json says
+# "failed to update /proc/self/oom_score_adj: Permission denied"). There the config sets
+# restrict_oom_score_adj, which clamps the scores to containerd's own, as for rootless
+# containerd.
 containerd_base_config() {
     mkdir -p "$T/cni/bin" "$T/cni/conf"
+    local restrict_oom=false
+    has_cap_sys_resource || restrict_oom=true
     cat >"$1" <<EOF
 # The end-to-end tests' own containerd (tests/e2e/test_containerd.sh).
 version = 2
@@ -58,6 +76,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   # Nothing can be pulled here: the sandbox image is imported from Docker.
   sandbox_image = "docker.io/$E2E_PAUSE_IMAGE"
+  # true only without CAP_SYS_RESOURCE (see containerd_base_config).
+  restrict_oom_score_adj = $restrict_oom
   # Pods use the host's network: no CNI plugin is needed.
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$T/cni/bin"
