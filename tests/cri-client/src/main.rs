@@ -140,7 +140,8 @@ async fn run(a: Args) -> Result<i32, String> {
             namespace: "gpuslice-e2e".to_owned(),
             attempt: 0,
         }),
-        hostname: "gpuslice-e2e".to_owned(),
+        // A host-network pod keeps the node's UTS namespace: the kubelet sets no hostname.
+        hostname: String::new(),
         log_directory: logs.display().to_string(),
         annotations: a.pod_annotations.iter().cloned().collect(),
         linux: Some(LinuxPodSandboxConfig {
