@@ -66,7 +66,11 @@ def kernel():
 
 
 def processes():
+    # A process is on NVML's list once it holds device memory (its context and a tensor).
+    held = torch.empty(GIB, dtype=torch.uint8, device="cuda:0")
+    torch.cuda.synchronize()
     print(torch.cuda.list_gpu_processes(0))
+    del held
 
 
 if __name__ == "__main__":
