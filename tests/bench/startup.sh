@@ -258,6 +258,22 @@ fresh_rootfs() {
 }
 
 NS=(unshare --mount --propagation private --)
+# The container's first process, as the runtime gives it to the hook: a process in a cgroup of
+# its own (the hook records it for the host guard and refuses a container whose cgroups all
+# read as /).
+CG_PARENT=
+for d in /sys/fs/cgroup/freezer /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    [[ -w $d/cgroup.procs ]] && { CG_PARENT=$d; break; }
+done
+[[ -n $CG_PARENT ]] || fail "no writable cgroup hierarchy for the container's process"
+CG=$CG_PARENT/gpuslice-bench-$$
+mkdir "$CG" || fail "cannot make the cgroup $CG"
+sleep infinity &
+CONTAINER_PID=$!
+echo "$CONTAINER_PID" >"$CG/cgroup.procs" || fail "cannot move $CONTAINER_PID into $CG"
+defer rmdir "$CG"
+defer wait "$CONTAINER_PID"
+defer kill "$CONTAINER_PID"
 # timed NAME CMD...: run CMD with the round's OCI state on stdin, its time in ms onto $T/NAME.
 timed() {
     local name=$1 t0
@@ -271,7 +287,7 @@ note "the hook on its own: $HOOK_ROUNDS rounds, each against /bin/true"
 for ((round = 0; round < HOOK_ROUNDS; round++)); do
     fresh_rootfs
     STATE=$(jq -nc --arg id "gpuslice-bench-$$-$round" --arg bundle "$BUNDLE" \
-        '{ociVersion: "1.0.2", id: $id, status: "creating", pid: 1, bundle: $bundle}')
+        --argjson pid "$CONTAINER_PID" '{ociVersion: "1.0.2", id: $id, status: "creating", pid: $pid, bundle: $bundle}')
     if ((round % 2 == 0)); then
         timed create-hook "${NS[@]}" "$HOOK_PATH" "${CREATE_ARGS[@]}"
         timed create-base "${NS[@]}" /bin/true
