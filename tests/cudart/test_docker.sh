@@ -74,6 +74,9 @@ cudart_python_image() {
     cp "$CUDART_DIR"/*-check.py "$root/opt/check/"
     docker_image_from_rootfs "$root" "$tag" || fail "docker import of $tag failed"
     rm -rf "$dir"
+    # Each is some 600 MB: the images of this framework's older inputs go (one in use stays).
+    e2e_docker images --format '{{.Repository}}:{{.Tag}}' "gpuslice-cudart/$RT" | grep -vxF "$tag" |
+        xargs -r "$(e2e_docker_bin)" rmi >/dev/null 2>&1 || true
     printf '%s\n' "$tag"
 }
 
