@@ -299,7 +299,7 @@ test_docker_guard_kills_a_region_lock_squatter() {
     wait_for 15 guard_line "region lock.*killed" || fail "the squatter was not killed"
     line=$(guard_line "region lock.*killed")
     printf '%s\n' "$line"
-    [[ $line == *"slice0: pid "*" of container $id ("*"held the slice's region lock for "* ]] || fail "the line: $line"
+    [[ $line == *"slice0: pid "*" of container $id"*"held the slice's region lock for "* ]] || fail "the line: $line"
     (($(grep -c 'region lock' "$T/guard.log") == 1)) || fail "more than one line: $(grep 'region lock' "$T/guard.log")"
     caught=$((($(line_ns "$line") - held_ns) / 1000000))
     printf 'squatter killed %d ms after it held the lock\n' "$caught"
