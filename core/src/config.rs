@@ -180,6 +180,10 @@ pub struct GuardConfig {
     /// Percentage points above its share that count as "far above".
     #[serde(default = "default_compute_margin")]
     pub compute_margin: u32,
+    /// How long a slice's region lock may be seen held without a break before its holder is a
+    /// squatter (killed, or logged, by the slice's memory policy).
+    #[serde(default = "default_lock_hold_limit")]
+    pub lock_hold_limit: Span,
 }
 
 impl Default for GuardConfig {
@@ -193,6 +197,7 @@ impl Default for GuardConfig {
             compute_guard: ComputeGuard::default(),
             compute_window: default_compute_window(),
             compute_margin: default_compute_margin(),
+            lock_hold_limit: default_lock_hold_limit(),
         }
     }
 }
@@ -390,6 +395,9 @@ fn default_compute_window() -> Span {
 }
 fn default_compute_margin() -> u32 {
     15
+}
+fn default_lock_hold_limit() -> Span {
+    Span::from_millis(3000)
 }
 
 fn default_kind() -> String {
@@ -638,6 +646,14 @@ impl GuardConfig {
                 "guard.compute_window",
                 quoted(&self.compute_window),
                 format!("must be at least two intervals ({}) and at most 10 minutes", Span::from_millis(2 * ms)),
+            ));
+        }
+        let hold = self.lock_hold_limit.as_millis();
+        if !(1000..=600_000).contains(&hold) {
+            return Err(ConfigError::invalid(
+                "guard.lock_hold_limit",
+                quoted(&self.lock_hold_limit),
+                "must be between 1s and 10 minutes",
             ));
         }
         if !(1..=100).contains(&self.compute_margin) {

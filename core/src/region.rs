@@ -229,7 +229,7 @@ const SLOT_ACTIVE: u32 = 1;
 const CONTAINER_FREE: u32 = 0;
 const CONTAINER_ATTACHED: u32 = 1;
 /// The region lock: the file's first byte.
-const REGION_LOCK: Range<u64> = 0..1;
+pub const REGION_LOCK: Range<u64> = 0..1;
 
 impl HeaderValues {
     /// The header of a new region of layout `version` (tests write other versions).

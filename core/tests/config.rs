@@ -48,6 +48,7 @@ unsliced_policy = "kill"
 compute_guard = "throttle"
 compute_window = 10
 compute_margin = 20
+lock_hold_limit = "5s"
 "#,
     )
     .unwrap();
@@ -59,6 +60,7 @@ compute_margin = 20
         (g.compute_guard, g.compute_window, g.compute_margin),
         (ComputeGuard::Throttle, Span::from_millis(10_000), 20)
     );
+    assert_eq!(g.lock_hold_limit, Span::from_millis(5000));
 }
 
 #[test]
@@ -193,6 +195,7 @@ fn bad_values_are_named_with_their_key() {
         ("[guard]\nunsliced_policy = \"ignore\"", &["guard.unsliced_policy", "`ignore`"]),
         ("[guard]\ncompute_guard = \"freeze\"", &["guard.compute_guard", "`freeze`", "`off` or `throttle`"]),
         ("[guard]\ncompute_window = \"1s\"", &["guard.compute_window = \"1s\"", "two intervals (2s)"]),
+        ("[guard]\nlock_hold_limit = \"500ms\"", &["guard.lock_hold_limit = \"500ms\"", "between 1s and 10 minutes"]),
         ("[guard]\ncompute_margin = 0", &["guard.compute_margin = 0", "between 1 and 100"]),
         ("[guard]\ncontext_tolerance = \"1TiB\"", &["guard.max_tolerance", "at least context_tolerance"]),
         ("[guard]\ncontext_tolerance = \"lots\"", &["guard.context_tolerance", "lots"]),

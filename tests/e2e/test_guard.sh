@@ -276,3 +276,38 @@ test_docker_guard_reports_a_container_without_a_slice() {
     wait_for 5 stopped "$name" || fail "still running"
     (($(grep -c 'outside every slice' "$T/guard.log") == 1)) || fail "reported more than once"
 }
+
+# A container keeps slice0's region lock (`tenant lock REGION 0`, as in
+# test_hostile_holds_the_region_lock): without the guard every slice-mate's allocation fails
+# after its wait and every new container of slice0 is refused for as long as it holds it. The
+# guard finds the holder from the kernel's lock list and kills it within lock_hold_limit + two
+# intervals, with one line; then a slice-mate allocates and a new container on slice0 starts.
+test_docker_guard_kills_a_region_lock_squatter() {
+    require_guard_flow
+    require_docker
+    guard_node $'interval = "1s"\nlock_hold_limit = "3s"'
+    "${CC:-cc}" -std=c11 -O2 -Wall -Wextra -Werror -o "$T/tenant" "$E2E_DIR/fixtures/tenant.c" ||
+        fail "building fixtures/tenant.c failed"
+    HOSTILE_IMAGE=$(e2e_glibc_image)
+    local squatter=gpuslice-e2e-lock-squatter-$$ mate=gpuslice-e2e-lock-mate-$$ id line held_ns caught out
+    ctr_detached "$mate" --device gpuslice.dev/vgpu=slice0 "$HOSTILE_IMAGE" sleep 600
+    start_guard
+    ctr_detached "$squatter" --device gpuslice.dev/vgpu=slice0 "$HOSTILE_IMAGE" tenant lock "$REGION" 0
+    wait_for 30 logs_say "$squatter" "holding 1 of 1" || fail "the squatter never held the lock: $(e2e_docker logs "$squatter" 2>&1)"
+    held_ns=$(date +%s%N)
+    id=$(short_id "$squatter")
+    wait_for 15 guard_line "region lock.*killed" || fail "the squatter was not killed"
+    line=$(guard_line "region lock.*killed")
+    printf '%s\n' "$line"
+    [[ $line == *"slice0: pid "*" of container $id"*"held the slice's region lock for "* ]] || fail "the line: $line"
+    (($(grep -c 'region lock' "$T/guard.log") == 1)) || fail "more than one line: $(grep 'region lock' "$T/guard.log")"
+    caught=$((($(line_ns "$line") - held_ns) / 1000000))
+    printf 'squatter killed %d ms after it held the lock\n' "$caught"
+    ((caught <= 3000 + 2000 + 500)) || fail "killed after $caught ms, more than lock_hold_limit + two intervals"
+    wait_for 5 stopped "$squatter" || fail "the squatter still runs"
+    out=$(timeout -k 10 60 "$(e2e_docker_bin)" exec "$mate" cuda-probe alloc --path alloc --size 1G 2>&1) ||
+        fail "the slice-mate could not allocate after the kill: $out"
+    printf '%s\n' "$out"
+    ctr 120 --device gpuslice.dev/vgpu=slice0 "$HOSTILE_IMAGE" cuda-probe alloc --path alloc --size 1G ||
+        fail "a new container on slice0 failed after the kill: $(cat "$T/docker-stderr")"
+}

@@ -40,6 +40,8 @@ pub enum KillReason {
     OverLimit,
     /// It uses a sliced GPU outside every slice.
     Unsliced,
+    /// It kept its slice's region lock past `lock_hold_limit` ([`super::squat`]).
+    LockSquat,
 }
 
 /// One thing to do.

@@ -5,10 +5,16 @@
 //! signals through a pidfd (so a PID reused between the look and the kill is never hit: the
 //! pidfd is opened first, then the start time is checked again), and the cgroup freezer, v1
 //! (`freezer.state`) where the engine's cgroups have a freezer hierarchy, else v2
-//! (`cgroup.freeze`).
+//! (`cgroup.freeze`). Locks: whether a file's byte range is locked (`F_OFD_GETLK` on the
+//! guard's own open description) and which processes hold it (the `lock:` lines of
+//! `/proc/<pid>/fdinfo/<fd>`: an OFD lock shows pid -1 in `/proc/locks`, but the kernel lists
+//! it under the descriptor it was taken through, with the locked file's device and inode and
+//! the byte range).
 
 use std::fs;
 use std::io;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use gpuslice_core::containers::CgroupLine;
@@ -33,6 +39,55 @@ pub trait Host: Send + Sync {
     fn kill(&self, pid: u32, start_time: u64) -> io::Result<Killed>;
     /// Freezes (or thaws) the cgroup of a container whose first process had `cgroups`.
     fn set_frozen(&self, cgroups: &[CgroupLine], frozen: bool) -> io::Result<()>;
+    /// Every process on the host (PIDs as the guard sees them).
+    fn pids(&self) -> Vec<u32>;
+    /// Whether any open description of `file` holds a lock on a byte of `range` (asked without
+    /// taking anything).
+    fn lock_held(&self, file: &Path, range: Range<u64>) -> io::Result<bool>;
+    /// Those of `pids` that hold a lock on `file` covering all of `range`, by the kernel's list
+    /// of each process's locks.
+    fn lock_holders(&self, pids: &[u32], file: &Path, range: Range<u64>) -> io::Result<Vec<u32>>;
+}
+
+/// A lock from a `lock:` line of `/proc/<pid>/fdinfo/<fd>`: the locked file's device (major,
+/// minor) and inode, and the byte range (`end` inclusive, `None` to the end of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLock {
+    pub major: u32,
+    pub minor: u32,
+    pub inode: u64,
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl FdLock {
+    /// Whether it covers every byte of `range`.
+    pub fn covers(&self, range: &Range<u64>) -> bool {
+        self.start <= range.start && self.end.is_none_or(|e| range.end == 0 || e >= range.end - 1)
+    }
+}
+
+/// The locks listed in an fdinfo file: lines like
+/// `lock:\t1: OFDLCK  ADVISORY  WRITE -1 00:1a:12345 0 0` (device numbers in hex, the end
+/// `EOF` for a lock to the end of the file).
+pub fn fdinfo_locks(fdinfo: &str) -> Vec<FdLock> {
+    fdinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.strip_prefix("lock:")?.split_whitespace().collect();
+            let at = fields.iter().position(|f| f.matches(':').count() == 2)?;
+            let mut dev = fields[at].split(':');
+            let major = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let inode = dev.next()?.parse().ok()?;
+            let start = fields.get(at + 1)?.parse().ok()?;
+            let end = match *fields.get(at + 2)? {
+                "EOF" => None,
+                e => Some(e.parse().ok()?),
+            };
+            Some(FdLock { major, minor, inode, start, end })
+        })
+        .collect()
 }
 
 /// The real host: `/proc` and the cgroup filesystems mounted in this mount namespace.
@@ -166,6 +221,34 @@ impl Host for LinuxHost {
         fs::write(&file, if frozen { freeze } else { thaw })
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))
     }
+
+    fn pids(&self) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(&self.proc_root) else { return Vec::new() };
+        entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+    }
+
+    fn lock_held(&self, file: &Path, range: Range<u64>) -> io::Result<bool> {
+        // Read-only is enough to ask; the description is the guard's own and holds nothing.
+        let f = fs::File::open(file)?;
+        Ok(gpuslice_core::shm::lock::held_elsewhere(&f, range))
+    }
+
+    fn lock_holders(&self, pids: &[u32], file: &Path, range: Range<u64>) -> io::Result<Vec<u32>> {
+        let meta = fs::metadata(file)?;
+        let (dev, inode) = (meta.dev(), meta.ino());
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let holds = |pid: u32| {
+            let Ok(fds) = fs::read_dir(self.proc_root.join(pid.to_string()).join("fdinfo")) else { return false };
+            fds.filter_map(Result::ok).any(|fd| {
+                fs::read_to_string(fd.path()).is_ok_and(|text| {
+                    fdinfo_locks(&text)
+                        .iter()
+                        .any(|l| (l.major, l.minor, l.inode) == (major, minor, inode) && l.covers(&range))
+                })
+            })
+        };
+        Ok(pids.iter().copied().filter(|&pid| holds(pid)).collect())
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +276,38 @@ mod tests {
         assert_eq!(stat_start_time("1 (x) S"), None);
         let own = fs::read_to_string("/proc/self/stat").unwrap();
         assert!(stat_start_time(&own).is_some());
+    }
+
+    #[test]
+    fn fdinfo_lock_lines_are_read() {
+        let text = "pos:\t0\nflags:\t0100002\nmnt_id:\t31\nino:\t77\n\
+                    lock:\t1: OFDLCK  ADVISORY  WRITE -1 00:1a:77 0 0\n\
+                    lock:\t2: OFDLCK  ADVISORY  READ -1 fd:01:9 4 EOF\n";
+        let locks = fdinfo_locks(text);
+        assert_eq!(locks.len(), 2);
+        assert_eq!(locks[0], FdLock { major: 0, minor: 0x1a, inode: 77, start: 0, end: Some(0) });
+        assert_eq!(locks[1], FdLock { major: 0xfd, minor: 1, inode: 9, start: 4, end: None });
+        assert!(locks[0].covers(&(0..1)) && !locks[0].covers(&(0..2)) && !locks[0].covers(&(1..2)));
+        assert!(locks[1].covers(&(100..200)) && !locks[1].covers(&(0..1)));
+        assert!(fdinfo_locks("lock:\tgarbage\n").is_empty());
+    }
+
+    #[test]
+    fn the_kernel_names_an_ofd_lock_holder() {
+        let host = LinuxHost::new();
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.as_file().set_len(8).unwrap();
+        let holder = fs::OpenOptions::new().read(true).write(true).open(tmp.path()).unwrap();
+        let me = std::process::id();
+        assert!(!host.lock_held(tmp.path(), 0..1).unwrap());
+        assert!(host.lock_holders(&[me], tmp.path(), 0..1).unwrap().is_empty());
+        let held = gpuslice_core::shm::lock::try_lock(&holder, 0..1).unwrap().unwrap();
+        assert!(host.lock_held(tmp.path(), 0..1).unwrap());
+        assert_eq!(host.lock_holders(&[me], tmp.path(), 0..1).unwrap(), [me]);
+        assert!(host.lock_holders(&[me], tmp.path(), 1..2).unwrap().is_empty(), "another byte");
+        assert!(host.pids().contains(&me));
+        drop(held);
+        assert!(!host.lock_held(tmp.path(), 0..1).unwrap());
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! 3. **Decide** ([`enforce::Enforcer::decide`]): a slice over its allowance has the processes
 //!    that grew last killed (or is logged, by its memory policy); a process outside every slice
 //!    on a sliced GPU is reported once (or killed); a slice far above its compute share for a
-//!    sustained window is throttled.
+//!    sustained window is throttled. Apart from the snapshot, a slice whose region lock stays
+//!    held past `lock_hold_limit` has its holder found from the kernel and killed (or logged)
+//!    ([`squat`]).
 //! 4. **Act**: kills go through a pidfd after checking the process's start time again (a PID
 //!    reused since the look is never hit), with one log line naming the container (id and
 //!    name), the slice and the numbers; throttles freeze and thaw the slice's containers' cgroups
@@ -31,6 +33,7 @@ pub mod driver;
 pub mod enforce;
 pub mod host;
 pub mod observe;
+pub mod squat;
 pub mod throttle;
 
 #[cfg(test)]
@@ -53,6 +56,7 @@ pub use self::enforce::{Action, Enforcer};
 pub use self::host::{Host, Killed, LinuxHost};
 pub use self::observe::Snapshot;
 use self::observe::{Inputs, SampleCursor};
+use self::squat::SquatWatch;
 use self::throttle::Throttler;
 
 /// How the daemon is run.
@@ -90,6 +94,7 @@ pub struct Guard {
     enforcer: Enforcer,
     throttler: Throttler,
     cursor: SampleCursor,
+    squats: SquatWatch,
     /// Problems already logged, so that a standing one is logged once.
     logged: HashSet<String>,
 }
@@ -137,6 +142,7 @@ impl Guard {
             enforcer: Enforcer::new(),
             throttler,
             cursor: SampleCursor::new(),
+            squats: SquatWatch::new(),
             logged: HashSet::new(),
         }
     }
@@ -201,7 +207,8 @@ impl Guard {
         errors.extend(record_errors.iter().map(|e| format!("container record {e}")));
         let inputs = Inputs { config: &self.config, limits: &limits, records: &records, errors };
         let snapshot = observe::observe(&mut *self.driver, &*self.host, &inputs, &mut self.cursor, unix_ms());
-        let actions = self.enforcer.decide(&snapshot, &self.config.guard);
+        let mut actions = self.enforcer.decide(&snapshot, &self.config.guard);
+        actions.extend(self.squats.check(&*self.host, &state_dir, &snapshot, &records, &self.config.guard, unix_ms()));
         let lines = self.apply(&actions, &records);
         self.log_errors(&snapshot.errors);
         PassReport {

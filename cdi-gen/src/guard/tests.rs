@@ -95,6 +95,8 @@ struct FakeHost {
     processes: Mutex<BTreeMap<u32, (u64, Vec<CgroupLine>)>>,
     kills: Mutex<Vec<u32>>,
     freezes: Mutex<Vec<(String, bool)>>,
+    /// Processes holding a lock on the first byte of a region, by region path.
+    locks: Mutex<BTreeMap<std::path::PathBuf, Vec<u32>>>,
 }
 
 impl FakeHost {
@@ -106,6 +108,11 @@ impl FakeHost {
 
     fn kills(&self) -> Vec<u32> {
         self.kills.lock().unwrap().clone()
+    }
+
+    /// `pids` hold the region lock of `file` (none: it is free).
+    fn lock(&self, file: &std::path::Path, pids: &[u32]) {
+        self.locks.lock().unwrap().insert(file.to_owned(), pids.to_vec());
     }
 }
 
@@ -125,12 +132,31 @@ impl Host for FakeHost {
         }
         procs.remove(&pid);
         self.kills.lock().unwrap().push(pid);
+        // A killed process's locks go with it.
+        for holders in self.locks.lock().unwrap().values_mut() {
+            holders.retain(|&p| p != pid);
+        }
         Ok(Killed::Sent)
     }
 
     fn set_frozen(&self, cgroups: &[CgroupLine], frozen: bool) -> io::Result<()> {
         self.freezes.lock().unwrap().push((cgroups[0].path.clone(), frozen));
         Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.processes.lock().unwrap().keys().copied().collect()
+    }
+
+    fn lock_held(&self, file: &std::path::Path, range: std::ops::Range<u64>) -> io::Result<bool> {
+        assert_eq!(range, 0..1, "the region lock byte");
+        Ok(self.locks.lock().unwrap().get(file).is_some_and(|h| !h.is_empty()))
+    }
+
+    fn lock_holders(&self, pids: &[u32], file: &std::path::Path, range: std::ops::Range<u64>) -> io::Result<Vec<u32>> {
+        assert_eq!(range, 0..1, "the region lock byte");
+        let locks = self.locks.lock().unwrap();
+        Ok(locks.get(file).into_iter().flatten().copied().filter(|p| pids.contains(p)).collect())
     }
 }
 
@@ -532,4 +558,123 @@ fn a_changed_config_is_read_at_the_next_pass_and_a_bad_one_ignored() {
     write("[guard]\nmemory_policy = \"kill\"");
     w.pass();
     assert_eq!(w.host.kills(), [10], "the new policy at the next pass");
+}
+
+/// slice0's containers `aaa` (pids 10, 11) and `bbb` (pid 20, slice1); pid 40 in no container.
+fn squat_world() -> (tempfile::TempDir, FakeHost, Vec<ContainerRecord>, Snapshot, GuardConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut driver, host) = (FakeDriver::two_gpus(), FakeHost::default());
+    let records = vec![record("aaa", "slice0", "/docker/aaa"), record("bbb", "slice1", "/docker/bbb")];
+    host.spawn(10, 100, "/docker/aaa");
+    host.spawn(11, 101, "/docker/aaa");
+    host.spawn(20, 200, "/docker/bbb");
+    host.spawn(40, 400, "/system.slice/other");
+    let config = Config::parse("[guard]\nlock_hold_limit = \"3s\"\n").unwrap();
+    let snap = observe(&mut driver, &host, &config, &records, 0);
+    (dir, host, records, snap, config.guard)
+}
+
+fn squat_check(
+    watch: &mut super::squat::SquatWatch,
+    host: &FakeHost,
+    dir: &std::path::Path,
+    (snap, records, config): (&Snapshot, &[ContainerRecord], &GuardConfig),
+    at_ms: u64,
+) -> Vec<Action> {
+    watch.check(host, dir, snap, records, config, at_ms)
+}
+
+#[test]
+fn a_region_lock_held_across_passes_gets_its_holder_killed() {
+    let (dir, host, records, snap, config) = squat_world();
+    let region = gpuslice_core::region::region_path(dir.path(), "slice0");
+    let mut watch = super::squat::SquatWatch::with_pause(std::time::Duration::ZERO);
+    let ctx = (&snap, records.as_slice(), &config);
+    host.lock(&region, &[11]);
+    for at in [0, 1000, 2000] {
+        assert!(squat_check(&mut watch, &host, dir.path(), ctx, at).is_empty(), "held {at} ms: not yet");
+    }
+    let actions = squat_check(&mut watch, &host, dir.path(), ctx, 3000);
+    let [Action::Kill { reason: KillReason::LockSquat, pid: 11, start_time: 101, slice: Some(slice), message }] =
+        actions.as_slice()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(slice, "slice0");
+    assert!(message.contains("aaa-name") && message.contains("slice0") && message.contains("3.0 s"), "{message}");
+
+    // Applied through the guard's host, the kill frees the lock: nothing more to do.
+    assert_eq!(host.kill(11, 101).unwrap(), Killed::Sent);
+    assert!(squat_check(&mut watch, &host, dir.path(), ctx, 4000).is_empty());
+    // With memory_policy = log, one line, nothing killed, once per hold.
+    let mut logged = snap.clone();
+    logged.slices[0].info.memory_policy = GuardPolicy::Log;
+    let ctx = (&logged, records.as_slice(), &config);
+    host.lock(&region, &[10]);
+    assert!(squat_check(&mut watch, &host, dir.path(), ctx, 5000).is_empty());
+    let actions = squat_check(&mut watch, &host, dir.path(), ctx, 8000);
+    assert!(
+        matches!(actions.as_slice(), [Action::Warn { message }] if message.contains("pid 10") && message.contains("log")),
+        "{actions:?}"
+    );
+    assert!(squat_check(&mut watch, &host, dir.path(), ctx, 9000).is_empty(), "logged once");
+    assert_eq!(host.kills(), [11]);
+}
+
+#[test]
+fn a_short_hold_is_no_squat() {
+    let (dir, host, records, snap, config) = squat_world();
+    let region = gpuslice_core::region::region_path(dir.path(), "slice0");
+    let mut watch = super::squat::SquatWatch::with_pause(std::time::Duration::ZERO);
+    let ctx = (&snap, records.as_slice(), &config);
+    // Held at some passes, but free at one in between: the clock starts again.
+    for (at, holders) in [(0, &[10][..]), (1000, &[10]), (2000, &[]), (3000, &[11]), (4000, &[11]), (5000, &[11])] {
+        host.lock(&region, holders);
+        assert!(squat_check(&mut watch, &host, dir.path(), ctx, at).is_empty(), "at {at} ms");
+    }
+    // A slice without containers is not looked at.
+    let region1 = gpuslice_core::region::region_path(dir.path(), "slice1");
+    let mut idle = snap.clone();
+    idle.slices[1].containers.clear();
+    host.lock(&region1, &[20]);
+    for at in [0, 5000] {
+        assert!(squat_check(&mut watch, &host, dir.path(), (&idle, &records, &config), at).is_empty());
+    }
+    assert!(host.kills().is_empty());
+}
+
+#[test]
+fn a_holder_outside_the_slices_containers_is_reported_not_killed() {
+    let (dir, host, records, snap, config) = squat_world();
+    let mut watch = super::squat::SquatWatch::with_pause(std::time::Duration::ZERO);
+    let ctx = (&snap, records.as_slice(), &config);
+    // slice0's lock held by a host process, and by a process of slice1's container.
+    host.lock(&gpuslice_core::region::region_path(dir.path(), "slice0"), &[40, 20]);
+    assert!(squat_check(&mut watch, &host, dir.path(), ctx, 0).is_empty());
+    let actions = squat_check(&mut watch, &host, dir.path(), ctx, 3500);
+    assert!(
+        matches!(actions.as_slice(), [Action::Warn { message }] if message.contains("slice0") && message.contains("no process of its containers")),
+        "{actions:?}"
+    );
+    assert!(squat_check(&mut watch, &host, dir.path(), ctx, 4500).is_empty(), "reported once");
+    assert!(host.kills().is_empty());
+}
+
+#[test]
+fn the_guard_pass_kills_a_squatter() {
+    let mut w = World::new("[guard]\nlock_hold_limit = \"1s\"\n");
+    w.container("aaa", "slice0");
+    w.host.spawn(10, 100, "/docker/aaa");
+    w.host.lock(&gpuslice_core::region::region_path(&w.state(), "slice0"), &[10]);
+    let start = std::time::Instant::now();
+    let mut lines = Vec::new();
+    while w.host.kills().is_empty() && start.elapsed() < std::time::Duration::from_secs(10) {
+        lines.extend(w.guard.pass().actions);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(w.host.kills(), [10]);
+    assert!(
+        matches!(lines.as_slice(), [l] if l.contains("region lock") && l.ends_with("killed (SIGKILL)")),
+        "{lines:?}"
+    );
 }
