@@ -219,6 +219,14 @@ pub(crate) fn create(reg: &mut Registry, sim: &'static Simulator, flags: u32, de
     Ok(handle)
 }
 
+/// A created context that is not made current (a green context's).
+pub(crate) fn create_detached(reg: &mut Registry, sim: &'static Simulator, device: CUdevice) -> CuResult<Handle> {
+    let ctx = make(sim, device, false, 0)?;
+    let handle = new_handle();
+    reg.contexts.live.insert(handle, ctx);
+    Ok(handle)
+}
+
 /// `cuCtxDestroy`: only created contexts; popped if current on this thread.
 pub(crate) fn destroy(reg: &mut Registry, ctx: Handle) -> CuResult {
     match reg.contexts.live.get(&ctx) {
