@@ -273,3 +273,90 @@ fn the_simulated_driver_reserves_what_the_model_says() {
     assert_eq!(v("library_used"), 512 * MIB + GIB);
     assert_eq!(v("oom"), u64::from(OUT_OF_MEMORY), "a 100 GiB heap on an 80 GiB device");
 }
+
+/// `name` from the driver as the function type `F` (its signature in cuda.h).
+///
+/// # Safety
+/// `F` is `name`'s C signature.
+unsafe fn function<F: Copy>(name: &str) -> F {
+    let f = symbol(name);
+    // SAFETY: a function pointer of that signature, per the caller.
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&f) }
+}
+
+#[test]
+fn green_contexts_are_charged_as_contexts() {
+    let name = "green_contexts_are_charged_as_contexts";
+    if is_client(name) {
+        let (cu, primary) = Cuda::start();
+        // SAFETY: each is the driver function of that name, with its cuda.h signature.
+        let (get_resource, generate, create, destroy, from_green) = unsafe {
+            (
+                function::<sym::cuDeviceGetDevResource>("cuDeviceGetDevResource"),
+                function::<sym::cuDevResourceGenerateDesc>("cuDevResourceGenerateDesc"),
+                function::<sym::cuGreenCtxCreate>("cuGreenCtxCreate"),
+                function::<sym::cuGreenCtxDestroy>("cuGreenCtxDestroy"),
+                function::<sym::cuCtxFromGreenCtx>("cuCtxFromGreenCtx"),
+            )
+        };
+        // SAFETY: all zeroes is a valid CUdevResource (plain data).
+        let mut resource: CUdevResource = unsafe { std::mem::zeroed() };
+        let mut desc = std::ptr::null_mut();
+        // SAFETY: live outputs; the resource just filled in.
+        unsafe {
+            check_ok(get_resource(0, &mut resource, CU_DEV_RESOURCE_TYPE_SM));
+            check_ok(generate(&mut desc, &mut resource, 1));
+        }
+        let mut greens = Vec::new();
+        let refused = loop {
+            let mut g = std::ptr::null_mut();
+            // SAFETY: a live output and the descriptor above.
+            match unsafe { create(&mut g, desc, 0, CU_GREEN_CTX_DEFAULT_STREAM) } {
+                SUCCESS => greens.push(g),
+                rc => break rc,
+            }
+            assert!(greens.len() < 100, "green contexts are not limited");
+        };
+        report("created", greens.len());
+        report("refused", refused);
+        report("used_full", used());
+        // SAFETY: a green context created above.
+        check_ok(unsafe { destroy(greens.pop().unwrap()) });
+        report("used_one_destroyed", used());
+        // Memory allocated in a green context goes with it.
+        let mut ctx = std::ptr::null_mut();
+        let last = greens.pop().unwrap();
+        // SAFETY: a live output and a green context created above.
+        check_ok(unsafe { from_green(&mut ctx, last) });
+        cu.enter(ctx as usize);
+        cu.alloc(64 * MIB).unwrap();
+        report("used_allocated_in_green", used());
+        // SAFETY: as above.
+        check_ok(unsafe { destroy(last) });
+        cu.enter(primary);
+        report("used_two_destroyed", used());
+        for g in greens {
+            // SAFETY: green contexts created above.
+            check_ok(unsafe { destroy(g) });
+        }
+        report("used_end", used());
+        return;
+    }
+    if skip_unless_root(name) {
+        return;
+    }
+    let out = run_client(node_with_slice().client(name), name);
+    let v = |key: &str| value(&out, key);
+    // 4 GiB: the primary context and 15 more of 256 MiB.
+    assert_eq!(v("created"), 15);
+    assert_eq!(v("refused"), u64::from(OUT_OF_MEMORY));
+    assert_eq!(v("used_full"), LIMIT);
+    assert_eq!(v("used_one_destroyed"), LIMIT - CONTEXT);
+    assert_eq!(v("used_allocated_in_green"), LIMIT - CONTEXT + 64 * MIB);
+    assert_eq!(
+        v("used_two_destroyed"),
+        LIMIT - 2 * CONTEXT,
+        "what was allocated in the green context is still charged"
+    );
+    assert_eq!(v("used_end"), CONTEXT);
+}
