@@ -304,3 +304,21 @@ pub unsafe fn green_ctx_destroy(green: CUgreenCtx) -> CUresult {
     }
     destroying(s, ctx, pass)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::procaddr::choose;
+
+    #[test]
+    fn cu_get_proc_address_hands_out_the_wrappers_of_the_exact_symbols() {
+        // Address 1 is no symbol of anything: the generated table decides.
+        let name = |base: &str, v| choose(base.as_bytes(), 1, v, 0).map(|w| w.name);
+        assert_eq!(name("cuCtxSetLimit", 3020), Some("cuCtxSetLimit"));
+        assert_eq!(name("cuModuleLoadData", 2000), Some("cuModuleLoadData"));
+        assert_eq!(name("cuModuleLoadDataEx", 12000), Some("cuModuleLoadDataEx"));
+        assert_eq!(name("cuLibraryLoadData", 12000), Some("cuLibraryLoadData"));
+        assert_eq!(name("cuLibraryLoadData", 11080), None, "before CUDA 12.0");
+        assert_eq!(name("cuGreenCtxCreate", 12040), Some("cuGreenCtxCreate"));
+        assert_eq!(name("cuGreenCtxCreate", 12030), None, "before CUDA 12.4");
+    }
+}
