@@ -18,6 +18,10 @@
  *                                                           then cudaDeviceReset
  *   limits-check green                                      green contexts until one is refused (at most
  *                                                           64), then cuGreenCtxDestroy of each
+ *   limits-check start --register S                         start the runtime with a registered fat binary
+ *                                                           (a cubin with an S-byte __device__ array and a
+ *                                                           kernel k, as nvcc's host code registers it),
+ *                                                           then launch k
  *
  * Every command takes --device N (default 0). Sizes take K, M and G suffixes (binary). Output:
  * key=value lines; free_* are cudaMemGetInfo's free bytes. A refused call prints its error
@@ -38,6 +42,7 @@ static struct {
     const char *which;
     unsigned long long value, global;
     int device;
+    unsigned long long registered;
 } opt = {.which = "heap", .value = 256ull << 20, .global = 64ull << 20};
 
 static int fail(const char *call, cudaError_t e) {
@@ -131,6 +136,30 @@ static void make_fatbin(unsigned long long global) {
     fatbin.entry.flags = 0x11;
     fatbin.entry.uncompressed_size = sizeof fatbin.elf;
     fatbin.elf = cubin;
+}
+
+/* ---- the registration path: a fat binary registered as nvcc's host code does ------------- */
+
+extern void **__cudaRegisterFatBinary(void *fatCubin);
+extern void __cudaRegisterFatBinaryEnd(void **fatCubinHandle);
+extern void __cudaRegisterFunction(void **fatCubinHandle, const char *hostFun, char *deviceFun, const char *deviceName,
+                                   int thread_limit, uint3 *tid, uint3 *bid, dim3 *bDim, dim3 *gDim, int *wSize);
+
+static struct {
+    int magic, version;
+    const void *data;
+    void *filename_or_fatbins;
+} registered = {0x466243B1, 1, &fatbin, NULL};
+
+static void k(void) {}
+
+/* Registers the fat binary of a cubin with a `global`-byte __device__ array and a kernel k;
+ * the runtime loads it (cuLibraryLoadData) when it sets up the device. */
+static void register_fatbin(unsigned long long global) {
+    make_fatbin(global);
+    void **handle = __cudaRegisterFatBinary(&registered);
+    __cudaRegisterFunction(handle, (const char *)k, (char *)"k", "k", -1, NULL, NULL, NULL, NULL, NULL);
+    __cudaRegisterFatBinaryEnd(handle);
 }
 
 /* ---- driver entry points ------------------------------------------------------------------ */
@@ -297,18 +326,31 @@ int main(int argc, char **argv) {
             opt.global = parse_size(argv[i + 1]);
         else if (!strcmp(argv[i], "--device"))
             opt.device = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--register"))
+            opt.registered = parse_size(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
         }
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *cmd = argv[1];
+    if (opt.registered)
+        register_fatbin(opt.registered);
     cudaError_t e = cudaSetDevice(opt.device);
     if (e == cudaSuccess)
         e = cudaFree(0);
+    if (!strcmp(cmd, "start")) {
+        printf("start_error=%s\nfree=%zu\n", cudaGetErrorName(e), e == cudaSuccess ? free_now() : 0);
+        if (e == cudaSuccess) {
+            void *args[] = {NULL};
+            e = cudaLaunchKernel((const void *)k, (dim3){1, 1, 1}, (dim3){1, 1, 1}, args, 0, 0);
+            printf("launch_error=%s\nfree_launched=%zu\n", cudaGetErrorName(e), free_now());
+        }
+        return 0;
+    }
     if (e != cudaSuccess)
         return fail("cudaSetDevice", e);
-    const char *cmd = argv[1];
     if (!strcmp(cmd, "limit"))
         return cmd_limit();
     if (!strcmp(cmd, "module"))

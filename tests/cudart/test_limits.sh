@@ -136,3 +136,20 @@ test_limits_slice_green_contexts() {
     assert_eq "free memory with them" "$(kv free_full "$out")" 0
     assert_eq "free memory after cuGreenCtxDestroy" "$(kv free_destroyed "$out")" "$(kv free_before "$out")"
 }
+
+# The runtime's own path: a fat binary registered as nvcc's host code does it
+# (__cudaRegisterFatBinary), which the runtime loads with cuLibraryLoadData when it sets up the
+# device. One whose __device__ array fits is charged and its kernel runs; one that does not
+# fit is refused (before any context is current: charged to the process's slice).
+test_limits_slice_registered() {
+    local out free=$((LIMITS_SLICE_BYTES - CUDART_CONTEXT_BYTES))
+    limits_build
+    limits_node
+    run_ok "start --register 256M in the slice" out limits_in_slice start --register 256M
+    assert_eq "start" "$(kv start_error "$out")" cudaSuccess
+    assert_eq "free memory with the registered module" "$(kv free "$out")" $((free - 256 * MIB - 64 * 1024))
+    assert_eq "its kernel" "$(kv launch_error "$out")" cudaSuccess
+    run_ok "start --register 2G in the slice" out limits_in_slice start --register 2G
+    # The runtime fails its start-up (cudaFree(0)) with the driver's CUDA_ERROR_OUT_OF_MEMORY.
+    assert_eq "start with a 2 GiB __device__ array registered" "$(kv start_error "$out")" cudaErrorMemoryAllocation
+}

@@ -360,3 +360,30 @@ fn green_contexts_are_charged_as_contexts() {
     );
     assert_eq!(v("used_end"), CONTEXT);
 }
+
+/// NVIDIA's runtime loads the fat binaries it registered with `cuLibraryLoadData` before it
+/// makes a context current: the load is charged to the process's slice all the same.
+#[test]
+fn a_library_loaded_without_a_context_is_charged() {
+    let name = "a_library_loaded_without_a_context_is_charged";
+    if is_client(name) {
+        let cu = Cuda::load();
+        // SAFETY: plain flags.
+        check_ok(unsafe { (cu.cuInit)(0) });
+        let x = Extra::load();
+        report("refused", x.library(&ptx_with_global(8 * GIB)).unwrap_err());
+        let l = x.library(&ptx_with_global(GIB)).unwrap();
+        report("used_loaded", used());
+        // SAFETY: the library just loaded.
+        check_ok(unsafe { (x.cuLibraryUnload)(l) });
+        report("used_unloaded", used());
+        return;
+    }
+    if skip_unless_root(name) {
+        return;
+    }
+    let out = run_client(node_with_slice().client(name), name);
+    assert_eq!(value(&out, "refused"), u64::from(OUT_OF_MEMORY));
+    assert_eq!(value(&out, "used_loaded"), GIB, "a library loaded with no context current was not charged");
+    assert_eq!(value(&out, "used_unloaded"), 0);
+}

@@ -14,7 +14,9 @@
 //!   `cuModuleUnload` or with the context.
 //! - **Libraries** (`cuLibraryLoadData`, `cuLibraryLoadFromFile`): charged once at load, before
 //!   any context loads them (a lazy load then never runs the slice past its limit), returned
-//!   on `cuLibraryUnload`. A library used in several contexts takes its memory in each on a
+//!   on `cuLibraryUnload`; to the current context's slice, or with none current (NVIDIA's
+//!   runtime loads its registered fat binaries before it makes a context current) to the
+//!   process's first slice. A library used in several contexts takes its memory in each on a
 //!   real driver; it is charged once here.
 //! - **Green contexts** (`cuGreenCtxCreate`): a context's charge, recorded under the context
 //!   `cuCtxFromGreenCtx` names, so what is allocated in it goes with it on `cuGreenCtxDestroy`.
@@ -114,7 +116,18 @@ unsafe fn loading(out: *mut *mut c_void, kind: Kind, bytes: u64, call: impl FnOn
         return call();
     }
     let s = state();
-    let (slice, _) = slice_or_pass!(s, current_device(), call());
+    let slice = match current_device() {
+        Some(dev) => slice_or_pass!(s, Some(dev), call()).0,
+        // A library belongs to no context, and NVIDIA's runtime loads the fat binaries it has
+        // registered before it makes one current: the process's (first) slice.
+        None if kind == Kind::Library && !s.slices.is_empty() => {
+            if let Err(r) = s.check_broken() {
+                return r.into();
+            }
+            0
+        }
+        None => return call(),
+    };
     let ctx = if kind == Kind::Module { current_context() } else { 0 };
     crate::log::log!(Debug, "{kind:?} load: charging {bytes} bytes");
     // SAFETY: the driver wrote the handle on success.
