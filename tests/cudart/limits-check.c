@@ -18,6 +18,8 @@
  *                                                           then cudaDeviceReset
  *   limits-check green                                      green contexts until one is refused (at most
  *                                                           64), then cuGreenCtxDestroy of each
+ *   limits-check ctx-v4                                     contexts from cuCtxCreate_v4 with an execution
+ *                                                           affinity (half the SMs) until one is refused
  *   limits-check start --register S                         start the runtime with a registered fat binary
  *                                                           (a cubin with an S-byte __device__ array and a
  *                                                           kernel k, as nvcc's host code registers it),
@@ -282,6 +284,45 @@ static int cmd_green(void) {
     return 0;
 }
 
+typedef CUresult (*cuCtxGetCurrent_fn)(CUcontext *);
+typedef CUresult (*ctx_create_v4_fn)(CUcontext *, CUctxCreateParams *, unsigned, CUdevice);
+typedef CUresult (*ctx_destroy_fn)(CUcontext);
+typedef CUresult (*ctx_set_current_fn)(CUcontext);
+
+/* Contexts made with cuCtxCreate_v4 and an execution-affinity parameter (half the device's
+ * SMs) until one is refused, then destroyed. */
+static int cmd_ctx_v4(void) {
+    ctx_create_v4_fn create = (ctx_create_v4_fn)entry("cuCtxCreate", 12050);
+    ctx_destroy_fn destroy = (ctx_destroy_fn)entry("cuCtxDestroy", 4000);
+    ctx_set_current_fn set_current = (ctx_set_current_fn)entry("cuCtxSetCurrent", 4000);
+    if (!create || !destroy || !set_current)
+        return fail("cudaGetDriverEntryPointByVersion(cuCtxCreate, 12050)", cudaErrorSymbolNotFound);
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, opt.device);
+    CUexecAffinityParam affinity = {.type = CU_EXEC_AFFINITY_TYPE_SM_COUNT};
+    affinity.param.smCount.val = (unsigned)sms / 2;
+    CUctxCreateParams params = {.execAffinityParams = &affinity, .numExecAffinityParams = 1, .cigParams = NULL};
+    CUcontext primary = NULL;
+    cuCtxGetCurrent_fn get_current = (cuCtxGetCurrent_fn)entry("cuCtxGetCurrent", 4000);
+    if (!get_current || get_current(&primary) != CUDA_SUCCESS)
+        return fail("cuCtxGetCurrent", cudaErrorUnknown);
+    printf("free_before=%zu\n", free_now());
+    CUcontext ctxs[64];
+    int n = 0;
+    CUresult rc = CUDA_SUCCESS;
+    while (n < 64 && (rc = create(&ctxs[n], &params, 0, opt.device)) == CUDA_SUCCESS) {
+        n++;
+        set_current(primary);
+    }
+    printf("created=%d\ncu_error=%d\nfree_full=%zu\n", n, (int)rc, free_now());
+    while (n > 0)
+        if (destroy(ctxs[--n]) != CUDA_SUCCESS)
+            return fail("cuCtxDestroy", cudaErrorUnknown);
+    set_current(primary);
+    printf("free_destroyed=%zu\n", free_now());
+    return 0;
+}
+
 static int cmd_reset(void) {
     module_load_data_fn load = (module_load_data_fn)entry("cuModuleLoadData", 2000);
     if (!load)
@@ -361,6 +402,8 @@ int main(int argc, char **argv) {
         return cmd_reset();
     if (!strcmp(cmd, "green"))
         return cmd_green();
+    if (!strcmp(cmd, "ctx-v4"))
+        return cmd_ctx_v4();
     fprintf(stderr, "unknown command %s\n", cmd);
     return 2;
 }

@@ -153,3 +153,15 @@ test_limits_slice_registered() {
     # The runtime fails its start-up (cudaFree(0)) with the driver's CUDA_ERROR_OUT_OF_MEMORY.
     assert_eq "start with a 2 GiB __device__ array registered" "$(kv start_error "$out")" cudaErrorMemoryAllocation
 }
+
+# cuCtxCreate_v4 with an execution-affinity parameter (what cuCtxCreate is from CUDA 13) takes a
+# context's memory like any context: three fit beside the primary context, the fourth is refused.
+test_limits_slice_ctx_create_v4() {
+    local out
+    limits_build
+    limits_node
+    run_ok "ctx-v4 in the slice" out limits_in_slice ctx-v4
+    assert_eq "contexts created" "$(kv created "$out")" 3
+    assert_eq "the next cuCtxCreate_v4" "$(kv cu_error "$out")" 2
+    assert_eq "free memory after cuCtxDestroy" "$(kv free_destroyed "$out")" "$(kv free_before "$out")"
+}
