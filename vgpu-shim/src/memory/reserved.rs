@@ -27,15 +27,15 @@ use gpuslice_core::reservations::{self, Residency};
 
 use super::*;
 
-/// The context's value of a limit before the shim first saw it set: (context, limit) → value.
-/// Read again once the context's record is gone (a new or reset context starts at its default).
-static BASES: std::sync::Mutex<Vec<((u64, CUlimit), u64)>> = std::sync::Mutex::new(Vec::new());
+/// Limit settings of this process: the value each (context, limit) had before the shim first
+/// saw it set, read again once the context's record is gone (a new or reset context starts at
+/// its default). Its lock is held across `cuCtxSetLimit` (only: no other call waits for it),
+/// so that concurrent sets charge in the order the driver applies them.
+static LIMITS: std::sync::Mutex<Option<HashMap<(u64, CUlimit), u64>>> = std::sync::Mutex::new(None);
 
-fn base_of(ctx: u64, limit: CUlimit, fresh: bool) -> Option<u64> {
-    let mut bases = BASES.lock().unwrap_or_else(|p| p.into_inner());
-    let at = bases.iter().position(|(k, _)| *k == (ctx, limit));
-    if let (Some(i), false) = (at, fresh) {
-        return Some(bases[i].1);
+fn base_of(bases: &mut HashMap<(u64, CUlimit), u64>, ctx: u64, limit: CUlimit, fresh: bool) -> Option<u64> {
+    if let (Some(&v), false) = (bases.get(&(ctx, limit)), fresh) {
+        return Some(v);
     }
     let f = cuda().cuCtxGetLimit?;
     let mut value = 0usize;
@@ -43,10 +43,7 @@ fn base_of(ctx: u64, limit: CUlimit, fresh: bool) -> Option<u64> {
     if unsafe { f(&mut value, limit) } != CUDA_SUCCESS {
         return None;
     }
-    match at {
-        Some(i) => bases[i].1 = value as u64,
-        None => bases.push(((ctx, limit), value as u64)),
-    }
+    bases.insert((ctx, limit), value as u64);
     Some(value as u64)
 }
 
@@ -81,8 +78,10 @@ pub unsafe fn ctx_set_limit(limit: CUlimit, value: usize) -> CUresult {
         return pass();
     }
     let key = (Kind::Limit(limit), ctx);
+    let mut limits = LIMITS.lock().unwrap_or_else(|p| p.into_inner());
+    let bases = limits.get_or_insert_with(HashMap::new);
     let old = book(s).charges.get(&key).copied();
-    let Some(base) = base_of(ctx, limit, old.is_none()) else { return pass() };
+    let Some(base) = base_of(bases, ctx, limit, old.is_none()) else { return pass() };
     let Some(new) = reservations::limit_extra(limit, base, value as u64, residency(dev)) else { return pass() };
     let old_bytes = old.map_or(0, |c| c.bytes);
     if new > old_bytes
