@@ -61,10 +61,18 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "contexts")) {                      /* a created context, green contexts until refused */
         CUcontext primary, c; cuCtxGetCurrent(&primary);
         size_t before = free_now();
+#if CUDA_VERSION >= 13000
+        CUresult rc = cuCtxCreate(&c, NULL, 0, 0); /* cuCtxCreate_v4 */
+#else
         CUresult rc = cuCtxCreate(&c, 0, 0);
+#endif
         cuCtxSetCurrent(primary);
         printf("ctx_error=%d\ntaken_ctx=%lld\n", (int)rc, taken(before));
         if (rc == CUDA_SUCCESS) cuCtxDestroy(c);
+#if CUDA_VERSION < 12040
+        printf("green=unsupported\n");
+        return 0;
+#else
         CUdevResource sms; CUdevResourceDesc desc;
         memset(&sms, 0, sizeof sms);
         if (cuDeviceGetDevResource(0, &sms, CU_DEV_RESOURCE_TYPE_SM) != CUDA_SUCCESS ||
@@ -79,6 +87,7 @@ int main(int argc, char **argv) {
         while (n > 0) cuGreenCtxDestroy(g[--n]);
         printf("taken_green_destroyed=%lld\n", taken(before));
         return 0;
+#endif
     }
     if (!strcmp(cmd, "reset") && argc == 3) {            /* reset CUBIN: a heap, a module, cudaDeviceReset */
         size_t before = free_now();
