@@ -20,6 +20,7 @@ pub mod limits;
 pub mod mountinfo;
 pub mod plan;
 pub mod region;
+pub mod reservations;
 pub mod shm;
 pub mod state;
 pub mod units;

@@ -241,4 +241,7 @@ PY
 else
     skip "PyTorch checks" "python3 cannot import torch with CUDA"
 fi
+
+# Context limits, modules, green contexts and resets (calibration printout first).
+. "$here/limits.sh"
 summary

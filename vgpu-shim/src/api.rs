@@ -166,6 +166,23 @@ api! {
         cuCtxCreate_v4(ctx: *mut CUcontext, params: *mut CUctxCreateParams, flags: u32, dev: CUdevice)
             => crate::memory::ctx_create_v4;
         cuCtxDestroy_v2(ctx: CUcontext) => crate::memory::ctx_destroy;
+        cuCtxSetLimit(limit: CUlimit, value: usize) => crate::memory::reserved::ctx_set_limit;
+        cuModuleLoad(module: *mut CUmodule, fname: *const c_char) => crate::memory::reserved::module_load;
+        cuModuleLoadData(module: *mut CUmodule, image: *const c_void) => crate::memory::reserved::module_load_data;
+        cuModuleLoadDataEx(module: *mut CUmodule, image: *const c_void, n: u32, options: *mut CUjit_option, values: *mut *mut c_void)
+            => crate::memory::reserved::module_load_data_ex;
+        cuModuleLoadFatBinary(module: *mut CUmodule, fat: *const c_void) => crate::memory::reserved::module_load_fat_binary;
+        cuModuleUnload(module: CUmodule) => crate::memory::reserved::module_unload;
+        cuLibraryLoadData(library: *mut CUlibrary, code: *const c_void, jit_options: *mut CUjit_option, jit_values: *mut *mut c_void,
+                          n_jit: u32, library_options: *mut CUlibraryOption, library_values: *mut *mut c_void, n_library: u32)
+            => crate::memory::reserved::library_load_data;
+        cuLibraryLoadFromFile(library: *mut CUlibrary, name: *const c_char, jit_options: *mut CUjit_option, jit_values: *mut *mut c_void,
+                              n_jit: u32, library_options: *mut CUlibraryOption, library_values: *mut *mut c_void, n_library: u32)
+            => crate::memory::reserved::library_load_from_file;
+        cuLibraryUnload(library: CUlibrary) => crate::memory::reserved::library_unload;
+        cuGreenCtxCreate(green: *mut CUgreenCtx, desc: CUdevResourceDesc, dev: CUdevice, flags: u32)
+            => crate::memory::reserved::green_ctx_create;
+        cuGreenCtxDestroy(green: CUgreenCtx) => crate::memory::reserved::green_ctx_destroy;
         cuLaunchKernel(f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
                        params: *mut *mut c_void, extra: *mut *mut c_void)
             => crate::launch::launch_kernel;
@@ -215,6 +232,8 @@ api! {
         cuMemGetAllocationGranularity;
         cuDeviceGetMemPool;
         cuMemPoolGetAttribute;
+        cuCtxGetLimit;
+        cuCtxFromGreenCtx;
     }
 }
 

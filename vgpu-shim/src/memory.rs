@@ -24,7 +24,8 @@
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
 //! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it. Virtual memory
-//! management (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`].
+//! management (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`]; what the driver reserves outside
+//! allocations (context limits, modules and libraries, green contexts) in [`reserved`].
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -54,6 +55,11 @@ enum Kind {
     Array,
     Mipmap,
     Context,
+    /// A context's limit (`CUlimit`), keyed by the context ([`reserved`]).
+    Limit(CUlimit),
+    Module,
+    Library,
+    Green,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,6 +280,7 @@ macro_rules! slice_or_pass {
     }};
 }
 
+pub mod reserved;
 pub mod vmm;
 
 /// # Safety

@@ -1016,8 +1016,8 @@ fn host_memory_address_ranges_pool_attributes_and_priorities_answer_as_a_driver_
     let mut green: CUgreenCtx = null_mut();
     let desc: CUdevResourceDesc = null_mut();
     // SAFETY: live outputs; pointers the driver handed out, or a live buffer.
-    check(unsafe { (cu.cuGreenCtxCreate)(&mut green, desc, 0, 0) }, NOT_SUPPORTED);
-    assert!(green.is_null(), "outputs untouched");
+    check(unsafe { (cu.cuGreenCtxCreate)(&mut green, desc, 0, 0) }, INVALID_VALUE);
+    assert!(green.is_null(), "outputs untouched: no descriptor");
 }
 
 // ---- fault injection --------------------------------------------------------------------

@@ -38,6 +38,9 @@ pub(crate) struct Context {
     /// Flags, limits and cache preference ([`super::context_info`]).
     pub settings: super::context_info::Settings,
     _memory: Charge,
+    /// What the stack, printf FIFO and malloc heap limits reserve beyond their defaults
+    /// (indexed by `CUlimit`; [`super::context_info`]).
+    pub limit_memory: [Option<Charge>; 3],
     pub legacy: QueueTime,
     pub per_thread: HashMap<ThreadId, QueueTime>,
 }
@@ -91,6 +94,12 @@ pub(crate) fn get(reg: &Registry, ctx: Handle) -> CuResult<&Context> {
     reg.contexts.live.get(&ctx).ok_or(INVALID_CONTEXT)
 }
 
+/// The memory of the live context `ctx`'s device.
+pub(crate) fn device_state(reg: &Registry, ctx: Handle) -> CuResult<&'static crate::state::DeviceState> {
+    let device = get(reg, ctx)?.device;
+    super::driver()?.sim.device(device).ok_or(INVALID_CONTEXT)
+}
+
 /// The top of the stack without checking it: what `cuCtxGetCurrent` reports.
 pub(crate) fn top() -> Option<Handle> {
     STACK.with_borrow(|s| s.last().copied())
@@ -104,6 +113,7 @@ fn make(sim: &'static Simulator, device: CUdevice, primary: bool, flags: u32) ->
         primary,
         settings: super::context_info::Settings::new(flags),
         _memory: memory,
+        limit_memory: [None, None, None],
         legacy: QueueTime::default(),
         per_thread: HashMap::new(),
     })
@@ -206,6 +216,14 @@ pub(crate) fn create(reg: &mut Registry, sim: &'static Simulator, flags: u32, de
     let handle = new_handle();
     reg.contexts.live.insert(handle, ctx);
     STACK.with_borrow_mut(|s| s.push(handle));
+    Ok(handle)
+}
+
+/// A created context that is not made current (a green context's).
+pub(crate) fn create_detached(reg: &mut Registry, sim: &'static Simulator, device: CUdevice) -> CuResult<Handle> {
+    let ctx = make(sim, device, false, 0)?;
+    let handle = new_handle();
+    reg.contexts.live.insert(handle, ctx);
     Ok(handle)
 }
 

@@ -1,18 +1,25 @@
 //! Context settings and queries that NVIDIA's runtime (and frameworks) use: API version,
 //! flags, limits, cache and shared-memory preferences, stream priorities. Settings are kept
-//! per context and answered back; none of them changes what the simulator does.
+//! per context and answered back. The stack size, printf FIFO and malloc heap limits reserve
+//! device memory as a real driver does, by [`gpuslice_core::reservations`]' model: what a
+//! value reserves beyond the default's (which is part of the context's own memory), taken when
+//! the limit is raised (`CUDA_ERROR_OUT_OF_MEMORY` when the device is full; the old value
+//! stays), given back when it is lowered or the context goes.
 
 use std::ffi::{c_int, c_uint};
 
-use super::context;
-use super::driver;
+use gpuslice_core::reservations::{self, Residency};
+
 use super::error::{self, CuResult, INVALID_VALUE};
 use super::ffi::Out;
+use super::memory::Charge;
 use super::proc_address::driver_api;
 use super::types::{
     CU_FUNC_CACHE_PREFER_EQUAL, CU_SHARED_MEM_CONFIG_EIGHT_BYTE_BANK_SIZE, CUcontext, CUdevice, CUfunc_cache, CUlimit,
     CUsharedconfig,
 };
+use super::{context, device, driver};
+use crate::state::DeviceState;
 
 /// `CUlimit`s: stack size, printf FIFO, malloc heap, device-runtime sync depth and pending
 /// launches, L2 fetch granularity, persisting L2 size, shared memory size, CIG enabled, CIG
@@ -40,6 +47,13 @@ fn with_settings<T>(ctx: CUcontext, f: impl FnOnce(&mut Settings) -> CuResult<T>
     let ctx = context::live_or_current(&reg, ctx as usize)?;
     let c = reg.contexts.live.get_mut(&ctx).ok_or(error::INVALID_CONTEXT)?;
     f(&mut c.settings)
+}
+
+/// `CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR` of the simulated H100.
+const THREADS_PER_SM: u64 = 2048;
+
+fn reserve(state: &'static DeviceState, bytes: u64) -> CuResult<Option<Charge>> {
+    if bytes == 0 { Ok(None) } else { Charge::uncounted(state, bytes).map(Some).map_err(|_| error::OUT_OF_MEMORY) }
 }
 
 fn limit_index(limit: CUlimit) -> CuResult<usize> {
@@ -88,13 +102,29 @@ driver_api! {
         Ok(())
     }
 
-    /// Kept and answered back; nothing else changes.
+    /// Kept and answered back; the stack, printf FIFO and heap limits reserve memory.
     fn cuCtxSetLimit(limit: CUlimit, value: usize) {
         let i = limit_index(limit)?;
-        with_settings(std::ptr::null_mut(), |s| {
-            s.limits[i] = value;
-            Ok(())
-        })
+        let d = driver()?;
+        let mut reg = d.lock();
+        let ctx = context::current(&reg)?;
+        let c = reg.contexts.live.get_mut(&ctx).ok_or(error::INVALID_CONTEXT)?;
+        let (gpu, state) = device::gpu(d.sim, c.device as CUdevice)?;
+        let residency = Residency { sm_count: u64::from(gpu.sm_count), threads_per_sm: THREADS_PER_SM };
+        let extra = |v: usize| reservations::limit_extra(limit, LIMIT_DEFAULTS[i] as u64, v as u64, residency);
+        if let (Some(old), Some(new)) = (extra(c.settings.limits[i]), extra(value)) {
+            // What the old value reserved goes back first, as the driver frees it first.
+            c.limit_memory[i] = None;
+            match reserve(state, new) {
+                Ok(m) => c.limit_memory[i] = m,
+                Err(e) => {
+                    c.limit_memory[i] = reserve(state, old).ok().flatten();
+                    return Err(e);
+                }
+            }
+        }
+        c.settings.limits[i] = value;
+        Ok(())
     }
     fn cuCtxGetCacheConfig(config: *mut CUfunc_cache) {
         // SAFETY: null or writable per the export's contract.

@@ -11,6 +11,7 @@ pub type CuResult<T = ()> = Result<T, CUresult>;
 pub const SUCCESS: CUresult = gpuslice_cuda_abi::cuda::CUDA_SUCCESS;
 pub const INVALID_VALUE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_VALUE;
 pub const OUT_OF_MEMORY: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_OUT_OF_MEMORY;
+pub const FILE_NOT_FOUND: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_FILE_NOT_FOUND;
 pub const NOT_INITIALIZED: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NOT_INITIALIZED;
 pub const NO_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_NO_DEVICE;
 pub const INVALID_DEVICE: CUresult = gpuslice_cuda_abi::cuda::CUDA_ERROR_INVALID_DEVICE;

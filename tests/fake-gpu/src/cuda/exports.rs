@@ -1140,7 +1140,8 @@ unsafe fn add_kernel_node(
         (true, true) => context::current(&reg)?,
         (true, false) => ctx as usize,
     };
-    let (function, kind) = reg.modules.resolve(f, ctx).map_err(|_| INVALID_VALUE)?;
+    let device = context::device_state(&reg, ctx).ok();
+    let (function, kind) = reg.modules.resolve(f, ctx, device).map_err(|_| INVALID_VALUE)?;
     let shape = launch::Shape {
         grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
         block: [p.blockDimX, p.blockDimY, p.blockDimZ],

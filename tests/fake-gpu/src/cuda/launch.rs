@@ -219,8 +219,8 @@ struct Resolved {
 
 impl Launch {
     /// The function in `ctx` and its duration, if `ctx` has it and GPU `device` can run it.
-    fn resolve(&self, reg: &mut Registry, sim: &Simulator, ctx: Handle, device: u32) -> CuResult<Resolved> {
-        let (function, kind) = reg.modules.resolve(self.function, ctx)?;
+    fn resolve(&self, reg: &mut Registry, sim: &'static Simulator, ctx: Handle, device: u32) -> CuResult<Resolved> {
+        let (function, kind) = reg.modules.resolve(self.function, ctx, sim.device(device))?;
         self.shape.check()?;
         let sm_count = sim.config().gpu.get(device as usize).map_or(0, |g| g.sm_count);
         if self.cooperative && self.shape.blocks() > self.shape.co_resident_blocks(sm_count) {

@@ -15,6 +15,14 @@ use super::types::{
 };
 use super::{context, device, driver};
 
+/// A module file's bytes with a NUL after them (PTX is text), or `CUDA_ERROR_FILE_NOT_FOUND`.
+fn read_image(path: &std::ffi::CStr) -> error::CuResult<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bytes = std::fs::read(std::ffi::OsStr::from_bytes(path.to_bytes())).map_err(|_| error::FILE_NOT_FOUND)?;
+    bytes.push(0);
+    Ok(bytes)
+}
+
 driver_api! {
     /// Any non-null image loads, as with `cuModuleLoadData`; JIT and library options are
     /// accepted and ignored.
@@ -36,7 +44,67 @@ driver_api! {
         let d = driver()?;
         // SAFETY: a non-null image per the export's contract.
         let kernels = unsafe { image::kernels(code) };
-        out.set(d.lock().modules.load_library(kernels) as CUlibrary);
+        let bytes = modules::image_bytes(code);
+        out.set(d.lock().modules.load_library(kernels, bytes) as CUlibrary);
+        Ok(())
+    }
+
+    /// As `cuLibraryLoadData`, with the image read from a file.
+    fn cuLibraryLoadFromFile(
+        library: *mut CUlibrary,
+        file_name: *const c_char,
+        _jit_options: *mut CUjit_option,
+        _jit_options_values: *mut *mut c_void,
+        _num_jit_options: c_uint,
+        _library_options: *mut CUlibraryOption,
+        _library_option_values: *mut *mut c_void,
+        _num_library_options: c_uint,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(library) }?;
+        // SAFETY: null or a C string per the export's contract.
+        let image = read_image(unsafe { c_str(file_name) }?)?;
+        let code = image.as_ptr().cast::<c_void>();
+        // SAFETY: the file's bytes, NUL-terminated, alive for the call.
+        let kernels = unsafe { image::kernels(code) };
+        let bytes = modules::image_bytes(code);
+        out.set(driver()?.lock().modules.load_library(kernels, bytes) as CUlibrary);
+        Ok(())
+    }
+
+    /// As `cuModuleLoadData`; JIT options are accepted and ignored.
+    fn cuModuleLoadDataEx(
+        module: *mut CUmodule,
+        image: *const c_void,
+        _num_options: c_uint,
+        _options: *mut CUjit_option,
+        _option_values: *mut *mut c_void,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(module) }?;
+        // SAFETY: null or an image per the export's contract.
+        out.set(unsafe { modules::load_module(image) }? as CUmodule);
+        Ok(())
+    }
+
+    /// As `cuModuleLoadData`, for a fat binary.
+    fn cuModuleLoadFatBinary(module: *mut CUmodule, fat_cubin: *const c_void) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(module) }?;
+        // SAFETY: null or an image per the export's contract.
+        out.set(unsafe { modules::load_module(fat_cubin) }? as CUmodule);
+        Ok(())
+    }
+
+    /// As `cuModuleLoadData`, with the image read from a file (`CUDA_ERROR_FILE_NOT_FOUND` if
+    /// it cannot be read).
+    fn cuModuleLoad(module: *mut CUmodule, fname: *const c_char) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(module) }?;
+        // SAFETY: null or a C string per the export's contract.
+        let image = read_image(unsafe { c_str(fname) }?)?;
+        // SAFETY: the file's bytes, NUL-terminated, alive for the call.
+        out.set(unsafe { modules::load_module(image.as_ptr().cast()) }? as CUmodule);
         Ok(())
     }
 
@@ -59,7 +127,8 @@ driver_api! {
         let out = unsafe { Out::new(module) }?;
         let mut reg = driver()?.lock();
         let ctx = context::current(&reg)?;
-        out.set(reg.modules.library_module(library as usize, ctx)? as CUmodule);
+        let device = Some(context::device_state(&reg, ctx)?);
+        out.set(reg.modules.library_module(library as usize, ctx, device)? as CUmodule);
         Ok(())
     }
 
@@ -69,7 +138,8 @@ driver_api! {
         let out = unsafe { Out::new(function) }?;
         let mut reg = driver()?.lock();
         let ctx = context::current(&reg)?;
-        out.set(reg.modules.kernel_function(kernel as usize, ctx)? as CUfunction);
+        let device = Some(context::device_state(&reg, ctx)?);
+        out.set(reg.modules.kernel_function(kernel as usize, ctx, device)? as CUfunction);
         Ok(())
     }
     fn cuKernelGetLibrary(library: *mut CUlibrary, kernel: CUkernel) {

@@ -31,6 +31,7 @@ pub mod error;
 mod exports;
 mod ffi;
 mod graph;
+mod green;
 pub mod hold;
 mod image;
 mod integrity;

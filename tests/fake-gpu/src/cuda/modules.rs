@@ -13,11 +13,15 @@
 use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_void};
 
-use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND};
+use gpuslice_core::reservations;
+
+use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND, OUT_OF_MEMORY};
 use super::image::{self, Kernels};
 use super::launch::Nanos;
+use super::memory::Charge;
 use super::types::*;
 use super::{Handle, context, driver, new_handle};
+use crate::state::DeviceState;
 
 /// How long a kernel other than `busy` occupies the device: about what a small kernel takes
 /// on a real GPU from start to finish.
@@ -51,6 +55,8 @@ impl Kind {
 struct Module {
     ctx: Handle,
     kernels: Kernels,
+    /// The device memory its code and globals take ([`reservations::module_bytes`]).
+    _memory: Option<Charge>,
 }
 
 #[derive(Debug)]
@@ -63,6 +69,8 @@ struct Function {
 #[derive(Debug)]
 struct Library {
     kernels: Kernels,
+    /// What loading it into a context reserves there.
+    bytes: u64,
     /// The library's module in each context it was used in.
     modules: HashMap<Handle, Handle>,
 }
@@ -83,10 +91,10 @@ pub(crate) struct Modules {
 }
 
 impl Modules {
-    /// `cuModuleLoadData`: a module of `ctx` providing `kernels`.
-    pub fn load(&mut self, ctx: Handle, kernels: Kernels) -> Handle {
+    /// `cuModuleLoadData`: a module of `ctx` providing `kernels`, holding `memory`.
+    pub fn load(&mut self, ctx: Handle, kernels: Kernels, memory: Option<Charge>) -> Handle {
         let module = new_handle();
-        self.modules.insert(module, Module { ctx, kernels });
+        self.modules.insert(module, Module { ctx, kernels, _memory: memory });
         module
     }
 
@@ -121,10 +129,11 @@ impl Modules {
         Ok(f)
     }
 
-    /// `cuLibraryLoadData`.
-    pub fn load_library(&mut self, kernels: Kernels) -> Handle {
+    /// `cuLibraryLoadData`: nothing is reserved until it is loaded into a context (lazy
+    /// loading, the default since CUDA 12.2), where it reserves `bytes`.
+    pub fn load_library(&mut self, kernels: Kernels, bytes: u64) -> Handle {
         let library = new_handle();
-        self.libraries.insert(library, Library { kernels, modules: HashMap::new() });
+        self.libraries.insert(library, Library { kernels, bytes, modules: HashMap::new() });
         library
     }
 
@@ -154,14 +163,17 @@ impl Modules {
         Ok(k)
     }
 
-    /// `cuLibraryGetModule`: the library loaded in `ctx`.
-    pub fn library_module(&mut self, library: Handle, ctx: Handle) -> CuResult<Handle> {
+    /// `cuLibraryGetModule`: the library loaded in `ctx`, whose device is `device` (`None`:
+    /// nothing is reserved, for unit tests). The first load there reserves the library's
+    /// memory, or fails with `CUDA_ERROR_OUT_OF_MEMORY`.
+    pub fn library_module(&mut self, library: Handle, ctx: Handle, device: Device) -> CuResult<Handle> {
         let l = self.libraries.get(&library).ok_or(INVALID_HANDLE)?;
         if let Some(&m) = l.modules.get(&ctx) {
             return Ok(m);
         }
         let kernels = l.kernels.clone();
-        let module = self.load(ctx, kernels);
+        let memory = reserve(device, l.bytes)?;
+        let module = self.load(ctx, kernels, memory);
         if let Some(l) = self.libraries.get_mut(&library) {
             l.modules.insert(ctx, module);
         }
@@ -169,16 +181,16 @@ impl Modules {
     }
 
     /// `cuKernelGetFunction`: the kernel's function in `ctx`.
-    pub fn kernel_function(&mut self, kernel: Handle, ctx: Handle) -> CuResult<Handle> {
+    pub fn kernel_function(&mut self, kernel: Handle, ctx: Handle, device: Device) -> CuResult<Handle> {
         let k = self.kernels.get(&kernel).ok_or(INVALID_HANDLE)?;
         let (library, name) = (k.library, k.name.to_string_lossy().into_owned());
-        let module = self.library_module(library, ctx)?;
+        let module = self.library_module(library, ctx, device)?;
         self.function(module, &name)
     }
 
     /// A launch's function in `ctx`: a `CUfunction`, or a `CUkernel` resolved there.
-    pub fn resolve(&mut self, f: Handle, ctx: Handle) -> CuResult<(Handle, Kind)> {
-        let f = if self.kernels.contains_key(&f) { self.kernel_function(f, ctx)? } else { f };
+    pub fn resolve(&mut self, f: Handle, ctx: Handle, device: Device) -> CuResult<(Handle, Kind)> {
+        let f = if self.kernels.contains_key(&f) { self.kernel_function(f, ctx, device)? } else { f };
         let kind = self.functions.get(&f).ok_or(INVALID_HANDLE)?.kind;
         Ok((f, kind))
     }
@@ -275,7 +287,25 @@ pub(crate) fn check_settable(attribute: CUfunction_attribute, value: c_int) -> C
     if ok { Ok(()) } else { Err(INVALID_VALUE) }
 }
 
-/// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context.
+/// The device a module is loaded on, whose memory it takes (`None`: none is taken).
+pub(crate) type Device = Option<&'static DeviceState>;
+
+/// `bytes` of `device`'s memory, or `CUDA_ERROR_OUT_OF_MEMORY`.
+fn reserve(device: Device, bytes: u64) -> CuResult<Option<Charge>> {
+    match device {
+        Some(d) if bytes > 0 => Charge::uncounted(d, bytes).map(Some).map_err(|_| OUT_OF_MEMORY),
+        _ => Ok(None),
+    }
+}
+
+/// What an image reserves when loaded: [`reservations::module_bytes`], read without trusting
+/// the image's pointers.
+pub(crate) fn image_bytes(image: *const c_void) -> u64 {
+    reservations::module_bytes(image as usize, &reservations::OwnMemory)
+}
+
+/// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context,
+/// reserving its code and globals there (or `CUDA_ERROR_OUT_OF_MEMORY`).
 ///
 /// # Safety
 ///
@@ -286,9 +316,10 @@ pub(crate) unsafe fn load_module(image: *const c_void) -> CuResult<Handle> {
     }
     let mut reg = driver()?.lock();
     let ctx = context::current(&reg)?;
+    let memory = reserve(Some(context::device_state(&reg, ctx)?), image_bytes(image))?;
     // SAFETY: a non-null image per the caller.
     let kernels = unsafe { image::kernels(image) };
-    Ok(reg.modules.load(ctx, kernels))
+    Ok(reg.modules.load(ctx, kernels, memory))
 }
 
 /// A launch's parameters as the caller passed them: `kernelParams` (an array of pointers, one
@@ -376,21 +407,21 @@ mod tests {
     #[test]
     fn libraries_lend_their_kernels_to_each_context() {
         let mut m = Modules::default();
-        let lib = m.load_library(Kernels::Listed(vec!["_Z4busyy".to_owned(), "k".to_owned()]));
+        let lib = m.load_library(Kernels::Listed(vec!["_Z4busyy".to_owned(), "k".to_owned()]), 0);
         let k = m.library_kernel(lib, "_Z4busyy").unwrap();
         assert_eq!(m.library_kernel(lib, "_Z4busyy"), Ok(k));
         assert_eq!(m.library_kernel(lib, "missing"), Err(NOT_FOUND));
-        let (f1, kind) = m.resolve(k, 100).unwrap();
+        let (f1, kind) = m.resolve(k, 100, None).unwrap();
         assert_eq!(kind, Kind::Busy);
-        let (f2, _) = m.resolve(k, 200).unwrap();
+        let (f2, _) = m.resolve(k, 200, None).unwrap();
         assert_ne!(f1, f2, "one function per context");
-        assert_eq!(m.kernel_function(k, 100), Ok(f1));
+        assert_eq!(m.kernel_function(k, 100, None), Ok(f1));
         assert_eq!(m.context_of(f2), Some(200));
         m.drop_context(100);
         assert!(!m.is_function(f1));
-        assert_ne!(m.kernel_function(k, 100).unwrap(), f1, "loaded again in a new context");
+        assert_ne!(m.kernel_function(k, 100, None).unwrap(), f1, "loaded again in a new context");
         m.unload_library(lib).unwrap();
         assert!(!m.is_function(f2) && !m.is_kernel(k));
-        assert_eq!(m.resolve(k, 100), Err(INVALID_HANDLE));
+        assert_eq!(m.resolve(k, 100, None), Err(INVALID_HANDLE));
     }
 }

@@ -4,20 +4,18 @@
 //! each) and use them only when asked to; a lookup that found nothing would leave an error
 //! behind in NVIDIA's runtime (`cudaGetLastError`) that the next allocation trips over.
 //!
-//! - Green contexts (`cuDeviceGetDevResource`, `cuDevSmResourceSplitByCount`,
-//!   `cuDevResourceGenerateDesc`, `cuGreenCtx*`, `cuCtxFromGreenCtx`).
 //! - Multicast objects (`cuMulticast*`): `CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED` is 0.
 //!
 //! Driver log callbacks (`cuLogsRegisterCallback`) are accepted: the simulator writes no driver
 //! log, so a callback is never called.
 
-use std::ffi::{c_int, c_uint, c_ulonglong, c_void};
+use std::ffi::{c_ulonglong, c_void};
 
+use super::driver;
 use super::error::{CuResult, NOT_SUPPORTED};
 use super::ffi::Out;
 use super::proc_address::driver_api;
 use super::types::*;
-use super::{device, driver};
 
 fn not_supported() -> CuResult {
     Err(NOT_SUPPORTED)
@@ -27,33 +25,6 @@ fn not_supported() -> CuResult {
 const LOGS_HANDLE: usize = 0x1;
 
 driver_api! {
-    fn cuDeviceGetDevResource(dev: CUdevice, _result: *mut CUdevResource, _type_: CUdevResourceType) {
-        device::gpu(driver()?.sim, dev)?;
-        not_supported()
-    }
-    fn cuDevSmResourceSplitByCount(
-        _result: *mut CUdevResource,
-        _nb_groups: *mut c_uint,
-        _input: *const CUdevResource,
-        _remaining: *mut CUdevResource,
-        _use_flags: c_uint,
-        _min_count: c_uint,
-    ) {
-        not_supported()
-    }
-    fn cuDevResourceGenerateDesc(_ph_desc: *mut CUdevResourceDesc, _resources: *mut CUdevResource, _nb_resources: c_uint) {
-        not_supported()
-    }
-    fn cuGreenCtxCreate(_ph_ctx: *mut CUgreenCtx, _desc: CUdevResourceDesc, dev: CUdevice, _flags: c_uint) {
-        device::gpu(driver()?.sim, dev)?;
-        not_supported()
-    }
-    fn cuGreenCtxDestroy(_h_ctx: CUgreenCtx) { not_supported() }
-    fn cuCtxFromGreenCtx(_p_context: *mut CUcontext, _h_ctx: CUgreenCtx) { not_supported() }
-    fn cuGreenCtxStreamCreate(_ph_stream: *mut CUstream, _green_ctx: CUgreenCtx, _flags: c_uint, _priority: c_int) {
-        not_supported()
-    }
-
     fn cuMulticastCreate(_mc_handle: *mut CUmemGenericAllocationHandle, _prop: *const CUmulticastObjectProp) {
         not_supported()
     }

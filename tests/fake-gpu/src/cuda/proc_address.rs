@@ -28,12 +28,13 @@ pub struct Export {
 }
 
 /// The lists of exports, one per file that declares some.
-static TABLES: [&[Export]; 5] = [
+static TABLES: [&[Export]; 6] = [
     super::exports::TABLE,
     super::library::TABLE,
     super::context_info::TABLE,
     super::dark_api::TABLE,
     super::not_supported::TABLE,
+    super::green::TABLE,
 ];
 
 /// Every export.

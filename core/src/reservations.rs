@@ -1,0 +1,415 @@
+//! Device memory a CUDA driver reserves outside allocations: for a context's limits
+//! (`cuCtxSetLimit`) and for a loaded module's code and `__device__` globals. One model, used
+//! by the shim to charge a slice before the driver reserves and by the simulated driver to
+//! reserve, so the two agree; a real driver's numbers differ and the GPU tier prints them next
+//! to this model (`tests/gpu/limits.sh`) so it can be calibrated when a GPU is lent.
+//!
+//! **Limits.** `CU_LIMIT_MALLOC_HEAP_SIZE` and `CU_LIMIT_PRINTF_FIFO_SIZE` reserve their value;
+//! `CU_LIMIT_STACK_SIZE` is per thread and reserves value × resident threads (SMs × maximum
+//! threads per SM). Each is rounded up to [`LIMIT_GRANULARITY`]. What a context reserves at
+//! creation for the default values is part of its own memory: a limit costs what its value
+//! reserves beyond what the value the context started with did, never less than nothing.
+//!
+//! **Modules.** A module image reserves the sizes of the chosen cubin's allocated ELF sections:
+//! code (`.text.*`), globals (`.nv.global`, uninitialised, and `.nv.global.init`) and constant
+//! banks (`.nv.constant*`), each aligned to 256 bytes, the sum rounded up to
+//! [`MODULE_GRANULARITY`] (nothing stays nothing). PTX reserves the `.global` and `.const`
+//! variables it declares (its code size is known only after the JIT: not counted). A fat
+//! binary reserves what its largest uncompressed entry does (the driver picks one entry for the
+//! device; which one is its business, so the largest bounds it). Compressed entries cannot be
+//! read without their codec and count nothing: a known gap.
+//!
+//! Images are read through a [`Reader`], which on the shim's side never faults on a bad
+//! pointer ([`read_own_memory`]): a hostile image gets a smaller estimate or none, never a
+//! crash.
+
+/// What a limit's reservation is rounded up to.
+pub const LIMIT_GRANULARITY: u64 = 2 << 20;
+/// What a module's reservation is rounded up to.
+pub const MODULE_GRANULARITY: u64 = 64 << 10;
+
+/// `CU_LIMIT_STACK_SIZE`, `CU_LIMIT_PRINTF_FIFO_SIZE`, `CU_LIMIT_MALLOC_HEAP_SIZE`.
+pub const LIMIT_STACK_SIZE: u32 = 0;
+pub const LIMIT_PRINTF_FIFO_SIZE: u32 = 1;
+pub const LIMIT_MALLOC_HEAP_SIZE: u32 = 2;
+
+/// The device shape a stack reservation depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Residency {
+    pub sm_count: u64,
+    pub threads_per_sm: u64,
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to).saturating_mul(to)
+}
+
+/// Bytes the driver reserves for `limit` at `value`; `None` for a limit that reserves no
+/// device memory of its own (sync depth, pending launches, L2 settings, …).
+pub fn limit_bytes(limit: u32, value: u64, residency: Residency) -> Option<u64> {
+    let raw = match limit {
+        LIMIT_STACK_SIZE => value.saturating_mul(residency.sm_count).saturating_mul(residency.threads_per_sm),
+        LIMIT_PRINTF_FIFO_SIZE | LIMIT_MALLOC_HEAP_SIZE => value,
+        _ => return None,
+    };
+    Some(round_up(raw, LIMIT_GRANULARITY))
+}
+
+/// What setting `limit` to `value` costs beyond the value the context started with (`base`).
+pub fn limit_extra(limit: u32, base: u64, value: u64, residency: Residency) -> Option<u64> {
+    Some(limit_bytes(limit, value, residency)?.saturating_sub(limit_bytes(limit, base, residency)?))
+}
+
+/// Reads `len` bytes at an address of this process; `None` where they cannot all be read.
+pub trait Reader {
+    fn read(&self, addr: usize, len: usize) -> Option<Vec<u8>>;
+}
+
+/// Reads this process's memory with `process_vm_readv`, which reports a bad address as an
+/// error (`EFAULT`) instead of faulting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnMemory;
+
+impl Reader for OwnMemory {
+    fn read(&self, addr: usize, len: usize) -> Option<Vec<u8>> {
+        read_own_memory(addr, len)
+    }
+}
+
+/// `len` bytes at `addr` of this process, or `None` if any of them is not readable.
+pub fn read_own_memory(addr: usize, len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    addr.checked_add(len)?;
+    let mut buf = vec![0u8; len];
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
+    // SAFETY: `local` is our own buffer of `len` bytes; the kernel checks `remote` and answers
+    // EFAULT for an address this process cannot read, writing nothing past `local`.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (usize::try_from(n).ok() == Some(len)).then_some(buf)
+}
+
+const WRAPPER_MAGIC: u32 = 0x4662_43B1;
+const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+const ENTRY_PTX: u16 = 1;
+const ENTRY_ELF: u16 = 2;
+/// Fat binary entry flags: LZ4- or zstd-compressed payload.
+const COMPRESSED: u64 = 0x2000 | 0x8000;
+/// The longest PTX text read, and the most section headers.
+const MAX_PTX: usize = 256 << 20;
+const SECTION_ALIGN: u64 = 256;
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Bytes the driver reserves for the module image at `image` (as `cuModuleLoadData` and
+/// `cuLibraryLoadData` take it: a fat binary's wrapper, a fat binary, an ELF cubin or PTX
+/// text), rounded up to [`MODULE_GRANULARITY`]. 0 for an image it cannot read.
+pub fn module_bytes(image: usize, reader: &dyn Reader) -> u64 {
+    round_up(module_raw(image, reader).unwrap_or(0), MODULE_GRANULARITY)
+}
+
+/// As [`module_bytes`], for an image held in memory (`cuModuleLoad`'s file, read by the caller).
+pub fn module_bytes_of(image: &[u8]) -> u64 {
+    module_bytes(image.as_ptr() as usize, &Slice(image))
+}
+
+/// A [`Reader`] over bytes in memory, addressed where they are.
+struct Slice<'a>(&'a [u8]);
+
+impl Reader for Slice<'_> {
+    fn read(&self, addr: usize, len: usize) -> Option<Vec<u8>> {
+        let start = addr.checked_sub(self.0.as_ptr() as usize)?;
+        self.0.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+}
+
+fn module_raw(image: usize, r: &dyn Reader) -> Option<u64> {
+    if let Some(head) = r.read(image, 4) {
+        let magic = u32_at(&head, 0)?;
+        if magic == WRAPPER_MAGIC {
+            // {int magic, int version, const void *data, void *filename_or_fatbins}
+            let w = r.read(image, 16)?;
+            let data = usize::try_from(u64_at(&w, 8)?).ok()?;
+            return if u32_at(&w, 4)? == 1 && data != 0 { fatbin(data, r) } else { None };
+        }
+        if magic == FATBIN_MAGIC {
+            return fatbin(image, r);
+        }
+        if head[..] == ELF_MAGIC {
+            return elf(image, None, r);
+        }
+    }
+    let text = ptx_text(image, r)?;
+    ptx_globals(&String::from_utf8_lossy(&text))
+}
+
+/// NUL-terminated text at `addr`, read page by page (the NUL may be just before an unmapped
+/// page); at most [`MAX_PTX`] bytes.
+fn ptx_text(addr: usize, r: &dyn Reader) -> Option<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let mut text = Vec::new();
+    let mut at = addr;
+    while text.len() < MAX_PTX {
+        let len = PAGE - at % PAGE;
+        let chunk = r.read(at, len)?;
+        if let Some(nul) = chunk.iter().position(|&b| b == 0) {
+            text.extend_from_slice(&chunk[..nul]);
+            return Some(text);
+        }
+        text.extend_from_slice(&chunk);
+        at = at.checked_add(len)?;
+    }
+    None
+}
+
+/// The largest of a fat binary's entries.
+fn fatbin(addr: usize, r: &dyn Reader) -> Option<u64> {
+    let h = r.read(addr, 16)?;
+    if u32_at(&h, 0)? != FATBIN_MAGIC {
+        return None;
+    }
+    let (header, size) = (usize::from(u16_at(&h, 6)?), usize::try_from(u64_at(&h, 8)?).ok()?);
+    let start = addr.checked_add(header)?;
+    let end = start.checked_add(size)?;
+    let mut at = start;
+    let mut largest = 0u64;
+    while at.checked_add(64)? <= end {
+        let e = r.read(at, 64)?;
+        let (kind, header, payload) = (u16_at(&e, 0)?, u32_at(&e, 4)? as usize, usize::try_from(u64_at(&e, 8)?).ok()?);
+        let flags = u64_at(&e, 40)?;
+        if header < 64 {
+            return None;
+        }
+        let body = at.checked_add(header)?;
+        let next = body.checked_add(payload)?;
+        if next > end {
+            return None;
+        }
+        if flags & COMPRESSED == 0 {
+            let bytes = match kind {
+                ENTRY_ELF => elf(body, Some(payload), r),
+                ENTRY_PTX => {
+                    let text = r.read(body, payload.min(MAX_PTX))?;
+                    let text = text.split(|&b| b == 0).next().unwrap_or_default();
+                    ptx_globals(&String::from_utf8_lossy(text))
+                }
+                _ => None,
+            };
+            largest = largest.max(bytes.unwrap_or(0));
+        }
+        at = next;
+    }
+    Some(largest)
+}
+
+/// Whether an ELF section of this name is reserved on the device.
+fn allocated_section(name: &[u8]) -> bool {
+    name.starts_with(b".text.")
+        || name == b".nv.global"
+        || name == b".nv.global.init"
+        || name.starts_with(b".nv.constant")
+}
+
+/// The allocated sections of a 64-bit little-endian ELF file at `addr` (`limit`: its length,
+/// where known; section headers must lie inside it).
+fn elf(addr: usize, limit: Option<usize>, r: &dyn Reader) -> Option<u64> {
+    let h = r.read(addr, 64)?;
+    if h[..4] != ELF_MAGIC || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(&h, 0x28)?).ok()?;
+    let (entsize, count, strndx) =
+        (usize::from(u16_at(&h, 0x3A)?), usize::from(u16_at(&h, 0x3C)?), usize::from(u16_at(&h, 0x3E)?));
+    if entsize < 64 || strndx >= count {
+        return None;
+    }
+    let table_len = entsize.checked_mul(count)?;
+    if limit.is_some_and(|l| shoff.checked_add(table_len).is_none_or(|end| end > l)) {
+        return None;
+    }
+    let table = r.read(addr.checked_add(shoff)?, table_len)?;
+    let section = |i: usize| -> Option<(u32, u64, u64)> {
+        let s = table.get(i * entsize..i * entsize + 64)?;
+        Some((u32_at(s, 0)?, u64_at(s, 24)?, u64_at(s, 32)?))
+    };
+    let (_, str_off, str_size) = section(strndx)?;
+    let str_size = usize::try_from(str_size).ok()?.min(16 << 20);
+    if limit.is_some_and(|l| usize::try_from(str_off).ok().and_then(|o| o.checked_add(str_size)).is_none_or(|e| e > l))
+    {
+        return None;
+    }
+    let names = r.read(addr.checked_add(usize::try_from(str_off).ok()?)?, str_size)?;
+    let mut total = 0u64;
+    for i in 0..count {
+        let (name, _, size) = section(i)?;
+        let name = names.get(name as usize..).unwrap_or_default();
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        if allocated_section(name) {
+            total = total.saturating_add(round_up(size, SECTION_ALIGN));
+        }
+    }
+    Some(total)
+}
+
+/// Bytes of the `.global` and `.const` variables PTX text declares (`.extern` ones are
+/// another module's); `None` if it is not PTX (no `.version`).
+pub fn ptx_globals(text: &str) -> Option<u64> {
+    if !text.contains(".version") {
+        return None;
+    }
+    let mut total = 0u64;
+    for statement in text.split([';', '{', '}']) {
+        let tokens: Vec<&str> = statement.split_whitespace().collect();
+        let Some(space) = tokens.iter().position(|t| *t == ".global" || *t == ".const") else { continue };
+        if tokens[..space].contains(&".extern") {
+            continue;
+        }
+        let mut elem = 0u64;
+        let mut vector = 1u64;
+        let mut count = 1u64;
+        for t in &tokens[space + 1..] {
+            match *t {
+                ".v2" => vector = 2,
+                ".v4" => vector = 4,
+                ".b8" | ".u8" | ".s8" | ".pred" => elem = 1,
+                ".b16" | ".u16" | ".s16" | ".f16" | ".bf16" => elem = 2,
+                ".b32" | ".u32" | ".s32" | ".f32" | ".f16x2" => elem = 4,
+                ".b64" | ".u64" | ".s64" | ".f64" => elem = 8,
+                t if !t.starts_with('.') && elem > 0 => {
+                    // name[a][b]… = initialiser: the dimensions before any '='.
+                    let decl = t.split('=').next().unwrap_or_default();
+                    for dim in decl.split('[').skip(1) {
+                        let n = dim.trim_end_matches(']').parse::<u64>().unwrap_or(1);
+                        count = count.saturating_mul(n);
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+        total = total.saturating_add(elem.saturating_mul(vector).saturating_mul(count));
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100: Residency = Residency { sm_count: 132, threads_per_sm: 2048 };
+
+    #[test]
+    fn limits_cost_what_they_reserve_beyond_the_default() {
+        assert_eq!(limit_bytes(LIMIT_MALLOC_HEAP_SIZE, 8 << 20, H100), Some(8 << 20));
+        assert_eq!(limit_bytes(LIMIT_PRINTF_FIFO_SIZE, 1, H100), Some(2 << 20));
+        // 1 KiB × 132 SMs × 2048 threads = 264 MiB.
+        assert_eq!(limit_bytes(LIMIT_STACK_SIZE, 1024, H100), Some(264 << 20));
+        assert_eq!(limit_bytes(4, 100, H100), None, "pending launches reserve nothing here");
+        assert_eq!(limit_extra(LIMIT_MALLOC_HEAP_SIZE, 8 << 20, 4 << 30, H100), Some((4 << 30) - (8 << 20)));
+        assert_eq!(limit_extra(LIMIT_MALLOC_HEAP_SIZE, 8 << 20, 1 << 20, H100), Some(0), "lowered: nothing");
+        assert_eq!(limit_extra(LIMIT_STACK_SIZE, 1024, 64 << 10, H100), Some((64 << 10) * 132 * 2048 - (264 << 20)));
+        assert_eq!(limit_bytes(LIMIT_STACK_SIZE, u64::MAX, H100), Some(u64::MAX), "saturates");
+    }
+
+    #[test]
+    fn ptx_counts_its_globals() {
+        let ptx = ".version 8.0\n.target sm_90\n.global .align 8 .b8 big[1048576];\n.extern .global .u32 other;\n\
+                   .visible .global .align 4 .u32 one = 7;\n.const .align 16 .v4 .f32 table[2][8];\n.entry k() { ret; }\n";
+        assert_eq!(ptx_globals(ptx), Some(1048576 + 4 + 16 * 16));
+        assert_eq!(ptx_globals("no ptx"), None);
+        let text = std::ffi::CString::new(ptx).unwrap();
+        assert_eq!(module_bytes(text.as_ptr() as usize, &OwnMemory), round_up(1048576 + 4 + 256, MODULE_GRANULARITY));
+    }
+
+    /// A cubin with the given sections (name, type, size); NOBITS sections take no file bytes.
+    fn cubin(sections: &[(&str, u32, u64)]) -> Vec<u8> {
+        let mut names = vec![0u8];
+        let mut offsets = Vec::new();
+        for (name, _, _) in sections.iter().chain([&(".shstrtab", 3, 0)]) {
+            offsets.push(names.len() as u32);
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(&ELF_MAGIC);
+        f[4] = 2;
+        f[5] = 1;
+        let str_off = f.len() as u64;
+        f.extend_from_slice(&names);
+        while !f.len().is_multiple_of(8) {
+            f.push(0);
+        }
+        let shoff = f.len() as u64;
+        let count = sections.len() + 2;
+        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        f[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
+        f[0x3C..0x3E].copy_from_slice(&(count as u16).to_le_bytes());
+        f[0x3E..0x40].copy_from_slice(&((count - 1) as u16).to_le_bytes());
+        f.extend_from_slice(&[0u8; 64]);
+        for (i, (_, kind, size)) in sections.iter().enumerate() {
+            let mut s = [0u8; 64];
+            s[0..4].copy_from_slice(&offsets[i].to_le_bytes());
+            s[4..8].copy_from_slice(&kind.to_le_bytes());
+            s[32..40].copy_from_slice(&size.to_le_bytes());
+            f.extend_from_slice(&s);
+        }
+        let mut s = [0u8; 64];
+        s[0..4].copy_from_slice(&offsets[sections.len()].to_le_bytes());
+        s[4..8].copy_from_slice(&3u32.to_le_bytes());
+        s[24..32].copy_from_slice(&str_off.to_le_bytes());
+        s[32..40].copy_from_slice(&(names.len() as u64).to_le_bytes());
+        f.extend_from_slice(&s);
+        f
+    }
+
+    #[test]
+    fn cubins_count_their_allocated_sections() {
+        let c = cubin(&[
+            (".text._Z1kv", 1, 1000),
+            (".nv.global", 8, 3 << 30),
+            (".nv.constant0._Z1kv", 1, 100),
+            (".debug_info", 1, 1 << 20),
+        ]);
+        assert_eq!(module_bytes_of(&c), round_up(1024 + (3 << 30) + 256, MODULE_GRANULARITY));
+        assert_eq!(module_bytes_of(&cubin(&[(".debug_info", 1, 1 << 20)])), 0, "nothing allocated");
+        // In a fat binary, with a compressed entry that is not counted.
+        let mut fat = Vec::new();
+        let entry = |kind: u16, flags: u64, payload: &[u8]| {
+            let mut h = vec![0u8; 64];
+            h[0..2].copy_from_slice(&kind.to_le_bytes());
+            h[4..8].copy_from_slice(&64u32.to_le_bytes());
+            h[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+            h[40..48].copy_from_slice(&flags.to_le_bytes());
+            h.extend_from_slice(payload);
+            h
+        };
+        let body = [entry(2, 0x2011, &[0u8; 64]), entry(2, 0x11, &c)].concat();
+        fat.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
+        fat.extend_from_slice(&1u16.to_le_bytes());
+        fat.extend_from_slice(&16u16.to_le_bytes());
+        fat.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        fat.extend_from_slice(&body);
+        assert_eq!(module_bytes_of(&fat), module_bytes_of(&c));
+    }
+
+    #[test]
+    fn bad_images_are_read_without_faulting() {
+        // An ELF header whose section table lies far away.
+        let mut c = cubin(&[(".nv.global", 8, 1 << 20)]);
+        c[0x28..0x30].copy_from_slice(&(1u64 << 46).to_le_bytes());
+        assert_eq!(module_bytes(c.as_ptr() as usize, &OwnMemory), 0);
+        assert_eq!(module_bytes(16, &OwnMemory), 0, "an unmapped address");
+        assert_eq!(read_own_memory(0, 8), None);
+    }
+}
