@@ -23,6 +23,10 @@ use gpuslice_cuda_abi::nvml::{
     nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t, nvmlProcessUtilizationSample_t,
     nvmlReturn_t, nvmlUtilization_t,
 };
+use gpuslice_cuda_abi::nvml::{
+    NVML_GPU_UTILIZATION_SAMPLES, NVML_MEMORY_UTILIZATION_SAMPLES, NVML_SAMPLINGTYPE_COUNT,
+    NVML_VALUE_TYPE_UNSIGNED_INT, nvmlBAR1Memory_t, nvmlSample_t, nvmlSamplingType_t, nvmlValue_t, nvmlValueType_t,
+};
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
 use crate::state::{DeviceState, ProcessMemory, Simulator, StateError};
@@ -216,10 +220,17 @@ unsafe fn get_str<'a>(s: *const c_char) -> NvmlResult<&'a str> {
     s.to_str().map_err(|_| INVALID_ARGUMENT)
 }
 
-fn memory(state: &DeviceState) -> (u64, u64, u64) {
-    let used = state.used().min(state.total());
-    (state.total(), state.total() - used, used)
+/// `(total, free, used, reserved)`: `used` is what processes hold, `reserved` what the driver
+/// sets aside; `free = total − used − reserved`.
+fn memory(state: &DeviceState, gpu: &GpuConfig) -> (u64, u64, u64, u64) {
+    let total = state.total();
+    let reserved = gpu.reserved_memory.0.min(total);
+    let used = state.used().min(total - reserved);
+    (total, total - reserved - used, used, reserved)
 }
+
+/// BAR1 each process holding device memory maps (its context's own mappings).
+const BAR1_PER_PROCESS: u64 = 2 << 20;
 
 /// `gpuInstanceId` and `computeInstanceId` of a process on a GPU without MIG.
 const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
@@ -455,18 +466,21 @@ exports! {
         unsafe { put_str(name, length, &gpu.name) }
     }
 
-    /// `used` is the shared counter every process adds to; `free = total − used`.
+    /// `used` is the shared counter every process adds to, plus the GPU's `reserved_memory`
+    /// (the original struct has no field of its own for it, as on a real GPU);
+    /// `free = total − used`.
     fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) {
-        let (state, _) = self::device(device)?;
-        let (total, free, used) = self::memory(state);
+        let (state, gpu) = self::device(device)?;
+        let (total, free, used, reserved) = self::memory(state, gpu);
         // SAFETY: null or writable per the export's contract.
-        unsafe { put(memory, nvmlMemory_t { total, free, used }) }
+        unsafe { put(memory, nvmlMemory_t { total, free, used: used + reserved }) }
     }
 
-    /// As `nvmlDeviceGetMemoryInfo`, with `reserved` 0; `version` must be
-    /// `nvmlMemory_v2` (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
+    /// As `nvmlDeviceGetMemoryInfo`, with the GPU's `reserved_memory` in `reserved` and not in
+    /// `used` (`total = reserved + used + free`); `version` must be `nvmlMemory_v2`
+    /// (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
     fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) {
-        let (state, _) = self::device(device)?;
+        let (state, gpu) = self::device(device)?;
         if memory.is_null() {
             return Err(INVALID_ARGUMENT);
         }
@@ -476,8 +490,8 @@ exports! {
         if version != MEMORY_V2_VERSION {
             return Err(ARGUMENT_VERSION_MISMATCH);
         }
-        let (total, free, used) = self::memory(state);
-        let info = nvmlMemory_v2_t { version, total, reserved: 0, free, used };
+        let (total, free, used, reserved) = self::memory(state, gpu);
+        let info = nvmlMemory_v2_t { version, total, reserved, free, used };
         // SAFETY: checked non-null above; writable per the export's contract.
         unsafe { put(memory, info) }
     }
@@ -678,6 +692,69 @@ exports! {
         self::device(device)?;
         // SAFETY: as for the compute processes.
         unsafe { put_processes(&[], info_count, infos, process_v1) }
+    }
+
+    /// `bar1Total` is the GPU's `bar1_memory`; each live process holding device memory maps
+    /// 2 MiB of it (`bar1Used`); `bar1Free = bar1Total − bar1Used`.
+    fn nvmlDeviceGetBAR1MemoryInfo(device: nvmlDevice_t, bar1_memory: *mut nvmlBAR1Memory_t) {
+        let (state, gpu) = self::device(device)?;
+        let total = gpu.bar1_memory.0;
+        let processes = u64::try_from(state.processes().len()).unwrap_or(u64::MAX);
+        let used = processes.saturating_mul(BAR1_PER_PROCESS).min(total);
+        let info = nvmlBAR1Memory_t { bar1Total: total, bar1Free: total - used, bar1Used: used };
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(bar1_memory, info) }
+    }
+
+    /// GPU and memory utilisation samples, one per 1/6 s period of the last 20 s (the
+    /// timeline's [`crate::timeline::DeviceTimeline::utilization_samples`]; memory: 0, as
+    /// `nvmlDeviceGetUtilizationRates`), as `NVML_VALUE_TYPE_UNSIGNED_INT` percents stamped in
+    /// wall-clock µs. As the real call: a null `samples` asks for the count of samples the
+    /// driver keeps (`SUCCESS`); otherwise the samples stamped after `last_seen_time_stamp`,
+    /// oldest first, as many as `*sample_count` holds, `*sample_count` set to the number
+    /// written, and `NVML_ERROR_NOT_FOUND` when there is none. Other sampling types (power,
+    /// clocks) are `NVML_ERROR_NOT_SUPPORTED`; an unknown one is `INVALID_ARGUMENT`.
+    fn nvmlDeviceGetSamples(
+        device: nvmlDevice_t,
+        kind: nvmlSamplingType_t,
+        last_seen_time_stamp: c_ulonglong,
+        sample_val_type: *mut nvmlValueType_t,
+        sample_count: *mut c_uint,
+        samples: *mut nvmlSample_t,
+    ) {
+        let timeline = timeline(device)?;
+        if kind >= NVML_SAMPLINGTYPE_COUNT || sample_val_type.is_null() || sample_count.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        if kind != NVML_GPU_UTILIZATION_SAMPLES && kind != NVML_MEMORY_UTILIZATION_SAMPLES {
+            return Err(NOT_SUPPORTED);
+        }
+        // SAFETY: non-null and writable per the export's contract.
+        unsafe { sample_val_type.write(NVML_VALUE_TYPE_UNSIGNED_INT) };
+        if samples.is_null() {
+            // SAFETY: as above.
+            unsafe { sample_count.write(crate::timeline::SAMPLES as c_uint) };
+            return Ok(());
+        }
+        // SAFETY: non-null, readable and writable per the export's contract.
+        let room = unsafe { sample_count.read() } as usize;
+        let mut found = timeline.utilization_samples(last_seen_time_stamp);
+        if found.is_empty() {
+            // SAFETY: as above.
+            unsafe { sample_count.write(0) };
+            return Err(NOT_FOUND);
+        }
+        found.truncate(room);
+        for (i, s) in found.iter().enumerate() {
+            let value = if kind == NVML_GPU_UTILIZATION_SAMPLES { s.percent } else { 0 };
+            // The whole union is written (little-endian: `uiVal` reads the low half).
+            let sample = nvmlSample_t { timeStamp: s.timestamp_us, sampleValue: nvmlValue_t { ullVal: u64::from(value) } };
+            // SAFETY: the buffer holds `room` > i samples per the export's contract.
+            unsafe { samples.add(i).write(sample) };
+        }
+        // SAFETY: as above; at most `room`, which came from a c_uint.
+        unsafe { sample_count.write(found.len() as c_uint) };
+        Ok(())
     }
 
     /// `sm_count × cores_per_sm`.
