@@ -15,7 +15,8 @@ nvml_variants() { cudart_frameworks | grep '^torch$'; }
 # it has started and sets WORKER_PID to its PID (the program's own: sh execs it).
 nvml_worker() {
     local slice=$1 pidfile=$T/$1.pid deadline=$((SECONDS + 30))
-    PROG=sh cudart_in_slice "$slice" -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$T/bin/cudart-check" \
+    # shellcheck disable=SC2016 # $$, $0 and $@ are the inner shell's.
+    PROG="sh" cudart_in_slice "$slice" -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$T/bin/cudart-check" \
         work --ns 2000000 --seconds 60 >"$T/$slice.log" 2>&1 &
     until [[ -s $pidfile ]]; do
         ((SECONDS < deadline)) || fail "the worker in $slice did not start: $(cat "$T/$slice.log")"

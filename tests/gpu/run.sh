@@ -241,4 +241,8 @@ PY
 else
     skip "PyTorch checks" "python3 cannot import torch with CUDA"
 fi
+
+# NVML (nvidia-ml-py) in a slice: only the slice's processes, work and memory.
+# shellcheck source=tests/gpu/nvml.sh
+. "$here/nvml.sh"
 summary
