@@ -243,6 +243,12 @@ pub mod nvml {
                 => crate::nvml::device_get_graphics_running_processes_v2;
             nvmlDeviceGetGraphicsRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
                 => crate::nvml::device_get_graphics_running_processes_v3;
+            nvmlDeviceGetMPSComputeRunningProcesses(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v1_t)
+                => crate::nvml::device_get_mps_compute_running_processes;
+            nvmlDeviceGetMPSComputeRunningProcesses_v2(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_mps_compute_running_processes_v2;
+            nvmlDeviceGetMPSComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_mps_compute_running_processes_v3;
             nvmlDeviceGetUtilizationRates(device: nvmlDevice_t, utilization: *mut nvmlUtilization_t)
                 => crate::nvml::device_get_utilization_rates;
             nvmlDeviceGetProcessUtilization(device: nvmlDevice_t, samples: *mut nvmlProcessUtilizationSample_t, count: *mut u32, last_seen: u64)

@@ -11,14 +11,15 @@
 //! - **BAR1** (`nvmlDeviceGetBAR1MemoryInfo`): total = the card's aperture, at most the slice's
 //!   limit; used = 0, free = total. The driver does not say whose mappings BAR1 holds, so the
 //!   slice is shown none rather than another tenant's.
-//! - **processes** (`nvmlDeviceGetComputeRunningProcesses`, `_v2`, `_v3`, and the graphics
-//!   ones): the driver's list, keeping only the slice's processes, each with the bytes the
+//! - **processes** (`nvmlDeviceGetComputeRunningProcesses`, `_v2`, `_v3`, and the graphics and
+//!   MPS ones): the driver's list, keeping only the slice's processes, each with the bytes the
 //!   slice charged it (`usedGpuMemory`).
 //! - **utilisation** (`nvmlDeviceGetProcessUtilization`, `nvmlDeviceGetUtilizationRates`,
 //!   `nvmlDeviceGetSamples` for GPU and memory utilisation): the driver's per-process samples
-//!   of the slice's processes; the rates and samples are their sum over the last second
-//!   (at most 100 %), so another tenant's work never shows. `nvmlDeviceGetSamples` answers
-//!   one sample, stamped at the query, instead of the driver's 1/6 s series of the whole card.
+//!   of the slice's processes; the rates and samples are their sum (each process's mean) over
+//!   the last second (at most 100 %), so another tenant's work never shows.
+//!   `nvmlDeviceGetSamples` answers one sample, stamped at the query, instead of the driver's
+//!   1/6 s series of the whole card.
 //!
 //! **Which processes are the slice's.** The driver names a process by its PID as the *asking*
 //! process's PID namespace sees it (the host's PIDs on the host; in a container, the
@@ -285,6 +286,9 @@ process_queries! {
     device_get_graphics_running_processes => nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t;
     device_get_graphics_running_processes_v2 => nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_v2_t;
     device_get_graphics_running_processes_v3 => nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_v2_t;
+    device_get_mps_compute_running_processes => nvmlDeviceGetMPSComputeRunningProcesses, nvmlProcessInfo_v1_t;
+    device_get_mps_compute_running_processes_v2 => nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlProcessInfo_v2_t;
+    device_get_mps_compute_running_processes_v3 => nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlProcessInfo_v2_t;
 }
 
 /// The driver's per-process utilisation samples since `last_seen` of the slice's processes.
@@ -302,12 +306,20 @@ fn slice_samples(
     Ok(all.into_iter().filter(|s| ours.iter().any(|(pid, _)| *pid == s.pid)).collect())
 }
 
-/// The slice's (gpu, memory) utilisation over the last second: the sum of its processes'
-/// samples, at most 100.
+/// The slice's (gpu, memory) utilisation over the last second: over its processes, the sum of
+/// each one's mean sample (a driver may answer several samples of one process), at most 100.
 fn slice_utilization(device: nvmlDevice_t, slice: usize) -> Result<(u32, u32), nvmlReturn_t> {
     let samples = slice_samples(device, slice, now_us().saturating_sub(1_000_000))?;
-    let sum =
-        |f: fn(&nvmlProcessUtilizationSample_t) -> u32| samples.iter().map(f).fold(0u32, u32::saturating_add).min(100);
+    let mut pids: Vec<u32> = samples.iter().map(|s| s.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let sum = |f: fn(&nvmlProcessUtilizationSample_t) -> u32| {
+        let mean = |pid: u32| {
+            let of: Vec<u64> = samples.iter().filter(|s| s.pid == pid).map(|s| u64::from(f(s))).collect();
+            (of.iter().sum::<u64>() / of.len().max(1) as u64) as u32
+        };
+        pids.iter().map(|&p| mean(p)).fold(0u32, u32::saturating_add).min(100)
+    };
     Ok((sum(|s| s.smUtil), sum(|s| s.memUtil)))
 }
 
