@@ -249,6 +249,10 @@ pub mod nvml {
                 => crate::nvml::device_get_mps_compute_running_processes_v2;
             nvmlDeviceGetMPSComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
                 => crate::nvml::device_get_mps_compute_running_processes_v3;
+            nvmlDeviceGetRunningProcessDetailList(device: nvmlDevice_t, list: *mut nvmlProcessDetailList_v1_t)
+                => crate::nvml::device_get_running_process_detail_list;
+            nvmlDeviceGetProcessesUtilizationInfo(device: nvmlDevice_t, info: *mut nvmlProcessesUtilizationInfo_v1_t)
+                => crate::nvml::device_get_processes_utilization_info;
             nvmlDeviceGetUtilizationRates(device: nvmlDevice_t, utilization: *mut nvmlUtilization_t)
                 => crate::nvml::device_get_utilization_rates;
             nvmlDeviceGetProcessUtilization(device: nvmlDevice_t, samples: *mut nvmlProcessUtilizationSample_t, count: *mut u32, last_seen: u64)

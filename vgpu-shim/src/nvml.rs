@@ -11,15 +11,15 @@
 //! - **BAR1** (`nvmlDeviceGetBAR1MemoryInfo`): total = the card's aperture, at most the slice's
 //!   limit; used = 0, free = total. The driver does not say whose mappings BAR1 holds, so the
 //!   slice is shown none rather than another tenant's.
-//! - **processes** (`nvmlDeviceGetComputeRunningProcesses`, `_v2`, `_v3`, and the graphics and
-//!   MPS ones): the driver's list, keeping only the slice's processes, each with the bytes the
-//!   slice charged it (`usedGpuMemory`).
-//! - **utilisation** (`nvmlDeviceGetProcessUtilization`, `nvmlDeviceGetUtilizationRates`,
-//!   `nvmlDeviceGetSamples` for GPU and memory utilisation): the driver's per-process samples
-//!   of the slice's processes; the rates and samples are their sum (each process's mean) over
-//!   the last second (at most 100 %), so another tenant's work never shows.
-//!   `nvmlDeviceGetSamples` answers one sample, stamped at the query, instead of the driver's
-//!   1/6 s series of the whole card.
+//! - **processes** (`nvmlDeviceGetComputeRunningProcesses`, `_v2`, `_v3`, the graphics and MPS
+//!   ones, `nvmlDeviceGetRunningProcessDetailList`): the driver's list, keeping only the slice's
+//!   processes, each with the bytes the slice charged it (`usedGpuMemory`).
+//! - **utilisation** (`nvmlDeviceGetProcessUtilization`, `nvmlDeviceGetProcessesUtilizationInfo`,
+//!   `nvmlDeviceGetUtilizationRates`, `nvmlDeviceGetSamples` for GPU and memory utilisation):
+//!   the driver's per-process samples of the slice's processes; the rates and samples are their
+//!   sum (each process's mean) over the last second (at most 100 %), so another tenant's work
+//!   never shows. `nvmlDeviceGetSamples` answers one sample, stamped at the query, instead of
+//!   the driver's 1/6 s series of the whole card.
 //!
 //! **Which processes are the slice's.** The driver names a process by its PID as the *asking*
 //! process's PID namespace sees it (the host's PIDs on the host; in a container, the
@@ -229,11 +229,29 @@ unsafe fn running_processes<T: ProcessInfo>(
         Ok(None) => return unsafe { real(device, count, infos) },
         Ok(Some(i)) => i,
     };
+    // SAFETY: the caller's contract is narrow_processes'; the driver's query gets a live count
+    // and a buffer of that many entries.
+    unsafe { narrow_processes(slice, count, infos, zero, |n, buf| real(device, n, buf)) }
+}
+
+/// The slice's part of a process list: `query` is the driver's list by nvml.h's convention
+/// (`*count` in: room; out: entries), the result is written to `count` and `infos` by the same
+/// rules (see [`running_processes`]).
+///
+/// # Safety
+/// `count` is null or valid for reads and writes; `infos` is null or holds `*count` entries;
+/// `query` may be called with a live count and a buffer of that many entries.
+unsafe fn narrow_processes<T: ProcessInfo>(
+    slice: usize,
+    count: *mut c_uint,
+    infos: *mut T,
+    zero: T,
+    query: impl FnMut(*mut c_uint, *mut T) -> nvmlReturn_t,
+) -> nvmlReturn_t {
     if count.is_null() {
         return NVML_ERROR_INVALID_ARGUMENT;
     }
-    // SAFETY: a buffer of `*n` entries of the query's struct, as the convention asks.
-    let all = match fetch_all(zero, NVML_SUCCESS, |n, buf| unsafe { real(device, n, buf) }) {
+    let all = match fetch_all(zero, NVML_SUCCESS, query) {
         Ok(all) => all,
         Err(rc) => return rc,
     };
@@ -289,6 +307,110 @@ process_queries! {
     device_get_mps_compute_running_processes => nvmlDeviceGetMPSComputeRunningProcesses, nvmlProcessInfo_v1_t;
     device_get_mps_compute_running_processes_v2 => nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlProcessInfo_v2_t;
     device_get_mps_compute_running_processes_v3 => nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlProcessInfo_v2_t;
+}
+
+impl ProcessInfo for nvmlProcessDetail_v1_t {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn set_used(&mut self, bytes: u64) {
+        self.usedGpuMemory = bytes;
+    }
+}
+
+/// `nvmlDeviceGetRunningProcessDetailList` for the slice: as the other process lists, with the
+/// caller's `version` and `mode` passed to the driver and the entries in `numProcArrayEntries`
+/// and `procArray`.
+///
+/// # Safety
+/// The call's contract in nvml.h.
+pub unsafe fn device_get_running_process_detail_list(
+    device: nvmlDevice_t,
+    list: *mut nvmlProcessDetailList_v1_t,
+) -> nvmlReturn_t {
+    let Some(real) = nvml().nvmlDeviceGetRunningProcessDetailList else { return NVML_ERROR_FUNCTION_NOT_FOUND };
+    let slice = match slice_of(device) {
+        Err(rc) => return rc,
+        // SAFETY: the caller's arguments, unchanged, to the driver's own query.
+        Ok(None) => return unsafe { real(device, list) },
+        Ok(Some(i)) => i,
+    };
+    if list.is_null() {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    // SAFETY: non-null and valid for the struct per the contract; copied, so the driver only
+    // ever writes into ours.
+    let theirs = unsafe { list.read() };
+    let query = |n: *mut c_uint, buf: *mut nvmlProcessDetail_v1_t| {
+        // SAFETY: `n` is fetch_all's live count.
+        let room = unsafe { n.read() };
+        let mut ours = nvmlProcessDetailList_v1_t { numProcArrayEntries: room, procArray: buf, ..theirs };
+        // SAFETY: our copy, with a buffer of `room` entries.
+        let rc = unsafe { real(device, &mut ours) };
+        // SAFETY: as above.
+        unsafe { n.write(ours.numProcArrayEntries) };
+        rc
+    };
+    // SAFETY: `running_processes` hands `query` a live count and a buffer of that many entries.
+    unsafe {
+        narrow_processes(
+            slice,
+            &raw mut (*list).numProcArrayEntries,
+            theirs.procArray,
+            nvmlProcessDetail_v1_t::default(),
+            query,
+        )
+    }
+}
+
+/// `nvmlDeviceGetProcessesUtilizationInfo` for the slice: the driver's samples of the slice's
+/// processes only, by the same rules as `nvmlDeviceGetProcessUtilization`.
+///
+/// # Safety
+/// The call's contract in nvml.h.
+pub unsafe fn device_get_processes_utilization_info(
+    device: nvmlDevice_t,
+    info: *mut nvmlProcessesUtilizationInfo_v1_t,
+) -> nvmlReturn_t {
+    let Some(real) = nvml().nvmlDeviceGetProcessesUtilizationInfo else { return NVML_ERROR_FUNCTION_NOT_FOUND };
+    let slice = match slice_of(device) {
+        Err(rc) => return rc,
+        // SAFETY: the caller's arguments, unchanged, to the driver's own query.
+        Ok(None) => return unsafe { real(device, info) },
+        Ok(Some(i)) => i,
+    };
+    if info.is_null() {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    // SAFETY: non-null and valid for the struct per the contract; copied.
+    let theirs = unsafe { info.read() };
+    let all = fetch_all(nvmlProcessUtilizationInfo_v1_t::default(), NVML_ERROR_NOT_FOUND, |n, buf| {
+        // SAFETY: `n` is fetch_all's live count.
+        let room = unsafe { n.read() };
+        let mut ours = nvmlProcessesUtilizationInfo_v1_t { processSamplesCount: room, procUtilArray: buf, ..theirs };
+        // SAFETY: our copy, with a buffer of `room` entries.
+        let rc = unsafe { real(device, &mut ours) };
+        // SAFETY: as above.
+        unsafe { n.write(ours.processSamplesCount) };
+        rc
+    });
+    let kept: Vec<_> = match all.and_then(|all| Ok((all, slice_processes(slice)?))) {
+        Ok((all, ours)) => all.into_iter().filter(|s| ours.iter().any(|(pid, _)| *pid == s.pid)).collect(),
+        Err(rc) => return rc,
+    };
+    // SAFETY: non-null; the caller's struct.
+    let info = unsafe { &mut *info };
+    let room = info.processSamplesCount as usize;
+    info.processSamplesCount = kept.len() as c_uint;
+    if kept.is_empty() {
+        return NVML_ERROR_NOT_FOUND;
+    }
+    if info.procUtilArray.is_null() || room < kept.len() {
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    // SAFETY: `procUtilArray` holds `room` ≥ kept.len() entries per the contract.
+    unsafe { std::ptr::copy_nonoverlapping(kept.as_ptr(), info.procUtilArray, kept.len()) };
+    NVML_SUCCESS
 }
 
 /// The driver's per-process utilisation samples since `last_seen` of the slice's processes.

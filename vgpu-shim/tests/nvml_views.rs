@@ -35,6 +35,8 @@ struct Nvml {
     memory: sym::nvmlDeviceGetMemoryInfo,
     memory_v2: sym::nvmlDeviceGetMemoryInfo_v2,
     bar1: sym::nvmlDeviceGetBAR1MemoryInfo,
+    detail_list: sym::nvmlDeviceGetRunningProcessDetailList,
+    utilization_info: sym::nvmlDeviceGetProcessesUtilizationInfo,
 }
 
 macro_rules! resolve {
@@ -79,6 +81,8 @@ impl Nvml {
             memory = nvmlDeviceGetMemoryInfo,
             memory_v2 = nvmlDeviceGetMemoryInfo_v2,
             bar1 = nvmlDeviceGetBAR1MemoryInfo,
+            detail_list = nvmlDeviceGetRunningProcessDetailList,
+            utilization_info = nvmlDeviceGetProcessesUtilizationInfo,
         )
     }
 
@@ -90,8 +94,8 @@ impl Nvml {
     }
 }
 
-/// A process list by nvml.h's two-call convention, as `pid:bytes` pairs; also checks the
-/// size query (`*count == 0`) answers the count it then fills.
+/// A process list by nvml.h's two-call convention, as `pid:bytes` pairs; the size query
+/// (`*count == 0`) must ask for room when there is something to list.
 fn processes<T: Copy + Default>(
     d: nvmlDevice_t,
     f: unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut T) -> nvmlReturn_t,
@@ -110,7 +114,8 @@ fn processes<T: Copy + Default>(
     n = buf.len() as c_uint;
     // SAFETY: a buffer of `n` entries.
     assert_eq!(unsafe { f(d, &mut n, buf.as_mut_ptr()) }, nvml::NVML_SUCCESS);
-    assert_eq!(n, needed, "the size query counts what is then listed");
+    // Processes may start or end between the two calls.
+    assert!(needed > 0 && n as usize <= buf.len(), "the size query asked for room: {needed}, then {n}");
     buf[..n as usize].iter().map(get).collect()
 }
 
@@ -156,6 +161,47 @@ fn report_view(nv: &Nvml, index: u32) {
         assert_eq!(n, 0);
     }
     println!("process_util={}", show(&samples));
+    // The versioned forms of NVML 12.4+: nvmlProcessDetailList_v1, nvmlProcessesUtilizationInfo_v1.
+    let mut list = nvml::nvmlProcessDetailList_v1_t {
+        version: 0x0100_0018,
+        mode: 0,
+        numProcArrayEntries: 0,
+        procArray: std::ptr::null_mut(),
+    };
+    // SAFETY: the size query: a live struct with no array.
+    let rc = unsafe { (nv.detail_list)(d, &mut list) };
+    let mut details = Vec::new();
+    if rc == nvml::NVML_ERROR_INSUFFICIENT_SIZE {
+        let mut buf = vec![nvml::nvmlProcessDetail_v1_t::default(); list.numProcArrayEntries as usize + 4];
+        (list.numProcArrayEntries, list.procArray) = (buf.len() as c_uint, buf.as_mut_ptr());
+        // SAFETY: a live struct whose array holds numProcArrayEntries entries.
+        assert_eq!(unsafe { (nv.detail_list)(d, &mut list) }, nvml::NVML_SUCCESS);
+        details = buf[..list.numProcArrayEntries as usize].iter().map(|p| (p.pid, p.usedGpuMemory)).collect();
+    } else {
+        assert_eq!(rc, nvml::NVML_SUCCESS);
+    }
+    println!("detail_list={}", show(&details));
+    let mut info = nvml::nvmlProcessesUtilizationInfo_v1_t {
+        version: 0x0100_0018,
+        processSamplesCount: 0,
+        lastSeenTimeStamp: 0,
+        procUtilArray: std::ptr::null_mut(),
+    };
+    // SAFETY: the size query: a live struct with no array.
+    let rc = unsafe { (nv.utilization_info)(d, &mut info) };
+    let mut infos = Vec::new();
+    if rc == nvml::NVML_ERROR_INSUFFICIENT_SIZE {
+        let mut buf = vec![nvml::nvmlProcessUtilizationInfo_v1_t::default(); info.processSamplesCount as usize + 4];
+        (info.processSamplesCount, info.procUtilArray) = (buf.len() as c_uint, buf.as_mut_ptr());
+        // SAFETY: a live struct whose array holds processSamplesCount entries.
+        let rc = unsafe { (nv.utilization_info)(d, &mut info) };
+        if rc == nvml::NVML_SUCCESS {
+            infos = buf[..info.processSamplesCount as usize].iter().map(|s| (s.pid, u64::from(s.smUtil))).collect();
+        }
+    } else {
+        assert_eq!(rc, nvml::NVML_ERROR_NOT_FOUND);
+    }
+    println!("utilization_info={}", show(&infos));
     // Device samples of GPU utilisation since a second ago.
     let (mut kind, mut count) = (0, 0 as c_uint);
     let since = now_us() - 1_000_000;
@@ -334,9 +380,11 @@ fn a_slice_sees_its_own_processes_memory_and_work_and_nothing_of_another() {
     assert!(has(&host["compute_v3"], a) && has(&host["compute_v3"], b), "the host sees both slices: {host:?}");
     assert!(num(&host, "util_gpu") > 0);
     let in_a = view(&node, NAME, Some("a"), 0);
-    for key in ["compute_v1", "compute_v2", "compute_v3"] {
+    for key in ["compute_v1", "compute_v2", "compute_v3", "detail_list"] {
         assert_eq!(pids(&in_a[key]), vec![(a, charged(&node, "a", a))], "{key} in A: only A's holder, with A's charge");
     }
+    assert_eq!(in_a["utilization_info"], "", "no sample of B's work in A");
+    assert!(has(&host["utilization_info"], work_b) && has(&host["detail_list"], b), "the host's: {host:?}");
     assert_eq!(in_a["graphics_v3"], "");
     assert_eq!(num(&in_a, "util_gpu"), 0, "A is idle whatever B does: {in_a:?}");
     assert_eq!(in_a["process_util"], "", "no sample of B's work in A");
@@ -361,7 +409,7 @@ fn a_slice_sees_its_own_processes_memory_and_work_and_nothing_of_another() {
     let in_a = view_until(&node, NAME, Some("a"), 0, "A's work in A's samples", |v| {
         has(&v["process_util"], work_a) && num(v, "util_gpu") > 0 && num(v, "samples_max") > 0
     });
-    for key in ["compute_v1", "compute_v2", "compute_v3", "process_util"] {
+    for key in ["compute_v1", "compute_v2", "compute_v3", "process_util", "detail_list", "utilization_info"] {
         let seen = pids(&in_a[key]);
         assert!(seen.iter().all(|(p, _)| [a, work_a].contains(p)), "{key} in A shows only A's processes: {in_a:?}");
         assert!(!seen.iter().any(|(p, _)| [b, work_b, o].contains(p)), "{key} in A shows B's: {in_a:?}");

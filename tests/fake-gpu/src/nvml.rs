@@ -25,7 +25,9 @@ use gpuslice_cuda_abi::nvml::{
 };
 use gpuslice_cuda_abi::nvml::{
     NVML_GPU_UTILIZATION_SAMPLES, NVML_MEMORY_UTILIZATION_SAMPLES, NVML_SAMPLINGTYPE_COUNT,
-    NVML_VALUE_TYPE_UNSIGNED_INT, nvmlBAR1Memory_t, nvmlSample_t, nvmlSamplingType_t, nvmlValue_t, nvmlValueType_t,
+    NVML_VALUE_TYPE_UNSIGNED_INT, nvmlBAR1Memory_t, nvmlProcessDetail_v1_t, nvmlProcessDetailList_v1_t,
+    nvmlProcessUtilizationInfo_v1_t, nvmlProcessesUtilizationInfo_v1_t, nvmlSample_t, nvmlSamplingType_t, nvmlValue_t,
+    nvmlValueType_t,
 };
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
@@ -228,6 +230,13 @@ fn memory(state: &DeviceState, gpu: &GpuConfig) -> (u64, u64, u64, u64) {
     let used = state.used().min(total - reserved);
     (total, total - reserved - used, used, reserved)
 }
+
+/// nvml.h's `nvmlProcessDetailList_v1` and `nvmlProcessesUtilizationInfo_v1` (LP64).
+const PROCESS_DETAIL_LIST_V1: c_uint = 0x0100_0018;
+const PROCESSES_UTILIZATION_INFO_V1: c_uint = 0x0100_0018;
+/// `NVML_PROCESS_MODE_COMPUTE`, `_GRAPHICS`, `_MPS`.
+const PROCESS_MODE_COMPUTE: c_uint = 0;
+const PROCESS_MODE_MPS: c_uint = 2;
 
 /// BAR1 each process holding device memory maps (its context's own mappings).
 const BAR1_PER_PROCESS: u64 = 2 << 20;
@@ -692,6 +701,76 @@ exports! {
         self::device(device)?;
         // SAFETY: as for the compute processes.
         unsafe { put_processes(&[], info_count, infos, process_v1) }
+    }
+
+    /// The running-processes call of NVML 12.4+: `version` must be `nvmlProcessDetailList_v1`;
+    /// `mode` compute lists what `nvmlDeviceGetComputeRunningProcesses_v3` lists, graphics and
+    /// MPS nothing; `numProcArrayEntries` and `procArray` follow the running-processes buffer
+    /// rules ([`put_processes`]).
+    fn nvmlDeviceGetRunningProcessDetailList(device: nvmlDevice_t, plist: *mut nvmlProcessDetailList_v1_t) {
+        let (state, _) = self::device(device)?;
+        if plist.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for the struct per the export's contract.
+        let list = unsafe { &mut *plist };
+        if list.version != PROCESS_DETAIL_LIST_V1 {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let processes = match list.mode {
+            PROCESS_MODE_COMPUTE => state.processes(),
+            1..=PROCESS_MODE_MPS => Vec::new(),
+            _ => return Err(INVALID_ARGUMENT),
+        };
+        let detail = |p: &ProcessMemory| nvmlProcessDetail_v1_t {
+            pid: p.pid,
+            usedGpuMemory: p.bytes,
+            gpuInstanceId: NO_INSTANCE,
+            computeInstanceId: NO_INSTANCE,
+            usedGpuCcProtectedMemory: 0,
+        };
+        // SAFETY: the count and the array are the caller's, as put_processes's contract says.
+        unsafe { put_processes(&processes, &raw mut list.numProcArrayEntries, list.procArray, detail) }
+    }
+
+    /// `nvmlDeviceGetProcessUtilization` in a versioned struct (`nvmlProcessesUtilizationInfo_v1`):
+    /// the same samples with `smUtil` and the other units 0, the same buffer rules on
+    /// `processSamplesCount` and `procUtilArray`, since `lastSeenTimeStamp`.
+    fn nvmlDeviceGetProcessesUtilizationInfo(device: nvmlDevice_t, info: *mut nvmlProcessesUtilizationInfo_v1_t) {
+        let timeline = timeline(device)?;
+        if info.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for the struct per the export's contract.
+        let info = unsafe { &mut *info };
+        if info.version != PROCESSES_UTILIZATION_INFO_V1 {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let samples = timeline.process_samples(info.lastSeenTimeStamp);
+        let room = info.processSamplesCount;
+        let needed = c_uint::try_from(samples.len()).map_err(|_| UNKNOWN)?;
+        info.processSamplesCount = needed;
+        if samples.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        if info.procUtilArray.is_null() || room < needed {
+            return Err(INSUFFICIENT_SIZE);
+        }
+        for (i, s) in samples.iter().enumerate() {
+            let sample = nvmlProcessUtilizationInfo_v1_t {
+                timeStamp: s.timestamp_us,
+                pid: s.pid,
+                smUtil: s.sm_util,
+                memUtil: 0,
+                encUtil: 0,
+                decUtil: 0,
+                jpgUtil: 0,
+                ofaUtil: 0,
+            };
+            // SAFETY: the array holds `room` ≥ `needed` > i entries per the export's contract.
+            unsafe { info.procUtilArray.add(i).write(sample) };
+        }
+        Ok(())
     }
 
     /// `bar1Total` is the GPU's `bar1_memory`; each live process holding device memory maps
