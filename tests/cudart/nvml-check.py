@@ -75,6 +75,19 @@ def view(args):
     print(f"util_gpu={u.gpu}\nutil_memory={u.memory}")
     samples = process_samples(h)
     print("process_util=" + ",".join(f"{s.pid}:{s.smUtil}" for s in samples))
+    # NVML 12.4+'s versioned forms; a driver without them says so.
+    try:
+        details = N.nvmlDeviceGetRunningProcessDetailList(h, N.nvmlProcessDetailList_v1, 0)
+        print(f"detail_list={pids(details)}")
+    except (N.NVMLError_FunctionNotFound, N.NVMLError_NotSupported):
+        print("detail_list=unsupported")
+    try:
+        infos = N.nvmlDeviceGetProcessesUtilizationInfo(h, 0)
+        print("utilization_info=" + ",".join(f"{s.pid}:{s.smUtil}" for s in infos))
+    except N.NVMLError_NotFound:
+        print("utilization_info=")
+    except (N.NVMLError_FunctionNotFound, N.NVMLError_NotSupported):
+        print("utilization_info=unsupported")
     since = int(time.time() * 1e6) - 1_000_000
     kind, values = N.nvmlDeviceGetSamples(h, N.NVML_GPU_UTILIZATION_SAMPLES, since)
     print(f"samples_type={kind}\nsamples={len(values)}")

@@ -59,9 +59,10 @@ test_nvml_slice_view() {
     # Slice0: its program alone, charged its context; its own work; its memory.
     run_ok "nvml-check in slice0" out cudart_in_slice slice0 "$NVML_CHECK" view --wait-busy "$a" --torch
     [[ $(kv wait_busy "$out") != timeout ]] || fail "slice0's work never showed in its own view"
-    for key in compute_v1 compute_v2 compute_v3; do
+    for key in compute_v1 compute_v2 compute_v3 detail_list; do
         assert_eq "$key in slice0" "$(kv "$key" "$out")" "$a:$CUDART_CONTEXT_BYTES"
     done
+    only "$(kv utilization_info "$out")" "$a" || fail "utilisation info of another slice in slice0: $(kv utilization_info "$out")"
     assert_eq "graphics processes in slice0" "$(kv graphics_v3 "$out")" ""
     only "$(kv process_util "$out")" "$a" || fail "utilisation samples of another slice in slice0: $(kv process_util "$out")"
     has "$(kv process_util "$out")" "$a" || fail "no utilisation sample of slice0's own program"
@@ -82,7 +83,7 @@ test_nvml_slice_view() {
     [[ ,$(kv torch_pids "$out"), != *",$b,"* ]] || fail "torch.cuda.list_gpu_processes() in slice0 shows slice1's $b"
 
     # Nothing of slice1 in any form of any query from slice0.
-    for key in compute_v1 compute_v2 compute_v3 process_util torch_pids; do
+    for key in compute_v1 compute_v2 compute_v3 detail_list process_util utilization_info torch_pids; do
         [[ ,$(kv "$key" "$out"), != *",$b"[:,]* ]] || fail "$key in slice0 shows slice1's $b: $(kv "$key" "$out")"
     done
 }

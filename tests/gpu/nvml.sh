@@ -69,7 +69,7 @@ nvml_checks() {
     else
         fail "NVML utilisation in a slice" "$out"
     fi
-    for key in compute_v3 process_util; do
+    for key in compute_v3 detail_list process_util utilization_info; do
         nvml_has "$(field "$out" "$key")" "$b" && fail "NVML $key in a slice shows another slice's $b" "$out"
     done
     if [ "$(field "$out" mem_total)" = "$limit" ] && [ "$(field "$out" mem2_total)" = "$limit" ] &&
