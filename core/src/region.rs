@@ -332,9 +332,12 @@ pub struct OverLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotInfo {
     pub index: usize,
+    /// The owner's PID in its own namespace (as it recorded it: a hint, not proof).
     pub pid: u32,
     pub used: u64,
     pub alive: bool,
+    /// The owner's container, as recorded at registration (0: none).
+    pub container: u64,
 }
 
 /// What a tool sees of one container record.
@@ -891,6 +894,7 @@ impl Region {
                     pid: slot.pid.load(Ordering::Relaxed),
                     used: slot.used.load(Ordering::Relaxed),
                     alive: mine.contains(&index) || self.slot_locked_by_other(index),
+                    container: slot.container.load(Ordering::Relaxed),
                 });
             }
         }

@@ -244,4 +244,7 @@ fi
 
 # Context limits, modules, green contexts and resets (calibration printout first).
 . "$here/limits.sh"
+# NVML (nvidia-ml-py) in a slice: only the slice's processes, work and memory.
+# shellcheck source=tests/gpu/nvml.sh
+. "$here/nvml.sh"
 summary

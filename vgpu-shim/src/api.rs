@@ -248,6 +248,36 @@ pub mod nvml {
                 => crate::nvml::device_get_memory_info;
             nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t)
                 => crate::nvml::device_get_memory_info_v2;
+            nvmlDeviceGetBAR1MemoryInfo(device: nvmlDevice_t, bar1: *mut nvmlBAR1Memory_t)
+                => crate::nvml::device_get_bar1_memory_info;
+            nvmlDeviceGetComputeRunningProcesses(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v1_t)
+                => crate::nvml::device_get_compute_running_processes;
+            nvmlDeviceGetComputeRunningProcesses_v2(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_compute_running_processes_v2;
+            nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_compute_running_processes_v3;
+            nvmlDeviceGetGraphicsRunningProcesses(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v1_t)
+                => crate::nvml::device_get_graphics_running_processes;
+            nvmlDeviceGetGraphicsRunningProcesses_v2(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_graphics_running_processes_v2;
+            nvmlDeviceGetGraphicsRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_graphics_running_processes_v3;
+            nvmlDeviceGetMPSComputeRunningProcesses(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v1_t)
+                => crate::nvml::device_get_mps_compute_running_processes;
+            nvmlDeviceGetMPSComputeRunningProcesses_v2(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_mps_compute_running_processes_v2;
+            nvmlDeviceGetMPSComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v2_t)
+                => crate::nvml::device_get_mps_compute_running_processes_v3;
+            nvmlDeviceGetRunningProcessDetailList(device: nvmlDevice_t, list: *mut nvmlProcessDetailList_v1_t)
+                => crate::nvml::device_get_running_process_detail_list;
+            nvmlDeviceGetProcessesUtilizationInfo(device: nvmlDevice_t, info: *mut nvmlProcessesUtilizationInfo_v1_t)
+                => crate::nvml::device_get_processes_utilization_info;
+            nvmlDeviceGetUtilizationRates(device: nvmlDevice_t, utilization: *mut nvmlUtilization_t)
+                => crate::nvml::device_get_utilization_rates;
+            nvmlDeviceGetProcessUtilization(device: nvmlDevice_t, samples: *mut nvmlProcessUtilizationSample_t, count: *mut u32, last_seen: u64)
+                => crate::nvml::device_get_process_utilization;
+            nvmlDeviceGetSamples(device: nvmlDevice_t, kind: nvmlSamplingType_t, last_seen: u64, value_type: *mut nvmlValueType_t, count: *mut u32, samples: *mut nvmlSample_t)
+                => crate::nvml::device_get_samples;
         }
         helpers {
             nvmlDeviceGetUUID;

@@ -8,6 +8,13 @@ pub use gpuslice_cuda_abi::nvml::{
     NVML_ERROR_NO_PERMISSION, NVML_ERROR_UNKNOWN, NVML_SUCCESS, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t,
     nvmlReturn_t,
 };
+pub use gpuslice_cuda_abi::nvml::{
+    NVML_ERROR_INSUFFICIENT_SIZE, NVML_ERROR_NOT_FOUND, NVML_GPU_UTILIZATION_SAMPLES, NVML_MEMORY_UTILIZATION_SAMPLES,
+    NVML_VALUE_TYPE_UNSIGNED_INT, nvmlBAR1Memory_t, nvmlProcessDetail_v1_t, nvmlProcessDetailList_v1_t,
+    nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t, nvmlProcessUtilizationInfo_v1_t, nvmlProcessUtilizationSample_t,
+    nvmlProcessesUtilizationInfo_v1_t, nvmlSample_t, nvmlSamplingType_t, nvmlUtilization_t, nvmlValue_t,
+    nvmlValueType_t,
+};
 pub use gpuslice_cuda_abi::proc::PER_THREAD_DEFAULT_STREAM as CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
 
 /// The device a `CUmemLocation` names (its `id`, for `CU_MEM_LOCATION_TYPE_DEVICE`).

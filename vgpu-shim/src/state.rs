@@ -178,6 +178,12 @@ impl Slice {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// The container this process is in, as its mount of the slice state tells containers
+    /// apart (0: none); its region slot records it.
+    pub fn container(&self) -> u64 {
+        self.root.container
+    }
+
     /// The compute share in percent, re-reading the limits file as [`Slice::limit`] does.
     pub fn cores(&self) -> u32 {
         self.limit();

@@ -14,6 +14,8 @@
 //! minor = 0
 //! pci_bus_id = "00000000:01:00.0"
 //! # context_memory = "256MiB"
+//! # reserved_memory = "512MiB"
+//! # bar1_memory = "256MiB"
 //! # mig_mode = true
 //! ```
 //!
@@ -40,6 +42,8 @@ const DEFAULT_PCI_SUBSYSTEM_ID: u32 = (0x16c1 << 16) | NVIDIA_VENDOR_ID;
 const DEFAULT_CORES_PER_SM: u32 = 128;
 /// Device memory a CUDA context takes when created, roughly what an H100 context costs.
 const DEFAULT_CONTEXT_MEMORY: ByteSize = ByteSize(256 << 20);
+/// A PCIe card's BAR1 without resizable BAR.
+const DEFAULT_BAR1_MEMORY: ByteSize = ByteSize(256 << 20);
 
 /// Longest driver version NVML can return (`NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE` − 1).
 const MAX_DRIVER_VERSION_LEN: usize = 79;
@@ -97,6 +101,13 @@ pub struct GpuConfig {
     /// Device memory each CUDA context (primary or created) takes while it exists.
     #[serde(default = "default_context_memory")]
     pub context_memory: ByteSize,
+    /// Device memory the driver and firmware set aside (`nvmlMemory_v2_t.reserved`; part of
+    /// `used` in the original `nvmlMemory_t`, as on a real GPU). None by default.
+    #[serde(default)]
+    pub reserved_memory: ByteSize,
+    /// The BAR1 aperture (`nvmlDeviceGetBAR1MemoryInfo`'s `bar1Total`).
+    #[serde(default = "default_bar1_memory")]
+    pub bar1_memory: ByteSize,
     /// MIG mode, current and pending. Absent: the GPU does not support MIG and
     /// `nvmlDeviceGetMigMode` answers `NVML_ERROR_NOT_SUPPORTED`.
     #[serde(default)]
@@ -134,6 +145,10 @@ fn default_cores_per_sm() -> u32 {
 
 fn default_context_memory() -> ByteSize {
     DEFAULT_CONTEXT_MEMORY
+}
+
+fn default_bar1_memory() -> ByteSize {
+    DEFAULT_BAR1_MEMORY
 }
 
 impl GpuConfig {
@@ -308,6 +323,9 @@ impl FakeGpuConfig {
             }
             if gpu.context_memory > gpu.memory {
                 return Err(at("context_memory must not exceed memory".into()));
+            }
+            if gpu.reserved_memory >= gpu.memory {
+                return Err(at("reserved_memory must be less than memory".into()));
             }
             if !uuids.insert(gpu.uuid.as_str()) {
                 return Err(at(format!("uuid {} is used twice", gpu.uuid)));

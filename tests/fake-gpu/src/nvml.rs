@@ -23,6 +23,12 @@ use gpuslice_cuda_abi::nvml::{
     nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_v1_t, nvmlProcessInfo_v2_t, nvmlProcessUtilizationSample_t,
     nvmlReturn_t, nvmlUtilization_t,
 };
+use gpuslice_cuda_abi::nvml::{
+    NVML_GPU_UTILIZATION_SAMPLES, NVML_MEMORY_UTILIZATION_SAMPLES, NVML_SAMPLINGTYPE_COUNT,
+    NVML_VALUE_TYPE_UNSIGNED_INT, nvmlBAR1Memory_t, nvmlProcessDetail_v1_t, nvmlProcessDetailList_v1_t,
+    nvmlProcessUtilizationInfo_v1_t, nvmlProcessesUtilizationInfo_v1_t, nvmlSample_t, nvmlSamplingType_t, nvmlValue_t,
+    nvmlValueType_t,
+};
 
 use crate::config::{ConfigError, GpuConfig, PciBusId};
 use crate::state::{DeviceState, ProcessMemory, Simulator, StateError};
@@ -216,10 +222,24 @@ unsafe fn get_str<'a>(s: *const c_char) -> NvmlResult<&'a str> {
     s.to_str().map_err(|_| INVALID_ARGUMENT)
 }
 
-fn memory(state: &DeviceState) -> (u64, u64, u64) {
-    let used = state.used().min(state.total());
-    (state.total(), state.total() - used, used)
+/// `(total, free, used, reserved)`: `used` is what processes hold, `reserved` what the driver
+/// sets aside; `free = total − used − reserved`.
+fn memory(state: &DeviceState, gpu: &GpuConfig) -> (u64, u64, u64, u64) {
+    let total = state.total();
+    let reserved = gpu.reserved_memory.0.min(total);
+    let used = state.used().min(total - reserved);
+    (total, total - reserved - used, used, reserved)
 }
+
+/// nvml.h's `nvmlProcessDetailList_v1` and `nvmlProcessesUtilizationInfo_v1` (LP64).
+const PROCESS_DETAIL_LIST_V1: c_uint = 0x0100_0018;
+const PROCESSES_UTILIZATION_INFO_V1: c_uint = 0x0100_0018;
+/// `NVML_PROCESS_MODE_COMPUTE`, `_GRAPHICS`, `_MPS`.
+const PROCESS_MODE_COMPUTE: c_uint = 0;
+const PROCESS_MODE_MPS: c_uint = 2;
+
+/// BAR1 each process holding device memory maps (its context's own mappings).
+const BAR1_PER_PROCESS: u64 = 2 << 20;
 
 /// `gpuInstanceId` and `computeInstanceId` of a process on a GPU without MIG.
 const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
@@ -455,18 +475,21 @@ exports! {
         unsafe { put_str(name, length, &gpu.name) }
     }
 
-    /// `used` is the shared counter every process adds to; `free = total − used`.
+    /// `used` is the shared counter every process adds to, plus the GPU's `reserved_memory`
+    /// (the original struct has no field of its own for it, as on a real GPU);
+    /// `free = total − used`.
     fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) {
-        let (state, _) = self::device(device)?;
-        let (total, free, used) = self::memory(state);
+        let (state, gpu) = self::device(device)?;
+        let (total, free, used, reserved) = self::memory(state, gpu);
         // SAFETY: null or writable per the export's contract.
-        unsafe { put(memory, nvmlMemory_t { total, free, used }) }
+        unsafe { put(memory, nvmlMemory_t { total, free, used: used + reserved }) }
     }
 
-    /// As `nvmlDeviceGetMemoryInfo`, with `reserved` 0; `version` must be
-    /// `nvmlMemory_v2` (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
+    /// As `nvmlDeviceGetMemoryInfo`, with the GPU's `reserved_memory` in `reserved` and not in
+    /// `used` (`total = reserved + used + free`); `version` must be `nvmlMemory_v2`
+    /// (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
     fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) {
-        let (state, _) = self::device(device)?;
+        let (state, gpu) = self::device(device)?;
         if memory.is_null() {
             return Err(INVALID_ARGUMENT);
         }
@@ -476,8 +499,8 @@ exports! {
         if version != MEMORY_V2_VERSION {
             return Err(ARGUMENT_VERSION_MISMATCH);
         }
-        let (total, free, used) = self::memory(state);
-        let info = nvmlMemory_v2_t { version, total, reserved: 0, free, used };
+        let (total, free, used, reserved) = self::memory(state, gpu);
+        let info = nvmlMemory_v2_t { version, total, reserved, free, used };
         // SAFETY: checked non-null above; writable per the export's contract.
         unsafe { put(memory, info) }
     }
@@ -678,6 +701,139 @@ exports! {
         self::device(device)?;
         // SAFETY: as for the compute processes.
         unsafe { put_processes(&[], info_count, infos, process_v1) }
+    }
+
+    /// The running-processes call of NVML 12.4+: `version` must be `nvmlProcessDetailList_v1`;
+    /// `mode` compute lists what `nvmlDeviceGetComputeRunningProcesses_v3` lists, graphics and
+    /// MPS nothing; `numProcArrayEntries` and `procArray` follow the running-processes buffer
+    /// rules ([`put_processes`]).
+    fn nvmlDeviceGetRunningProcessDetailList(device: nvmlDevice_t, plist: *mut nvmlProcessDetailList_v1_t) {
+        let (state, _) = self::device(device)?;
+        if plist.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for the struct per the export's contract.
+        let list = unsafe { &mut *plist };
+        if list.version != PROCESS_DETAIL_LIST_V1 {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let processes = match list.mode {
+            PROCESS_MODE_COMPUTE => state.processes(),
+            1..=PROCESS_MODE_MPS => Vec::new(),
+            _ => return Err(INVALID_ARGUMENT),
+        };
+        let detail = |p: &ProcessMemory| nvmlProcessDetail_v1_t {
+            pid: p.pid,
+            usedGpuMemory: p.bytes,
+            gpuInstanceId: NO_INSTANCE,
+            computeInstanceId: NO_INSTANCE,
+            usedGpuCcProtectedMemory: 0,
+        };
+        // SAFETY: the count and the array are the caller's, as put_processes's contract says.
+        unsafe { put_processes(&processes, &raw mut list.numProcArrayEntries, list.procArray, detail) }
+    }
+
+    /// `nvmlDeviceGetProcessUtilization` in a versioned struct (`nvmlProcessesUtilizationInfo_v1`):
+    /// the same samples with `smUtil` and the other units 0, the same buffer rules on
+    /// `processSamplesCount` and `procUtilArray`, since `lastSeenTimeStamp`.
+    fn nvmlDeviceGetProcessesUtilizationInfo(device: nvmlDevice_t, info: *mut nvmlProcessesUtilizationInfo_v1_t) {
+        let timeline = timeline(device)?;
+        if info.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null and valid for the struct per the export's contract.
+        let info = unsafe { &mut *info };
+        if info.version != PROCESSES_UTILIZATION_INFO_V1 {
+            return Err(ARGUMENT_VERSION_MISMATCH);
+        }
+        let samples = timeline.process_samples(info.lastSeenTimeStamp);
+        let room = info.processSamplesCount;
+        let needed = c_uint::try_from(samples.len()).map_err(|_| UNKNOWN)?;
+        info.processSamplesCount = needed;
+        if samples.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        if info.procUtilArray.is_null() || room < needed {
+            return Err(INSUFFICIENT_SIZE);
+        }
+        for (i, s) in samples.iter().enumerate() {
+            let sample = nvmlProcessUtilizationInfo_v1_t {
+                timeStamp: s.timestamp_us,
+                pid: s.pid,
+                smUtil: s.sm_util,
+                memUtil: 0,
+                encUtil: 0,
+                decUtil: 0,
+                jpgUtil: 0,
+                ofaUtil: 0,
+            };
+            // SAFETY: the array holds `room` ≥ `needed` > i entries per the export's contract.
+            unsafe { info.procUtilArray.add(i).write(sample) };
+        }
+        Ok(())
+    }
+
+    /// `bar1Total` is the GPU's `bar1_memory`; each live process holding device memory maps
+    /// 2 MiB of it (`bar1Used`); `bar1Free = bar1Total − bar1Used`.
+    fn nvmlDeviceGetBAR1MemoryInfo(device: nvmlDevice_t, bar1_memory: *mut nvmlBAR1Memory_t) {
+        let (state, gpu) = self::device(device)?;
+        let total = gpu.bar1_memory.0;
+        let processes = u64::try_from(state.processes().len()).unwrap_or(u64::MAX);
+        let used = processes.saturating_mul(BAR1_PER_PROCESS).min(total);
+        let info = nvmlBAR1Memory_t { bar1Total: total, bar1Free: total - used, bar1Used: used };
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(bar1_memory, info) }
+    }
+
+    /// GPU and memory utilisation samples, one per 1/6 s period of the last 20 s (the
+    /// timeline's [`crate::timeline::DeviceTimeline::utilization_samples`]; memory: 0, as
+    /// `nvmlDeviceGetUtilizationRates`), as `NVML_VALUE_TYPE_UNSIGNED_INT` percents stamped in
+    /// wall-clock µs. As the real call: a null `samples` asks for the count of samples the
+    /// driver keeps (`SUCCESS`); otherwise the samples stamped after `last_seen_time_stamp`,
+    /// oldest first, as many as `*sample_count` holds, `*sample_count` set to the number
+    /// written, and `NVML_ERROR_NOT_FOUND` when there is none. Other sampling types (power,
+    /// clocks) are `NVML_ERROR_NOT_SUPPORTED`; an unknown one is `INVALID_ARGUMENT`.
+    fn nvmlDeviceGetSamples(
+        device: nvmlDevice_t,
+        kind: nvmlSamplingType_t,
+        last_seen_time_stamp: c_ulonglong,
+        sample_val_type: *mut nvmlValueType_t,
+        sample_count: *mut c_uint,
+        samples: *mut nvmlSample_t,
+    ) {
+        let timeline = timeline(device)?;
+        if kind >= NVML_SAMPLINGTYPE_COUNT || sample_val_type.is_null() || sample_count.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        if kind != NVML_GPU_UTILIZATION_SAMPLES && kind != NVML_MEMORY_UTILIZATION_SAMPLES {
+            return Err(NOT_SUPPORTED);
+        }
+        // SAFETY: non-null and writable per the export's contract.
+        unsafe { sample_val_type.write(NVML_VALUE_TYPE_UNSIGNED_INT) };
+        if samples.is_null() {
+            // SAFETY: as above.
+            unsafe { sample_count.write(crate::timeline::SAMPLES as c_uint) };
+            return Ok(());
+        }
+        // SAFETY: non-null, readable and writable per the export's contract.
+        let room = unsafe { sample_count.read() } as usize;
+        let mut found = timeline.utilization_samples(last_seen_time_stamp);
+        if found.is_empty() {
+            // SAFETY: as above.
+            unsafe { sample_count.write(0) };
+            return Err(NOT_FOUND);
+        }
+        found.truncate(room);
+        for (i, s) in found.iter().enumerate() {
+            let value = if kind == NVML_GPU_UTILIZATION_SAMPLES { s.percent } else { 0 };
+            // The whole union is written (little-endian: `uiVal` reads the low half).
+            let sample = nvmlSample_t { timeStamp: s.timestamp_us, sampleValue: nvmlValue_t { ullVal: u64::from(value) } };
+            // SAFETY: the buffer holds `room` > i samples per the export's contract.
+            unsafe { samples.add(i).write(sample) };
+        }
+        // SAFETY: as above; at most `room`, which came from a c_uint.
+        unsafe { sample_count.write(found.len() as c_uint) };
+        Ok(())
     }
 
     /// `sm_count × cores_per_sm`.

@@ -56,6 +56,10 @@ pub const RECORDS: usize = 8192;
 const LOCK: Range<u64> = 0..1;
 /// The window utilisation is measured over, as NVML's sample period on recent GPUs.
 pub const WINDOW_NS: u64 = 1_000_000_000;
+/// The period of `nvmlDeviceGetSamples`' utilisation samples: 1/6 s, as on recent GPUs.
+pub const SAMPLE_NS: u64 = WINDOW_NS / 6;
+/// Utilisation samples kept, as a real driver's buffer of the last 20 s.
+pub const SAMPLES: usize = 120;
 
 shared_struct! {
     /// The start of a timeline file. The first six fields are written before publication and
@@ -190,6 +194,15 @@ pub struct ProcessBusy {
     pub last_ns: u64,
 }
 
+/// One `nvmlSample_t` of GPU utilisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtilizationSample {
+    /// Wall-clock microseconds (`CLOCK_REALTIME`): the end of the sample's period.
+    pub timestamp_us: u64,
+    /// Percent of the period the device was busy.
+    pub percent: u32,
+}
+
 /// One `nvmlProcessUtilizationSample_t`, without the units NVML does not simulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessSample {
@@ -316,6 +329,24 @@ impl DeviceTimeline {
         self.lock().by_process(from, to)
     }
 
+    /// `nvmlDeviceGetSamples`' GPU utilisation samples: one per [`SAMPLE_NS`] period that has
+    /// ended, the newest [`SAMPLES`] of them, each stamped with the end of its period
+    /// (wall-clock µs) and valued the percent of that period the device was busy; only those
+    /// stamped after `last_seen_us`, oldest first.
+    pub fn utilization_samples(&self, last_seen_us: u64) -> Vec<UtilizationSample> {
+        let newest = now() / SAMPLE_NS * SAMPLE_NS;
+        let oldest = newest.saturating_sub(SAMPLES as u64 * SAMPLE_NS);
+        let busy = self.lock().busy_per_period(oldest, newest);
+        busy.iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                let end = oldest + (i as u64 + 1) * SAMPLE_NS;
+                UtilizationSample { timestamp_us: to_unix_micros(end), percent: percent_of(b, SAMPLE_NS) }
+            })
+            .filter(|s| s.timestamp_us > last_seen_us)
+            .collect()
+    }
+
     /// Percent of the last second the device was busy: `nvmlDeviceGetUtilizationRates`'s
     /// `gpu`.
     pub fn utilization(&self) -> u32 {
@@ -344,7 +375,12 @@ impl DeviceTimeline {
 
 /// `busy` nanoseconds of [`WINDOW_NS`], in whole percent (rounded, at most 100).
 fn percent(busy: u64) -> u32 {
-    ((u128::from(busy) * 100 + u128::from(WINDOW_NS / 2)) / u128::from(WINDOW_NS)).min(100) as u32
+    percent_of(busy, WINDOW_NS)
+}
+
+/// `busy` nanoseconds of `window`, in whole percent (rounded, at most 100).
+fn percent_of(busy: u64, window: u64) -> u32 {
+    ((u128::from(busy) * 100 + u128::from(window / 2)) / u128::from(window.max(1))).min(100) as u32
 }
 
 impl Drop for DeviceTimeline {
@@ -504,6 +540,35 @@ impl Session<'_> {
             let idle = if kept > 0 { self.timeline.record(kept - 1).end.load(Ordering::Acquire) } else { 0 };
             header.idle_at.store(idle, Ordering::Release);
         }
+    }
+
+    /// Nanoseconds the device was busy in each [`SAMPLE_NS`] period of `[from, to)`, `from`
+    /// a multiple of it.
+    pub fn busy_per_period(&self, from: u64, to: u64) -> Vec<u64> {
+        let periods = (to.saturating_sub(from) / SAMPLE_NS) as usize;
+        let mut busy = vec![0u64; periods];
+        let kept = self.header().kept.load(Ordering::Acquire);
+        for n in (kept.saturating_sub(RECORDS as u64)..kept).rev() {
+            let r = self.timeline.record(n);
+            let (start, end) = (r.start.load(Ordering::Acquire), r.end.load(Ordering::Acquire));
+            if end == 0 {
+                continue;
+            }
+            if end <= from {
+                break;
+            }
+            let (mut a, b) = (start.max(from), end.min(to));
+            while a < b {
+                let i = ((a - from) / SAMPLE_NS) as usize;
+                let period_end = from + (i as u64 + 1) * SAMPLE_NS;
+                let upto = b.min(period_end);
+                if let Some(slot) = busy.get_mut(i) {
+                    *slot += upto - a;
+                }
+                a = upto;
+            }
+        }
+        busy
     }
 
     /// Device time in `[from, to)` per process, in pid order. A process is a client record
