@@ -643,14 +643,16 @@ mod tests {
         let id = v.hold_handle(7).unwrap();
         v.exported(id, r);
         v.done(id);
-        close(r);
         close(w);
-        // The same number, another file.
+        // The same number, another file: dup2 replaces it in one step, so no other test's
+        // thread can take the number in between.
         let (r2, w2) = pipe();
-        assert_eq!(r2, r);
+        // SAFETY: both are descriptors this test opened.
+        assert_eq!(unsafe { libc::dup2(r2, r) }, r);
+        close(r2);
         let id = v.take_ref(7).unwrap();
         assert_eq!(v.done(id), vec![(0, G)]);
-        close(r2);
+        close(r);
         close(w2);
     }
 
