@@ -5,9 +5,10 @@
 //! - `cuMemAlloc*` and arrays belong to the context that made them.
 //! - Stream-ordered allocations come from a pool. A pool hands out whole granules, keeps
 //!   what is freed to it reserved (still charged to the device) for reuse, and gives it
-//!   back only when trimmed or destroyed. (The real driver also releases down to the pool's
-//!   release threshold when a stream, event or context is synchronised; that is not
-//!   simulated.)
+//!   back when trimmed or destroyed, and, as the real driver does, down to the pool's release
+//!   threshold (0 unless set) when a stream, an event or a context is synchronised. A
+//!   `cuMemAllocAsync`/`cuMemFreeAsync` on a capturing stream makes a memory node of the
+//!   graph being captured instead (graph memory, [`graph_memory`](super::graph_memory)).
 //! - Virtual memory management: `cuMemCreate` makes a physical allocation (a memfd, charged
 //!   at once), `cuMemAddressReserve` reserves address space (charged nothing), `cuMemMap`
 //!   maps the memfd there with no access, and `cuMemSetAccess` opens it up. As in the real
@@ -111,7 +112,7 @@ impl HostMemory {
     }
 
     /// Readable, writable, zeroed memory.
-    fn new(len: u64) -> CuResult<Self> {
+    pub(crate) fn new(len: u64) -> CuResult<Self> {
         Self::map(len, libc::PROT_READ | libc::PROT_WRITE)
     }
 
@@ -133,7 +134,7 @@ impl HostMemory {
         Ok(over)
     }
 
-    fn addr(&self) -> u64 {
+    pub(crate) fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
     }
 }
@@ -190,8 +191,7 @@ struct Pool {
     /// `REUSE_FOLLOW_EVENT_DEPENDENCIES`, `REUSE_ALLOW_OPPORTUNISTIC`,
     /// `REUSE_ALLOW_INTERNAL_DEPENDENCIES`: kept and answered back.
     reuse: [c_int; 3],
-    /// `RELEASE_THRESHOLD`: kept and answered back; freed memory stays in the pool until
-    /// `cuMemPoolTrimTo` whatever it is (the real driver also trims to it at synchronisation).
+    /// `RELEASE_THRESHOLD`: what the pool keeps of freed memory at a synchronisation.
     release_threshold: u64,
 }
 
@@ -457,6 +457,20 @@ impl Memory {
             p.reserved -= block.charge.bytes();
         }
         Ok(())
+    }
+
+    /// At a synchronisation (stream, event, context): every pool gives back what it holds
+    /// unused beyond its release threshold.
+    pub fn trim_at_sync(&mut self) {
+        let pools: Vec<(Handle, u64)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.reserved > p.release_threshold && !p.free.is_empty())
+            .map(|(&h, p)| (h, p.release_threshold))
+            .collect();
+        for (pool, keep) in pools {
+            let _ = self.trim_pool(pool, keep);
+        }
     }
 
     /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
@@ -1022,7 +1036,11 @@ pub(crate) fn free(ptr: u64) -> CuResult {
     if ptr == 0 {
         return Ok(());
     }
-    d.lock().memory.free(ptr)
+    let mut reg = d.lock();
+    match reg.graph_memory.free(ptr) {
+        Some(freed) => freed,
+        None => reg.memory.free(ptr),
+    }
 }
 
 /// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
@@ -1086,14 +1104,25 @@ pub(crate) fn alloc_async(size: u64, pool: Option<Handle>, stream: CUstream, per
         None => reg.memory.default_pool(context::get(&reg, ctx)?.device),
     };
     let device = reg.memory.pool_device(pool)?;
+    if super::graph::is_capturing(&reg, q) {
+        let addr = reg.graph_memory.new_address(device, size)?;
+        super::graph::capture(&mut reg, q, super::graph::Node::MemAlloc { addr, size })?;
+        return Ok(addr);
+    }
     reg.memory.alloc_from_pool(d.device(device), pool, size)
 }
 
 /// `cuMemFreeAsync`.
 pub(crate) fn free_async(ptr: u64, stream: CUstream, per_thread: bool) -> CuResult {
     let mut reg = driver()?.lock();
-    super::stream::queue(&reg, stream, per_thread)?;
-    reg.memory.free(ptr)
+    let q = super::stream::queue(&reg, stream, per_thread)?;
+    if super::graph::capture(&mut reg, q, super::graph::Node::MemFree(ptr))? {
+        return Ok(());
+    }
+    match reg.graph_memory.free(ptr) {
+        Some(freed) => freed,
+        None => reg.memory.free(ptr),
+    }
 }
 
 /// `cuMemPoolCreate`: pinned memory on a device.
