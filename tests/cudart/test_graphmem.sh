@@ -22,8 +22,8 @@ graphmem_build() {
     fi
 }
 
-GRAPHMEM_FITS=$((CUDART_SLICE_BYTES / 4 * 3))
-GRAPHMEM_OVER=$((CUDART_SLICE_BYTES / 2 * 3))
+GRAPHMEM_FITS=$((CUDART_SLICE_BYTES * 3 / 4))
+GRAPHMEM_OVER=$((CUDART_SLICE_BYTES * 3 / 2))
 
 # An alloc node within the slice maps and unmaps as on the GPU; past it, upload and launch
 # (and an instantiate that uploads) are refused, where the bare GPU takes it.

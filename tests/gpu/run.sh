@@ -241,4 +241,6 @@ PY
 else
     skip "PyTorch checks" "python3 cannot import torch with CUDA"
 fi
+# shellcheck source=tests/gpu/graphmem.sh
+. "$here/graphmem.sh"
 summary
