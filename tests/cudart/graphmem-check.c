@@ -11,8 +11,10 @@
  *                                       (cudaMallocAsync + cudaFreeAsync)
  *   graphmem-check trim SIZE PLAIN      a graph of SIZE launched, then cudaMalloc(PLAIN) before
  *                                       and after cudaDeviceGraphMemTrim
- *   graphmem-check freeasync SIZE       cudaMallocAsync + cudaFreeAsync of SIZE, then
- *                                       cudaMalloc(SIZE) after cudaStreamSynchronize
+ *   graphmem-check freeasync SIZE [device]
+ *                                       cudaMallocAsync + cudaFreeAsync of SIZE, then
+ *                                       cudaMalloc(SIZE) after cudaStreamSynchronize (device:
+ *                                       cudaDeviceSynchronize)
  *
  * SIZE: bytes, or with a K, M or G suffix.
  */
@@ -149,7 +151,7 @@ int main(int argc, char **argv) {
         report("malloc_async", e = cudaMallocAsync(&p, size, s));
         if (e == cudaSuccess) report("free_async", cudaFreeAsync(p, s));
         printf("free_before_sync=%zu\n", free_now());
-        report("sync", cudaStreamSynchronize(s));
+        report("sync", argc > 3 && !strcmp(argv[3], "device") ? cudaDeviceSynchronize() : cudaStreamSynchronize(s));
         printf("free_after_sync=%zu\n", free_now());
         try_malloc("malloc_after_sync", size);
     } else {

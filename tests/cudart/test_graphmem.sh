@@ -93,19 +93,22 @@ test_graphmem_trim_gives_back() {
     assert_eq "cudaMalloc after the trim" "$(kv malloc_after_trim "$out")" cudaSuccess
 }
 
-# cudaFreeAsync + cudaStreamSynchronize: the pool trims to its release threshold (0) at the
+# cudaFreeAsync + cudaStreamSynchronize (or cudaDeviceSynchronize: cuCtxSynchronize, or
+# cuCtxSynchronize_v2 from CUDA 13): the pool trims to its release threshold (0) at the
 # synchronisation and the slice gets the memory back then, so cudaMalloc of the freed size fits.
 test_graphmem_free_async_then_sync() {
     local out
     cudart_node
     graphmem_build
     for run in cudart_bare "cudart_in_slice slice0"; do
-        # shellcheck disable=SC2086
-        run_ok "freeasync ($run)" out $run freeasync "$GRAPHMEM_FITS"
-        assert_eq "cudaMallocAsync ($run)" "$(kv malloc_async "$out")" cudaSuccess
-        assert_eq "free memory after the synchronisation ($run)" "$(kv free_after_sync "$out")" \
-            "$(kv free_before "$out")"
-        assert_eq "cudaMalloc of the freed size ($run)" "$(kv malloc_after_sync "$out")" cudaSuccess
+        for sync in stream device; do
+            # shellcheck disable=SC2086
+            run_ok "freeasync, $sync sync ($run)" out $run freeasync "$GRAPHMEM_FITS" "$sync"
+            assert_eq "cudaMallocAsync ($run)" "$(kv malloc_async "$out")" cudaSuccess
+            assert_eq "free memory after the $sync synchronisation ($run)" "$(kv free_after_sync "$out")" \
+                "$(kv free_before "$out")"
+            assert_eq "cudaMalloc of the freed size, $sync sync ($run)" "$(kv malloc_after_sync "$out")" cudaSuccess
+        done
     done
 }
 

@@ -205,6 +205,7 @@ api! {
                                          edges: *const CUgraphEdgeData, n: usize, mode: CUstreamCaptureMode)
             => crate::launch::stream_begin_capture_to_graph_ptsz;
         cuEventSynchronize(event: CUevent) => crate::memory::event_synchronize;
+        cuCtxSynchronize_v2(ctx: CUcontext) => crate::memory::ctx_synchronize_v2;
         cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, size: usize)
             => crate::memory::graph::graph_instantiate;
         cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, size: usize)

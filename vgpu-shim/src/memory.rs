@@ -611,6 +611,19 @@ pub fn synchronized() {
 }
 
 /// # Safety
+/// `cuCtxSynchronize_v2`'s contract (what `cudaDeviceSynchronize` calls from CUDA 13). The
+/// context may be another than the calling thread's: the pacing's windows are left alone.
+pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CUresult {
+    let f = real!(cuCtxSynchronize_v2);
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { f(ctx) };
+    if rc == CUDA_SUCCESS {
+        synchronized();
+    }
+    rc
+}
+
+/// # Safety
 /// `cuEventSynchronize`'s contract.
 pub unsafe fn event_synchronize(event: CUevent) -> CUresult {
     let f = real!(cuEventSynchronize);
