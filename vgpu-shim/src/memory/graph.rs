@@ -288,15 +288,7 @@ unsafe fn instantiate(
     }
     let s = state();
     let need = graph_need(s, graph);
-    if need.is_empty() {
-        let rc = call();
-        if rc == CUDA_SUCCESS {
-            // SAFETY: the driver wrote the handle on success.
-            unsafe { instantiated(exec_out, need) };
-        }
-        return rc;
-    }
-    if !upload {
+    if need.is_empty() || !upload {
         let rc = call();
         if rc == CUDA_SUCCESS {
             // SAFETY: the driver wrote the handle on success.
