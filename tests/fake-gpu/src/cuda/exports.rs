@@ -136,14 +136,16 @@ driver_api! {
         Ok(())
     }
 
-    /// The current pool, which is always the default one (`cuDeviceSetMemPool` is not
-    /// simulated).
+    /// The current pool: the default one unless `cuDeviceSetMemPool` chose another.
     fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pool) }?;
-        out.set(memory::default_pool(dev)? as CUmemoryPool);
+        out.set(memory::current_pool(dev)? as CUmemoryPool);
         Ok(())
     }
+
+    /// A pool of that device becomes the one `cuMemAllocAsync` takes from.
+    fn cuDeviceSetMemPool(dev: CUdevice, pool: CUmemoryPool) { memory::set_current_pool(dev, pool as usize) }
 
     // ---- contexts -------------------------------------------------------------------------
     fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) {

@@ -285,6 +285,8 @@ pub(crate) struct Memory {
     allocations: BTreeMap<u64, Allocation>,
     pools: HashMap<Handle, Pool>,
     default_pools: Vec<Handle>,
+    /// Each device's current pool (`cuDeviceSetMemPool`), its default one unless set.
+    current_pools: Vec<Handle>,
     physical: HashMap<u64, Physical>,
     next_physical: u64,
     reservations: BTreeMap<u64, HostMemory>,
@@ -323,6 +325,7 @@ impl Memory {
             let pool = new_handle();
             memory.pools.insert(pool, Pool::new(device as u32, true));
             memory.default_pools.push(pool);
+            memory.current_pools.push(pool);
         }
         memory
     }
@@ -388,9 +391,23 @@ impl Memory {
         Ok(())
     }
 
-    /// The default (and, as `cuDeviceSetMemPool` is not simulated, current) pool of `device`.
+    /// The default pool of `device`.
     pub fn default_pool(&self, device: u32) -> Handle {
         self.default_pools[device as usize]
+    }
+
+    /// The current pool of `device`: what `cuMemAllocAsync` takes from.
+    pub fn current_pool(&self, device: u32) -> Handle {
+        self.current_pools[device as usize]
+    }
+
+    /// `cuDeviceSetMemPool`: a pool of that device.
+    pub fn set_current_pool(&mut self, device: u32, pool: Handle) -> CuResult {
+        if self.pool_device(pool)? != device {
+            return Err(INVALID_VALUE);
+        }
+        self.current_pools[device as usize] = pool;
+        Ok(())
     }
 
     pub fn pool_device(&self, pool: Handle) -> CuResult<u32> {
@@ -404,13 +421,18 @@ impl Memory {
     }
 
     /// `cuMemPoolDestroy`: frees what the pool holds; allocations still out are freed when
-    /// they are.
+    /// they are. A device whose current pool it was goes back to its default one.
     pub fn destroy_pool(&mut self, pool: Handle) -> CuResult {
         match self.pools.get(&pool) {
             Some(p) if !p.default => {}
             _ => return Err(INVALID_VALUE),
         }
         self.pools.remove(&pool);
+        for (current, default) in self.current_pools.iter_mut().zip(&self.default_pools) {
+            if *current == pool {
+                *current = *default;
+            }
+        }
         Ok(())
     }
 
@@ -1059,6 +1081,20 @@ pub(crate) fn default_pool(device: CUdevice) -> CuResult<Handle> {
     Ok(d.lock().memory.default_pool(state.index()))
 }
 
+/// `cuDeviceGetMemPool`.
+pub(crate) fn current_pool(device: CUdevice) -> CuResult<Handle> {
+    let d = driver()?;
+    let (_, state) = super::device::gpu(d.sim, device)?;
+    Ok(d.lock().memory.current_pool(state.index()))
+}
+
+/// `cuDeviceSetMemPool`.
+pub(crate) fn set_current_pool(device: CUdevice, pool: Handle) -> CuResult {
+    let d = driver()?;
+    let (_, state) = super::device::gpu(d.sim, device)?;
+    d.lock().memory.set_current_pool(state.index(), pool)
+}
+
 /// A `CUmemAllocationProp` this driver can satisfy: pinned memory on one of its devices.
 pub(crate) fn check_prop(sim: &Simulator, prop: &CUmemAllocationProp) -> CuResult<u32> {
     if prop.type_ != CU_MEM_ALLOCATION_TYPE_PINNED || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
@@ -1101,7 +1137,7 @@ pub(crate) fn alloc_async(size: u64, pool: Option<Handle>, stream: CUstream, per
     let ctx = super::stream::queue_context(&reg, q);
     let pool = match pool {
         Some(pool) => pool,
-        None => reg.memory.default_pool(context::get(&reg, ctx)?.device),
+        None => reg.memory.current_pool(context::get(&reg, ctx)?.device),
     };
     let device = reg.memory.pool_device(pool)?;
     if super::graph::is_capturing(&reg, q) {
