@@ -55,3 +55,21 @@ if command -v nvcc >/dev/null 2>&1; then
 else
     skip "graph memory checks" "nvcc not found"
 fi
+
+# CuPy's graphs with an array allocated during the capture (MemoryAsyncPool: graph memory).
+if python3 -c 'import cupy; cupy.cuda.runtime.getDeviceCount()' >/dev/null 2>&1; then
+    out=$(in_slice python3 "$here/../cudart/cupy-graph-check.py" $((limit * 3 / 4)) 2>&1)
+    if [ "$(field "$out" launch)" = ok ]; then
+        pass "CuPy graph with 3 GiB of graph memory in the slice"
+    else
+        fail "CuPy graph within the slice" "$out"
+    fi
+    out=$(in_slice python3 "$here/../cudart/cupy-graph-check.py" $((limit * 3 / 2)) 2>&1)
+    if [ "$(field "$out" upload)" = cudaErrorMemoryAllocation ] && [ "$(field "$out" launch)" = cudaErrorMemoryAllocation ]; then
+        pass "CuPy graph with 6 GiB of graph memory refused at upload and launch"
+    else
+        fail "CuPy graph past the slice" "$out"
+    fi
+else
+    skip "CuPy graph checks" "python3 cannot import cupy with a GPU"
+fi
