@@ -16,7 +16,8 @@
 //!   Destroying an executable graph unmaps its memory (it stays reserved until a trim);
 //!   destroying its context trims the pool.
 //!
-//! Copies into graph memory are not simulated (its addresses are not device allocations).
+//! Copies into graph memory are not simulated (its addresses are not device allocations). An
+//! alloc node's address range (address space only, no memory) is kept for the process's life.
 
 use std::collections::{BTreeMap, HashMap};
 
