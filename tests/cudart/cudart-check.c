@@ -24,7 +24,8 @@
  * Allocation paths P: malloc, managed, pitch, array3d, async (cudaMallocAsync), pool
  * (cudaMallocFromPoolAsync). Kernel paths K: default (the default stream), stream (a created
  * stream), ex (cudaLaunchKernelExC), cooperative, graph (cudaGraphAddKernelNode), capture (a
- * stream captured into a graph), idle (the idle kernel on the default stream).
+ * stream captured into a graph), tograph (a launch, then cudaStreamBeginCaptureToGraph into a
+ * created graph), idle (the idle kernel on the default stream).
  * Output: key=value lines. On failure: error=<cudaError name>, call=<what failed>, exit 1.
  */
 #define _GNU_SOURCE
@@ -333,7 +334,7 @@ static cudaError_t launch(cudaStream_t s, unsigned long long ns, const char **ca
         *call = "cudaLaunchCooperativeKernel";
         return cudaLaunchCooperativeKernel((const void *)busy, one, one, args, 0, s);
     }
-    if (!strcmp(p, "graph") || !strcmp(p, "capture")) {
+    if (!strcmp(p, "graph") || !strcmp(p, "capture") || !strcmp(p, "tograph")) {
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         cudaError_t e;
@@ -344,6 +345,33 @@ static cudaError_t launch(cudaStream_t s, unsigned long long ns, const char **ca
             if ((e = cudaGraphCreate(&graph, 0)) != cudaSuccess) return e;
             *call = "cudaGraphAddKernelNode";
             if ((e = cudaGraphAddKernelNode(&node, graph, NULL, 0, &params)) != cudaSuccess) return e;
+        } else if (!strcmp(p, "tograph")) {
+            /* A launch first, so that the stream has work (and the pacing a window) when the
+             * capture into an existing graph starts. */
+            *call = "cudaLaunchKernel";
+            if ((e = cudaLaunchKernel((const void *)busy, one, one, args, 0, s)) != cudaSuccess) return e;
+            *call = "cudaGraphCreate";
+            if ((e = cudaGraphCreate(&graph, 0)) != cudaSuccess) return e;
+            *call = "cudaStreamBeginCaptureToGraph";
+            e = cudaStreamBeginCaptureToGraph(s, graph, NULL, NULL, 0, cudaStreamCaptureModeGlobal);
+            if (e != cudaSuccess) return e;
+            *call = "cudaLaunchKernel (captured)";
+            if ((e = cudaLaunchKernel((const void *)busy, one, one, args, 0, s)) != cudaSuccess) return e;
+            /* A launch on another stream meanwhile: whatever it does, nothing of it may land in
+             * the graph being captured. */
+            cudaStream_t other;
+            *call = "cudaStreamCreateWithFlags";
+            if ((e = cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking)) != cudaSuccess) return e;
+            *call = "cudaLaunchKernel (another stream)";
+            if ((e = cudaLaunchKernel((const void *)idle, one, one, NULL, 0, other)) != cudaSuccess) return e;
+            *call = "cudaStreamEndCapture";
+            if ((e = cudaStreamEndCapture(s, &graph)) != cudaSuccess) return e;
+            size_t nodes = 0;
+            *call = "cudaGraphGetNodes";
+            if ((e = cudaGraphGetNodes(graph, NULL, &nodes)) != cudaSuccess) return e;
+            printf("captured_nodes=%zu\n", nodes);
+            *call = "cudaStreamDestroy";
+            if ((e = cudaStreamDestroy(other)) != cudaSuccess) return e;
         } else {
             *call = "cudaStreamBeginCapture";
             if ((e = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal)) != cudaSuccess) return e;
@@ -369,7 +397,8 @@ static cudaError_t launch(cudaStream_t s, unsigned long long ns, const char **ca
  * (capture cannot use the legacy default stream). */
 static int kernel_stream(cudaStream_t *s) {
     *s = 0;
-    if (!strcmp(opt.path, "stream") || !strcmp(opt.path, "graph") || !strcmp(opt.path, "capture"))
+    if (!strcmp(opt.path, "stream") || !strcmp(opt.path, "graph") || !strcmp(opt.path, "capture") ||
+        !strcmp(opt.path, "tograph"))
         CK(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking));
     return 0;
 }

@@ -247,4 +247,7 @@ fi
 # NVML (nvidia-ml-py) in a slice: only the slice's processes, work and memory.
 # shellcheck source=tests/gpu/nvml.sh
 . "$here/nvml.sh"
+# Graph memory and stream-ordered frees.
+# shellcheck source=tests/gpu/graphmem.sh
+. "$here/graphmem.sh"
 summary

@@ -9,11 +9,13 @@
 //! - host-bound work (20 µs kernels, 100 µs of host idle after each: the device is 10–20 %
 //!   busy) in a 50 % slice, against the same without the shim: kernels per second;
 //! - a `cuMemAlloc` + `cuMemFree` pair charged in a slice, against the driver's own;
+//! - a zero-length launch and a `cuStreamSynchronize` after it, in a slice with no compute
+//!   limit, against the driver's own;
 //! - starting `/bin/true` with the shim preloaded, against starting it without.
 //!
 //! Run with `cargo bench -p gpuslice-shim` (or `make bench`) as root: the slice's limits file
 //! must sit on a read-only bind mount, as in a container. `cargo bench -p gpuslice-shim --
-//! WORD` runs only the benchmarks whose name contains WORD (`launch`, `alloc`, `pacing`,
+//! WORD` runs only the benchmarks whose name contains WORD (`launch`, `alloc`, `pacing`, `sync`,
 //! `start`).
 
 #[path = "../tests/common/mod.rs"]
@@ -131,6 +133,26 @@ fn main() {
             p / u,
             p / b,
             verdict(p / u <= 1.10)
+        );
+    }
+
+    // A synchronisation after every launch (zero-length kernels, unlimited slice): what the
+    // shim adds to `cuStreamSynchronize` (the pacing's window end, and the pools' trim check:
+    // one atomic load when no pool memory was freed), wall time per launch + sync.
+    if want("sync") {
+        let args = &["work", "--path", "kernel", "--kernel-ns", "0", "--count", "50000", "--sync-every", "1"][..];
+        let (mut bare, mut shim) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            bare.push(wall_per_launch(node.bare(probe, args)));
+            shim.push(wall_per_launch(node.command(probe, args)));
+        }
+        let (b, s) = (median(bare), median(shim));
+        println!(
+            "bench cuLaunchKernel + cuStreamSynchronize: driver {b:.1} ns, through the shim {s:.1} ns: {:+.1} ns, \
+             ratio {:.3} (target ≤ 1.10×): {}",
+            s - b,
+            s / b,
+            verdict(s / b <= 1.10)
         );
     }
 

@@ -201,9 +201,9 @@ api! {
             => crate::launch::launch_cooperative_kernel_ptsz;
         cuLaunchCooperativeKernelMultiDevice(list: *mut CUDA_LAUNCH_PARAMS, n: u32, flags: u32)
             => crate::launch::launch_cooperative_kernel_multi_device;
-        cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => crate::launch::graph_launch;
+        cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => crate::memory::graph::graph_launch;
         cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream)
-            => crate::launch::graph_launch_ptsz;
+            => crate::memory::graph::graph_launch_ptsz;
         cuStreamSynchronize(stream: CUstream) => crate::launch::stream_synchronize;
         cuStreamSynchronize_ptsz(stream: CUstream)
             => crate::launch::stream_synchronize_ptsz;
@@ -215,6 +215,30 @@ api! {
             => crate::launch::stream_begin_capture_v2;
         cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: CUstreamCaptureMode)
             => crate::launch::stream_begin_capture_v2_ptsz;
+        cuStreamBeginCaptureToGraph(stream: CUstream, graph: CUgraph, deps: *const CUgraphNode, edges: *const CUgraphEdgeData,
+                                    n: usize, mode: CUstreamCaptureMode)
+            => crate::launch::stream_begin_capture_to_graph;
+        cuStreamBeginCaptureToGraph_ptsz(stream: CUstream, graph: CUgraph, deps: *const CUgraphNode,
+                                         edges: *const CUgraphEdgeData, n: usize, mode: CUstreamCaptureMode)
+            => crate::launch::stream_begin_capture_to_graph_ptsz;
+        cuEventSynchronize(event: CUevent) => crate::memory::event_synchronize;
+        cuCtxSynchronize_v2(ctx: CUcontext) => crate::memory::ctx_synchronize_v2;
+        cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, size: usize)
+            => crate::memory::graph::graph_instantiate;
+        cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, size: usize)
+            => crate::memory::graph::graph_instantiate_v2;
+        cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: CUgraph, flags: u64)
+            => crate::memory::graph::graph_instantiate_with_flags;
+        cuGraphInstantiateWithParams(exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS)
+            => crate::memory::graph::graph_instantiate_with_params;
+        cuGraphInstantiateWithParams_ptsz(exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS)
+            => crate::memory::graph::graph_instantiate_with_params_ptsz;
+        cuGraphUpload(exec: CUgraphExec, stream: CUstream) => crate::memory::graph::graph_upload;
+        cuGraphUpload_ptsz(exec: CUgraphExec, stream: CUstream) => crate::memory::graph::graph_upload_ptsz;
+        cuGraphExecDestroy(exec: CUgraphExec) => crate::memory::graph::graph_exec_destroy;
+        cuDeviceGraphMemTrim(dev: CUdevice) => crate::memory::graph::device_graph_mem_trim;
+        cuDeviceSetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void)
+            => crate::memory::graph::device_set_graph_mem_attribute;
     }
     helpers {
         cuCtxGetCurrent;
@@ -223,7 +247,6 @@ api! {
         cuEventCreate;
         cuEventRecord;
         cuEventQuery;
-        cuEventSynchronize;
         cuEventElapsedTime;
         cuCtxGetDevice;
         cuDeviceGetUuid;
@@ -234,6 +257,11 @@ api! {
         cuMemPoolGetAttribute;
         cuCtxGetLimit;
         cuCtxFromGreenCtx;
+        cuDeviceGetGraphMemAttribute;
+        cuGraphGetNodes;
+        cuGraphNodeGetType;
+        cuGraphMemAllocNodeGetParams;
+        cuGraphChildGraphNodeGetGraph;
     }
 }
 

@@ -95,6 +95,7 @@ macro_rules! stream_synchronize {
             let r = unsafe { real(stream) };
             if r == CUDA_SUCCESS {
                 pacing::synchronized();
+                crate::memory::synchronized();
             }
             r
         }
@@ -115,6 +116,7 @@ pub unsafe fn ctx_synchronize() -> CUresult {
     let r = unsafe { real() };
     if r == CUDA_SUCCESS {
         pacing::synchronized();
+        crate::memory::synchronized();
     }
     r
 }
@@ -139,4 +141,8 @@ begin_capture!(
     stream_begin_capture_ptsz => cuStreamBeginCapture_ptsz, true, (),
     stream_begin_capture_v2 => cuStreamBeginCapture_v2, false, (mode: CUstreamCaptureMode),
     stream_begin_capture_v2_ptsz => cuStreamBeginCapture_v2_ptsz, true, (mode: CUstreamCaptureMode),
+    stream_begin_capture_to_graph => cuStreamBeginCaptureToGraph, false,
+        (graph: CUgraph, deps: *const CUgraphNode, edges: *const CUgraphEdgeData, n: usize, mode: CUstreamCaptureMode),
+    stream_begin_capture_to_graph_ptsz => cuStreamBeginCaptureToGraph_ptsz, true,
+        (graph: CUgraph, deps: *const CUgraphNode, edges: *const CUgraphEdgeData, n: usize, mode: CUstreamCaptureMode),
 );

@@ -23,12 +23,16 @@
 //!
 //! Stream-ordered allocations are charged by what their pool holds: memory freed back to a
 //! pool stays reserved by this process until the pool releases it, so each pool's charge is
-//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it. Virtual memory
-//! management (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`]; what the driver reserves outside
+//! kept equal to its `RESERVED_MEM_CURRENT` after every operation on it, and after the first
+//! synchronisation (stream, event, context) that follows a stream-ordered free, where the
+//! driver trims pools to their release thresholds. An allocation captured into a graph is
+//! graph memory, charged when the graph runs ([`graph`]). Virtual memory management
+//! (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`]; what the driver reserves outside
 //! allocations (context limits, modules and libraries, green contexts) in [`reserved`].
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::driver::cuda;
 use crate::ffi::*;
@@ -228,6 +232,7 @@ fn context_gone(s: &State, taken: Vec<((Kind, u64), Charge)>) {
     for pool in pools {
         settle_pool(s, pool);
     }
+    graph::context_gone(s);
 }
 
 /// Charges `bytes` to `slice`, runs the driver call, records the result under `key` on
@@ -280,6 +285,7 @@ macro_rules! slice_or_pass {
     }};
 }
 
+pub mod graph;
 pub mod reserved;
 pub mod vmm;
 
@@ -518,11 +524,11 @@ fn pool_alloc(
 unsafe fn alloc_async(
     dptr: *mut CUdeviceptr,
     size: usize,
-    stream: CUstream,
+    (stream, per_thread): (CUstream, bool),
     call: impl FnOnce() -> CUresult,
     explicit_pool: Option<CUmemoryPool>,
 ) -> CUresult {
-    if dptr.is_null() || size == 0 {
+    if dptr.is_null() || size == 0 || !crate::state::active() || graph::captured(stream, per_thread) {
         return call();
     }
     let s = state();
@@ -547,7 +553,7 @@ unsafe fn alloc_async(
 pub unsafe fn mem_alloc_async(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
     let f = real!(cuMemAllocAsync);
     // SAFETY: forwarded unchanged; then as `alloc_async` requires.
-    unsafe { alloc_async(dptr, size, stream, || f(dptr, size, stream), None) }
+    unsafe { alloc_async(dptr, size, (stream, false), || f(dptr, size, stream), None) }
 }
 
 /// # Safety
@@ -555,7 +561,7 @@ pub unsafe fn mem_alloc_async(dptr: *mut CUdeviceptr, size: usize, stream: CUstr
 pub unsafe fn mem_alloc_async_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
     let f = real!(cuMemAllocAsync_ptsz);
     // SAFETY: forwarded unchanged.
-    unsafe { alloc_async(dptr, size, stream, || f(dptr, size, stream), None) }
+    unsafe { alloc_async(dptr, size, (stream, true), || f(dptr, size, stream), None) }
 }
 
 /// # Safety
@@ -568,7 +574,7 @@ pub unsafe fn mem_alloc_from_pool(
 ) -> CUresult {
     let f = real!(cuMemAllocFromPoolAsync);
     // SAFETY: forwarded unchanged.
-    unsafe { alloc_async(dptr, size, stream, || f(dptr, size, pool, stream), Some(pool)) }
+    unsafe { alloc_async(dptr, size, (stream, false), || f(dptr, size, pool, stream), Some(pool)) }
 }
 
 /// # Safety
@@ -581,14 +587,59 @@ pub unsafe fn mem_alloc_from_pool_ptsz(
 ) -> CUresult {
     let f = real!(cuMemAllocFromPoolAsync_ptsz);
     // SAFETY: forwarded unchanged.
-    unsafe { alloc_async(dptr, size, stream, || f(dptr, size, pool, stream), Some(pool)) }
+    unsafe { alloc_async(dptr, size, (stream, true), || f(dptr, size, pool, stream), Some(pool)) }
 }
+
+/// Set by a stream-ordered free of pool memory: the next synchronisation may trim pools.
+static POOL_FREED: AtomicBool = AtomicBool::new(false);
 
 fn free_async(dptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
     if dptr == 0 || !crate::state::active() {
         return call();
     }
-    freeing(state(), (Kind::Pointer, dptr), call)
+    let s = state();
+    if book(s).charges.get(&(Kind::Pointer, dptr)).is_some_and(|c| c.pool.is_some()) {
+        POOL_FREED.store(true, Ordering::Release);
+    }
+    freeing(s, (Kind::Pointer, dptr), call)
+}
+
+/// After a synchronisation returned: the driver trims pools to their release thresholds
+/// then, so if pool memory was freed since the last one, every pool's charge follows what it
+/// reserves. Otherwise (a process that never freed to a pool) this costs one atomic load.
+pub fn synchronized() {
+    if POOL_FREED.load(Ordering::Acquire) && POOL_FREED.swap(false, Ordering::AcqRel) {
+        let s = state();
+        let pools: Vec<usize> = book(s).pools.keys().copied().collect();
+        for pool in pools {
+            settle_pool(s, pool);
+        }
+    }
+}
+
+/// # Safety
+/// `cuCtxSynchronize_v2`'s contract (what `cudaDeviceSynchronize` calls from CUDA 13). The
+/// context may be another than the calling thread's: the pacing's windows are left alone.
+pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CUresult {
+    let f = real!(cuCtxSynchronize_v2);
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { f(ctx) };
+    if rc == CUDA_SUCCESS {
+        synchronized();
+    }
+    rc
+}
+
+/// # Safety
+/// `cuEventSynchronize`'s contract.
+pub unsafe fn event_synchronize(event: CUevent) -> CUresult {
+    let f = real!(cuEventSynchronize);
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { f(event) };
+    if rc == CUDA_SUCCESS {
+        synchronized();
+    }
+    rc
 }
 
 /// # Safety

@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(name("cuCtxCreate", 12080, 0), Some("cuCtxCreate_v4"));
         assert_eq!(name("cuLaunchKernel", 12000, 2), Some("cuLaunchKernel_ptsz"));
         assert_eq!(name("cuCtxSynchronize", 12090, 0), Some("cuCtxSynchronize"));
-        assert_eq!(name("cuCtxSynchronize", 13000, 0), None, "cuCtxSynchronize_v2 is not ours");
+        assert_eq!(name("cuCtxSynchronize", 13000, 0), Some("cuCtxSynchronize_v2"), "its own wrapper, not the v1's");
+        assert_eq!(name("cuStreamBeginCaptureToGraph", 12030, 2), Some("cuStreamBeginCaptureToGraph_ptsz"));
+        assert_eq!(name("cuGraphUpload", 11010, 0), Some("cuGraphUpload"));
+        assert_eq!(name("cuGraphAddMemAllocNode", 11040, 0), None, "not intercepted");
         assert_eq!(name("cuMemAlloc", NEWEST_VERSION + 10, 0), None, "beyond what the headers know");
         assert_eq!(name("cuMemcpy", 12000, 0), None, "not intercepted");
     }

@@ -125,7 +125,7 @@ fn teardown(reg: &mut Registry, ctx: Handle) {
     reg.memory.drop_context(ctx);
     reg.streams.drop_context(ctx);
     reg.modules.drop_context(ctx);
-    reg.graphs.drop_context(ctx);
+    super::graph::drop_context(reg, ctx);
     reg.contexts.live.remove(&ctx);
 }
 
@@ -282,7 +282,8 @@ pub(crate) fn device_of(reg: &Registry, ctx: Handle) -> CuResult<CUdevice> {
     Ok(get(reg, ctx)?.device as CUdevice)
 }
 
-/// `cuCtxSynchronize`: sleep until every queue of `ctx` (0: the current context) is idle.
+/// `cuCtxSynchronize`: sleep until every queue of `ctx` (0: the current context) is idle; then
+/// memory pools trim to their release thresholds.
 pub(crate) fn synchronize(driver: &Driver, ctx: Handle) -> CuResult {
     let until = {
         let mut reg = driver.lock();
@@ -292,6 +293,7 @@ pub(crate) fn synchronize(driver: &Driver, ctx: Handle) -> CuResult {
         launch::context_completion(&reg, ctx)
     };
     launch::wait_until(until);
+    driver.lock().memory.trim_at_sync();
     Ok(())
 }
 

@@ -136,14 +136,16 @@ driver_api! {
         Ok(())
     }
 
-    /// The current pool, which is always the default one (`cuDeviceSetMemPool` is not
-    /// simulated).
+    /// The current pool: the default one unless `cuDeviceSetMemPool` chose another.
     fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) {
         // SAFETY: null or writable per the export's contract.
         let out = unsafe { Out::new(pool) }?;
-        out.set(memory::default_pool(dev)? as CUmemoryPool);
+        out.set(memory::current_pool(dev)? as CUmemoryPool);
         Ok(())
     }
+
+    /// A pool of that device becomes the one `cuMemAllocAsync` takes from.
+    fn cuDeviceSetMemPool(dev: CUdevice, pool: CUmemoryPool) { memory::set_current_pool(dev, pool as usize) }
 
     // ---- contexts -------------------------------------------------------------------------
     fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) {
@@ -555,31 +557,40 @@ driver_api! {
         }
     }
 
-    /// The device's graph memory pool: graph memory nodes are not simulated, so it holds
-    /// nothing (every counter 0).
+    /// The device's graph memory pool in this process: reserved and used bytes, current and
+    /// high watermarks (`cuuint64_t`).
     fn cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
-        device::gpu(driver()?.sim, dev)?;
-        if value.is_null() || attr > CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH {
+        let d = driver()?;
+        let (_, state) = device::gpu(d.sim, dev)?;
+        if value.is_null() {
             return Err(INVALID_VALUE);
         }
+        let v = d.lock().graph_memory.attribute(state.index(), attr)?;
         // SAFETY: non-null; these attributes are `cuuint64_t` per cuda.h.
-        unsafe { value.cast::<u64>().write_unaligned(0) };
+        unsafe { value.cast::<u64>().write_unaligned(v) };
         Ok(())
     }
 
-    /// Resets a high-water mark (only 0 is accepted, as on the real driver).
+    /// Resets a high-water mark to the current value (only 0 is accepted, as on the real
+    /// driver).
     fn cuDeviceSetGraphMemAttribute(dev: CUdevice, attr: CUgraphMem_attribute, value: *mut c_void) {
-        device::gpu(driver()?.sim, dev)?;
-        if value.is_null() || !matches!(attr, CU_GRAPH_MEM_ATTR_USED_MEM_HIGH | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH) {
+        let d = driver()?;
+        let (_, state) = device::gpu(d.sim, dev)?;
+        if value.is_null() {
             return Err(INVALID_VALUE);
         }
         // SAFETY: non-null; `cuuint64_t` per cuda.h.
-        if unsafe { value.cast::<u64>().read_unaligned() } != 0 {
-            return Err(INVALID_VALUE);
-        }
+        let v = unsafe { value.cast::<u64>().read_unaligned() };
+        d.lock().graph_memory.reset_high(state.index(), attr, v)
+    }
+
+    /// Gives back the graph memory no idle graph needs.
+    fn cuDeviceGraphMemTrim(dev: CUdevice) {
+        let d = driver()?;
+        let (_, state) = device::gpu(d.sim, dev)?;
+        graph::trim(&mut d.lock(), state.index());
         Ok(())
     }
-    fn cuDeviceGraphMemTrim(dev: CUdevice) { device::gpu(driver()?.sim, dev).map(drop) }
     fn cuArrayCreate_v2(p_handle: *mut CUarray, p_allocate_array: *const CUDA_ARRAY_DESCRIPTOR) {
         // SAFETY: null or valid per the export's contract.
         let out = unsafe { Out::new(p_handle) }?;
@@ -778,10 +789,9 @@ driver_api! {
     fn cuEventRecord(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, false) }
     fn cuEventRecord_ptsz(h_event: CUevent, h_stream: CUstream) { stream::record_event(h_event, h_stream, true) }
 
-    /// Returns at once for an event never recorded.
-    fn cuEventSynchronize(h_event: CUevent) {
-        stream::wait(driver()?, |reg| stream::event_time(reg, h_event as usize))
-    }
+    /// Returns at once for an event never recorded; memory pools trim to their release
+    /// thresholds.
+    fn cuEventSynchronize(h_event: CUevent) { stream::synchronize_event(h_event) }
     fn cuEventQuery(h_event: CUevent) { stream::ready(stream::event_time(&driver()?.lock(), h_event as usize)?) }
     fn cuEventElapsedTime(p_milliseconds: *mut f32, h_start: CUevent, h_end: CUevent) {
         // SAFETY: null or writable per the export's contract.
@@ -1055,10 +1065,144 @@ driver_api! {
     }
 
     /// Launches already queued still run.
-    fn cuGraphExecDestroy(h_graph_exec: CUgraphExec) {
-        driver()?.lock().graphs.destroy_exec(h_graph_exec as usize)
-    }
+    fn cuGraphExecDestroy(h_graph_exec: CUgraphExec) { graph::destroy_exec(&mut driver()?.lock(), h_graph_exec as usize) }
     fn cuGraphDestroy(h_graph: CUgraph) { driver()?.lock().graphs.destroy(h_graph as usize) }
+
+    /// An allocation of pinned device memory on the pool's device; its address is written to
+    /// `dptr` now, its memory is taken when the graph is uploaded or launched.
+    fn cuGraphAddMemAllocNode(
+        ph_graph_node: *mut CUgraphNode,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        num_dependencies: usize,
+        node_params: *mut CUDA_MEM_ALLOC_NODE_PARAMS,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_graph_node) }?;
+        // SAFETY: as above, for `num_dependencies` entries.
+        let deps = unsafe { inputs(dependencies, num_dependencies) }?;
+        if node_params.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: non-null, valid per the export's contract.
+        let params = unsafe { &mut *node_params };
+        let pp = &params.poolProps;
+        if pp.allocType != CU_MEM_ALLOCATION_TYPE_PINNED || pp.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+            return Err(INVALID_VALUE);
+        }
+        let d = driver()?;
+        let (_, state) = device::gpu(d.sim, location_id(&pp.location)).map_err(|_| INVALID_VALUE)?;
+        let mut reg = d.lock();
+        reg.graphs.nodes(h_graph as usize)?;
+        let size = params.bytesize as u64;
+        let addr = reg.graph_memory.new_address(state.index(), size)?;
+        let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
+        out.set(reg.graphs.add(h_graph as usize, &deps, graph::Node::MemAlloc { addr, size })? as CUgraphNode);
+        params.dptr = addr;
+        Ok(())
+    }
+
+    /// Frees a graph allocation (one of an alloc node's addresses).
+    fn cuGraphAddMemFreeNode(
+        ph_graph_node: *mut CUgraphNode,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        num_dependencies: usize,
+        dptr: CUdeviceptr,
+    ) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(ph_graph_node) }?;
+        // SAFETY: as above, for `num_dependencies` entries.
+        let deps = unsafe { inputs(dependencies, num_dependencies) }?;
+        let mut reg = driver()?.lock();
+        if !reg.graph_memory.is_allocation(dptr) {
+            return Err(INVALID_VALUE);
+        }
+        let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
+        out.set(reg.graphs.add(h_graph as usize, &deps, graph::Node::MemFree(dptr))? as CUgraphNode);
+        Ok(())
+    }
+
+    /// Pinned memory on the allocation's device, its size and address (no access
+    /// descriptors).
+    fn cuGraphMemAllocNodeGetParams(h_node: CUgraphNode, params_out: *mut CUDA_MEM_ALLOC_NODE_PARAMS) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(params_out) }?;
+        let reg = driver()?.lock();
+        let graph::Node::MemAlloc { addr, size } = reg.graphs.node(h_node as usize)? else {
+            return Err(INVALID_VALUE);
+        };
+        let device = reg.graph_memory.device(addr).ok_or(INVALID_VALUE)?;
+        // SAFETY: plain data, for which all zeroes are valid.
+        let mut p: CUDA_MEM_ALLOC_NODE_PARAMS = unsafe { std::mem::zeroed() };
+        p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+        p.poolProps.location.type_ = CU_MEM_LOCATION_TYPE_DEVICE;
+        p.poolProps.location.__bindgen_anon_1.id = device as c_int;
+        p.bytesize = size as usize;
+        p.dptr = addr;
+        out.set(p);
+        Ok(())
+    }
+
+    fn cuGraphMemFreeNodeGetParams(h_node: CUgraphNode, dptr_out: *mut CUdeviceptr) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(dptr_out) }?;
+        let graph::Node::MemFree(addr) = driver()?.lock().graphs.node(h_node as usize)? else {
+            return Err(INVALID_VALUE);
+        };
+        out.set(addr);
+        Ok(())
+    }
+
+    /// With `nodes` null, the count; else up to `*num_nodes` of them (the rest of the array
+    /// nulled) and the count.
+    fn cuGraphGetNodes(h_graph: CUgraph, nodes: *mut CUgraphNode, num_nodes: *mut usize) {
+        if num_nodes.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let all = driver()?.lock().graphs.nodes(h_graph as usize)?;
+        if !nodes.is_null() {
+            // SAFETY: non-null, readable per the export's contract.
+            let room = unsafe { num_nodes.read() };
+            for i in 0..room {
+                // SAFETY: `nodes` holds `room` entries per the export's contract.
+                unsafe { nodes.add(i).write(all.get(i).map_or(std::ptr::null_mut(), |&h| h as CUgraphNode)) };
+            }
+        }
+        // SAFETY: non-null, writable per the export's contract.
+        unsafe { num_nodes.write(all.len()) };
+        Ok(())
+    }
+
+    fn cuGraphNodeGetType(h_node: CUgraphNode, type_: *mut CUgraphNodeType) {
+        // SAFETY: null or writable per the export's contract.
+        let out = unsafe { Out::new(type_) }?;
+        out.set(driver()?.lock().graphs.node(h_node as usize)?.kind());
+        Ok(())
+    }
+
+    /// `AUTO_FREE_ON_LAUNCH`, `UPLOAD` (on `hUploadStream`), `DEVICE_LAUNCH`,
+    /// `USE_NODE_PRIORITY`; in the current context.
+    fn cuGraphInstantiateWithParams(
+        ph_graph_exec: *mut CUgraphExec,
+        h_graph: CUgraph,
+        instantiate_params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        unsafe { instantiate_with_params(ph_graph_exec, h_graph, instantiate_params, false) }
+    }
+    fn cuGraphInstantiateWithParams_ptsz(
+        ph_graph_exec: *mut CUgraphExec,
+        h_graph: CUgraph,
+        instantiate_params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
+    ) {
+        // SAFETY: null or valid per the export's contract.
+        unsafe { instantiate_with_params(ph_graph_exec, h_graph, instantiate_params, true) }
+    }
+
+    /// Maps the graph's memory, as its first launch would.
+    fn cuGraphUpload(h_graph_exec: CUgraphExec, h_stream: CUstream) { graph_upload(h_graph_exec, h_stream, false) }
+    fn cuGraphUpload_ptsz(h_graph_exec: CUgraphExec, h_stream: CUstream) { graph_upload(h_graph_exec, h_stream, true) }
 
     /// The pre-10.1 form: global mode.
     fn cuStreamBeginCapture(h_stream: CUstream) { begin_capture(h_stream, graph::CAPTURE_MODE_GLOBAL, false) }
@@ -1071,7 +1215,31 @@ driver_api! {
     fn cuStreamBeginCapture_v2(h_stream: CUstream, mode: CUstreamCaptureMode) { begin_capture(h_stream, mode, false) }
     fn cuStreamBeginCapture_v2_ptsz(h_stream: CUstream, mode: CUstreamCaptureMode) { begin_capture(h_stream, mode, true) }
 
-    /// The captured graph; null with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` if the capture
+    /// Captures into `h_graph`, after `dependencies` (nodes of it); edge data is ignored.
+    fn cuStreamBeginCaptureToGraph(
+        h_stream: CUstream,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        dependency_data: *const CUgraphEdgeData,
+        num_dependencies: usize,
+        mode: CUstreamCaptureMode,
+    ) {
+        // SAFETY: null or valid per the export's contract, for `num_dependencies` entries.
+        unsafe { begin_capture_to_graph(h_stream, h_graph, dependencies, dependency_data, num_dependencies, mode, false) }
+    }
+    fn cuStreamBeginCaptureToGraph_ptsz(
+        h_stream: CUstream,
+        h_graph: CUgraph,
+        dependencies: *const CUgraphNode,
+        dependency_data: *const CUgraphEdgeData,
+        num_dependencies: usize,
+        mode: CUstreamCaptureMode,
+    ) {
+        // SAFETY: null or valid per the export's contract, for `num_dependencies` entries.
+        unsafe { begin_capture_to_graph(h_stream, h_graph, dependencies, dependency_data, num_dependencies, mode, true) }
+    }
+
+    /// The captured graph (for `cuStreamBeginCaptureToGraph`, the graph captured into); null with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` if the capture
     /// was invalidated.
     fn cuStreamEndCapture(h_stream: CUstream, ph_graph: *mut CUgraph) {
         // SAFETY: null or writable per the export's contract.
@@ -1192,6 +1360,66 @@ fn graph_launch(exec: CUgraphExec, stream: CUstream, per_thread: bool) -> error:
     let mut reg = d.lock();
     let q = stream::queue(&reg, stream, per_thread)?;
     graph::launch(&mut reg, d.sim, exec as usize, q)
+}
+
+/// `cuGraphInstantiateWithParams`: the result and error node written back.
+///
+/// # Safety
+///
+/// Each pointer is null or valid.
+unsafe fn instantiate_with_params(
+    ph_graph_exec: *mut CUgraphExec,
+    h_graph: CUgraph,
+    params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
+    per_thread: bool,
+) -> error::CuResult {
+    // SAFETY: null or writable per the caller.
+    let out = unsafe { Out::new(ph_graph_exec) }?;
+    if params.is_null() {
+        return Err(INVALID_VALUE);
+    }
+    // SAFETY: non-null, valid per the caller.
+    let p = unsafe { &mut *params };
+    let d = driver()?;
+    let mut reg = d.lock();
+    let ctx = context::current(&reg)?;
+    if p.flags & graph::INSTANTIATE_FLAG_UPLOAD != 0 {
+        stream::queue(&reg, p.hUploadStream, per_thread)?;
+    }
+    p.hErrNode_out = std::ptr::null_mut();
+    let exec = graph::instantiate_with_params(&mut reg, d.sim, h_graph as usize, ctx, p.flags);
+    p.result_out = if exec.is_ok() { CUDA_GRAPH_INSTANTIATE_SUCCESS } else { CUDA_GRAPH_INSTANTIATE_ERROR };
+    out.set(exec? as CUgraphExec);
+    Ok(())
+}
+
+fn graph_upload(exec: CUgraphExec, stream: CUstream, per_thread: bool) -> error::CuResult {
+    let d = driver()?;
+    let mut reg = d.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    graph::upload(&mut reg, d.sim, exec as usize, q)
+}
+
+/// `cuStreamBeginCaptureToGraph`.
+///
+/// # Safety
+///
+/// `dependencies` (and `dependency_data`, when not null) hold `n` entries.
+unsafe fn begin_capture_to_graph(
+    stream: CUstream,
+    graph: CUgraph,
+    dependencies: *const CUgraphNode,
+    _dependency_data: *const CUgraphEdgeData,
+    n: usize,
+    mode: CUstreamCaptureMode,
+    per_thread: bool,
+) -> error::CuResult {
+    // SAFETY: per the caller.
+    let deps = unsafe { inputs(dependencies, n) }?;
+    let deps: Vec<super::Handle> = deps.iter().map(|&d| d as usize).collect();
+    let mut reg = driver()?.lock();
+    let q = stream::queue(&reg, stream, per_thread)?;
+    graph::begin_capture_to_graph(&mut reg, q, graph as usize, &deps, mode)
 }
 
 fn begin_capture(stream: CUstream, mode: CUstreamCaptureMode, per_thread: bool) -> error::CuResult {

@@ -7,7 +7,12 @@
 //! While a stream captures, kernels launched on it (and events recorded on it, and graphs
 //! launched on it) become nodes and do not run. Synchronising or querying the stream is
 //! refused with `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED` and invalidates the capture, whose
-//! end then fails with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`.
+//! end then fails with `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`. `cuStreamBeginCaptureToGraph`
+//! captures into an existing graph, which its end returns.
+//!
+//! Memory nodes (`cuGraphAddMemAllocNode`, `cuGraphAddMemFreeNode`, a captured
+//! `cuMemAllocAsync` or `cuMemFreeAsync`) take their memory from the device's graph memory
+//! pool when the executable graph is uploaded or launched: see [`graph_memory`](super::graph_memory).
 
 use std::collections::HashMap;
 use std::thread::ThreadId;
@@ -16,8 +21,10 @@ use super::error::{
     CuResult, ILLEGAL_STATE, INVALID_HANDLE, INVALID_VALUE, STREAM_CAPTURE_INVALIDATED, STREAM_CAPTURE_UNSUPPORTED,
     STREAM_CAPTURE_WRONG_THREAD,
 };
+use super::graph_memory;
 use super::launch::{self, Nanos, Queue};
-use super::{Handle, Registry, new_handle, stream};
+use super::types::*;
+use super::{Handle, Registry, context, new_handle, stream};
 use crate::state::Simulator;
 
 /// One step of a graph.
@@ -27,6 +34,23 @@ pub(crate) enum Node {
     Kernel { function: Handle, duration: Nanos },
     /// `cuEventRecord` captured from a stream.
     EventRecord(Handle),
+    /// A graph allocation of `size` bytes at `addr` (`cuGraphAddMemAllocNode`, a captured
+    /// `cuMemAllocAsync`).
+    MemAlloc { addr: u64, size: u64 },
+    /// Frees `addr` (`cuGraphAddMemFreeNode`, a captured `cuMemFreeAsync`).
+    MemFree(u64),
+}
+
+impl Node {
+    /// `CUgraphNodeType`.
+    pub fn kind(&self) -> CUgraphNodeType {
+        match self {
+            Node::Kernel { .. } => CU_GRAPH_NODE_TYPE_KERNEL,
+            Node::EventRecord(_) => CU_GRAPH_NODE_TYPE_EVENT_RECORD,
+            Node::MemAlloc { .. } => CU_GRAPH_NODE_TYPE_MEM_ALLOC,
+            Node::MemFree(_) => CU_GRAPH_NODE_TYPE_MEM_FREE,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +64,8 @@ struct Graph {
 struct Exec {
     ctx: Handle,
     nodes: Vec<Node>,
+    /// `CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH`.
+    auto_free: bool,
     /// Launches of one executable graph run one after another.
     idle_at: Nanos,
 }
@@ -51,6 +77,8 @@ struct Capture {
     mode: u32,
     thread: ThreadId,
     invalidated: bool,
+    /// `cuStreamBeginCaptureToGraph`: the graph the captured nodes are added to.
+    into: Option<Handle>,
 }
 
 /// `CUstreamCaptureMode`.
@@ -63,6 +91,9 @@ const CAPTURE_STATUS_INVALIDATED: u32 = super::types::CU_STREAM_CAPTURE_STATUS_I
 /// `CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH`, `…_DEVICE_LAUNCH` and
 /// `…_USE_NODE_PRIORITY`, what `cuGraphInstantiateWithFlags` accepts.
 const INSTANTIATE_FLAGS: u64 = 0x1 | 0x4 | 0x8;
+/// `CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD`, which `cuGraphInstantiateWithParams` also accepts.
+pub(crate) const INSTANTIATE_FLAG_UPLOAD: u64 = CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD as u64;
+const AUTO_FREE_ON_LAUNCH: u64 = CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH as u64;
 
 /// Graphs, executable graphs and captures in progress.
 #[derive(Debug, Default)]
@@ -101,15 +132,15 @@ impl Graphs {
         self.graphs.remove(&graph).map(drop).ok_or(INVALID_VALUE)
     }
 
-    /// `cuGraphExecDestroy`.
-    pub fn destroy_exec(&mut self, exec: Handle) -> CuResult {
-        self.execs.remove(&exec).map(drop).ok_or(INVALID_VALUE)
+    /// A node of any graph, by handle.
+    pub fn node(&self, node: Handle) -> CuResult<Node> {
+        let mut all = self.graphs.values().flat_map(|g| g.nodes.iter());
+        all.find(|(h, _)| *h == node).map(|&(_, n)| n).ok_or(INVALID_VALUE)
     }
 
-    /// Forget `ctx`'s executable graphs and captures, as destroying the context does.
-    pub fn drop_context(&mut self, ctx: Handle) {
-        self.execs.retain(|_, e| e.ctx != ctx);
-        self.captures.retain(|_, c| c.ctx != ctx);
+    /// `cuGraphGetNodes`: the graph's nodes, in the order added.
+    pub fn nodes(&self, graph: Handle) -> CuResult<Vec<Handle>> {
+        Ok(self.graphs.get(&graph).ok_or(INVALID_VALUE)?.nodes.iter().map(|&(h, _)| h).collect())
     }
 
     /// Forget a capture on a stream that is gone.
@@ -128,14 +159,91 @@ pub(crate) fn instantiate(reg: &mut Registry, graph: Handle, ctx: Handle, flags:
     let nodes: Vec<Node> = g.nodes.iter().map(|&(_, n)| n).collect();
     let loaded = |n: &Node| match *n {
         Node::Kernel { function, .. } => reg.modules.is_function(function),
-        Node::EventRecord(_) => true,
+        Node::EventRecord(_) | Node::MemAlloc { .. } | Node::MemFree(_) => true,
     };
     if !nodes.iter().all(loaded) {
         return Err(INVALID_VALUE);
     }
     let exec = new_handle();
-    reg.graphs.execs.insert(exec, Exec { ctx, nodes, idle_at: 0 });
+    reg.graphs.execs.insert(exec, Exec { ctx, nodes, auto_free: flags & AUTO_FREE_ON_LAUNCH != 0, idle_at: 0 });
     Ok(exec)
+}
+
+/// `cuGraphInstantiateWithParams`: as [`instantiate`]; `CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD`
+/// also uploads the graph (maps its memory).
+pub(crate) fn instantiate_with_params(
+    reg: &mut Registry,
+    sim: &'static Simulator,
+    graph: Handle,
+    ctx: Handle,
+    flags: u64,
+) -> CuResult<Handle> {
+    let exec = instantiate(reg, graph, ctx, flags & !INSTANTIATE_FLAG_UPLOAD)?;
+    if flags & INSTANTIATE_FLAG_UPLOAD != 0
+        && let Err(e) = map_memory(reg, sim, exec)
+    {
+        destroy_exec(reg, exec)?;
+        return Err(e);
+    }
+    Ok(exec)
+}
+
+/// `cuGraphExecDestroy`: launches already queued still run; its graph memory is unmapped.
+pub(crate) fn destroy_exec(reg: &mut Registry, exec: Handle) -> CuResult {
+    reg.graphs.execs.remove(&exec).ok_or(INVALID_VALUE)?;
+    reg.graph_memory.drop_exec(exec);
+    Ok(())
+}
+
+/// Forget `ctx`'s executable graphs and captures, as destroying the context does: their live
+/// allocations are freed and the device's graph memory pool trimmed.
+pub(crate) fn drop_context(reg: &mut Registry, ctx: Handle) {
+    let gone: Vec<(Handle, Exec)> = reg.graphs.execs.extract_if(|_, e| e.ctx == ctx).collect();
+    reg.graphs.captures.retain(|_, c| c.ctx != ctx);
+    for (exec, e) in &gone {
+        for node in &e.nodes {
+            if let Node::MemAlloc { addr, .. } = *node {
+                let _ = reg.graph_memory.free(addr);
+            }
+        }
+        reg.graph_memory.drop_exec(*exec);
+    }
+    if let Ok(c) = context::get(reg, ctx) {
+        let device = c.device;
+        trim(reg, device);
+    }
+}
+
+/// Bytes an executable graph maps: its alloc nodes', in whole granules.
+fn exec_bytes(reg: &Registry, nodes: &[Node]) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|n| if let Node::MemAlloc { addr, .. } = *n { reg.graph_memory.rounded(addr) } else { None })
+        .sum()
+}
+
+/// Maps `exec`'s graph memory (upload, launch).
+fn map_memory(reg: &mut Registry, sim: &'static Simulator, exec: Handle) -> CuResult {
+    let e = reg.graphs.execs.get(&exec).ok_or(INVALID_VALUE)?;
+    let bytes = exec_bytes(reg, &e.nodes);
+    let device = context::get(reg, e.ctx)?.device;
+    reg.graph_memory.map(&sim.devices()[device as usize], device, exec, bytes)
+}
+
+/// `cuGraphUpload`: maps the graph's memory (on a capturing stream, nothing happens).
+pub(crate) fn upload(reg: &mut Registry, sim: &'static Simulator, exec: Handle, q: Queue) -> CuResult {
+    reg.graphs.execs.get(&exec).ok_or(INVALID_VALUE)?;
+    if is_capturing(reg, q) {
+        return Ok(());
+    }
+    map_memory(reg, sim, exec)
+}
+
+/// `cuDeviceGraphMemTrim`.
+pub(crate) fn trim(reg: &mut Registry, device: u32) {
+    let running: Vec<Handle> =
+        reg.graphs.execs.iter().filter(|(_, e)| graph_memory::running(e.idle_at)).map(|(&h, _)| h).collect();
+    reg.graph_memory.trim(device, |exec| running.contains(&exec));
 }
 
 /// If `q` is capturing, add `node` to the graph being captured instead of running it and
@@ -189,7 +297,29 @@ pub(crate) fn begin_capture(reg: &mut Registry, q: Queue, mode: u32) -> CuResult
     }
     let ctx = stream::queue_context(reg, q);
     let thread = std::thread::current().id();
-    reg.graphs.captures.insert(q, Capture { ctx, graph: Graph::default(), mode, thread, invalidated: false });
+    reg.graphs
+        .captures
+        .insert(q, Capture { ctx, graph: Graph::default(), mode, thread, invalidated: false, into: None });
+    Ok(())
+}
+
+/// `cuStreamBeginCaptureToGraph`: as `cuStreamBeginCapture_v2`, into `graph`; `dependencies`
+/// must be nodes of it.
+pub(crate) fn begin_capture_to_graph(
+    reg: &mut Registry,
+    q: Queue,
+    graph: Handle,
+    dependencies: &[Handle],
+    mode: u32,
+) -> CuResult {
+    let g = reg.graphs.graphs.get(&graph).ok_or(INVALID_VALUE)?;
+    if !dependencies.iter().all(|d| g.nodes.iter().any(|(h, _)| h == d)) {
+        return Err(INVALID_VALUE);
+    }
+    begin_capture(reg, q, mode)?;
+    if let Some(c) = reg.graphs.captures.get_mut(&q) {
+        c.into = Some(graph);
+    }
     Ok(())
 }
 
@@ -203,6 +333,11 @@ pub(crate) fn end_capture(reg: &mut Registry, q: Queue) -> CuResult<Handle> {
     let c = reg.graphs.captures.remove(&q).ok_or(ILLEGAL_STATE)?;
     if c.invalidated {
         return Err(STREAM_CAPTURE_INVALIDATED);
+    }
+    if let Some(into) = c.into {
+        let g = reg.graphs.graphs.get_mut(&into).ok_or(INVALID_VALUE)?;
+        g.nodes.extend(c.graph.nodes);
+        return Ok(into);
     }
     let graph = new_handle();
     reg.graphs.graphs.insert(graph, c.graph);
@@ -223,7 +358,7 @@ pub(crate) fn capture_status(reg: &Registry, q: Queue) -> super::types::CUstream
 /// captured instead.
 pub(crate) fn launch(reg: &mut Registry, sim: &'static Simulator, exec: Handle, q: Queue) -> CuResult {
     let e = reg.graphs.execs.get(&exec).ok_or(INVALID_VALUE)?;
-    let (nodes, after) = (e.nodes.clone(), e.idle_at);
+    let (nodes, after, auto_free) = (e.nodes.clone(), e.idle_at, e.auto_free);
     if is_capturing(reg, q) {
         for node in nodes {
             capture(reg, q, node)?;
@@ -232,18 +367,27 @@ pub(crate) fn launch(reg: &mut Registry, sim: &'static Simulator, exec: Handle, 
     }
     let all_loaded = nodes.iter().all(|n| match *n {
         Node::Kernel { function, .. } => reg.modules.is_function(function),
-        Node::EventRecord(_) => true,
+        Node::EventRecord(_) | Node::MemAlloc { .. } | Node::MemFree(_) => true,
     });
     if !all_loaded {
         return Err(INVALID_HANDLE);
     }
+    let allocs: Vec<u64> =
+        nodes.iter().filter_map(|n| if let Node::MemAlloc { addr, .. } = *n { Some(addr) } else { None }).collect();
+    if !allocs.is_empty() {
+        map_memory(reg, sim, exec)?;
+        reg.graph_memory.make_live(exec, &allocs, auto_free)?;
+    }
     let mut t = launch::completion(reg, q).max(after);
     let mut recorded = Vec::new();
+    let mut freed = Vec::new();
     let mut session = launch::device_timeline(sim, launch::device_of(reg, q)).lock();
     for node in nodes {
         match node {
             Node::Kernel { duration, .. } => t = session.occupy(t, duration).1,
             Node::EventRecord(event) => recorded.push((event, t)),
+            Node::MemAlloc { .. } => {}
+            Node::MemFree(addr) => freed.push(addr),
         }
     }
     drop(session);
@@ -253,6 +397,11 @@ pub(crate) fn launch(reg: &mut Registry, sim: &'static Simulator, exec: Handle, 
     }
     for (event, at) in recorded {
         stream::set_event(reg, event, at);
+    }
+    for addr in freed {
+        if reg.graph_memory.free(addr).is_none() {
+            let _ = reg.memory.free(addr);
+        }
     }
     Ok(())
 }

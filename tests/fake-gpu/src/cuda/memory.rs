@@ -5,9 +5,10 @@
 //! - `cuMemAlloc*` and arrays belong to the context that made them.
 //! - Stream-ordered allocations come from a pool. A pool hands out whole granules, keeps
 //!   what is freed to it reserved (still charged to the device) for reuse, and gives it
-//!   back only when trimmed or destroyed. (The real driver also releases down to the pool's
-//!   release threshold when a stream, event or context is synchronised; that is not
-//!   simulated.)
+//!   back when trimmed or destroyed, and, as the real driver does, down to the pool's release
+//!   threshold (0 unless set) when a stream, an event or a context is synchronised. A
+//!   `cuMemAllocAsync`/`cuMemFreeAsync` on a capturing stream makes a memory node of the
+//!   graph being captured instead (graph memory, [`graph_memory`](super::graph_memory)).
 //! - Virtual memory management: `cuMemCreate` makes a physical allocation (a memfd, charged
 //!   at once), `cuMemAddressReserve` reserves address space (charged nothing), `cuMemMap`
 //!   maps the memfd there with no access, and `cuMemSetAccess` opens it up. As in the real
@@ -111,7 +112,7 @@ impl HostMemory {
     }
 
     /// Readable, writable, zeroed memory.
-    fn new(len: u64) -> CuResult<Self> {
+    pub(crate) fn new(len: u64) -> CuResult<Self> {
         Self::map(len, libc::PROT_READ | libc::PROT_WRITE)
     }
 
@@ -133,7 +134,7 @@ impl HostMemory {
         Ok(over)
     }
 
-    fn addr(&self) -> u64 {
+    pub(crate) fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
     }
 }
@@ -190,8 +191,7 @@ struct Pool {
     /// `REUSE_FOLLOW_EVENT_DEPENDENCIES`, `REUSE_ALLOW_OPPORTUNISTIC`,
     /// `REUSE_ALLOW_INTERNAL_DEPENDENCIES`: kept and answered back.
     reuse: [c_int; 3],
-    /// `RELEASE_THRESHOLD`: kept and answered back; freed memory stays in the pool until
-    /// `cuMemPoolTrimTo` whatever it is (the real driver also trims to it at synchronisation).
+    /// `RELEASE_THRESHOLD`: what the pool keeps of freed memory at a synchronisation.
     release_threshold: u64,
 }
 
@@ -285,6 +285,8 @@ pub(crate) struct Memory {
     allocations: BTreeMap<u64, Allocation>,
     pools: HashMap<Handle, Pool>,
     default_pools: Vec<Handle>,
+    /// Each device's current pool (`cuDeviceSetMemPool`), its default one unless set.
+    current_pools: Vec<Handle>,
     physical: HashMap<u64, Physical>,
     next_physical: u64,
     reservations: BTreeMap<u64, HostMemory>,
@@ -323,6 +325,7 @@ impl Memory {
             let pool = new_handle();
             memory.pools.insert(pool, Pool::new(device as u32, true));
             memory.default_pools.push(pool);
+            memory.current_pools.push(pool);
         }
         memory
     }
@@ -388,9 +391,23 @@ impl Memory {
         Ok(())
     }
 
-    /// The default (and, as `cuDeviceSetMemPool` is not simulated, current) pool of `device`.
+    /// The default pool of `device`.
     pub fn default_pool(&self, device: u32) -> Handle {
         self.default_pools[device as usize]
+    }
+
+    /// The current pool of `device`: what `cuMemAllocAsync` takes from.
+    pub fn current_pool(&self, device: u32) -> Handle {
+        self.current_pools[device as usize]
+    }
+
+    /// `cuDeviceSetMemPool`: a pool of that device.
+    pub fn set_current_pool(&mut self, device: u32, pool: Handle) -> CuResult {
+        if self.pool_device(pool)? != device {
+            return Err(INVALID_VALUE);
+        }
+        self.current_pools[device as usize] = pool;
+        Ok(())
     }
 
     pub fn pool_device(&self, pool: Handle) -> CuResult<u32> {
@@ -404,13 +421,18 @@ impl Memory {
     }
 
     /// `cuMemPoolDestroy`: frees what the pool holds; allocations still out are freed when
-    /// they are.
+    /// they are. A device whose current pool it was goes back to its default one.
     pub fn destroy_pool(&mut self, pool: Handle) -> CuResult {
         match self.pools.get(&pool) {
             Some(p) if !p.default => {}
             _ => return Err(INVALID_VALUE),
         }
         self.pools.remove(&pool);
+        for (current, default) in self.current_pools.iter_mut().zip(&self.default_pools) {
+            if *current == pool {
+                *current = *default;
+            }
+        }
         Ok(())
     }
 
@@ -457,6 +479,20 @@ impl Memory {
             p.reserved -= block.charge.bytes();
         }
         Ok(())
+    }
+
+    /// At a synchronisation (stream, event, context): every pool gives back what it holds
+    /// unused beyond its release threshold.
+    pub fn trim_at_sync(&mut self) {
+        let pools: Vec<(Handle, u64)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.reserved > p.release_threshold && !p.free.is_empty())
+            .map(|(&h, p)| (h, p.release_threshold))
+            .collect();
+        for (pool, keep) in pools {
+            let _ = self.trim_pool(pool, keep);
+        }
     }
 
     /// `cuMemPoolGetAttribute` for the attributes kept as 64-bit counters.
@@ -1022,7 +1058,11 @@ pub(crate) fn free(ptr: u64) -> CuResult {
     if ptr == 0 {
         return Ok(());
     }
-    d.lock().memory.free(ptr)
+    let mut reg = d.lock();
+    match reg.graph_memory.free(ptr) {
+        Some(freed) => freed,
+        None => reg.memory.free(ptr),
+    }
 }
 
 /// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
@@ -1039,6 +1079,20 @@ pub(crate) fn default_pool(device: CUdevice) -> CuResult<Handle> {
     let d = driver()?;
     let (_, state) = super::device::gpu(d.sim, device)?;
     Ok(d.lock().memory.default_pool(state.index()))
+}
+
+/// `cuDeviceGetMemPool`.
+pub(crate) fn current_pool(device: CUdevice) -> CuResult<Handle> {
+    let d = driver()?;
+    let (_, state) = super::device::gpu(d.sim, device)?;
+    Ok(d.lock().memory.current_pool(state.index()))
+}
+
+/// `cuDeviceSetMemPool`.
+pub(crate) fn set_current_pool(device: CUdevice, pool: Handle) -> CuResult {
+    let d = driver()?;
+    let (_, state) = super::device::gpu(d.sim, device)?;
+    d.lock().memory.set_current_pool(state.index(), pool)
 }
 
 /// A `CUmemAllocationProp` this driver can satisfy: pinned memory on one of its devices.
@@ -1083,17 +1137,28 @@ pub(crate) fn alloc_async(size: u64, pool: Option<Handle>, stream: CUstream, per
     let ctx = super::stream::queue_context(&reg, q);
     let pool = match pool {
         Some(pool) => pool,
-        None => reg.memory.default_pool(context::get(&reg, ctx)?.device),
+        None => reg.memory.current_pool(context::get(&reg, ctx)?.device),
     };
     let device = reg.memory.pool_device(pool)?;
+    if super::graph::is_capturing(&reg, q) {
+        let addr = reg.graph_memory.new_address(device, size)?;
+        super::graph::capture(&mut reg, q, super::graph::Node::MemAlloc { addr, size })?;
+        return Ok(addr);
+    }
     reg.memory.alloc_from_pool(d.device(device), pool, size)
 }
 
 /// `cuMemFreeAsync`.
 pub(crate) fn free_async(ptr: u64, stream: CUstream, per_thread: bool) -> CuResult {
     let mut reg = driver()?.lock();
-    super::stream::queue(&reg, stream, per_thread)?;
-    reg.memory.free(ptr)
+    let q = super::stream::queue(&reg, stream, per_thread)?;
+    if super::graph::capture(&mut reg, q, super::graph::Node::MemFree(ptr))? {
+        return Ok(());
+    }
+    match reg.graph_memory.free(ptr) {
+        Some(freed) => freed,
+        None => reg.memory.free(ptr),
+    }
 }
 
 /// `cuMemPoolCreate`: pinned memory on a device.

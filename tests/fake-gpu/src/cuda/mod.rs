@@ -31,6 +31,7 @@ pub mod error;
 mod exports;
 mod ffi;
 mod graph;
+mod graph_memory;
 mod green;
 pub mod hold;
 mod image;
@@ -120,6 +121,7 @@ pub(crate) struct Registry {
     pub streams: stream::Streams,
     pub modules: modules::Modules,
     pub graphs: graph::Graphs,
+    pub graph_memory: graph_memory::GraphMemory,
 }
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -177,6 +179,7 @@ pub(crate) fn init(flags: u32) -> CuResult {
             streams: stream::Streams::default(),
             modules: modules::Modules::default(),
             graphs: graph::Graphs::default(),
+            graph_memory: graph_memory::GraphMemory::default(),
         };
         Driver { sim, registry: Mutex::new(registry) }
     });

@@ -174,13 +174,26 @@ pub(crate) fn ready(t: Option<Nanos>) -> CuResult {
     }
 }
 
-/// `cuStreamSynchronize`: not allowed on a capturing stream (which ends its capture).
+/// `cuStreamSynchronize`: not allowed on a capturing stream (which ends its capture). Memory
+/// pools trim to their release thresholds.
 pub(crate) fn synchronize(stream: CUstream, per_thread: bool) -> CuResult {
-    wait(super::driver()?, |reg| {
+    let driver = super::driver()?;
+    wait(driver, |reg| {
         let q = queue(reg, stream, per_thread)?;
         graph::forbid_during_capture(reg, q)?;
         Ok(Some(launch::completion(reg, q)))
-    })
+    })?;
+    driver.lock().memory.trim_at_sync();
+    Ok(())
+}
+
+/// `cuEventSynchronize`: returns at once for an event never recorded. Memory pools trim to
+/// their release thresholds.
+pub(crate) fn synchronize_event(event: CUevent) -> CuResult {
+    let driver = super::driver()?;
+    wait(driver, |reg| event_time(reg, event as Handle))?;
+    driver.lock().memory.trim_at_sync();
+    Ok(())
 }
 
 /// `cuStreamQuery`: as `cuStreamSynchronize` on a capturing stream.
