@@ -119,7 +119,24 @@ enum Command {
         /// Print each pass (what it saw, what it did, its cost) as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (host:port), instead of the config's
+        /// [guard] metrics (127.0.0.1:9403 by default); `off` for none.
+        #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+        metrics: Option<MetricsAddr>,
     },
+}
+
+/// `--metrics`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct MetricsAddr(Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("{text:?} is not host:port with a numeric address (127.0.0.1:9403), or off"))
 }
 
 fn main() -> ExitCode {
@@ -198,13 +215,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", outcome.message().trim_end().to_string() + "\n");
             Ok(())
         }
-        Command::Daemon { config, nvml_lib, state_dir, passes, json } => {
+        Command::Daemon { config, nvml_lib, state_dir, passes, json, metrics } => {
             gpuslice_cdi::guard::daemon(&gpuslice_cdi::guard::Options {
                 config_path: config,
                 nvml_lib,
                 state_dir,
                 passes,
                 json,
+                metrics: metrics.map(|m| m.0),
             })
         }
         Command::Validate { file } => {

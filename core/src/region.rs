@@ -344,6 +344,8 @@ pub struct SlotInfo {
     pub token: u64,
     /// Allocations refused to it for the limit.
     pub refused: u64,
+    /// Its container, as its mount of the slice state identifies it (0: none).
+    pub container: u64,
 }
 
 /// What a tool sees of one container record.
@@ -910,6 +912,7 @@ impl Region {
                     alive: mine.contains(&index) || self.slot_locked_by_other(index),
                     token: slot.token.load(Ordering::Relaxed),
                     refused: slot.refused.load(Ordering::Relaxed),
+                    container: slot.container.load(Ordering::Relaxed),
                 });
             }
         }
