@@ -72,6 +72,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live table of what each slice and container uses, from the guard's metrics (needs
+    /// gpuslice-cdi daemon running with its metrics endpoint on).
+    Top {
+        /// Node configuration (for its [guard] metrics address).
+        #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The guard's metrics address (host:port), instead of the config's.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Seconds between frames.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print one frame (two looks, one interval apart, for the rates) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Turn CDI on in a container engine's config (backs up the old file; idempotent).
     Setup {
         /// docker (daemon.json features.cdi), containerd (CRI enable_cdi), podman (nothing needed).
@@ -223,6 +239,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 passes,
                 json,
                 metrics: metrics.map(|m| m.0),
+            })
+        }
+        Command::Top { config, metrics, interval, once } => {
+            let addr = match metrics {
+                Some(a) => a,
+                None => gpuslice_cdi::load_config(&config)?
+                    .guard
+                    .metrics_addr()
+                    .ok()
+                    .flatten()
+                    .context("the config's [guard] metrics is off: pass --metrics ADDR")?,
+            };
+            anyhow::ensure!((0.1..=3600.0).contains(&interval), "--interval must be between 0.1 and 3600 seconds");
+            gpuslice_cdi::top::run(&gpuslice_cdi::top::Options {
+                addr,
+                interval: std::time::Duration::from_secs_f64(interval),
+                once,
             })
         }
         Command::Validate { file } => {
