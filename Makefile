@@ -28,7 +28,7 @@ endif
 HOOK_TARGET := x86_64-unknown-linux-gnu
 HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
 
-.PHONY: all build release hook packages packages-test test unit e2e cudart gpu bench demo check fmt clippy clean
+.PHONY: all build release hook packages packages-test test unit e2e cudart gpu bench demo check fmt clippy clean grafana
 
 all: release
 
@@ -100,7 +100,11 @@ DEMO_INSTALL ?= --install
 demo: release
 	bash scripts/demo.sh $(DEMO_INSTALL) $(DEMO_ARGS)
 
-test: unit e2e packages-test cudart gpu
+# The Grafana dashboard against Grafana's schema types (grafana-foundation-sdk from PyPI).
+grafana:
+	bash tests/grafana/run.sh
+
+test: unit e2e packages-test cudart gpu grafana
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -161,6 +161,35 @@ fn every_metric_from_crafted_state() {
 }
 
 #[test]
+fn the_dashboard_asks_only_for_metrics_the_guard_serves() {
+    let Crafted { mut w, .. } = crafted();
+    w.driver.set(0, &[(10, 6 * GIB), (20, GIB)]);
+    w.pass();
+    let t = exposition(&w);
+    let served: std::collections::HashSet<String> = samples(&t).into_iter().map(|s| s.0).collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana/gpuslice-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("gpuslice_") {
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                assert!(
+                    served.contains(&name),
+                    "panel {:?} asks for {name}, which the guard does not serve",
+                    panel["title"]
+                );
+                asked += 1;
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+    assert!(asked >= 15, "{asked} metric names in the dashboard");
+}
+
+#[test]
 fn time_under_throttle_is_counted_between_passes() {
     let mut tally = Tally::default();
     let snap = |at_ms| Snapshot { at_ms, ..Snapshot::default() };
