@@ -91,6 +91,7 @@ bench: release
 	bash tests/bench/startup.sh
 	bash tests/bench/engines.sh
 	bash tests/bench/guard.sh
+	$(CARGO) bench -p gpuslice-cdi --bench metrics
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
 # slice; exits non-zero when a step does not show what it should. Like `make test`, it installs
