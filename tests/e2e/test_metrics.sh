@@ -106,12 +106,15 @@ test_docker_metrics_scraped_by_prometheus() {
     ((used <= 11 * GIB)) || fail "the holder uses $used bytes by the driver's count"
     ((charged >= 10 * GIB && charged <= 11 * GIB)) || fail "the holder was charged $charged bytes"
     promql_is "gpuslice_slice_memory_limit_bytes{slice=\"slice0\"}" "$HOOK_SLICE_BYTES" || fail "slice0's limit"
+    # Docker passes no annotations: the hook took the name from Docker's own record.
+    promql_at_least "gpuslice_memory_used_bytes{container=\"$hold\",container_id=\"$hold_id\"}" $((10 * GIB)) ||
+        fail "the holder is not labelled with its name $hold"
 
     # One allocation refused on slice0, counted in its region, and logged once by the guard.
     wait_for 10 promql_is 'gpuslice_slice_refused_allocations_total{slice="slice0"}' 1 ||
         fail "refused allocations on slice0: $(promql 'gpuslice_slice_refused_allocations_total{slice="slice0"}')"
     promql_is 'gpuslice_slice_refused_allocations_total{slice="slice1"}' 0 || fail "refusals counted on slice1"
-    wait_for 10 guard_line "slice0: container ${fill_id:0:12}.*an allocation was refused" ||
+    wait_for 10 guard_line "slice0: container ${fill_id:0:12} \\($fill\\).*an allocation was refused" ||
         fail "the guard did not log the refusal: $(cat "$T/guard.log")"
     line=$(guard_line "an allocation was refused")
     printf 'guard: %s\n' "$line"
