@@ -28,7 +28,7 @@ endif
 HOOK_TARGET := x86_64-unknown-linux-gnu
 HOOK := target/$(HOOK_TARGET)/release/gpuslice-hook
 
-.PHONY: all build release hook packages packages-test test unit e2e cudart gpu bench demo check fmt clippy clean
+.PHONY: all build release hook packages packages-test test unit e2e cudart gpu bench demo check fmt clippy clean grafana
 
 all: release
 
@@ -91,6 +91,7 @@ bench: release
 	bash tests/bench/startup.sh
 	bash tests/bench/engines.sh
 	bash tests/bench/guard.sh
+	$(CARGO) bench -p gpuslice-cdi --bench metrics
 
 # The walkthrough on a simulated node (root): Docker or podman runs containers on a 40 GiB
 # slice; exits non-zero when a step does not show what it should. Like `make test`, it installs
@@ -100,7 +101,11 @@ DEMO_INSTALL ?= --install
 demo: release
 	bash scripts/demo.sh $(DEMO_INSTALL) $(DEMO_ARGS)
 
-test: unit e2e packages-test cudart gpu
+# The Grafana dashboard against Grafana's schema types (grafana-foundation-sdk from PyPI).
+grafana:
+	bash tests/grafana/run.sh
+
+test: unit e2e packages-test cudart gpu grafana
 
 fmt:
 	$(CARGO) fmt --all -- --check

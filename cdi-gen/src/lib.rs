@@ -17,6 +17,7 @@ pub mod guard;
 pub mod setup;
 pub mod spec;
 pub mod status;
+pub mod top;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

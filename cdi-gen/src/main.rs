@@ -72,6 +72,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live table of what each slice and container uses, from the guard's metrics (needs
+    /// gpuslice-cdi daemon running with its metrics endpoint on).
+    Top {
+        /// Node configuration (for its [guard] metrics address).
+        #[arg(long, default_value = gpuslice_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The guard's metrics address (host:port), instead of the config's.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Seconds between frames.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print one frame (two looks, one interval apart, for the rates) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Turn CDI on in a container engine's config (backs up the old file; idempotent).
     Setup {
         /// docker (daemon.json features.cdi), containerd (CRI enable_cdi), podman (nothing needed).
@@ -119,7 +135,24 @@ enum Command {
         /// Print each pass (what it saw, what it did, its cost) as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (host:port), instead of the config's
+        /// [guard] metrics (127.0.0.1:9403 by default); `off` for none.
+        #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+        metrics: Option<MetricsAddr>,
     },
+}
+
+/// `--metrics`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct MetricsAddr(Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("{text:?} is not host:port with a numeric address (127.0.0.1:9403), or off"))
 }
 
 fn main() -> ExitCode {
@@ -198,13 +231,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", outcome.message().trim_end().to_string() + "\n");
             Ok(())
         }
-        Command::Daemon { config, nvml_lib, state_dir, passes, json } => {
+        Command::Daemon { config, nvml_lib, state_dir, passes, json, metrics } => {
             gpuslice_cdi::guard::daemon(&gpuslice_cdi::guard::Options {
                 config_path: config,
                 nvml_lib,
                 state_dir,
                 passes,
                 json,
+                metrics: metrics.map(|m| m.0),
+            })
+        }
+        Command::Top { config, metrics, interval, once } => {
+            let addr = match metrics {
+                Some(a) => a,
+                None => gpuslice_cdi::load_config(&config)?
+                    .guard
+                    .metrics_addr()
+                    .ok()
+                    .flatten()
+                    .context("the config's [guard] metrics is off: pass --metrics ADDR")?,
+            };
+            anyhow::ensure!((0.1..=3600.0).contains(&interval), "--interval must be between 0.1 and 3600 seconds");
+            gpuslice_cdi::top::run(&gpuslice_cdi::top::Options {
+                addr,
+                interval: std::time::Duration::from_secs_f64(interval),
+                once,
             })
         }
         Command::Validate { file } => {

@@ -184,6 +184,9 @@ pub struct GuardConfig {
     /// squatter (killed, or logged, by the slice's memory policy).
     #[serde(default = "default_lock_hold_limit")]
     pub lock_hold_limit: Span,
+    /// Where the Prometheus endpoint (`/metrics`) listens, `host:port`; `""` turns it off.
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
 }
 
 impl Default for GuardConfig {
@@ -198,6 +201,7 @@ impl Default for GuardConfig {
             compute_window: default_compute_window(),
             compute_margin: default_compute_margin(),
             lock_hold_limit: default_lock_hold_limit(),
+            metrics: default_metrics(),
         }
     }
 }
@@ -398,6 +402,11 @@ fn default_compute_margin() -> u32 {
 }
 fn default_lock_hold_limit() -> Span {
     Span::from_millis(3000)
+}
+/// The metrics endpoint's default: on, local only, next to the GPU exporters (DCGM's 9400).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9403";
+fn default_metrics() -> String {
+    DEFAULT_METRICS_ADDR.to_owned()
 }
 
 fn default_kind() -> String {
@@ -629,6 +638,12 @@ impl Config {
 }
 
 impl GuardConfig {
+    /// Where the metrics endpoint listens; `None` when it is off.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+        let text = self.metrics.trim();
+        if text.is_empty() { Ok(None) } else { text.parse().map(Some) }
+    }
+
     /// Checks the `[guard]` values, naming the key of the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let (lo, hi) = GUARD_INTERVAL_RANGE;
@@ -654,6 +669,13 @@ impl GuardConfig {
                 "guard.lock_hold_limit",
                 quoted(&self.lock_hold_limit),
                 "must be between 1s and 10 minutes",
+            ));
+        }
+        if self.metrics_addr().is_err() {
+            return Err(ConfigError::invalid(
+                "guard.metrics",
+                format!("{:?}", self.metrics),
+                "must be host:port with a numeric address (\"127.0.0.1:9403\", \"[::1]:9403\", \"0.0.0.0:9403\"), or \"\" for off",
             ));
         }
         if !(1..=100).contains(&self.compute_margin) {

@@ -8,7 +8,8 @@
 //! `<state_dir>/host/containers/<id>/<slice>`, in a directory tree of mode 0700 that is never
 //! mounted into any container. A record holds the container's id (the runtime's), its slice,
 //! the PID of its first process and that process's cgroups as the kernel lists them in
-//! `/proc/<pid>/cgroup`, plus the names an engine passes in the OCI annotations. `poststop`
+//! `/proc/<pid>/cgroup`, plus the names an engine passes in the OCI annotations (Docker passes
+//! none: the hook reads the name from Docker's own record of the container). `poststop`
 //! removes it.
 //!
 //! A process belongs to a container when its own cgroups, read by the guard from

@@ -87,10 +87,11 @@ use crate::shm::{Mapping, ShmError, lock};
 
 /// First bytes of every region file.
 pub const REGION_MAGIC: [u8; 8] = *b"GPUSLRG\0";
-/// Layout version of [`RegionFile`]; bump on any change to it. Version 4 records each slot's
+/// Layout version of [`RegionFile`]; bump on any change to it. Version 5 counts allocations
+/// refused for the limit (per slice and per process); version 4 records each slot's
 /// container; version 3 described the compute block and the container table in the header;
 /// version 2 had them without saying so.
-pub const REGION_VERSION: u32 = 4;
+pub const REGION_VERSION: u32 = 5;
 /// Processes one slice can hold at once.
 pub const SLOT_COUNT: usize = 1024;
 /// Slots the processes of one container may hold at once: a quarter of the table, so a
@@ -153,7 +154,9 @@ shared_struct! {
         /// The end of the latest GPU work charged: work of two processes that overlaps in time
         /// is charged once.
         pub busy_until_ns: u64,
-        reserved: [u64; 3],
+        /// Allocations the interception library refused for the slice's memory limit, ever.
+        pub refused_total: u64,
+        reserved: [u64; 2],
     }
 }
 
@@ -188,7 +191,9 @@ shared_struct! {
         pub registered_ns: u64,
         /// The owner's container, as its mount of the slice state identifies it (0: none).
         pub container: u64,
-        reserved: [u64; 3],
+        /// Allocations refused to this process for the slice's memory limit.
+        pub refused: u64,
+        reserved: [u64; 2],
     }
 }
 
@@ -213,7 +218,7 @@ pub const COMPUTE_OFFSET: usize = offset_of!(RegionFile, compute);
 /// Where the container table starts.
 pub const CONTAINER_TABLE_OFFSET: usize = offset_of!(RegionFile, containers);
 
-// The layout of version 4. A change here is a new layout version: bump REGION_VERSION (and
+// The layout of version 5. A change here is a new layout version: bump REGION_VERSION (and
 // update docs/region.md, which a test compares with these definitions).
 const _: () = {
     assert!(offset_of!(Header, magic) == 0 && offset_of!(Header, version) == 8, "fixed in every version");
@@ -336,7 +341,11 @@ pub struct SlotInfo {
     pub pid: u32,
     pub used: u64,
     pub alive: bool,
-    /// The owner's container, as recorded at registration (0: none).
+    /// Random per registration: with the index, names the process for good.
+    pub token: u64,
+    /// Allocations refused to it for the limit.
+    pub refused: u64,
+    /// Its container, as its mount of the slice state identifies it (0: none).
     pub container: u64,
 }
 
@@ -727,6 +736,7 @@ impl Region {
                 continue;
             }
             slot.used.store(0, Ordering::Relaxed);
+            slot.refused.store(0, Ordering::Relaxed);
             slot.pid.store(std::process::id(), Ordering::Relaxed);
             slot.token.store(new_token(index, slot.token.load(Ordering::Relaxed)), Ordering::Relaxed);
             slot.registered_ns.store(now_ns(), Ordering::Relaxed);
@@ -790,6 +800,13 @@ impl Region {
             let _ = slot.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_add(bytes)));
             Ok(Ok(()))
         })
+    }
+
+    /// Counts an allocation refused for the limit, for the slice and for `own`'s process (the
+    /// host's metrics and log read both). Lock-free: two atomic adds.
+    pub fn note_refused(&self, own: usize) {
+        self.compute().refused_total.fetch_add(1, Ordering::Relaxed);
+        self.slot(own).refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Returns `bytes` from `own`'s charge. Lock-free: only the owner changes its slot.
@@ -894,6 +911,8 @@ impl Region {
                     pid: slot.pid.load(Ordering::Relaxed),
                     used: slot.used.load(Ordering::Relaxed),
                     alive: mine.contains(&index) || self.slot_locked_by_other(index),
+                    token: slot.token.load(Ordering::Relaxed),
+                    refused: slot.refused.load(Ordering::Relaxed),
                     container: slot.container.load(Ordering::Relaxed),
                 });
             }
@@ -1335,19 +1354,40 @@ mod tests {
     }
 
     #[test]
-    fn a_version_3_region_is_refused_and_repaired_in_place() {
-        // What the previous release wrote: the same bytes, slots without their container.
+    fn refusals_are_counted_per_slice_and_per_process() {
+        let (_d, path) = fresh();
+        Region::create(&path).unwrap();
+        let r = Region::open(&path).unwrap();
+        let (a, b) = (r.register().unwrap(), r.register().unwrap());
+        assert_eq!(r.compute().refused_total.load(Ordering::Relaxed), 0);
+        r.note_refused(a);
+        r.note_refused(b);
+        r.note_refused(b);
+        assert_eq!(r.compute().refused_total.load(Ordering::Relaxed), 3);
+        let refused: Vec<(usize, u64)> = r.slots().unwrap().iter().map(|s| (s.index, s.refused)).collect();
+        assert_eq!(refused, [(a, 1), (b, 2)]);
+        // A slot handed out again starts at zero; the slice's total stays.
+        r.unregister(b).unwrap();
+        let c = r.register().unwrap();
+        assert_eq!(c, b);
+        assert_eq!(r.slots().unwrap().iter().find(|s| s.index == c).unwrap().refused, 0);
+        assert_eq!(r.compute().refused_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_version_4_region_is_refused_and_repaired_in_place() {
+        // What the previous release wrote: the same bytes, without the refused counters.
         let (_d, path) = fresh();
         Region::create(&path).unwrap();
         let live = Region::open(&path).unwrap();
         let slot = live.register().unwrap();
         live.charge(slot, 40, 100).unwrap().unwrap();
-        let v3 = poke(&std::fs::read(&path).unwrap(), at!(version), &3u32.to_ne_bytes());
+        let v3 = poke(&std::fs::read(&path).unwrap(), at!(version), &4u32.to_ne_bytes());
         std::fs::write(&path, &v3).unwrap();
         for err in [Region::open(&path).unwrap_err(), Region::open_or_create(&path).unwrap_err()] {
             assert!(matches!(err, RegionError::Corrupt { .. }), "{err:?}");
             let msg = err.to_string();
-            assert!(msg.contains("layout version 3, this gpuslice reads only version 4"), "{msg}");
+            assert!(msg.contains("layout version 4, this gpuslice reads only version 5"), "{msg}");
         }
         assert_eq!(std::fs::read(&path).unwrap(), v3, "opening leaves the old file alone");
         let (fixed, report) = Region::open_repairing(&path, Duration::from_secs(5)).unwrap();

@@ -34,6 +34,7 @@ pub mod oci;
 pub mod record;
 pub mod rootfs;
 pub mod slice;
+pub mod syslog;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -58,8 +59,13 @@ pub struct HookArgs {
 
 /// The `createContainer` hook: sets the container up for its slice. `state` is the runtime's
 /// JSON on standard input.
+/// The container this run of the hook is for, once its state is read (for the host's log line
+/// when the hook refuses it; see [`syslog`]).
+pub static CONTAINER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
     let container = oci::read_state(state)?;
+    let _ = CONTAINER_ID.set(container.id.clone());
     let rootfs_path = oci::rootfs_path(&container.bundle)?;
     let slice = Slice::ensure(&args.slice)?;
     let name = slice.name().to_owned();

@@ -96,6 +96,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gpuslice-hook: {e:#}");
+            // The engine shows the line to whoever started the container; the host's log keeps
+            // it for the operator (best effort).
+            let who = gpuslice_hook::CONTAINER_ID
+                .get()
+                .map_or_else(String::new, |id| format!("container {id} not started: "));
+            let _ = gpuslice_hook::syslog::error(
+                std::path::Path::new(gpuslice_hook::syslog::DEV_LOG),
+                &format!("{who}{e:#}"),
+            );
             ExitCode::FAILURE
         }
     }

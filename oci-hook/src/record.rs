@@ -46,7 +46,8 @@ pub fn record(state_dir: &Path, container: &Container, slice: &str) -> Result<()
         id: container.id.clone(),
         slice: slice.to_owned(),
         pid,
-        name: containers::annotation(annotation, containers::NAME_ANNOTATIONS),
+        name: containers::annotation(annotation, containers::NAME_ANNOTATIONS)
+            .or_else(|| docker_name(&container.bundle, &container.id)),
         pod: containers::annotation(annotation, containers::POD_ANNOTATIONS),
         namespace: containers::annotation(annotation, containers::NAMESPACE_ANNOTATIONS),
         cgroups,
@@ -55,6 +56,33 @@ pub fn record(state_dir: &Path, container: &Container, slice: &str) -> Result<()
         .store(state_dir)
         .with_context(|| format!("{slice}: recording container {} for the host guard", container.id))?;
     Ok(())
+}
+
+/// Docker's name for the container: Docker passes no annotations, but its own record of the
+/// container, `<data-root>/containers/<id>/config.v2.json` (written by dockerd before the
+/// container starts, root's, never mounted into it), has `"Name": "/web"`. Its directory is the
+/// one Docker bind-mounts `/etc/hostname` from, as the bundle's `config.json` (the engine's)
+/// says. Anything missing or unexpected is no name.
+fn docker_name(bundle: &Path, id: &str) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_slice(&read_small(&bundle.join("config.json"))?).ok()?;
+    let hostname = config["mounts"].as_array()?.iter().find(|m| m["destination"] == "/etc/hostname")?;
+    let dir = Path::new(hostname["source"].as_str()?).parent()?;
+    if dir.file_name()? != std::ffi::OsStr::new(id) || dir.parent()?.file_name()? != "containers" {
+        return None;
+    }
+    let docker: serde_json::Value = serde_json::from_slice(&read_small(&dir.join("config.v2.json"))?).ok()?;
+    let name = docker["Name"].as_str()?.trim_start_matches('/');
+    containers::annotation(|_| Some(name), &["name"])
+}
+
+/// A file of at most 4 MiB, not followed through a symlink.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let mut out = Vec::new();
+    f.take(4 << 20).read_to_end(&mut out).ok()?;
+    Some(out)
 }
 
 /// `PPid` and `NSpid` of `/proc/<pid>/status` (`pid` may be `self`): the parent's PID and the
@@ -132,6 +160,30 @@ mod tests {
         assert_eq!(parse_status(text), Some((4242, vec![28327, 8])));
         assert_eq!(parse_status("PPid:\t1\n"), None);
         assert_eq!(parse_status("NSpid:\t3\n"), None);
+    }
+
+    #[test]
+    fn docker_names_come_from_its_own_record_next_to_the_hostname_file() {
+        let d = tempfile::tempdir().unwrap();
+        let id = "964673aaf4fd";
+        let dir = d.path().join("docker/containers").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.v2.json"), r#"{"ID":"964673aaf4fd","Name":"/web-1"}"#).unwrap();
+        let bundle = d.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let config = |source: &Path| {
+            serde_json::json!({"mounts": [{"destination": "/etc/hosts", "source": "/x"},
+                {"destination": "/etc/hostname", "source": source}]})
+            .to_string()
+        };
+        std::fs::write(bundle.join("config.json"), config(&dir.join("hostname"))).unwrap();
+        assert_eq!(docker_name(&bundle, id).as_deref(), Some("web-1"));
+        // Another container's directory, or none at all, gives no name.
+        assert_eq!(docker_name(&bundle, "other"), None);
+        std::fs::write(bundle.join("config.json"), config(Path::new("/etc/hostname"))).unwrap();
+        assert_eq!(docker_name(&bundle, id), None);
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        assert_eq!(docker_name(&bundle, id), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the end-to-end tests need, as root, on Debian 12 (bookworm):
 #   - busybox-static, jq, patchelf and protobuf-compiler (bookworm; protoc builds the CRI test client)
+#   - prometheus (bookworm's 2.42; test_metrics.sh starts its own on localhost, not the service)
 #   - podman and runc (bookworm; podman 4.3 resolves CDI with --runtime runc)
 #   - unless a Docker engine 26+ is already installed (from any package): docker.io and
 #     docker-cli 26.x and containerd 1.7 from Debian 13 "trixie" (bookworm's 20.10 has no CDI).
@@ -30,7 +31,7 @@ TRIXIE_PIN=/etc/apt/preferences.d/gpuslice-e2e-trixie
 DAEMON_JSON=/etc/docker/daemon.json
 DOCKERD_LOG=$E2E_LOG_DIR/dockerd.log
 DOCKERD_OURS=$E2E_RUN_DIR/dockerd.pid # the pid of the dockerd this script started
-BOOKWORM_PKGS=(busybox-static jq patchelf podman runc protobuf-compiler)
+BOOKWORM_PKGS=(busybox-static jq patchelf podman runc protobuf-compiler prometheus)
 TRIXIE_PKGS=(docker.io docker-cli containerd)
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -144,12 +144,17 @@ fn granularity(s: &State, dev: CUdevice) -> u64 {
 }
 
 /// Charges `bytes` to `slice`. Refused past the limit, unless physical memory whose last
-/// exported descriptor has been closed since was still charged: that is let go first.
+/// exported descriptor has been closed since was still charged: that is let go first. A
+/// refusal for the limit is counted in the region.
 fn charge(s: &State, slice: usize, bytes: u64) -> Result<(), Refusal> {
-    match s.slices[slice].charge(bytes) {
+    let result = match s.slices[slice].charge(bytes) {
         Err(Refusal::OverLimit(_)) if vmm::settle(s) => s.slices[slice].charge(bytes),
         other => other,
+    };
+    if matches!(result, Err(Refusal::OverLimit(_))) {
+        s.slices[slice].note_refused();
     }
+    result
 }
 
 /// Returns what a record charged.
@@ -837,7 +842,8 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
         // The first retain charges, under the book's lock so that a concurrent retain never
         // counts on a charge that is then refused (no driver call is made under it).
         if p.retained + p.retaining == 0 {
-            match s.slices[p.slice].charge(CONTEXT_CHARGE) {
+            let charged_to = p.slice;
+            match s.slices[charged_to].charge(CONTEXT_CHARGE) {
                 Ok(()) => {}
                 Err(Refusal::OverLimit(_)) if !settled => {
                     // Memory kept only by a descriptor closed since may go: look, then again.
@@ -846,9 +852,15 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult
                     if vmm::settle(s) {
                         continue;
                     }
+                    s.slices[charged_to].note_refused();
                     return CUDA_ERROR_OUT_OF_MEMORY;
                 }
-                Err(r) => return r.into(),
+                Err(r) => {
+                    if matches!(r, Refusal::OverLimit(_)) {
+                        s.slices[charged_to].note_refused();
+                    }
+                    return r.into();
+                }
             }
         }
         p.retaining += 1;

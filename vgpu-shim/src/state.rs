@@ -319,6 +319,14 @@ impl Slice {
         }
     }
 
+    /// Counts an allocation refused for the limit in the region (the slice's and this
+    /// process's counters), for the host's metrics and log.
+    pub fn note_refused(&self) {
+        if let Ok(j) = self.join() {
+            j.region.note_refused(j.slot);
+        }
+    }
+
     /// Adds `bytes` even past the limit: for memory the driver already handed out.
     pub fn force_charge(&self, bytes: u64) {
         if let Ok(j) = self.join() {

@@ -47,6 +47,16 @@ pub trait Host: Send + Sync {
     /// Those of `pids` that hold a lock on `file` covering all of `range`, by the kernel's list
     /// of each process's locks.
     fn lock_holders(&self, pids: &[u32], file: &Path, range: Range<u64>) -> io::Result<Vec<u32>>;
+    /// The device numbers of the hook's state tmpfs mounts in `pid`'s mount namespace (what the
+    /// interception library tags its region slots with), from the kernel's mountinfo.
+    fn state_mounts(&self, _pid: u32) -> Vec<u64> {
+        Vec::new()
+    }
+    /// `pid`'s PID in its innermost PID namespace (the container's), from `NSpid` in
+    /// `/proc/<pid>/status`.
+    fn inner_pid(&self, _pid: u32) -> Option<u32> {
+        None
+    }
 }
 
 /// A lock from a `lock:` line of `/proc/<pid>/fdinfo/<fd>`: the locked file's device (major,
@@ -249,11 +259,43 @@ impl Host for LinuxHost {
         };
         Ok(pids.iter().copied().filter(|&pid| holds(pid)).collect())
     }
+
+    fn state_mounts(&self, pid: u32) -> Vec<u64> {
+        let Ok(text) = fs::read(self.proc_root.join(pid.to_string()).join("mountinfo")) else { return Vec::new() };
+        let Ok(mounts) = gpuslice_core::mountinfo::parse(&text) else { return Vec::new() };
+        mounts.iter().filter(|m| m.is_hook_state()).map(|m| m.dev).collect()
+    }
+
+    fn inner_pid(&self, pid: u32) -> Option<u32> {
+        let status = fs::read_to_string(self.proc_root.join(pid.to_string()).join("status")).ok()?;
+        status_inner_pid(&status)
+    }
+}
+
+/// The last PID on the `NSpid:` line of `/proc/<pid>/status`: the process's PID in its
+/// innermost PID namespace.
+pub fn status_inner_pid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_innermost_pid() {
+        assert_eq!(status_inner_pid("Name:\tx\nNSpid:\t4242\t17\t1\nNSsid:\t1\n"), Some(1));
+        assert_eq!(status_inner_pid("Name:\tx\nNSpid:\t4242\n"), Some(4242));
+        assert_eq!(status_inner_pid("Name:\tx\n"), None);
+        assert_eq!(status_inner_pid("NSpid:\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_no_state_mount_and_knows_its_pid() {
+        let host = LinuxHost::new();
+        assert!(host.state_mounts(std::process::id()).is_empty());
+        assert!(host.inner_pid(std::process::id()).is_some());
+    }
 
     #[test]
     fn finds_the_freezer_and_the_unified_hierarchy() {

@@ -31,8 +31,11 @@
 
 pub mod driver;
 pub mod enforce;
+pub mod events;
 pub mod host;
+pub mod metrics;
 pub mod observe;
+pub mod regions;
 pub mod squat;
 pub mod throttle;
 
@@ -53,9 +56,12 @@ use serde::Serialize;
 
 pub use self::driver::{Driver, NvmlDriver};
 pub use self::enforce::{Action, Enforcer};
+use self::events::RefusedLog;
 pub use self::host::{Host, Killed, LinuxHost};
+use self::metrics::{Latest, Tally};
 pub use self::observe::Snapshot;
 use self::observe::{Inputs, SampleCursor};
+use self::regions::RegionView;
 use self::squat::SquatWatch;
 use self::throttle::Throttler;
 
@@ -70,12 +76,16 @@ pub struct Options {
     pub passes: Option<u64>,
     /// Print each pass's report as one JSON line on standard output.
     pub json: bool,
+    /// Where `/metrics` listens, instead of the config's `[guard] metrics`; `Some(None)`: off.
+    pub metrics: Option<Option<std::net::SocketAddr>>,
 }
 
 /// What one pass saw and did, and what it cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct PassReport {
     pub snapshot: Snapshot,
+    /// The slices' regions as read this pass (for the metrics and the log only).
+    pub regions: Vec<RegionView>,
     /// The log lines of the actions taken.
     pub actions: Vec<String>,
     /// Wall-clock and CPU time of the pass (reading the state, observing, deciding, acting).
@@ -97,6 +107,11 @@ pub struct Guard {
     squats: SquatWatch,
     /// Problems already logged, so that a standing one is logged once.
     logged: HashSet<String>,
+    /// What the metrics count across passes.
+    tally: Tally,
+    /// The latest exposition, for the metrics server.
+    latest: Latest,
+    refused: RefusedLog,
 }
 
 impl std::fmt::Debug for Guard {
@@ -144,7 +159,15 @@ impl Guard {
             cursor: SampleCursor::new(),
             squats: SquatWatch::new(),
             logged: HashSet::new(),
+            tally: Tally::default(),
+            latest: Latest::default(),
+            refused: RefusedLog::default(),
         }
+    }
+
+    /// The latest metrics exposition, shared with a [`metrics::Server`].
+    pub fn latest_metrics(&self) -> Latest {
+        self.latest.clone()
     }
 
     /// Where slice state and the records are.
@@ -206,16 +229,53 @@ impl Guard {
         let (records, record_errors) = ContainerRecord::list(&state_dir);
         errors.extend(record_errors.iter().map(|e| format!("container record {e}")));
         let inputs = Inputs { config: &self.config, limits: &limits, records: &records, errors };
-        let snapshot = observe::observe(&mut *self.driver, &*self.host, &inputs, &mut self.cursor, unix_ms());
+        let mut snapshot = observe::observe(&mut *self.driver, &*self.host, &inputs, &mut self.cursor, unix_ms());
         let mut actions = self.enforcer.decide(&snapshot, &self.config.guard);
         actions.extend(self.squats.check(&*self.host, &state_dir, &snapshot, &records, &self.config.guard, unix_ms()));
-        let lines = self.apply(&actions, &records);
+        let mut lines = self.apply(&actions, &records);
+
+        // For the metrics and the log only: what the interception library says of each slice.
+        let regions: Vec<RegionView> =
+            snapshot.slices.iter().filter_map(|s| regions::read(&state_dir, &s.info.name)).collect();
+        for r in &regions {
+            if let Some(e) = &r.error {
+                snapshot.errors.push(format!("{}: region not counted in the metrics: {e}", r.slice));
+            }
+        }
+        self.learn_devices(&records);
+        lines.extend(self.refused.check(&*self.host, &snapshot, &regions, &records, &self.tally.devices));
+        self.tally.add_pass(&snapshot, self.throttler.slices());
+        self.tally.retain_containers(&records);
         self.log_errors(&snapshot.errors);
+        let render0 = Instant::now();
+        let pass_seconds = wall0.elapsed().as_secs_f64();
+        self.latest.set(metrics::render(&metrics::View {
+            snapshot: &snapshot,
+            regions: &regions,
+            records: &records,
+            tally: &self.tally,
+            pass_seconds,
+        }));
+        tracing::trace!(render_us = render0.elapsed().as_micros() as u64, "metrics rendered");
         PassReport {
             snapshot,
+            regions,
             actions: lines,
             wall_us: wall0.elapsed().as_micros() as u64,
             cpu_us: thread_cpu_us().saturating_sub(cpu0),
+        }
+    }
+
+    /// For each container not looked at yet, the device numbers of its state mounts, from its
+    /// first process's mountinfo (how its processes' region slots are told apart).
+    fn learn_devices(&mut self, records: &[ContainerRecord]) {
+        for r in records {
+            if !self.tally.devices.contains_key(&r.id) {
+                let devices = self.host.state_mounts(r.pid);
+                if !devices.is_empty() {
+                    self.tally.devices.insert(r.id.clone(), devices);
+                }
+            }
         }
     }
 
@@ -234,9 +294,12 @@ impl Guard {
         let mut lines = Vec::new();
         for action in actions {
             match action {
-                Action::Kill { pid, start_time, message, .. } => {
+                Action::Kill { pid, start_time, message, slice, reason } => {
                     let line = match self.host.kill(*pid, *start_time) {
-                        Ok(Killed::Sent) => format!("{message}: killed (SIGKILL)"),
+                        Ok(Killed::Sent) => {
+                            self.tally.kill(slice.as_deref(), *reason);
+                            format!("{message}: killed (SIGKILL)")
+                        }
                         Ok(Killed::Gone) => format!("{message}: it had already exited"),
                         Err(e) => format!("{message}: could not kill it: {e}"),
                     };
@@ -355,6 +418,17 @@ pub fn daemon(opts: &Options) -> Result<()> {
         g.unsliced_policy,
         g.compute_guard
     );
+    // The metrics endpoint: a port that cannot be had is one error line, and the guard runs on.
+    let metrics_addr = match opts.metrics {
+        Some(addr) => addr,
+        None => guard.config().guard.metrics_addr().unwrap_or(None),
+    };
+    if let Some(addr) = metrics_addr {
+        match metrics::Server::start(addr, guard.latest_metrics()) {
+            Ok(server) => tracing::info!("metrics at http://{}/metrics", server.addr),
+            Err(e) => tracing::error!("{e}; the guard runs without its metrics endpoint"),
+        }
+    }
     let containers = containers_dir(&guard.state_dir());
     if !containers.exists() {
         tracing::info!(dir = %containers.display(), "no container records yet");

@@ -97,6 +97,9 @@ struct FakeHost {
     freezes: Mutex<Vec<(String, bool)>>,
     /// Processes holding a lock on the first byte of a region, by region path.
     locks: Mutex<BTreeMap<std::path::PathBuf, Vec<u32>>>,
+    /// Per PID, the devices of the hook's state mounts it sees, and its PID in its container.
+    mounts: Mutex<BTreeMap<u32, Vec<u64>>>,
+    inner_pids: Mutex<BTreeMap<u32, u32>>,
 }
 
 impl FakeHost {
@@ -157,6 +160,14 @@ impl Host for FakeHost {
         assert_eq!(range, 0..1, "the region lock byte");
         let locks = self.locks.lock().unwrap();
         Ok(locks.get(file).into_iter().flatten().copied().filter(|p| pids.contains(p)).collect())
+    }
+
+    fn state_mounts(&self, pid: u32) -> Vec<u64> {
+        self.mounts.lock().unwrap().get(&pid).cloned().unwrap_or_default()
+    }
+
+    fn inner_pid(&self, pid: u32) -> Option<u32> {
+        self.inner_pids.lock().unwrap().get(&pid).copied()
     }
 }
 
@@ -678,3 +689,6 @@ fn the_guard_pass_kills_a_squatter() {
         "{lines:?}"
     );
 }
+
+#[path = "metrics_tests.rs"]
+mod metrics_tests;
