@@ -134,7 +134,22 @@ unsafe fn loading(out: *mut *mut c_void, kind: Kind, bytes: u64, call: impl FnOn
 }
 
 fn image_bytes(image: *const c_void) -> u64 {
-    if image.is_null() { 0 } else { reservations::module_bytes(image as usize, &reservations::OwnMemory) }
+    if image.is_null() { 0 } else { counted(reservations::module_estimate(image as usize, &reservations::OwnMemory)) }
+}
+
+/// An estimate's bytes, with one line for the compressed entries it could not decode (they
+/// count nothing; the driver refuses them too unless they decode on its side).
+fn counted(e: reservations::Estimate) -> u64 {
+    if e.undecoded > 0 {
+        crate::log::log!(
+            Warn,
+            "module image: {} compressed entries did not decode within {} MiB; charging {} bytes without them",
+            e.undecoded,
+            reservations::MAX_DECOMPRESSED >> 20,
+            e.bytes
+        );
+    }
+    e.bytes
 }
 
 /// The bytes of a module file, if it is a regular file of at most 4 GiB the shim can read
@@ -149,7 +164,7 @@ fn file_bytes(name: *const c_char) -> u64 {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).map_or(0, |mut b| {
             b.push(0);
-            reservations::module_bytes_of(&b)
+            counted(reservations::module_estimate_of(&b))
         }),
         _ => 0,
     }
