@@ -208,49 +208,11 @@ fn ptx_text(addr: usize, r: &dyn Reader) -> Option<Vec<u8>> {
 
 /// The largest of a fat binary's entries.
 fn fatbin(addr: usize, r: &dyn Reader, undecoded: &mut u32) -> Option<u64> {
-    let h = r.read(addr, 16)?;
-    if u32_at(&h, 0)? != FATBIN_MAGIC {
-        return None;
-    }
-    let (header, size) = (usize::from(u16_at(&h, 6)?), usize::try_from(u64_at(&h, 8)?).ok()?);
-    let start = addr.checked_add(header)?;
-    let end = start.checked_add(size)?;
-    let mut at = start;
     let mut largest = 0u64;
-    while at.checked_add(64)? <= end {
-        let e = r.read(at, 64)?;
-        let (kind, header, payload) = (u16_at(&e, 0)?, u32_at(&e, 4)? as usize, usize::try_from(u64_at(&e, 8)?).ok()?);
-        let flags = u64_at(&e, 40)?;
-        if header < 64 {
-            return None;
-        }
-        let body = at.checked_add(header)?;
-        let next = body.checked_add(payload)?;
-        if next > end {
-            return None;
-        }
-        let bytes = if flags & (COMPRESSED_LZ4 | COMPRESSED_ZSTD) == 0 {
-            entry(kind, body, payload, r)
-        } else {
-            // The compressed length (byte 16) within the padded payload; the stated
-            // uncompressed length (byte 56) is a hint only.
-            let packed = match u32_at(&e, 16)? as usize {
-                0 => payload,
-                n => n.min(payload),
-            };
-            let hint = usize::try_from(u64_at(&e, 56)?).unwrap_or(usize::MAX);
-            let plain = r.read(body, packed).and_then(|b| decompress(flags, &b, hint));
-            match plain {
-                Some(plain) => entry(kind, plain.as_ptr() as usize, plain.len(), &Slice(&plain)),
-                None => {
-                    *undecoded += 1;
-                    None
-                }
-            }
-        };
-        largest = largest.max(bytes.unwrap_or(0));
-        at = next;
-    }
+    for_each_entry(addr, r, |kind, plain| match plain {
+        Some((body, len, reader)) => largest = largest.max(entry(kind, body, len, reader).unwrap_or(0)),
+        None => *undecoded += 1,
+    })?;
     Some(largest)
 }
 
@@ -343,10 +305,16 @@ fn elf(addr: usize, limit: Option<usize>, r: &dyn Reader) -> Option<u64> {
 /// Bytes of the `.global` and `.const` variables PTX text declares (`.extern` ones are
 /// another module's); `None` if it is not PTX (no `.version`).
 pub fn ptx_globals(text: &str) -> Option<u64> {
+    Some(ptx_variables(text)?.iter().fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes)))
+}
+
+/// The `.global` and `.const` variables PTX text declares, with their bytes; `None` if it is
+/// not PTX.
+fn ptx_variables(text: &str) -> Option<Vec<(String, u64)>> {
     if !text.contains(".version") {
         return None;
     }
-    let mut total = 0u64;
+    let mut variables = Vec::new();
     for statement in text.split([';', '{', '}']) {
         let tokens: Vec<&str> = statement.split_whitespace().collect();
         let Some(space) = tokens.iter().position(|t| *t == ".global" || *t == ".const") else { continue };
@@ -356,6 +324,7 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
         let mut elem = 0u64;
         let mut vector = 1u64;
         let mut count = 1u64;
+        let mut name = String::new();
         for t in &tokens[space + 1..] {
             match *t {
                 ".v2" => vector = 2,
@@ -367,6 +336,7 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
                 t if !t.starts_with('.') && elem > 0 => {
                     // name[a][b]… = initialiser: the dimensions before any '='.
                     let decl = t.split('=').next().unwrap_or_default();
+                    name = decl.split('[').next().unwrap_or_default().to_owned();
                     for dim in decl.split('[').skip(1) {
                         let n = dim.trim_end_matches(']').parse::<u64>().unwrap_or(1);
                         count = count.saturating_mul(n);
@@ -376,9 +346,149 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
                 _ => {}
             }
         }
-        total = total.saturating_add(elem.saturating_mul(vector).saturating_mul(count));
+        variables.push((name, elem.saturating_mul(vector).saturating_mul(count)));
     }
-    Some(total)
+    Some(variables)
+}
+
+/// The `__device__` and `__constant__` variables of the module image at `image` (as
+/// [`module_bytes`] takes it), by name with their bytes: what a driver answers
+/// `cuModuleGetGlobal` with. PTX declarations, and a cubin's `STT_OBJECT` symbols; in a fat
+/// binary, those of every entry it can read (compressed ones decompressed), the first entry
+/// naming a variable giving its size. Empty for an image it cannot read.
+pub fn module_globals(image: usize, r: &dyn Reader) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    let mut add = |vars: Option<Vec<(String, u64)>>| {
+        for (name, bytes) in vars.unwrap_or_default() {
+            if !name.is_empty() && !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, bytes));
+            }
+        }
+    };
+    let Some(head) = r.read(image, 4) else { return found };
+    let magic = u32_at(&head, 0).unwrap_or(0);
+    let fat = match magic {
+        WRAPPER_MAGIC => r
+            .read(image, 16)
+            .filter(|w| u32_at(w, 4) == Some(1))
+            .and_then(|w| usize::try_from(u64_at(&w, 8)?).ok())
+            .filter(|&d| d != 0),
+        FATBIN_MAGIC => Some(image),
+        _ if head[..] == ELF_MAGIC => {
+            add(elf_symbols(image, None, r));
+            return found;
+        }
+        _ => {
+            add(ptx_text(image, r).and_then(|t| ptx_variables(&String::from_utf8_lossy(&t))));
+            return found;
+        }
+    };
+    if let Some(fat) = fat {
+        for_each_entry(fat, r, |kind, plain| {
+            let Some((body, len, reader)) = plain else { return };
+            add(match kind {
+                ENTRY_ELF => elf_symbols(body, Some(len), reader),
+                ENTRY_PTX => reader.read(body, len.min(MAX_PTX)).and_then(|t| {
+                    let t = t.split(|&b| b == 0).next().unwrap_or_default();
+                    ptx_variables(&String::from_utf8_lossy(t))
+                }),
+                _ => None,
+            })
+        });
+    }
+    found
+}
+
+/// Calls `f(kind, Some((body, len, reader)))` for each entry of the fat binary at `addr`,
+/// compressed ones decompressed (`f(kind, None)` for one that does not decode); `None` if the
+/// fat binary's headers are not all readable and inside it.
+fn for_each_entry(
+    addr: usize,
+    r: &dyn Reader,
+    mut f: impl FnMut(u16, Option<(usize, usize, &dyn Reader)>),
+) -> Option<()> {
+    let h = r.read(addr, 16)?;
+    if u32_at(&h, 0)? != FATBIN_MAGIC {
+        return None;
+    }
+    let (header, size) = (usize::from(u16_at(&h, 6)?), usize::try_from(u64_at(&h, 8)?).ok()?);
+    let start = addr.checked_add(header)?;
+    let end = start.checked_add(size)?;
+    let mut at = start;
+    while at.checked_add(64)? <= end {
+        let e = r.read(at, 64)?;
+        let (kind, header, payload) = (u16_at(&e, 0)?, u32_at(&e, 4)? as usize, usize::try_from(u64_at(&e, 8)?).ok()?);
+        let flags = u64_at(&e, 40)?;
+        if header < 64 {
+            return None;
+        }
+        let body = at.checked_add(header)?;
+        let next = body.checked_add(payload).filter(|&n| n <= end)?;
+        if flags & (COMPRESSED_LZ4 | COMPRESSED_ZSTD) == 0 {
+            f(kind, Some((body, payload, r)));
+        } else {
+            // The compressed length (byte 16) within the padded payload; the stated
+            // uncompressed length (byte 56) is a hint only.
+            let packed = match u32_at(&e, 16)? as usize {
+                0 => payload,
+                n => n.min(payload),
+            };
+            let hint = usize::try_from(u64_at(&e, 56)?).unwrap_or(usize::MAX);
+            match r.read(body, packed).and_then(|b| decompress(flags, &b, hint)) {
+                Some(plain) => f(kind, Some((plain.as_ptr() as usize, plain.len(), &Slice(&plain)))),
+                None => f(kind, None),
+            }
+        }
+        at = next;
+    }
+    Some(())
+}
+
+/// A 64-bit little-endian ELF file's `STT_OBJECT` symbols with their sizes.
+fn elf_symbols(addr: usize, limit: Option<usize>, r: &dyn Reader) -> Option<Vec<(String, u64)>> {
+    const SHT_SYMTAB: u32 = 2;
+    const STT_OBJECT: u8 = 1;
+    const MAX_TABLE: usize = 64 << 20;
+    let h = r.read(addr, 64)?;
+    if h[..4] != ELF_MAGIC || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(&h, 0x28)?).ok()?;
+    let (entsize, count) = (usize::from(u16_at(&h, 0x3A)?), usize::from(u16_at(&h, 0x3C)?));
+    if entsize < 64 {
+        return None;
+    }
+    let inside = |off: usize, len: usize| limit.is_none_or(|l| off.checked_add(len).is_some_and(|e| e <= l));
+    let table_len = entsize.checked_mul(count)?;
+    if !inside(shoff, table_len) {
+        return None;
+    }
+    let table = r.read(addr.checked_add(shoff)?, table_len)?;
+    // (type, offset, size, link)
+    let section = |i: usize| -> Option<(u32, usize, usize, usize)> {
+        let s = table.get(i * entsize..i * entsize + 64)?;
+        let (off, size) = (usize::try_from(u64_at(s, 24)?).ok()?, usize::try_from(u64_at(s, 32)?).ok()?);
+        Some((u32_at(s, 4)?, off, size.min(MAX_TABLE), u32_at(s, 40)? as usize))
+    };
+    let read = |off: usize, len: usize| if inside(off, len) { r.read(addr.checked_add(off)?, len) } else { None };
+    let mut found = Vec::new();
+    for i in 0..count {
+        let (kind, off, size, link) = section(i)?;
+        if kind != SHT_SYMTAB {
+            continue;
+        }
+        let (_, str_off, str_size, _) = section(link)?;
+        let (symbols, names) = (read(off, size)?, read(str_off, str_size)?);
+        for sym in symbols.chunks_exact(24) {
+            if sym[4] & 0xF != STT_OBJECT {
+                continue;
+            }
+            let name = names.get(u32_at(sym, 0)? as usize..).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            found.push((String::from_utf8_lossy(name).into_owned(), u64_at(sym, 16)?));
+        }
+    }
+    Some(found)
 }
 
 #[cfg(test)]
@@ -521,6 +631,23 @@ mod tests {
         assert_eq!(module_estimate_of(&fat), Estimate { bytes: 0, undecoded: 2 });
         let truncated = &zstd(&c)[..20];
         assert_eq!(module_estimate_of(&fatbin(&[fat_entry(2, 0x8011, truncated, 0)])).undecoded, 1);
+    }
+
+    #[test]
+    fn globals_are_found_by_name() {
+        let ptx = ".version 8.0\n.target sm_90\n.global .align 8 .b8 big[1048576];\n.extern .global .u32 other;\n\
+                   .visible .const .align 4 .u32 one = 7;\n.entry k() { ret; }\n";
+        let want = vec![("big".to_owned(), 1 << 20), ("one".to_owned(), 4)];
+        let text = std::ffi::CString::new(ptx).unwrap();
+        assert_eq!(module_globals(text.as_ptr() as usize, &OwnMemory), want);
+        // In a fat binary, compressed, after an entry that names one of them again.
+        let again = b".version 8.0\n.global .b8 big[16];\n\0";
+        let fat = fatbin(&[
+            fat_entry(1, 0x8011, &zstd(text.as_bytes_with_nul()), 0),
+            fat_entry(1, 0x11, again, again.len() as u64),
+        ]);
+        assert_eq!(module_globals(fat.as_ptr() as usize, &Slice(&fat)), want);
+        assert_eq!(module_globals(16, &OwnMemory), vec![], "an unmapped address");
     }
 
     #[test]

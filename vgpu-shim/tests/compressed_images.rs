@@ -2,8 +2,10 @@
 //! 12.x toolchain's `-compress-all`) is charged for what it decompresses to: a cubin with a
 //! large `__device__` array (a `NOBITS` `.nv.global` section) is refused past the slice and
 //! charged within it, whatever the entry header states as its uncompressed length. An entry
-//! that does not decode counts nothing and the load goes to the driver. The process under
-//! test is this test binary run again in the slice (`common::client`).
+//! that does not decode counts nothing and the load goes to the driver. The simulated driver
+//! finds a module's `__device__` variables by name in such images (`cuModuleGetGlobal_v2`), and
+//! copies reach them. The process under test is this test binary run again in the slice
+//! (`common::client`).
 
 mod common;
 
@@ -75,6 +77,11 @@ fn cubin(global: u64) -> Vec<u8> {
 /// A fat binary of one ELF entry compressed per `flags` (0x8011: zstd, 0x2011: LZ4), whose
 /// header states `stated` as its uncompressed length.
 fn fatbin(flags: u64, plain: &[u8], stated: u64) -> Vec<u8> {
+    fatbin_of(2, flags, plain, stated)
+}
+
+/// As [`fatbin`], of an entry of `kind` (1: PTX, 2: ELF).
+fn fatbin_of(kind: u16, flags: u64, plain: &[u8], stated: u64) -> Vec<u8> {
     let packed = if flags & 0x8000 != 0 {
         ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest)
     } else {
@@ -82,7 +89,7 @@ fn fatbin(flags: u64, plain: &[u8], stated: u64) -> Vec<u8> {
     };
     let padded = packed.len().next_multiple_of(8);
     let mut e = vec![0u8; 64];
-    e[0..2].copy_from_slice(&2u16.to_le_bytes());
+    e[0..2].copy_from_slice(&kind.to_le_bytes());
     e[2..4].copy_from_slice(&0x0101u16.to_le_bytes());
     e[4..8].copy_from_slice(&64u32.to_le_bytes());
     e[8..16].copy_from_slice(&(padded as u64).to_le_bytes());
@@ -109,12 +116,13 @@ fn used() -> u64 {
 fn compressed_fat_binaries_are_charged_for_what_they_decompress_to() {
     let name = "compressed_fat_binaries_are_charged_for_what_they_decompress_to";
     if is_client(name) {
-        let (_cu, _) = Cuda::start();
+        let (cu, _) = Cuda::start();
         // SAFETY: the driver functions of these names, with cuda.h's signatures.
-        let (load, unload) = unsafe {
+        let (load, unload, get_global) = unsafe {
             (
                 std::mem::transmute::<*mut c_void, sym::cuModuleLoadData>(symbol("cuModuleLoadData")),
                 std::mem::transmute::<*mut c_void, sym::cuModuleUnload>(symbol("cuModuleUnload")),
+                std::mem::transmute::<*mut c_void, sym::cuModuleGetGlobal_v2>(symbol("cuModuleGetGlobal_v2")),
             )
         };
         let module = |image: &[u8]| {
@@ -137,6 +145,25 @@ fn compressed_fat_binaries_are_charged_for_what_they_decompress_to() {
             check_ok(unsafe { unload(m) });
             report(&format!("{codec}_used_unloaded"), used());
         }
+        // A variable of a compressed PTX image, found by name, and bytes copied through it.
+        let ptx = b".version 8.0\n.target sm_90\n.visible .global .align 8 .b8 table[4096];\n\0";
+        let m = module(&fatbin_of(1, 0x8011, ptx, 0)).unwrap();
+        let (mut dptr, mut bytes) = (0u64, 0usize);
+        // SAFETY: live outputs, a loaded module and NUL-terminated names.
+        report("global", unsafe { get_global(&mut dptr, &mut bytes, m, c"table".as_ptr()) });
+        report("global_bytes", bytes);
+        // SAFETY: as above.
+        report("missing", unsafe { get_global(&mut dptr, &mut bytes, m, c"other".as_ptr()) });
+        let (put, mut got) = (*b"gpuslice globals", [0u8; 16]);
+        // SAFETY: 16 bytes at the end of the 4096-byte variable, from and into live buffers.
+        unsafe {
+            check_ok((cu.cuMemcpyHtoD_v2)(dptr + 4080, put.as_ptr().cast(), 16));
+            check_ok((cu.cuMemcpyDtoH_v2)(got.as_mut_ptr().cast(), dptr + 4080, 16));
+            report("copied_back", u64::from(got == put));
+            report("past_the_end", (cu.cuMemcpyHtoD_v2)(dptr + 4090, put.as_ptr().cast(), 16));
+        }
+        // SAFETY: the module just loaded.
+        check_ok(unsafe { unload(m) });
         // Bytes that do not decode count nothing; the driver has its say.
         let mut junk = fatbin(0x8011, &cubin(GIB), 0);
         let at = 16 + 64;
@@ -161,6 +188,11 @@ fn compressed_fat_binaries_are_charged_for_what_they_decompress_to() {
         assert_eq!(v(&format!("{codec}_used_module")), CONTEXT + GIB + CODE, "{codec}");
         assert_eq!(v(&format!("{codec}_used_unloaded")), CONTEXT);
     }
+    assert_eq!(v("global"), u64::from(SUCCESS));
+    assert_eq!(v("global_bytes"), 4096);
+    assert_eq!(v("missing"), u64::from(CUDA_ERROR_NOT_FOUND));
+    assert_eq!(v("copied_back"), 1);
+    assert_eq!(v("past_the_end"), u64::from(CUDA_ERROR_INVALID_VALUE));
     assert_eq!(v("junk"), 0, "the simulated driver loads any image");
     assert!(v("used_junk") >= CONTEXT);
     let log = stderr(&out);
