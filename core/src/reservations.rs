@@ -27,6 +27,8 @@
 //! changes nothing. Decompression is bounded ([`MAX_DECOMPRESSED`] per entry; the
 //! compressed bytes read are at most the entry's payload). An entry that does not decode
 //! within that counts nothing and is reported ([`Estimate::undecoded`]) for the caller to log.
+//! A library's compressed entries are not decompressed ([`library_estimate`]): it is loaded
+//! lazily, and frameworks register hundreds (see there).
 //!
 //! Images are read through a [`Reader`], which on the shim's side never faults on a bad
 //! pointer ([`read_own_memory`]): a hostile image gets a smaller estimate or none, never a
@@ -147,14 +149,33 @@ pub struct Estimate {
 
 /// As [`module_bytes`], with the count of compressed entries that did not decode.
 pub fn module_estimate(image: usize, reader: &dyn Reader) -> Estimate {
+    estimate(image, reader, true)
+}
+
+/// As [`module_estimate`], for a library (`cuLibraryLoadData`, and the fat binaries CUDA 12's
+/// runtime registers): compressed entries are not decompressed and count nothing. A driver
+/// loads a library lazily, into a context at its first use, and a framework registers hundreds
+/// (PyTorch 2.15's `libtorch_cuda.so`: 476 fat binaries, whose entries decompress to 853 MiB of
+/// sections and take ~17 s to decompress here); charging them all at load would charge what a
+/// real driver never reserves.
+pub fn library_estimate(image: usize, reader: &dyn Reader) -> Estimate {
+    estimate(image, reader, false)
+}
+
+fn estimate(image: usize, reader: &dyn Reader, decompress: bool) -> Estimate {
     let mut undecoded = 0;
-    let raw = module_raw(image, reader, &mut undecoded).unwrap_or(0);
+    let raw = module_raw(image, reader, decompress, &mut undecoded).unwrap_or(0);
     Estimate { bytes: round_up(raw, MODULE_GRANULARITY), undecoded }
 }
 
 /// As [`module_estimate`], for an image held in memory.
 pub fn module_estimate_of(image: &[u8]) -> Estimate {
     module_estimate(image.as_ptr() as usize, &Slice(image))
+}
+
+/// As [`library_estimate`], for an image held in memory.
+pub fn library_estimate_of(image: &[u8]) -> Estimate {
+    library_estimate(image.as_ptr() as usize, &Slice(image))
 }
 
 /// A [`Reader`] over bytes in memory, addressed where they are.
@@ -167,17 +188,17 @@ impl Reader for Slice<'_> {
     }
 }
 
-fn module_raw(image: usize, r: &dyn Reader, undecoded: &mut u32) -> Option<u64> {
+fn module_raw(image: usize, r: &dyn Reader, decompress: bool, undecoded: &mut u32) -> Option<u64> {
     if let Some(head) = r.read(image, 4) {
         let magic = u32_at(&head, 0)?;
         if magic == WRAPPER_MAGIC {
             // {int magic, int version, const void *data, void *filename_or_fatbins}
             let w = r.read(image, 16)?;
             let data = usize::try_from(u64_at(&w, 8)?).ok()?;
-            return if u32_at(&w, 4)? == 1 && data != 0 { fatbin(data, r, undecoded) } else { None };
+            return if u32_at(&w, 4)? == 1 && data != 0 { fatbin(data, r, decompress, undecoded) } else { None };
         }
         if magic == FATBIN_MAGIC {
-            return fatbin(image, r, undecoded);
+            return fatbin(image, r, decompress, undecoded);
         }
         if head[..] == ELF_MAGIC {
             return elf(image, None, r);
@@ -207,11 +228,12 @@ fn ptx_text(addr: usize, r: &dyn Reader) -> Option<Vec<u8>> {
 }
 
 /// The largest of a fat binary's entries.
-fn fatbin(addr: usize, r: &dyn Reader, undecoded: &mut u32) -> Option<u64> {
+fn fatbin(addr: usize, r: &dyn Reader, decompress: bool, undecoded: &mut u32) -> Option<u64> {
     let mut largest = 0u64;
-    for_each_entry(addr, r, |kind, plain| match plain {
-        Some((body, len, reader)) => largest = largest.max(entry(kind, body, len, reader).unwrap_or(0)),
-        None => *undecoded += 1,
+    for_each_entry(addr, r, decompress, |kind, plain| match plain {
+        Entry::Plain(body, len, reader) => largest = largest.max(entry(kind, body, len, reader).unwrap_or(0)),
+        Entry::Undecoded => *undecoded += 1,
+        Entry::Compressed => {}
     })?;
     Some(largest)
 }
@@ -356,7 +378,7 @@ fn ptx_variables(text: &str) -> Option<Vec<(String, u64)>> {
 /// `cuModuleGetGlobal` with. PTX declarations, and a cubin's `STT_OBJECT` symbols; in a fat
 /// binary, those of every entry it can read (compressed ones decompressed), the first entry
 /// naming a variable giving its size. Empty for an image it cannot read.
-pub fn module_globals(image: usize, r: &dyn Reader) -> Vec<(String, u64)> {
+pub fn module_globals(image: usize, r: &dyn Reader, decompress: bool) -> Vec<(String, u64)> {
     let mut found = Vec::new();
     let mut add = |vars: Option<Vec<(String, u64)>>| {
         for (name, bytes) in vars.unwrap_or_default() {
@@ -384,8 +406,8 @@ pub fn module_globals(image: usize, r: &dyn Reader) -> Vec<(String, u64)> {
         }
     };
     if let Some(fat) = fat {
-        for_each_entry(fat, r, |kind, plain| {
-            let Some((body, len, reader)) = plain else { return };
+        for_each_entry(fat, r, decompress, |kind, plain| {
+            let Entry::Plain(body, len, reader) = plain else { return };
             add(match kind {
                 ENTRY_ELF => elf_symbols(body, Some(len), reader),
                 ENTRY_PTX => reader.read(body, len.min(MAX_PTX)).and_then(|t| {
@@ -399,14 +421,20 @@ pub fn module_globals(image: usize, r: &dyn Reader) -> Vec<(String, u64)> {
     found
 }
 
-/// Calls `f(kind, Some((body, len, reader)))` for each entry of the fat binary at `addr`,
-/// compressed ones decompressed (`f(kind, None)` for one that does not decode); `None` if the
-/// fat binary's headers are not all readable and inside it.
-fn for_each_entry(
-    addr: usize,
-    r: &dyn Reader,
-    mut f: impl FnMut(u16, Option<(usize, usize, &dyn Reader)>),
-) -> Option<()> {
+/// A fat binary entry as [`for_each_entry`] gives it.
+enum Entry<'a> {
+    /// Its image (decompressed if it was compressed): address, length, where to read it.
+    Plain(usize, usize, &'a dyn Reader),
+    /// Compressed, and not to be decompressed.
+    Compressed,
+    /// Compressed, and it did not decode.
+    Undecoded,
+}
+
+/// Calls `f(kind, entry)` for each entry of the fat binary at `addr`, compressed ones
+/// decompressed if `unpack`; `None` if the fat binary's headers are not all readable and
+/// inside it.
+fn for_each_entry(addr: usize, r: &dyn Reader, unpack: bool, mut f: impl FnMut(u16, Entry<'_>)) -> Option<()> {
     let h = r.read(addr, 16)?;
     if u32_at(&h, 0)? != FATBIN_MAGIC {
         return None;
@@ -425,7 +453,9 @@ fn for_each_entry(
         let body = at.checked_add(header)?;
         let next = body.checked_add(payload).filter(|&n| n <= end)?;
         if flags & (COMPRESSED_LZ4 | COMPRESSED_ZSTD) == 0 {
-            f(kind, Some((body, payload, r)));
+            f(kind, Entry::Plain(body, payload, r));
+        } else if !unpack {
+            f(kind, Entry::Compressed);
         } else {
             // The compressed length (byte 16) within the padded payload; the stated
             // uncompressed length (byte 56) is a hint only.
@@ -435,8 +465,8 @@ fn for_each_entry(
             };
             let hint = usize::try_from(u64_at(&e, 56)?).unwrap_or(usize::MAX);
             match r.read(body, packed).and_then(|b| decompress(flags, &b, hint)) {
-                Some(plain) => f(kind, Some((plain.as_ptr() as usize, plain.len(), &Slice(&plain)))),
-                None => f(kind, None),
+                Some(plain) => f(kind, Entry::Plain(plain.as_ptr() as usize, plain.len(), &Slice(&plain))),
+                None => f(kind, Entry::Undecoded),
             }
         }
         at = next;
@@ -619,6 +649,7 @@ mod tests {
                 let fat = fatbin(&[fat_entry(2, flags, &packed, stated)]);
                 let e = module_estimate_of(&fat);
                 assert_eq!(e, Estimate { bytes: want, undecoded: 0 }, "flags {flags:#x}, stated length {stated}");
+                assert_eq!(library_estimate_of(&fat), Estimate::default(), "a library's are not decompressed");
             }
         }
         // Compressed PTX counts its globals too.
@@ -639,15 +670,15 @@ mod tests {
                    .visible .const .align 4 .u32 one = 7;\n.entry k() { ret; }\n";
         let want = vec![("big".to_owned(), 1 << 20), ("one".to_owned(), 4)];
         let text = std::ffi::CString::new(ptx).unwrap();
-        assert_eq!(module_globals(text.as_ptr() as usize, &OwnMemory), want);
+        assert_eq!(module_globals(text.as_ptr() as usize, &OwnMemory, true), want);
         // In a fat binary, compressed, after an entry that names one of them again.
         let again = b".version 8.0\n.global .b8 big[16];\n\0";
         let fat = fatbin(&[
             fat_entry(1, 0x8011, &zstd(text.as_bytes_with_nul()), 0),
             fat_entry(1, 0x11, again, again.len() as u64),
         ]);
-        assert_eq!(module_globals(fat.as_ptr() as usize, &Slice(&fat)), want);
-        assert_eq!(module_globals(16, &OwnMemory), vec![], "an unmapped address");
+        assert_eq!(module_globals(fat.as_ptr() as usize, &Slice(&fat), true), want);
+        assert_eq!(module_globals(16, &OwnMemory, true), vec![], "an unmapped address");
     }
 
     #[test]

@@ -56,10 +56,10 @@ driver_api! {
         let d = driver()?;
         // SAFETY: a non-null image per the export's contract.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::image_bytes(code);
+        let bytes = modules::library_bytes(code);
         let mut reg = d.lock();
         let l = reg.modules.load_library(kernels, bytes);
-        reg.modules.set_globals(l, modules::image_globals(code));
+        reg.modules.set_globals(l, modules::image_globals(code, false));
         out.set(l as CUlibrary);
         Ok(())
     }
@@ -82,10 +82,10 @@ driver_api! {
         let code = image.as_ptr().cast::<c_void>();
         // SAFETY: the file's bytes, NUL-terminated, alive for the call.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::image_bytes(code);
+        let bytes = modules::library_bytes(code);
         let mut reg = driver()?.lock();
         let l = reg.modules.load_library(kernels, bytes);
-        reg.modules.set_globals(l, modules::image_globals(code));
+        reg.modules.set_globals(l, modules::image_globals(code, false));
         out.set(l as CUlibrary);
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! first time one of its kernels is used there (`cuKernelGetFunction`, `cuLibraryGetModule`,
 //! or a launch of a `CUkernel`, which CUDA 13's runtime passes straight to `cuLaunchKernel`).
 //! Which names an image provides is [`image`](super::image)'s business; its `__device__` and
-//! `__constant__` variables ([`reservations::module_globals`]) are found by name
+//! `__constant__` variables ([`reservations::module_globals`]; a library's compressed entries
+//! are not read) are found by name
 //! (`cuModuleGetGlobal`, `cuLibraryGetGlobal`), each backed by host memory made at the first
 //! lookup (the module's reservation has charged the device for them), so that copies to and
 //! from them (`cudaMemcpyToSymbol`) move bytes.
@@ -351,14 +352,20 @@ fn reserve(device: Device, bytes: u64) -> CuResult<Option<Charge>> {
 }
 
 /// The variables an image declares: [`reservations::module_globals`].
-pub(crate) fn image_globals(image: *const c_void) -> Vec<(String, u64)> {
-    reservations::module_globals(image as usize, &reservations::OwnMemory)
+pub(crate) fn image_globals(image: *const c_void, decompress: bool) -> Vec<(String, u64)> {
+    reservations::module_globals(image as usize, &reservations::OwnMemory, decompress)
 }
 
 /// What an image reserves when loaded: [`reservations::module_bytes`], read without trusting
 /// the image's pointers.
 pub(crate) fn image_bytes(image: *const c_void) -> u64 {
     reservations::module_bytes(image as usize, &reservations::OwnMemory)
+}
+
+/// What a library image reserves in each context it is loaded into:
+/// [`reservations::library_estimate`] (compressed entries not decompressed).
+pub(crate) fn library_bytes(image: *const c_void) -> u64 {
+    reservations::library_estimate(image as usize, &reservations::OwnMemory).bytes
 }
 
 /// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context,
@@ -377,7 +384,7 @@ pub(crate) unsafe fn load_module(image: *const c_void) -> CuResult<Handle> {
     // SAFETY: a non-null image per the caller.
     let kernels = unsafe { image::kernels(image) };
     let module = reg.modules.load(ctx, kernels, memory);
-    reg.modules.set_globals(module, image_globals(image));
+    reg.modules.set_globals(module, image_globals(image, true));
     Ok(module)
 }
 
