@@ -15,9 +15,20 @@
 //! banks (`.nv.constant*`), each aligned to 256 bytes, the sum rounded up to
 //! [`MODULE_GRANULARITY`] (nothing stays nothing). PTX reserves the `.global` and `.const`
 //! variables it declares (its code size is known only after the JIT: not counted). A fat
-//! binary reserves what its largest uncompressed entry does (the driver picks one entry for the
-//! device; which one is its business, so the largest bounds it). Compressed entries cannot be
-//! read without their codec and count nothing: a known gap.
+//! binary reserves what its largest entry does (the driver picks one entry for the device;
+//! which one is its business, so the largest bounds it).
+//!
+//! **Compressed entries** (entry flag `0x2000`: LZ4 block format, the 12.x toolchain's
+//! `-compress-all`; `0x8000`: a zstd frame, what PyTorch's and newer toolkits' fat binaries
+//! carry) are decompressed and read as the driver reads them. The entry header's stated
+//! uncompressed size (at byte 56) is only a hint: a tenant writes it, and what the driver
+//! reserves follows the decompressed ELF's section headers (a large `__device__` array is a
+//! `NOBITS` section: its size is in a header, not in the bytes), so a header that understates
+//! changes nothing. Decompression is bounded ([`MAX_DECOMPRESSED`] per entry; the
+//! compressed bytes read are at most the entry's payload). An entry that does not decode
+//! within that counts nothing and is reported ([`Estimate::undecoded`]) for the caller to log.
+//! A library's compressed entries are not decompressed ([`library_estimate`]): it is loaded
+//! lazily, and frameworks register hundreds (see there).
 //!
 //! Images are read through a [`Reader`], which on the shim's side never faults on a bad
 //! pointer ([`read_own_memory`]): a hostile image gets a smaller estimate or none, never a
@@ -96,8 +107,12 @@ const FATBIN_MAGIC: u32 = 0xBA55_ED50;
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const ENTRY_PTX: u16 = 1;
 const ENTRY_ELF: u16 = 2;
-/// Fat binary entry flags: LZ4- or zstd-compressed payload.
-const COMPRESSED: u64 = 0x2000 | 0x8000;
+/// Fat binary entry flags: LZ4- (block format) or zstd-compressed payload.
+const COMPRESSED_LZ4: u64 = 0x2000;
+const COMPRESSED_ZSTD: u64 = 0x8000;
+/// The most bytes one compressed entry is decompressed to. A real cubin is at most tens of
+/// MiB; the buffer is this process's own memory, so a hostile image costs only itself.
+pub const MAX_DECOMPRESSED: usize = 1 << 30;
 /// The longest PTX text read, and the most section headers.
 const MAX_PTX: usize = 256 << 20;
 const SECTION_ALIGN: u64 = 256;
@@ -116,12 +131,51 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 /// `cuLibraryLoadData` take it: a fat binary's wrapper, a fat binary, an ELF cubin or PTX
 /// text), rounded up to [`MODULE_GRANULARITY`]. 0 for an image it cannot read.
 pub fn module_bytes(image: usize, reader: &dyn Reader) -> u64 {
-    round_up(module_raw(image, reader).unwrap_or(0), MODULE_GRANULARITY)
+    module_estimate(image, reader).bytes
 }
 
 /// As [`module_bytes`], for an image held in memory (`cuModuleLoad`'s file, read by the caller).
 pub fn module_bytes_of(image: &[u8]) -> u64 {
-    module_bytes(image.as_ptr() as usize, &Slice(image))
+    module_estimate_of(image).bytes
+}
+
+/// What [`module_estimate`] found: the bytes, and how many compressed entries it could not
+/// decode (counted as nothing; the caller logs them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub bytes: u64,
+    pub undecoded: u32,
+}
+
+/// As [`module_bytes`], with the count of compressed entries that did not decode.
+pub fn module_estimate(image: usize, reader: &dyn Reader) -> Estimate {
+    estimate(image, reader, true)
+}
+
+/// As [`module_estimate`], for a library (`cuLibraryLoadData`, and the fat binaries CUDA 12's
+/// runtime registers): compressed entries are not decompressed and count nothing. A driver
+/// loads a library lazily, into a context at its first use, and a framework registers hundreds
+/// (PyTorch 2.15's `libtorch_cuda.so`: 476 fat binaries, whose entries decompress to 853 MiB of
+/// sections and take ~17 s to decompress here); charging them all at load would charge what a
+/// real driver never reserves.
+pub fn library_estimate(image: usize, reader: &dyn Reader) -> Estimate {
+    estimate(image, reader, false)
+}
+
+fn estimate(image: usize, reader: &dyn Reader, decompress: bool) -> Estimate {
+    let mut undecoded = 0;
+    let raw = module_raw(image, reader, decompress, &mut undecoded).unwrap_or(0);
+    Estimate { bytes: round_up(raw, MODULE_GRANULARITY), undecoded }
+}
+
+/// As [`module_estimate`], for an image held in memory.
+pub fn module_estimate_of(image: &[u8]) -> Estimate {
+    module_estimate(image.as_ptr() as usize, &Slice(image))
+}
+
+/// As [`library_estimate`], for an image held in memory.
+pub fn library_estimate_of(image: &[u8]) -> Estimate {
+    library_estimate(image.as_ptr() as usize, &Slice(image))
 }
 
 /// A [`Reader`] over bytes in memory, addressed where they are.
@@ -134,17 +188,17 @@ impl Reader for Slice<'_> {
     }
 }
 
-fn module_raw(image: usize, r: &dyn Reader) -> Option<u64> {
+fn module_raw(image: usize, r: &dyn Reader, decompress: bool, undecoded: &mut u32) -> Option<u64> {
     if let Some(head) = r.read(image, 4) {
         let magic = u32_at(&head, 0)?;
         if magic == WRAPPER_MAGIC {
             // {int magic, int version, const void *data, void *filename_or_fatbins}
             let w = r.read(image, 16)?;
             let data = usize::try_from(u64_at(&w, 8)?).ok()?;
-            return if u32_at(&w, 4)? == 1 && data != 0 { fatbin(data, r) } else { None };
+            return if u32_at(&w, 4)? == 1 && data != 0 { fatbin(data, r, decompress, undecoded) } else { None };
         }
         if magic == FATBIN_MAGIC {
-            return fatbin(image, r);
+            return fatbin(image, r, decompress, undecoded);
         }
         if head[..] == ELF_MAGIC {
             return elf(image, None, r);
@@ -174,43 +228,51 @@ fn ptx_text(addr: usize, r: &dyn Reader) -> Option<Vec<u8>> {
 }
 
 /// The largest of a fat binary's entries.
-fn fatbin(addr: usize, r: &dyn Reader) -> Option<u64> {
-    let h = r.read(addr, 16)?;
-    if u32_at(&h, 0)? != FATBIN_MAGIC {
-        return None;
-    }
-    let (header, size) = (usize::from(u16_at(&h, 6)?), usize::try_from(u64_at(&h, 8)?).ok()?);
-    let start = addr.checked_add(header)?;
-    let end = start.checked_add(size)?;
-    let mut at = start;
+fn fatbin(addr: usize, r: &dyn Reader, decompress: bool, undecoded: &mut u32) -> Option<u64> {
     let mut largest = 0u64;
-    while at.checked_add(64)? <= end {
-        let e = r.read(at, 64)?;
-        let (kind, header, payload) = (u16_at(&e, 0)?, u32_at(&e, 4)? as usize, usize::try_from(u64_at(&e, 8)?).ok()?);
-        let flags = u64_at(&e, 40)?;
-        if header < 64 {
-            return None;
-        }
-        let body = at.checked_add(header)?;
-        let next = body.checked_add(payload)?;
-        if next > end {
-            return None;
-        }
-        if flags & COMPRESSED == 0 {
-            let bytes = match kind {
-                ENTRY_ELF => elf(body, Some(payload), r),
-                ENTRY_PTX => {
-                    let text = r.read(body, payload.min(MAX_PTX))?;
-                    let text = text.split(|&b| b == 0).next().unwrap_or_default();
-                    ptx_globals(&String::from_utf8_lossy(text))
-                }
-                _ => None,
-            };
-            largest = largest.max(bytes.unwrap_or(0));
-        }
-        at = next;
-    }
+    for_each_entry(addr, r, decompress, |kind, plain| match plain {
+        Entry::Plain(body, len, reader) => largest = largest.max(entry(kind, body, len, reader).unwrap_or(0)),
+        Entry::Undecoded => *undecoded += 1,
+        Entry::Compressed => {}
+    })?;
     Some(largest)
+}
+
+/// What one fat binary entry's image at `body` (`len` bytes) reserves.
+fn entry(kind: u16, body: usize, len: usize, r: &dyn Reader) -> Option<u64> {
+    match kind {
+        ENTRY_ELF => elf(body, Some(len), r),
+        ENTRY_PTX => {
+            let text = r.read(body, len.min(MAX_PTX))?;
+            let text = text.split(|&b| b == 0).next().unwrap_or_default();
+            ptx_globals(&String::from_utf8_lossy(text))
+        }
+        _ => None,
+    }
+}
+
+/// A compressed entry's payload, at most [`MAX_DECOMPRESSED`] bytes; `None` if it does not
+/// decode within that. `hint`: the entry header's uncompressed size, tried first for LZ4
+/// (whose block format does not carry its length), then the most LZ4 can expand to.
+pub fn decompress(flags: u64, packed: &[u8], hint: usize) -> Option<Vec<u8>> {
+    decompress_within(flags, packed, hint, MAX_DECOMPRESSED)
+}
+
+fn decompress_within(flags: u64, packed: &[u8], hint: usize, max: usize) -> Option<Vec<u8>> {
+    if flags & COMPRESSED_ZSTD != 0 {
+        use std::io::Read;
+        let mut source = packed;
+        let decoder = ruzstd::decoding::StreamingDecoder::new(&mut source).ok()?;
+        let mut plain = Vec::new();
+        decoder.take(max as u64 + 1).read_to_end(&mut plain).ok()?;
+        return (plain.len() <= max).then_some(plain);
+    }
+    // An LZ4 sequence of n bytes expands to at most 255 × n + 255.
+    let most = packed.len().saturating_mul(255).saturating_add(255).min(max);
+    let hinted = hint.min(most);
+    lz4_flex::block::decompress(packed, hinted)
+        .ok()
+        .or_else(|| (hinted < most).then(|| lz4_flex::block::decompress(packed, most).ok()).flatten())
 }
 
 /// Whether an ELF section of this name is reserved on the device.
@@ -265,10 +327,16 @@ fn elf(addr: usize, limit: Option<usize>, r: &dyn Reader) -> Option<u64> {
 /// Bytes of the `.global` and `.const` variables PTX text declares (`.extern` ones are
 /// another module's); `None` if it is not PTX (no `.version`).
 pub fn ptx_globals(text: &str) -> Option<u64> {
+    Some(ptx_variables(text)?.iter().fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes)))
+}
+
+/// The `.global` and `.const` variables PTX text declares, with their bytes; `None` if it is
+/// not PTX.
+fn ptx_variables(text: &str) -> Option<Vec<(String, u64)>> {
     if !text.contains(".version") {
         return None;
     }
-    let mut total = 0u64;
+    let mut variables = Vec::new();
     for statement in text.split([';', '{', '}']) {
         let tokens: Vec<&str> = statement.split_whitespace().collect();
         let Some(space) = tokens.iter().position(|t| *t == ".global" || *t == ".const") else { continue };
@@ -278,6 +346,7 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
         let mut elem = 0u64;
         let mut vector = 1u64;
         let mut count = 1u64;
+        let mut name = String::new();
         for t in &tokens[space + 1..] {
             match *t {
                 ".v2" => vector = 2,
@@ -289,6 +358,7 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
                 t if !t.starts_with('.') && elem > 0 => {
                     // name[a][b]… = initialiser: the dimensions before any '='.
                     let decl = t.split('=').next().unwrap_or_default();
+                    name = decl.split('[').next().unwrap_or_default().to_owned();
                     for dim in decl.split('[').skip(1) {
                         let n = dim.trim_end_matches(']').parse::<u64>().unwrap_or(1);
                         count = count.saturating_mul(n);
@@ -298,9 +368,157 @@ pub fn ptx_globals(text: &str) -> Option<u64> {
                 _ => {}
             }
         }
-        total = total.saturating_add(elem.saturating_mul(vector).saturating_mul(count));
+        variables.push((name, elem.saturating_mul(vector).saturating_mul(count)));
     }
-    Some(total)
+    Some(variables)
+}
+
+/// The `__device__` and `__constant__` variables of the module image at `image` (as
+/// [`module_bytes`] takes it), by name with their bytes: what a driver answers
+/// `cuModuleGetGlobal` with. PTX declarations, and a cubin's `STT_OBJECT` symbols; in a fat
+/// binary, those of every entry it can read (compressed ones decompressed), the first entry
+/// naming a variable giving its size. Empty for an image it cannot read.
+pub fn module_globals(image: usize, r: &dyn Reader, decompress: bool) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    let mut add = |vars: Option<Vec<(String, u64)>>| {
+        for (name, bytes) in vars.unwrap_or_default() {
+            if !name.is_empty() && !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, bytes));
+            }
+        }
+    };
+    let Some(head) = r.read(image, 4) else { return found };
+    let magic = u32_at(&head, 0).unwrap_or(0);
+    let fat = match magic {
+        WRAPPER_MAGIC => r
+            .read(image, 16)
+            .filter(|w| u32_at(w, 4) == Some(1))
+            .and_then(|w| usize::try_from(u64_at(&w, 8)?).ok())
+            .filter(|&d| d != 0),
+        FATBIN_MAGIC => Some(image),
+        _ if head[..] == ELF_MAGIC => {
+            add(elf_symbols(image, None, r));
+            return found;
+        }
+        _ => {
+            add(ptx_text(image, r).and_then(|t| ptx_variables(&String::from_utf8_lossy(&t))));
+            return found;
+        }
+    };
+    if let Some(fat) = fat {
+        for_each_entry(fat, r, decompress, |kind, plain| {
+            let Entry::Plain(body, len, reader) = plain else { return };
+            add(match kind {
+                ENTRY_ELF => elf_symbols(body, Some(len), reader),
+                ENTRY_PTX => reader.read(body, len.min(MAX_PTX)).and_then(|t| {
+                    let t = t.split(|&b| b == 0).next().unwrap_or_default();
+                    ptx_variables(&String::from_utf8_lossy(t))
+                }),
+                _ => None,
+            })
+        });
+    }
+    found
+}
+
+/// A fat binary entry as [`for_each_entry`] gives it.
+enum Entry<'a> {
+    /// Its image (decompressed if it was compressed): address, length, where to read it.
+    Plain(usize, usize, &'a dyn Reader),
+    /// Compressed, and not to be decompressed.
+    Compressed,
+    /// Compressed, and it did not decode.
+    Undecoded,
+}
+
+/// Calls `f(kind, entry)` for each entry of the fat binary at `addr`, compressed ones
+/// decompressed if `unpack`; `None` if the fat binary's headers are not all readable and
+/// inside it.
+fn for_each_entry(addr: usize, r: &dyn Reader, unpack: bool, mut f: impl FnMut(u16, Entry<'_>)) -> Option<()> {
+    let h = r.read(addr, 16)?;
+    if u32_at(&h, 0)? != FATBIN_MAGIC {
+        return None;
+    }
+    let (header, size) = (usize::from(u16_at(&h, 6)?), usize::try_from(u64_at(&h, 8)?).ok()?);
+    let start = addr.checked_add(header)?;
+    let end = start.checked_add(size)?;
+    let mut at = start;
+    while at.checked_add(64)? <= end {
+        let e = r.read(at, 64)?;
+        let (kind, header, payload) = (u16_at(&e, 0)?, u32_at(&e, 4)? as usize, usize::try_from(u64_at(&e, 8)?).ok()?);
+        let flags = u64_at(&e, 40)?;
+        if header < 64 {
+            return None;
+        }
+        let body = at.checked_add(header)?;
+        let next = body.checked_add(payload).filter(|&n| n <= end)?;
+        if flags & (COMPRESSED_LZ4 | COMPRESSED_ZSTD) == 0 {
+            f(kind, Entry::Plain(body, payload, r));
+        } else if !unpack {
+            f(kind, Entry::Compressed);
+        } else {
+            // The compressed length (byte 16) within the padded payload; the stated
+            // uncompressed length (byte 56) is a hint only.
+            let packed = match u32_at(&e, 16)? as usize {
+                0 => payload,
+                n => n.min(payload),
+            };
+            let hint = usize::try_from(u64_at(&e, 56)?).unwrap_or(usize::MAX);
+            match r.read(body, packed).and_then(|b| decompress(flags, &b, hint)) {
+                Some(plain) => f(kind, Entry::Plain(plain.as_ptr() as usize, plain.len(), &Slice(&plain))),
+                None => f(kind, Entry::Undecoded),
+            }
+        }
+        at = next;
+    }
+    Some(())
+}
+
+/// A 64-bit little-endian ELF file's `STT_OBJECT` symbols with their sizes.
+fn elf_symbols(addr: usize, limit: Option<usize>, r: &dyn Reader) -> Option<Vec<(String, u64)>> {
+    const SHT_SYMTAB: u32 = 2;
+    const STT_OBJECT: u8 = 1;
+    const MAX_TABLE: usize = 64 << 20;
+    let h = r.read(addr, 64)?;
+    if h[..4] != ELF_MAGIC || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(&h, 0x28)?).ok()?;
+    let (entsize, count) = (usize::from(u16_at(&h, 0x3A)?), usize::from(u16_at(&h, 0x3C)?));
+    if entsize < 64 {
+        return None;
+    }
+    let inside = |off: usize, len: usize| limit.is_none_or(|l| off.checked_add(len).is_some_and(|e| e <= l));
+    let table_len = entsize.checked_mul(count)?;
+    if !inside(shoff, table_len) {
+        return None;
+    }
+    let table = r.read(addr.checked_add(shoff)?, table_len)?;
+    // (type, offset, size, link)
+    let section = |i: usize| -> Option<(u32, usize, usize, usize)> {
+        let s = table.get(i * entsize..i * entsize + 64)?;
+        let (off, size) = (usize::try_from(u64_at(s, 24)?).ok()?, usize::try_from(u64_at(s, 32)?).ok()?);
+        Some((u32_at(s, 4)?, off, size.min(MAX_TABLE), u32_at(s, 40)? as usize))
+    };
+    let read = |off: usize, len: usize| if inside(off, len) { r.read(addr.checked_add(off)?, len) } else { None };
+    let mut found = Vec::new();
+    for i in 0..count {
+        let (kind, off, size, link) = section(i)?;
+        if kind != SHT_SYMTAB {
+            continue;
+        }
+        let (_, str_off, str_size, _) = section(link)?;
+        let (symbols, names) = (read(off, size)?, read(str_off, str_size)?);
+        for sym in symbols.chunks_exact(24) {
+            if sym[4] & 0xF != STT_OBJECT {
+                continue;
+            }
+            let name = names.get(u32_at(sym, 0)? as usize..).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            found.push((String::from_utf8_lossy(name).into_owned(), u64_at(sym, 16)?));
+        }
+    }
+    Some(found)
 }
 
 #[cfg(test)]
@@ -383,24 +601,101 @@ mod tests {
         ]);
         assert_eq!(module_bytes_of(&c), round_up(1024 + (3 << 30) + 256, MODULE_GRANULARITY));
         assert_eq!(module_bytes_of(&cubin(&[(".debug_info", 1, 1 << 20)])), 0, "nothing allocated");
-        // In a fat binary, with a compressed entry that is not counted.
+        // In a fat binary, after an entry that is smaller.
+        let small = cubin(&[(".text._Z1kv", 1, 1000)]);
+        let fat = fatbin(&[fat_entry(2, 0x11, &small, 0), fat_entry(2, 0x11, &c, 0)]);
+        assert_eq!(module_bytes_of(&fat), module_bytes_of(&c));
+    }
+
+    /// A fat binary entry: kind, flags, payload as stored, its stated uncompressed length.
+    fn fat_entry(kind: u16, flags: u64, payload: &[u8], stated: u64) -> Vec<u8> {
+        let padded = payload.len().next_multiple_of(8);
+        let mut h = vec![0u8; 64];
+        h[0..2].copy_from_slice(&kind.to_le_bytes());
+        h[4..8].copy_from_slice(&64u32.to_le_bytes());
+        h[8..16].copy_from_slice(&(padded as u64).to_le_bytes());
+        h[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        h[40..48].copy_from_slice(&flags.to_le_bytes());
+        h[56..64].copy_from_slice(&stated.to_le_bytes());
+        h.extend_from_slice(payload);
+        h.resize(64 + padded, 0);
+        h
+    }
+
+    fn fatbin(entries: &[Vec<u8>]) -> Vec<u8> {
+        let body = entries.concat();
         let mut fat = Vec::new();
-        let entry = |kind: u16, flags: u64, payload: &[u8]| {
-            let mut h = vec![0u8; 64];
-            h[0..2].copy_from_slice(&kind.to_le_bytes());
-            h[4..8].copy_from_slice(&64u32.to_le_bytes());
-            h[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-            h[40..48].copy_from_slice(&flags.to_le_bytes());
-            h.extend_from_slice(payload);
-            h
-        };
-        let body = [entry(2, 0x2011, &[0u8; 64]), entry(2, 0x11, &c)].concat();
         fat.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
         fat.extend_from_slice(&1u16.to_le_bytes());
         fat.extend_from_slice(&16u16.to_le_bytes());
         fat.extend_from_slice(&(body.len() as u64).to_le_bytes());
         fat.extend_from_slice(&body);
-        assert_eq!(module_bytes_of(&fat), module_bytes_of(&c));
+        fat
+    }
+
+    fn zstd(b: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(b, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    #[test]
+    fn compressed_entries_count_what_they_decompress_to() {
+        // A 3 GiB `__device__` array.
+        let c = cubin(&[(".text._Z1kv", 1, 1000), (".nv.global", 8, 3 << 30)]);
+        let want = module_bytes_of(&c);
+        assert_eq!(want, round_up(1024 + (3 << 30), MODULE_GRANULARITY));
+        let lz4 = lz4_flex::block::compress(&c);
+        for (flags, packed) in [(0x2011, lz4.clone()), (0x8011, zstd(&c))] {
+            for stated in [c.len() as u64, 0, 16, u64::MAX] {
+                let fat = fatbin(&[fat_entry(2, flags, &packed, stated)]);
+                let e = module_estimate_of(&fat);
+                assert_eq!(e, Estimate { bytes: want, undecoded: 0 }, "flags {flags:#x}, stated length {stated}");
+                assert_eq!(library_estimate_of(&fat), Estimate::default(), "a library's are not decompressed");
+            }
+        }
+        // Compressed PTX counts its globals too.
+        let ptx = b".version 8.0\n.target sm_90\n.global .align 8 .b8 big[268435456];\n\0";
+        let fat = fatbin(&[fat_entry(1, 0x8011, &zstd(ptx), ptx.len() as u64)]);
+        assert_eq!(module_bytes_of(&fat), 256 << 20);
+        // Garbage in either codec: nothing counted, reported once per entry, no panic.
+        let junk = [0xFFu8; 256];
+        let fat = fatbin(&[fat_entry(2, 0x2011, &junk, 1 << 20), fat_entry(2, 0x8011, &junk, 1 << 20)]);
+        assert_eq!(module_estimate_of(&fat), Estimate { bytes: 0, undecoded: 2 });
+        let truncated = &zstd(&c)[..20];
+        assert_eq!(module_estimate_of(&fatbin(&[fat_entry(2, 0x8011, truncated, 0)])).undecoded, 1);
+    }
+
+    #[test]
+    fn globals_are_found_by_name() {
+        let ptx = ".version 8.0\n.target sm_90\n.global .align 8 .b8 big[1048576];\n.extern .global .u32 other;\n\
+                   .visible .const .align 4 .u32 one = 7;\n.entry k() { ret; }\n";
+        let want = vec![("big".to_owned(), 1 << 20), ("one".to_owned(), 4)];
+        let text = std::ffi::CString::new(ptx).unwrap();
+        assert_eq!(module_globals(text.as_ptr() as usize, &OwnMemory, true), want);
+        // In a fat binary, compressed, after an entry that names one of them again.
+        let again = b".version 8.0\n.global .b8 big[16];\n\0";
+        let fat = fatbin(&[
+            fat_entry(1, 0x8011, &zstd(text.as_bytes_with_nul()), 0),
+            fat_entry(1, 0x11, again, again.len() as u64),
+        ]);
+        assert_eq!(module_globals(fat.as_ptr() as usize, &Slice(&fat), true), want);
+        assert_eq!(module_globals(16, &OwnMemory, true), vec![], "an unmapped address");
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        // A zstd frame of more than the ceiling decodes no further than it.
+        let packed = zstd(&vec![0u8; 2 << 20]);
+        assert!(packed.len() < 4096);
+        assert_eq!(decompress_within(COMPRESSED_ZSTD, &packed, 0, 1 << 20), None);
+        assert_eq!(decompress_within(COMPRESSED_ZSTD, &packed, 0, 2 << 20).map(|p| p.len()), Some(2 << 20));
+        assert_eq!(
+            decompress_within(COMPRESSED_LZ4, &lz4_flex::block::compress(&[0u8; 2 << 20]), 2 << 20, 1 << 20),
+            None
+        );
+        // LZ4: at most 255 bytes per byte of input, whatever the header states.
+        let lz4 = lz4_flex::block::compress(&vec![0u8; 1 << 20]);
+        assert_eq!(decompress(COMPRESSED_LZ4, &lz4, 1).map(|p| p.len()), Some(1 << 20));
+        assert_eq!(decompress(COMPRESSED_LZ4, &lz4, usize::MAX).map(|p| p.len()), Some(1 << 20));
     }
 
     #[test]

@@ -24,6 +24,10 @@
  *                                                           (a cubin with an S-byte __device__ array and a
  *                                                           kernel k, as nvcc's host code registers it),
  *                                                           then launch k
+ *   limits-check symbol --register S                        the same, then the registered __device__ array
+ *                                                           `table` through cudaGetSymbolSize,
+ *                                                           cudaGetSymbolAddress, cudaMemcpyToSymbol and
+ *                                                           cudaMemcpyFromSymbol
  *
  * Every command takes --device N (default 0). Sizes take K, M and G suffixes (binary). Output:
  * key=value lines; free_* are cudaMemGetInfo's free bytes. A refused call prints its error
@@ -71,14 +75,18 @@ static size_t free_now(void) {
 
 /* ---- images -------------------------------------------------------------------------------- */
 
-/* A cubin: ELF header, section names, then the section headers: null, .text.k (4 KiB of
- * code), .nv.global (NOBITS, `global` bytes), .shstrtab. */
-static const char section_names[] = "\0.text.k\0.nv.global\0.shstrtab";
+/* A cubin: ELF header, section names, symbols, then the section headers: null, .text.k (4 KiB
+ * of code), .nv.global (NOBITS, `global` bytes), .shstrtab, .symtab (one object, `table`, the
+ * whole of .nv.global: the __device__ array), .strtab. */
+static const char section_names[] = "\0.text.k\0.nv.global\0.shstrtab\0.symtab\0.strtab";
+static const char symbol_names[] = "\0table";
 static struct {
     Elf64_Ehdr header;
     char names[sizeof section_names];
     char pad[(8 - sizeof section_names % 8) % 8];
-    Elf64_Shdr sections[4];
+    Elf64_Sym symbols[2];
+    char strings[(sizeof symbol_names + 7) / 8 * 8];
+    Elf64_Shdr sections[6];
 } __attribute__((aligned(8))) cubin;
 
 static void make_cubin(unsigned long long global) {
@@ -94,9 +102,12 @@ static void make_cubin(unsigned long long global) {
     cubin.header.e_ehsize = sizeof(Elf64_Ehdr);
     cubin.header.e_shoff = offsetof(__typeof__(cubin), sections);
     cubin.header.e_shentsize = sizeof(Elf64_Shdr);
-    cubin.header.e_shnum = 4;
+    cubin.header.e_shnum = 6;
     cubin.header.e_shstrndx = 3;
     memcpy(cubin.names, section_names, sizeof section_names);
+    memcpy(cubin.strings, symbol_names, sizeof symbol_names);
+    cubin.symbols[1] = (Elf64_Sym){.st_name = 1, .st_info = ELF64_ST_INFO(STB_GLOBAL, STT_OBJECT), .st_shndx = 2,
+                                   .st_size = global};
     cubin.sections[1] = (Elf64_Shdr){.sh_name = 1, .sh_type = SHT_PROGBITS, .sh_flags = SHF_ALLOC | SHF_EXECINSTR,
                                      .sh_size = 4096, .sh_addralign = 128};
     cubin.sections[2] = (Elf64_Shdr){.sh_name = 9, .sh_type = SHT_NOBITS, .sh_flags = SHF_ALLOC | SHF_WRITE,
@@ -104,6 +115,12 @@ static void make_cubin(unsigned long long global) {
     cubin.sections[3] = (Elf64_Shdr){.sh_name = 20, .sh_type = SHT_STRTAB,
                                      .sh_offset = offsetof(__typeof__(cubin), names),
                                      .sh_size = sizeof section_names};
+    cubin.sections[4] = (Elf64_Shdr){.sh_name = 30, .sh_type = SHT_SYMTAB, .sh_link = 5, .sh_info = 1,
+                                     .sh_offset = offsetof(__typeof__(cubin), symbols),
+                                     .sh_size = sizeof cubin.symbols, .sh_entsize = sizeof(Elf64_Sym), .sh_addralign = 8};
+    cubin.sections[5] = (Elf64_Shdr){.sh_name = 38, .sh_type = SHT_STRTAB,
+                                     .sh_offset = offsetof(__typeof__(cubin), strings),
+                                     .sh_size = sizeof symbol_names};
 }
 
 /* A fat binary holding the cubin for sm_90: a 16-byte header, one 64-byte entry header. */
@@ -144,6 +161,8 @@ static void make_fatbin(unsigned long long global) {
 
 extern void **__cudaRegisterFatBinary(void *fatCubin);
 extern void __cudaRegisterFatBinaryEnd(void **fatCubinHandle);
+extern void __cudaRegisterVar(void **fatCubinHandle, char *hostVar, char *deviceAddress, const char *deviceName,
+                              int ext, size_t size, int constant, int global);
 extern void __cudaRegisterFunction(void **fatCubinHandle, const char *hostFun, char *deviceFun, const char *deviceName,
                                    int thread_limit, uint3 *tid, uint3 *bid, dim3 *bDim, dim3 *gDim, int *wSize);
 
@@ -154,14 +173,38 @@ static struct {
 } registered = {0x466243B1, 1, &fatbin, NULL};
 
 static void k(void) {}
+/* The host shadow of the __device__ array `table`, as nvcc's host code declares one. */
+static char table[16];
 
-/* Registers the fat binary of a cubin with a `global`-byte __device__ array and a kernel k;
- * the runtime loads it (cuLibraryLoadData) when it sets up the device. */
+/* Registers the fat binary of a cubin with a `global`-byte __device__ array `table` and a
+ * kernel k; the runtime loads it (cuLibraryLoadData) when it sets up the device, and finds
+ * `table` in it (cuLibraryGetGlobal) for the symbol calls. */
 static void register_fatbin(unsigned long long global) {
     make_fatbin(global);
     void **handle = __cudaRegisterFatBinary(&registered);
     __cudaRegisterFunction(handle, (const char *)k, (char *)"k", "k", -1, NULL, NULL, NULL, NULL, NULL);
+    __cudaRegisterVar(handle, table, (char *)"table", "table", 0, global, 0, 0);
     __cudaRegisterFatBinaryEnd(handle);
+}
+
+/* symbol: the registered __device__ array through the runtime's symbol calls: its size and
+ * address, and bytes written at its end (cudaMemcpyToSymbol) read back (cudaMemcpyFromSymbol). */
+static int cmd_symbol(void) {
+    size_t size = 0;
+    void *addr = NULL;
+    cudaError_t e = cudaGetSymbolSize(&size, table);
+    printf("size_error=%s\nsymbol_size=%zu\n", cudaGetErrorName(e), size);
+    if (e != cudaSuccess)
+        return 0;
+    e = cudaGetSymbolAddress(&addr, table);
+    printf("address_error=%s\n", cudaGetErrorName(e));
+    char in[16] = "gpuslice table!", out[16] = {0};
+    size_t at = size >= sizeof in ? size - sizeof in : 0;
+    e = cudaMemcpyToSymbol(table, in, sizeof in, at, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess)
+        e = cudaMemcpyFromSymbol(out, table, sizeof out, at, cudaMemcpyDeviceToHost);
+    printf("copy_error=%s\nround_trip=%d\nfree=%zu\n", cudaGetErrorName(e), !memcmp(in, out, sizeof in), free_now());
+    return 0;
 }
 
 /* ---- driver entry points ------------------------------------------------------------------ */
@@ -404,6 +447,8 @@ int main(int argc, char **argv) {
         return cmd_green();
     if (!strcmp(cmd, "ctx-v4"))
         return cmd_ctx_v4();
+    if (!strcmp(cmd, "symbol"))
+        return cmd_symbol();
     fprintf(stderr, "unknown command %s\n", cmd);
     return 2;
 }

@@ -12,7 +12,8 @@
 //! - **Modules** (`cuModuleLoad`, `cuModuleLoadData`, `cuModuleLoadDataEx`,
 //!   `cuModuleLoadFatBinary`): charged at load, with the context current then; returned on
 //!   `cuModuleUnload` or with the context.
-//! - **Libraries** (`cuLibraryLoadData`, `cuLibraryLoadFromFile`): charged once at load, before
+//! - **Libraries** (`cuLibraryLoadData`, `cuLibraryLoadFromFile`): charged (compressed entries
+//!   not decompressed: [`reservations::library_estimate`]) once at load, before
 //!   any context loads them (a lazy load then never runs the slice past its limit), returned
 //!   on `cuLibraryUnload`; to the current context's slice, or with none current (NVIDIA's
 //!   runtime loads its registered fat binaries before it makes a context current) to the
@@ -133,13 +134,34 @@ unsafe fn loading(out: *mut *mut c_void, kind: Kind, bytes: u64, call: impl FnOn
     charged(s, slice, bytes, ctx, call, || Some((kind, unsafe { *out } as u64)))
 }
 
-fn image_bytes(image: *const c_void) -> u64 {
-    if image.is_null() { 0 } else { reservations::module_bytes(image as usize, &reservations::OwnMemory) }
+/// What a module (`kind` [`Kind::Module`]) or library image reserves: a library's compressed
+/// entries are not decompressed ([`reservations::library_estimate`]).
+fn image_bytes(image: *const c_void, kind: Kind) -> u64 {
+    let estimate = match kind {
+        Kind::Library => reservations::library_estimate,
+        _ => reservations::module_estimate,
+    };
+    if image.is_null() { 0 } else { counted(estimate(image as usize, &reservations::OwnMemory)) }
+}
+
+/// An estimate's bytes, with one line for the compressed entries it could not decode (they
+/// count nothing; the driver refuses them too unless they decode on its side).
+fn counted(e: reservations::Estimate) -> u64 {
+    if e.undecoded > 0 {
+        crate::log::log!(
+            Warn,
+            "module image: {} compressed entries did not decode within {} MiB; charging {} bytes without them",
+            e.undecoded,
+            reservations::MAX_DECOMPRESSED >> 20,
+            e.bytes
+        );
+    }
+    e.bytes
 }
 
 /// The bytes of a module file, if it is a regular file of at most 4 GiB the shim can read
 /// (otherwise the driver's answer stands, uncharged: it reads the same file).
-fn file_bytes(name: *const c_char) -> u64 {
+fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     if name.is_null() {
         return 0;
@@ -149,7 +171,10 @@ fn file_bytes(name: *const c_char) -> u64 {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).map_or(0, |mut b| {
             b.push(0);
-            reservations::module_bytes_of(&b)
+            counted(match kind {
+                Kind::Library => reservations::library_estimate_of(&b),
+                _ => reservations::module_estimate_of(&b),
+            })
         }),
         _ => 0,
     }
@@ -160,7 +185,7 @@ fn file_bytes(name: *const c_char) -> u64 {
 pub unsafe fn module_load_data(module: *mut CUmodule, image: *const c_void) -> CUresult {
     let f = real!(cuModuleLoadData);
     // SAFETY: forwarded unchanged; `module` is where the driver writes the handle.
-    unsafe { loading(module.cast(), Kind::Module, image_bytes(image), || f(module, image)) }
+    unsafe { loading(module.cast(), Kind::Module, image_bytes(image, Kind::Module), || f(module, image)) }
 }
 
 /// # Safety
@@ -174,7 +199,9 @@ pub unsafe fn module_load_data_ex(
 ) -> CUresult {
     let f = real!(cuModuleLoadDataEx);
     // SAFETY: forwarded unchanged; `module` is where the driver writes the handle.
-    unsafe { loading(module.cast(), Kind::Module, image_bytes(image), || f(module, image, n, options, values)) }
+    unsafe {
+        loading(module.cast(), Kind::Module, image_bytes(image, Kind::Module), || f(module, image, n, options, values))
+    }
 }
 
 /// # Safety
@@ -182,7 +209,7 @@ pub unsafe fn module_load_data_ex(
 pub unsafe fn module_load_fat_binary(module: *mut CUmodule, fat: *const c_void) -> CUresult {
     let f = real!(cuModuleLoadFatBinary);
     // SAFETY: forwarded unchanged; `module` is where the driver writes the handle.
-    unsafe { loading(module.cast(), Kind::Module, image_bytes(fat), || f(module, fat)) }
+    unsafe { loading(module.cast(), Kind::Module, image_bytes(fat, Kind::Module), || f(module, fat)) }
 }
 
 /// # Safety
@@ -190,7 +217,7 @@ pub unsafe fn module_load_fat_binary(module: *mut CUmodule, fat: *const c_void) 
 pub unsafe fn module_load(module: *mut CUmodule, fname: *const c_char) -> CUresult {
     let f = real!(cuModuleLoad);
     // SAFETY: forwarded unchanged; `module` is where the driver writes the handle.
-    unsafe { loading(module.cast(), Kind::Module, file_bytes(fname), || f(module, fname)) }
+    unsafe { loading(module.cast(), Kind::Module, file_bytes(fname, Kind::Module), || f(module, fname)) }
 }
 
 /// # Safety
@@ -221,7 +248,7 @@ pub unsafe fn library_load_data(
     let f = real!(cuLibraryLoadData);
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
     unsafe {
-        loading(library.cast(), Kind::Library, image_bytes(code), || {
+        loading(library.cast(), Kind::Library, image_bytes(code, Kind::Library), || {
             f(library, code, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
     }
@@ -243,7 +270,7 @@ pub unsafe fn library_load_from_file(
     let f = real!(cuLibraryLoadFromFile);
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
     unsafe {
-        loading(library.cast(), Kind::Library, file_bytes(name), || {
+        loading(library.cast(), Kind::Library, file_bytes(name, Kind::Library), || {
             f(library, name, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
     }

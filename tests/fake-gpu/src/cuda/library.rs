@@ -10,7 +10,7 @@ use super::image;
 use super::modules;
 use super::proc_address::driver_api;
 use super::types::{
-    CU_FUNC_CACHE_PREFER_EQUAL, CU_FUNCTION_LOADING_STATE_LOADED, CUdevice, CUfunc_cache, CUfunction,
+    CU_FUNC_CACHE_PREFER_EQUAL, CU_FUNCTION_LOADING_STATE_LOADED, CUdevice, CUdeviceptr, CUfunc_cache, CUfunction,
     CUfunction_attribute, CUfunctionLoadingState, CUjit_option, CUkernel, CUlibrary, CUlibraryOption, CUmodule,
 };
 use super::{context, device, driver};
@@ -21,6 +21,18 @@ fn read_image(path: &std::ffi::CStr) -> error::CuResult<Vec<u8>> {
     let mut bytes = std::fs::read(std::ffi::OsStr::from_bytes(path.to_bytes())).map_err(|_| error::FILE_NOT_FOUND)?;
     bytes.push(0);
     Ok(bytes)
+}
+
+/// Writes a variable's address and size where the caller asked for them (null: not asked).
+fn write_global(dptr: *mut CUdeviceptr, bytes: *mut usize, addr: u64, size: u64) {
+    if !dptr.is_null() {
+        // SAFETY: non-null, so writable per the export's contract.
+        unsafe { dptr.write_unaligned(addr) };
+    }
+    if !bytes.is_null() {
+        // SAFETY: as above.
+        unsafe { bytes.write_unaligned(size as usize) };
+    }
 }
 
 driver_api! {
@@ -44,8 +56,11 @@ driver_api! {
         let d = driver()?;
         // SAFETY: a non-null image per the export's contract.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::image_bytes(code);
-        out.set(d.lock().modules.load_library(kernels, bytes) as CUlibrary);
+        let bytes = modules::library_bytes(code);
+        let mut reg = d.lock();
+        let l = reg.modules.load_library(kernels, bytes);
+        reg.modules.set_globals(l, modules::image_globals(code, false));
+        out.set(l as CUlibrary);
         Ok(())
     }
 
@@ -67,8 +82,11 @@ driver_api! {
         let code = image.as_ptr().cast::<c_void>();
         // SAFETY: the file's bytes, NUL-terminated, alive for the call.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::image_bytes(code);
-        out.set(driver()?.lock().modules.load_library(kernels, bytes) as CUlibrary);
+        let bytes = modules::library_bytes(code);
+        let mut reg = driver()?.lock();
+        let l = reg.modules.load_library(kernels, bytes);
+        reg.modules.set_globals(l, modules::image_globals(code, false));
+        out.set(l as CUlibrary);
         Ok(())
     }
 
@@ -129,6 +147,31 @@ driver_api! {
         let ctx = context::current(&reg)?;
         let device = Some(context::device_state(&reg, ctx)?);
         out.set(reg.modules.library_module(library as usize, ctx, device)? as CUmodule);
+        Ok(())
+    }
+
+    /// The address and size of a `__device__` or `__constant__` variable of the module
+    /// (`CUDA_ERROR_NOT_FOUND` if its image declares none of that name); either output may be
+    /// null.
+    fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, hmod: CUmodule, name: *const c_char) {
+        // SAFETY: null or a C string per the export's contract.
+        let name = unsafe { c_str(name) }?.to_str().map_err(|_| error::NOT_FOUND)?;
+        let (addr, size) = driver()?.lock().modules.global(hmod as usize, name)?;
+        write_global(dptr, bytes, addr, size);
+        Ok(())
+    }
+
+    /// As `cuModuleGetGlobal_v2`, for the library's module in the current context (loaded
+    /// there on first use).
+    fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) {
+        // SAFETY: null or a C string per the export's contract.
+        let name = unsafe { c_str(name) }?.to_str().map_err(|_| error::NOT_FOUND)?;
+        let mut reg = driver()?.lock();
+        let ctx = context::current(&reg)?;
+        let device = Some(context::device_state(&reg, ctx)?);
+        let module = reg.modules.library_module(library as usize, ctx, device)?;
+        let (addr, size) = reg.modules.global(module, name)?;
+        write_global(dptr, bytes, addr, size);
         Ok(())
     }
 

@@ -1233,12 +1233,12 @@ pub(crate) fn copy(dst: Dst, src: Src, n: usize, stream: Option<CUstream>, per_t
     let to = match dst {
         Dst::Host(p) if p.is_null() => return Err(INVALID_VALUE),
         Dst::Host(p) => p,
-        Dst::Device(p) => reg.memory.span(p, n as u64, true)?,
+        Dst::Device(p) => reg.span(p, n as u64, true)?,
     };
     let from = match src {
         Src::Host(p) if p.is_null() => return Err(INVALID_VALUE),
         Src::Host(p) => p,
-        Src::Device(p) => reg.memory.span(p, n as u64, false)?,
+        Src::Device(p) => reg.span(p, n as u64, false)?,
     };
     // SAFETY: device ranges were just checked to lie inside memory this process maps with
     // the access needed (and the registry lock keeps them mapped); host ranges are valid
@@ -1260,7 +1260,7 @@ pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, stream: CUstream, per_t
     if len == 0 {
         return Ok(());
     }
-    let to = reg.memory.span(ptr, len as u64, true)?;
+    let to = reg.span(ptr, len as u64, true)?;
     for i in 0..n {
         // SAFETY: [to, to+len) lies inside writable memory this process maps (checked just
         // above, under the registry lock), and i * pattern.len() + pattern.len() <= len.

@@ -127,6 +127,14 @@ pub(crate) struct Registry {
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 static DRIVER: OnceLock<Driver> = OnceLock::new();
 
+impl Registry {
+    /// The host address of `len` device bytes at `ptr`: inside an allocation or mapping
+    /// ([`memory::Memory::span`]) or a module's `__device__` variable.
+    pub fn span(&self, ptr: u64, len: u64, write: bool) -> CuResult<*mut u8> {
+        self.memory.span(ptr, len, write).or_else(|e| self.modules.global_span(ptr, len).ok_or(e))
+    }
+}
+
 impl Driver {
     pub fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)

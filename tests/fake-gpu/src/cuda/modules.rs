@@ -4,7 +4,12 @@
 //! a library (`cuLibraryLoadData`, CUDA 12) belongs to none and is loaded into a context the
 //! first time one of its kernels is used there (`cuKernelGetFunction`, `cuLibraryGetModule`,
 //! or a launch of a `CUkernel`, which CUDA 13's runtime passes straight to `cuLaunchKernel`).
-//! Which names an image provides is [`image`](super::image)'s business.
+//! Which names an image provides is [`image`](super::image)'s business; its `__device__` and
+//! `__constant__` variables ([`reservations::module_globals`]; a library's compressed entries
+//! are not read) are found by name
+//! (`cuModuleGetGlobal`, `cuLibraryGetGlobal`), each backed by host memory made at the first
+//! lookup (the module's reservation has charged the device for them), so that copies to and
+//! from them (`cudaMemcpyToSymbol`) move bytes.
 //!
 //! No code runs. What a kernel does is decided by its name ([`Kind`]): `busy` occupies the
 //! device for as many nanoseconds as its first parameter says, any other kernel for
@@ -18,7 +23,7 @@ use gpuslice_core::reservations;
 use super::error::{CuResult, INVALID_HANDLE, INVALID_VALUE, NOT_FOUND, OUT_OF_MEMORY};
 use super::image::{self, Kernels};
 use super::launch::Nanos;
-use super::memory::Charge;
+use super::memory::{Charge, HostMemory};
 use super::types::*;
 use super::{Handle, context, driver, new_handle};
 use crate::state::DeviceState;
@@ -57,6 +62,20 @@ struct Module {
     kernels: Kernels,
     /// The device memory its code and globals take ([`reservations::module_bytes`]).
     _memory: Option<Charge>,
+    globals: Vec<Global>,
+}
+
+/// A `__device__` or `__constant__` variable of a module.
+#[derive(Debug)]
+struct Global {
+    name: String,
+    bytes: u64,
+    /// Made at the first lookup.
+    memory: Option<HostMemory>,
+}
+
+fn globals(list: &[(String, u64)]) -> Vec<Global> {
+    list.iter().map(|(name, bytes)| Global { name: name.clone(), bytes: *bytes, memory: None }).collect()
 }
 
 #[derive(Debug)]
@@ -69,6 +88,8 @@ struct Function {
 #[derive(Debug)]
 struct Library {
     kernels: Kernels,
+    /// Its variables, by name with their bytes.
+    globals: Vec<(String, u64)>,
     /// What loading it into a context reserves there.
     bytes: u64,
     /// The library's module in each context it was used in.
@@ -94,7 +115,7 @@ impl Modules {
     /// `cuModuleLoadData`: a module of `ctx` providing `kernels`, holding `memory`.
     pub fn load(&mut self, ctx: Handle, kernels: Kernels, memory: Option<Charge>) -> Handle {
         let module = new_handle();
-        self.modules.insert(module, Module { ctx, kernels, _memory: memory });
+        self.modules.insert(module, Module { ctx, kernels, _memory: memory, globals: Vec::new() });
         module
     }
 
@@ -133,7 +154,7 @@ impl Modules {
     /// loading, the default since CUDA 12.2), where it reserves `bytes`.
     pub fn load_library(&mut self, kernels: Kernels, bytes: u64) -> Handle {
         let library = new_handle();
-        self.libraries.insert(library, Library { kernels, bytes, modules: HashMap::new() });
+        self.libraries.insert(library, Library { kernels, globals: Vec::new(), bytes, modules: HashMap::new() });
         library
     }
 
@@ -145,6 +166,35 @@ impl Modules {
         }
         self.kernels.retain(|_, k| k.library != library);
         Ok(())
+    }
+
+    /// The variables a module's or library's image declares (by name, with their bytes).
+    pub fn set_globals(&mut self, handle: Handle, list: Vec<(String, u64)>) {
+        if let Some(m) = self.modules.get_mut(&handle) {
+            m.globals = globals(&list);
+        } else if let Some(l) = self.libraries.get_mut(&handle) {
+            l.globals = list;
+        }
+    }
+
+    /// `cuModuleGetGlobal_v2`: the address and size of variable `name` of `module`
+    /// (`CUDA_ERROR_NOT_FOUND` if its image declares none of that name).
+    pub fn global(&mut self, module: Handle, name: &str) -> CuResult<(u64, u64)> {
+        let m = self.modules.get_mut(&module).ok_or(INVALID_HANDLE)?;
+        let g = m.globals.iter_mut().find(|g| g.name == name).ok_or(NOT_FOUND)?;
+        if g.memory.is_none() {
+            g.memory = Some(HostMemory::new(g.bytes.max(1))?);
+        }
+        Ok((g.memory.as_ref().map_or(0, HostMemory::addr), g.bytes))
+    }
+
+    /// The host address of `len` bytes at `ptr` inside one module variable.
+    pub fn global_span(&self, ptr: u64, len: u64) -> Option<*mut u8> {
+        let end = ptr.checked_add(len)?;
+        self.modules.values().flat_map(|m| &m.globals).find_map(|g| {
+            let start = g.memory.as_ref()?.addr();
+            (ptr >= start && end <= start + g.bytes).then_some(ptr as *mut u8)
+        })
     }
 
     /// `cuLibraryGetKernel`: the same handle each time for one name in one library.
@@ -171,9 +221,12 @@ impl Modules {
         if let Some(&m) = l.modules.get(&ctx) {
             return Ok(m);
         }
-        let kernels = l.kernels.clone();
+        let (kernels, list) = (l.kernels.clone(), globals(&l.globals));
         let memory = reserve(device, l.bytes)?;
         let module = self.load(ctx, kernels, memory);
+        if let Some(m) = self.modules.get_mut(&module) {
+            m.globals = list;
+        }
         if let Some(l) = self.libraries.get_mut(&library) {
             l.modules.insert(ctx, module);
         }
@@ -298,10 +351,21 @@ fn reserve(device: Device, bytes: u64) -> CuResult<Option<Charge>> {
     }
 }
 
+/// The variables an image declares: [`reservations::module_globals`].
+pub(crate) fn image_globals(image: *const c_void, decompress: bool) -> Vec<(String, u64)> {
+    reservations::module_globals(image as usize, &reservations::OwnMemory, decompress)
+}
+
 /// What an image reserves when loaded: [`reservations::module_bytes`], read without trusting
 /// the image's pointers.
 pub(crate) fn image_bytes(image: *const c_void) -> u64 {
     reservations::module_bytes(image as usize, &reservations::OwnMemory)
+}
+
+/// What a library image reserves in each context it is loaded into:
+/// [`reservations::library_estimate`] (compressed entries not decompressed).
+pub(crate) fn library_bytes(image: *const c_void) -> u64 {
+    reservations::library_estimate(image as usize, &reservations::OwnMemory).bytes
 }
 
 /// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context,
@@ -319,7 +383,9 @@ pub(crate) unsafe fn load_module(image: *const c_void) -> CuResult<Handle> {
     let memory = reserve(Some(context::device_state(&reg, ctx)?), image_bytes(image))?;
     // SAFETY: a non-null image per the caller.
     let kernels = unsafe { image::kernels(image) };
-    Ok(reg.modules.load(ctx, kernels, memory))
+    let module = reg.modules.load(ctx, kernels, memory);
+    reg.modules.set_globals(module, image_globals(image, true));
+    Ok(module)
 }
 
 /// A launch's parameters as the caller passed them: `kernelParams` (an array of pointers, one
