@@ -86,7 +86,8 @@ FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/bin/gpuslice-runtime /u
     /usr/lib/systemd/system/gpuslice-generate.service /usr/lib/systemd/system/gpuslice-generate.path
     /usr/lib/systemd/system/gpuslice.service
     /usr/lib/tmpfiles.d/gpuslice.conf /usr/lib/udev/rules.d/71-gpuslice.rules
-    /usr/share/man/man8/gpuslice-cdi.8.gz /usr/share/man/man8/gpuslice-hook.8.gz /usr/share/man/man8/gpuslice-runtime.8.gz)
+    /usr/share/man/man8/gpuslice-cdi.8.gz /usr/share/man/man8/gpuslice-hook.8.gz /usr/share/man/man8/gpuslice-runtime.8.gz
+    /usr/share/gpuslice/grafana/gpuslice-dashboard.json)
 
 # rpm-query
 if ! command -v rpm >/dev/null; then
