@@ -4,7 +4,10 @@
 # allocator (cudaMalloc) the graph's private memory pool is allocated during the capture, in
 # relaxed capture mode, and charged to the slice there and then: mem_get_info inside shows
 # it; a capture whose tensor does not fit the 40 GiB slice fails with PyTorch's
-# torch.OutOfMemoryError with the slice's numbers (the bare 80 GiB GPU takes it).
+# torch.OutOfMemoryError with the slice's numbers (the bare 80 GiB GPU takes it). With
+# backend:cudaMallocAsync the capture's allocations are graph memory nodes, charged to the
+# slice when the graph first replays; past the slice the replay fails (PyTorch raises
+# AcceleratorError "out of memory", from cudaGraphLaunch's cudaErrorMemoryAllocation).
 
 TORCH_GRAPH_CHECK=$CUDART_DIR/torch-graph-check.py
 
@@ -34,5 +37,30 @@ test_torch_graph_slice() {
 
     run_ok "torch-graph-check on the bare GPU" out cudart_bare "$TORCH_GRAPH_CHECK" "$over"
     assert_eq "capture on the bare GPU" "$(kv capture "$out")" ok
+    assert_eq "replay on the bare GPU" "$(kv replay "$out")" ok
+}
+
+# backend:cudaMallocAsync: nothing charged by the capture, the graph's memory at its first
+# replay (30 GiB and the temporaries' few MiB); 60 GiB refused at replay in the slice only.
+test_torch_graph_malloc_async() {
+    local out fits=$((30 << 30)) over=$((60 << 30)) taken
+    require_framework
+    cudart_node
+    local -x PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync
+    run_ok "torch-graph-check within slice0 (cudaMallocAsync)" out cudart_in_slice slice0 "$TORCH_GRAPH_CHECK" "$fits"
+    assert_eq "the allocator" "$(kv backend "$out")" cudaMallocAsync
+    assert_eq "capture within the slice" "$(kv capture "$out")" ok
+    assert_eq "free memory in the slice after the capture" "$(kv free_captured "$out")" "$(kv free_before "$out")"
+    assert_eq "replay within the slice" "$(kv replay "$out")" ok
+    assert_eq "a result read back after the replays" "$(kv result_read "$out")" True
+    taken=$(($(kv free_before "$out") - $(kv free_replayed "$out")))
+    assert_between "bytes the replayed graph took from the slice" "$taken" "$fits" $((fits + (64 << 20)))
+
+    run_ok "torch-graph-check past slice0 (cudaMallocAsync)" out cudart_in_slice slice0 "$TORCH_GRAPH_CHECK" "$over"
+    assert_eq "capture past the slice" "$(kv capture "$out")" ok
+    assert_eq "replay past the slice" "$(kv replay "$out")" "AcceleratorError: CUDA error: out of memory"
+    assert_eq "free memory after the refused replay" "$(kv free_replayed "$out")" "$(kv free_before "$out")"
+
+    run_ok "torch-graph-check on the bare GPU (cudaMallocAsync)" out cudart_bare "$TORCH_GRAPH_CHECK" "$over"
     assert_eq "replay on the bare GPU" "$(kv replay "$out")" ok
 }

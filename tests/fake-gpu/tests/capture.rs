@@ -144,3 +144,45 @@ fn capture_info_dependencies_and_modes() {
         assert_eq!(mode, CU_STREAM_CAPTURE_MODE_RELAXED);
     }
 }
+
+/// PyTorch's `cudaMallocAsync` backend fills a tensor allocated in the capture and reads a
+/// result back from one: a memset or copy into graph memory is accepted (and writes nothing:
+/// graph memory has no contents), a copy out of it reads zeros, in the capture and after a
+/// launch; past the allocation they are refused.
+#[test]
+fn memsets_and_copies_of_graph_memory_are_accepted() {
+    let name = "memsets_and_copies_of_graph_memory_are_accepted";
+    if !is_child(name) {
+        Fixture::new(&config_with(1, "")).run(name);
+        return;
+    }
+    let cu = Cuda::load();
+    let (mut ctx, mut s, mut graph, mut exec) = (null_mut(), null_mut(), null_mut(), null_mut());
+    let mut p: CUdeviceptr = 0;
+    // SAFETY: live locals of the types cuda.h names; handles come from the driver.
+    unsafe {
+        ok((cu.cuInit)(0));
+        ok((cu.cuDevicePrimaryCtxRetain)(&mut ctx, 0));
+        ok((cu.cuCtxSetCurrent)(ctx));
+        ok((cu.cuStreamCreate)(&mut s, 0));
+        ok((cu.cuStreamBeginCapture_v2)(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+        ok((cu.cuMemAllocAsync)(&mut p, MIB as usize, s));
+        ok((cu.cuMemsetD8Async)(p, 3, MIB as usize, s));
+        ok((cu.cuMemsetD32Async)(p + 4, 7, 1000, s));
+        check((cu.cuMemsetD8Async)(p, 3, 4 * MIB as usize, s), INVALID_VALUE);
+        ok((cu.cuStreamEndCapture)(s, &mut graph));
+        ok((cu.cuGraphInstantiateWithFlags)(&mut exec, graph, 0));
+        ok((cu.cuGraphLaunch)(exec, s));
+        ok((cu.cuStreamSynchronize)(s));
+        ok((cu.cuMemsetD8Async)(p, 5, MIB as usize, s));
+        let mut host = [9u8; 64];
+        ok((cu.cuMemcpyHtoD_v2)(p, host.as_ptr().cast(), 64));
+        ok((cu.cuMemcpyDtoH_v2)(host.as_mut_ptr().cast(), p + 64, 64));
+        assert_eq!(host, [0u8; 64], "graph memory reads zeros");
+        check((cu.cuMemcpyDtoH_v2)(host.as_mut_ptr().cast(), p + 2 * MIB - 32, 64), INVALID_VALUE);
+        ok((cu.cuMemFreeAsync)(p, s));
+        ok((cu.cuStreamSynchronize)(s));
+        ok((cu.cuGraphExecDestroy)(exec));
+        ok((cu.cuGraphDestroy)(graph));
+    }
+}

@@ -249,4 +249,6 @@ driver! {
     cuStreamUpdateCaptureDependencies_v2;
     cuEventRecordWithFlags;
     cuThreadExchangeStreamCaptureMode;
+    cuMemsetD8Async;
+    cuMemsetD32Async;
 }
