@@ -79,6 +79,29 @@ struct Capture {
     invalidated: bool,
     /// `cuStreamBeginCaptureToGraph`: the graph the captured nodes are added to.
     into: Option<Handle>,
+    /// The capture's id (`cuStreamGetCaptureInfo`), unique in the process.
+    id: u64,
+    /// The graph `cuStreamEndCapture` returns (`into`, else a handle chosen at the start),
+    /// which `cuStreamGetCaptureInfo` reports while the capture runs.
+    handle: Handle,
+    /// The nodes the next captured node depends on: the last one captured, or what
+    /// `cuStreamBeginCaptureToGraph` or `cuStreamUpdateCaptureDependencies` set. The driver
+    /// hands out a pointer to this array, valid until the next call on the stream.
+    dependencies: Vec<Handle>,
+    /// Zeroed edge data parallel to `dependencies` (edge data is not kept).
+    edges: Vec<CUgraphEdgeData>,
+}
+
+/// `cuStreamGetCaptureInfo*`: what a capturing stream reports. The pointers point into the
+/// capture's state in the registry and stay valid until the next call on the stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CaptureInfo {
+    pub status: CUstreamCaptureStatus,
+    pub id: u64,
+    pub graph: Handle,
+    pub dependencies: *const CUgraphNode,
+    pub edges: *const CUgraphEdgeData,
+    pub count: usize,
 }
 
 /// `CUstreamCaptureMode`.
@@ -253,7 +276,10 @@ pub(crate) fn capture(reg: &mut Registry, q: Queue, node: Node) -> CuResult<bool
     if c.invalidated {
         return Err(STREAM_CAPTURE_INVALIDATED);
     }
-    c.graph.nodes.push((new_handle(), node));
+    let handle = new_handle();
+    c.graph.nodes.push((handle, node));
+    c.dependencies = vec![handle];
+    c.edges = vec![CUgraphEdgeData::default()];
     Ok(true)
 }
 
@@ -297,9 +323,19 @@ pub(crate) fn begin_capture(reg: &mut Registry, q: Queue, mode: u32) -> CuResult
     }
     let ctx = stream::queue_context(reg, q);
     let thread = std::thread::current().id();
-    reg.graphs
-        .captures
-        .insert(q, Capture { ctx, graph: Graph::default(), mode, thread, invalidated: false, into: None });
+    let capture = Capture {
+        ctx,
+        graph: Graph::default(),
+        mode,
+        thread,
+        invalidated: false,
+        into: None,
+        id: new_handle() as u64,
+        handle: new_handle(),
+        dependencies: Vec::new(),
+        edges: Vec::new(),
+    };
+    reg.graphs.captures.insert(q, capture);
     Ok(())
 }
 
@@ -319,6 +355,9 @@ pub(crate) fn begin_capture_to_graph(
     begin_capture(reg, q, mode)?;
     if let Some(c) = reg.graphs.captures.get_mut(&q) {
         c.into = Some(graph);
+        c.handle = graph;
+        c.dependencies = dependencies.to_vec();
+        c.edges = vec![CUgraphEdgeData::default(); dependencies.len()];
     }
     Ok(())
 }
@@ -339,9 +378,8 @@ pub(crate) fn end_capture(reg: &mut Registry, q: Queue) -> CuResult<Handle> {
         g.nodes.extend(c.graph.nodes);
         return Ok(into);
     }
-    let graph = new_handle();
-    reg.graphs.graphs.insert(graph, c.graph);
-    Ok(graph)
+    reg.graphs.graphs.insert(c.handle, c.graph);
+    Ok(c.handle)
 }
 
 /// `cuStreamIsCapturing`.
@@ -351,6 +389,61 @@ pub(crate) fn capture_status(reg: &Registry, q: Queue) -> super::types::CUstream
         Some(c) if c.invalidated => CAPTURE_STATUS_INVALIDATED,
         Some(_) => CAPTURE_STATUS_ACTIVE,
     }
+}
+
+/// `cuStreamGetCaptureInfo*`: the status, and while a capture is active, its id, graph and
+/// dependencies (the last node captured).
+pub(crate) fn capture_info(reg: &Registry, q: Queue) -> CaptureInfo {
+    match reg.graphs.captures.get(&q) {
+        Some(c) if !c.invalidated => CaptureInfo {
+            status: CAPTURE_STATUS_ACTIVE,
+            id: c.id,
+            graph: c.handle,
+            // A handle is a `usize`, laid out as the driver's opaque node pointer.
+            dependencies: c.dependencies.as_ptr().cast(),
+            edges: c.edges.as_ptr(),
+            count: c.dependencies.len(),
+        },
+        other => CaptureInfo {
+            status: if other.is_some() { CAPTURE_STATUS_INVALIDATED } else { CAPTURE_STATUS_NONE },
+            id: 0,
+            graph: 0,
+            dependencies: std::ptr::null(),
+            edges: std::ptr::null(),
+            count: 0,
+        },
+    }
+}
+
+/// `cuStreamUpdateCaptureDependencies*`: add `nodes` to the capture's dependencies
+/// (`CU_STREAM_ADD_CAPTURE_DEPENDENCIES`, 0) or replace them (`…_SET_…`). They must be nodes
+/// of the graph being captured; `CUDA_ERROR_ILLEGAL_STATE` if `q` is not capturing. Nodes
+/// still run in the order captured, whatever the dependencies say.
+pub(crate) fn update_capture_dependencies(reg: &mut Registry, q: Queue, nodes: &[Handle], flags: u32) -> CuResult {
+    if flags > CU_STREAM_SET_CAPTURE_DEPENDENCIES {
+        return Err(INVALID_VALUE);
+    }
+    let into = match reg.graphs.captures.get(&q) {
+        None => return Err(ILLEGAL_STATE),
+        Some(c) if c.invalidated => return Err(STREAM_CAPTURE_INVALIDATED),
+        Some(c) => c.into,
+    };
+    let into_nodes: Vec<Handle> = into.map(|g| reg.graphs.nodes(g)).transpose()?.unwrap_or_default();
+    let c = reg.graphs.captures.get_mut(&q).ok_or(ILLEGAL_STATE)?;
+    let known = |n: &Handle| c.graph.nodes.iter().any(|(h, _)| h == n) || into_nodes.contains(n);
+    if !nodes.iter().all(known) {
+        return Err(INVALID_VALUE);
+    }
+    if flags == CU_STREAM_SET_CAPTURE_DEPENDENCIES {
+        c.dependencies.clear();
+    }
+    for &n in nodes {
+        if !c.dependencies.contains(&n) {
+            c.dependencies.push(n);
+        }
+    }
+    c.edges = vec![CUgraphEdgeData::default(); c.dependencies.len()];
+    Ok(())
 }
 
 /// `cuGraphLaunch`: the nodes run one after another on `q`, after `q`'s earlier work and the

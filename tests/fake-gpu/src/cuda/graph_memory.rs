@@ -16,8 +16,11 @@
 //!   Destroying an executable graph unmaps its memory (it stays reserved until a trim);
 //!   destroying its context trims the pool.
 //!
-//! Copies into graph memory are not simulated (its addresses are not device allocations). An
-//! alloc node's address range (address space only, no memory) is kept for the process's life.
+//! Graph memory has no contents (its addresses are not device allocations): a memset or a
+//! copy into it (e.g. captured after a captured `cuMemAllocAsync`, as PyTorch's
+//! `cudaMallocAsync` backend does) is accepted and writes nothing, a copy out of it reads
+//! zeros. An alloc node's address range (address space only, no memory) is kept for the
+//! process's life.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,6 +82,12 @@ impl GraphMemory {
     /// Whether `addr` starts a graph allocation (what a free node may name).
     pub fn is_allocation(&self, addr: u64) -> bool {
         self.addresses.contains_key(&addr)
+    }
+
+    /// Whether `[ptr, ptr + len)` lies inside one graph allocation's address range.
+    pub fn holds(&self, ptr: u64, len: u64) -> bool {
+        let Some(end) = ptr.checked_add(len) else { return false };
+        self.addresses.range(..=ptr).next_back().is_some_and(|(&start, a)| end <= start + a.rounded)
     }
 
     /// The device of the allocation at `addr`.

@@ -1208,7 +1208,8 @@ fn reuse_index(attribute: CUmemPool_attribute) -> CuResult<usize> {
 pub(crate) fn copy_unified(dst: u64, src: u64, n: usize, stream: Option<CUstream>, per_thread: bool) -> CuResult {
     let (dst_device, src_device) = {
         let reg = driver()?.lock();
-        (reg.memory.address_range(dst).is_ok(), reg.memory.address_range(src).is_ok())
+        let device = |p: u64| reg.memory.address_range(p).is_ok() || reg.graph_memory.holds(p, 1);
+        (device(dst), device(src))
     };
     let to = if dst_device { Dst::Device(dst) } else { Dst::Host(dst as *mut u8) };
     let from = if src_device { Src::Device(src) } else { Src::Host(src as *const u8) };
@@ -1217,7 +1218,8 @@ pub(crate) fn copy_unified(dst: u64, src: u64, n: usize, stream: Option<CUstream
 
 /// `cuMemcpy*`: `stream` `None` for the synchronous calls, which first wait for the default
 /// stream (legacy, or per-thread in `_ptds` calls) as the real ones do. Device ranges must
-/// lie inside live allocations (or accessible mappings).
+/// lie inside live allocations (or accessible mappings), or inside one graph allocation,
+/// which has no contents: a copy into it is dropped, a copy out of it reads zeros.
 pub(crate) fn copy(dst: Dst, src: Src, n: usize, stream: Option<CUstream>, per_thread: bool) -> CuResult {
     let d = driver()?;
     let sync = stream.is_none();
@@ -1230,20 +1232,28 @@ pub(crate) fn copy(dst: Dst, src: Src, n: usize, stream: Option<CUstream>, per_t
         return Ok(());
     }
     let reg = d.lock();
+    // `None`: inside a graph allocation.
     let to = match dst {
         Dst::Host(p) if p.is_null() => return Err(INVALID_VALUE),
-        Dst::Host(p) => p,
-        Dst::Device(p) => reg.span(p, n as u64, true)?,
+        Dst::Host(p) => Some(p),
+        Dst::Device(p) if reg.graph_memory.holds(p, n as u64) => None,
+        Dst::Device(p) => Some(reg.span(p, n as u64, true)?),
     };
     let from = match src {
         Src::Host(p) if p.is_null() => return Err(INVALID_VALUE),
-        Src::Host(p) => p,
-        Src::Device(p) => reg.span(p, n as u64, false)?,
+        Src::Host(p) => Some(p),
+        Src::Device(p) if reg.graph_memory.holds(p, n as u64) => None,
+        Src::Device(p) => Some(reg.span(p, n as u64, false)?.cast_const()),
     };
-    // SAFETY: device ranges were just checked to lie inside memory this process maps with
-    // the access needed (and the registry lock keeps them mapped); host ranges are valid
-    // for `n` bytes per the export's contract. `copy` allows overlap.
-    unsafe { std::ptr::copy(from, to, n) };
+    match (from, to) {
+        (_, None) => {}
+        // SAFETY: as below, for the destination alone.
+        (None, Some(to)) => unsafe { std::ptr::write_bytes(to, 0, n) },
+        // SAFETY: device ranges were just checked to lie inside memory this process maps
+        // with the access needed (and the registry lock keeps them mapped); host ranges are
+        // valid for `n` bytes per the export's contract. `copy` allows overlap.
+        (Some(from), Some(to)) => unsafe { std::ptr::copy(from, to, n) },
+    }
     Ok(())
 }
 
@@ -1258,6 +1268,10 @@ pub(crate) fn memset(ptr: u64, pattern: &[u8], n: usize, stream: CUstream, per_t
     }
     let len = n.checked_mul(pattern.len()).ok_or(INVALID_VALUE)?;
     if len == 0 {
+        return Ok(());
+    }
+    if reg.graph_memory.holds(ptr, len as u64) {
+        // Graph memory has no contents (see graph_memory): nothing to write.
         return Ok(());
     }
     let to = reg.span(ptr, len as u64, true)?;

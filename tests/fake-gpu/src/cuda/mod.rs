@@ -23,6 +23,7 @@
 //! Bookkeeping (contexts, allocations, streams, …) lives in one [`Registry`] behind one
 //! lock; a thread never sleeps holding it (see [`launch`]).
 
+mod capture;
 mod context;
 mod context_info;
 mod dark_api;

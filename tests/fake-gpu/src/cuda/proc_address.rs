@@ -28,13 +28,14 @@ pub struct Export {
 }
 
 /// The lists of exports, one per file that declares some.
-static TABLES: [&[Export]; 6] = [
+static TABLES: [&[Export]; 7] = [
     super::exports::TABLE,
     super::library::TABLE,
     super::context_info::TABLE,
     super::dark_api::TABLE,
     super::not_supported::TABLE,
     super::green::TABLE,
+    super::capture::TABLE,
 ];
 
 /// Every export.

@@ -240,4 +240,15 @@ driver! {
     cuStreamCreateWithPriority;
     cuStreamGetPriority;
     cuGreenCtxCreate;
+    cuGraphGetNodes;
+    cuStreamGetCaptureInfo;
+    cuStreamGetCaptureInfo_v2;
+    cuStreamGetCaptureInfo_v3;
+    cuStreamGetCaptureInfo_v3_ptsz;
+    cuStreamUpdateCaptureDependencies;
+    cuStreamUpdateCaptureDependencies_v2;
+    cuEventRecordWithFlags;
+    cuThreadExchangeStreamCaptureMode;
+    cuMemsetD8Async;
+    cuMemsetD32Async;
 }
