@@ -36,6 +36,7 @@ mod green;
 pub mod hold;
 mod image;
 mod integrity;
+mod interop;
 mod launch;
 mod library;
 mod memory;
