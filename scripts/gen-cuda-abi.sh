@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the crate gpuslice-cuda-abi (cuda-abi/) from NVIDIA's own headers:
-#   cuda.h + cudaTypedefs.h of nvidia-cuda-runtime-cu12 12.9.79 and nvidia-cuda-runtime 13.5.37,
+#   cuda.h + cudaTypedefs.h (and the interop headers cudaGL.h, cudaGLTypedefs.h, cudaVDPAU.h,
+#   cudaVDPAUTypedefs.h) of nvidia-cuda-runtime-cu12 12.9.79 and nvidia-cuda-runtime 13.5.37,
 #   nvml.h of nvidia-nvml-dev-cu12 12.9.79 (PyPI wheels).
 # The wheels are downloaded with pip into $WHEELS (default /var/cache/gpuslice-wheels), reusing
 # what is there, and unpacked into a temporary directory; scripts/gen-cuda-abi.py reads them

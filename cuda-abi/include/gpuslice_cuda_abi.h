@@ -3262,6 +3262,50 @@ typedef CUresult (*PFN_cuCheckpointProcessCheckpoint_v12080)(int, CUcheckpointCh
 typedef CUresult (*PFN_cuCheckpointProcessRestore_v12080)(int, CUcheckpointRestoreArgs *);
 typedef CUresult (*PFN_cuCheckpointProcessUnlock_v12080)(int, CUcheckpointUnlockArgs *);
 typedef CUresult (*PFN_cuCheckpointOperationComplete_v13040)(CUcheckpointOperationHandle);
+typedef unsigned int GLuint;
+typedef unsigned int GLenum;
+enum CUGLDeviceList_enum {
+    CU_GL_DEVICE_LIST_ALL = 1,
+    CU_GL_DEVICE_LIST_CURRENT_FRAME = 2,
+    CU_GL_DEVICE_LIST_NEXT_FRAME = 3,
+};
+typedef enum CUGLDeviceList_enum CUGLDeviceList;
+enum CUGLmap_flags_enum {
+    CU_GL_MAP_RESOURCE_FLAGS_NONE = 0,
+    CU_GL_MAP_RESOURCE_FLAGS_READ_ONLY = 1,
+    CU_GL_MAP_RESOURCE_FLAGS_WRITE_DISCARD = 2,
+};
+typedef enum CUGLmap_flags_enum CUGLmap_flags;
+typedef CUresult (*PFN_cuGraphicsGLRegisterBuffer_v3000)(CUgraphicsResource *, GLuint, unsigned int);
+typedef CUresult (*PFN_cuGraphicsGLRegisterImage_v3000)(CUgraphicsResource *, GLuint, GLenum, unsigned int);
+typedef CUresult (*PFN_cuGLGetDevices_v6050)(unsigned int *, CUdevice_v1 *, unsigned int, CUGLDeviceList);
+typedef CUresult (*PFN_cuGLCtxCreate_v3020)(CUcontext *, unsigned int, CUdevice_v1);
+typedef CUresult (*PFN_cuGLInit_v2000)(void);
+typedef CUresult (*PFN_cuGLRegisterBufferObject_v2000)(GLuint);
+typedef CUresult (*PFN_cuGLMapBufferObject_v7000_ptds)(CUdeviceptr_v2 *, size_t *, GLuint);
+typedef CUresult (*PFN_cuGLUnmapBufferObject_v2000)(GLuint);
+typedef CUresult (*PFN_cuGLUnregisterBufferObject_v2000)(GLuint);
+typedef CUresult (*PFN_cuGLSetBufferObjectMapFlags_v2030)(GLuint, unsigned int);
+typedef CUresult (*PFN_cuGLMapBufferObjectAsync_v7000_ptsz)(CUdeviceptr_v2 *, size_t *, GLuint, CUstream);
+typedef CUresult (*PFN_cuGLUnmapBufferObjectAsync_v2030)(GLuint, CUstream);
+typedef CUresult (*PFN_cuGLMapBufferObject_v3020)(CUdeviceptr_v2 *, size_t *, GLuint);
+typedef CUresult (*PFN_cuGLMapBufferObjectAsync_v3020)(CUdeviceptr_v2 *, size_t *, GLuint, CUstream);
+typedef CUresult (*PFN_cuGLGetDevices_v4010)(unsigned int *, CUdevice_v1 *, unsigned int, CUGLDeviceList);
+typedef CUresult (*PFN_cuGLMapBufferObject_v2000)(CUdeviceptr_v1 *, unsigned int *, GLuint);
+typedef CUresult (*PFN_cuGLMapBufferObjectAsync_v2030)(CUdeviceptr_v1 *, unsigned int *, GLuint, CUstream);
+typedef CUresult (*PFN_cuGLCtxCreate_v2000)(CUcontext *, unsigned int, CUdevice_v1);
+typedef uint32_t VdpDevice;
+typedef uint32_t VdpVideoSurface;
+typedef uint32_t VdpOutputSurface;
+typedef uint32_t VdpChromaType;
+typedef uint32_t VdpRGBAFormat;
+struct VdpGetProcAddress;
+typedef struct VdpGetProcAddress VdpGetProcAddress;
+typedef CUresult (*PFN_cuVDPAUGetDevice_v3010)(CUdevice_v1 *, VdpDevice, VdpGetProcAddress *);
+typedef CUresult (*PFN_cuVDPAUCtxCreate_v3020)(CUcontext *, unsigned int, CUdevice_v1, VdpDevice, VdpGetProcAddress *);
+typedef CUresult (*PFN_cuGraphicsVDPAURegisterVideoSurface_v3010)(CUgraphicsResource *, VdpVideoSurface, unsigned int);
+typedef CUresult (*PFN_cuGraphicsVDPAURegisterOutputSurface_v3010)(CUgraphicsResource *, VdpOutputSurface, unsigned int);
+typedef CUresult (*PFN_cuVDPAUCtxCreate_v3010)(CUcontext *, unsigned int, CUdevice_v1, VdpDevice, VdpGetProcAddress *);
 CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *pAllocateArray);
 CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pAllocateArray);
 CUresult cuArray3DGetDescriptor(CUDA_ARRAY3D_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray);
@@ -3400,6 +3444,22 @@ CUresult cuFuncSetBlockShape(CUfunction hfunc, int x, int y, int z);
 CUresult cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache config);
 CUresult cuFuncSetSharedMemConfig(CUfunction hfunc, CUsharedconfig config);
 CUresult cuFuncSetSharedSize(CUfunction hfunc, unsigned int bytes);
+CUresult cuGLCtxCreate(CUcontext *pCtx, unsigned int Flags, CUdevice device);
+CUresult cuGLCtxCreate_v2(CUcontext *pCtx, unsigned int Flags, CUdevice device);
+CUresult cuGLGetDevices(unsigned int *pCudaDeviceCount, CUdevice *pCudaDevices, unsigned int cudaDeviceCount, CUGLDeviceList deviceList);
+CUresult cuGLGetDevices_v2(unsigned int *pCudaDeviceCount, CUdevice *pCudaDevices, unsigned int cudaDeviceCount, CUGLDeviceList deviceList);
+CUresult cuGLInit(void);
+CUresult cuGLMapBufferObject(CUdeviceptr_v1 *dptr, unsigned int *size, GLuint buffer);
+CUresult cuGLMapBufferObjectAsync(CUdeviceptr_v1 *dptr, unsigned int *size, GLuint buffer, CUstream hStream);
+CUresult cuGLMapBufferObjectAsync_v2(CUdeviceptr *dptr, size_t *size, GLuint buffer, CUstream hStream);
+CUresult cuGLMapBufferObjectAsync_v2_ptsz(CUdeviceptr *dptr, size_t *size, GLuint buffer, CUstream hStream);
+CUresult cuGLMapBufferObject_v2(CUdeviceptr *dptr, size_t *size, GLuint buffer);
+CUresult cuGLMapBufferObject_v2_ptds(CUdeviceptr *dptr, size_t *size, GLuint buffer);
+CUresult cuGLRegisterBufferObject(GLuint buffer);
+CUresult cuGLSetBufferObjectMapFlags(GLuint buffer, unsigned int Flags);
+CUresult cuGLUnmapBufferObject(GLuint buffer);
+CUresult cuGLUnmapBufferObjectAsync(GLuint buffer, CUstream hStream);
+CUresult cuGLUnregisterBufferObject(GLuint buffer);
 CUresult cuGetErrorName(CUresult error, const char **pStr);
 CUresult cuGetErrorString(CUresult error, const char **pStr);
 CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId);
@@ -3505,6 +3565,8 @@ CUresult cuGraphRemoveDependencies_v2(CUgraph hGraph, const CUgraphNode *from, c
 CUresult cuGraphRetainUserObject(CUgraph graph, CUuserObject object, unsigned int count, unsigned int flags);
 CUresult cuGraphUpload(CUgraphExec hGraphExec, CUstream hStream);
 CUresult cuGraphUpload_ptsz(CUgraphExec hGraphExec, CUstream hStream);
+CUresult cuGraphicsGLRegisterBuffer(CUgraphicsResource *pCudaResource, GLuint buffer, unsigned int Flags);
+CUresult cuGraphicsGLRegisterImage(CUgraphicsResource *pCudaResource, GLuint image, GLenum target, unsigned int Flags);
 CUresult cuGraphicsMapResources(unsigned int count, CUgraphicsResource *resources, CUstream hStream);
 CUresult cuGraphicsMapResources_ptsz(unsigned int count, CUgraphicsResource *resources, CUstream hStream);
 CUresult cuGraphicsResourceGetMappedMipmappedArray(CUmipmappedArray *pMipmappedArray, CUgraphicsResource resource);
@@ -3516,6 +3578,8 @@ CUresult cuGraphicsSubResourceGetMappedArray(CUarray *pArray, CUgraphicsResource
 CUresult cuGraphicsUnmapResources(unsigned int count, CUgraphicsResource *resources, CUstream hStream);
 CUresult cuGraphicsUnmapResources_ptsz(unsigned int count, CUgraphicsResource *resources, CUstream hStream);
 CUresult cuGraphicsUnregisterResource(CUgraphicsResource resource);
+CUresult cuGraphicsVDPAURegisterOutputSurface(CUgraphicsResource *pCudaResource, VdpOutputSurface vdpSurface, unsigned int flags);
+CUresult cuGraphicsVDPAURegisterVideoSurface(CUgraphicsResource *pCudaResource, VdpVideoSurface vdpSurface, unsigned int flags);
 CUresult cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev, unsigned int flags);
 CUresult cuGreenCtxDestroy(CUgreenCtx hCtx);
 CUresult cuGreenCtxGetDevResource(CUgreenCtx hCtx, CUdevResource *resource, CUdevResourceType type);
@@ -3945,6 +4009,9 @@ CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode);
 CUresult cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy, unsigned int initialRefcount, unsigned int flags);
 CUresult cuUserObjectRelease(CUuserObject object, unsigned int count);
 CUresult cuUserObjectRetain(CUuserObject object, unsigned int count);
+CUresult cuVDPAUCtxCreate(CUcontext *pCtx, unsigned int flags, CUdevice device, VdpDevice vdpDevice, VdpGetProcAddress *vdpGetProcAddress);
+CUresult cuVDPAUCtxCreate_v2(CUcontext *pCtx, unsigned int flags, CUdevice device, VdpDevice vdpDevice, VdpGetProcAddress *vdpGetProcAddress);
+CUresult cuVDPAUGetDevice(CUdevice *pDevice, VdpDevice vdpDevice, VdpGetProcAddress *vdpGetProcAddress);
 CUresult cuWaitExternalSemaphoresAsync(const CUexternalSemaphore *extSemArray, const CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS *paramsArray, unsigned int numExtSems, CUstream stream);
 CUresult cuWaitExternalSemaphoresAsync_ptsz(const CUexternalSemaphore *extSemArray, const CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS *paramsArray, unsigned int numExtSems, CUstream stream);
 
@@ -6700,6 +6767,22 @@ typedef PFN_cuFuncSetBlockShape_v2000 gpuslice_sym_cuFuncSetBlockShape;
 typedef PFN_cuFuncSetCacheConfig_v3000 gpuslice_sym_cuFuncSetCacheConfig;
 typedef PFN_cuFuncSetSharedMemConfig_v4020 gpuslice_sym_cuFuncSetSharedMemConfig;
 typedef PFN_cuFuncSetSharedSize_v2000 gpuslice_sym_cuFuncSetSharedSize;
+typedef PFN_cuGLCtxCreate_v2000 gpuslice_sym_cuGLCtxCreate;
+typedef PFN_cuGLCtxCreate_v3020 gpuslice_sym_cuGLCtxCreate_v2;
+typedef PFN_cuGLGetDevices_v4010 gpuslice_sym_cuGLGetDevices;
+typedef PFN_cuGLGetDevices_v6050 gpuslice_sym_cuGLGetDevices_v2;
+typedef PFN_cuGLInit_v2000 gpuslice_sym_cuGLInit;
+typedef PFN_cuGLMapBufferObject_v2000 gpuslice_sym_cuGLMapBufferObject;
+typedef PFN_cuGLMapBufferObject_v3020 gpuslice_sym_cuGLMapBufferObject_v2;
+typedef PFN_cuGLMapBufferObject_v7000_ptds gpuslice_sym_cuGLMapBufferObject_v2_ptds;
+typedef PFN_cuGLMapBufferObjectAsync_v2030 gpuslice_sym_cuGLMapBufferObjectAsync;
+typedef PFN_cuGLMapBufferObjectAsync_v3020 gpuslice_sym_cuGLMapBufferObjectAsync_v2;
+typedef PFN_cuGLMapBufferObjectAsync_v7000_ptsz gpuslice_sym_cuGLMapBufferObjectAsync_v2_ptsz;
+typedef PFN_cuGLRegisterBufferObject_v2000 gpuslice_sym_cuGLRegisterBufferObject;
+typedef PFN_cuGLSetBufferObjectMapFlags_v2030 gpuslice_sym_cuGLSetBufferObjectMapFlags;
+typedef PFN_cuGLUnmapBufferObject_v2000 gpuslice_sym_cuGLUnmapBufferObject;
+typedef PFN_cuGLUnmapBufferObjectAsync_v2030 gpuslice_sym_cuGLUnmapBufferObjectAsync;
+typedef PFN_cuGLUnregisterBufferObject_v2000 gpuslice_sym_cuGLUnregisterBufferObject;
 typedef PFN_cuGetErrorName_v6000 gpuslice_sym_cuGetErrorName;
 typedef PFN_cuGetErrorString_v6000 gpuslice_sym_cuGetErrorString;
 typedef PFN_cuGetExportTable_v3000 gpuslice_sym_cuGetExportTable;
@@ -6805,6 +6888,8 @@ typedef PFN_cuGraphRemoveDependencies_v12030 gpuslice_sym_cuGraphRemoveDependenc
 typedef PFN_cuGraphRetainUserObject_v11030 gpuslice_sym_cuGraphRetainUserObject;
 typedef PFN_cuGraphUpload_v11010 gpuslice_sym_cuGraphUpload;
 typedef PFN_cuGraphUpload_v11010_ptsz gpuslice_sym_cuGraphUpload_ptsz;
+typedef PFN_cuGraphicsGLRegisterBuffer_v3000 gpuslice_sym_cuGraphicsGLRegisterBuffer;
+typedef PFN_cuGraphicsGLRegisterImage_v3000 gpuslice_sym_cuGraphicsGLRegisterImage;
 typedef PFN_cuGraphicsMapResources_v3000 gpuslice_sym_cuGraphicsMapResources;
 typedef PFN_cuGraphicsMapResources_v7000_ptsz gpuslice_sym_cuGraphicsMapResources_ptsz;
 typedef PFN_cuGraphicsResourceGetMappedMipmappedArray_v5000 gpuslice_sym_cuGraphicsResourceGetMappedMipmappedArray;
@@ -6816,6 +6901,8 @@ typedef PFN_cuGraphicsSubResourceGetMappedArray_v3000 gpuslice_sym_cuGraphicsSub
 typedef PFN_cuGraphicsUnmapResources_v3000 gpuslice_sym_cuGraphicsUnmapResources;
 typedef PFN_cuGraphicsUnmapResources_v7000_ptsz gpuslice_sym_cuGraphicsUnmapResources_ptsz;
 typedef PFN_cuGraphicsUnregisterResource_v3000 gpuslice_sym_cuGraphicsUnregisterResource;
+typedef PFN_cuGraphicsVDPAURegisterOutputSurface_v3010 gpuslice_sym_cuGraphicsVDPAURegisterOutputSurface;
+typedef PFN_cuGraphicsVDPAURegisterVideoSurface_v3010 gpuslice_sym_cuGraphicsVDPAURegisterVideoSurface;
 typedef PFN_cuGreenCtxCreate_v12040 gpuslice_sym_cuGreenCtxCreate;
 typedef PFN_cuGreenCtxDestroy_v12040 gpuslice_sym_cuGreenCtxDestroy;
 typedef PFN_cuGreenCtxGetDevResource_v12040 gpuslice_sym_cuGreenCtxGetDevResource;
@@ -7245,6 +7332,9 @@ typedef PFN_cuThreadExchangeStreamCaptureMode_v10010 gpuslice_sym_cuThreadExchan
 typedef PFN_cuUserObjectCreate_v11030 gpuslice_sym_cuUserObjectCreate;
 typedef PFN_cuUserObjectRelease_v11030 gpuslice_sym_cuUserObjectRelease;
 typedef PFN_cuUserObjectRetain_v11030 gpuslice_sym_cuUserObjectRetain;
+typedef PFN_cuVDPAUCtxCreate_v3010 gpuslice_sym_cuVDPAUCtxCreate;
+typedef PFN_cuVDPAUCtxCreate_v3020 gpuslice_sym_cuVDPAUCtxCreate_v2;
+typedef PFN_cuVDPAUGetDevice_v3010 gpuslice_sym_cuVDPAUGetDevice;
 typedef PFN_cuWaitExternalSemaphoresAsync_v10000 gpuslice_sym_cuWaitExternalSemaphoresAsync;
 typedef PFN_cuWaitExternalSemaphoresAsync_v10000_ptsz gpuslice_sym_cuWaitExternalSemaphoresAsync_ptsz;
 
@@ -7394,6 +7484,22 @@ __attribute__((unused)) static const struct gpuslice_proc_row gpuslice_proc_tabl
     {"cuFuncSetCacheConfig", 3000, 0, "cuFuncSetCacheConfig"},
     {"cuFuncSetSharedMemConfig", 4020, 0, "cuFuncSetSharedMemConfig"},
     {"cuFuncSetSharedSize", 2000, 0, "cuFuncSetSharedSize"},
+    {"cuGLCtxCreate", 2000, 0, "cuGLCtxCreate"},
+    {"cuGLCtxCreate", 3020, 0, "cuGLCtxCreate_v2"},
+    {"cuGLGetDevices", 4010, 0, "cuGLGetDevices"},
+    {"cuGLGetDevices", 6050, 0, "cuGLGetDevices_v2"},
+    {"cuGLInit", 2000, 0, "cuGLInit"},
+    {"cuGLMapBufferObject", 2000, 0, "cuGLMapBufferObject"},
+    {"cuGLMapBufferObject", 3020, 0, "cuGLMapBufferObject_v2"},
+    {"cuGLMapBufferObject", 7000, 1, "cuGLMapBufferObject_v2_ptds"},
+    {"cuGLMapBufferObjectAsync", 2030, 0, "cuGLMapBufferObjectAsync"},
+    {"cuGLMapBufferObjectAsync", 3020, 0, "cuGLMapBufferObjectAsync_v2"},
+    {"cuGLMapBufferObjectAsync", 7000, 1, "cuGLMapBufferObjectAsync_v2_ptsz"},
+    {"cuGLRegisterBufferObject", 2000, 0, "cuGLRegisterBufferObject"},
+    {"cuGLSetBufferObjectMapFlags", 2030, 0, "cuGLSetBufferObjectMapFlags"},
+    {"cuGLUnmapBufferObject", 2000, 0, "cuGLUnmapBufferObject"},
+    {"cuGLUnmapBufferObjectAsync", 2030, 0, "cuGLUnmapBufferObjectAsync"},
+    {"cuGLUnregisterBufferObject", 2000, 0, "cuGLUnregisterBufferObject"},
     {"cuGetErrorName", 6000, 0, "cuGetErrorName"},
     {"cuGetErrorString", 6000, 0, "cuGetErrorString"},
     {"cuGetExportTable", 3000, 0, "cuGetExportTable"},
@@ -7500,6 +7606,8 @@ __attribute__((unused)) static const struct gpuslice_proc_row gpuslice_proc_tabl
     {"cuGraphRetainUserObject", 11030, 0, "cuGraphRetainUserObject"},
     {"cuGraphUpload", 11010, 0, "cuGraphUpload"},
     {"cuGraphUpload", 11010, 1, "cuGraphUpload_ptsz"},
+    {"cuGraphicsGLRegisterBuffer", 3000, 0, "cuGraphicsGLRegisterBuffer"},
+    {"cuGraphicsGLRegisterImage", 3000, 0, "cuGraphicsGLRegisterImage"},
     {"cuGraphicsMapResources", 3000, 0, "cuGraphicsMapResources"},
     {"cuGraphicsMapResources", 7000, 1, "cuGraphicsMapResources_ptsz"},
     {"cuGraphicsResourceGetMappedMipmappedArray", 5000, 0, "cuGraphicsResourceGetMappedMipmappedArray"},
@@ -7511,6 +7619,8 @@ __attribute__((unused)) static const struct gpuslice_proc_row gpuslice_proc_tabl
     {"cuGraphicsUnmapResources", 3000, 0, "cuGraphicsUnmapResources"},
     {"cuGraphicsUnmapResources", 7000, 1, "cuGraphicsUnmapResources_ptsz"},
     {"cuGraphicsUnregisterResource", 3000, 0, "cuGraphicsUnregisterResource"},
+    {"cuGraphicsVDPAURegisterOutputSurface", 3010, 0, "cuGraphicsVDPAURegisterOutputSurface"},
+    {"cuGraphicsVDPAURegisterVideoSurface", 3010, 0, "cuGraphicsVDPAURegisterVideoSurface"},
     {"cuGreenCtxCreate", 12040, 0, "cuGreenCtxCreate"},
     {"cuGreenCtxDestroy", 12040, 0, "cuGreenCtxDestroy"},
     {"cuGreenCtxGetDevResource", 12040, 0, "cuGreenCtxGetDevResource"},
@@ -7940,10 +8050,13 @@ __attribute__((unused)) static const struct gpuslice_proc_row gpuslice_proc_tabl
     {"cuUserObjectCreate", 11030, 0, "cuUserObjectCreate"},
     {"cuUserObjectRelease", 11030, 0, "cuUserObjectRelease"},
     {"cuUserObjectRetain", 11030, 0, "cuUserObjectRetain"},
+    {"cuVDPAUCtxCreate", 3010, 0, "cuVDPAUCtxCreate"},
+    {"cuVDPAUCtxCreate", 3020, 0, "cuVDPAUCtxCreate_v2"},
+    {"cuVDPAUGetDevice", 3010, 0, "cuVDPAUGetDevice"},
     {"cuWaitExternalSemaphoresAsync", 10000, 0, "cuWaitExternalSemaphoresAsync"},
     {"cuWaitExternalSemaphoresAsync", 10000, 1, "cuWaitExternalSemaphoresAsync_ptsz"},
 };
-#define GPUSLICE_PROC_TABLE_LEN 686
+#define GPUSLICE_PROC_TABLE_LEN 709
 
 /* ---- layouts, as libclang computed them for this target ---- */
 _Static_assert(sizeof(struct CUuuid_st) == 16, "size of struct CUuuid_st");

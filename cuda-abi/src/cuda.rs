@@ -9702,6 +9702,133 @@ pub type PFN_cuCheckpointProcessUnlock_v12080 = ::std::option::Option<
 >;
 pub type PFN_cuCheckpointOperationComplete_v13040 =
     ::std::option::Option<unsafe extern "C" fn(handle: CUcheckpointOperationHandle) -> CUresult>;
+pub type GLuint = ::std::os::raw::c_uint;
+pub type GLenum = ::std::os::raw::c_uint;
+pub const CU_GL_DEVICE_LIST_ALL: CUGLDeviceList_enum = 1;
+pub const CU_GL_DEVICE_LIST_CURRENT_FRAME: CUGLDeviceList_enum = 2;
+pub const CU_GL_DEVICE_LIST_NEXT_FRAME: CUGLDeviceList_enum = 3;
+pub type CUGLDeviceList_enum = ::std::os::raw::c_uint;
+pub use self::CUGLDeviceList_enum as CUGLDeviceList;
+pub const CU_GL_MAP_RESOURCE_FLAGS_NONE: CUGLmap_flags_enum = 0;
+pub const CU_GL_MAP_RESOURCE_FLAGS_READ_ONLY: CUGLmap_flags_enum = 1;
+pub const CU_GL_MAP_RESOURCE_FLAGS_WRITE_DISCARD: CUGLmap_flags_enum = 2;
+pub type CUGLmap_flags_enum = ::std::os::raw::c_uint;
+pub use self::CUGLmap_flags_enum as CUGLmap_flags;
+pub type PFN_cuGraphicsGLRegisterBuffer_v3000 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaResource: *mut CUgraphicsResource,
+        buffer: GLuint,
+        Flags: ::std::os::raw::c_uint,
+    ) -> CUresult,
+>;
+pub type PFN_cuGraphicsGLRegisterImage_v3000 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaResource: *mut CUgraphicsResource,
+        image: GLuint,
+        target: GLenum,
+        Flags: ::std::os::raw::c_uint,
+    ) -> CUresult,
+>;
+pub type PFN_cuGLGetDevices_v6050 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaDeviceCount: *mut ::std::os::raw::c_uint,
+        pCudaDevices: *mut CUdevice_v1,
+        cudaDeviceCount: ::std::os::raw::c_uint,
+        deviceList: CUGLDeviceList,
+    ) -> CUresult,
+>;
+pub type PFN_cuGLCtxCreate_v3020 = ::std::option::Option<
+    unsafe extern "C" fn(pCtx: *mut CUcontext, Flags: ::std::os::raw::c_uint, device: CUdevice_v1) -> CUresult,
+>;
+pub type PFN_cuGLInit_v2000 = ::std::option::Option<unsafe extern "C" fn() -> CUresult>;
+pub type PFN_cuGLRegisterBufferObject_v2000 = ::std::option::Option<unsafe extern "C" fn(buffer: GLuint) -> CUresult>;
+pub type PFN_cuGLMapBufferObject_v7000_ptds = ::std::option::Option<
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v2, size: *mut usize, buffer: GLuint) -> CUresult,
+>;
+pub type PFN_cuGLUnmapBufferObject_v2000 = ::std::option::Option<unsafe extern "C" fn(buffer: GLuint) -> CUresult>;
+pub type PFN_cuGLUnregisterBufferObject_v2000 = ::std::option::Option<unsafe extern "C" fn(buffer: GLuint) -> CUresult>;
+pub type PFN_cuGLSetBufferObjectMapFlags_v2030 =
+    ::std::option::Option<unsafe extern "C" fn(buffer: GLuint, Flags: ::std::os::raw::c_uint) -> CUresult>;
+pub type PFN_cuGLMapBufferObjectAsync_v7000_ptsz = ::std::option::Option<
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v2, size: *mut usize, buffer: GLuint, hStream: CUstream) -> CUresult,
+>;
+pub type PFN_cuGLUnmapBufferObjectAsync_v2030 =
+    ::std::option::Option<unsafe extern "C" fn(buffer: GLuint, hStream: CUstream) -> CUresult>;
+pub type PFN_cuGLMapBufferObject_v3020 = ::std::option::Option<
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v2, size: *mut usize, buffer: GLuint) -> CUresult,
+>;
+pub type PFN_cuGLMapBufferObjectAsync_v3020 = ::std::option::Option<
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v2, size: *mut usize, buffer: GLuint, hStream: CUstream) -> CUresult,
+>;
+pub type PFN_cuGLGetDevices_v4010 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaDeviceCount: *mut ::std::os::raw::c_uint,
+        pCudaDevices: *mut CUdevice_v1,
+        cudaDeviceCount: ::std::os::raw::c_uint,
+        deviceList: CUGLDeviceList,
+    ) -> CUresult,
+>;
+pub type PFN_cuGLMapBufferObject_v2000 = ::std::option::Option<
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v1, size: *mut ::std::os::raw::c_uint, buffer: GLuint) -> CUresult,
+>;
+pub type PFN_cuGLMapBufferObjectAsync_v2030 = ::std::option::Option<
+    unsafe extern "C" fn(
+        dptr: *mut CUdeviceptr_v1,
+        size: *mut ::std::os::raw::c_uint,
+        buffer: GLuint,
+        hStream: CUstream,
+    ) -> CUresult,
+>;
+pub type PFN_cuGLCtxCreate_v2000 = ::std::option::Option<
+    unsafe extern "C" fn(pCtx: *mut CUcontext, Flags: ::std::os::raw::c_uint, device: CUdevice_v1) -> CUresult,
+>;
+pub type VdpDevice = u32;
+pub type VdpVideoSurface = u32;
+pub type VdpOutputSurface = u32;
+#[repr(C)]
+#[derive(Debug)]
+pub struct VdpGetProcAddress {
+    _unused: [u8; 0],
+}
+pub type PFN_cuVDPAUGetDevice_v3010 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pDevice: *mut CUdevice_v1,
+        vdpDevice: VdpDevice,
+        vdpGetProcAddress: *mut VdpGetProcAddress,
+    ) -> CUresult,
+>;
+pub type PFN_cuVDPAUCtxCreate_v3020 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCtx: *mut CUcontext,
+        flags: ::std::os::raw::c_uint,
+        device: CUdevice_v1,
+        vdpDevice: VdpDevice,
+        vdpGetProcAddress: *mut VdpGetProcAddress,
+    ) -> CUresult,
+>;
+pub type PFN_cuGraphicsVDPAURegisterVideoSurface_v3010 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaResource: *mut CUgraphicsResource,
+        vdpSurface: VdpVideoSurface,
+        flags: ::std::os::raw::c_uint,
+    ) -> CUresult,
+>;
+pub type PFN_cuGraphicsVDPAURegisterOutputSurface_v3010 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCudaResource: *mut CUgraphicsResource,
+        vdpSurface: VdpOutputSurface,
+        flags: ::std::os::raw::c_uint,
+    ) -> CUresult,
+>;
+pub type PFN_cuVDPAUCtxCreate_v3010 = ::std::option::Option<
+    unsafe extern "C" fn(
+        pCtx: *mut CUcontext,
+        flags: ::std::os::raw::c_uint,
+        device: CUdevice_v1,
+        vdpDevice: VdpDevice,
+        vdpGetProcAddress: *mut VdpGetProcAddress,
+    ) -> CUresult,
+>;
 
 // Macros of the form `((TYPE)VALUE)`, which bindgen does not translate.
 pub const CU_STREAM_LEGACY: CUstream = 0x1 as CUstream;
@@ -9857,6 +9984,22 @@ pub mod sym {
     pub type cuFuncSetCacheConfig = <super::PFN_cuFuncSetCacheConfig_v3000 as NonNullFn>::Fn;
     pub type cuFuncSetSharedMemConfig = <super::PFN_cuFuncSetSharedMemConfig_v4020 as NonNullFn>::Fn;
     pub type cuFuncSetSharedSize = <super::PFN_cuFuncSetSharedSize_v2000 as NonNullFn>::Fn;
+    pub type cuGLCtxCreate = <super::PFN_cuGLCtxCreate_v2000 as NonNullFn>::Fn;
+    pub type cuGLCtxCreate_v2 = <super::PFN_cuGLCtxCreate_v3020 as NonNullFn>::Fn;
+    pub type cuGLGetDevices = <super::PFN_cuGLGetDevices_v4010 as NonNullFn>::Fn;
+    pub type cuGLGetDevices_v2 = <super::PFN_cuGLGetDevices_v6050 as NonNullFn>::Fn;
+    pub type cuGLInit = <super::PFN_cuGLInit_v2000 as NonNullFn>::Fn;
+    pub type cuGLMapBufferObject = <super::PFN_cuGLMapBufferObject_v2000 as NonNullFn>::Fn;
+    pub type cuGLMapBufferObject_v2 = <super::PFN_cuGLMapBufferObject_v3020 as NonNullFn>::Fn;
+    pub type cuGLMapBufferObject_v2_ptds = <super::PFN_cuGLMapBufferObject_v7000_ptds as NonNullFn>::Fn;
+    pub type cuGLMapBufferObjectAsync = <super::PFN_cuGLMapBufferObjectAsync_v2030 as NonNullFn>::Fn;
+    pub type cuGLMapBufferObjectAsync_v2 = <super::PFN_cuGLMapBufferObjectAsync_v3020 as NonNullFn>::Fn;
+    pub type cuGLMapBufferObjectAsync_v2_ptsz = <super::PFN_cuGLMapBufferObjectAsync_v7000_ptsz as NonNullFn>::Fn;
+    pub type cuGLRegisterBufferObject = <super::PFN_cuGLRegisterBufferObject_v2000 as NonNullFn>::Fn;
+    pub type cuGLSetBufferObjectMapFlags = <super::PFN_cuGLSetBufferObjectMapFlags_v2030 as NonNullFn>::Fn;
+    pub type cuGLUnmapBufferObject = <super::PFN_cuGLUnmapBufferObject_v2000 as NonNullFn>::Fn;
+    pub type cuGLUnmapBufferObjectAsync = <super::PFN_cuGLUnmapBufferObjectAsync_v2030 as NonNullFn>::Fn;
+    pub type cuGLUnregisterBufferObject = <super::PFN_cuGLUnregisterBufferObject_v2000 as NonNullFn>::Fn;
     pub type cuGetErrorName = <super::PFN_cuGetErrorName_v6000 as NonNullFn>::Fn;
     pub type cuGetErrorString = <super::PFN_cuGetErrorString_v6000 as NonNullFn>::Fn;
     pub type cuGetExportTable = <super::PFN_cuGetExportTable_v3000 as NonNullFn>::Fn;
@@ -9973,6 +10116,8 @@ pub mod sym {
     pub type cuGraphRetainUserObject = <super::PFN_cuGraphRetainUserObject_v11030 as NonNullFn>::Fn;
     pub type cuGraphUpload = <super::PFN_cuGraphUpload_v11010 as NonNullFn>::Fn;
     pub type cuGraphUpload_ptsz = <super::PFN_cuGraphUpload_v11010_ptsz as NonNullFn>::Fn;
+    pub type cuGraphicsGLRegisterBuffer = <super::PFN_cuGraphicsGLRegisterBuffer_v3000 as NonNullFn>::Fn;
+    pub type cuGraphicsGLRegisterImage = <super::PFN_cuGraphicsGLRegisterImage_v3000 as NonNullFn>::Fn;
     pub type cuGraphicsMapResources = <super::PFN_cuGraphicsMapResources_v3000 as NonNullFn>::Fn;
     pub type cuGraphicsMapResources_ptsz = <super::PFN_cuGraphicsMapResources_v7000_ptsz as NonNullFn>::Fn;
     pub type cuGraphicsResourceGetMappedMipmappedArray =
@@ -9988,6 +10133,10 @@ pub mod sym {
     pub type cuGraphicsUnmapResources = <super::PFN_cuGraphicsUnmapResources_v3000 as NonNullFn>::Fn;
     pub type cuGraphicsUnmapResources_ptsz = <super::PFN_cuGraphicsUnmapResources_v7000_ptsz as NonNullFn>::Fn;
     pub type cuGraphicsUnregisterResource = <super::PFN_cuGraphicsUnregisterResource_v3000 as NonNullFn>::Fn;
+    pub type cuGraphicsVDPAURegisterOutputSurface =
+        <super::PFN_cuGraphicsVDPAURegisterOutputSurface_v3010 as NonNullFn>::Fn;
+    pub type cuGraphicsVDPAURegisterVideoSurface =
+        <super::PFN_cuGraphicsVDPAURegisterVideoSurface_v3010 as NonNullFn>::Fn;
     pub type cuGreenCtxCreate = <super::PFN_cuGreenCtxCreate_v12040 as NonNullFn>::Fn;
     pub type cuGreenCtxDestroy = <super::PFN_cuGreenCtxDestroy_v12040 as NonNullFn>::Fn;
     pub type cuGreenCtxGetDevResource = <super::PFN_cuGreenCtxGetDevResource_v12040 as NonNullFn>::Fn;
@@ -10434,6 +10583,9 @@ pub mod sym {
     pub type cuUserObjectCreate = <super::PFN_cuUserObjectCreate_v11030 as NonNullFn>::Fn;
     pub type cuUserObjectRelease = <super::PFN_cuUserObjectRelease_v11030 as NonNullFn>::Fn;
     pub type cuUserObjectRetain = <super::PFN_cuUserObjectRetain_v11030 as NonNullFn>::Fn;
+    pub type cuVDPAUCtxCreate = <super::PFN_cuVDPAUCtxCreate_v3010 as NonNullFn>::Fn;
+    pub type cuVDPAUCtxCreate_v2 = <super::PFN_cuVDPAUCtxCreate_v3020 as NonNullFn>::Fn;
+    pub type cuVDPAUGetDevice = <super::PFN_cuVDPAUGetDevice_v3010 as NonNullFn>::Fn;
     pub type cuWaitExternalSemaphoresAsync = <super::PFN_cuWaitExternalSemaphoresAsync_v10000 as NonNullFn>::Fn;
     pub type cuWaitExternalSemaphoresAsync_ptsz =
         <super::PFN_cuWaitExternalSemaphoresAsync_v10000_ptsz as NonNullFn>::Fn;

@@ -165,6 +165,12 @@ api! {
             => crate::memory::ctx_create_v3;
         cuCtxCreate_v4(ctx: *mut CUcontext, params: *mut CUctxCreateParams, flags: u32, dev: CUdevice)
             => crate::memory::ctx_create_v4;
+        cuGLCtxCreate(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::interop::gl_ctx_create;
+        cuGLCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice) => crate::memory::interop::gl_ctx_create_v2;
+        cuVDPAUCtxCreate(ctx: *mut CUcontext, flags: u32, dev: CUdevice, vdp_device: VdpDevice, vdp_get_proc_address: *mut VdpGetProcAddress)
+            => crate::memory::interop::vdpau_ctx_create;
+        cuVDPAUCtxCreate_v2(ctx: *mut CUcontext, flags: u32, dev: CUdevice, vdp_device: VdpDevice, vdp_get_proc_address: *mut VdpGetProcAddress)
+            => crate::memory::interop::vdpau_ctx_create_v2;
         cuCtxDestroy_v2(ctx: CUcontext) => crate::memory::ctx_destroy;
         cuCtxSetLimit(limit: CUlimit, value: usize) => crate::memory::reserved::ctx_set_limit;
         cuModuleLoad(module: *mut CUmodule, fname: *const c_char) => crate::memory::reserved::module_load;

@@ -28,7 +28,8 @@
 //! driver trims pools to their release thresholds. An allocation captured into a graph is
 //! graph memory, charged when the graph runs ([`graph`]). Virtual memory management
 //! (`cuMemCreate`, `cuMemMap`, …) is in [`vmm`]; what the driver reserves outside
-//! allocations (context limits, modules and libraries, green contexts) in [`reserved`].
+//! allocations (context limits, modules and libraries, green contexts) in [`reserved`]; GL and
+//! VDPAU interop contexts, charged as `cuCtxCreate`'s, in [`interop`].
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -291,6 +292,7 @@ macro_rules! slice_or_pass {
 }
 
 pub mod graph;
+pub mod interop;
 pub mod reserved;
 pub mod vmm;
 

@@ -150,6 +150,10 @@ mod tests {
         assert_eq!(name("cuCtxSynchronize", 12090, 0), Some("cuCtxSynchronize"));
         assert_eq!(name("cuCtxSynchronize", 13000, 0), Some("cuCtxSynchronize_v2"), "its own wrapper, not the v1's");
         assert_eq!(name("cuStreamBeginCaptureToGraph", 12030, 2), Some("cuStreamBeginCaptureToGraph_ptsz"));
+        assert_eq!(name("cuGLCtxCreate", 2000, 0), Some("cuGLCtxCreate"));
+        assert_eq!(name("cuGLCtxCreate", 3020, 0), Some("cuGLCtxCreate_v2"));
+        assert_eq!(name("cuVDPAUCtxCreate", 3010, 0), Some("cuVDPAUCtxCreate"));
+        assert_eq!(name("cuVDPAUCtxCreate", 13050, 0), Some("cuVDPAUCtxCreate_v2"));
         assert_eq!(name("cuGraphUpload", 11010, 0), Some("cuGraphUpload"));
         assert_eq!(name("cuGraphAddMemAllocNode", 11040, 0), None, "not intercepted");
         assert_eq!(name("cuMemAlloc", NEWEST_VERSION + 10, 0), None, "beyond what the headers know");

@@ -37,6 +37,7 @@ mod green;
 pub mod hold;
 mod image;
 mod integrity;
+mod interop;
 mod launch;
 mod library;
 mod memory;

@@ -6,7 +6,8 @@
 //! hands out the address of its own export of exactly that symbol, the one `dlsym` returns
 //! for it. Exports are listed once, by symbol alone, in [`exports`](super::exports),
 //! [`library`](super::library), [`context_info`](super::context_info),
-//! [`dark_api`](super::dark_api) and [`not_supported`](super::not_supported); each is checked
+//! [`dark_api`](super::dark_api), [`not_supported`](super::not_supported),
+//! [`green`](super::green) and [`interop`](super::interop); each is checked
 //! at compile time against the symbol's generated signature (`cuda::sym`).
 //!
 //! When the table names a symbol the simulator does not export, it answers as a driver that
@@ -28,7 +29,7 @@ pub struct Export {
 }
 
 /// The lists of exports, one per file that declares some.
-static TABLES: [&[Export]; 7] = [
+static TABLES: [&[Export]; 8] = [
     super::exports::TABLE,
     super::library::TABLE,
     super::context_info::TABLE,
@@ -36,6 +37,7 @@ static TABLES: [&[Export]; 7] = [
     super::not_supported::TABLE,
     super::green::TABLE,
     super::capture::TABLE,
+    super::interop::TABLE,
 ];
 
 /// Every export.
