@@ -168,6 +168,48 @@ fn estimate(image: usize, reader: &dyn Reader, decompress: bool) -> Estimate {
     Estimate { bytes: round_up(raw, MODULE_GRANULARITY), undecoded }
 }
 
+/// A library's fat binary, copied, when it has compressed entries: what they reserve is
+/// charged when the library is first used in a context ([`deferred_bytes`]), as a driver loads
+/// it lazily; the copy is what the driver keeps too, so a tenant that rewrites or frees its
+/// image after the load changes nothing. `None` for an image without compressed entries (all
+/// of it was charged at load), or whose fat binary cannot be read or is larger than
+/// [`MAX_DEFERRED_IMAGE`] (counted at load as any other: its compressed entries are then
+/// charged at once, decompressed).
+pub fn deferred_image(image: usize, reader: &dyn Reader) -> Option<Vec<u8>> {
+    let head = reader.read(image, 16)?;
+    let fat = match u32_at(&head, 0)? {
+        WRAPPER_MAGIC if u32_at(&head, 4)? == 1 => usize::try_from(u64_at(&head, 8)?).ok().filter(|&d| d != 0)?,
+        FATBIN_MAGIC => image,
+        _ => return None,
+    };
+    let mut compressed = false;
+    for_each_entry(fat, reader, false, |_, e| compressed |= matches!(e, Entry::Compressed))?;
+    if !compressed {
+        return None;
+    }
+    let h = reader.read(fat, 16)?;
+    let len = usize::from(u16_at(&h, 6)?).checked_add(usize::try_from(u64_at(&h, 8)?).ok()?)?;
+    if len > MAX_DEFERRED_IMAGE {
+        return None;
+    }
+    reader.read(fat, len)
+}
+
+/// As [`deferred_image`], for an image held in memory (a library file's bytes).
+pub fn deferred_image_of(image: &[u8]) -> Option<Vec<u8>> {
+    deferred_image(image.as_ptr() as usize, &Slice(image))
+}
+
+/// The largest fat binary [`deferred_image`] keeps for a library.
+pub const MAX_DEFERRED_IMAGE: usize = 1 << 30;
+
+/// What a library's fat binary (from [`deferred_image`]) reserves beyond what
+/// [`library_estimate`] charged at its load: its compressed entries, decompressed.
+pub fn deferred_bytes(fat: &[u8]) -> Estimate {
+    let full = module_estimate_of(fat);
+    Estimate { bytes: full.bytes.saturating_sub(library_estimate_of(fat).bytes), undecoded: full.undecoded }
+}
+
 /// As [`module_estimate`], for an image held in memory.
 pub fn module_estimate_of(image: &[u8]) -> Estimate {
     module_estimate(image.as_ptr() as usize, &Slice(image))
@@ -662,6 +704,25 @@ mod tests {
         assert_eq!(module_estimate_of(&fat), Estimate { bytes: 0, undecoded: 2 });
         let truncated = &zstd(&c)[..20];
         assert_eq!(module_estimate_of(&fatbin(&[fat_entry(2, 0x8011, truncated, 0)])).undecoded, 1);
+    }
+
+    #[test]
+    fn a_librarys_compressed_entries_wait_for_its_first_use() {
+        let c = cubin(&[(".text._Z1kv", 1, 1000), (".nv.global", 8, 1 << 30)]);
+        let plain = cubin(&[(".text._Z1kv", 1, 1000)]);
+        let fat = fatbin(&[fat_entry(2, 0x8011, &zstd(&c), 0), fat_entry(2, 0x11, &plain, plain.len() as u64)]);
+        let kept = deferred_image_of(&fat).expect("compressed entries: kept");
+        assert_eq!(kept, fat);
+        assert_eq!(library_estimate_of(&fat).bytes, MODULE_GRANULARITY, "at load: the plain entry");
+        let later = deferred_bytes(&kept);
+        assert_eq!(later, Estimate { bytes: module_bytes_of(&c) - MODULE_GRANULARITY, undecoded: 0 });
+        assert_eq!(library_estimate_of(&fat).bytes + later.bytes, module_bytes_of(&fat), "all of it, in two parts");
+        // Through a `__fatBinC_Wrapper_t`, as the runtime registers it: the fat binary itself.
+        let wrapper: [u64; 3] = [0x0000_0001_4662_43B1, fat.as_ptr() as u64, 0];
+        assert_eq!(deferred_image(wrapper.as_ptr() as usize, &OwnMemory), Some(fat.clone()));
+        assert_eq!(deferred_image_of(&fatbin(&[fat_entry(2, 0x11, &plain, 0)])), None, "nothing compressed");
+        assert_eq!(deferred_image_of(&plain), None, "a cubin");
+        assert_eq!(deferred_image(16, &OwnMemory), None, "an unmapped address");
     }
 
     #[test]

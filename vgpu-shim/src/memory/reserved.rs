@@ -27,6 +27,7 @@ use std::ffi::{c_char, c_uint, c_void};
 use gpuslice_core::reservations::{self, Residency};
 
 use super::*;
+use crate::memory::lazylib;
 
 /// Limit settings of this process: the value each (context, limit) had before the shim first
 /// saw it set, read again once the context's record is gone (a new or reset context starts at
@@ -138,7 +139,7 @@ unsafe fn loading(out: *mut *mut c_void, kind: Kind, bytes: u64, call: impl FnOn
 /// entries are not decompressed ([`reservations::library_estimate`]).
 fn image_bytes(image: *const c_void, kind: Kind) -> u64 {
     let estimate = match kind {
-        Kind::Library => reservations::library_estimate,
+        Kind::Library if !lazylib::eager() => reservations::library_estimate,
         _ => reservations::module_estimate,
     };
     if image.is_null() { 0 } else { counted(estimate(image as usize, &reservations::OwnMemory)) }
@@ -146,7 +147,7 @@ fn image_bytes(image: *const c_void, kind: Kind) -> u64 {
 
 /// An estimate's bytes, with one line for the compressed entries it could not decode (they
 /// count nothing; the driver refuses them too unless they decode on its side).
-fn counted(e: reservations::Estimate) -> u64 {
+pub(super) fn counted(e: reservations::Estimate) -> u64 {
     if e.undecoded > 0 {
         crate::log::log!(
             Warn,
@@ -162,22 +163,47 @@ fn counted(e: reservations::Estimate) -> u64 {
 /// The bytes of a module file, if it is a regular file of at most 4 GiB the shim can read
 /// (otherwise the driver's answer stands, uncharged: it reads the same file).
 fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
+    file_image(name).map_or(0, |b| {
+        counted(match kind {
+            Kind::Library if !lazylib::eager() => reservations::library_estimate_of(&b),
+            _ => reservations::module_estimate_of(&b),
+        })
+    })
+}
+
+/// The bytes of a module file, NUL-terminated, if it is a regular file of at most 4 GiB the
+/// shim can read.
+fn file_image(name: *const c_char) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     if name.is_null() {
-        return 0;
+        return None;
     }
     // SAFETY: a C string per the driver function's contract.
     let path = std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes());
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).map_or(0, |mut b| {
+        Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).ok().map(|mut b| {
             b.push(0);
-            counted(match kind {
-                Kind::Library => reservations::library_estimate_of(&b),
-                _ => reservations::module_estimate_of(&b),
-            })
+            b
         }),
-        _ => 0,
+        _ => None,
     }
+}
+
+/// After a library's load (`rc`, the handle in `library`): its compressed entries (`fat`,
+/// [`reservations::deferred_image`]) wait for its first use ([`lazylib`]).
+///
+/// # Safety
+/// `library` is null or where the driver wrote the handle on success.
+unsafe fn deferring(rc: CUresult, library: *mut CUlibrary, fat: Option<Vec<u8>>) -> CUresult {
+    if rc == CUDA_SUCCESS
+        && !library.is_null()
+        && let Some(fat) = fat
+        && crate::state::active()
+    {
+        // SAFETY: the driver wrote the handle on success.
+        lazylib::defer(unsafe { *library } as u64, fat);
+    }
+    rc
 }
 
 /// # Safety
@@ -246,12 +272,17 @@ pub unsafe fn library_load_data(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadData);
+    let fat = (!code.is_null() && !lazylib::eager())
+        .then(|| reservations::deferred_image(code as usize, &reservations::OwnMemory))
+        .flatten();
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
-    unsafe {
+    let rc = unsafe {
         loading(library.cast(), Kind::Library, image_bytes(code, Kind::Library), || {
             f(library, code, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
-    }
+    };
+    // SAFETY: as above.
+    unsafe { deferring(rc, library, fat) }
 }
 
 /// # Safety
@@ -268,12 +299,15 @@ pub unsafe fn library_load_from_file(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadFromFile);
+    let fat = (!lazylib::eager()).then(|| file_image(name).and_then(|b| reservations::deferred_image_of(&b))).flatten();
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
-    unsafe {
+    let rc = unsafe {
         loading(library.cast(), Kind::Library, file_bytes(name, Kind::Library), || {
             f(library, name, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
-    }
+    };
+    // SAFETY: as above.
+    unsafe { deferring(rc, library, fat) }
 }
 
 /// # Safety
@@ -285,7 +319,12 @@ pub unsafe fn library_unload(library: CUlibrary) -> CUresult {
     if !crate::state::active() {
         return pass();
     }
-    freeing(state(), (Kind::Library, library as u64), pass)
+    let s = state();
+    let rc = freeing(s, (Kind::Library, library as u64), || freeing(s, (Kind::LazyLibrary, library as u64), pass));
+    if rc == CUDA_SUCCESS {
+        lazylib::unloaded(library as u64);
+    }
+    rc
 }
 
 /// A green context is charged as a context; its charge, and those of what is allocated in it,
