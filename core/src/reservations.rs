@@ -27,8 +27,9 @@
 //! changes nothing. Decompression is bounded ([`MAX_DECOMPRESSED`] per entry; the
 //! compressed bytes read are at most the entry's payload). An entry that does not decode
 //! within that counts nothing and is reported ([`Estimate::undecoded`]) for the caller to log.
-//! A library's compressed entries are not decompressed ([`library_estimate`]): it is loaded
-//! lazily, and frameworks register hundreds (see there).
+//! A library's compressed entries are not decompressed at load ([`library_estimate`]): it is
+//! loaded lazily, and frameworks register hundreds (see there); its fat binary is kept
+//! ([`deferred_image`]) and they are counted at its first use ([`deferred_bytes`]).
 //!
 //! Images are read through a [`Reader`], which on the shim's side never faults on a bad
 //! pointer ([`read_own_memory`]): a hostile image gets a smaller estimate or none, never a
@@ -168,14 +169,28 @@ fn estimate(image: usize, reader: &dyn Reader, decompress: bool) -> Estimate {
     Estimate { bytes: round_up(raw, MODULE_GRANULARITY), undecoded }
 }
 
+/// What a library's compressed entries wait for: see [`deferred_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferral {
+    /// No compressed entries (or no fat binary read): all of it was charged at load.
+    Nothing,
+    /// Its fat binary, copied: what the compressed entries reserve is charged at the
+    /// library's first use in a context ([`deferred_bytes`]).
+    Kept(Vec<u8>),
+    /// Compressed entries in a fat binary larger than [`MAX_DEFERRED_IMAGE`]: charged at load,
+    /// decompressed ([`module_estimate`]), rather than kept.
+    TooLarge,
+}
+
 /// A library's fat binary, copied, when it has compressed entries: what they reserve is
 /// charged when the library is first used in a context ([`deferred_bytes`]), as a driver loads
 /// it lazily; the copy is what the driver keeps too, so a tenant that rewrites or frees its
-/// image after the load changes nothing. `None` for an image without compressed entries (all
-/// of it was charged at load), or whose fat binary cannot be read or is larger than
-/// [`MAX_DEFERRED_IMAGE`] (counted at load as any other: its compressed entries are then
-/// charged at once, decompressed).
-pub fn deferred_image(image: usize, reader: &dyn Reader) -> Option<Vec<u8>> {
+/// image after the load changes nothing.
+pub fn deferred_image(image: usize, reader: &dyn Reader) -> Deferral {
+    deferral(image, reader).unwrap_or(Deferral::Nothing)
+}
+
+fn deferral(image: usize, reader: &dyn Reader) -> Option<Deferral> {
     let head = reader.read(image, 16)?;
     let fat = match u32_at(&head, 0)? {
         WRAPPER_MAGIC if u32_at(&head, 4)? == 1 => usize::try_from(u64_at(&head, 8)?).ok().filter(|&d| d != 0)?,
@@ -183,20 +198,21 @@ pub fn deferred_image(image: usize, reader: &dyn Reader) -> Option<Vec<u8>> {
         _ => return None,
     };
     let mut compressed = false;
-    for_each_entry(fat, reader, false, |_, e| compressed |= matches!(e, Entry::Compressed))?;
+    // Entries past the readable bytes end the walk, not the finding.
+    let _ = for_each_entry(fat, reader, false, |_, e| compressed |= matches!(e, Entry::Compressed));
     if !compressed {
         return None;
     }
     let h = reader.read(fat, 16)?;
     let len = usize::from(u16_at(&h, 6)?).checked_add(usize::try_from(u64_at(&h, 8)?).ok()?)?;
     if len > MAX_DEFERRED_IMAGE {
-        return None;
+        return Some(Deferral::TooLarge);
     }
-    reader.read(fat, len)
+    reader.read(fat, len).map(Deferral::Kept)
 }
 
 /// As [`deferred_image`], for an image held in memory (a library file's bytes).
-pub fn deferred_image_of(image: &[u8]) -> Option<Vec<u8>> {
+pub fn deferred_image_of(image: &[u8]) -> Deferral {
     deferred_image(image.as_ptr() as usize, &Slice(image))
 }
 
@@ -711,7 +727,7 @@ mod tests {
         let c = cubin(&[(".text._Z1kv", 1, 1000), (".nv.global", 8, 1 << 30)]);
         let plain = cubin(&[(".text._Z1kv", 1, 1000)]);
         let fat = fatbin(&[fat_entry(2, 0x8011, &zstd(&c), 0), fat_entry(2, 0x11, &plain, plain.len() as u64)]);
-        let kept = deferred_image_of(&fat).expect("compressed entries: kept");
+        let Deferral::Kept(kept) = deferred_image_of(&fat) else { panic!("compressed entries: kept") };
         assert_eq!(kept, fat);
         assert_eq!(library_estimate_of(&fat).bytes, MODULE_GRANULARITY, "at load: the plain entry");
         let later = deferred_bytes(&kept);
@@ -719,10 +735,18 @@ mod tests {
         assert_eq!(library_estimate_of(&fat).bytes + later.bytes, module_bytes_of(&fat), "all of it, in two parts");
         // Through a `__fatBinC_Wrapper_t`, as the runtime registers it: the fat binary itself.
         let wrapper: [u64; 3] = [0x0000_0001_4662_43B1, fat.as_ptr() as u64, 0];
-        assert_eq!(deferred_image(wrapper.as_ptr() as usize, &OwnMemory), Some(fat.clone()));
-        assert_eq!(deferred_image_of(&fatbin(&[fat_entry(2, 0x11, &plain, 0)])), None, "nothing compressed");
-        assert_eq!(deferred_image_of(&plain), None, "a cubin");
-        assert_eq!(deferred_image(16, &OwnMemory), None, "an unmapped address");
+        assert_eq!(deferred_image(wrapper.as_ptr() as usize, &OwnMemory), Deferral::Kept(fat.clone()));
+        assert_eq!(
+            deferred_image_of(&fatbin(&[fat_entry(2, 0x11, &plain, 0)])),
+            Deferral::Nothing,
+            "nothing compressed"
+        );
+        assert_eq!(deferred_image_of(&plain), Deferral::Nothing, "a cubin");
+        assert_eq!(deferred_image(16, &OwnMemory), Deferral::Nothing, "an unmapped address");
+        // A fat binary that states more than the ceiling: not copied, charged at load.
+        let mut huge = fat.clone();
+        huge[8..16].copy_from_slice(&((MAX_DEFERRED_IMAGE as u64) + 1).to_le_bytes());
+        assert_eq!(deferred_image_of(&huge), Deferral::TooLarge);
     }
 
     #[test]

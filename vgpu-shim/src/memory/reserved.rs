@@ -13,7 +13,8 @@
 //!   `cuModuleLoadFatBinary`): charged at load, with the context current then; returned on
 //!   `cuModuleUnload` or with the context.
 //! - **Libraries** (`cuLibraryLoadData`, `cuLibraryLoadFromFile`): charged (compressed entries
-//!   not decompressed: [`reservations::library_estimate`]) once at load, before
+//!   not decompressed: [`reservations::library_estimate`]; those are charged at the library's
+//!   first use, [`super::lazylib`]) once at load, before
 //!   any context loads them (a lazy load then never runs the slice past its limit), returned
 //!   on `cuLibraryUnload`; to the current context's slice, or with none current (NVIDIA's
 //!   runtime loads its registered fat binaries before it makes a context current) to the
@@ -24,7 +25,7 @@
 
 use std::ffi::{c_char, c_uint, c_void};
 
-use gpuslice_core::reservations::{self, Residency};
+use gpuslice_core::reservations::{self, Deferral, Residency};
 
 use super::*;
 use crate::memory::lazylib;
@@ -139,7 +140,7 @@ unsafe fn loading(out: *mut *mut c_void, kind: Kind, bytes: u64, call: impl FnOn
 /// entries are not decompressed ([`reservations::library_estimate`]).
 fn image_bytes(image: *const c_void, kind: Kind) -> u64 {
     let estimate = match kind {
-        Kind::Library if !lazylib::eager() => reservations::library_estimate,
+        Kind::Library => reservations::library_estimate,
         _ => reservations::module_estimate,
     };
     if image.is_null() { 0 } else { counted(estimate(image as usize, &reservations::OwnMemory)) }
@@ -165,7 +166,7 @@ pub(super) fn counted(e: reservations::Estimate) -> u64 {
 fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
     file_image(name).map_or(0, |b| {
         counted(match kind {
-            Kind::Library if !lazylib::eager() => reservations::library_estimate_of(&b),
+            Kind::Library => reservations::library_estimate_of(&b),
             _ => reservations::module_estimate_of(&b),
         })
     })
@@ -189,15 +190,26 @@ fn file_image(name: *const c_char) -> Option<Vec<u8>> {
     }
 }
 
-/// After a library's load (`rc`, the handle in `library`): its compressed entries (`fat`,
+/// What a library's load charges: its uncompressed entries, or with `CUDA_MODULE_LOADING=EAGER`
+/// or a fat binary too large to keep, everything at once (the [`Kind`] whose estimate counts);
+/// and what waits for its first use.
+fn library_deferral(deferral: Deferral) -> (Kind, Deferral) {
+    match deferral {
+        _ if lazylib::eager() => (Kind::Module, Deferral::Nothing),
+        Deferral::TooLarge => (Kind::Module, Deferral::Nothing),
+        d => (Kind::Library, d),
+    }
+}
+
+/// After a library's load (`rc`, the handle in `library`): its compressed entries (`deferral`,
 /// [`reservations::deferred_image`]) wait for its first use ([`lazylib`]).
 ///
 /// # Safety
 /// `library` is null or where the driver wrote the handle on success.
-unsafe fn deferring(rc: CUresult, library: *mut CUlibrary, fat: Option<Vec<u8>>) -> CUresult {
+unsafe fn deferring(rc: CUresult, library: *mut CUlibrary, deferral: Deferral) -> CUresult {
     if rc == CUDA_SUCCESS
         && !library.is_null()
-        && let Some(fat) = fat
+        && let Deferral::Kept(fat) = deferral
         && crate::state::active()
     {
         // SAFETY: the driver wrote the handle on success.
@@ -272,12 +284,15 @@ pub unsafe fn library_load_data(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadData);
-    let fat = (!code.is_null() && !lazylib::eager())
-        .then(|| reservations::deferred_image(code as usize, &reservations::OwnMemory))
-        .flatten();
+    let found = if code.is_null() {
+        Deferral::Nothing
+    } else {
+        reservations::deferred_image(code as usize, &reservations::OwnMemory)
+    };
+    let (estimate, fat) = library_deferral(found);
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
     let rc = unsafe {
-        loading(library.cast(), Kind::Library, image_bytes(code, Kind::Library), || {
+        loading(library.cast(), Kind::Library, image_bytes(code, estimate), || {
             f(library, code, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
     };
@@ -299,10 +314,17 @@ pub unsafe fn library_load_from_file(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadFromFile);
-    let fat = (!lazylib::eager()).then(|| file_image(name).and_then(|b| reservations::deferred_image_of(&b))).flatten();
+    let image = file_image(name);
+    let (estimate, fat) = library_deferral(image.as_deref().map_or(Deferral::Nothing, reservations::deferred_image_of));
+    let bytes = image.map_or(0, |b| {
+        counted(match estimate {
+            Kind::Library => reservations::library_estimate_of(&b),
+            _ => reservations::module_estimate_of(&b),
+        })
+    });
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
     let rc = unsafe {
-        loading(library.cast(), Kind::Library, file_bytes(name, Kind::Library), || {
+        loading(library.cast(), Kind::Library, bytes, || {
             f(library, name, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
     };

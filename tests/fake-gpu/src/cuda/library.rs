@@ -56,7 +56,7 @@ driver_api! {
         let d = driver()?;
         // SAFETY: a non-null image per the export's contract.
         let kernels = unsafe { image::kernels(code) };
-        let (bytes, deferred) = (modules::library_bytes(code), modules::library_deferred(code));
+        let (bytes, deferred) = modules::library_reservation(code);
         let mut reg = d.lock();
         let l = reg.modules.load_library(kernels, bytes, deferred);
         reg.modules.set_globals(l, modules::image_globals(code, false));
@@ -82,7 +82,7 @@ driver_api! {
         let code = image.as_ptr().cast::<c_void>();
         // SAFETY: the file's bytes, NUL-terminated, alive for the call.
         let kernels = unsafe { image::kernels(code) };
-        let (bytes, deferred) = (modules::library_bytes(code), modules::library_deferred(code));
+        let (bytes, deferred) = modules::library_reservation(code);
         let mut reg = driver()?.lock();
         let l = reg.modules.load_library(kernels, bytes, deferred);
         reg.modules.set_globals(l, modules::image_globals(code, false));

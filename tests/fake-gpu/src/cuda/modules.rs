@@ -379,10 +379,15 @@ pub(crate) fn library_bytes(image: *const c_void) -> u64 {
     reservations::library_estimate(image as usize, &reservations::OwnMemory).bytes
 }
 
-/// A library image's fat binary, kept when it has compressed entries:
-/// [`reservations::deferred_image`].
-pub(crate) fn library_deferred(image: *const c_void) -> Option<Vec<u8>> {
-    reservations::deferred_image(image as usize, &reservations::OwnMemory)
+/// What a library image reserves in each context at once, and its fat binary when its
+/// compressed entries wait for the first load into a context ([`reservations::deferred_image`];
+/// one too large to keep counts them at once).
+pub(crate) fn library_reservation(image: *const c_void) -> (u64, Option<Vec<u8>>) {
+    match reservations::deferred_image(image as usize, &reservations::OwnMemory) {
+        reservations::Deferral::Kept(fat) => (library_bytes(image), Some(fat)),
+        reservations::Deferral::TooLarge => (image_bytes(image), None),
+        reservations::Deferral::Nothing => (library_bytes(image), None),
+    }
 }
 
 /// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context,
