@@ -2,7 +2,8 @@
 //! what they decompress to at its first use in a context, as a driver loads a library lazily:
 //! loading one with an 8 GiB `__device__` array works, its first use (a launch of its
 //! `CUkernel`, `cuLibraryGetModule`) is refused in a 4 GiB slice; one with 1 GiB is charged at
-//! the first launch, once, even after its image was overwritten, and given back on unload.
+//! the first launch, once, and given back on unload; one whose image is rewritten between its
+//! load and its first use (a tiny array in place of the 1 GiB one) is refused, not charged small.
 //! With `CUDA_MODULE_LOADING=EAGER` the load itself is charged. The process under test is this
 //! test binary run again in the slice (`common::client`).
 
@@ -150,7 +151,9 @@ fn compressed_libraries_are_charged_at_their_first_use() {
             launch(k.cast(), 1, 1, 1, 1, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
         };
         report("start", used());
-        let (rc, big) = library(&fatbin_of(2, 0x8011, &cubin(8 * GIB), 64));
+        // Alive until the first use, as a program keeps an image it registered.
+        let big_image = fatbin_of(2, 0x8011, &cubin(8 * GIB), 64);
+        let (rc, big) = library(&big_image);
         report("load_8g", rc);
         report("used_8g_loaded", used());
         if rc != SUCCESS {
@@ -167,12 +170,12 @@ fn compressed_libraries_are_charged_at_their_first_use() {
         report("function_8g", unsafe { get_function(&mut f, k) });
         // SAFETY: the library just loaded.
         check_ok(unsafe { unload(big) });
-        let mut image = fatbin_of(2, 0x8011, &cubin(GIB), 64);
+        let image = fatbin_of(2, 0x8011, &cubin(GIB), 64);
         let (rc, small) = library(&image);
         check_ok(rc);
         report("used_1g_loaded", used());
-        // The driver keeps its copy: rewriting ours changes nothing.
-        image.fill(0);
+        // Kept unchanged until the first use, as a program does (a rewritten one:
+        // `rewritten_images_are_refused_at_the_first_use`).
         let k = kernel(small);
         report("launch_1g", run(k));
         report("used_1g_launched", used());
@@ -215,4 +218,68 @@ fn compressed_libraries_are_charged_at_their_first_use() {
     let out = run_client(client, name);
     assert_eq!(value(&out, "load_8g"), oom, "CUDA_MODULE_LOADING=EAGER");
     assert_eq!(value(&out, "used_8g_loaded"), CONTEXT);
+}
+
+#[test]
+fn rewritten_images_are_refused_at_the_first_use() {
+    let name = "rewritten_images_are_refused_at_the_first_use";
+    if is_client(name) {
+        let (_cu, _) = Cuda::start();
+        // SAFETY: the driver functions of these names, with cuda.h's signatures.
+        let (load, unload, get_kernel, launch) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, sym::cuLibraryLoadData>(symbol("cuLibraryLoadData")),
+                std::mem::transmute::<*mut c_void, sym::cuLibraryUnload>(symbol("cuLibraryUnload")),
+                std::mem::transmute::<*mut c_void, sym::cuLibraryGetKernel>(symbol("cuLibraryGetKernel")),
+                std::mem::transmute::<*mut c_void, sym::cuLaunchKernel>(symbol("cuLaunchKernel")),
+            )
+        };
+        let mut image = fatbin_of(2, 0x8011, &cubin(GIB), 64);
+        let mut l = std::ptr::null_mut();
+        // SAFETY: a live output and an image that outlives the call; no options.
+        check_ok(unsafe {
+            load(
+                &mut l,
+                image.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        });
+        report("used_loaded", used());
+        // The tenant swaps in an entry with a tiny array, same length, before the first use.
+        let tiny = fatbin_of(2, 0x8011, &cubin(64), 64);
+        assert!(tiny.len() <= image.len());
+        image.fill(0);
+        image[..tiny.len()].copy_from_slice(&tiny);
+        let mut k = std::ptr::null_mut();
+        // SAFETY: a live output, a loaded library and a NUL-terminated name.
+        check_ok(unsafe { get_kernel(&mut k, l, c"k".as_ptr()) });
+        // SAFETY: a kernel handle as cuLaunchKernel takes one, one block, no parameters.
+        let run = || unsafe {
+            launch(k.cast(), 1, 1, 1, 1, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
+        };
+        report("launch", run());
+        report("used_refused", used());
+        report("launch_again", run());
+        // SAFETY: the library just loaded.
+        check_ok(unsafe { unload(l) });
+        report("used_unloaded", used());
+        return;
+    }
+    if skip_unless_root(name) {
+        return;
+    }
+    let mut node = Node::new();
+    node.slice("slice0", UUID0, 0, LIMIT);
+    let out = run_client(node.client(name), name);
+    let v = |key: &str| value(&out, key);
+    assert_eq!(v("used_loaded"), CONTEXT);
+    assert_eq!(v("launch"), u64::from(OUT_OF_MEMORY), "rewritten since the load: refused, not charged small");
+    assert_eq!(v("used_refused"), CONTEXT);
+    assert_eq!(v("launch_again"), u64::from(OUT_OF_MEMORY));
+    assert_eq!(v("used_unloaded"), CONTEXT);
 }

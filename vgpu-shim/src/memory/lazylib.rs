@@ -1,9 +1,13 @@
 //! A library's compressed fat binary entries, charged at its first use, as a driver loads a
 //! library lazily (CUDA 12.2's default). At `cuLibraryLoadData` / `cuLibraryLoadFromFile` the
 //! library's uncompressed entries are charged ([`super::reserved`]); when it has compressed
-//! ones, its fat binary is copied ([`reservations::deferred_image`]: the driver keeps its own
-//! copy too, so rewriting or freeing the image after the load changes nothing) and what they
-//! decompress to ([`reservations::deferred_bytes`], bounded as every decompression is) is
+//! ones, its fat binary is fingerprinted, not copied ([`reservations::deferred_image`]: address,
+//! length, XXH3-64 hash; a copy would cost each process what PyTorch's `libtorch_cuda.so`
+//! carries, ~337 MB). At the first use it is read again from the program's memory (or the
+//! library file read again) and checked ([`reservations::reread`]): an image rewritten, freed or
+//! unmapped since the load refuses that use with `CUDA_ERROR_OUT_OF_MEMORY` and one log line (a
+//! program never changes an image it registered; the driver keeps its own copy). Then what
+//! they decompress to ([`reservations::deferred_bytes`], bounded as every decompression is) is
 //! charged to the current context's slice at the library's first use: `cuLibraryGetModule`,
 //! `cuKernelGetFunction`, `cuLibraryGetGlobal`, `cuLibraryGetManaged`, or a launch of one of
 //! its kernels (`cuLaunchKernel`, `cuLaunchKernelEx`, `cuLaunchCooperativeKernel` and their
@@ -24,13 +28,18 @@ use std::collections::HashMap;
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use gpuslice_core::reservations;
+use std::path::PathBuf;
+
+use gpuslice_core::reservations::{self, Fingerprint, Stale};
 
 use super::*;
 
 /// A library with compressed entries, not charged for them yet in any live context.
 struct Deferred {
-    fat: Vec<u8>,
+    /// Its fat binary as it was at the load.
+    print: Fingerprint,
+    /// For `cuLibraryLoadFromFile`: the file, and where its bytes were when fingerprinted.
+    file: Option<(PathBuf, usize)>,
     /// What they reserve, once computed.
     bytes: Option<u64>,
 }
@@ -63,9 +72,10 @@ pub(super) fn eager() -> bool {
     *EAGER.get_or_init(|| std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER")))
 }
 
-/// Keeps library `library`'s fat binary `fat` for its first use.
-pub(super) fn defer(library: u64, fat: Vec<u8>) {
-    lazy().get_or_insert_with(Lazy::default).libraries.insert(library, Deferred { fat, bytes: None });
+/// Keeps library `library`'s fat binary's fingerprint `print` (and for a library file, the
+/// file and where its bytes were) for its first use.
+pub(super) fn defer(library: u64, print: Fingerprint, file: Option<(PathBuf, usize)>) {
+    lazy().get_or_insert_with(Lazy::default).libraries.insert(library, Deferred { print, file, bytes: None });
     ANY.store(true, Ordering::Release);
     forget_clear();
 }
@@ -101,7 +111,32 @@ fn use_library(library: u64) -> Result<(), CUresult> {
         Ok(None) => return Ok(()),
         Ok(Some(i)) => i,
     };
-    let bytes = *d.bytes.get_or_insert_with(|| super::reserved::counted(reservations::deferred_bytes(&d.fat)));
+    let bytes = match d.bytes {
+        Some(b) => b,
+        None => {
+            let fat = match &d.file {
+                None => reservations::reread(&d.print, &reservations::OwnMemory),
+                Some((path, base)) => super::reserved::read_file(path)
+                    .ok_or(Stale::Unreadable)
+                    .and_then(|image| reservations::reread_in(&d.print, *base, &image)),
+            };
+            let fat = match fat {
+                Ok(fat) => fat,
+                Err(why) => {
+                    let what = match why {
+                        Stale::Unreadable => "freed or unmapped",
+                        Stale::Changed => "rewritten",
+                    };
+                    crate::log::log!(
+                        Warn,
+                        "library {library:#x}: first use refused: its fat binary was {what} since the load"
+                    );
+                    return Err(CUDA_ERROR_OUT_OF_MEMORY);
+                }
+            };
+            *d.bytes.insert(super::reserved::counted(reservations::deferred_bytes(&fat)))
+        }
+    };
     if bytes == 0 {
         return Ok(());
     }

@@ -24,6 +24,7 @@
 //!   `cuCtxFromGreenCtx` names, so what is allocated in it goes with it on `cuGreenCtxDestroy`.
 
 use std::ffi::{c_char, c_uint, c_void};
+use std::path::{Path, PathBuf};
 
 use gpuslice_core::reservations::{self, Deferral, Residency};
 
@@ -164,7 +165,7 @@ pub(super) fn counted(e: reservations::Estimate) -> u64 {
 /// The bytes of a module file, if it is a regular file of at most 4 GiB the shim can read
 /// (otherwise the driver's answer stands, uncharged: it reads the same file).
 fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
-    file_image(name).map_or(0, |b| {
+    file_image(name).map_or(0, |(_, b)| {
         counted(match kind {
             Kind::Library => reservations::library_estimate_of(&b),
             _ => reservations::module_estimate_of(&b),
@@ -174,13 +175,18 @@ fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
 
 /// The bytes of a module file, NUL-terminated, if it is a regular file of at most 4 GiB the
 /// shim can read.
-fn file_image(name: *const c_char) -> Option<Vec<u8>> {
+fn file_image(name: *const c_char) -> Option<(PathBuf, Vec<u8>)> {
     use std::os::unix::ffi::OsStrExt;
     if name.is_null() {
         return None;
     }
     // SAFETY: a C string per the driver function's contract.
-    let path = std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes());
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes()));
+    read_file(&path).map(|b| (path, b))
+}
+
+/// A library file's bytes (at most 4 GiB), NUL-terminated.
+pub(super) fn read_file(path: &Path) -> Option<Vec<u8>> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).ok().map(|mut b| {
             b.push(0);
@@ -202,18 +208,24 @@ fn library_deferral(deferral: Deferral) -> (Kind, Deferral) {
 }
 
 /// After a library's load (`rc`, the handle in `library`): its compressed entries (`deferral`,
-/// [`reservations::deferred_image`]) wait for its first use ([`lazylib`]).
+/// [`reservations::deferred_image`]) wait for its first use ([`lazylib`]); `file`: the library
+/// file and where its bytes were when fingerprinted, for `cuLibraryLoadFromFile`.
 ///
 /// # Safety
 /// `library` is null or where the driver wrote the handle on success.
-unsafe fn deferring(rc: CUresult, library: *mut CUlibrary, deferral: Deferral) -> CUresult {
+unsafe fn deferring(
+    rc: CUresult,
+    library: *mut CUlibrary,
+    deferral: Deferral,
+    file: Option<(PathBuf, usize)>,
+) -> CUresult {
     if rc == CUDA_SUCCESS
         && !library.is_null()
-        && let Deferral::Kept(fat) = deferral
+        && let Deferral::Kept(print) = deferral
         && crate::state::active()
     {
         // SAFETY: the driver wrote the handle on success.
-        lazylib::defer(unsafe { *library } as u64, fat);
+        lazylib::defer(unsafe { *library } as u64, print, file);
     }
     rc
 }
@@ -297,7 +309,7 @@ pub unsafe fn library_load_data(
         })
     };
     // SAFETY: as above.
-    unsafe { deferring(rc, library, fat) }
+    unsafe { deferring(rc, library, fat, None) }
 }
 
 /// # Safety
@@ -315,8 +327,10 @@ pub unsafe fn library_load_from_file(
 ) -> CUresult {
     let f = real!(cuLibraryLoadFromFile);
     let image = file_image(name);
-    let (estimate, fat) = library_deferral(image.as_deref().map_or(Deferral::Nothing, reservations::deferred_image_of));
-    let bytes = image.map_or(0, |b| {
+    let (estimate, fat) =
+        library_deferral(image.as_ref().map_or(Deferral::Nothing, |(_, b)| reservations::deferred_image_of(b)));
+    let file = image.as_ref().map(|(path, b)| (path.clone(), b.as_ptr() as usize));
+    let bytes = image.map_or(0, |(_, b)| {
         counted(match estimate {
             Kind::Library => reservations::library_estimate_of(&b),
             _ => reservations::module_estimate_of(&b),
@@ -329,7 +343,7 @@ pub unsafe fn library_load_from_file(
         })
     };
     // SAFETY: as above.
-    unsafe { deferring(rc, library, fat) }
+    unsafe { deferring(rc, library, fat, file) }
 }
 
 /// # Safety

@@ -384,7 +384,10 @@ pub(crate) fn library_bytes(image: *const c_void) -> u64 {
 /// one too large to keep counts them at once).
 pub(crate) fn library_reservation(image: *const c_void) -> (u64, Option<Vec<u8>>) {
     match reservations::deferred_image(image as usize, &reservations::OwnMemory) {
-        reservations::Deferral::Kept(fat) => (library_bytes(image), Some(fat)),
+        // The driver keeps its own copy of the image (the shim keeps only a fingerprint).
+        reservations::Deferral::Kept(print) => {
+            (library_bytes(image), reservations::reread(&print, &reservations::OwnMemory).ok())
+        }
         reservations::Deferral::TooLarge => (image_bytes(image), None),
         reservations::Deferral::Nothing => (library_bytes(image), None),
     }
