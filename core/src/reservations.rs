@@ -27,8 +27,6 @@
 //! changes nothing. Decompression is bounded ([`MAX_DECOMPRESSED`] per entry; the
 //! compressed bytes read are at most the entry's payload). An entry that does not decode
 //! within that counts nothing and is reported ([`Estimate::undecoded`]) for the caller to log.
-//! A library's compressed entries are not decompressed ([`library_estimate`]): it is loaded
-//! lazily, and frameworks register hundreds (see there).
 //!
 //! Images are read through a [`Reader`], which on the shim's side never faults on a bad
 //! pointer ([`read_own_memory`]): a hostile image gets a smaller estimate or none, never a
@@ -166,6 +164,114 @@ fn estimate(image: usize, reader: &dyn Reader, decompress: bool) -> Estimate {
     let mut undecoded = 0;
     let raw = module_raw(image, reader, decompress, &mut undecoded).unwrap_or(0);
     Estimate { bytes: round_up(raw, MODULE_GRANULARITY), undecoded }
+}
+
+/// What a library's compressed entries wait for: see [`deferred_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferral {
+    /// No compressed entries (or no fat binary read): all of it was charged at load.
+    Nothing,
+    /// Where its fat binary is and what it was: what the compressed entries reserve is charged
+    /// at the library's first use in a context ([`reread`], [`deferred_bytes`]).
+    Kept(Fingerprint),
+    /// Compressed entries in a fat binary larger than [`MAX_DEFERRED_IMAGE`]: charged at load,
+    /// decompressed ([`module_estimate`]), rather than kept.
+    TooLarge,
+}
+
+/// A library's fat binary as it was at the load: its address, length and XXH3-64 hash. Not a
+/// copy (PyTorch's `libtorch_cuda.so` carries ~337 MB of fat binary, per process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub at: usize,
+    pub len: usize,
+    pub hash: u64,
+}
+
+/// Why a library's fat binary is not what it was at the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Freed or unmapped: not readable any more.
+    Unreadable,
+    /// Rewritten: another hash.
+    Changed,
+}
+
+/// How much [`deferred_image`] hashes per read.
+const HASH_CHUNK: usize = 16 << 20;
+
+/// The XXH3-64 hash of `len` bytes at `at`, read a chunk at a time; `None` if some are
+/// unreadable.
+fn hash_at(at: usize, len: usize, reader: &dyn Reader) -> Option<u64> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut done = 0;
+    while done < len {
+        let n = HASH_CHUNK.min(len - done);
+        h.update(&reader.read(at.checked_add(done)?, n)?);
+        done += n;
+    }
+    Some(h.digest())
+}
+
+/// A library's fat binary, fingerprinted, when it has compressed entries: what they reserve is
+/// charged when the library is first used in a context ([`reread`], [`deferred_bytes`]), as a
+/// driver loads it lazily. The driver keeps its own copy; the shim keeps only the fingerprint,
+/// and a first use whose image was rewritten, freed or unmapped since the load is refused
+/// ([`reread`]): a program never changes an image it registered.
+pub fn deferred_image(image: usize, reader: &dyn Reader) -> Deferral {
+    deferral(image, reader).unwrap_or(Deferral::Nothing)
+}
+
+fn deferral(image: usize, reader: &dyn Reader) -> Option<Deferral> {
+    let head = reader.read(image, 16)?;
+    let fat = match u32_at(&head, 0)? {
+        WRAPPER_MAGIC if u32_at(&head, 4)? == 1 => usize::try_from(u64_at(&head, 8)?).ok().filter(|&d| d != 0)?,
+        FATBIN_MAGIC => image,
+        _ => return None,
+    };
+    let mut compressed = false;
+    // Entries past the readable bytes end the walk, not the finding.
+    let _ = for_each_entry(fat, reader, false, |_, e| compressed |= matches!(e, Entry::Compressed));
+    if !compressed {
+        return None;
+    }
+    let h = reader.read(fat, 16)?;
+    let len = usize::from(u16_at(&h, 6)?).checked_add(usize::try_from(u64_at(&h, 8)?).ok()?)?;
+    if len > MAX_DEFERRED_IMAGE {
+        return Some(Deferral::TooLarge);
+    }
+    hash_at(fat, len, reader).map(|hash| Deferral::Kept(Fingerprint { at: fat, len, hash }))
+}
+
+/// A library's fat binary read again at its first use, if it is still what `print` says.
+pub fn reread(print: &Fingerprint, reader: &dyn Reader) -> Result<Vec<u8>, Stale> {
+    let bytes = reader.read(print.at, print.len).ok_or(Stale::Unreadable)?;
+    if bytes.len() != print.len || xxhash_rust::xxh3::xxh3_64(&bytes) != print.hash {
+        return Err(Stale::Changed);
+    }
+    Ok(bytes)
+}
+
+/// As [`reread`], for a fingerprint taken by [`deferred_image_of`] of an image then at `base`,
+/// now `image` (a library file read again).
+pub fn reread_in(print: &Fingerprint, base: usize, image: &[u8]) -> Result<Vec<u8>, Stale> {
+    let at = print.at.checked_sub(base).and_then(|o| (image.as_ptr() as usize).checked_add(o)).ok_or(Stale::Changed)?;
+    reread(&Fingerprint { at, ..*print }, &Slice(image))
+}
+
+/// As [`deferred_image`], for an image held in memory (a library file's bytes).
+pub fn deferred_image_of(image: &[u8]) -> Deferral {
+    deferred_image(image.as_ptr() as usize, &Slice(image))
+}
+
+/// The largest fat binary [`deferred_image`] defers for a library.
+pub const MAX_DEFERRED_IMAGE: usize = 1 << 30;
+
+/// What a library's fat binary (from [`deferred_image`]) reserves beyond what
+/// [`library_estimate`] charged at its load: its compressed entries, decompressed.
+pub fn deferred_bytes(fat: &[u8]) -> Estimate {
+    let full = module_estimate_of(fat);
+    Estimate { bytes: full.bytes.saturating_sub(library_estimate_of(fat).bytes), undecoded: full.undecoded }
 }
 
 /// As [`module_estimate`], for an image held in memory.
@@ -662,6 +768,45 @@ mod tests {
         assert_eq!(module_estimate_of(&fat), Estimate { bytes: 0, undecoded: 2 });
         let truncated = &zstd(&c)[..20];
         assert_eq!(module_estimate_of(&fatbin(&[fat_entry(2, 0x8011, truncated, 0)])).undecoded, 1);
+    }
+
+    #[test]
+    fn a_librarys_compressed_entries_wait_for_its_first_use() {
+        let c = cubin(&[(".text._Z1kv", 1, 1000), (".nv.global", 8, 1 << 30)]);
+        let plain = cubin(&[(".text._Z1kv", 1, 1000)]);
+        let fat = fatbin(&[fat_entry(2, 0x8011, &zstd(&c), 0), fat_entry(2, 0x11, &plain, plain.len() as u64)]);
+        let Deferral::Kept(print) = deferred_image_of(&fat) else { panic!("compressed entries: deferred") };
+        assert_eq!((print.at, print.len), (fat.as_ptr() as usize, fat.len()));
+        let kept = reread(&print, &OwnMemory).expect("unchanged");
+        assert_eq!(kept, fat);
+        assert_eq!(library_estimate_of(&fat).bytes, MODULE_GRANULARITY, "at load: the plain entry");
+        let later = deferred_bytes(&kept);
+        assert_eq!(later, Estimate { bytes: module_bytes_of(&c) - MODULE_GRANULARITY, undecoded: 0 });
+        assert_eq!(library_estimate_of(&fat).bytes + later.bytes, module_bytes_of(&fat), "all of it, in two parts");
+        // Rewritten after the load: refused, not counted.
+        let mut changed = fat.clone();
+        let Deferral::Kept(p2) = deferred_image_of(&changed) else { panic!("deferred") };
+        *changed.last_mut().unwrap() ^= 1;
+        assert_eq!(reread(&p2, &OwnMemory), Err(Stale::Changed));
+        assert_eq!(reread(&Fingerprint { at: 16, ..p2 }, &OwnMemory), Err(Stale::Unreadable));
+        // A library file read again elsewhere.
+        let again = fat.clone();
+        assert_eq!(reread_in(&print, fat.as_ptr() as usize, &again).as_deref(), Ok(&fat[..]));
+        assert_eq!(reread_in(&print, fat.as_ptr() as usize, &changed), Err(Stale::Changed));
+        // Through a `__fatBinC_Wrapper_t`, as the runtime registers it: the fat binary itself.
+        let wrapper: [u64; 3] = [0x0000_0001_4662_43B1, fat.as_ptr() as u64, 0];
+        assert_eq!(deferred_image(wrapper.as_ptr() as usize, &OwnMemory), Deferral::Kept(print));
+        assert_eq!(
+            deferred_image_of(&fatbin(&[fat_entry(2, 0x11, &plain, 0)])),
+            Deferral::Nothing,
+            "nothing compressed"
+        );
+        assert_eq!(deferred_image_of(&plain), Deferral::Nothing, "a cubin");
+        assert_eq!(deferred_image(16, &OwnMemory), Deferral::Nothing, "an unmapped address");
+        // A fat binary that states more than the ceiling: not deferred, charged at load.
+        let mut huge = fat.clone();
+        huge[8..16].copy_from_slice(&((MAX_DEFERRED_IMAGE as u64) + 1).to_le_bytes());
+        assert_eq!(deferred_image_of(&huge), Deferral::TooLarge);
     }
 
     #[test]

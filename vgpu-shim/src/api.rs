@@ -186,6 +186,14 @@ api! {
                               n_jit: u32, library_options: *mut CUlibraryOption, library_values: *mut *mut c_void, n_library: u32)
             => crate::memory::reserved::library_load_from_file;
         cuLibraryUnload(library: CUlibrary) => crate::memory::reserved::library_unload;
+        cuLibraryGetKernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char)
+            => crate::memory::lazylib::library_get_kernel;
+        cuLibraryGetModule(module: *mut CUmodule, library: CUlibrary) => crate::memory::lazylib::library_get_module;
+        cuKernelGetFunction(function: *mut CUfunction, kernel: CUkernel) => crate::memory::lazylib::kernel_get_function;
+        cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char)
+            => crate::memory::lazylib::library_get_global;
+        cuLibraryGetManaged(dptr: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char)
+            => crate::memory::lazylib::library_get_managed;
         cuGreenCtxCreate(green: *mut CUgreenCtx, desc: CUdevResourceDesc, dev: CUdevice, flags: u32)
             => crate::memory::reserved::green_ctx_create;
         cuGreenCtxDestroy(green: CUgreenCtx) => crate::memory::reserved::green_ctx_destroy;
@@ -264,6 +272,7 @@ api! {
         cuCtxGetLimit;
         cuCtxFromGreenCtx;
         cuDeviceGetGraphMemAttribute;
+        cuKernelGetLibrary;
         cuGraphGetNodes;
         cuGraphNodeGetType;
         cuGraphMemAllocNodeGetParams;

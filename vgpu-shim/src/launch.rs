@@ -8,6 +8,7 @@ use std::ffi::c_void;
 
 use crate::driver::cuda;
 use crate::ffi::*;
+use crate::memory::lazylib;
 use crate::pacing;
 
 /// Devices a multi-device launch can name (more is refused by the driver anyway).
@@ -16,12 +17,13 @@ const MAX_MULTI_DEVICE: u32 = 64;
 /// A launch whose stream is one of its arguments: `cuLaunchKernel`, `cuLaunchCooperativeKernel`,
 /// `cuGraphLaunch` and their per-thread-stream twins.
 macro_rules! paced {
-    ($($imp:ident => $real:ident, $pt:literal, $stream:ident, ($($arg:ident: $ty:ty),*);)*) => {$(
+    ($($imp:ident => $real:ident, $pt:literal, $stream:ident, $(kernel $f:ident,)? ($($arg:ident: $ty:ty),*);)*) => {$(
         /// # Safety
         #[doc = concat!("`", stringify!($real), "`'s contract.")]
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $imp($($arg: $ty),*) -> CUresult {
             let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            $( if let Err(rc) = lazylib::launching($f) { return rc; } )?
             // SAFETY: forwarded unchanged.
             pacing::launch($stream, $pt, || unsafe { real($($arg),*) })
         }
@@ -29,16 +31,16 @@ macro_rules! paced {
 }
 
 paced! {
-    launch_kernel => cuLaunchKernel, false, stream,
+    launch_kernel => cuLaunchKernel, false, stream, kernel f,
         (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
          params: *mut *mut c_void, extra: *mut *mut c_void);
-    launch_kernel_ptsz => cuLaunchKernel_ptsz, true, stream,
+    launch_kernel_ptsz => cuLaunchKernel_ptsz, true, stream, kernel f,
         (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
          params: *mut *mut c_void, extra: *mut *mut c_void);
-    launch_cooperative_kernel => cuLaunchCooperativeKernel, false, stream,
+    launch_cooperative_kernel => cuLaunchCooperativeKernel, false, stream, kernel f,
         (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
          params: *mut *mut c_void);
-    launch_cooperative_kernel_ptsz => cuLaunchCooperativeKernel_ptsz, true, stream,
+    launch_cooperative_kernel_ptsz => cuLaunchCooperativeKernel_ptsz, true, stream, kernel f,
         (f: CUfunction, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, stream: CUstream,
          params: *mut *mut c_void);
     graph_launch => cuGraphLaunch, false, stream, (exec: CUgraphExec, stream: CUstream);
@@ -56,6 +58,9 @@ macro_rules! launch_kernel_ex {
             extra: *mut *mut c_void,
         ) -> CUresult {
             let Some(real) = cuda().$real else { return CUDA_ERROR_NOT_SUPPORTED };
+            if let Err(rc) = lazylib::launching(f) {
+                return rc;
+            }
             if config.is_null() {
                 // SAFETY: forwarded unchanged; the driver rejects it.
                 return unsafe { real(config, f, params, extra) };

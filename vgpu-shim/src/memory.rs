@@ -64,6 +64,8 @@ enum Kind {
     Limit(CUlimit),
     Module,
     Library,
+    /// A library's compressed entries, charged at its first use ([`lazylib`]).
+    LazyLibrary,
     Green,
 }
 
@@ -228,6 +230,9 @@ fn destroying(s: &State, ctx: u64, call: impl FnOnce() -> CUresult) -> CUresult 
 /// their pools, which outlive contexts, and the driver may have trimmed any pool meanwhile:
 /// every pool's charge is brought to what the driver says it reserves now.
 fn context_gone(s: &State, taken: Vec<((Kind, u64), Charge)>) {
+    if taken.iter().any(|(k, _)| k.0 == Kind::LazyLibrary) {
+        lazylib::forget_clear();
+    }
     for (key, c) in taken {
         if c.pool.is_none() {
             crate::log::log!(Debug, "{key:?} went with context {:#x}: returning {} bytes", c.ctx, c.bytes);
@@ -293,6 +298,7 @@ macro_rules! slice_or_pass {
 
 pub mod graph;
 pub mod interop;
+pub mod lazylib;
 pub mod reserved;
 pub mod vmm;
 

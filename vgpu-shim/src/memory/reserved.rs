@@ -13,7 +13,8 @@
 //!   `cuModuleLoadFatBinary`): charged at load, with the context current then; returned on
 //!   `cuModuleUnload` or with the context.
 //! - **Libraries** (`cuLibraryLoadData`, `cuLibraryLoadFromFile`): charged (compressed entries
-//!   not decompressed: [`reservations::library_estimate`]) once at load, before
+//!   not decompressed: [`reservations::library_estimate`]; those are charged at the library's
+//!   first use, [`super::lazylib`]) once at load, before
 //!   any context loads them (a lazy load then never runs the slice past its limit), returned
 //!   on `cuLibraryUnload`; to the current context's slice, or with none current (NVIDIA's
 //!   runtime loads its registered fat binaries before it makes a context current) to the
@@ -23,10 +24,12 @@
 //!   `cuCtxFromGreenCtx` names, so what is allocated in it goes with it on `cuGreenCtxDestroy`.
 
 use std::ffi::{c_char, c_uint, c_void};
+use std::path::{Path, PathBuf};
 
-use gpuslice_core::reservations::{self, Residency};
+use gpuslice_core::reservations::{self, Deferral, Residency};
 
 use super::*;
+use crate::memory::lazylib;
 
 /// Limit settings of this process: the value each (context, limit) had before the shim first
 /// saw it set, read again once the context's record is gone (a new or reset context starts at
@@ -146,7 +149,7 @@ fn image_bytes(image: *const c_void, kind: Kind) -> u64 {
 
 /// An estimate's bytes, with one line for the compressed entries it could not decode (they
 /// count nothing; the driver refuses them too unless they decode on its side).
-fn counted(e: reservations::Estimate) -> u64 {
+pub(super) fn counted(e: reservations::Estimate) -> u64 {
     if e.undecoded > 0 {
         crate::log::log!(
             Warn,
@@ -162,22 +165,69 @@ fn counted(e: reservations::Estimate) -> u64 {
 /// The bytes of a module file, if it is a regular file of at most 4 GiB the shim can read
 /// (otherwise the driver's answer stands, uncharged: it reads the same file).
 fn file_bytes(name: *const c_char, kind: Kind) -> u64 {
+    file_image(name).map_or(0, |(_, b)| {
+        counted(match kind {
+            Kind::Library => reservations::library_estimate_of(&b),
+            _ => reservations::module_estimate_of(&b),
+        })
+    })
+}
+
+/// The bytes of a module file, NUL-terminated, if it is a regular file of at most 4 GiB the
+/// shim can read.
+fn file_image(name: *const c_char) -> Option<(PathBuf, Vec<u8>)> {
     use std::os::unix::ffi::OsStrExt;
     if name.is_null() {
-        return 0;
+        return None;
     }
     // SAFETY: a C string per the driver function's contract.
-    let path = std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes());
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes()));
+    read_file(&path).map(|b| (path, b))
+}
+
+/// A library file's bytes (at most 4 GiB), NUL-terminated.
+pub(super) fn read_file(path: &Path) -> Option<Vec<u8>> {
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).map_or(0, |mut b| {
+        Ok(m) if m.is_file() && m.len() <= 4 << 30 => std::fs::read(path).ok().map(|mut b| {
             b.push(0);
-            counted(match kind {
-                Kind::Library => reservations::library_estimate_of(&b),
-                _ => reservations::module_estimate_of(&b),
-            })
+            b
         }),
-        _ => 0,
+        _ => None,
     }
+}
+
+/// What a library's load charges: its uncompressed entries, or with `CUDA_MODULE_LOADING=EAGER`
+/// or a fat binary too large to keep, everything at once (the [`Kind`] whose estimate counts);
+/// and what waits for its first use.
+fn library_deferral(deferral: Deferral) -> (Kind, Deferral) {
+    match deferral {
+        _ if lazylib::eager() => (Kind::Module, Deferral::Nothing),
+        Deferral::TooLarge => (Kind::Module, Deferral::Nothing),
+        d => (Kind::Library, d),
+    }
+}
+
+/// After a library's load (`rc`, the handle in `library`): its compressed entries (`deferral`,
+/// [`reservations::deferred_image`]) wait for its first use ([`lazylib`]); `file`: the library
+/// file and where its bytes were when fingerprinted, for `cuLibraryLoadFromFile`.
+///
+/// # Safety
+/// `library` is null or where the driver wrote the handle on success.
+unsafe fn deferring(
+    rc: CUresult,
+    library: *mut CUlibrary,
+    deferral: Deferral,
+    file: Option<(PathBuf, usize)>,
+) -> CUresult {
+    if rc == CUDA_SUCCESS
+        && !library.is_null()
+        && let Deferral::Kept(print) = deferral
+        && crate::state::active()
+    {
+        // SAFETY: the driver wrote the handle on success.
+        lazylib::defer(unsafe { *library } as u64, print, file);
+    }
+    rc
 }
 
 /// # Safety
@@ -246,12 +296,20 @@ pub unsafe fn library_load_data(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadData);
+    let found = if code.is_null() {
+        Deferral::Nothing
+    } else {
+        reservations::deferred_image(code as usize, &reservations::OwnMemory)
+    };
+    let (estimate, fat) = library_deferral(found);
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
-    unsafe {
-        loading(library.cast(), Kind::Library, image_bytes(code, Kind::Library), || {
+    let rc = unsafe {
+        loading(library.cast(), Kind::Library, image_bytes(code, estimate), || {
             f(library, code, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
-    }
+    };
+    // SAFETY: as above.
+    unsafe { deferring(rc, library, fat, None) }
 }
 
 /// # Safety
@@ -268,12 +326,24 @@ pub unsafe fn library_load_from_file(
     n_library: c_uint,
 ) -> CUresult {
     let f = real!(cuLibraryLoadFromFile);
+    let image = file_image(name);
+    let (estimate, fat) =
+        library_deferral(image.as_ref().map_or(Deferral::Nothing, |(_, b)| reservations::deferred_image_of(b)));
+    let file = image.as_ref().map(|(path, b)| (path.clone(), b.as_ptr() as usize));
+    let bytes = image.map_or(0, |(_, b)| {
+        counted(match estimate {
+            Kind::Library => reservations::library_estimate_of(&b),
+            _ => reservations::module_estimate_of(&b),
+        })
+    });
     // SAFETY: forwarded unchanged; `library` is where the driver writes the handle.
-    unsafe {
-        loading(library.cast(), Kind::Library, file_bytes(name, Kind::Library), || {
+    let rc = unsafe {
+        loading(library.cast(), Kind::Library, bytes, || {
             f(library, name, jit_options, jit_values, n_jit, library_options, library_values, n_library)
         })
-    }
+    };
+    // SAFETY: as above.
+    unsafe { deferring(rc, library, fat, file) }
 }
 
 /// # Safety
@@ -285,7 +355,12 @@ pub unsafe fn library_unload(library: CUlibrary) -> CUresult {
     if !crate::state::active() {
         return pass();
     }
-    freeing(state(), (Kind::Library, library as u64), pass)
+    let s = state();
+    let rc = freeing(s, (Kind::Library, library as u64), || freeing(s, (Kind::LazyLibrary, library as u64), pass));
+    if rc == CUDA_SUCCESS {
+        lazylib::unloaded(library as u64);
+    }
+    rc
 }
 
 /// A green context is charged as a context; its charge, and those of what is allocated in it,

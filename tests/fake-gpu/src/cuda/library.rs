@@ -56,9 +56,9 @@ driver_api! {
         let d = driver()?;
         // SAFETY: a non-null image per the export's contract.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::library_bytes(code);
+        let (bytes, deferred) = modules::library_reservation(code);
         let mut reg = d.lock();
-        let l = reg.modules.load_library(kernels, bytes);
+        let l = reg.modules.load_library(kernels, bytes, deferred);
         reg.modules.set_globals(l, modules::image_globals(code, false));
         out.set(l as CUlibrary);
         Ok(())
@@ -82,9 +82,9 @@ driver_api! {
         let code = image.as_ptr().cast::<c_void>();
         // SAFETY: the file's bytes, NUL-terminated, alive for the call.
         let kernels = unsafe { image::kernels(code) };
-        let bytes = modules::library_bytes(code);
+        let (bytes, deferred) = modules::library_reservation(code);
         let mut reg = driver()?.lock();
-        let l = reg.modules.load_library(kernels, bytes);
+        let l = reg.modules.load_library(kernels, bytes, deferred);
         reg.modules.set_globals(l, modules::image_globals(code, false));
         out.set(l as CUlibrary);
         Ok(())

@@ -92,6 +92,9 @@ struct Library {
     globals: Vec<(String, u64)>,
     /// What loading it into a context reserves there.
     bytes: u64,
+    /// Its fat binary, when it has compressed entries: what they reserve is added to `bytes`
+    /// at its first load into a context ([`reservations::deferred_bytes`]).
+    deferred: Option<Vec<u8>>,
     /// The library's module in each context it was used in.
     modules: HashMap<Handle, Handle>,
 }
@@ -151,10 +154,12 @@ impl Modules {
     }
 
     /// `cuLibraryLoadData`: nothing is reserved until it is loaded into a context (lazy
-    /// loading, the default since CUDA 12.2), where it reserves `bytes`.
-    pub fn load_library(&mut self, kernels: Kernels, bytes: u64) -> Handle {
+    /// loading, the default since CUDA 12.2), where it reserves `bytes`, and what the
+    /// compressed entries of `deferred` (its fat binary) decompress to.
+    pub fn load_library(&mut self, kernels: Kernels, bytes: u64, deferred: Option<Vec<u8>>) -> Handle {
         let library = new_handle();
-        self.libraries.insert(library, Library { kernels, globals: Vec::new(), bytes, modules: HashMap::new() });
+        self.libraries
+            .insert(library, Library { kernels, globals: Vec::new(), bytes, deferred, modules: HashMap::new() });
         library
     }
 
@@ -222,7 +227,13 @@ impl Modules {
             return Ok(m);
         }
         let (kernels, list) = (l.kernels.clone(), globals(&l.globals));
-        let memory = reserve(device, l.bytes)?;
+        if let Some(fat) = self.libraries.get_mut(&library).and_then(|l| l.deferred.take())
+            && let Some(l) = self.libraries.get_mut(&library)
+        {
+            l.bytes = l.bytes.saturating_add(reservations::deferred_bytes(&fat).bytes);
+        }
+        let bytes = self.libraries.get(&library).map_or(0, |l| l.bytes);
+        let memory = reserve(device, bytes)?;
         let module = self.load(ctx, kernels, memory);
         if let Some(m) = self.modules.get_mut(&module) {
             m.globals = list;
@@ -368,6 +379,20 @@ pub(crate) fn library_bytes(image: *const c_void) -> u64 {
     reservations::library_estimate(image as usize, &reservations::OwnMemory).bytes
 }
 
+/// What a library image reserves in each context at once, and its fat binary when its
+/// compressed entries wait for the first load into a context ([`reservations::deferred_image`];
+/// one too large to keep counts them at once).
+pub(crate) fn library_reservation(image: *const c_void) -> (u64, Option<Vec<u8>>) {
+    match reservations::deferred_image(image as usize, &reservations::OwnMemory) {
+        // The driver keeps its own copy of the image (the shim keeps only a fingerprint).
+        reservations::Deferral::Kept(print) => {
+            (library_bytes(image), reservations::reread(&print, &reservations::OwnMemory).ok())
+        }
+        reservations::Deferral::TooLarge => (image_bytes(image), None),
+        reservations::Deferral::Nothing => (library_bytes(image), None),
+    }
+}
+
 /// `cuModuleLoadData` (and the runtime's fat binaries): a module of the current context,
 /// reserving its code and globals there (or `CUDA_ERROR_OUT_OF_MEMORY`).
 ///
@@ -473,7 +498,7 @@ mod tests {
     #[test]
     fn libraries_lend_their_kernels_to_each_context() {
         let mut m = Modules::default();
-        let lib = m.load_library(Kernels::Listed(vec!["_Z4busyy".to_owned(), "k".to_owned()]), 0);
+        let lib = m.load_library(Kernels::Listed(vec!["_Z4busyy".to_owned(), "k".to_owned()]), 0, None);
         let k = m.library_kernel(lib, "_Z4busyy").unwrap();
         assert_eq!(m.library_kernel(lib, "_Z4busyy"), Ok(k));
         assert_eq!(m.library_kernel(lib, "missing"), Err(NOT_FOUND));
