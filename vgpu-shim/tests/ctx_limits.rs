@@ -12,6 +12,7 @@ mod common;
 use std::ffi::{CString, c_void};
 
 use common::client::*;
+use common::images::*;
 use common::*;
 use gpuslice_cuda_abi::cuda::sym;
 
@@ -30,18 +31,6 @@ struct Extra {
     cuModuleUnload: sym::cuModuleUnload,
     cuLibraryLoadData: sym::cuLibraryLoadData,
     cuLibraryUnload: sym::cuLibraryUnload,
-}
-
-/// `name` from `libcuda.so.1` as a program finds it.
-fn symbol(name: &str) -> *mut c_void {
-    // SAFETY: loading the (simulated) driver, as any CUDA program does.
-    let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW) };
-    assert!(!handle.is_null());
-    let c = CString::new(name).unwrap();
-    // SAFETY: a handle from dlopen and a NUL-terminated name.
-    let f = unsafe { libc::dlsym(handle, c.as_ptr()) };
-    assert!(!f.is_null(), "{name} is not exported");
-    f
 }
 
 impl Extra {

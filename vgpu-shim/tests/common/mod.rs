@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
