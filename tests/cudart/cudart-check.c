@@ -38,6 +38,7 @@
 #include <time.h>
 
 #include <cuda_runtime_api.h>
+#include "check.h"
 
 /* ---- the fat binary and its registration (what nvcc generates) --------------------------- */
 
@@ -165,22 +166,6 @@ static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static unsigned long long parse_size(const char *s) {
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    switch (*end) {
-    case 'K': return v << 10;
-    case 'M': return v << 20;
-    case 'G': return v << 30;
-    default: return v;
-    }
-}
-
-static size_t free_now(void) {
-    size_t f = 0, t = 0;
-    return cudaMemGetInfo(&f, &t) == cudaSuccess ? f : 0;
 }
 
 /* ---- allocations -------------------------------------------------------------------------- */

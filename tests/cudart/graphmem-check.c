@@ -22,22 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static unsigned long long parse_size(const char *s) {
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    switch (*end) {
-    case 'K': return v << 10;
-    case 'M': return v << 20;
-    case 'G': return v << 30;
-    default: return v;
-    }
-}
-
-static size_t free_now(void) {
-    size_t f = 0, t = 0;
-    return cudaMemGetInfo(&f, &t) == cudaSuccess ? f : 0;
-}
+#include "check.h"
 
 static unsigned long long graph_attr(enum cudaGraphMemAttributeType attr) {
     unsigned long long v = 0;

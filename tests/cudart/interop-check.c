@@ -18,6 +18,7 @@
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+#include "check.h"
 
 /* cudaGL.h's and cudaVDPAU.h's signatures (those headers need GL's and VDPAU's own). */
 typedef CUresult (*gl_ctx_create_fn)(CUcontext *, unsigned, CUdevice);
@@ -29,12 +30,6 @@ typedef CUresult (*ctx_get_current_fn)(CUcontext *);
 static int fail(const char *call, cudaError_t e) {
     printf("call=%s\nerror=%s\n", call, cudaGetErrorName(e));
     return 1;
-}
-
-static size_t free_now(void) {
-    size_t free = 0, total = 0;
-    cudaMemGetInfo(&free, &total);
-    return free;
 }
 
 static void *entry(const char *name, unsigned version) {

@@ -43,6 +43,7 @@
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+#include "check.h"
 
 static struct {
     const char *which;
@@ -54,23 +55,6 @@ static struct {
 static int fail(const char *call, cudaError_t e) {
     printf("call=%s\nerror=%s\n", call, cudaGetErrorName(e));
     return 1;
-}
-
-static unsigned long long parse_size(const char *s) {
-    char *end;
-    unsigned long long v = strtoull(s, &end, 0);
-    switch (*end) {
-    case 'G': v <<= 10; /* fall through */
-    case 'M': v <<= 10; /* fall through */
-    case 'K': v <<= 10;
-    }
-    return v;
-}
-
-static size_t free_now(void) {
-    size_t free = 0, total = 0;
-    cudaMemGetInfo(&free, &total);
-    return free;
 }
 
 /* ---- images -------------------------------------------------------------------------------- */
