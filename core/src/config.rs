@@ -248,6 +248,9 @@ pub struct Config {
     /// The host guard (`gpuslice-cdi daemon`).
     #[serde(default)]
     pub guard: GuardConfig,
+    /// The Kubernetes device plugin (`gpuslice-device-plugin`).
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
 }
 
 /// `[runtime]`: how `gpuslice-runtime` (the OCI runtime for engines without CDI) works.
@@ -454,6 +457,7 @@ impl Default for Config {
             gpus: Vec::new(),
             runtime: RuntimeConfig::default(),
             guard: GuardConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -599,6 +603,7 @@ impl Config {
             }
         }
         self.guard.validate()?;
+        self.kubernetes.validate()?;
         for (i, a) in self.gpus.iter().enumerate() {
             for b in &self.gpus[..i] {
                 let same_index = a.index.is_some() && a.index == b.index;
@@ -690,6 +695,176 @@ impl GuardConfig {
         }
         Ok(())
     }
+}
+
+/// Where the kubelet looks for device plugins' sockets (and serves `kubelet.sock`).
+pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
+/// The resource slices are advertised under unless the config says otherwise.
+pub const DEFAULT_RESOURCE: &str = "gpuslice.dev/vgpu";
+/// The resource whole GPUs (mode `none`) are advertised under unless the config says otherwise.
+pub const DEFAULT_GPU_RESOURCE: &str = "gpuslice.dev/gpu";
+/// Longest `resource` name part under `resources = "by-size"`: the size suffix (`-<N>m`, at
+/// most 16 characters) must still fit a Kubernetes name's 63.
+pub const MAX_BY_SIZE_NAME_LEN: usize = 47;
+/// Shortest and longest device plugin poll interval accepted.
+pub const KUBERNETES_INTERVAL_RANGE: (u64, u64) = (50, 60_000);
+
+/// `[kubernetes] resources`: how slices map to resource names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceNaming {
+    /// Every slice under `resource`.
+    #[default]
+    Single,
+    /// Each slice under `resource` plus its memory size: `gpuslice.dev/vgpu-20g`.
+    BySize,
+}
+
+/// `[kubernetes] allocation`: which GPU's slices a container is given first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// The GPU with the most free slices first: neighbours share as few GPUs as they can.
+    #[default]
+    Spread,
+    /// The GPU with the fewest free slices first: whole GPUs stay free for larger requests.
+    Binpack,
+}
+
+impl fmt::Display for Allocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Allocation::Spread => "spread",
+            Allocation::Binpack => "binpack",
+        })
+    }
+}
+
+/// `[kubernetes]`: the device plugin, `gpuslice-device-plugin`. How slices become resources
+/// lives in that crate; the plan itself knows nothing of Kubernetes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The extended resource slices are advertised under (`domain/name`).
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    /// One resource for every slice, or one per slice size.
+    #[serde(default)]
+    pub resources: ResourceNaming,
+    /// The extended resource whole GPUs (mode `none`) are advertised under.
+    #[serde(default = "default_gpu_resource")]
+    pub gpu_resource: String,
+    /// Which GPU's slices `GetPreferredAllocation` offers first.
+    #[serde(default)]
+    pub allocation: Allocation,
+    /// The kubelet's device plugin directory (its `kubelet.sock` and the plugins' sockets).
+    #[serde(default = "default_device_plugin_dir")]
+    pub device_plugin_dir: PathBuf,
+    /// How often the plugin reads the spec, the limits and the GPUs for changes.
+    #[serde(default = "default_kubernetes_interval")]
+    pub interval: Span,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            resource: default_resource(),
+            resources: ResourceNaming::default(),
+            gpu_resource: default_gpu_resource(),
+            allocation: Allocation::default(),
+            device_plugin_dir: default_device_plugin_dir(),
+            interval: default_kubernetes_interval(),
+        }
+    }
+}
+
+fn default_resource() -> String {
+    DEFAULT_RESOURCE.to_owned()
+}
+fn default_gpu_resource() -> String {
+    DEFAULT_GPU_RESOURCE.to_owned()
+}
+fn default_device_plugin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DEVICE_PLUGIN_DIR)
+}
+fn default_kubernetes_interval() -> Span {
+    Span::from_millis(2000)
+}
+
+impl KubernetesConfig {
+    /// Checks the `[kubernetes]` values, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [("kubernetes.resource", &self.resource), ("kubernetes.gpu_resource", &self.gpu_resource)] {
+            validate_extended_resource_name(value)
+                .map_err(|reason| ConfigError::invalid(key, quoted(value), reason))?;
+        }
+        let name = |r: &str| r.split_once('/').map_or("", |(_, n)| n).to_owned();
+        if self.resources == ResourceNaming::BySize && name(&self.resource).len() > MAX_BY_SIZE_NAME_LEN {
+            return Err(ConfigError::invalid(
+                "kubernetes.resource",
+                quoted(&self.resource),
+                format!(
+                    "its name part is longer than {MAX_BY_SIZE_NAME_LEN} characters, too long for resources = \"by-size\" to add a size"
+                ),
+            ));
+        }
+        if name(&self.resource) == name(&self.gpu_resource) {
+            return Err(ConfigError::invalid(
+                "kubernetes.gpu_resource",
+                quoted(&self.gpu_resource),
+                "has the same name part as `resource`; each resource needs a socket of its own",
+            ));
+        }
+        if !self.device_plugin_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "kubernetes.device_plugin_dir",
+                quoted(&self.device_plugin_dir.display()),
+                "must be an absolute path",
+            ));
+        }
+        let (lo, hi) = KUBERNETES_INTERVAL_RANGE;
+        if !(lo..=hi).contains(&self.interval.as_millis()) {
+            return Err(ConfigError::invalid(
+                "kubernetes.interval",
+                quoted(&self.interval),
+                format!("must be between {lo}ms and {}s", hi / 1000),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a Kubernetes extended resource name: `domain/name`, the domain a DNS subdomain
+/// outside `kubernetes.io` and `requests.`, the name a qualified name of at most 63 characters.
+pub fn validate_extended_resource_name(resource: &str) -> Result<(), String> {
+    let Some((domain, name)) = resource.split_once('/') else {
+        return Err("must be domain/name, e.g. \"gpuslice.dev/vgpu\"".to_owned());
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Err(format!("the domain {domain:?} is not a DNS subdomain (lowercase letters, digits, `-` and `.`)"));
+    }
+    if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") || resource.starts_with("requests.") {
+        return Err("is reserved by Kubernetes (kubernetes.io, requests.)".to_owned());
+    }
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
+        || !name.bytes().next().is_some_and(alnum)
+        || !name.bytes().last().is_some_and(alnum)
+    {
+        return Err(format!(
+            "the name {name:?} must be 1 to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
 }
 
 impl GpuOverride {
