@@ -34,6 +34,8 @@ pub const KUBELET_SOCKET: &str = "kubelet.sock";
 pub const API_VERSION: &str = "v1beta1";
 /// How long a registration may take before the kubelet counts as unreachable.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scans in a row a resource must be without devices before it is stopped.
+const GONE_AFTER_SCANS: u32 = 3;
 /// The longest wait between two looks for `kubelet.sock`.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -68,6 +70,8 @@ struct Served {
     tx: watch::Sender<Arc<Snapshot>>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// Scans in a row that found no device of it.
+    absent: u32,
 }
 
 struct Signals {
@@ -140,12 +144,15 @@ impl Plugin {
         let interval = self.config.kubernetes.interval.0;
         loop {
             let snapshot = Arc::new(self.scanner.scan());
-            for (resource, s) in served.iter() {
-                if snapshot.resources.contains_key(resource) {
-                    s.tx.send_replace(snapshot.clone());
-                }
+            for (resource, s) in served.iter_mut() {
+                s.tx.send_replace(snapshot.clone());
+                s.absent = if snapshot.resources.contains_key(resource) { 0 } else { s.absent + 1 };
             }
-            let gone: Vec<String> = served.keys().filter(|r| !snapshot.resources.contains_key(*r)).cloned().collect();
+            // `generate` writes the limits before the spec: a scan between the two can see a
+            // resource empty that the new spec still has. Only a resource empty for several
+            // scans in a row is gone (until then its list is empty).
+            let gone: Vec<String> =
+                served.iter().filter(|(_, s)| s.absent >= GONE_AFTER_SCANS).map(|(r, _)| r.clone()).collect();
             for resource in gone {
                 if let Some(s) = served.remove(&resource) {
                     tracing::info!(%resource, "no devices left; stopped serving it");
@@ -217,7 +224,7 @@ impl Plugin {
                 tracing::error!(resource = %shown, %e, "server failed");
             }
         });
-        Ok(Served { path, ino, tx, stop, task })
+        Ok(Served { path, ino, tx, stop, task, absent: 0 })
     }
 }
 
