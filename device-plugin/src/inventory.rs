@@ -291,6 +291,141 @@ fn read_spec(path: &Path) -> Result<Spec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpuslice_core::config::{CoresPolicy, Priority};
+
+    struct Probe(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    impl GpuProbe for Probe {
+        fn missing(&mut self, uuid: &str) -> Option<String> {
+            self.0.lock().unwrap().iter().any(|u| u == uuid).then(|| format!("{uuid} gone"))
+        }
+    }
+
+    fn limits(slice: &str, gpu: u32, gib: u64, mode: Mode) -> Limits {
+        Limits {
+            slice: slice.into(),
+            mode,
+            gpu_uuid: format!("GPU-{gpu}"),
+            gpu_index: gpu,
+            memory_bytes: gib * ByteSize::GIB,
+            cores_percent: 50,
+            cores_policy: CoresPolicy::Cap,
+            priority: Priority::Normal,
+            generation: 1,
+        }
+    }
+
+    /// A node with slice0 (GPU 0, 40 GiB), slice1 (GPU 0, 20 GiB) and gpu1 (whole), its spec and state.
+    fn node(naming: ResourceNaming) -> (tempfile::TempDir, Scanner, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config { spec_dir: dir.path().join("cdi"), state_dir: dir.path().join("state"), ..Config::default() };
+        config.kubernetes.resources = naming;
+        for l in [
+            limits("slice0", 0, 40, Mode::Shim),
+            limits("slice1", 0, 20, Mode::Shim),
+            limits("gpu1", 1, 80, Mode::None),
+        ] {
+            l.store(&config.state_dir).unwrap();
+            if l.mode == Mode::Shim {
+                Region::create(&region::region_path(&config.state_dir, &l.slice)).unwrap();
+            }
+        }
+        let device = |name: &str| cdi::Device {
+            name: name.into(),
+            annotations: Default::default(),
+            container_edits: Default::default(),
+        };
+        let spec = Spec {
+            cdi_version: "0.5.0".into(),
+            kind: "gpuslice.dev/vgpu".into(),
+            annotations: Default::default(),
+            devices: vec![device("slice0"), device("slice1"), device("gpu1"), device(ALL_DEVICE)],
+            container_edits: Default::default(),
+        };
+        std::fs::create_dir_all(&config.spec_dir).unwrap();
+        std::fs::write(config.spec_dir.join(cdi::SPEC_FILE), serde_yaml::to_string(&spec).unwrap()).unwrap();
+        let gone = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (dir, Scanner::new(config, Box::new(Probe(gone.clone()))), gone)
+    }
+
+    fn view(s: &Snapshot) -> Vec<(String, String, bool)> {
+        s.resources.iter().flat_map(|(r, ds)| ds.iter().map(move |d| (r.clone(), d.id.clone(), d.healthy()))).collect()
+    }
+
+    fn v(rows: &[(&str, &str, bool)]) -> Vec<(String, String, bool)> {
+        rows.iter().map(|(r, id, h)| (r.to_string(), id.to_string(), *h)).collect()
+    }
+
+    #[test]
+    fn resources_single_and_by_size_whole_gpus_apart() {
+        let (_dir, mut scanner, _) = node(ResourceNaming::Single);
+        let s = scanner.scan();
+        assert_eq!(s.kind, "gpuslice.dev/vgpu");
+        assert_eq!(
+            view(&s),
+            v(&[
+                ("gpuslice.dev/gpu", "gpu1", true),
+                ("gpuslice.dev/vgpu", "slice0", true),
+                ("gpuslice.dev/vgpu", "slice1", true)
+            ])
+        );
+        let (_dir, mut scanner, _) = node(ResourceNaming::BySize);
+        assert_eq!(
+            view(&scanner.scan()),
+            v(&[
+                ("gpuslice.dev/gpu", "gpu1", true),
+                ("gpuslice.dev/vgpu-20g", "slice1", true),
+                ("gpuslice.dev/vgpu-40g", "slice0", true)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_gone_gpu_and_unreadable_state_are_unhealthy_until_they_recover() {
+        let (dir, mut scanner, gone) = node(ResourceNaming::BySize);
+        scanner.scan();
+        gone.lock().unwrap().push("GPU-0".into());
+        let s = scanner.scan();
+        let problem = |s: &Snapshot, r: &str| s.devices(r)[0].problem.clone();
+        assert_eq!(problem(&s, "gpuslice.dev/vgpu-40g").as_deref(), Some("GPU-0 gone"));
+        assert_eq!(problem(&s, "gpuslice.dev/gpu"), None);
+        gone.lock().unwrap().clear();
+        // A limits file that no longer parses: the slice stays under its resource, Unhealthy.
+        let path = limits::limits_path(&dir.path().join("state"), "slice0");
+        std::fs::write(&path, "garbage").unwrap();
+        let s = scanner.scan();
+        assert!(problem(&s, "gpuslice.dev/vgpu-40g").unwrap().starts_with("limits:"), "{s:?}");
+        limits("slice0", 0, 40, Mode::Shim).store(&dir.path().join("state")).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-40g"), None);
+        // A region that is not one.
+        let region = region::region_path(&dir.path().join("state"), "slice1");
+        let good = std::fs::read(&region).unwrap();
+        std::fs::write(&region, vec![0u8; good.len()]).unwrap();
+        assert!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g").unwrap().starts_with("region:"));
+        std::fs::write(&region, good).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g"), None);
+    }
+
+    #[test]
+    fn an_unparsable_spec_keeps_the_devices_unhealthy_and_a_missing_one_has_none() {
+        let (dir, mut scanner, _) = node(ResourceNaming::Single);
+        let good = scanner.scan();
+        let spec = dir.path().join("cdi").join(cdi::SPEC_FILE);
+        std::fs::write(&spec, "devices: [").unwrap();
+        let s = scanner.scan();
+        assert_eq!(view(&s).len(), view(&good).len());
+        assert!(s.resources.values().flatten().all(|d| d.problem.as_deref().is_some_and(|p| p.contains("spec"))));
+        std::fs::remove_file(&spec).unwrap();
+        assert!(scanner.scan().resources.is_empty());
+    }
+
+    #[test]
+    fn a_slice_never_readable_under_by_size_is_left_out() {
+        let (dir, mut scanner, _) = node(ResourceNaming::BySize);
+        std::fs::write(limits::limits_path(&dir.path().join("state"), "slice1"), "garbage").unwrap();
+        let ids: Vec<String> = scanner.scan().resources.values().flatten().map(|d| d.id.clone()).collect();
+        assert_eq!(ids, ["gpu1", "slice0"]);
+    }
 
     #[test]
     fn sizes_are_whole_gib_or_mib() {

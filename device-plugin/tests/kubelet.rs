@@ -322,3 +322,25 @@ fn a_bad_config_is_one_line_and_a_failure() {
         assert!(err.contains(want) && err.contains("config.toml"), "{err:?} should say {want:?}");
     }
 }
+
+#[tokio::test]
+async fn a_kubelet_sock_nobody_listens_on_is_waited_for_quietly() {
+    if skip_unless_root("a_kubelet_sock_nobody_listens_on_is_waited_for_quietly") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config("[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // What a kubelet that died leaves: its socket file, with nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(node.plugin_dir().join("kubelet.sock")).unwrap());
+    let plugin = node.start_plugin();
+    let unreachable = |log: &str| log.matches("cannot be reached").count();
+    eventually("the plugin says the kubelet cannot be reached", || unreachable(&plugin.log()) >= 1).await;
+    // Several tries later (the backoff starts at 50 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(unreachable(&plugin.log()), 1, "{}", plugin.log());
+    assert!(plugin.child.is_some());
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    kubelet.wait_registration("gpuslice.dev/vgpu", 1).await;
+    kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", H), ("slice1", H)]).await;
+}
