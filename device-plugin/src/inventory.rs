@@ -3,11 +3,13 @@
 //!
 //! One [`Scanner::scan`] reads the spec (`<spec_dir>/gpuslice.yaml`: device names), each
 //! device's limits file (`<state_dir>/slices/<name>/limits`: GPU, size, mode) and, for a
-//! slice, its region's header; and asks NVML and the dev root whether the device's GPU is
-//! still there. A device is Unhealthy while its GPU is gone or its host state cannot be read
-//! or is damaged; it is Healthy again as soon as a scan finds them sound.
+//! slice, whether its region is a device the hook accepts; and asks NVML and the dev root
+//! whether the device's GPU is still there. A device is Unhealthy while its GPU is gone or its
+//! host state would stop a container at the hook; it is Healthy again as soon as a scan finds
+//! them sound. Damaged region contents are not Unhealthy: the hook repairs them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_core::cdi::{self, Spec};
@@ -163,6 +165,9 @@ pub struct Scanner {
     last_resource: HashMap<String, String>,
     /// The last spec problem logged, so it is logged once.
     spec_problem: Option<String>,
+    /// Devices whose region was last seen with damaged contents (logged once).
+    damaged: HashSet<String>,
+    plain_regions: bool,
     last: Snapshot,
 }
 
@@ -174,7 +179,15 @@ impl std::fmt::Debug for Scanner {
 
 impl Scanner {
     pub fn new(config: Config, probe: Box<dyn GpuProbe>) -> Self {
-        Self { config, probe, last_resource: HashMap::new(), spec_problem: None, last: Snapshot::default() }
+        Self {
+            config,
+            probe,
+            last_resource: HashMap::new(),
+            spec_problem: None,
+            damaged: HashSet::new(),
+            plain_regions: false,
+            last: Snapshot::default(),
+        }
     }
 
     pub fn spec_path(&self) -> PathBuf {
@@ -249,7 +262,7 @@ impl Scanner {
     }
 
     /// The device's limits, and why its host state is unusable if it is.
-    fn device(&self, id: &str) -> Result<(Limits, Option<String>), String> {
+    fn device(&mut self, id: &str) -> Result<(Limits, Option<String>), String> {
         let state_dir = &self.config.state_dir;
         let limits = Limits::load(&limits::limits_path(state_dir, id)).map_err(|e| format!("limits: {e}"))?;
         if limits.slice != id {
@@ -258,8 +271,47 @@ impl Scanner {
         if limits.mode == Mode::None {
             return Ok((limits, None));
         }
-        let problem = Region::open(&region::region_path(state_dir, id)).err().map(|e| format!("region: {e}"));
-        Ok((limits, problem))
+        Ok((limits, self.region_problem(id)))
+    }
+
+    /// Why the slice's region would stop a container, as the hook sees it: missing, not a
+    /// block device (the hook refuses anything else), or not mappable (wrong size). Damaged
+    /// contents are not a problem: the hook repairs them in place at the next container start,
+    /// and a container can write its region, so counting them would let a tenant take its
+    /// slice out of service for every tenant after it. They are logged, once.
+    fn region_problem(&mut self, id: &str) -> Option<String> {
+        let path = region::region_path(&self.config.state_dir, id);
+        let advice = "; run gpuslice-cdi generate";
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_block_device() || (self.plain_regions && m.is_file()) => {}
+            Ok(_) => return Some(format!("region {}: not a device{advice}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(format!("region {}: missing{advice}", path.display()));
+            }
+            Err(e) => return Some(format!("region {}: {e}", path.display())),
+        }
+        let region = match Region::open_mappable(&path) {
+            Ok(region) => region,
+            Err(e) => return Some(format!("region: {e}{advice}")),
+        };
+        match region.check_header() {
+            Ok(()) => {
+                self.damaged.remove(id);
+            }
+            Err(e) => {
+                if self.damaged.insert(id.to_owned()) {
+                    tracing::warn!(device = %id, %e, "region damaged; the hook repairs it at the next container start");
+                }
+            }
+        }
+        None
+    }
+
+    /// Accepts regions that are plain files, as [`Region::create`] makes them (tests); on a
+    /// node they are block devices, and the hook refuses anything else.
+    pub fn with_plain_regions(mut self) -> Self {
+        self.plain_regions = true;
+        self
     }
 
     /// Where a device whose limits cannot be read is listed: where it was, or for a whole GPU
@@ -345,7 +397,7 @@ mod tests {
         std::fs::create_dir_all(&config.spec_dir).unwrap();
         std::fs::write(config.spec_dir.join(cdi::SPEC_FILE), serde_yaml::to_string(&spec).unwrap()).unwrap();
         let gone = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        (dir, Scanner::new(config, Box::new(Probe(gone.clone()))), gone)
+        (dir, Scanner::new(config, Box::new(Probe(gone.clone()))).with_plain_regions(), gone)
     }
 
     fn view(s: &Snapshot) -> Vec<(String, String, bool)> {
@@ -397,11 +449,18 @@ mod tests {
         assert!(problem(&s, "gpuslice.dev/vgpu-40g").unwrap().starts_with("limits:"), "{s:?}");
         limits("slice0", 0, 40, Mode::Shim).store(&dir.path().join("state")).unwrap();
         assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-40g"), None);
-        // A region that is not one.
+        // Damaged contents: the hook repairs them, so the slice stays Healthy.
         let region = region::region_path(&dir.path().join("state"), "slice1");
         let good = std::fs::read(&region).unwrap();
         std::fs::write(&region, vec![0u8; good.len()]).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g"), None);
+        // A region of the wrong size cannot be mapped (the hook refuses it), nor a missing one.
+        std::fs::write(&region, &good[..good.len() / 2]).unwrap();
         assert!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g").unwrap().starts_with("region:"));
+        std::fs::remove_file(&region).unwrap();
+        assert!(
+            problem(&scanner.scan(), "gpuslice.dev/vgpu-20g").unwrap().contains("missing; run gpuslice-cdi generate")
+        );
         std::fs::write(&region, good).unwrap();
         assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g"), None);
     }

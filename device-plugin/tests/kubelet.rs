@@ -5,6 +5,9 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::process::Command;
 
 use common::{Kubelet, Node, eventually, skip_unless_root};
 use gpuslice_device_plugin::api::{
@@ -75,19 +78,27 @@ async fn health_follows_the_limits_region_and_gpu_and_recovers() {
     std::fs::write(&limits, &good).unwrap();
     watch.expect(&all_healthy).await;
 
-    // A damaged region header.
+    // Damaged region contents stay Healthy: the hook repairs them at the next container start
+    // (and a tenant can write its region). The list that shows slice1's limits broken, written
+    // after the damage, still has slice2 Healthy.
     let region = gpuslice_core::region::region_path(&node.state_dir(), "slice2");
-    {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&region).unwrap();
-        let mut header = [0u8; 8];
-        f.read_exact(&mut header).unwrap();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&[0xff; 8]).unwrap();
-        watch.expect(&[("slice0", H), ("slice1", H), ("slice2", U), ("slice3", H)]).await;
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&header).unwrap();
-    }
+    let header = std::fs::read(&region).unwrap()[..64].to_vec();
+    std::fs::OpenOptions::new().write(true).open(&region).unwrap().write_all(&[0xff; 64]).unwrap();
+    std::fs::write(&limits, "format=9\n").unwrap();
+    watch.expect(&[("slice0", H), ("slice1", U), ("slice2", H), ("slice3", H)]).await;
+    std::fs::OpenOptions::new().write(true).open(&region).unwrap().write_all(&header).unwrap();
+    std::fs::write(&limits, &good).unwrap();
+    watch.expect(&all_healthy).await;
+    assert!(plugin.log().contains("region damaged"), "{}", plugin.log());
+
+    // A region that is not a device (the hook refuses it): Unhealthy until the device is back.
+    let rdev = std::fs::metadata(&region).unwrap().rdev();
+    std::fs::remove_file(&region).unwrap();
+    std::fs::write(&region, vec![0u8; 4096]).unwrap();
+    watch.expect(&[("slice0", H), ("slice1", H), ("slice2", U), ("slice3", H)]).await;
+    std::fs::remove_file(&region).unwrap();
+    let (major, minor) = (libc::major(rdev).to_string(), libc::minor(rdev).to_string());
+    assert!(Command::new("mknod").arg(&region).args(["b", &major, &minor]).status().unwrap().success());
     watch.expect(&all_healthy).await;
 
     // GPU 1's device node vanishes: both of its slices are Unhealthy; it comes back.
