@@ -248,14 +248,23 @@ impl Scanner {
         self.last_resource.retain(|id, _| spec.devices.iter().any(|d| &d.name == id));
         for (resource, devices) in &snapshot.resources {
             for d in devices {
+                // A new device is logged only when Unhealthy; the summary below names it.
                 let before = self.last.devices(resource).iter().find(|b| b.id == d.id).map(|b| &b.problem);
-                if before != Some(&d.problem) {
+                if before.unwrap_or(&None) != &d.problem {
                     match &d.problem {
                         Some(problem) => tracing::warn!(device = %d.id, %resource, %problem, "Unhealthy"),
                         None => tracing::info!(device = %d.id, %resource, "Healthy"),
                     }
                 }
             }
+        }
+        let ids = |s: &Snapshot| -> Vec<(String, Vec<String>)> {
+            s.resources.iter().map(|(r, ds)| (r.clone(), ds.iter().map(|d| d.id.clone()).collect())).collect()
+        };
+        if ids(&snapshot) != ids(&self.last) {
+            let summary: Vec<String> =
+                ids(&snapshot).iter().map(|(r, ids)| format!("{r}: {}", ids.join(" "))).collect();
+            tracing::info!(spec = ?path, "devices: {}", if summary.is_empty() { "none".to_owned() } else { summary.join("; ") });
         }
         self.last = snapshot.clone();
         snapshot

@@ -52,7 +52,9 @@ async fn registers_each_resource_and_lists_its_devices() {
     assert!(got.get_preferred_allocation_available);
     kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", H), ("slice1", H)]).await;
     kubelet.watch("gpuslice-gpu.sock").await.expect(&[("gpu1", H)]).await;
-    drop(plugin);
+    let log = plugin.log();
+    assert!(log.contains("devices: gpuslice.dev/gpu: gpu1; gpuslice.dev/vgpu: slice0 slice1"), "{log}");
+    assert!(!log.contains("Healthy device="), "a device found Healthy at start is in the summary only: {log}");
 }
 
 #[tokio::test]
