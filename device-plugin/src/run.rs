@@ -123,11 +123,11 @@ impl Plugin {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             };
             let mut served: BTreeMap<String, Served> = BTreeMap::new();
-            let outcome = self.serve(&kubelet_sock, kubelet, &mut served, &mut signals).await;
+            let outcome = self.serve(&kubelet_sock, kubelet, &mut served, &mut signals, &mut unreachable).await;
             stop_all(&mut served).await;
             match outcome? {
                 Stop::Signal => return Ok(()),
-                Stop::KubeletRestarted => unreachable = 0,
+                Stop::KubeletRestarted => {}
                 Stop::Unreachable(e) => {
                     // A kubelet.sock nobody listens on (a kubelet that is restarting, or died):
                     // try again, less and less often, saying so once.
@@ -151,6 +151,7 @@ impl Plugin {
         kubelet: (u64, u64),
         served: &mut BTreeMap<String, Served>,
         signals: &mut Signals,
+        unreachable: &mut u32,
     ) -> Result<Stop, RunError> {
         let interval = self.config.kubernetes.interval.0;
         loop {
@@ -177,7 +178,10 @@ impl Plugin {
                 let s = self.start(resource, snapshot.clone())?;
                 served.insert(resource.clone(), s);
                 match register(kubelet_sock, resource).await {
-                    Ok(()) => tracing::info!(%resource, socket = %socket_name(resource), "registered with the kubelet"),
+                    Ok(()) => {
+                        tracing::info!(%resource, socket = %socket_name(resource), "registered with the kubelet");
+                        *unreachable = 0;
+                    }
                     Err(Register::Refused(message)) => {
                         return Err(RunError::Refused { resource: resource.clone(), message });
                     }
