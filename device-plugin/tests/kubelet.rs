@@ -357,3 +357,26 @@ async fn a_kubelet_sock_nobody_listens_on_is_waited_for_quietly() {
     kubelet.wait_registration("gpuslice.dev/vgpu", 1).await;
     kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", H), ("slice1", H)]).await;
 }
+
+#[tokio::test]
+async fn without_nvml_every_device_is_unhealthy() {
+    if skip_unless_root("without_nvml_every_device_is_unhealthy") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config("[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // The driver unloaded after generate: NVML's init fails from now on.
+    let fake = node.root().join("fakegpu.toml");
+    let text = std::fs::read_to_string(&fake).unwrap();
+    std::fs::write(&fake, format!("init_error = \"DRIVER_NOT_LOADED\"\n{text}")).unwrap();
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    let plugin = node.start_plugin();
+    kubelet.wait_registration("gpuslice.dev/vgpu", 1).await;
+    kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", U), ("slice1", U)]).await;
+    // Several scans later (one each 100 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let log = plugin.log();
+    assert_eq!(log.matches("NVML unavailable").count(), 1, "said once, not once per scan: {log}");
+    assert!(log.contains("DRIVER_NOT_LOADED") || log.contains("could not initialise"), "{log}");
+}
