@@ -167,6 +167,8 @@ pub struct Scanner {
     spec_problem: Option<String>,
     /// Devices whose region was last seen with damaged contents (logged once).
     damaged: HashSet<String>,
+    /// Devices left out for want of a resource (logged once).
+    unplaced: HashSet<String>,
     plain_regions: bool,
     last: Snapshot,
 }
@@ -185,6 +187,7 @@ impl Scanner {
             last_resource: HashMap::new(),
             spec_problem: None,
             damaged: HashSet::new(),
+            unplaced: HashSet::new(),
             plain_regions: false,
             last: Snapshot::default(),
         }
@@ -236,12 +239,15 @@ impl Scanner {
                 }
                 Err(problem) => {
                     let Some(resource) = self.fallback_resource(&id) else {
-                        tracing::warn!(device = %id, %problem, "not advertised until its limits can be read");
+                        if self.unplaced.insert(id.clone()) {
+                            tracing::warn!(device = %id, %problem, "not advertised until its limits can be read");
+                        }
                         continue;
                     };
                     (resource, None, Some(problem))
                 }
             };
+            self.unplaced.remove(&id);
             self.last_resource.insert(id.clone(), resource.clone());
             snapshot.resources.entry(resource).or_default().push(DeviceState { id, gpu, problem });
         }

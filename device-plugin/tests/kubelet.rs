@@ -380,3 +380,28 @@ async fn without_nvml_every_device_is_unhealthy() {
     assert_eq!(log.matches("NVML unavailable").count(), 1, "said once, not once per scan: {log}");
     assert!(log.contains("DRIVER_NOT_LOADED") || log.contains("could not initialise"), "{log}");
 }
+
+#[tokio::test]
+async fn a_slice_of_unknown_size_is_left_out_with_one_line_until_readable() {
+    if skip_unless_root("a_slice_of_unknown_size_is_left_out_with_one_line_until_readable") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config_k8s("resources = \"by-size\"", "[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // slice1's limits unreadable before the plugin ever saw them: its size, so its resource, is unknown.
+    let limits = node.limits_path("slice1");
+    let good = std::fs::read_to_string(&limits).unwrap();
+    std::fs::write(&limits, "garbage\n").unwrap();
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    let plugin = node.start_plugin();
+    kubelet.wait_registration("gpuslice.dev/vgpu-40g", 1).await;
+    let mut watch = kubelet.watch("gpuslice-vgpu-40g.sock").await;
+    watch.expect(&[("slice0", H)]).await;
+    // Several scans later (one each 100 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let log = plugin.log();
+    assert_eq!(log.matches("not advertised until its limits can be read").count(), 1, "{log}");
+    std::fs::write(&limits, good).unwrap();
+    watch.expect(&[("slice0", H), ("slice1", H)]).await;
+}
