@@ -190,6 +190,7 @@ fn main() {
             records: &records,
             tally: &metrics::Tally::default(),
             pass_seconds: 0.0,
+            migs: &[],
         });
         renders.push(t.elapsed());
         size = text.len();
