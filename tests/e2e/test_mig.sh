@@ -159,10 +159,12 @@ test_docker_mig_device_is_the_instance() {
     assert_line_in "total_mem=42949672960" "$out" "cuDeviceTotalMem on the 3g.40gb"
     assert_line_in "sm_count=60" "$out" "the 3g.40gb's SMs"
 
-    # GPU 1's slices in the same spec are sliced by the interception library as before.
+    # GPU 1's slices in the same spec are sliced by the interception library as before (the
+    # simulated driver shows every GPU to a container without CUDA_VISIBLE_DEVICES: GPU 1 is
+    # CUDA device 1, as in test_hook.sh).
     # shellcheck disable=SC2016
     out=$(docker_gpu --device gpuslice.dev/vgpu=slice1 "$image" sh -c '
-        cuda-probe meminfo; echo "preload=$(head -n1 /etc/ld.so.preload)"; echo "visible=${CUDA_VISIBLE_DEVICES-unset}"') ||
+        cuda-probe --device 1 meminfo; echo "preload=$(head -n1 /etc/ld.so.preload)"; echo "visible=${CUDA_VISIBLE_DEVICES-unset}"') ||
         fail "docker run with slice1 failed"
     printf '%s\n' "$out"
     assert_line_in "total=42949672960" "$out" "a shim slice of GPU 1 on the mixed node"
