@@ -155,7 +155,8 @@ pub fn table(slices: &[SliceStatus]) -> String {
                     None => s.mode.clone(),
                 },
                 s.gpu_index.map_or_else(|| "-".into(), |i| i.to_string()),
-                gib(s.memory_used_bytes),
+                // A MIG device has no region: its use is the driver's to tell (nvidia-smi).
+                if s.mig.is_some() { "-".to_owned() } else { gib(s.memory_used_bytes) },
                 s.memory_limit_bytes.map_or_else(|| "-".into(), gib),
                 s.cores_percent.map_or_else(|| "-".into(), |c| c.to_string()),
                 s.cores_policy.map_or_else(|| "-".into(), |p| p.to_string()),
