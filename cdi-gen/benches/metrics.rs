@@ -188,6 +188,7 @@ fn main() {
             records: &records,
             tally: &metrics::Tally::default(),
             pass_seconds: 0.0,
+            mps: &[],
         });
         renders.push(t.elapsed());
         size = text.len();

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod ld_cache;
 pub mod limits;
 pub mod mountinfo;
+pub mod mps;
 pub mod plan;
 pub mod region;
 pub mod reservations;

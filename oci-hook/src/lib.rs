@@ -73,8 +73,10 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
     let driver = driver_files::driver_libraries(&args.driver_root).with_context(|| {
         format!("{name}: no usable NVIDIA driver under {} (install it, or set driver_root)", args.driver_root.display())
     })?;
+    // Mode mps: the library does no accounting there, only keeps the container's own MPS
+    // variables lower-only (docs/mps.md).
     let shim = match slice.limits.mode {
-        Mode::Shim => {
+        Mode::Shim | Mode::Mps => {
             if !args.shim_path.is_file() {
                 anyhow::bail!(
                     "{name}: the interception library {} is missing; reinstall gpuslice or fix shim_path",

@@ -205,6 +205,7 @@ fn time_under_throttle_is_counted_between_passes() {
         records: &records,
         tally: &tally,
         pass_seconds: 0.0,
+        mps: &[],
     });
     // slice0 from the first pass on (2.5 s + 0.5 s), slice1 from the second (0.5 s).
     assert_eq!(must(&t, "gpuslice_slice_throttled_seconds_total", S0), 3.0);

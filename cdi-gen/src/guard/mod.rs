@@ -112,6 +112,8 @@ pub struct Guard {
     /// The latest exposition, for the metrics server.
     latest: Latest,
     refused: RefusedLog,
+    /// The MPS control daemons' state, from their supervisor ([`crate::mps`]), for the metrics.
+    pub mps: Vec<gpuslice_core::mps::DaemonStatus>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -162,6 +164,7 @@ impl Guard {
             tally: Tally::default(),
             latest: Latest::default(),
             refused: RefusedLog::default(),
+            mps: Vec::new(),
         }
     }
 
@@ -255,6 +258,7 @@ impl Guard {
             records: &records,
             tally: &self.tally,
             pass_seconds,
+            mps: &self.mps,
         }));
         tracing::trace!(render_us = render0.elapsed().as_micros() as u64, "metrics rendered");
         PassReport {
@@ -433,8 +437,11 @@ pub fn daemon(opts: &Options) -> Result<()> {
     if !containers.exists() {
         tracing::info!(dir = %containers.display(), "no container records yet");
     }
+    let mps_daemons =
+        crate::mps::Running::start(crate::mps::Supervisor::new(guard.config().mps.control.clone(), guard.state_dir()));
     let mut done = 0u64;
     let result = loop {
+        guard.mps = mps_daemons.statuses();
         let started = Instant::now();
         let report = guard.pass();
         tracing::debug!(
@@ -462,6 +469,7 @@ pub fn daemon(opts: &Options) -> Result<()> {
         }
     };
     guard.release_all();
+    mps_daemons.stop();
     tracing::info!("guard stopped");
     result
 }
