@@ -392,3 +392,32 @@ impl Running {
         }
     }
 }
+
+/// Whether `pid` is an MPS server of one of the supervised control daemons `daemons` (their
+/// PIDs): the control daemon starts each server itself, so a server's parent is a daemon. Such
+/// a process is the host's, outside every container, and serves the GPU's slices: the guard
+/// must not count it as a process outside every slice.
+pub fn is_server(pid: u32, daemons: &[u32], parent_of: impl Fn(u32) -> Option<u32>) -> bool {
+    !daemons.is_empty() && parent_of(pid).is_some_and(|ppid| daemons.contains(&ppid))
+}
+
+/// A process's parent, from `/proc/<pid>/stat` (the field after the command's closing paren).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_is_a_child_of_a_supervised_daemon() {
+        let parent = |pid: u32| Some(if pid == 50 { 7 } else { 1 });
+        assert!(is_server(50, &[7], parent));
+        assert!(!is_server(51, &[7], parent), "a process of another parent");
+        assert!(!is_server(50, &[], parent), "no daemon, no server");
+        assert_eq!(parent_pid(std::process::id()), Some(std::os::unix::process::parent_id()));
+        assert_eq!(parent_pid(u32::MAX), None);
+    }
+}

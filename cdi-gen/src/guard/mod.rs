@@ -233,6 +233,13 @@ impl Guard {
         errors.extend(record_errors.iter().map(|e| format!("container record {e}")));
         let inputs = Inputs { config: &self.config, limits: &limits, records: &records, errors };
         let mut snapshot = observe::observe(&mut *self.driver, &*self.host, &inputs, &mut self.cursor, unix_ms());
+        // The MPS servers the supervised control daemons started serve the mps slices from
+        // the host: not processes outside every slice.
+        let daemons: Vec<u32> = self.mps.iter().filter_map(|d| d.pid).collect();
+        snapshot.processes.retain(|p| {
+            !matches!(p.owner, observe::Owner::Unsliced { .. })
+                || !crate::mps::is_server(p.pid, &daemons, crate::mps::parent_pid)
+        });
         let mut actions = self.enforcer.decide(&snapshot, &self.config.guard);
         actions.extend(self.squats.check(&*self.host, &state_dir, &snapshot, &records, &self.config.guard, unix_ms()));
         let mut lines = self.apply(&actions, &records);
