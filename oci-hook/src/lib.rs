@@ -73,10 +73,8 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
     let driver = driver_files::driver_libraries(&args.driver_root).with_context(|| {
         format!("{name}: no usable NVIDIA driver under {} (install it, or set driver_root)", args.driver_root.display())
     })?;
-    // Mode mps: the library does no accounting there, only keeps the container's own MPS
-    // variables lower-only (docs/mps.md).
     let shim = match slice.limits.mode {
-        Mode::Shim | Mode::Mps => {
+        Mode::Shim => {
             if !args.shim_path.is_file() {
                 anyhow::bail!(
                     "{name}: the interception library {} is missing; reinstall gpuslice or fix shim_path",
@@ -85,7 +83,8 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
             }
             Some(args.shim_path.as_path())
         }
-        Mode::None => None,
+        // Mode mps: the GPU's MPS server enforces the limits (docs/mps.md).
+        Mode::None | Mode::Mps => None,
     };
     let scratch_dir = args.slice.state_dir.join("tmp");
     let host = HostFiles { driver: &driver, shim, scratch_dir: &scratch_dir };

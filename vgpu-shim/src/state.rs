@@ -443,7 +443,10 @@ impl State {
                         broken =
                             Some(format!("{} names slice {:?}, not {name:?}", shown.join("limits").display(), l.slice));
                     }
-                    Ok(Some(l)) if l.mode == Mode::None => log!(Info, "slice {name}: mode none, no limits"),
+                    // Mode mps: MPS enforces the slice's limits (docs/mps.md); nothing to do here.
+                    Ok(Some(l)) if matches!(l.mode, Mode::None | Mode::Mps) => {
+                        log!(Info, "slice {name}: mode {}, no limits here", l.mode)
+                    }
                     Ok(Some(l)) if !root.from_hook && hook_gpus.contains(&l.gpu_uuid.to_ascii_lowercase()) => {
                         log!(
                             Info,
