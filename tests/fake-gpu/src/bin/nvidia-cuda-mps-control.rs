@@ -29,6 +29,15 @@ fn log_dir() -> PathBuf {
     std::env::var_os("CUDA_MPS_LOG_DIRECTORY").map_or_else(|| PathBuf::from("/var/log/nvidia-mps"), PathBuf::from)
 }
 
+/// A path to `dir/name` short enough for a socket address (108 bytes), whatever `dir`'s length:
+/// through an open descriptor of `dir`, which the returned `File` keeps open.
+fn short_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()));
+    Ok((d, path))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -71,7 +80,10 @@ fn client() -> ExitCode {
 }
 
 fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(socket)?;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let name = socket.file_name().and_then(|n| n.to_str()).unwrap_or("control");
+    let (_dir, short) = short_path(dir, name)?;
+    let mut s = UnixStream::connect(short)?;
     s.write_all(format!("{command}\n").as_bytes())?;
     s.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
@@ -144,7 +156,7 @@ fn daemon(ready: Option<libc::c_int>) -> ExitCode {
         return ExitCode::from(1);
     }
     let _ = std::fs::remove_file(&socket);
-    let listener = match UnixListener::bind(&socket) {
+    let listener = match short_path(&pipe, "control").and_then(|(_dir, short)| UnixListener::bind(short)) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("nvidia-cuda-mps-control: {}: {e}", socket.display());
