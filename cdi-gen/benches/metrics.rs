@@ -191,6 +191,7 @@ fn main() {
             tally: &metrics::Tally::default(),
             pass_seconds: 0.0,
             migs: &[],
+            mps: &[],
         });
         renders.push(t.elapsed());
         size = text.len();

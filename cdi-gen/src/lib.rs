@@ -14,6 +14,7 @@
 pub mod discover;
 pub mod engines;
 pub mod guard;
+pub mod mps;
 pub mod setup;
 pub mod spec;
 pub mod status;
@@ -168,6 +169,11 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         if let Some(m) = &d.mig {
             m.store(&state_dir, &d.name)
                 .with_context(|| format!("writing the MIG record of {} under {}", d.name, state_dir.display()))?;
+        }
+        if d.mode == Mode::Mps {
+            mps::prepare_dirs(&state_dir, &d.gpu_uuid).with_context(|| {
+                format!("creating the MPS directories of {} under {}", d.gpu_uuid, state_dir.display())
+            })?;
         }
         if d.mode == Mode::Shim {
             let outcome = state::ensure_region(&state_dir, &d.name)

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gpuslice_core::cdi::{self, ContainerEdits, Device, DeviceNode, Hook, Spec, Version};
+use gpuslice_core::cdi::{self, ContainerEdits, Device, DeviceNode, Hook, Mount, Spec, Version};
 use gpuslice_core::config::{Config, Mode};
+use gpuslice_core::mps;
 use gpuslice_core::plan::{Plan, PlannedDevice};
 
 use crate::discover::{NodeFile, NodeInfo};
@@ -57,7 +58,10 @@ pub fn build(inputs: &Inputs<'_>) -> Spec {
     let mut devices: Vec<Device> = inputs.plan.devices.iter().map(|d| device(inputs, d)).collect();
     if !devices.is_empty() {
         let mut all = ContainerEdits::default();
-        for d in &devices {
+        // An mps slice's limits are per-process variables, which a container holding several
+        // slices cannot have twice: `all` leaves those slices out (ask for them by name).
+        let in_all = |d: &&Device| inputs.plan.devices.iter().all(|p| p.name != d.name || p.mode != Mode::Mps);
+        for d in devices.iter().filter(in_all) {
             let mut edits = d.container_edits.clone();
             // `all` shows every device: no MIG device's selection.
             edits.env.retain(|e| {
@@ -65,7 +69,7 @@ pub fn build(inputs: &Inputs<'_>) -> Spec {
             });
             all.append(&edits);
         }
-        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        let names: Vec<&str> = devices.iter().filter(in_all).map(|d| d.name.as_str()).collect();
         all.env.insert(0, format!("{SLICE_ENV}={}", names.join(",")));
         let annotations = BTreeMap::from([(annotation::DEVICES.to_owned(), names.join(","))]);
         devices.push(Device { name: ALL_DEVICE.to_owned(), annotations, container_edits: all });
@@ -102,6 +106,10 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
         edits.device_nodes.extend(inputs.mig_nodes.get(&d.name).into_iter().flatten().map(node));
         edits.env.push(format!("{CUDA_VISIBLE_ENV}={}", m.uuid));
     }
+    if d.mode == Mode::Mps {
+        edits.env.extend(mps::slice_env(d));
+        edits.mounts.push(mps_pipe_mount(inputs.state_dir, d));
+    }
     edits.hooks = ["createContainer", "poststop"].iter().map(|stage| hook(inputs, d, stage)).collect();
     let mut annotations = BTreeMap::from([
         (annotation::GPU_UUID.to_owned(), d.gpu_uuid.clone()),
@@ -117,6 +125,18 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
         annotations.insert(annotation::MIG_PROFILE.to_owned(), m.profile.clone());
     }
     Device { name: d.name.clone(), annotations, container_edits: edits }
+}
+
+/// The GPU's MPS pipe directory, where its clients reach the control daemon and their server.
+/// Read-write, as MPS needs (clients connect to sockets there); no devices, programs or setuid
+/// files from it (docs/mps.md says what a container can still do there).
+fn mps_pipe_mount(state_dir: &Path, d: &PlannedDevice) -> Mount {
+    Mount {
+        host_path: mps::pipe_dir(state_dir, &d.gpu_uuid).to_string_lossy().into_owned(),
+        container_path: mps::CONTAINER_PIPE_DIR.to_owned(),
+        options: ["rbind", "rw", "nosuid", "nodev", "noexec"].map(str::to_owned).to_vec(),
+        kind: Some("bind".to_owned()),
+    }
 }
 
 fn node(n: &NodeFile) -> DeviceNode {

@@ -44,6 +44,18 @@ pub struct SliceStatus {
     pub error: Option<String>,
     /// The instance of a MIG device (mode `mig`): UUID, IDs, memory, SMs, profile.
     pub mig: Option<MigInstance>,
+    /// For a slice in mode `mps`: its GPU's MPS control daemon, as its supervisor (the node
+    /// daemon) last wrote it; `null` otherwise, or before the node daemon ran.
+    pub mps_daemon: Option<MpsDaemon>,
+}
+
+/// An MPS control daemon as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MpsDaemon {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub last_error: Option<String>,
 }
 
 /// Every slice under `state_dir`, by name.
@@ -80,20 +92,29 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
         containers: Vec::new(),
         error: None,
         mig: None,
+        mps_daemon: None,
     };
     match Limits::load(&limits::limits_path(state_dir, &status.slice)) {
         Ok(l) => {
             status.mode = l.mode.to_string();
             status.gpu_index = Some(l.gpu_index);
-            status.gpu_uuid = Some(l.gpu_uuid);
+            status.gpu_uuid = Some(l.gpu_uuid.clone());
             status.cores_percent = Some(l.cores_percent);
             // A MIG device's memory is its instance's, a limit the hardware keeps.
-            status.memory_limit_bytes = matches!(l.mode, Mode::Shim | Mode::Mig).then_some(l.memory_bytes);
+            status.memory_limit_bytes = matches!(l.mode, Mode::Shim | Mode::Mig | Mode::Mps).then_some(l.memory_bytes);
             if l.mode == Mode::Mig {
                 status.mig = MigInstance::load(state_dir, &status.slice);
                 if status.mig.is_none() {
                     status.error = Some("its MIG record is missing or unreadable; run gpuslice-cdi generate".into());
                 }
+            }
+            if l.mode == Mode::Mps {
+                status.mps_daemon = gpuslice_core::mps::DaemonStatus::load(state_dir, &l.gpu_uuid).map(|d| MpsDaemon {
+                    running: d.running,
+                    pid: d.pid,
+                    restarts: d.restarts,
+                    last_error: d.last_error,
+                });
             }
             status.cores_policy = (l.mode == Mode::Shim).then_some(l.cores_policy);
             status.priority = (l.mode == Mode::Shim).then_some(l.priority);
@@ -162,6 +183,11 @@ pub fn table(slices: &[SliceStatus]) -> String {
                 s.cores_policy.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.priority.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.processes.to_string(),
+                match (&s.mps_daemon, s.mode.as_str()) {
+                    (Some(d), _) => format!("{}(restarts={})", if d.running { "up" } else { "down" }, d.restarts),
+                    (None, "mps") => "not-started".to_owned(),
+                    (None, _) => "-".to_owned(),
+                },
                 match (&s.error, &s.mig) {
                     (Some(e), _) => format!("error: {e}"),
                     // A MIG device: its instance first (no region: used memory is the driver's to tell).
@@ -184,9 +210,10 @@ pub fn table(slices: &[SliceStatus]) -> String {
             "POLICY",
             "PRIORITY",
             "PROCESSES",
+            "MPS",
             "CONTAINERS",
         ],
-        &[false, false, true, true, true, true, false, false, true, false],
+        &[false, false, true, true, true, true, false, false, true, false, false],
         rows,
     )
 }
@@ -258,5 +285,39 @@ mod tests {
         assert_eq!((json[1]["cores_policy"].as_str(), json[1]["priority"].as_str()), (Some("borrow"), Some("high")));
         assert!(json[0]["cores_policy"].is_null() && json[0]["priority"].is_null(), "{json}");
         assert!(status(&state.path().join("nothing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_mps_slice_shows_its_limit_and_its_gpus_daemon() {
+        let state = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            slice: "slice0".into(),
+            mode: Mode::Mps,
+            gpu_uuid: "GPU-1".into(),
+            gpu_index: 0,
+            memory_bytes: 4 << 30,
+            cores_percent: 25,
+            cores_policy: CoresPolicy::Cap,
+            priority: Priority::Normal,
+            generation: 1,
+        };
+        limits.store(state.path()).unwrap();
+        let report = status(state.path()).unwrap();
+        assert_eq!((report[0].memory_limit_bytes, report[0].mps_daemon.clone()), (Some(4 << 30), None));
+        assert!(table(&report).lines().nth(1).unwrap().contains("  not-started"), "{}", table(&report));
+        let daemon = gpuslice_core::mps::DaemonStatus {
+            gpu_uuid: "GPU-1".into(),
+            running: true,
+            pid: Some(7),
+            restarts: 2,
+            last_error: None,
+        };
+        fs::create_dir_all(gpuslice_core::mps::gpu_dir(state.path(), "GPU-1")).unwrap();
+        fs::write(gpuslice_core::mps::status_path(state.path(), "GPU-1"), daemon.render()).unwrap();
+        let report = status(state.path()).unwrap();
+        let d = report[0].mps_daemon.clone().unwrap();
+        assert_eq!((d.running, d.pid, d.restarts), (true, Some(7), 2));
+        assert_eq!(report[0].cores_policy, None, "MPS's percentage is a cap, no policy");
+        assert!(table(&report).lines().nth(1).unwrap().contains("  up(restarts=2)"), "{}", table(&report));
     }
 }

@@ -401,3 +401,46 @@ fn an_older_releases_state_is_replaced_by_devices() {
     gpuslice_core::region::Region::open(&region).unwrap();
     assert_eq!(gpuslice_core::board::Board::open(&board).unwrap().slices().len(), 2);
 }
+
+/// A GPU in mode mps: its slices carry the MPS variables from their limits and its pipe
+/// directory, which `generate` creates; `all` holds only the other GPU's slices.
+#[test]
+fn mps_slices_carry_their_limits_and_the_pipe_directory() {
+    if skip_unless_root("mps_slices_carry_their_limits_and_the_pipe_directory") {
+        return;
+    }
+    let node = Node::new(2, true);
+    node.config("[[gpu]]\nindex = 0\nmode = \"mps\"\nsplit_count = 4\n");
+    ok(node.cdi(&["generate"]));
+    reference_load(&node.spec_path()).unwrap();
+    let spec = load(&node.spec_path());
+    let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["slice0", "slice1", "slice2", "slice3", "slice4", "all"]);
+    let s1 = device(&spec, "slice1");
+    assert_eq!(
+        s1.container_edits.env,
+        [
+            "GPUSLICE_SLICE=slice1",
+            "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M",
+        ]
+    );
+    let nodes: Vec<&str> = s1.container_edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert_eq!(nodes, ["/dev/nvidia0"], "no region or board in mode mps");
+    let pipe = gpuslice_core::mps::pipe_dir(&node.state_dir(), &uuid(0));
+    let m = &s1.container_edits.mounts;
+    assert_eq!(m.len(), 1);
+    assert_eq!((m[0].host_path.as_str(), m[0].container_path.as_str()), (pipe.to_str().unwrap(), "/tmp/nvidia-mps"));
+    assert!(["nosuid", "nodev", "noexec"].iter().all(|o| m[0].options.iter().any(|x| x == o)), "{m:?}");
+    assert!(pipe.is_dir(), "generate creates the pipe directory, the mount's source");
+    let l = Limits::load(&limits_path(&node.state_dir(), "slice1")).unwrap();
+    assert_eq!((l.mode.as_str(), l.memory_bytes, l.cores_percent), ("mps", 20 * GIB, 25));
+    assert!(!gpuslice_core::region::region_path(&node.state_dir(), "slice1").exists(), "no region in mode mps");
+    let all = device(&spec, "all");
+    assert_eq!(all.container_edits.env, ["GPUSLICE_SLICE=slice4"]);
+    assert!(all.container_edits.mounts.is_empty());
+    let list = node.cdi(&["list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.lines().any(|l| l.starts_with("slice0") && l.ends_with("mps")), "{text}");
+}

@@ -33,6 +33,9 @@ pub enum Mode {
     /// The GPU's existing MIG instances, one device each (`mig<gpu>-<gi>`), enforced by the
     /// hardware ([`crate::mig`]).
     Mig,
+    /// Slices enforced by an MPS control daemon per GPU (pinned memory and active thread
+    /// percentage per client); see [`crate::mps`].
+    Mps,
 }
 
 impl Mode {
@@ -41,6 +44,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Shim => "shim",
             Mode::Mig => "mig",
+            Mode::Mps => "mps",
         }
     }
 }
@@ -255,6 +259,28 @@ pub struct Config {
     /// The Kubernetes device plugin (`gpuslice-device-plugin`).
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// The MPS control daemons of GPUs in mode `mps`.
+    #[serde(default)]
+    pub mps: MpsConfig,
+}
+
+/// `[mps]`: how the node daemon runs each mode-`mps` GPU's MPS control daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpsConfig {
+    /// The control daemon: an absolute path, or a name looked up in `PATH`.
+    #[serde(default = "default_mps_control")]
+    pub control: PathBuf,
+}
+
+impl Default for MpsConfig {
+    fn default() -> Self {
+        Self { control: default_mps_control() }
+    }
+}
+
+fn default_mps_control() -> PathBuf {
+    PathBuf::from(crate::mps::CONTROL_BINARY)
 }
 
 /// `[runtime]`: how `gpuslice-runtime` (the OCI runtime for engines without CDI) works.
@@ -462,6 +488,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             guard: GuardConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            mps: MpsConfig::default(),
         }
     }
 }
@@ -533,10 +560,19 @@ impl Config {
                 "names gpuslice-runtime itself; give the runtime it should run, e.g. \"runc\"",
             ));
         }
+        let control = &self.mps.control;
+        if control.as_os_str().is_empty() || (!control.is_absolute() && control.components().count() != 1) {
+            return Err(ConfigError::invalid(
+                "mps.control",
+                quoted(&control.display()),
+                "must be an absolute path or a plain command name",
+            ));
+        }
         let d = &self.defaults;
         check_split_count("defaults.split_count", d.split_count)?;
         check_scaling("defaults.memory_scaling", d.memory_scaling)?;
         check_scaling("defaults.core_scaling", d.core_scaling)?;
+        check_mps_scaling("defaults.memory_scaling", d.mode, d.memory_scaling)?;
 
         let mut names = HashSet::new();
         for (i, g) in self.gpus.iter().enumerate() {
@@ -557,6 +593,8 @@ impl Config {
             if let Some(s) = g.core_scaling {
                 check_scaling(&at("core_scaling"), s)?;
             }
+            let mode = g.mode.unwrap_or(d.mode);
+            check_mps_scaling(&at("memory_scaling"), mode, g.memory_scaling.unwrap_or(d.memory_scaling))?;
             let Some(slices) = &g.slices else {
                 check_mig_keys(i, g, self.defaults.mode)?;
                 continue;
@@ -935,6 +973,19 @@ fn check_split_count(key: &str, n: u32) -> Result<(), ConfigError> {
 
 fn check_scaling(key: &str, s: f64) -> Result<(), ConfigError> {
     if s.is_finite() && s > 0.0 { Ok(()) } else { Err(ConfigError::invalid(key, s, "must be a number greater than 0")) }
+}
+
+/// MPS limits pinned device memory, which cannot be overcommitted.
+fn check_mps_scaling(key: &str, mode: Mode, s: f64) -> Result<(), ConfigError> {
+    if mode == Mode::Mps && s > 1.0 {
+        Err(ConfigError::invalid(
+            key,
+            s,
+            "must be at most 1 in mode \"mps\": MPS limits pinned device memory, which cannot be overcommitted",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn quoted(v: &impl fmt::Display) -> String {

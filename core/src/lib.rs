@@ -19,6 +19,7 @@ pub mod ld_cache;
 pub mod limits;
 pub mod mig;
 pub mod mountinfo;
+pub mod mps;
 pub mod plan;
 pub mod region;
 pub mod reservations;

@@ -140,11 +140,12 @@ impl Limits {
             "shim" => Mode::Shim,
             "none" => Mode::None,
             "mig" => Mode::Mig,
+            "mps" => Mode::Mps,
             other => {
                 return Err(LimitsError::Value {
                     key: "mode",
                     value: other.to_owned(),
-                    reason: "expected shim, none or mig",
+                    reason: "expected shim, none, mig or mps",
                 });
             }
         };
@@ -323,7 +324,7 @@ mod tests {
             (good.replace("cores_percent=50", "cores_percent=0"), "cores_percent"),
             (good.replace("cores_percent=50", "cores_percent=101"), "cores_percent"),
             (good.replace("memory_bytes=42949672960", "memory_bytes=-1"), "memory_bytes"),
-            (good.replace("mode=shim", "mode=mps"), "mode"),
+            (good.replace("mode=shim", "mode=vgpu"), "mode"),
             (good.replace("cores_policy=borrow", "cores_policy=share"), "`cores_policy` = `share`"),
             (good.replace("cores_policy=borrow", "cores_policy=Borrow"), "expected cap or borrow"),
             (good.replace("cores_policy=borrow", "cores_policy="), "cores_policy"),

@@ -92,7 +92,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
             name,
             gpu_index: gpu.index,
             gpu_uuid: gpu.uuid.clone(),
-            mode: Mode::Shim,
+            mode: settings.mode,
             memory_bytes,
             cores_percent,
             cores_policy: settings.cores_policy,
@@ -110,10 +110,10 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                 ),
             ));
         }
-        if settings.mode == Mode::Shim && gpu.mig_enabled {
+        if matches!(settings.mode, Mode::Shim | Mode::Mps) && gpu.mig_enabled {
             return Err(invalid(
                 format!("{at}.mode"),
-                "\"shim\"",
+                format!("\"{}\"", settings.mode),
                 format!(
                     "GPU {} ({}) has MIG mode on; software slices need it off (nvidia-smi -i {} -mig 0), or set mode = \"none\" for this GPU",
                     gpu.index, gpu.uuid, gpu.index
@@ -152,7 +152,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                     });
                 }
             }
-            (Mode::Shim, Some(slices)) => {
+            (Mode::Shim | Mode::Mps, Some(slices)) => {
                 let budget = scaled(gpu.memory_total, settings.memory_scaling);
                 let sum: u64 = slices.iter().map(|s| s.memory.0).fold(0, u64::saturating_add);
                 if sum > budget {
@@ -183,7 +183,7 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                     });
                 }
             }
-            (Mode::Shim, None) => {
+            (Mode::Shim | Mode::Mps, None) => {
                 let n = settings.split_count;
                 let memory = scaled(gpu.memory_total, settings.memory_scaling) / u64::from(n);
                 // Whole MiB: readable limits, and still exact for every real card.

@@ -232,3 +232,46 @@ fn shim_mode_on_a_mig_gpu_is_refused_and_none_is_allowed() {
 fn no_gpus_plan_nothing() {
     assert!(names("", &[]).is_empty());
 }
+
+#[test]
+fn mps_slices_are_planned_like_shim_slices() {
+    let got = names("[defaults]\nmode = \"mps\"\nsplit_count = 4", &[gpu(0, 80)]);
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|d| d.2 == Mode::Mps && d.3 == 20 * GIB && d.4 == 25), "{got:?}");
+    let text = "[[gpu]]\nindex = 0\nmode = \"mps\"\nslices = [{ memory = \"30GiB\", cores = 60 }, { memory = \"10GiB\", cores = 20 }]";
+    let got = names(text, &[gpu(0, 80), gpu(1, 80)]);
+    assert_eq!(
+        got,
+        vec![
+            ("slice0".into(), 0, Mode::Mps, 30 * GIB, 60),
+            ("slice1".into(), 0, Mode::Mps, 10 * GIB, 20),
+            ("slice2".into(), 1, Mode::Shim, 80 * GIB, 100),
+        ]
+    );
+    let ceiling =
+        gpuslice_core::mps::Ceiling::of(&plan(&Config::parse(text).unwrap(), &[gpu(0, 80)]).unwrap(), &gpu(0, 80).uuid);
+    assert_eq!(ceiling, Some(gpuslice_core::mps::Ceiling { thread_percentage: 60, pinned_bytes: 30 * GIB }));
+}
+
+#[test]
+fn mps_cannot_overcommit_memory() {
+    let e = Config::parse("[defaults]\nmode = \"mps\"\nmemory_scaling = 1.5").unwrap_err().to_string();
+    assert!(e.starts_with("defaults.memory_scaling = 1.5: must be at most 1 in mode \"mps\""), "{e}");
+    let e =
+        Config::parse("[defaults]\nmemory_scaling = 2.0\n[[gpu]]\nindex = 0\nmode = \"mps\"").unwrap_err().to_string();
+    assert!(e.starts_with("gpu[0].memory_scaling = 2: must be at most 1"), "{e}");
+    // Overcommit stays fine for shim GPUs next to an mps one.
+    Config::parse("[defaults]\nmemory_scaling = 2.0\n[[gpu]]\nindex = 0\nmode = \"mps\"\nmemory_scaling = 1.0")
+        .unwrap();
+    let text = "[[gpu]]\nindex = 0\nmode = \"mps\"\nslices = [{ memory = \"60GiB\", cores = 60 }, { memory = \"30GiB\", cores = 20 }]";
+    let e = plan_err(text, &[gpu(0, 80)]);
+    assert!(e.contains("more than GPU 0's 80.00 GiB"), "{e}");
+}
+
+#[test]
+fn mps_refuses_a_gpu_in_mig_mode() {
+    let mut g = gpu(0, 80);
+    g.mig_enabled = true;
+    let e = plan_err("[defaults]\nmode = \"mps\"", &[g]);
+    assert!(e.starts_with("defaults.mode = \"mps\": GPU 0"), "{e}");
+}

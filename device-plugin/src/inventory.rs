@@ -68,8 +68,11 @@ impl Snapshot {
 pub fn resource_for(k8s: &KubernetesConfig, limits: &Limits) -> String {
     match (limits.mode, k8s.resources) {
         (Mode::None, _) => k8s.gpu_resource.clone(),
-        (Mode::Shim, ResourceNaming::Single) => k8s.resource.clone(),
-        (Mode::Shim, ResourceNaming::BySize) => format!("{}-{}", k8s.resource, size_suffix(limits.memory_bytes)),
+        // A MIG device is a slice of a fixed size, an mps slice a slice: advertised as slices.
+        (Mode::Shim | Mode::Mig | Mode::Mps, ResourceNaming::Single) => k8s.resource.clone(),
+        (Mode::Shim | Mode::Mig | Mode::Mps, ResourceNaming::BySize) => {
+            format!("{}-{}", k8s.resource, size_suffix(limits.memory_bytes))
+        }
     }
 }
 
@@ -283,7 +286,8 @@ impl Scanner {
         if limits.slice != id {
             return Err(format!("limits: names slice {:?}, not {id:?}", limits.slice));
         }
-        if limits.mode == Mode::None {
+        // Only a software slice has a region (modes none, mig and mps have none to check).
+        if limits.mode != Mode::Shim {
             return Ok((limits, None));
         }
         Ok((limits, self.region_problem(id)))

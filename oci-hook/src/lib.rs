@@ -83,8 +83,9 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
             }
             Some(args.shim_path.as_path())
         }
-        // The whole GPU has no limits; a MIG device's are the hardware's: no preload.
-        Mode::None | Mode::Mig => None,
+        // The whole GPU has no limits; a MIG device's are the hardware's, an mps slice's the
+        // GPU's MPS server's (docs/mps.md): no preload.
+        Mode::None | Mode::Mig | Mode::Mps => None,
     };
     let scratch_dir = args.slice.state_dir.join("tmp");
     let host = HostFiles { driver: &driver, shim, scratch_dir: &scratch_dir };

@@ -157,7 +157,7 @@ impl Slice {
         // The devices first: a refusal for missing state writes nothing.
         let region = match mode {
             Mode::Shim => Some(Self::open_region(args)?),
-            Mode::None | Mode::Mig => None,
+            Mode::None | Mode::Mig | Mode::Mps => None,
         };
         let limits = match wanted {
             Some(wanted) => wanted.store(&args.state_dir).map_err(|source| SliceError::Store {
@@ -169,7 +169,7 @@ impl Slice {
         };
         let board = match mode {
             Mode::Shim => Self::open_board(args, &limits),
-            Mode::None | Mode::Mig => None,
+            Mode::None | Mode::Mig | Mode::Mps => None,
         };
         Ok(Slice { limits, dir: args.dir(), region, board })
     }

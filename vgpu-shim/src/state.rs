@@ -443,6 +443,7 @@ impl State {
                         broken =
                             Some(format!("{} names slice {:?}, not {name:?}", shown.join("limits").display(), l.slice));
                     }
+                    // Modes none, mig and mps: nothing to enforce here (the hardware or MPS does).
                     Ok(Some(l)) if l.mode != Mode::Shim => log!(Info, "slice {name}: mode {}, no limits", l.mode),
                     Ok(Some(l)) if !root.from_hook && hook_gpus.contains(&l.gpu_uuid.to_ascii_lowercase()) => {
                         log!(

@@ -42,6 +42,11 @@ struct GpuLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MpsLabels {
+    gpu_uuid: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SliceLabels {
     slice: String,
     gpu_uuid: String,
@@ -158,6 +163,8 @@ pub struct View<'a> {
     pub pass_seconds: f64,
     /// The node's MIG devices, from their limits and MIG records.
     pub migs: &'a [(Limits, MigInstance)],
+    /// The MPS control daemons of GPUs in mode `mps`.
+    pub mps: &'a [gpuslice_core::mps::DaemonStatus],
 }
 
 fn gauge<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, GaugeF>
@@ -389,6 +396,24 @@ pub fn render(v: &View<'_>) -> String {
             reason: (*reason).to_owned(),
         };
         kills.get_or_create(&l).inc_by(*n as f64);
+    }
+
+    if !v.mps.is_empty() {
+        let up = gauge::<MpsLabels>(
+            &mut r,
+            "mps_daemon_up",
+            "1 while the GPU's MPS control daemon runs with its limits set",
+        );
+        let restarts = counter::<MpsLabels>(
+            &mut r,
+            "mps_daemon_restarts",
+            "Times the GPU's MPS control daemon was started again after it died",
+        );
+        for d in v.mps {
+            let l = MpsLabels { gpu_uuid: d.gpu_uuid.clone() };
+            up.get_or_create(&l).set(if d.running { 1.0 } else { 0.0 });
+            restarts.get_or_create(&l).inc_by(d.restarts as f64);
+        }
     }
 
     let mut out = String::new();

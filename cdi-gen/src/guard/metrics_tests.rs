@@ -206,6 +206,7 @@ fn time_under_throttle_is_counted_between_passes() {
         tally: &tally,
         pass_seconds: 0.0,
         migs: &[],
+        mps: &[],
     });
     // slice0 from the first pass on (2.5 s + 0.5 s), slice1 from the second (0.5 s).
     assert_eq!(must(&t, "gpuslice_slice_throttled_seconds_total", S0), 3.0);
@@ -244,6 +245,7 @@ fn a_mig_device_is_shown_with_its_instance() {
         tally: &metrics::Tally::default(),
         pass_seconds: 0.0,
         migs: &[(limits, mig)],
+        mps: &[],
     });
     let labels =
         [("slice", "mig0-1"), ("mig_uuid", "MIG-aaaaaaaa-1111-2222-3333-444444444444"), ("profile", "3g.40gb")];

@@ -113,6 +113,8 @@ pub struct Guard {
     /// The latest exposition, for the metrics server.
     latest: Latest,
     refused: RefusedLog,
+    /// The MPS control daemons' state, from their supervisor ([`crate::mps`]), for the metrics.
+    pub mps: Vec<gpuslice_core::mps::DaemonStatus>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -163,6 +165,7 @@ impl Guard {
             tally: Tally::default(),
             latest: Latest::default(),
             refused: RefusedLog::default(),
+            mps: Vec::new(),
         }
     }
 
@@ -231,6 +234,13 @@ impl Guard {
         errors.extend(record_errors.iter().map(|e| format!("container record {e}")));
         let inputs = Inputs { config: &self.config, limits: &limits, records: &records, errors };
         let mut snapshot = observe::observe(&mut *self.driver, &*self.host, &inputs, &mut self.cursor, unix_ms());
+        // The MPS servers the supervised control daemons started serve the mps slices from
+        // the host: not processes outside every slice.
+        let daemons: Vec<u32> = self.mps.iter().filter_map(|d| d.pid).collect();
+        snapshot.processes.retain(|p| {
+            !matches!(p.owner, observe::Owner::Unsliced { .. })
+                || !crate::mps::is_server(p.pid, &daemons, crate::mps::parent_pid)
+        });
         let mut actions = self.enforcer.decide(&snapshot, &self.config.guard);
         actions.extend(self.squats.check(&*self.host, &state_dir, &snapshot, &records, &self.config.guard, unix_ms()));
         let mut lines = self.apply(&actions, &records);
@@ -262,6 +272,7 @@ impl Guard {
             tally: &self.tally,
             pass_seconds,
             migs: &migs,
+            mps: &self.mps,
         }));
         tracing::trace!(render_us = render0.elapsed().as_micros() as u64, "metrics rendered");
         PassReport {
@@ -440,8 +451,11 @@ pub fn daemon(opts: &Options) -> Result<()> {
     if !containers.exists() {
         tracing::info!(dir = %containers.display(), "no container records yet");
     }
+    let mps_daemons =
+        crate::mps::Running::start(crate::mps::Supervisor::new(guard.config().mps.control.clone(), guard.state_dir()));
     let mut done = 0u64;
     let result = loop {
+        guard.mps = mps_daemons.statuses();
         let started = Instant::now();
         let report = guard.pass();
         tracing::debug!(
@@ -469,6 +483,7 @@ pub fn daemon(opts: &Options) -> Result<()> {
         }
     };
     guard.release_all();
+    mps_daemons.stop();
     tracing::info!("guard stopped");
     result
 }

@@ -39,7 +39,8 @@ pub struct SliceInfo {
 impl SliceInfo {
     /// A slice from its limits file, with `memory_policy`.
     pub fn from_limits(l: &Limits, memory_policy: GuardPolicy) -> Option<SliceInfo> {
-        (l.mode == Mode::Shim).then(|| SliceInfo {
+        // Mode mps too: MPS caps each client's pinned memory, the guard the slice's sum.
+        matches!(l.mode, Mode::Shim | Mode::Mps).then(|| SliceInfo {
             name: l.slice.clone(),
             gpu_index: l.gpu_index,
             gpu_uuid: l.gpu_uuid.clone(),

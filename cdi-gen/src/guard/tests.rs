@@ -694,3 +694,40 @@ fn the_guard_pass_kills_a_squatter() {
 
 #[path = "metrics_tests.rs"]
 mod metrics_tests;
+
+/// Mode mps: MPS caps each client's pinned memory; the guard holds the slice to its limit
+/// summed over its processes, and leaves alone the MPS server its supervised daemon started.
+#[test]
+fn an_mps_slice_is_held_to_its_limit_and_its_gpus_mps_server_is_not_unsliced() {
+    let mut w = World::new("[guard]\nunsliced_policy = \"kill\"\n");
+    let state = w.dir.path().join("state");
+    Limits { mode: Mode::Mps, ..node_limits()[0].clone() }.store(&state).unwrap();
+    w.container("aaa", "slice0");
+    w.container("bbb", "slice0");
+    w.host.spawn(10, 100, "/docker/aaa");
+    w.host.spawn(20, 200, "/docker/bbb");
+    w.driver.set(0, &[(10, 2 * GIB), (20, 3 * GIB)]);
+    let report = w.pass();
+    assert_eq!(w.host.kills(), [20], "{:?}", report.actions);
+
+    // A host process whose parent is a supervised control daemon: an MPS server. (A child of
+    // the test's process stands in for it, the test's process for the daemon.)
+    let mut server = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let sp = server.id();
+    w.host.spawn(sp, 300, "/system.slice/gpuslice.service");
+    w.driver.set(0, &[(10, 2 * GIB), (sp, GIB)]);
+    w.guard.mps = vec![gpuslice_core::mps::DaemonStatus {
+        gpu_uuid: UUID0.into(),
+        running: true,
+        pid: Some(std::process::id()),
+        restarts: 0,
+        last_error: None,
+    }];
+    let report = w.pass();
+    assert_eq!(w.host.kills(), [20], "the server is not killed as unsliced: {:?}", report.actions);
+    w.guard.mps.clear();
+    let report = w.pass();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(w.host.kills(), [20, sp], "without the daemon it is outside every slice: {:?}", report.actions);
+}

@@ -20,6 +20,7 @@ pub mod config;
 pub mod cuda;
 pub mod holders;
 pub mod mig;
+pub mod mps;
 pub mod nvml;
 pub mod state;
 pub mod timeline;

@@ -292,6 +292,12 @@ impl DeviceState {
                 i
             }
         };
+        // An MPS client's pinned memory limit: what this process holds, per device.
+        let held = self.slot(slot).bytes.load(Ordering::Acquire);
+        if !crate::mps::within_pinned(held.saturating_add(bytes)) {
+            let limit = crate::mps::client().and_then(|c| c.pinned_bytes).unwrap_or(0);
+            return Err(OutOfMemory { requested: bytes, free: limit.saturating_sub(held) });
+        }
         let _serialised = wait_lock(self.map.file(), RESERVE_LOCK);
         let used = self.sum(Some(slot));
         match used.checked_add(bytes).filter(|&new| new <= self.total) {

@@ -226,7 +226,8 @@ impl Launch {
         if self.cooperative && self.shape.blocks() > self.shape.co_resident_blocks(sm_count) {
             return Err(COOPERATIVE_LAUNCH_TOO_LARGE);
         }
-        Ok(Resolved { function, duration: kind.duration(self.params)? })
+        // An MPS client runs on its active thread percentage of the SMs.
+        Ok(Resolved { function, duration: crate::mps::scaled_duration(kind.duration(self.params)?) })
     }
 }
 

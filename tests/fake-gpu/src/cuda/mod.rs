@@ -181,6 +181,10 @@ pub(crate) fn init(flags: u32) -> CuResult {
     if sim.cuda_devices().is_empty() {
         return Err(error::NO_DEVICE);
     }
+    if let Err(crate::mps::ConnectionFailed(why)) = crate::mps::connect() {
+        eprintln!("fakegpu: cannot connect to the MPS control daemon: {why}");
+        return Err(gpuslice_cuda_abi::cuda::CUDA_ERROR_MPS_CONNECTION_FAILED);
+    }
     DRIVER.get_or_init(|| {
         let devices = sim.cuda_devices().len();
         let registry = Registry {
