@@ -1,0 +1,302 @@
+//! What the plugin advertises: the devices of the spec `gpuslice-cdi generate` wrote, each
+//! under its resource, with its GPU and its health.
+//!
+//! One [`Scanner::scan`] reads the spec (`<spec_dir>/gpuslice.yaml`: device names), each
+//! device's limits file (`<state_dir>/slices/<name>/limits`: GPU, size, mode) and, for a
+//! slice, its region's header; and asks NVML and the dev root whether the device's GPU is
+//! still there. A device is Unhealthy while its GPU is gone or its host state cannot be read
+//! or is damaged; it is Healthy again as soon as a scan finds them sound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use gpuslice_core::cdi::{self, Spec};
+use gpuslice_core::config::{Config, KubernetesConfig, Mode, ResourceNaming};
+use gpuslice_core::limits::{self, Limits};
+use gpuslice_core::region::{self, Region};
+use gpuslice_core::units::ByteSize;
+use nvml_wrapper::Nvml;
+
+/// The device name every gpuslice spec has besides its slices; never advertised.
+const ALL_DEVICE: &str = "all";
+
+/// One advertised device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// The CDI device name, which is also the device plugin ID.
+    pub id: String,
+    /// The GPU it is on, when its limits could be read.
+    pub gpu: Option<GpuRef>,
+    /// Why it is Unhealthy; `None` when Healthy.
+    pub problem: Option<String>,
+}
+
+impl DeviceState {
+    pub fn healthy(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// A GPU as the limits file names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GpuRef {
+    pub index: u32,
+    pub uuid: String,
+}
+
+/// The node as one scan saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// The spec's CDI kind (`gpuslice.dev/vgpu`), the first half of each CDI name.
+    pub kind: String,
+    /// Devices by resource name, each list in the spec's order.
+    pub resources: BTreeMap<String, Vec<DeviceState>>,
+}
+
+impl Snapshot {
+    /// The devices of one resource (none when it is not advertised).
+    pub fn devices(&self, resource: &str) -> &[DeviceState] {
+        self.resources.get(resource).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The resource a device is advertised under: whole GPUs (`gpu<N>`, mode `none`) under
+/// `gpu_resource`; slices under `resource`, or with `resources = "by-size"` under
+/// `resource-<size>` ([`size_suffix`]).
+pub fn resource_for(k8s: &KubernetesConfig, limits: &Limits) -> String {
+    match (limits.mode, k8s.resources) {
+        (Mode::None, _) => k8s.gpu_resource.clone(),
+        (Mode::Shim, ResourceNaming::Single) => k8s.resource.clone(),
+        (Mode::Shim, ResourceNaming::BySize) => format!("{}-{}", k8s.resource, size_suffix(limits.memory_bytes)),
+    }
+}
+
+/// A slice size in a resource name: whole GiB as `<N>g` (`20g`), anything else in MiB
+/// (`27306m`), rounded down.
+pub fn size_suffix(bytes: u64) -> String {
+    if bytes >= ByteSize::GIB && bytes.is_multiple_of(ByteSize::GIB) {
+        format!("{}g", bytes / ByteSize::GIB)
+    } else {
+        format!("{}m", bytes / ByteSize::MIB)
+    }
+}
+
+/// The name part of a resource (`vgpu-20g` of `gpuslice.dev/vgpu-20g`), which names its socket.
+pub fn resource_short_name(resource: &str) -> &str {
+    resource.rsplit_once('/').map_or(resource, |(_, name)| name)
+}
+
+/// Whether a GPU is there: NVML answers for it and its device node exists.
+pub trait GpuProbe: Send {
+    /// `None` when the GPU is there; otherwise why not.
+    fn missing(&mut self, uuid: &str) -> Option<String>;
+}
+
+/// The real probe: NVML (loaded again after a failure) and `/dev/nvidia<minor>` under the
+/// dev root.
+pub struct NvmlProbe {
+    lib: Option<PathBuf>,
+    dev_root: PathBuf,
+    nvml: Option<Nvml>,
+    load_error: Option<String>,
+}
+
+impl std::fmt::Debug for NvmlProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlProbe").field("lib", &self.lib).field("dev_root", &self.dev_root).finish()
+    }
+}
+
+impl NvmlProbe {
+    pub fn new(lib: Option<PathBuf>, dev_root: PathBuf) -> Self {
+        Self { lib, dev_root, nvml: None, load_error: None }
+    }
+
+    fn nvml(&mut self) -> Result<&Nvml, String> {
+        if self.nvml.is_none() {
+            match gpuslice_cdi::discover::load(self.lib.as_deref()) {
+                Ok(nvml) => {
+                    if self.load_error.take().is_some() {
+                        tracing::info!("NVML loaded");
+                    }
+                    self.nvml = Some(nvml);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if self.load_error.as_ref() != Some(&e) {
+                        tracing::warn!(%e, "NVML unavailable; every device is Unhealthy until it loads");
+                    }
+                    self.load_error = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        self.nvml.as_ref().ok_or_else(String::new)
+    }
+}
+
+impl GpuProbe for NvmlProbe {
+    fn missing(&mut self, uuid: &str) -> Option<String> {
+        let dev_root = self.dev_root.clone();
+        let nvml = match self.nvml() {
+            Ok(nvml) => nvml,
+            Err(e) => return Some(format!("NVML: {e}")),
+        };
+        let minor = match nvml.device_by_uuid(uuid).and_then(|d| d.minor_number()) {
+            Ok(minor) => minor,
+            Err(e) => return Some(format!("GPU {uuid} not found by NVML: {e}")),
+        };
+        match gpuslice_cdi::discover::find_node(&dev_root, &format!("nvidia{minor}")) {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!("GPU {uuid} has no device node /dev/nvidia{minor}")),
+            Err(e) => Some(format!("GPU {uuid}: {e}")),
+        }
+    }
+}
+
+/// Scans the node again and again, remembering what it needs between scans.
+pub struct Scanner {
+    config: Config,
+    probe: Box<dyn GpuProbe>,
+    /// The resource each device was last seen under: a device whose limits cannot be read
+    /// stays under it (Unhealthy) rather than vanish.
+    last_resource: HashMap<String, String>,
+    /// The last spec problem logged, so it is logged once.
+    spec_problem: Option<String>,
+    last: Snapshot,
+}
+
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner").field("last", &self.last).finish_non_exhaustive()
+    }
+}
+
+impl Scanner {
+    pub fn new(config: Config, probe: Box<dyn GpuProbe>) -> Self {
+        Self { config, probe, last_resource: HashMap::new(), spec_problem: None, last: Snapshot::default() }
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.config.spec_dir.join(cdi::SPEC_FILE)
+    }
+
+    /// Reads the node. A spec that is missing means no devices (yet); one that cannot be
+    /// parsed keeps the previous scan's devices, all Unhealthy.
+    pub fn scan(&mut self) -> Snapshot {
+        let path = self.spec_path();
+        let spec = match read_spec(&path) {
+            Ok(spec) => {
+                if self.spec_problem.take().is_some() {
+                    tracing::info!(?path, "spec readable again");
+                }
+                spec
+            }
+            Err(problem) => {
+                if self.spec_problem.as_ref() != Some(&problem) {
+                    tracing::warn!(?path, %problem, "cannot use the CDI spec");
+                }
+                self.spec_problem = Some(problem.clone());
+                let mut last = self.last.clone();
+                if !matches!(std::fs::exists(&path), Ok(false)) {
+                    for d in last.resources.values_mut().flatten() {
+                        d.problem = Some(format!("spec {}: {problem}", path.display()));
+                    }
+                } else {
+                    last.resources.clear();
+                }
+                self.last = last.clone();
+                return last;
+            }
+        };
+        let mut snapshot = Snapshot { kind: spec.kind.clone(), resources: BTreeMap::new() };
+        let mut gpu_cache: HashMap<String, Option<String>> = HashMap::new();
+        for device in spec.devices.iter().filter(|d| d.name != ALL_DEVICE) {
+            let id = device.name.clone();
+            let (resource, gpu, problem) = match self.device(&id) {
+                Ok((limits, state_problem)) => {
+                    let resource = resource_for(&self.config.kubernetes, &limits);
+                    let gpu = GpuRef { index: limits.gpu_index, uuid: limits.gpu_uuid.clone() };
+                    let gpu_problem =
+                        gpu_cache.entry(gpu.uuid.clone()).or_insert_with(|| self.probe.missing(&gpu.uuid)).clone();
+                    (resource, Some(gpu), state_problem.or(gpu_problem))
+                }
+                Err(problem) => {
+                    let Some(resource) = self.fallback_resource(&id) else {
+                        tracing::warn!(device = %id, %problem, "not advertised until its limits can be read");
+                        continue;
+                    };
+                    (resource, None, Some(problem))
+                }
+            };
+            self.last_resource.insert(id.clone(), resource.clone());
+            snapshot.resources.entry(resource).or_default().push(DeviceState { id, gpu, problem });
+        }
+        self.last_resource.retain(|id, _| spec.devices.iter().any(|d| &d.name == id));
+        for (resource, devices) in &snapshot.resources {
+            for d in devices {
+                let before = self.last.devices(resource).iter().find(|b| b.id == d.id).map(|b| &b.problem);
+                if before != Some(&d.problem) {
+                    match &d.problem {
+                        Some(problem) => tracing::warn!(device = %d.id, %resource, %problem, "Unhealthy"),
+                        None => tracing::info!(device = %d.id, %resource, "Healthy"),
+                    }
+                }
+            }
+        }
+        self.last = snapshot.clone();
+        snapshot
+    }
+
+    /// The device's limits, and why its host state is unusable if it is.
+    fn device(&self, id: &str) -> Result<(Limits, Option<String>), String> {
+        let state_dir = &self.config.state_dir;
+        let limits = Limits::load(&limits::limits_path(state_dir, id)).map_err(|e| format!("limits: {e}"))?;
+        if limits.slice != id {
+            return Err(format!("limits: names slice {:?}, not {id:?}", limits.slice));
+        }
+        if limits.mode == Mode::None {
+            return Ok((limits, None));
+        }
+        let problem = Region::open(&region::region_path(state_dir, id)).err().map(|e| format!("region: {e}"));
+        Ok((limits, problem))
+    }
+
+    /// Where a device whose limits cannot be read is listed: where it was, or for a whole GPU
+    /// (`gpu<N>`, a name only gpuslice gives) and a single slice resource, where it must be.
+    fn fallback_resource(&self, id: &str) -> Option<String> {
+        if let Some(r) = self.last_resource.get(id) {
+            return Some(r.clone());
+        }
+        let k8s = &self.config.kubernetes;
+        let whole_gpu = id.strip_prefix("gpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match (whole_gpu, k8s.resources) {
+            (true, _) => Some(k8s.gpu_resource.clone()),
+            (false, ResourceNaming::Single) => Some(k8s.resource.clone()),
+            (false, ResourceNaming::BySize) => None,
+        }
+    }
+}
+
+/// The spec at `path`; a missing one is an empty spec.
+fn read_spec(path: &Path) -> Result<Spec, String> {
+    let text = match gpuslice_core::fsutil::read_bounded(path, 64 << 20) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Err("larger than 64 MiB".to_owned()),
+        Err(e) => return Err(e.to_string()),
+    };
+    serde_yaml::from_str(&text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_whole_gib_or_mib() {
+        assert_eq!(size_suffix(20 * ByteSize::GIB), "20g");
+        assert_eq!(size_suffix(27306 * ByteSize::MIB), "27306m");
+        assert_eq!(size_suffix(512 * ByteSize::MIB), "512m");
+        assert_eq!(resource_short_name("gpuslice.dev/vgpu-20g"), "vgpu-20g");
+    }
+}
