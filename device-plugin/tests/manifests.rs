@@ -128,7 +128,7 @@ fn round_trip_finds_misspelt_and_misplaced_fields() {
 }
 
 fn all_containers(ds: &DaemonSet) -> Vec<&Container> {
-    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = ds.spec.template.spec.as_ref().unwrap();
     pod.init_containers.iter().flatten().chain(&pod.containers).collect()
 }
 
@@ -136,7 +136,7 @@ fn all_containers(ds: &DaemonSet) -> Vec<&Container> {
 fn host_paths_are_the_configs_defaults_and_mounted_where_the_config_names_them() {
     let o = objects();
     let ds = &o.daemonsets[0];
-    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = ds.spec.template.spec.as_ref().unwrap();
     let defaults = Config::default();
     let config_dir = Path::new(DEFAULT_CONFIG_PATH).parent().unwrap();
     let expected = [
@@ -212,10 +212,15 @@ fn commands_parse_with_the_binaries_options() {
     let o = objects();
     let mut checked = 0;
     for c in all_containers(&o.daemonsets[0]) {
-        let command = c.command.as_ref().unwrap_or_else(|| panic!("{}: no command (the image's entrypoint is not checked)", c.name));
+        let command = c
+            .command
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no command (the image's entrypoint is not checked)", c.name));
         let args = c.args.clone().unwrap_or_default();
         let program = match command.as_slice() {
-            [p] if p == "/usr/bin/gpuslice-device-plugin" => PathBuf::from(env!("CARGO_BIN_EXE_gpuslice-device-plugin")),
+            [p] if p == "/usr/bin/gpuslice-device-plugin" => {
+                PathBuf::from(env!("CARGO_BIN_EXE_gpuslice-device-plugin"))
+            }
             [p] if p == "/usr/bin/gpuslice-cdi" => gpuslice_cdi(),
             [sh, dash_c] if sh == "/bin/sh" && dash_c == "-c" => {
                 // A shell script: its syntax.
@@ -232,7 +237,10 @@ fn commands_parse_with_the_binaries_options() {
     assert_eq!(checked, 3, "the config copy, generate and the plugin");
     // The check can fail: a misspelt option does.
     assert!(parses(&gpuslice_cdi(), &["generate".to_owned(), "--confg".to_owned(), "x".to_owned()]).is_err());
-    assert!(parses(Path::new(env!("CARGO_BIN_EXE_gpuslice-device-plugin")), &["--kubelet-dir".to_owned(), "x".to_owned()]).is_err());
+    assert!(
+        parses(Path::new(env!("CARGO_BIN_EXE_gpuslice-device-plugin")), &["--kubelet-dir".to_owned(), "x".to_owned()])
+            .is_err()
+    );
 }
 
 #[test]
