@@ -9,7 +9,8 @@
 //!
 //! One pass of what the kubelet's device manager does for a pod asking for N devices:
 //!
-//! 1. serves `Registration` on `DIR/kubelet.sock` and waits for the plugin of `--resource`
+//! 1. removes the sockets in DIR (as a starting kubelet does: plugins register again), serves
+//!    `Registration` on `DIR/kubelet.sock` and waits for the plugin of `--resource`
 //!    (default `gpuslice.dev/vgpu`) to register (version `v1beta1`; other resources that
 //!    register meanwhile are printed and left alone);
 //! 2. dials the plugin back on `DIR/<endpoint>`, asks `GetDevicePluginOptions`, opens
@@ -30,6 +31,7 @@
 //! `kubelet: <Call>: <code>: <message>` and exits 125, like a CRI error.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -142,9 +144,15 @@ pub async fn run(o: Options, mut a: Args) -> Result<i32, String> {
         return Err("kubelet: --dir is required".to_owned());
     }
     let socket = o.dir.join("kubelet.sock");
-    // A kubelet that starts removes its old socket; a plugin watching for its creation
-    // registers again.
-    let _ = std::fs::remove_file(&socket);
+    // A kubelet that starts removes every socket in the directory, its own and the plugins'
+    // (the device manager's start, which keeps only its checkpoint file); a plugin that sees
+    // its socket gone, or a new kubelet.sock, registers again.
+    let entries = std::fs::read_dir(&o.dir).map_err(|e| format!("kubelet: reading {}: {e}", o.dir.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let listener =
         tokio::net::UnixListener::bind(&socket).map_err(|e| format!("kubelet: binding {}: {e}", socket.display()))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
