@@ -50,6 +50,8 @@ impl Driver for FakeDriver {
                 minor: index,
                 pci_bus_id: format!("00000000:0{index}:00.0"),
                 mig_enabled: false,
+                sm_count: 132,
+                mig: Vec::new(),
             })
             .collect())
     }
@@ -188,6 +190,7 @@ fn main() {
             records: &records,
             tally: &metrics::Tally::default(),
             pass_seconds: 0.0,
+            migs: &[],
         });
         renders.push(t.elapsed());
         size = text.len();

@@ -4,9 +4,11 @@ use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use gpuslice_core::plan::GpuInfo;
-use nvml_wrapper::Nvml;
+use gpuslice_core::mig::{MigInstance, MigMinors};
+use gpuslice_core::plan::{GpuInfo, Plan};
 use nvml_wrapper::bitmasks::InitFlags;
+use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try};
+use nvml_wrapper::{Device, Nvml};
 
 /// The library NVML is loaded from unless told otherwise.
 pub const DEFAULT_NVML_LIB: &str = "libnvidia-ml.so.1";
@@ -28,10 +30,16 @@ pub enum DiscoverError {
         "GPU {index} ({uuid}) has no device node {path}: is the nvidia module loaded and its nodes created (nvidia-modprobe), or is --dev-root wrong?"
     )]
     MissingNode { index: u32, uuid: String, path: PathBuf },
+    #[error(
+        "MIG device {uuid} of GPU {gpu} has no capability node {path}: create the nodes (nvidia-modprobe -f -F, or nvidia-ctk system create-dev-char-symlinks), or is --dev-root wrong?"
+    )]
+    MissingCapsNode { gpu: u32, uuid: String, path: PathBuf },
     #[error("{path} is not a character device")]
     NotCharDevice { path: PathBuf },
     #[error("reading {path}: {source}")]
     Stat { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Mig(#[from] gpuslice_core::mig::MigError),
 }
 
 /// The driver and its GPUs.
@@ -50,13 +58,43 @@ impl NodeInfo {
     }
 }
 
-/// Reads the driver and every GPU through NVML loaded from `lib`.
+/// Reads the driver and every GPU through NVML loaded from `lib`. MIG devices come without
+/// their capability minors: [`mig_caps`] reads those.
 pub fn discover(lib: Option<&Path>) -> Result<NodeInfo, DiscoverError> {
     let nvml = load(lib)?;
     let driver_version = nvml.sys_driver_version().map_err(query("driver version"))?;
     let cuda_version = nvml.sys_cuda_driver_version().map_err(query("CUDA version"))?;
     let gpus = gpus(&nvml)?;
     Ok(NodeInfo { driver_version, cuda_version, gpus })
+}
+
+/// Fills in the capability minors of the plan's MIG devices from
+/// `<driver_root>/proc/driver/nvidia-caps/mig-minors` (not read when the plan has none).
+pub fn mig_caps(plan: &mut Plan, gpus: &[GpuInfo], driver_root: &Path) -> Result<(), DiscoverError> {
+    if plan.devices.iter().all(|d| d.mig.is_none()) {
+        return Ok(());
+    }
+    let minors = MigMinors::load(driver_root)?;
+    for d in &mut plan.devices {
+        let (Some(m), Some(gpu)) = (&mut d.mig, gpus.iter().find(|g| g.index == d.gpu_index)) else { continue };
+        (m.gi_access_minor, m.ci_access_minor) = minors.access(gpu.minor, m.gpu_instance_id, m.compute_instance_id)?;
+    }
+    Ok(())
+}
+
+/// The capability nodes of a MIG device, which must exist under `dev_root`.
+pub fn mig_nodes(dev_root: &Path, gpu: u32, mig: &MigInstance) -> Result<Vec<NodeFile>, DiscoverError> {
+    mig.caps_nodes()
+        .iter()
+        .map(|path| {
+            let name = path.trim_start_matches("/dev/");
+            find_node(dev_root, name)?.ok_or_else(|| DiscoverError::MissingCapsNode {
+                gpu,
+                uuid: mig.uuid.clone(),
+                path: dev_root.join(path.trim_start_matches('/')),
+            })
+        })
+        .collect()
 }
 
 /// NVML loaded from `lib` (default [`DEFAULT_NVML_LIB`]) and initialised; a node without GPUs
@@ -91,6 +129,8 @@ pub fn gpus(nvml: &Nvml) -> Result<Vec<GpuInfo>, DiscoverError> {
             Err(nvml_wrapper::error::NvmlError::NotSupported) => false,
             Err(e) => return Err(query(&at("MIG mode"))(e)),
         };
+        let sm_count = d.attributes().map_or(0, |a| a.multiprocessor_count);
+        let mig = if mig_enabled { mig_devices(&d).map_err(query(&at("MIG devices")))? } else { Vec::new() };
         gpus.push(GpuInfo {
             index,
             uuid: d.uuid().map_err(query(&at("UUID")))?,
@@ -99,9 +139,60 @@ pub fn gpus(nvml: &Nvml) -> Result<Vec<GpuInfo>, DiscoverError> {
             minor: d.minor_number().map_err(query(&at("minor number")))?,
             pci_bus_id: d.pci_info().map_err(query(&at("PCI info")))?.bus_id,
             mig_enabled,
+            sm_count,
+            mig,
         });
     }
     Ok(gpus)
+}
+
+/// The MIG devices of a GPU with MIG mode on, by GPU then compute instance ID; their
+/// capability minors are filled in by [`discover`].
+fn mig_devices(gpu: &Device<'_>) -> Result<Vec<MigInstance>, NvmlError> {
+    let max = gpu.mig_device_count()?;
+    let mut out = Vec::new();
+    for i in 0..max {
+        let m = match gpu.mig_device_by_index(i) {
+            Ok(m) => m,
+            // Unpopulated slots: the handles are not dense.
+            Err(NvmlError::NotFound | NvmlError::InvalidArg) => continue,
+            Err(e) => return Err(e),
+        };
+        let attributes = m.attributes()?;
+        let memory_bytes = attributes.memory_size_mb.saturating_mul(1 << 20);
+        out.push(MigInstance {
+            uuid: m.uuid()?,
+            gpu_instance_id: instance_id(&m, true)?,
+            compute_instance_id: instance_id(&m, false)?,
+            memory_bytes,
+            sm_count: attributes.multiprocessor_count,
+            profile: gpuslice_core::mig::profile_name(
+                attributes.gpu_instance_slice_count,
+                attributes.compute_instance_slice_count,
+                memory_bytes,
+            ),
+            gi_access_minor: 0,
+            ci_access_minor: 0,
+        });
+    }
+    out.sort_by_key(|m| (m.gpu_instance_id, m.compute_instance_id));
+    Ok(out)
+}
+
+/// `nvmlDeviceGetGpuInstanceId` (or `…ComputeInstanceId`) of a MIG device handle, which
+/// nvml-wrapper does not wrap.
+fn instance_id(mig: &Device<'_>, gpu_instance: bool) -> Result<u32, NvmlError> {
+    let lib = mig.nvml().lib();
+    let sym = if gpu_instance {
+        nvml_sym(lib.nvmlDeviceGetGpuInstanceId.as_ref())?
+    } else {
+        nvml_sym(lib.nvmlDeviceGetComputeInstanceId.as_ref())?
+    };
+    let mut id = 0;
+    // SAFETY: the handle is a live MIG device handle of this NVML (the Device borrows it), and
+    // `id` is a valid c_uint for the call to write.
+    nvml_try(unsafe { sym(mig.handle(), &mut id) })?;
+    Ok(id)
 }
 
 /// A device node as found on the host.

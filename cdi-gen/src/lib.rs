@@ -57,7 +57,8 @@ pub struct Sources {
 pub fn load_plan(sources: &Sources) -> Result<(Config, NodeInfo, Plan)> {
     let config = load_config(&sources.config_path)?;
     let node = discover::discover(sources.nvml_lib.as_deref())?;
-    let plan = plan::plan(&config, &node.gpus).with_context(|| sources.config_path.display().to_string())?;
+    let mut plan = plan::plan(&config, &node.gpus).with_context(|| sources.config_path.display().to_string())?;
+    discover::mig_caps(&mut plan, &node.gpus, &config.driver_root)?;
     Ok((config, node, plan))
 }
 
@@ -113,6 +114,12 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             }
         }
     }
+    let mut mig_nodes = BTreeMap::new();
+    for d in &plan.devices {
+        if let Some(m) = &d.mig {
+            mig_nodes.insert(d.name.clone(), discover::mig_nodes(&sources.dev_root, d.gpu_index, m)?);
+        }
+    }
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| config.state_dir.clone());
     let spec = spec::build(&spec::Inputs {
         config: &config,
@@ -120,6 +127,7 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
         plan: &plan,
         gpu_nodes: &gpu_nodes,
         control_nodes: &control_nodes,
+        mig_nodes: &mig_nodes,
         state_dir: &state_dir,
     });
     cdi::validate(&spec).context("the generated spec is not valid CDI (a bug in gpuslice-cdi)")?;
@@ -157,6 +165,10 @@ pub fn generate(sources: &Sources, opts: &GenerateOptions) -> Result<Generated> 
             .limits()
             .store(&state_dir)
             .with_context(|| format!("writing the limits of {} under {}", d.name, state_dir.display()))?;
+        if let Some(m) = &d.mig {
+            m.store(&state_dir, &d.name)
+                .with_context(|| format!("writing the MIG record of {} under {}", d.name, state_dir.display()))?;
+        }
         if d.mode == Mode::Shim {
             let outcome = state::ensure_region(&state_dir, &d.name)
                 .with_context(|| format!("setting up the region of {} under {}", d.name, state_dir.display()))?;

@@ -22,12 +22,16 @@ pub mod annotation {
     pub const CORES_POLICY: &str = "gpuslice.dev/cores-policy";
     pub const PRIORITY: &str = "gpuslice.dev/priority";
     pub const DEVICES: &str = "gpuslice.dev/devices";
+    pub const MIG_UUID: &str = "gpuslice.dev/mig-uuid";
+    pub const MIG_PROFILE: &str = "gpuslice.dev/mig-profile";
 }
 
 /// The environment the hook runs with: nothing from the container or the engine reaches it.
 pub const HOOK_ENV: &[&str] = &["PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
 /// The variable that tells a container which slice it has.
 pub const SLICE_ENV: &str = "GPUSLICE_SLICE";
+/// The variable that selects a MIG device for CUDA (by its `MIG-…` UUID).
+pub const CUDA_VISIBLE_ENV: &str = "CUDA_VISIBLE_DEVICES";
 /// The name of the device that holds every other device.
 pub const ALL_DEVICE: &str = "all";
 
@@ -41,6 +45,8 @@ pub struct Inputs<'a> {
     pub gpu_nodes: &'a BTreeMap<u32, NodeFile>,
     /// The shared control nodes that exist.
     pub control_nodes: &'a [NodeFile],
+    /// The capability nodes of each MIG device (GPU instance, compute instance), by device name.
+    pub mig_nodes: &'a BTreeMap<String, Vec<NodeFile>>,
     /// Where slice state lives on the host (the hook recreates it there if missing).
     pub state_dir: &'a Path,
 }
@@ -53,7 +59,10 @@ pub fn build(inputs: &Inputs<'_>) -> Spec {
         let mut all = ContainerEdits::default();
         for d in &devices {
             let mut edits = d.container_edits.clone();
-            edits.env.retain(|e| !e.starts_with(&format!("{SLICE_ENV}=")));
+            // `all` shows every device: no MIG device's selection.
+            edits.env.retain(|e| {
+                !e.starts_with(&format!("{SLICE_ENV}=")) && !e.starts_with(&format!("{CUDA_VISIBLE_ENV}="))
+            });
             all.append(&edits);
         }
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
@@ -87,8 +96,14 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
     if d.mode == Mode::Shim {
         edits.device_nodes.extend(state_nodes(inputs.state_dir, d));
     }
+    // A MIG device: its parent's node above, its capability nodes, and CUDA told which
+    // instance (NVIDIA_VISIBLE_DEVICES is the NVIDIA runtime's, which is not in the path here).
+    if let Some(m) = &d.mig {
+        edits.device_nodes.extend(inputs.mig_nodes.get(&d.name).into_iter().flatten().map(node));
+        edits.env.push(format!("{CUDA_VISIBLE_ENV}={}", m.uuid));
+    }
     edits.hooks = ["createContainer", "poststop"].iter().map(|stage| hook(inputs, d, stage)).collect();
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (annotation::GPU_UUID.to_owned(), d.gpu_uuid.clone()),
         (annotation::GPU_INDEX.to_owned(), d.gpu_index.to_string()),
         (annotation::MODE.to_owned(), d.mode.to_string()),
@@ -97,6 +112,10 @@ fn device(inputs: &Inputs<'_>, d: &PlannedDevice) -> Device {
         (annotation::CORES_POLICY.to_owned(), d.cores_policy.to_string()),
         (annotation::PRIORITY.to_owned(), d.priority.to_string()),
     ]);
+    if let Some(m) = &d.mig {
+        annotations.insert(annotation::MIG_UUID.to_owned(), m.uuid.clone());
+        annotations.insert(annotation::MIG_PROFILE.to_owned(), m.profile.clone());
+    }
     Device { name: d.name.clone(), annotations, container_edits: edits }
 }
 

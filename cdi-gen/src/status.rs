@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use gpuslice_core::config::{CoresPolicy, Mode, Priority};
 use gpuslice_core::limits::{self, Limits};
+use gpuslice_core::mig::MigInstance;
 use gpuslice_core::region::{self, Region};
 
 /// How long `status` waits for a region's lock before reporting without it.
@@ -41,6 +42,8 @@ pub struct SliceStatus {
     pub containers: Vec<String>,
     /// Why the limits or the region could not be read, if they could not.
     pub error: Option<String>,
+    /// The instance of a MIG device (mode `mig`): UUID, IDs, memory, SMs, profile.
+    pub mig: Option<MigInstance>,
 }
 
 /// Every slice under `state_dir`, by name.
@@ -76,6 +79,7 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
         processes: 0,
         containers: Vec::new(),
         error: None,
+        mig: None,
     };
     match Limits::load(&limits::limits_path(state_dir, &status.slice)) {
         Ok(l) => {
@@ -83,7 +87,14 @@ fn slice_status(state_dir: &Path, slice: String) -> SliceStatus {
             status.gpu_index = Some(l.gpu_index);
             status.gpu_uuid = Some(l.gpu_uuid);
             status.cores_percent = Some(l.cores_percent);
-            status.memory_limit_bytes = (l.mode == Mode::Shim).then_some(l.memory_bytes);
+            // A MIG device's memory is its instance's, a limit the hardware keeps.
+            status.memory_limit_bytes = matches!(l.mode, Mode::Shim | Mode::Mig).then_some(l.memory_bytes);
+            if l.mode == Mode::Mig {
+                status.mig = MigInstance::load(state_dir, &status.slice);
+                if status.mig.is_none() {
+                    status.error = Some("its MIG record is missing or unreadable; run gpuslice-cdi generate".into());
+                }
+            }
             status.cores_policy = (l.mode == Mode::Shim).then_some(l.cores_policy);
             status.priority = (l.mode == Mode::Shim).then_some(l.priority);
         }
@@ -139,15 +150,26 @@ pub fn table(slices: &[SliceStatus]) -> String {
             let short: Vec<String> = s.containers.iter().map(|c| c.chars().take(12).collect()).collect();
             vec![
                 s.slice.clone(),
-                s.mode.clone(),
+                match &s.mig {
+                    Some(m) => format!("{} {}", s.mode, m.profile),
+                    None => s.mode.clone(),
+                },
                 s.gpu_index.map_or_else(|| "-".into(), |i| i.to_string()),
-                gib(s.memory_used_bytes),
+                // A MIG device has no region: its use is the driver's to tell (nvidia-smi).
+                if s.mig.is_some() { "-".to_owned() } else { gib(s.memory_used_bytes) },
                 s.memory_limit_bytes.map_or_else(|| "-".into(), gib),
                 s.cores_percent.map_or_else(|| "-".into(), |c| c.to_string()),
                 s.cores_policy.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.priority.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.processes.to_string(),
-                if let Some(e) = &s.error { format!("error: {e}") } else { short.join(",") },
+                match (&s.error, &s.mig) {
+                    (Some(e), _) => format!("error: {e}"),
+                    // A MIG device: its instance first (no region: used memory is the driver's to tell).
+                    (None, Some(m)) => {
+                        format!("{} {} SMs {}", m.uuid, m.sm_count, short.join(",")).trim_end().to_owned()
+                    }
+                    (None, None) => short.join(","),
+                },
             ]
         })
         .collect();

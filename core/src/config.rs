@@ -30,6 +30,9 @@ pub enum Mode {
     /// Software slices enforced by the interception library.
     #[default]
     Shim,
+    /// The GPU's existing MIG instances, one device each (`mig<gpu>-<gi>`), enforced by the
+    /// hardware ([`crate::mig`]).
+    Mig,
 }
 
 impl Mode {
@@ -37,6 +40,7 @@ impl Mode {
         match self {
             Mode::None => "none",
             Mode::Shim => "shim",
+            Mode::Mig => "mig",
         }
     }
 }
@@ -553,7 +557,10 @@ impl Config {
             if let Some(s) = g.core_scaling {
                 check_scaling(&at("core_scaling"), s)?;
             }
-            let Some(slices) = &g.slices else { continue };
+            let Some(slices) = &g.slices else {
+                check_mig_keys(i, g, self.defaults.mode)?;
+                continue;
+            };
             if slices.is_empty() {
                 return Err(ConfigError::invalid(
                     at("slices"),
@@ -578,6 +585,7 @@ impl Config {
                     "publishes the whole GPU and cannot have `slices`",
                 ));
             }
+            check_mig_keys(i, g, self.defaults.mode)?;
             for (j, s) in slices.iter().enumerate() {
                 let at = |key: &str| format!("gpu[{i}].slices[{j}].{key}");
                 if !(1..=100).contains(&s.cores) {
@@ -593,7 +601,7 @@ impl Config {
                         return Err(ConfigError::invalid(
                             at("name"),
                             quoted(name),
-                            "is reserved: `all`, `slice<N>` and `gpu<N>` are named by gpuslice",
+                            "is reserved: `all`, `slice<N>`, `gpu<N>` and `mig<N>-<M>` are named by gpuslice",
                         ));
                     }
                     if !names.insert(name.clone()) {
@@ -881,7 +889,40 @@ pub fn is_reserved_name(name: &str) -> bool {
     let numbered = |prefix: &str| {
         name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    name == "all" || numbered("slice") || numbered("gpu")
+    name == "all" || numbered("slice") || numbered("gpu") || is_mig_name(name)
+}
+
+/// `mig<N>-<M>` or `mig<N>-<M>-<C>`, the names of MIG devices ([`crate::mig::device_name`]).
+fn is_mig_name(name: &str) -> bool {
+    name.strip_prefix("mig").is_some_and(|rest| {
+        let parts: Vec<&str> = rest.split('-').collect();
+        (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// A `[[gpu]]` table for a GPU in mode `mig` may not set what only software slices have: the
+/// instances' sizes are the hardware's (`nvidia-smi mig`), and nothing is left to enforce.
+fn check_mig_keys(i: usize, g: &GpuOverride, default_mode: Mode) -> Result<(), ConfigError> {
+    if g.mode.unwrap_or(default_mode) != Mode::Mig {
+        return Ok(());
+    }
+    let set = [
+        ("split_count", g.split_count.map(|n| n.to_string())),
+        ("slices", g.slices.as_ref().map(|s| format!("[{} slices]", s.len()))),
+        ("memory_scaling", g.memory_scaling.map(|s| s.to_string())),
+        ("core_scaling", g.core_scaling.map(|s| s.to_string())),
+        ("cores_policy", g.cores_policy.map(|p| quoted(&p))),
+        ("priority", g.priority.map(|p| quoted(&p))),
+        ("memory_policy", g.memory_policy.map(|p| quoted(&p))),
+    ];
+    match set.into_iter().find_map(|(key, value)| value.map(|v| (key, v))) {
+        Some((key, value)) => Err(ConfigError::invalid(
+            format!("gpu[{i}].{key}"),
+            value,
+            "does not apply to mode \"mig\": each existing MIG instance is one device, sized and enforced by the hardware (nvidia-smi mig)",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_split_count(key: &str, n: u32) -> Result<(), ConfigError> {

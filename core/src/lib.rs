@@ -17,6 +17,7 @@ pub mod driver_files;
 pub mod fsutil;
 pub mod ld_cache;
 pub mod limits;
+pub mod mig;
 pub mod mountinfo;
 pub mod plan;
 pub mod region;

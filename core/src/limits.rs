@@ -18,6 +18,11 @@
 //! generation=1
 //! ```
 //!
+//! A MIG device's file (`mode=mig`) names its parent GPU in `gpu_uuid`, its instance's memory
+//! in `memory_bytes` and its SMs' share of the GPU's in `cores_percent`, `cores_policy=cap`,
+//! `priority=normal`: a record of what the hardware enforces, read by `status`, never by an
+//! interception library (a MIG device has none).
+//!
 //! Format 2 added `cores_policy` and `priority`; a format 1 file is refused like any other
 //! format, so that nothing runs under a policy it did not ask for.
 //!
@@ -134,11 +139,12 @@ impl Limits {
         let mode = match get(2)? {
             "shim" => Mode::Shim,
             "none" => Mode::None,
+            "mig" => Mode::Mig,
             other => {
                 return Err(LimitsError::Value {
                     key: "mode",
                     value: other.to_owned(),
-                    reason: "expected shim or none",
+                    reason: "expected shim, none or mig",
                 });
             }
         };
@@ -280,6 +286,14 @@ mod tests {
         assert_eq!(Limits::parse(&sample().render()).unwrap(), sample());
         let defaults = Limits { cores_policy: CoresPolicy::Cap, priority: Priority::Normal, ..sample() };
         assert_eq!(Limits::parse(&defaults.render()).unwrap(), defaults);
+    }
+
+    #[test]
+    fn a_mig_device_round_trips() {
+        let mig =
+            Limits { slice: "mig0-1".into(), mode: Mode::Mig, memory_bytes: 10 << 30, cores_percent: 12, ..sample() };
+        assert!(mig.render().contains("\nmode=mig\n"));
+        assert_eq!(Limits::parse(&mig.render()).unwrap(), mig);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use crate::config::{Config, ConfigError, CoresPolicy, GpuOverride, GuardPolicy, Mode, Priority};
 use crate::limits::Limits;
+use crate::mig::{self, MigInstance};
 use crate::units::ByteSize;
 
 /// What the generator learned about one GPU.
@@ -23,6 +24,10 @@ pub struct GpuInfo {
     pub pci_bus_id: String,
     /// Whether MIG mode is currently on.
     pub mig_enabled: bool,
+    /// SMs of the whole GPU (0 when unknown): a MIG device's compute share is its SMs of these.
+    pub sm_count: u32,
+    /// The MIG devices that exist (with MIG mode on), by GPU then compute instance ID.
+    pub mig: Vec<MigInstance>,
 }
 
 /// One device of the plan: a slice of a GPU, or a whole GPU in mode `none`.
@@ -42,6 +47,8 @@ pub struct PlannedDevice {
     /// count): the slice's own, else its GPU's, else `[guard] memory_policy`. Not in the
     /// limits file: the guard plans the node itself.
     pub memory_policy: GuardPolicy,
+    /// The MIG device this is, for a device of a GPU in mode `mig`.
+    pub mig: Option<MigInstance>,
 }
 
 impl PlannedDevice {
@@ -91,7 +98,18 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
             cores_policy: settings.cores_policy,
             priority: settings.priority,
             memory_policy: settings.memory_policy,
+            mig: None,
         };
+        if settings.mode == Mode::Mig && !gpu.mig_enabled {
+            return Err(invalid(
+                format!("{at}.mode"),
+                "\"mig\"",
+                format!(
+                    "GPU {} ({}) has MIG mode off; turn it on and create instances (nvidia-smi -i {} -mig 1, then nvidia-smi mig -cgi … -C), or choose another mode",
+                    gpu.index, gpu.uuid, gpu.index
+                ),
+            ));
+        }
         if settings.mode == Mode::Shim && gpu.mig_enabled {
             return Err(invalid(
                 format!("{at}.mode"),
@@ -109,6 +127,31 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
                 priority: Priority::default(),
                 ..slice(format!("gpu{}", gpu.index), gpu.memory_total, 100)
             }),
+            (Mode::Mig, _) => {
+                if gpu.mig.is_empty() {
+                    return Err(invalid(
+                        format!("{at}.mode"),
+                        "\"mig\"",
+                        format!(
+                            "GPU {} ({}) has no MIG instance to publish; create them first (nvidia-smi mig -i {} -cgi <profiles> -C)",
+                            gpu.index, gpu.uuid, gpu.index
+                        ),
+                    ));
+                }
+                for m in &gpu.mig {
+                    devices.push(PlannedDevice {
+                        mode: Mode::Mig,
+                        cores_policy: CoresPolicy::default(),
+                        priority: Priority::default(),
+                        mig: Some(m.clone()),
+                        ..slice(
+                            mig::device_name(gpu.index, m.gpu_instance_id, m.compute_instance_id),
+                            m.memory_bytes,
+                            sm_share(m.sm_count, gpu.sm_count),
+                        )
+                    });
+                }
+            }
             (Mode::Shim, Some(slices)) => {
                 let budget = scaled(gpu.memory_total, settings.memory_scaling);
                 let sum: u64 = slices.iter().map(|s| s.memory.0).fold(0, u64::saturating_add);
@@ -166,6 +209,15 @@ pub fn plan(config: &Config, gpus: &[GpuInfo]) -> Result<Plan, ConfigError> {
         }
     }
     Ok(Plan { devices })
+}
+
+/// A MIG device's SMs as a percentage of its GPU's, rounded, 1–100 (100 when the GPU's count
+/// is unknown).
+fn sm_share(sms: u32, gpu_sms: u32) -> u32 {
+    if gpu_sms == 0 {
+        return 100;
+    }
+    ((u64::from(sms) * 100 + u64::from(gpu_sms) / 2) / u64::from(gpu_sms)).clamp(1, 100) as u32
 }
 
 /// Memory × scaling, in whole bytes.

@@ -527,6 +527,13 @@ impl Region {
         Ok((region, report))
     }
 
+    /// Opens and maps an existing region without checking its contents: whether it can be used
+    /// at all (a file or device of the right size), for a reader that leaves damaged contents
+    /// to [`Region::open_repairing`] (the device plugin's health check).
+    pub fn open_mappable(path: &Path) -> Result<Region, RegionError> {
+        Self::open_unchecked(path)
+    }
+
     fn open_unchecked(path: &Path) -> Result<Region, RegionError> {
         let map = Mapping::<RegionFile>::open(path).map_err(|e| RegionError::from_shm(path, e))?;
         Ok(Self::from_map(map))

@@ -136,7 +136,7 @@ fn bad_values_are_named_with_their_key() {
         ("[defaults]\nmemory_scaling = \"lots\"", &["defaults.memory_scaling", "\"lots\""]),
         ("[defaults]\ncore_scaling = -0.5", &["defaults.core_scaling = -0.5"]),
         ("[defaults]\ncore_scaling = true", &["defaults.core_scaling", "true"]),
-        ("[defaults]\nmode = \"mig\"", &["defaults.mode", "mig"]),
+        ("[defaults]\nmode = \"vgpu\"", &["defaults.mode", "vgpu"]),
         (
             "[defaults]\nsplit_count = 2\ncores_policy = \"share\"",
             &["line 3", "defaults.cores_policy", "`share`", "`cap` or `borrow`"],

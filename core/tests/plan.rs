@@ -14,6 +14,8 @@ fn gpu(index: u32, memory_gib: u64) -> GpuInfo {
         minor: index,
         pci_bus_id: format!("00000000:{:02X}:00.0", index + 1),
         mig_enabled: false,
+        sm_count: 132,
+        mig: Vec::new(),
     }
 }
 

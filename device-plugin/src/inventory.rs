@@ -3,11 +3,13 @@
 //!
 //! One [`Scanner::scan`] reads the spec (`<spec_dir>/gpuslice.yaml`: device names), each
 //! device's limits file (`<state_dir>/slices/<name>/limits`: GPU, size, mode) and, for a
-//! slice, its region's header; and asks NVML and the dev root whether the device's GPU is
-//! still there. A device is Unhealthy while its GPU is gone or its host state cannot be read
-//! or is damaged; it is Healthy again as soon as a scan finds them sound.
+//! slice, whether its region is a device the hook accepts; and asks NVML and the dev root
+//! whether the device's GPU is still there. A device is Unhealthy while its GPU is gone or its
+//! host state would stop a container at the hook; it is Healthy again as soon as a scan finds
+//! them sound. Damaged region contents are not Unhealthy: the hook repairs them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_core::cdi::{self, Spec};
@@ -163,6 +165,11 @@ pub struct Scanner {
     last_resource: HashMap<String, String>,
     /// The last spec problem logged, so it is logged once.
     spec_problem: Option<String>,
+    /// Devices whose region was last seen with damaged contents (logged once).
+    damaged: HashSet<String>,
+    /// Devices left out for want of a resource (logged once).
+    unplaced: HashSet<String>,
+    plain_regions: bool,
     last: Snapshot,
 }
 
@@ -174,7 +181,16 @@ impl std::fmt::Debug for Scanner {
 
 impl Scanner {
     pub fn new(config: Config, probe: Box<dyn GpuProbe>) -> Self {
-        Self { config, probe, last_resource: HashMap::new(), spec_problem: None, last: Snapshot::default() }
+        Self {
+            config,
+            probe,
+            last_resource: HashMap::new(),
+            spec_problem: None,
+            damaged: HashSet::new(),
+            unplaced: HashSet::new(),
+            plain_regions: false,
+            last: Snapshot::default(),
+        }
     }
 
     pub fn spec_path(&self) -> PathBuf {
@@ -223,20 +239,24 @@ impl Scanner {
                 }
                 Err(problem) => {
                     let Some(resource) = self.fallback_resource(&id) else {
-                        tracing::warn!(device = %id, %problem, "not advertised until its limits can be read");
+                        if self.unplaced.insert(id.clone()) {
+                            tracing::warn!(device = %id, %problem, "not advertised until its limits can be read");
+                        }
                         continue;
                     };
                     (resource, None, Some(problem))
                 }
             };
+            self.unplaced.remove(&id);
             self.last_resource.insert(id.clone(), resource.clone());
             snapshot.resources.entry(resource).or_default().push(DeviceState { id, gpu, problem });
         }
         self.last_resource.retain(|id, _| spec.devices.iter().any(|d| &d.name == id));
         for (resource, devices) in &snapshot.resources {
             for d in devices {
+                // A new device is logged only when Unhealthy; the summary below names it.
                 let before = self.last.devices(resource).iter().find(|b| b.id == d.id).map(|b| &b.problem);
-                if before != Some(&d.problem) {
+                if before.unwrap_or(&None) != &d.problem {
                     match &d.problem {
                         Some(problem) => tracing::warn!(device = %d.id, %resource, %problem, "Unhealthy"),
                         None => tracing::info!(device = %d.id, %resource, "Healthy"),
@@ -244,12 +264,20 @@ impl Scanner {
                 }
             }
         }
+        let ids = |s: &Snapshot| -> Vec<(String, Vec<String>)> {
+            s.resources.iter().map(|(r, ds)| (r.clone(), ds.iter().map(|d| d.id.clone()).collect())).collect()
+        };
+        if ids(&snapshot) != ids(&self.last) {
+            let summary: Vec<String> =
+                ids(&snapshot).iter().map(|(r, ids)| format!("{r}: {}", ids.join(" "))).collect();
+            tracing::info!(spec = ?path, "devices: {}", if summary.is_empty() { "none".to_owned() } else { summary.join("; ") });
+        }
         self.last = snapshot.clone();
         snapshot
     }
 
     /// The device's limits, and why its host state is unusable if it is.
-    fn device(&self, id: &str) -> Result<(Limits, Option<String>), String> {
+    fn device(&mut self, id: &str) -> Result<(Limits, Option<String>), String> {
         let state_dir = &self.config.state_dir;
         let limits = Limits::load(&limits::limits_path(state_dir, id)).map_err(|e| format!("limits: {e}"))?;
         if limits.slice != id {
@@ -258,8 +286,47 @@ impl Scanner {
         if limits.mode == Mode::None {
             return Ok((limits, None));
         }
-        let problem = Region::open(&region::region_path(state_dir, id)).err().map(|e| format!("region: {e}"));
-        Ok((limits, problem))
+        Ok((limits, self.region_problem(id)))
+    }
+
+    /// Why the slice's region would stop a container, as the hook sees it: missing, not a
+    /// block device (the hook refuses anything else), or not mappable (wrong size). Damaged
+    /// contents are not a problem: the hook repairs them in place at the next container start,
+    /// and a container can write its region, so counting them would let a tenant take its
+    /// slice out of service for every tenant after it. They are logged, once.
+    fn region_problem(&mut self, id: &str) -> Option<String> {
+        let path = region::region_path(&self.config.state_dir, id);
+        let advice = "; run gpuslice-cdi generate";
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_block_device() || (self.plain_regions && m.is_file()) => {}
+            Ok(_) => return Some(format!("region {}: not a device{advice}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(format!("region {}: missing{advice}", path.display()));
+            }
+            Err(e) => return Some(format!("region {}: {e}", path.display())),
+        }
+        let region = match Region::open_mappable(&path) {
+            Ok(region) => region,
+            Err(e) => return Some(format!("region: {e}{advice}")),
+        };
+        match region.check_header() {
+            Ok(()) => {
+                self.damaged.remove(id);
+            }
+            Err(e) => {
+                if self.damaged.insert(id.to_owned()) {
+                    tracing::warn!(device = %id, %e, "region damaged; the hook repairs it at the next container start");
+                }
+            }
+        }
+        None
+    }
+
+    /// Accepts regions that are plain files, as [`Region::create`] makes them (tests); on a
+    /// node they are block devices, and the hook refuses anything else.
+    pub fn with_plain_regions(mut self) -> Self {
+        self.plain_regions = true;
+        self
     }
 
     /// Where a device whose limits cannot be read is listed: where it was, or for a whole GPU
@@ -291,6 +358,148 @@ fn read_spec(path: &Path) -> Result<Spec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpuslice_core::config::{CoresPolicy, Priority};
+
+    struct Probe(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    impl GpuProbe for Probe {
+        fn missing(&mut self, uuid: &str) -> Option<String> {
+            self.0.lock().unwrap().iter().any(|u| u == uuid).then(|| format!("{uuid} gone"))
+        }
+    }
+
+    fn limits(slice: &str, gpu: u32, gib: u64, mode: Mode) -> Limits {
+        Limits {
+            slice: slice.into(),
+            mode,
+            gpu_uuid: format!("GPU-{gpu}"),
+            gpu_index: gpu,
+            memory_bytes: gib * ByteSize::GIB,
+            cores_percent: 50,
+            cores_policy: CoresPolicy::Cap,
+            priority: Priority::Normal,
+            generation: 1,
+        }
+    }
+
+    /// A node with slice0 (GPU 0, 40 GiB), slice1 (GPU 0, 20 GiB) and gpu1 (whole), its spec and state.
+    fn node(naming: ResourceNaming) -> (tempfile::TempDir, Scanner, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config { spec_dir: dir.path().join("cdi"), state_dir: dir.path().join("state"), ..Config::default() };
+        config.kubernetes.resources = naming;
+        for l in [
+            limits("slice0", 0, 40, Mode::Shim),
+            limits("slice1", 0, 20, Mode::Shim),
+            limits("gpu1", 1, 80, Mode::None),
+        ] {
+            l.store(&config.state_dir).unwrap();
+            if l.mode == Mode::Shim {
+                Region::create(&region::region_path(&config.state_dir, &l.slice)).unwrap();
+            }
+        }
+        let device = |name: &str| cdi::Device {
+            name: name.into(),
+            annotations: Default::default(),
+            container_edits: Default::default(),
+        };
+        let spec = Spec {
+            cdi_version: "0.5.0".into(),
+            kind: "gpuslice.dev/vgpu".into(),
+            annotations: Default::default(),
+            devices: vec![device("slice0"), device("slice1"), device("gpu1"), device(ALL_DEVICE)],
+            container_edits: Default::default(),
+        };
+        std::fs::create_dir_all(&config.spec_dir).unwrap();
+        std::fs::write(config.spec_dir.join(cdi::SPEC_FILE), serde_yaml::to_string(&spec).unwrap()).unwrap();
+        let gone = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (dir, Scanner::new(config, Box::new(Probe(gone.clone()))).with_plain_regions(), gone)
+    }
+
+    fn view(s: &Snapshot) -> Vec<(String, String, bool)> {
+        s.resources.iter().flat_map(|(r, ds)| ds.iter().map(move |d| (r.clone(), d.id.clone(), d.healthy()))).collect()
+    }
+
+    fn v(rows: &[(&str, &str, bool)]) -> Vec<(String, String, bool)> {
+        rows.iter().map(|(r, id, h)| (r.to_string(), id.to_string(), *h)).collect()
+    }
+
+    #[test]
+    fn resources_single_and_by_size_whole_gpus_apart() {
+        let (_dir, mut scanner, _) = node(ResourceNaming::Single);
+        let s = scanner.scan();
+        assert_eq!(s.kind, "gpuslice.dev/vgpu");
+        assert_eq!(
+            view(&s),
+            v(&[
+                ("gpuslice.dev/gpu", "gpu1", true),
+                ("gpuslice.dev/vgpu", "slice0", true),
+                ("gpuslice.dev/vgpu", "slice1", true)
+            ])
+        );
+        let (_dir, mut scanner, _) = node(ResourceNaming::BySize);
+        assert_eq!(
+            view(&scanner.scan()),
+            v(&[
+                ("gpuslice.dev/gpu", "gpu1", true),
+                ("gpuslice.dev/vgpu-20g", "slice1", true),
+                ("gpuslice.dev/vgpu-40g", "slice0", true)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_gone_gpu_and_unreadable_state_are_unhealthy_until_they_recover() {
+        let (dir, mut scanner, gone) = node(ResourceNaming::BySize);
+        scanner.scan();
+        gone.lock().unwrap().push("GPU-0".into());
+        let s = scanner.scan();
+        let problem = |s: &Snapshot, r: &str| s.devices(r)[0].problem.clone();
+        assert_eq!(problem(&s, "gpuslice.dev/vgpu-40g").as_deref(), Some("GPU-0 gone"));
+        assert_eq!(problem(&s, "gpuslice.dev/gpu"), None);
+        gone.lock().unwrap().clear();
+        // A limits file that no longer parses: the slice stays under its resource, Unhealthy.
+        let path = limits::limits_path(&dir.path().join("state"), "slice0");
+        std::fs::write(&path, "garbage").unwrap();
+        let s = scanner.scan();
+        assert!(problem(&s, "gpuslice.dev/vgpu-40g").unwrap().starts_with("limits:"), "{s:?}");
+        limits("slice0", 0, 40, Mode::Shim).store(&dir.path().join("state")).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-40g"), None);
+        // Damaged contents: the hook repairs them, so the slice stays Healthy.
+        let region = region::region_path(&dir.path().join("state"), "slice1");
+        let good = std::fs::read(&region).unwrap();
+        std::fs::write(&region, vec![0u8; good.len()]).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g"), None);
+        // A region of the wrong size cannot be mapped (the hook refuses it), nor a missing one.
+        std::fs::write(&region, &good[..good.len() / 2]).unwrap();
+        assert!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g").unwrap().starts_with("region:"));
+        std::fs::remove_file(&region).unwrap();
+        assert!(
+            problem(&scanner.scan(), "gpuslice.dev/vgpu-20g").unwrap().contains("missing; run gpuslice-cdi generate")
+        );
+        std::fs::write(&region, good).unwrap();
+        assert_eq!(problem(&scanner.scan(), "gpuslice.dev/vgpu-20g"), None);
+    }
+
+    #[test]
+    fn an_unparsable_spec_keeps_the_devices_unhealthy_and_a_missing_one_has_none() {
+        let (dir, mut scanner, _) = node(ResourceNaming::Single);
+        let good = scanner.scan();
+        let spec = dir.path().join("cdi").join(cdi::SPEC_FILE);
+        std::fs::write(&spec, "devices: [").unwrap();
+        let s = scanner.scan();
+        assert_eq!(view(&s).len(), view(&good).len());
+        assert!(s.resources.values().flatten().all(|d| d.problem.as_deref().is_some_and(|p| p.contains("spec"))));
+        std::fs::remove_file(&spec).unwrap();
+        assert!(scanner.scan().resources.is_empty());
+    }
+
+    #[test]
+    fn a_slice_never_readable_under_by_size_is_left_out() {
+        let (dir, mut scanner, _) = node(ResourceNaming::BySize);
+        std::fs::write(limits::limits_path(&dir.path().join("state"), "slice1"), "garbage").unwrap();
+        let ids: Vec<String> = scanner.scan().resources.values().flatten().map(|d| d.id.clone()).collect();
+        assert_eq!(ids, ["gpu1", "slice0"]);
+    }
 
     #[test]
     fn sizes_are_whole_gib_or_mib() {

@@ -3,7 +3,7 @@
 //!
 //! One pod, end to end. At start the plugin reads the config (`[kubernetes]`) and scans the
 //! node ([`inventory::Scanner`]): the devices of the CDI spec `gpuslice-cdi generate` wrote,
-//! each device's limits file (its GPU and size), its region's header, and whether its GPU is
+//! each device's limits file (its GPU and size), its region, and whether its GPU is
 //! still there (NVML and `/dev/nvidia<minor>`). Each device goes under a resource
 //! ([`inventory::resource_for`]: `gpuslice.dev/vgpu`, or `gpuslice.dev/vgpu-20g` by size,
 //! `gpuslice.dev/gpu` for whole GPUs). For each resource [`run::Plugin`] serves the

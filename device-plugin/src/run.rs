@@ -102,6 +102,8 @@ impl Plugin {
         };
         let kubelet_sock = self.dir.join(KUBELET_SOCKET);
         let interval = self.config.kubernetes.interval.0;
+        // Registrations that found no kubelet listening, in a row.
+        let mut unreachable = 0u32;
         loop {
             // Wait for the kubelet, saying so once.
             let mut backoff = Duration::from_millis(50).min(interval);
@@ -114,22 +116,31 @@ impl Plugin {
                     tracing::info!(path = ?kubelet_sock, "waiting for the kubelet's socket");
                     said = true;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    name = signals.recv() => {
-                        tracing::info!(signal = name, "stopping");
-                        return Ok(());
-                    }
+                if let Some(name) = sleep_or_signal(backoff, &mut signals).await {
+                    tracing::info!(signal = name, "stopping");
+                    return Ok(());
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             };
             let mut served: BTreeMap<String, Served> = BTreeMap::new();
-            let outcome = self.serve(&kubelet_sock, kubelet, &mut served, &mut signals).await;
+            let outcome = self.serve(&kubelet_sock, kubelet, &mut served, &mut signals, &mut unreachable).await;
             stop_all(&mut served).await;
-            match outcome {
-                Ok(Stop::Signal) => return Ok(()),
-                Ok(Stop::KubeletRestarted) => continue,
-                Err(e) => return Err(e),
+            match outcome? {
+                Stop::Signal => return Ok(()),
+                Stop::KubeletRestarted => {}
+                Stop::Unreachable(e) => {
+                    // A kubelet.sock nobody listens on (a kubelet that is restarting, or died):
+                    // try again, less and less often, saying so once.
+                    if unreachable == 0 {
+                        tracing::warn!(path = ?kubelet_sock, %e, "the kubelet cannot be reached; waiting for it");
+                    }
+                    unreachable = unreachable.saturating_add(1);
+                    let wait = (Duration::from_millis(50) * 2u32.saturating_pow(unreachable.min(7))).min(MAX_BACKOFF);
+                    if let Some(name) = sleep_or_signal(wait, &mut signals).await {
+                        tracing::info!(signal = name, "stopping");
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -140,6 +151,7 @@ impl Plugin {
         kubelet: (u64, u64),
         served: &mut BTreeMap<String, Served>,
         signals: &mut Signals,
+        unreachable: &mut u32,
     ) -> Result<Stop, RunError> {
         let interval = self.config.kubernetes.interval.0;
         loop {
@@ -166,22 +178,19 @@ impl Plugin {
                 let s = self.start(resource, snapshot.clone())?;
                 served.insert(resource.clone(), s);
                 match register(kubelet_sock, resource).await {
-                    Ok(()) => tracing::info!(%resource, socket = %socket_name(resource), "registered with the kubelet"),
+                    Ok(()) => {
+                        tracing::info!(%resource, socket = %socket_name(resource), "registered with the kubelet");
+                        *unreachable = 0;
+                    }
                     Err(Register::Refused(message)) => {
                         return Err(RunError::Refused { resource: resource.clone(), message });
                     }
-                    Err(Register::Unreachable(e)) => {
-                        tracing::warn!(%resource, %e, "the kubelet cannot be reached; waiting for it again");
-                        return Ok(Stop::KubeletRestarted);
-                    }
+                    Err(Register::Unreachable(e)) => return Ok(Stop::Unreachable(e)),
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                name = signals.recv() => {
-                    tracing::info!(signal = name, "stopping");
-                    return Ok(Stop::Signal);
-                }
+            if let Some(name) = sleep_or_signal(interval, signals).await {
+                tracing::info!(signal = name, "stopping");
+                return Ok(Stop::Signal);
             }
             if identity(kubelet_sock) != Some(kubelet) {
                 tracing::info!("the kubelet restarted (new kubelet.sock); registering again");
@@ -231,6 +240,15 @@ impl Plugin {
 enum Stop {
     Signal,
     KubeletRestarted,
+    Unreachable(String),
+}
+
+/// Sleeps for `d`; the name of a signal that came first.
+async fn sleep_or_signal(d: Duration, signals: &mut Signals) -> Option<&'static str> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        name = signals.recv() => Some(name),
+    }
 }
 
 enum Register {

@@ -5,6 +5,9 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::process::Command;
 
 use common::{Kubelet, Node, eventually, skip_unless_root};
 use gpuslice_device_plugin::api::{
@@ -49,7 +52,9 @@ async fn registers_each_resource_and_lists_its_devices() {
     assert!(got.get_preferred_allocation_available);
     kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", H), ("slice1", H)]).await;
     kubelet.watch("gpuslice-gpu.sock").await.expect(&[("gpu1", H)]).await;
-    drop(plugin);
+    let log = plugin.log();
+    assert!(log.contains("devices: gpuslice.dev/gpu: gpu1; gpuslice.dev/vgpu: slice0 slice1"), "{log}");
+    assert!(!log.contains("Healthy device="), "a device found Healthy at start is in the summary only: {log}");
 }
 
 #[tokio::test]
@@ -75,19 +80,27 @@ async fn health_follows_the_limits_region_and_gpu_and_recovers() {
     std::fs::write(&limits, &good).unwrap();
     watch.expect(&all_healthy).await;
 
-    // A damaged region header.
+    // Damaged region contents stay Healthy: the hook repairs them at the next container start
+    // (and a tenant can write its region). The list that shows slice1's limits broken, written
+    // after the damage, still has slice2 Healthy.
     let region = gpuslice_core::region::region_path(&node.state_dir(), "slice2");
-    {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&region).unwrap();
-        let mut header = [0u8; 8];
-        f.read_exact(&mut header).unwrap();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&[0xff; 8]).unwrap();
-        watch.expect(&[("slice0", H), ("slice1", H), ("slice2", U), ("slice3", H)]).await;
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&header).unwrap();
-    }
+    let header = std::fs::read(&region).unwrap()[..64].to_vec();
+    std::fs::OpenOptions::new().write(true).open(&region).unwrap().write_all(&[0xff; 64]).unwrap();
+    std::fs::write(&limits, "format=9\n").unwrap();
+    watch.expect(&[("slice0", H), ("slice1", U), ("slice2", H), ("slice3", H)]).await;
+    std::fs::OpenOptions::new().write(true).open(&region).unwrap().write_all(&header).unwrap();
+    std::fs::write(&limits, &good).unwrap();
+    watch.expect(&all_healthy).await;
+    assert!(plugin.log().contains("region damaged"), "{}", plugin.log());
+
+    // A region that is not a device (the hook refuses it): Unhealthy until the device is back.
+    let rdev = std::fs::metadata(&region).unwrap().rdev();
+    std::fs::remove_file(&region).unwrap();
+    std::fs::write(&region, vec![0u8; 4096]).unwrap();
+    watch.expect(&[("slice0", H), ("slice1", H), ("slice2", U), ("slice3", H)]).await;
+    std::fs::remove_file(&region).unwrap();
+    let (major, minor) = (libc::major(rdev).to_string(), libc::minor(rdev).to_string());
+    assert!(Command::new("mknod").arg(&region).args(["b", &major, &minor]).status().unwrap().success());
     watch.expect(&all_healthy).await;
 
     // GPU 1's device node vanishes: both of its slices are Unhealthy; it comes back.
@@ -321,4 +334,74 @@ fn a_bad_config_is_one_line_and_a_failure() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains(want) && err.contains("config.toml"), "{err:?} should say {want:?}");
     }
+}
+
+#[tokio::test]
+async fn a_kubelet_sock_nobody_listens_on_is_waited_for_quietly() {
+    if skip_unless_root("a_kubelet_sock_nobody_listens_on_is_waited_for_quietly") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config("[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // What a kubelet that died leaves: its socket file, with nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(node.plugin_dir().join("kubelet.sock")).unwrap());
+    let plugin = node.start_plugin();
+    let unreachable = |log: &str| log.matches("cannot be reached").count();
+    eventually("the plugin says the kubelet cannot be reached", || unreachable(&plugin.log()) >= 1).await;
+    // Several tries later (the backoff starts at 50 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(unreachable(&plugin.log()), 1, "{}", plugin.log());
+    assert!(plugin.child.is_some());
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    kubelet.wait_registration("gpuslice.dev/vgpu", 1).await;
+    kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", H), ("slice1", H)]).await;
+}
+
+#[tokio::test]
+async fn without_nvml_every_device_is_unhealthy() {
+    if skip_unless_root("without_nvml_every_device_is_unhealthy") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config("[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // The driver unloaded after generate: NVML's init fails from now on.
+    let fake = node.root().join("fakegpu.toml");
+    let text = std::fs::read_to_string(&fake).unwrap();
+    std::fs::write(&fake, format!("init_error = \"DRIVER_NOT_LOADED\"\n{text}")).unwrap();
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    let plugin = node.start_plugin();
+    kubelet.wait_registration("gpuslice.dev/vgpu", 1).await;
+    kubelet.watch("gpuslice-vgpu.sock").await.expect(&[("slice0", U), ("slice1", U)]).await;
+    // Several scans later (one each 100 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let log = plugin.log();
+    assert_eq!(log.matches("NVML unavailable").count(), 1, "said once, not once per scan: {log}");
+    assert!(log.contains("DRIVER_NOT_LOADED") || log.contains("could not initialise"), "{log}");
+}
+
+#[tokio::test]
+async fn a_slice_of_unknown_size_is_left_out_with_one_line_until_readable() {
+    if skip_unless_root("a_slice_of_unknown_size_is_left_out_with_one_line_until_readable") {
+        return;
+    }
+    let node = Node::new(1);
+    node.config_k8s("resources = \"by-size\"", "[defaults]\nsplit_count = 2\n");
+    node.generate();
+    // slice1's limits unreadable before the plugin ever saw them: its size, so its resource, is unknown.
+    let limits = node.limits_path("slice1");
+    let good = std::fs::read_to_string(&limits).unwrap();
+    std::fs::write(&limits, "garbage\n").unwrap();
+    let kubelet = Kubelet::start(&node.plugin_dir());
+    let plugin = node.start_plugin();
+    kubelet.wait_registration("gpuslice.dev/vgpu-40g", 1).await;
+    let mut watch = kubelet.watch("gpuslice-vgpu-40g.sock").await;
+    watch.expect(&[("slice0", H)]).await;
+    // Several scans later (one each 100 ms), still one line.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let log = plugin.log();
+    assert_eq!(log.matches("not advertised until its limits can be read").count(), 1, "{log}");
+    std::fs::write(&limits, good).unwrap();
+    watch.expect(&[("slice0", H), ("slice1", H)]).await;
 }

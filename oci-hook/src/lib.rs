@@ -83,7 +83,8 @@ pub fn create_container(args: &HookArgs, state: impl Read) -> Result<()> {
             }
             Some(args.shim_path.as_path())
         }
-        Mode::None => None,
+        // The whole GPU has no limits; a MIG device's are the hardware's: no preload.
+        Mode::None | Mode::Mig => None,
     };
     let scratch_dir = args.slice.state_dir.join("tmp");
     let host = HostFiles { driver: &driver, shim, scratch_dir: &scratch_dir };

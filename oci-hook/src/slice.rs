@@ -157,7 +157,7 @@ impl Slice {
         // The devices first: a refusal for missing state writes nothing.
         let region = match mode {
             Mode::Shim => Some(Self::open_region(args)?),
-            Mode::None => None,
+            Mode::None | Mode::Mig => None,
         };
         let limits = match wanted {
             Some(wanted) => wanted.store(&args.state_dir).map_err(|source| SliceError::Store {
@@ -169,7 +169,7 @@ impl Slice {
         };
         let board = match mode {
             Mode::Shim => Self::open_board(args, &limits),
-            Mode::None => None,
+            Mode::None | Mode::Mig => None,
         };
         Ok(Slice { limits, dir: args.dir(), region, board })
     }
@@ -354,6 +354,17 @@ mod tests {
     }
 
     #[test]
+    fn mode_mig_has_no_region_and_keeps_its_limits() {
+        let state = tempfile::tempdir().unwrap();
+        let mig = SliceArgs { name: "mig0-1".into(), mode: Some("mig".into()), ..args(state.path()) };
+        let slice = Slice::ensure(&mig).unwrap();
+        assert!(slice.region.is_none() && slice.board.is_none());
+        assert_eq!(slice.limits.mode, Mode::Mig);
+        assert!(!state.path().join("slices/mig0-1/region").exists());
+        assert!(!state.path().join("gpus").exists(), "no board for a MIG device");
+    }
+
+    #[test]
     fn bad_arguments_are_refused_before_anything_is_written() {
         let state = tempfile::tempdir().unwrap();
         let cases = [
@@ -364,7 +375,7 @@ mod tests {
             (SliceArgs { priority: None, ..args(state.path()) }, "but not --priority"),
             (SliceArgs { cores_policy: Some("share".into()), ..args(state.path()) }, "`cores_policy` = `share`"),
             (SliceArgs { priority: Some("low".into()), ..args(state.path()) }, "`priority` = `low`"),
-            (SliceArgs { mode: Some("mig".into()), ..args(state.path()) }, "mode"),
+            (SliceArgs { mode: Some("vgpu".into()), ..args(state.path()) }, "mode"),
             (SliceArgs { cores_percent: Some(0), ..args(state.path()) }, "cores_percent"),
             (SliceArgs { gpu_uuid: Some("GPU-../../x".into()), ..args(state.path()) }, "gpu_uuid"),
         ];

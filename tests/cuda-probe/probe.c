@@ -52,6 +52,7 @@
     X(cuDeviceGetName)                                                                         \
     X(cuDeviceGetUuid)                                                                         \
     X(cuDeviceTotalMem)                                                                        \
+    X(cuDeviceGetAttribute)                                                                    \
     X(cuDevicePrimaryCtxRetain)                                                                \
     X(cuDevicePrimaryCtxRelease)                                                               \
     X(cuCtxSetCurrent)                                                                         \
@@ -401,6 +402,7 @@ static int load_cuda(void) {
 #define p_cuDeviceGetName(...) CALL(cuDeviceGetName, cuDeviceGetName, __VA_ARGS__)
 #define p_cuDeviceGetUuid(...) CALL(cuDeviceGetUuid, cuDeviceGetUuid_v2, __VA_ARGS__)
 #define p_cuDeviceTotalMem(...) CALL(cuDeviceTotalMem, cuDeviceTotalMem_v2, __VA_ARGS__)
+#define p_cuDeviceGetAttribute(...) CALL(cuDeviceGetAttribute, cuDeviceGetAttribute, __VA_ARGS__)
 #define p_cuDevicePrimaryCtxRetain(...) CALL(cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, __VA_ARGS__)
 #define p_cuCtxSetCurrent(...) CALL(cuCtxSetCurrent, cuCtxSetCurrent, __VA_ARGS__)
 #define p_cuCtxDestroy(...) CALL(cuCtxDestroy, cuCtxDestroy_v2, __VA_ARGS__)
@@ -598,7 +600,7 @@ static int cuda_setup(void) {
  * info, meminfo
  * ---------------------------------------------------------------------------------------- */
 static int cmd_info(void) {
-    int dv = 0, count = 0;
+    int dv = 0, count = 0, sms = 0;
     char name[256];
     CUuuid u;
     size_t total_mem = 0, free_b = 0, total_b = 0;
@@ -609,6 +611,8 @@ static int cmd_info(void) {
     memset(&u, 0, sizeof u);
     CK(p_cuDeviceGetUuid(&u, g_dev), "cuDeviceGetUuid");
     CK(p_cuDeviceTotalMem(&total_mem, g_dev), "cuDeviceTotalMem");
+    CK(p_cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, g_dev),
+       "cuDeviceGetAttribute");
     CK(p_cuMemGetInfo(&free_b, &total_b), "cuMemGetInfo");
     const unsigned char *b = (const unsigned char *)u.bytes;
     printf("mode=%s\n", mode_name());
@@ -617,6 +621,7 @@ static int cmd_info(void) {
     printf("device_count=%d\n", count);
     printf("device=%d\n", opt.device);
     printf("name=%s\n", name);
+    printf("sm_count=%d\n", sms);
     printf("uuid=GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", b[0],
            b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
            b[15]);

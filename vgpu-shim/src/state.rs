@@ -443,7 +443,7 @@ impl State {
                         broken =
                             Some(format!("{} names slice {:?}, not {name:?}", shown.join("limits").display(), l.slice));
                     }
-                    Ok(Some(l)) if l.mode == Mode::None => log!(Info, "slice {name}: mode none, no limits"),
+                    Ok(Some(l)) if l.mode != Mode::Shim => log!(Info, "slice {name}: mode {}, no limits", l.mode),
                     Ok(Some(l)) if !root.from_hook && hook_gpus.contains(&l.gpu_uuid.to_ascii_lowercase()) => {
                         log!(
                             Info,

@@ -19,6 +19,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use gpuslice_core::containers::ContainerRecord;
+use gpuslice_core::limits::Limits;
+use gpuslice_core::mig::MigInstance;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,6 +66,16 @@ struct KillLabels {
     gpu_uuid: String,
     gpu_index: String,
     reason: String,
+}
+
+/// A MIG device (mode `mig`): the guard has nothing to enforce on it, the hardware does.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MigLabels {
+    slice: String,
+    gpu_uuid: String,
+    gpu_index: String,
+    mig_uuid: String,
+    profile: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +156,8 @@ pub struct View<'a> {
     pub tally: &'a Tally,
     /// How long the pass took.
     pub pass_seconds: f64,
+    /// The node's MIG devices, from their limits and MIG records.
+    pub migs: &'a [(Limits, MigInstance)],
 }
 
 fn gauge<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, GaugeF>
@@ -183,6 +197,24 @@ pub fn render(v: &View<'_>) -> String {
     );
     let gpu_unsliced =
         gauge::<GpuLabels>(&mut r, "gpu_unsliced_processes", "Processes on a sliced card outside every slice");
+
+    let mig_memory = gauge::<MigLabels>(
+        &mut r,
+        "mig_device_memory_bytes",
+        "A MIG device's memory, a limit its hardware keeps (the guard does not act on MIG devices)",
+    );
+    let mig_sms = gauge::<MigLabels>(&mut r, "mig_device_multiprocessors", "A MIG device's streaming multiprocessors");
+    for (l, m) in v.migs {
+        let labels = MigLabels {
+            slice: l.slice.clone(),
+            gpu_uuid: l.gpu_uuid.clone(),
+            gpu_index: l.gpu_index.to_string(),
+            mig_uuid: m.uuid.clone(),
+            profile: m.profile.clone(),
+        };
+        mig_memory.get_or_create(&labels).set(m.memory_bytes as f64);
+        mig_sms.get_or_create(&labels).set(f64::from(m.sm_count));
+    }
 
     let limit = gauge::<SliceLabels>(&mut r, "slice_memory_limit_bytes", "The slice's memory limit");
     let allowance = gauge::<SliceLabels>(

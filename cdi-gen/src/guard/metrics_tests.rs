@@ -205,10 +205,51 @@ fn time_under_throttle_is_counted_between_passes() {
         records: &records,
         tally: &tally,
         pass_seconds: 0.0,
+        migs: &[],
     });
     // slice0 from the first pass on (2.5 s + 0.5 s), slice1 from the second (0.5 s).
     assert_eq!(must(&t, "gpuslice_slice_throttled_seconds_total", S0), 3.0);
     assert_eq!(must(&t, "gpuslice_slice_throttled_seconds_total", &[("slice", "slice1")]), 0.5);
+}
+
+#[test]
+fn a_mig_device_is_shown_with_its_instance() {
+    let w = World::new("");
+    let snapshot = w.pass_snapshot_only();
+    let limits = gpuslice_core::limits::Limits {
+        slice: "mig0-1".into(),
+        mode: gpuslice_core::config::Mode::Mig,
+        gpu_uuid: "GPU-00000000-2222-3333-4444-555555555555".into(),
+        gpu_index: 0,
+        memory_bytes: 40 << 30,
+        cores_percent: 45,
+        cores_policy: gpuslice_core::config::CoresPolicy::Cap,
+        priority: gpuslice_core::config::Priority::Normal,
+        generation: 1,
+    };
+    let mig = gpuslice_core::mig::MigInstance {
+        uuid: "MIG-aaaaaaaa-1111-2222-3333-444444444444".into(),
+        gpu_instance_id: 1,
+        compute_instance_id: 0,
+        memory_bytes: 40 << 30,
+        sm_count: 60,
+        profile: "3g.40gb".into(),
+        gi_access_minor: 12,
+        ci_access_minor: 13,
+    };
+    let t = metrics::render(&metrics::View {
+        snapshot: &snapshot,
+        regions: &[],
+        records: &[],
+        tally: &metrics::Tally::default(),
+        pass_seconds: 0.0,
+        migs: &[(limits, mig)],
+    });
+    let labels =
+        [("slice", "mig0-1"), ("mig_uuid", "MIG-aaaaaaaa-1111-2222-3333-444444444444"), ("profile", "3g.40gb")];
+    assert_eq!(must(&t, "gpuslice_mig_device_memory_bytes", &labels), (40u64 << 30) as f64);
+    assert_eq!(must(&t, "gpuslice_mig_device_multiprocessors", &labels), 60.0);
+    assert!(!t.contains("gpuslice_slice_memory_limit_bytes{slice=\"mig0-1\""), "a MIG device is no guarded slice");
 }
 
 impl World {

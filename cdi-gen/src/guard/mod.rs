@@ -52,6 +52,7 @@ use anyhow::{Context, Result};
 use gpuslice_core::config::Config;
 use gpuslice_core::containers::{ContainerRecord, containers_dir};
 use gpuslice_core::limits::{self, Limits};
+use gpuslice_core::mig::MigInstance;
 use serde::Serialize;
 
 pub use self::driver::{Driver, NvmlDriver};
@@ -247,6 +248,11 @@ impl Guard {
         self.tally.add_pass(&snapshot, self.throttler.slices());
         self.tally.retain_containers(&records);
         self.log_errors(&snapshot.errors);
+        let migs: Vec<(Limits, MigInstance)> = limits
+            .iter()
+            .filter(|l| l.mode == gpuslice_core::config::Mode::Mig)
+            .filter_map(|l| MigInstance::load(&state_dir, &l.slice).map(|m| (l.clone(), m)))
+            .collect();
         let render0 = Instant::now();
         let pass_seconds = wall0.elapsed().as_secs_f64();
         self.latest.set(metrics::render(&metrics::View {
@@ -255,6 +261,7 @@ impl Guard {
             records: &records,
             tally: &self.tally,
             pass_seconds,
+            migs: &migs,
         }));
         tracing::trace!(render_us = render0.elapsed().as_micros() as u64, "metrics rendered");
         PassReport {

@@ -45,6 +45,8 @@ impl FakeDriver {
             minor: index,
             pci_bus_id: format!("00000000:0{index}:00.0"),
             mig_enabled: false,
+            sm_count: 132,
+            mig: Vec::new(),
         };
         let d = FakeDriver::default();
         d.with(|s| s.gpus = vec![gpu(0, UUID0), gpu(1, UUID1)]);

@@ -112,7 +112,9 @@ pub struct GpuConfig {
     /// `nvmlDeviceGetMigMode` answers `NVML_ERROR_NOT_SUPPORTED`.
     #[serde(default)]
     pub mig_mode: Option<bool>,
-    /// MIG instances (`[[gpu.mig]]`). Parsed and validated, not yet simulated.
+    /// MIG devices (`[[gpu.mig]]`): each a compute instance of a GPU instance, with its own
+    /// memory and SMs, reached through NVML's MIG handles and, for CUDA, by
+    /// `CUDA_VISIBLE_DEVICES=MIG-…` ([`crate::mig`]).
     #[serde(default)]
     pub mig: Vec<MigInstanceConfig>,
 }
@@ -129,6 +131,39 @@ pub struct MigInstanceConfig {
     pub memory: ByteSize,
     /// SMs of the instance.
     pub sm_count: u32,
+    /// The driver's GPU instance ID; the instance's position (from 1) when left out.
+    #[serde(default)]
+    pub gpu_instance_id: Option<u32>,
+    /// The compute instance's ID within its GPU instance.
+    #[serde(default)]
+    pub compute_instance_id: u32,
+}
+
+/// Most MIG devices one GPU has (an A100's or H100's seven 1g slices).
+pub const MAX_MIG_DEVICES: usize = 7;
+
+impl MigInstanceConfig {
+    /// The GPU instance ID of the device at `position` in its GPU's list.
+    pub fn gpu_instance_id(&self, position: usize) -> u32 {
+        self.gpu_instance_id.unwrap_or(position as u32 + 1)
+    }
+
+    /// `(GPU instance slices, compute instance slices)` from the profile: `3g.40gb` is (3, 3),
+    /// `1c.3g.40gb` is (3, 1). `None` for a profile not of that form.
+    pub fn slices(&self) -> Option<(u32, u32)> {
+        let parts: Vec<&str> = self.profile.split('.').collect();
+        let count =
+            |part: &str, unit: char| part.strip_suffix(unit)?.parse::<u32>().ok().filter(|n| (1..=7).contains(n));
+        let gb = |part: &str| part.strip_suffix("gb")?.parse::<u32>().ok();
+        match parts.as_slice() {
+            [g, m] if gb(m).is_some() => count(g, 'g').map(|g| (g, g)),
+            [c, g, m] if gb(m).is_some() => match (count(g, 'g'), count(c, 'c')) {
+                (Some(g), Some(c)) if c <= g => Some((g, c)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 fn default_pci_device_id() -> u32 {
@@ -339,8 +374,26 @@ impl FakeGpuConfig {
             if !gpu.mig.is_empty() && gpu.mig_mode != Some(true) {
                 return Err(at("MIG instances need mig_mode = true".into()));
             }
-            for mig in &gpu.mig {
+            if gpu.mig.len() > MAX_MIG_DEVICES {
+                return Err(at(format!("{} MIG devices, more than the {MAX_MIG_DEVICES} a GPU has", gpu.mig.len())));
+            }
+            let mut ids = HashSet::new();
+            for (position, mig) in gpu.mig.iter().enumerate() {
                 check_text(&mig.uuid, MAX_UUID_LEN, "mig uuid").map_err(at)?;
+                if mig.slices().is_none() {
+                    return Err(at(format!("mig profile `{}` must read like 3g.40gb or 1c.3g.40gb", mig.profile)));
+                }
+                if !ids.insert((mig.gpu_instance_id(position), mig.compute_instance_id)) {
+                    return Err(at(format!(
+                        "mig {}: GPU instance {} compute instance {} is used twice",
+                        mig.uuid,
+                        mig.gpu_instance_id(position),
+                        mig.compute_instance_id
+                    )));
+                }
+                if mig.memory.0 == 0 || mig.sm_count == 0 {
+                    return Err(at(format!("mig {} needs memory and sm_count", mig.uuid)));
+                }
                 if !mig.uuid.starts_with("MIG-") {
                     return Err(at(format!("mig uuid `{}` must start with MIG-", mig.uuid)));
                 }

@@ -58,8 +58,14 @@ impl HolderFile {
     /// The holders file of GPU `index` in `dir`, opened (and created) on first use in this
     /// process and kept open from then on.
     pub fn get(dir: &Path, index: u32) -> io::Result<&'static HolderFile> {
+        Self::get_named(dir, &format!("gpu{index}"))
+    }
+
+    /// The holders file `<stem>.holders` in `dir` (a MIG device's is `gpu<i>-mig<j>`), as
+    /// [`get`](Self::get).
+    pub fn get_named(dir: &Path, stem: &str) -> io::Result<&'static HolderFile> {
         static OPEN: Mutex<Vec<&'static HolderFile>> = Mutex::new(Vec::new());
-        let path = dir.join(format!("gpu{index}.holders"));
+        let path = dir.join(format!("{stem}.holders"));
         let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(found) = open.iter().find(|h| h.path == path) {
             return Ok(found);

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod cuda;
 pub mod holders;
+pub mod mig;
 pub mod nvml;
 pub mod state;
 pub mod timeline;

@@ -30,7 +30,9 @@ use gpuslice_cuda_abi::nvml::{
     nvmlValueType_t,
 };
 
-use crate::config::{ConfigError, GpuConfig, PciBusId};
+use gpuslice_cuda_abi::nvml::nvmlDeviceAttributes_t;
+
+use crate::config::{ConfigError, GpuConfig, MAX_MIG_DEVICES, MigInstanceConfig, PciBusId};
 use crate::state::{DeviceState, ProcessMemory, Simulator, StateError};
 use crate::timeline::DeviceTimeline;
 
@@ -140,6 +142,49 @@ fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static DeviceState, &'static Gp
         .ok_or(INVALID_ARGUMENT)
 }
 
+/// A MIG device a handle names: its memory, its config, its parent's index and config.
+struct Mig {
+    state: &'static DeviceState,
+    config: &'static MigInstanceConfig,
+    position: usize,
+    parent: u32,
+    gpu: &'static GpuConfig,
+}
+
+impl Mig {
+    fn gpu_instance_id(&self) -> c_uint {
+        self.config.gpu_instance_id(self.position)
+    }
+}
+
+/// The MIG device a handle names, if it names one.
+fn mig(handle: nvmlDevice_t) -> NvmlResult<Option<Mig>> {
+    let sim = initialized()?;
+    for (index, gpu) in (0u32..).zip(&sim.config().gpu) {
+        for (position, state) in sim.migs(index).iter().enumerate() {
+            if ptr::eq(handle_of(state), handle) {
+                return Ok(Some(Mig { state, config: &gpu.mig[position], position, parent: index, gpu }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The processes holding memory on a GPU, with the GPU and compute instance IDs of the MIG
+/// device they are on (`NO_INSTANCE` for the GPU itself).
+fn processes_with_instances(state: &DeviceState) -> NvmlResult<Vec<(ProcessMemory, c_uint, c_uint)>> {
+    let sim = initialized()?;
+    let mut out: Vec<_> = state.processes().into_iter().map(|p| (p, NO_INSTANCE, NO_INSTANCE)).collect();
+    let gpu = &sim.config().gpu[state.index() as usize];
+    for (position, mig) in sim.migs(state.index()).iter().enumerate() {
+        let config = &gpu.mig[position];
+        out.extend(
+            mig.processes().into_iter().map(|p| (p, config.gpu_instance_id(position), config.compute_instance_id)),
+        );
+    }
+    Ok(out)
+}
+
 /// The timeline of the GPU a handle names.
 fn timeline(handle: nvmlDevice_t) -> NvmlResult<&'static DeviceTimeline> {
     let (state, _) = device(handle)?;
@@ -227,8 +272,21 @@ unsafe fn get_str<'a>(s: *const c_char) -> NvmlResult<&'a str> {
 fn memory(state: &DeviceState, gpu: &GpuConfig) -> (u64, u64, u64, u64) {
     let total = state.total();
     let reserved = gpu.reserved_memory.0.min(total);
-    let used = state.used().min(total - reserved);
+    // A GPU in MIG mode: what its MIG devices hold is in use on it too.
+    let migs = Simulator::global().map_or(0, |sim| sim.migs(state.index()).iter().map(DeviceState::used).sum::<u64>());
+    let used = state.used().saturating_add(migs).min(total - reserved);
     (total, total - reserved - used, used, reserved)
+}
+
+/// [`memory`] of a GPU or a MIG device (whose memory is its own, with nothing reserved).
+fn any_memory(handle: nvmlDevice_t) -> NvmlResult<(u64, u64, u64, u64)> {
+    if let Some(m) = mig(handle)? {
+        let total = m.state.total();
+        let used = m.state.used().min(total);
+        return Ok((total, total - used, used, 0));
+    }
+    let (state, gpu) = device(handle)?;
+    Ok(memory(state, gpu))
 }
 
 /// nvml.h's `nvmlProcessDetailList_v1` and `nvmlProcessesUtilizationInfo_v1` (LP64).
@@ -255,11 +313,11 @@ const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
 ///
 /// `info_count` is null or valid for reads and writes; `infos` is null or writable for
 /// `*info_count` entries.
-unsafe fn put_processes<T>(
-    processes: &[ProcessMemory],
+unsafe fn put_processes<P, T>(
+    processes: &[P],
     info_count: *mut c_uint,
     infos: *mut T,
-    info: impl Fn(&ProcessMemory) -> T,
+    info: impl Fn(&P) -> T,
 ) -> NvmlResult {
     if info_count.is_null() {
         return Err(INVALID_ARGUMENT);
@@ -284,17 +342,12 @@ unsafe fn put_processes<T>(
     Ok(())
 }
 
-fn process_v1(p: &ProcessMemory) -> nvmlProcessInfo_v1_t {
+fn process_v1((p, _, _): &(ProcessMemory, c_uint, c_uint)) -> nvmlProcessInfo_v1_t {
     nvmlProcessInfo_v1_t { pid: p.pid, usedGpuMemory: p.bytes }
 }
 
-fn process_v2(p: &ProcessMemory) -> nvmlProcessInfo_v2_t {
-    nvmlProcessInfo_v2_t {
-        pid: p.pid,
-        usedGpuMemory: p.bytes,
-        gpuInstanceId: NO_INSTANCE,
-        computeInstanceId: NO_INSTANCE,
-    }
+fn process_v2((p, gi, ci): &(ProcessMemory, c_uint, c_uint)) -> nvmlProcessInfo_v2_t {
+    nvmlProcessInfo_v2_t { pid: p.pid, usedGpuMemory: p.bytes, gpuInstanceId: *gi, computeInstanceId: *ci }
 }
 
 fn pci_info(gpu: &GpuConfig) -> nvmlPciInfo_t {
@@ -463,24 +516,31 @@ exports! {
         unsafe { put(index, state.index()) }
     }
 
+    /// A MIG device's is its own `MIG-…` UUID.
     fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) {
-        let (_, gpu) = self::device(device)?;
+        let text = match mig(device)? {
+            Some(m) => m.config.uuid.clone(),
+            None => self::device(device)?.1.uuid.clone(),
+        };
         // SAFETY: null or writable for `length` bytes per the export's contract.
-        unsafe { put_str(uuid, length, &gpu.uuid) }
+        unsafe { put_str(uuid, length, &text) }
     }
 
+    /// A MIG device's is its parent's with ` MIG <profile>`.
     fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) {
-        let (_, gpu) = self::device(device)?;
+        let text = match mig(device)? {
+            Some(m) => format!("{} MIG {}", m.gpu.name, m.config.profile),
+            None => self::device(device)?.1.name.clone(),
+        };
         // SAFETY: null or writable for `length` bytes per the export's contract.
-        unsafe { put_str(name, length, &gpu.name) }
+        unsafe { put_str(name, length, &text) }
     }
 
     /// `used` is the shared counter every process adds to, plus the GPU's `reserved_memory`
     /// (the original struct has no field of its own for it, as on a real GPU);
     /// `free = total − used`.
     fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) {
-        let (state, gpu) = self::device(device)?;
-        let (total, free, used, reserved) = self::memory(state, gpu);
+        let (total, free, used, reserved) = any_memory(device)?;
         // SAFETY: null or writable per the export's contract.
         unsafe { put(memory, nvmlMemory_t { total, free, used: used + reserved }) }
     }
@@ -489,7 +549,7 @@ exports! {
     /// `used` (`total = reserved + used + free`); `version` must be `nvmlMemory_v2`
     /// (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise).
     fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) {
-        let (state, gpu) = self::device(device)?;
+        let (total, free, used, reserved) = any_memory(device)?;
         if memory.is_null() {
             return Err(INVALID_ARGUMENT);
         }
@@ -499,7 +559,6 @@ exports! {
         if version != MEMORY_V2_VERSION {
             return Err(ARGUMENT_VERSION_MISMATCH);
         }
-        let (total, free, used, reserved) = self::memory(state, gpu);
         let info = nvmlMemory_v2_t { version, total, reserved, free, used };
         // SAFETY: checked non-null above; writable per the export's contract.
         unsafe { put(memory, info) }
@@ -664,24 +723,29 @@ exports! {
     /// The processes holding memory on the device, by PID as this process's PID namespace
     /// names them (the host's PIDs, when asked from the host), each with all it holds
     /// (contexts included). Buffer rules: [`put_processes`].
+    /// On a GPU in MIG mode, its MIG devices' processes too, with their GPU and compute
+    /// instance IDs (`0xFFFFFFFF` for a process on the GPU itself).
     fn nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
         let (state, _) = self::device(device)?;
+        let processes = processes_with_instances(state)?;
         // SAFETY: the pointers are as the export's contract says, which is put_processes's.
-        unsafe { put_processes(&state.processes(), info_count, infos, process_v2) }
+        unsafe { put_processes(&processes, info_count, infos, process_v2) }
     }
 
     /// As `_v3`; the same struct (`nvmlProcessInfo_v2_t`).
     fn nvmlDeviceGetComputeRunningProcesses_v2(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v2_t) {
         let (state, _) = self::device(device)?;
+        let processes = processes_with_instances(state)?;
         // SAFETY: as for `_v3`.
-        unsafe { put_processes(&state.processes(), info_count, infos, process_v2) }
+        unsafe { put_processes(&processes, info_count, infos, process_v2) }
     }
 
     /// As `_v3`, with the original struct (`nvmlProcessInfo_v1_t`: pid and memory).
     fn nvmlDeviceGetComputeRunningProcesses(device: nvmlDevice_t, info_count: *mut c_uint, infos: *mut nvmlProcessInfo_v1_t) {
         let (state, _) = self::device(device)?;
+        let processes = processes_with_instances(state)?;
         // SAFETY: as for `_v3`.
-        unsafe { put_processes(&state.processes(), info_count, infos, process_v1) }
+        unsafe { put_processes(&processes, info_count, infos, process_v1) }
     }
 
     /// The simulated GPU runs no graphics: always none, with the same buffer rules.
@@ -718,15 +782,15 @@ exports! {
             return Err(ARGUMENT_VERSION_MISMATCH);
         }
         let processes = match list.mode {
-            PROCESS_MODE_COMPUTE => state.processes(),
+            PROCESS_MODE_COMPUTE => processes_with_instances(state)?,
             1..=PROCESS_MODE_MPS => Vec::new(),
             _ => return Err(INVALID_ARGUMENT),
         };
-        let detail = |p: &ProcessMemory| nvmlProcessDetail_v1_t {
+        let detail = |(p, gi, ci): &(ProcessMemory, c_uint, c_uint)| nvmlProcessDetail_v1_t {
             pid: p.pid,
             usedGpuMemory: p.bytes,
-            gpuInstanceId: NO_INSTANCE,
-            computeInstanceId: NO_INSTANCE,
+            gpuInstanceId: *gi,
+            computeInstanceId: *ci,
             usedGpuCcProtectedMemory: 0,
         };
         // SAFETY: the count and the array are the caller's, as put_processes's contract says.
@@ -842,6 +906,102 @@ exports! {
         // SAFETY: null or writable per the export's contract.
         unsafe { put(num_cores, gpu.cuda_cores()) }
     }
+
+    /// How many MIG device handles a GPU with MIG support may have (7, an H100's); a GPU
+    /// without: `NVML_ERROR_NOT_SUPPORTED`.
+    fn nvmlDeviceGetMaxMigDeviceCount(device: nvmlDevice_t, count: *mut c_uint) {
+        let (_, gpu) = self::device(device)?;
+        gpu.mig_mode.ok_or(NOT_SUPPORTED)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(count, MAX_MIG_DEVICES as c_uint) }
+    }
+
+    /// The MIG device at `index` (0 to the max count − 1): `NVML_ERROR_NOT_FOUND` for an
+    /// index with none, `NVML_ERROR_NOT_SUPPORTED` on a GPU with MIG mode off.
+    fn nvmlDeviceGetMigDeviceHandleByIndex(device: nvmlDevice_t, index: c_uint, mig_device: *mut nvmlDevice_t) {
+        let (state, gpu) = self::device(device)?;
+        if gpu.mig_mode != Some(true) {
+            return Err(NOT_SUPPORTED);
+        }
+        if index as usize >= MAX_MIG_DEVICES {
+            return Err(INVALID_ARGUMENT);
+        }
+        let migs = initialized()?.migs(state.index());
+        let handle = migs.get(index as usize).map(handle_of).ok_or(NOT_FOUND)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(mig_device, handle) }
+    }
+
+    fn nvmlDeviceIsMigDeviceHandle(device: nvmlDevice_t, is_mig_device: *mut c_uint) {
+        let is_mig = match mig(device)? {
+            Some(_) => 1,
+            None => self::device(device).map(|_| 0)?,
+        };
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(is_mig_device, is_mig) }
+    }
+
+    fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig_device: nvmlDevice_t, device: *mut nvmlDevice_t) {
+        let m = mig(mig_device)?.ok_or(INVALID_ARGUMENT)?;
+        let parent = initialized()?.device(m.parent).map(handle_of).ok_or(UNKNOWN)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(device, parent) }
+    }
+
+    /// A MIG device's GPU instance ID; a whole GPU's handle: `NVML_ERROR_NOT_SUPPORTED`.
+    fn nvmlDeviceGetGpuInstanceId(device: nvmlDevice_t, id: *mut c_uint) {
+        let m = mig_or_not_supported(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(id, m.gpu_instance_id()) }
+    }
+
+    /// A MIG device's compute instance ID; a whole GPU's handle: `NVML_ERROR_NOT_SUPPORTED`.
+    fn nvmlDeviceGetComputeInstanceId(device: nvmlDevice_t, id: *mut c_uint) {
+        let m = mig_or_not_supported(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(id, m.config.compute_instance_id) }
+    }
+
+    /// A MIG device's SMs, slices and memory; a whole GPU's SMs, its 7 slices and memory.
+    fn nvmlDeviceGetAttributes_v2(device: nvmlDevice_t, attributes: *mut nvmlDeviceAttributes_t) {
+        let answer = attributes_of(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(attributes, answer) }
+    }
+
+    /// The original call, the same struct.
+    fn nvmlDeviceGetAttributes(device: nvmlDevice_t, attributes: *mut nvmlDeviceAttributes_t) {
+        let answer = attributes_of(device)?;
+        // SAFETY: null or writable per the export's contract.
+        unsafe { put(attributes, answer) }
+    }
+}
+
+/// The MIG device a handle names; a GPU's handle is `NOT_SUPPORTED`, anything else
+/// `INVALID_ARGUMENT`.
+fn mig_or_not_supported(handle: nvmlDevice_t) -> NvmlResult<Mig> {
+    match mig(handle)? {
+        Some(m) => Ok(m),
+        None => device(handle).and(Err(NOT_SUPPORTED)),
+    }
+}
+
+/// `nvmlDeviceGetAttributes_v2`'s answer for a GPU or a MIG device.
+fn attributes_of(handle: nvmlDevice_t) -> NvmlResult<nvmlDeviceAttributes_t> {
+    let (sms, (gi, ci), bytes) = match mig(handle)? {
+        Some(m) => (m.config.sm_count, m.config.slices().unwrap_or((1, 1)), m.config.memory.0),
+        None => {
+            let (_, gpu) = device(handle)?;
+            (gpu.sm_count, (MAX_MIG_DEVICES as c_uint, MAX_MIG_DEVICES as c_uint), gpu.memory.0)
+        }
+    };
+    Ok(nvmlDeviceAttributes_t {
+        multiprocessorCount: sms,
+        gpuInstanceSliceCount: gi,
+        computeInstanceSliceCount: ci,
+        memorySizeMB: bytes >> 20,
+        ..nvmlDeviceAttributes_t::default()
+    })
 }
 
 /// A static description of `result`; unknown codes read "Unknown Error".

@@ -38,7 +38,7 @@ use gpuslice_core::shm::atomic::{AtomicU64, Ordering};
 use gpuslice_core::shm::lock::{self, RangeLock};
 use gpuslice_core::shm::{Mapping, ShmError};
 
-use crate::config::{ConfigError, FakeGpuConfig};
+use crate::config::{ConfigError, FakeGpuConfig, GpuConfig};
 use crate::holders::{self, HolderFile};
 use crate::timeline::DeviceTimeline;
 
@@ -186,14 +186,20 @@ impl DeviceState {
     /// Open GPU `index`'s state in `dir`, creating both (with nothing used) if they do not
     /// exist. Safe against other processes doing the same at the same time.
     pub fn open(dir: &Path, index: u32, total_bytes: u64) -> Result<Self, StateError> {
+        Self::open_named(dir, &format!("gpu{index}"), index, total_bytes)
+    }
+
+    /// As [`open`](Self::open), for the state `<stem>.state` of GPU `index` (a MIG device's
+    /// memory is its own: `gpu<index>-mig<position>`).
+    pub fn open_named(dir: &Path, stem: &str, index: u32, total_bytes: u64) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let path = dir.join(format!("gpu{index}.state"));
+        let path = dir.join(format!("{stem}.state"));
         // Every process using the simulated GPU writes here, as every process may open a
         // real GPU's device nodes.
         let map = Mapping::<StateFile>::open_or_create(&path, 0o666, |f| {
             f.header.store(&HeaderValues::new(index, total_bytes));
         })?;
-        let holders = HolderFile::get(dir, index).ok();
+        let holders = HolderFile::get_named(dir, stem).ok();
         let state = Self { map, index, total: total_bytes, mine: Mutex::new(None), holders };
         state.check_header(index, total_bytes)?;
         Ok(state)
@@ -423,6 +429,22 @@ pub struct Simulator {
     state_dir: PathBuf,
     devices: Vec<DeviceState>,
     timelines: Vec<DeviceTimeline>,
+    /// Each GPU's MIG devices' memory, in the config's order.
+    migs: Vec<Vec<DeviceState>>,
+    /// The devices CUDA enumerates in this process (`CUDA_VISIBLE_DEVICES`), by ordinal.
+    cuda: Vec<CudaDevice>,
+}
+
+/// A device as CUDA sees it: a whole GPU, or a MIG device with its own memory and SMs.
+#[derive(Debug, Clone)]
+pub struct CudaDevice {
+    /// The GPU as CUDA reports it; for a MIG device its parent's with the instance's UUID,
+    /// name, memory and SMs.
+    pub gpu: GpuConfig,
+    /// The NVML index of the GPU (the parent of a MIG device).
+    pub parent: u32,
+    /// The MIG device's position in its parent's `[[gpu.mig]]` list.
+    pub mig: Option<usize>,
 }
 
 impl Simulator {
@@ -455,7 +477,50 @@ impl Simulator {
             .collect::<Result<_, _>>()?;
         let timelines =
             (0..devices.len() as u32).map(|index| DeviceTimeline::open(&state_dir, index)).collect::<Result<_, _>>()?;
-        Ok(Self { config_path, config, state_dir, devices, timelines })
+        let migs = config
+            .gpu
+            .iter()
+            .zip(0u32..)
+            .map(|(gpu, index)| {
+                gpu.mig
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| DeviceState::open_named(&state_dir, &format!("gpu{index}-mig{j}"), index, m.memory.0))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let visible = std::env::var(crate::mig::VISIBLE_ENV).ok();
+        let cuda = crate::mig::cuda_devices(&config, visible.as_deref());
+        Ok(Self { config_path, config, state_dir, devices, timelines, migs, cuda })
+    }
+
+    /// GPU `index`'s MIG devices' memory, in the config's order.
+    pub fn migs(&self, index: u32) -> &[DeviceState] {
+        self.migs.get(index as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The devices CUDA enumerates, by ordinal.
+    pub fn cuda_devices(&self) -> &[CudaDevice] {
+        &self.cuda
+    }
+
+    /// CUDA device `ordinal` as CUDA reports it.
+    pub fn cuda_gpu(&self, ordinal: u32) -> Option<&GpuConfig> {
+        self.cuda.get(ordinal as usize).map(|d| &d.gpu)
+    }
+
+    /// The memory of CUDA device `ordinal`: its GPU's, or its MIG device's own.
+    pub fn cuda_state(&self, ordinal: u32) -> Option<&DeviceState> {
+        let d = self.cuda.get(ordinal as usize)?;
+        match d.mig {
+            None => self.device(d.parent),
+            Some(j) => self.migs(d.parent).get(j),
+        }
+    }
+
+    /// The timeline CUDA device `ordinal`'s work runs on: its GPU's.
+    pub fn cuda_timeline(&self, ordinal: u32) -> Option<&DeviceTimeline> {
+        self.timeline(self.cuda.get(ordinal as usize)?.parent)
     }
 
     pub fn config_path(&self) -> &Path {

@@ -97,7 +97,7 @@ pub(crate) fn get(reg: &Registry, ctx: Handle) -> CuResult<&Context> {
 /// The memory of the live context `ctx`'s device.
 pub(crate) fn device_state(reg: &Registry, ctx: Handle) -> CuResult<&'static crate::state::DeviceState> {
     let device = get(reg, ctx)?.device;
-    super::driver()?.sim.device(device).ok_or(INVALID_CONTEXT)
+    super::driver()?.sim.cuda_state(device).ok_or(INVALID_CONTEXT)
 }
 
 /// The top of the stack without checking it: what `cuCtxGetCurrent` reports.

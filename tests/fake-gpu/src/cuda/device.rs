@@ -18,17 +18,18 @@ pub const PCI_DOMAIN_ID: c_int = 50;
 /// GPU `device`'s config and state; `CUDA_ERROR_INVALID_DEVICE` for an unknown ordinal.
 pub fn gpu(sim: &Simulator, device: CUdevice) -> CuResult<(&GpuConfig, &DeviceState)> {
     let index = u32::try_from(device).map_err(|_| INVALID_DEVICE)?;
-    let state = sim.device(index).ok_or(INVALID_DEVICE)?;
-    Ok((&sim.config().gpu[index as usize], state))
+    let state = sim.cuda_state(index).ok_or(INVALID_DEVICE)?;
+    Ok((sim.cuda_gpu(index).ok_or(INVALID_DEVICE)?, state))
 }
 
-/// `cuDeviceGet`: ordinals are the config's indices.
+/// `cuDeviceGet`: ordinals are the config's indices, or as `CUDA_VISIBLE_DEVICES` lists them
+/// ([`crate::mig`]).
 pub fn get(sim: &Simulator, ordinal: c_int) -> CuResult<CUdevice> {
     gpu(sim, ordinal).map(|_| ordinal)
 }
 
 pub fn count(sim: &Simulator) -> c_int {
-    c_int::try_from(sim.devices().len()).unwrap_or(c_int::MAX)
+    c_int::try_from(sim.cuda_devices().len()).unwrap_or(c_int::MAX)
 }
 
 /// `cuDeviceGetPCIBusId`'s form, `domain:bus:device.function` with a 4-digit domain.

@@ -250,7 +250,8 @@ fn map_memory(reg: &mut Registry, sim: &'static Simulator, exec: Handle) -> CuRe
     let e = reg.graphs.execs.get(&exec).ok_or(INVALID_VALUE)?;
     let bytes = exec_bytes(reg, &e.nodes);
     let device = context::get(reg, e.ctx)?.device;
-    reg.graph_memory.map(&sim.devices()[device as usize], device, exec, bytes)
+    let state = sim.cuda_state(device).ok_or(INVALID_VALUE)?;
+    reg.graph_memory.map(state, device, exec, bytes)
 }
 
 /// `cuGraphUpload`: maps the graph's memory (on a capturing stream, nothing happens).

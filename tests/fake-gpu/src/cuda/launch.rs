@@ -131,7 +131,7 @@ pub(crate) fn device_of(reg: &Registry, q: Queue) -> u32 {
 
 /// The timeline of GPU `device`.
 pub(crate) fn device_timeline(sim: &'static Simulator, device: u32) -> &'static DeviceTimeline {
-    sim.timeline(device).expect("a context's device is one of the machine's GPUs")
+    sim.cuda_timeline(device).expect("a context's device is one of CUDA's devices")
 }
 
 /// Run work of `durations` one after the other on `q`, none of it before `after`, each piece
@@ -220,9 +220,9 @@ struct Resolved {
 impl Launch {
     /// The function in `ctx` and its duration, if `ctx` has it and GPU `device` can run it.
     fn resolve(&self, reg: &mut Registry, sim: &'static Simulator, ctx: Handle, device: u32) -> CuResult<Resolved> {
-        let (function, kind) = reg.modules.resolve(self.function, ctx, sim.device(device))?;
+        let (function, kind) = reg.modules.resolve(self.function, ctx, sim.cuda_state(device))?;
         self.shape.check()?;
-        let sm_count = sim.config().gpu.get(device as usize).map_or(0, |g| g.sm_count);
+        let sm_count = sim.cuda_gpu(device).map_or(0, |g| g.sm_count);
         if self.cooperative && self.shape.blocks() > self.shape.co_resident_blocks(sm_count) {
             return Err(COOPERATIVE_LAUNCH_TOO_LARGE);
         }
@@ -264,7 +264,7 @@ pub(crate) fn launch_multi_device(launches: &[(Launch, CUstream)], flags: u32) -
     let d = super::driver()?;
     let mut reg = d.lock();
     if launches.is_empty()
-        || launches.len() > d.sim.devices().len()
+        || launches.len() > d.sim.cuda_devices().len()
         || flags & !(NO_PRE_LAUNCH_SYNC | NO_POST_LAUNCH_SYNC) != 0
     {
         return Err(INVALID_VALUE);

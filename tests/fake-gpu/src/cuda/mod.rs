@@ -142,10 +142,10 @@ impl Driver {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// GPU `index`'s shared state.
+    /// CUDA device `index`'s shared memory state (a MIG device's own).
     pub fn device(&self, index: u32) -> &'static DeviceState {
         let sim: &'static Simulator = self.sim;
-        &sim.devices()[index as usize]
+        sim.cuda_state(index).expect("a CUDA device ordinal the driver handed out")
     }
 }
 
@@ -178,11 +178,11 @@ pub(crate) fn init(flags: u32) -> CuResult {
     if let Some(name) = &sim.config().cuda_init_error {
         return Err(error::code_by_name(name).unwrap_or(error::UNKNOWN));
     }
-    if sim.devices().is_empty() {
+    if sim.cuda_devices().is_empty() {
         return Err(error::NO_DEVICE);
     }
     DRIVER.get_or_init(|| {
-        let devices = sim.devices().len();
+        let devices = sim.cuda_devices().len();
         let registry = Registry {
             contexts: context::Contexts::new(devices),
             memory: memory::Memory::new(devices),
