@@ -68,8 +68,11 @@ impl Snapshot {
 pub fn resource_for(k8s: &KubernetesConfig, limits: &Limits) -> String {
     match (limits.mode, k8s.resources) {
         (Mode::None, _) => k8s.gpu_resource.clone(),
-        (Mode::Shim, ResourceNaming::Single) => k8s.resource.clone(),
-        (Mode::Shim, ResourceNaming::BySize) => format!("{}-{}", k8s.resource, size_suffix(limits.memory_bytes)),
+        // A MIG device is a slice of a fixed size, advertised as one.
+        (Mode::Shim | Mode::Mig, ResourceNaming::Single) => k8s.resource.clone(),
+        (Mode::Shim | Mode::Mig, ResourceNaming::BySize) => {
+            format!("{}-{}", k8s.resource, size_suffix(limits.memory_bytes))
+        }
     }
 }
 
