@@ -51,6 +51,7 @@ packages: release
 	strip -s -o $(PKG_STAGE)/gpuslice-cdi target/release/gpuslice-cdi
 	strip -s -o $(PKG_STAGE)/gpuslice-hook $(HOOK)
 	strip -s -o $(PKG_STAGE)/gpuslice-runtime target/release/gpuslice-runtime
+	strip -s -o $(PKG_STAGE)/gpuslice-device-plugin target/release/gpuslice-device-plugin
 	strip -s -o $(PKG_STAGE)/libgpuslice.so target/release/libgpuslice.so
 	for m in packaging/man/*.8; do gzip -9n -c $$m > $(PKG_STAGE)/$${m##*/}.gz; done
 	$(CARGO) deb -p gpuslice-cdi --no-build --no-strip

@@ -21,13 +21,17 @@ if echo '{"annotations":{"gpuslice.dev/slices":"slice0"}}' | gpuslice-runtime pr
     exit 1
 fi
 grep -q 'run gpuslice-cdi generate' /tmp/runtime-err
-for page in gpuslice-cdi gpuslice-hook gpuslice-runtime; do test -s "/usr/share/man/man8/$page.8.gz"; done
+gpuslice-device-plugin --help >/dev/null
+for page in gpuslice-cdi gpuslice-hook gpuslice-runtime gpuslice-device-plugin; do test -s "/usr/share/man/man8/$page.8.gz"; done
 gpuslice-cdi setup podman
 test -d /run/gpuslice
 dpkg-query -W -f='${Conffiles}\n' gpuslice | grep -q /etc/gpuslice/config.toml
 test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.service
 test -L /etc/systemd/system/multi-user.target.wants/gpuslice-generate.path
 test -L /etc/systemd/system/multi-user.target.wants/gpuslice.service
+# The device plugin's unit is installed for kubelet-managed nodes, not enabled.
+test -f /usr/lib/systemd/system/gpuslice-device-plugin.service
+test ! -e /etc/systemd/system/multi-user.target.wants/gpuslice-device-plugin.service
 gpuslice-cdi daemon --help >/dev/null
 # A spec "generated" earlier goes away on removal.
 mkdir -p /var/run/cdi && echo 'stale' >/var/run/cdi/gpuslice.yaml

@@ -81,12 +81,14 @@ else
     if grep -q ' 0 errors' "$T/rpmlint"; then ok rpmlint; else cat "$T/rpmlint"; bad rpmlint "errors above"; fi
 fi
 
-FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/bin/gpuslice-runtime /usr/lib/gpuslice/libgpuslice.so
+FILES=(/usr/bin/gpuslice-cdi /usr/bin/gpuslice-hook /usr/bin/gpuslice-runtime /usr/bin/gpuslice-device-plugin
+    /usr/lib/gpuslice/libgpuslice.so
     /etc/gpuslice/config.toml /usr/share/containers/oci/hooks.d/gpuslice.json
     /usr/lib/systemd/system/gpuslice-generate.service /usr/lib/systemd/system/gpuslice-generate.path
-    /usr/lib/systemd/system/gpuslice.service
+    /usr/lib/systemd/system/gpuslice.service /usr/lib/systemd/system/gpuslice-device-plugin.service
     /usr/lib/tmpfiles.d/gpuslice.conf /usr/lib/udev/rules.d/71-gpuslice.rules
     /usr/share/man/man8/gpuslice-cdi.8.gz /usr/share/man/man8/gpuslice-hook.8.gz /usr/share/man/man8/gpuslice-runtime.8.gz
+    /usr/share/man/man8/gpuslice-device-plugin.8.gz
     /usr/share/gpuslice/grafana/gpuslice-dashboard.json)
 
 # rpm-query
@@ -102,7 +104,8 @@ else
     rpm -qp --scripts "$RPM" >"$T/scripts" 2>/dev/null
     for want in 'postinstall scriptlet' 'systemctl enable gpuslice-generate.service' 'preuninstall scriptlet' \
         'disable --now gpuslice.service gpuslice-generate.path gpuslice-generate.service' 'gpuslice.yaml' \
-        'rm -rf /run/gpuslice' 'gpuslice-generate.path gpuslice.service' 'systemctl try-restart gpuslice.service'; do
+        'rm -rf /run/gpuslice' 'gpuslice-generate.path gpuslice.service' 'systemctl try-restart gpuslice.service' \
+        'disable --now gpuslice-device-plugin.service'; do
         grep -qF -- "$want" "$T/scripts" || why+=" scripts lack '$want';"
     done
     # The hook in the package is the static one.

@@ -24,6 +24,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+mod kubelet;
+
 #[derive(Debug, Default)]
 struct Args {
     socket: PathBuf,
@@ -33,6 +35,8 @@ struct Args {
     pod_annotations: Vec<(String, String)>,
     envs: Vec<(String, String)>,
     mounts: Vec<(String, String, bool)>,
+    /// Device nodes: host path, container path, cgroup permissions (`rwm`).
+    devices: Vec<(String, String, String)>,
     timeout: Duration,
     image: String,
     command: Vec<String>,
@@ -44,9 +48,11 @@ fn key_value(flag: &str, v: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{flag} {v}: expected KEY=VALUE"))
 }
 
-fn parse_args() -> Result<Args, String> {
+/// Parses the run's options; with `kubelet`, also the kubelet's (`kubelet::Options::option`),
+/// and the image and command become optional (without them the kubelet stops after Allocate).
+fn parse_args(args: Vec<String>, mut kubelet: Option<&mut kubelet::Options>) -> Result<Args, String> {
     let mut a = Args { timeout: Duration::from_secs(60), ..Args::default() };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     let mut positional = Vec::new();
     while let Some(arg) = it.next() {
         if arg == "--" {
@@ -74,11 +80,15 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--timeout" => a.timeout = Duration::from_secs(value.parse().map_err(|_| format!("--timeout {value}"))?),
-            _ => return Err(format!("unknown option {arg}")),
+            _ => match kubelet.as_deref_mut() {
+                Some(k) => k.option(&arg, value)?,
+                None => return Err(format!("unknown option {arg}")),
+            },
         }
     }
     match positional.as_slice() {
         [image] => a.image = image.clone(),
+        [] if kubelet.is_some() && a.command.is_empty() => return Ok(a),
         _ => return Err("expected one IMAGE before --".to_owned()),
     }
     if a.socket.as_os_str().is_empty() || a.command.is_empty() {
@@ -87,16 +97,21 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
-    let channel = Endpoint::try_from("http://[::]:50051")
+/// A gRPC channel over a unix socket (the CRI runtime's, or a device plugin's).
+async fn unix_channel(socket: PathBuf) -> Result<Channel, String> {
+    let shown = socket.display().to_string();
+    Endpoint::try_from("http://[::]:50051")
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
         }))
         .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    Ok(RuntimeServiceClient::new(channel))
+        .map_err(|e| format!("connecting to {shown}: {e}"))
+}
+
+async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
+    Ok(RuntimeServiceClient::new(unix_channel(socket).await?))
 }
 
 fn cri_error(call: &str, status: &tonic::Status) -> String {
@@ -192,6 +207,15 @@ async fn run_container(
                 ..Mount::default()
             })
             .collect(),
+        devices: a
+            .devices
+            .iter()
+            .map(|(host, container, permissions)| Device {
+                host_path: host.clone(),
+                container_path: container.clone(),
+                permissions: permissions.clone(),
+            })
+            .collect(),
         annotations: a.annotations.iter().cloned().collect(),
         log_path: "probe.log".to_owned(),
         cdi_devices: a.cdi_devices.iter().map(|name| CdiDevice { name: name.clone() }).collect(),
@@ -247,7 +271,12 @@ async fn start_and_wait(rt: &mut RuntimeServiceClient<Channel>, a: &Args, id: &s
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut kubelet_options = (argv.first().map(String::as_str) == Some("kubelet")).then(|| {
+        argv.remove(0);
+        kubelet::Options::default()
+    });
+    let args = match parse_args(argv, kubelet_options.as_mut()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("gpuslice-cri-client: {e}");
@@ -261,7 +290,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = match kubelet_options {
+        Some(options) => runtime.block_on(kubelet::run(options, args)),
+        None => runtime.block_on(run(args)),
+    };
+    match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("{e}");
