@@ -14,6 +14,7 @@
 pub mod discover;
 pub mod engines;
 pub mod guard;
+pub mod mig;
 pub mod mps;
 pub mod setup;
 pub mod spec;

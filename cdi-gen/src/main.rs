@@ -140,6 +140,24 @@ enum Command {
         #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
         metrics: Option<MetricsAddr>,
     },
+    /// MIG geometry: `mig apply` creates each [[gpu]] mig_layout through NVML.
+    Mig {
+        #[command(subcommand)]
+        action: MigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigCommand {
+    /// Make each [[gpu]] mig_layout the GPU's MIG instances (destroying unused ones that differ;
+    /// never toggling MIG mode); then run generate to publish them.
+    Apply {
+        #[command(flatten)]
+        common: Common,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `--metrics`: an address, or off.
@@ -257,6 +275,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: std::time::Duration::from_secs_f64(interval),
                 once,
             })
+        }
+        Command::Mig { action: MigCommand::Apply { common, dry_run } } => {
+            for line in gpuslice_cdi::mig::apply(&common.sources(), dry_run)? {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Validate { file } => {
             let spec = gpuslice_cdi::validate_file(&file)?;

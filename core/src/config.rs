@@ -379,6 +379,10 @@ pub struct GpuOverride {
     pub memory_policy: Option<GuardPolicy>,
     /// Explicit slices, instead of an equal split.
     pub slices: Option<Vec<SliceConfig>>,
+    /// Mode `mig`: the GPU instances `gpuslice-cdi mig apply` creates (profile names as
+    /// `nvidia-smi mig -lgip` prints them, e.g. `"3g.40gb"`), each with its default compute
+    /// instance ([`crate::mig::check_layout`]).
+    pub mig_layout: Option<Vec<String>>,
 }
 
 /// One explicit slice.
@@ -942,7 +946,18 @@ fn is_mig_name(name: &str) -> bool {
 /// instances' sizes are the hardware's (`nvidia-smi mig`), and nothing is left to enforce.
 fn check_mig_keys(i: usize, g: &GpuOverride, default_mode: Mode) -> Result<(), ConfigError> {
     if g.mode.unwrap_or(default_mode) != Mode::Mig {
-        return Ok(());
+        return match &g.mig_layout {
+            Some(layout) => Err(ConfigError::invalid(
+                format!("gpu[{i}].mig_layout"),
+                format!("[{} instances]", layout.len()),
+                "applies only to a GPU in mode \"mig\"",
+            )),
+            None => Ok(()),
+        };
+    }
+    if let Some(layout) = &g.mig_layout {
+        crate::mig::check_layout(layout)
+            .map_err(|(key, value, reason)| ConfigError::invalid(format!("gpu[{i}].mig_layout{key}"), value, reason))?;
     }
     let set = [
         ("split_count", g.split_count.map(|n| n.to_string())),

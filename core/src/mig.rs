@@ -232,6 +232,93 @@ pub fn driver_mig_minors(gpus: u32) -> String {
     text
 }
 
+/// Most GPU instances one GPU has (an A100's or H100's seven 1g instances).
+pub const MAX_GPU_INSTANCES: usize = 7;
+
+/// `(slices, GB)` of a GPU instance profile name as `nvidia-smi mig -lgip` prints it
+/// (`3g.40gb` is (3, 40)); `None` for anything else.
+pub fn parse_gpu_instance_profile(name: &str) -> Option<(u32, u32)> {
+    let (g, m) = name.split_once('.')?;
+    let slices = g.strip_suffix('g')?;
+    let gb = m.strip_suffix("gb")?;
+    let digits = |t: &str| !t.is_empty() && t.len() <= 4 && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(slices) || !digits(gb) {
+        return None;
+    }
+    let (slices, gb) = (slices.parse().ok()?, gb.parse().ok()?);
+    ((1..=8).contains(&slices) && gb > 0).then_some((slices, gb))
+}
+
+/// Checks a `mig_layout` without the GPU: 1 to [`MAX_GPU_INSTANCES`] well-formed profile
+/// names. Whether the GPU has each profile, and room for all of them, is known only to its
+/// driver (`gpuslice-cdi mig apply`). The error is `(key suffix, value, reason)`.
+pub fn check_layout(layout: &[String]) -> Result<(), (String, String, String)> {
+    if layout.is_empty() || layout.len() > MAX_GPU_INSTANCES {
+        return Err((
+            String::new(),
+            format!("[{} instances]", layout.len()),
+            format!("must list 1 to {MAX_GPU_INSTANCES} GPU instance profiles, e.g. [\"3g.40gb\", \"1g.10gb\"]"),
+        ));
+    }
+    for (j, name) in layout.iter().enumerate() {
+        if parse_gpu_instance_profile(name).is_none() {
+            let shown: String = name.chars().take(32).collect();
+            return Err((
+                format!("[{j}]"),
+                format!("{shown:?}"),
+                "is not a GPU instance profile as nvidia-smi mig -lgip prints it, e.g. \"3g.40gb\"".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A GPU instance profile a GPU offers, as its driver describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInstanceProfile {
+    /// The profile's name, [`profile_name`] of its slices and memory.
+    pub name: String,
+    /// The driver's profile ID (`nvmlGpuInstanceProfileInfo_t.id`), what creation takes.
+    pub id: u32,
+    pub slices: u32,
+    pub memory_bytes: u64,
+    /// Where an instance of it may start, and how many memory slices it then takes.
+    pub placements: Vec<(u32, u32)>,
+}
+
+/// Places `wanted` (indices into `profiles`) on an empty GPU: a placement for each, in the
+/// same order, no two overlapping; `None` when they do not fit together. Largest first, then
+/// the first placement that leaves the rest room (a search: at most 7 instances of at most 8
+/// placements each).
+pub fn place(profiles: &[GpuInstanceProfile], wanted: &[usize]) -> Option<Vec<(u32, u32)>> {
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(profiles[wanted[k]].slices));
+    let mut chosen = vec![(0, 0); wanted.len()];
+    fn search(
+        profiles: &[GpuInstanceProfile],
+        wanted: &[usize],
+        order: &[usize],
+        used: u64,
+        chosen: &mut [(u32, u32)],
+    ) -> bool {
+        let Some((&k, rest)) = order.split_first() else { return true };
+        for &(start, size) in &profiles[wanted[k]].placements {
+            if start >= 64 || size == 0 || size > 64 - start {
+                continue;
+            }
+            let mask = (u64::MAX >> (64 - size)) << start;
+            if used & mask == 0 {
+                chosen[k] = (start, size);
+                if search(profiles, wanted, rest, used | mask, chosen) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    search(profiles, wanted, &order, 0, &mut chosen).then_some(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +386,46 @@ mod tests {
         assert_eq!(MigInstance::parse(&m.render().replace("profile=3g.40gb", "profile=a b")), None);
         assert_eq!(MigInstance::parse("garbage"), None);
         assert_eq!(MigInstance::load(dir.path(), "mig0-2"), None);
+    }
+
+    #[test]
+    fn layouts_are_checked_without_the_gpu() {
+        let layout = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert_eq!(check_layout(&layout(&["3g.40gb", "2g.20gb", "1g.10gb"])), Ok(()));
+        assert_eq!(parse_gpu_instance_profile("7g.80gb"), Some((7, 80)));
+        for bad in ["3g40gb", "1c.3g.40gb", "3g.40GB", "g.40gb", "3g.gb", "9g.90gb", "0g.1gb", "3g.0gb", "-1g.10gb"] {
+            let (key, value, reason) = check_layout(&layout(&["1g.10gb", bad])).unwrap_err();
+            assert_eq!(key, "[1]", "{bad}");
+            assert!(value.contains(bad) && reason.contains("nvidia-smi mig -lgip"), "{bad}: {reason}");
+        }
+        assert!(check_layout(&[]).unwrap_err().2.contains("1 to 7"));
+        assert!(check_layout(&layout(&["1g.10gb"; 8])).is_err());
+    }
+
+    fn h100() -> Vec<GpuInstanceProfile> {
+        let p = |name: &str, slices, placements: &[(u32, u32)]| GpuInstanceProfile {
+            name: name.into(),
+            id: slices,
+            slices,
+            memory_bytes: 0,
+            placements: placements.to_vec(),
+        };
+        vec![
+            p("1g.10gb", 1, &[(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]),
+            p("2g.20gb", 2, &[(0, 2), (2, 2), (4, 2)]),
+            p("3g.40gb", 3, &[(4, 4), (0, 4)]),
+            p("7g.80gb", 7, &[(0, 8)]),
+        ]
+    }
+
+    #[test]
+    fn placement_searches_past_a_greedy_dead_end() {
+        // 3g first at 4..8 leaves 0..4 for 2g and two 1g.
+        assert_eq!(place(&h100(), &[0, 1, 2, 0]), Some(vec![(2, 1), (0, 2), (4, 4), (3, 1)]));
+        assert_eq!(place(&h100(), &[2, 2]), Some(vec![(4, 4), (0, 4)]));
+        assert_eq!(place(&h100(), &[2, 2, 0]), None, "two 3g take all 8 memory slices");
+        assert_eq!(place(&h100(), &[3, 0]), None);
+        assert_eq!(place(&h100(), &[0; 7]).map(|p| p.len()), Some(7));
     }
 
     #[test]

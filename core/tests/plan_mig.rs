@@ -120,3 +120,17 @@ fn mig_names_are_reserved() {
         Config::parse("[[gpu]]\nindex = 0\nslices = [{ name = \"mig-ish\", memory = \"1GiB\", cores = 10 }]").is_ok()
     );
 }
+
+#[test]
+fn mig_layout_is_checked_and_only_for_a_mig_gpu() {
+    let ok = "[[gpu]]\nindex = 0\nmode = \"mig\"\nmig_layout = [\"3g.40gb\", \"2g.20gb\"]";
+    assert_eq!(Config::parse(ok).unwrap().gpus[0].mig_layout.as_deref().map(<[String]>::len), Some(2));
+    let e = Config::parse("[[gpu]]\nindex = 0\nmode = \"mig\"\nmig_layout = [\"3g.40gb\", \"3c.40gb\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gpu[0].mig_layout[1]") && e.contains("3c.40gb") && !e.contains('\n'), "{e}");
+    let e = Config::parse("[[gpu]]\nindex = 0\nmode = \"shim\"\nmig_layout = [\"3g.40gb\"]").unwrap_err().to_string();
+    assert!(e.contains("gpu[0].mig_layout") && e.contains("only to a GPU in mode \"mig\""), "{e}");
+    let e = Config::parse("[[gpu]]\nindex = 0\nmode = \"mig\"\nmig_layout = []").unwrap_err().to_string();
+    assert!(e.contains("gpu[0].mig_layout") && e.contains("1 to 7"), "{e}");
+}

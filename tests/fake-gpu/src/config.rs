@@ -114,7 +114,9 @@ pub struct GpuConfig {
     pub mig_mode: Option<bool>,
     /// MIG devices (`[[gpu.mig]]`): each a compute instance of a GPU instance, with its own
     /// memory and SMs, reached through NVML's MIG handles and, for CUDA, by
-    /// `CUDA_VISIBLE_DEVICES=MIG-…` ([`crate::mig`]).
+    /// `CUDA_VISIBLE_DEVICES=MIG-…` ([`crate::mig`]). Once a process creates or destroys an
+    /// instance through NVML, the geometry persisted in the state directory replaces this list
+    /// ([`crate::geometry`]).
     #[serde(default)]
     pub mig: Vec<MigInstanceConfig>,
 }

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod cuda;
+pub mod geometry;
 pub mod holders;
 pub mod mig;
 pub mod mps;

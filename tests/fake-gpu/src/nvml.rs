@@ -1010,6 +1010,8 @@ pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
     RETURN_CODES.iter().find(|(code, _, _)| *code == result).map_or(c"Unknown Error", |(_, _, text)| text).as_ptr()
 }
 
+mod mig_geometry;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,7 +190,7 @@ impl DeviceState {
     }
 
     /// As [`open`](Self::open), for the state `<stem>.state` of GPU `index` (a MIG device's
-    /// memory is its own: `gpu<index>-mig<position>`).
+    /// memory is its own: `gpu<index>-gi<id>-ci<id>-<bytes>`).
     pub fn open_named(dir: &Path, stem: &str, index: u32, total_bytes: u64) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let path = dir.join(format!("{stem}.state"));
@@ -474,7 +474,16 @@ impl Simulator {
 
     /// A machine from an already validated config, with state in `state_dir` (created if
     /// missing).
-    pub fn new(config_path: PathBuf, config: FakeGpuConfig, state_dir: PathBuf) -> Result<Self, StateError> {
+    /// A GPU in MIG mode has the MIG devices of its persisted geometry when one was written
+    /// ([`crate::geometry`]), else its config's.
+    pub fn new(config_path: PathBuf, mut config: FakeGpuConfig, state_dir: PathBuf) -> Result<Self, StateError> {
+        for (gpu, index) in config.gpu.iter_mut().zip(0u32..) {
+            if gpu.mig_mode == Some(true)
+                && let Some(g) = crate::geometry::Geometry::read(&state_dir, index)?
+            {
+                gpu.mig = g.migs();
+            }
+        }
         let devices: Vec<DeviceState> = config
             .gpu
             .iter()
@@ -491,7 +500,13 @@ impl Simulator {
                 gpu.mig
                     .iter()
                     .enumerate()
-                    .map(|(j, m)| DeviceState::open_named(&state_dir, &format!("gpu{index}-mig{j}"), index, m.memory.0))
+                    .map(|(j, m)| {
+                        // Named by instance and size, so a later geometry never meets a file of
+                        // another size.
+                        let stem =
+                            format!("gpu{index}-gi{}-ci{}-{}", m.gpu_instance_id(j), m.compute_instance_id, m.memory.0);
+                        DeviceState::open_named(&state_dir, &stem, index, m.memory.0)
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()?;
