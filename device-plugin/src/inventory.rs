@@ -505,6 +505,52 @@ mod tests {
         assert_eq!(ids, ["gpu1", "slice0"]);
     }
 
+    /// A MIG device and an mps slice have no region (the hardware or the MPS daemon holds
+    /// their limits): both are advertised as slices, Healthy, beside the shim slices.
+    #[test]
+    fn mig_devices_and_mps_slices_are_advertised_as_slices_without_a_region() {
+        for (naming, want) in [
+            (
+                ResourceNaming::Single,
+                v(&[
+                    ("gpuslice.dev/gpu", "gpu1", true),
+                    ("gpuslice.dev/vgpu", "slice0", true),
+                    ("gpuslice.dev/vgpu", "slice1", true),
+                    ("gpuslice.dev/vgpu", "mig2-9", true),
+                    ("gpuslice.dev/vgpu", "mps3", true),
+                ]),
+            ),
+            (
+                ResourceNaming::BySize,
+                v(&[
+                    ("gpuslice.dev/gpu", "gpu1", true),
+                    ("gpuslice.dev/vgpu-10g", "mig2-9", true),
+                    ("gpuslice.dev/vgpu-20g", "slice1", true),
+                    ("gpuslice.dev/vgpu-20g", "mps3", true),
+                    ("gpuslice.dev/vgpu-40g", "slice0", true),
+                ]),
+            ),
+        ] {
+            let (dir, mut scanner, _) = node(naming);
+            let state = dir.path().join("state");
+            limits("mig2-9", 2, 10, Mode::Mig).store(&state).unwrap();
+            limits("mps3", 3, 20, Mode::Mps).store(&state).unwrap();
+            let spec_path = dir.path().join("cdi").join(cdi::SPEC_FILE);
+            let mut spec: Spec = serde_yaml::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+            for name in ["mig2-9", "mps3"] {
+                spec.devices.push(cdi::Device {
+                    name: name.into(),
+                    annotations: Default::default(),
+                    container_edits: Default::default(),
+                });
+            }
+            std::fs::write(&spec_path, serde_yaml::to_string(&spec).unwrap()).unwrap();
+            let s = scanner.scan();
+            assert!(!region::region_path(&state, "mps3").exists());
+            assert_eq!(view(&s), want, "{s:?}");
+        }
+    }
+
     #[test]
     fn sizes_are_whole_gib_or_mib() {
         assert_eq!(size_suffix(20 * ByteSize::GIB), "20g");

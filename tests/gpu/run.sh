@@ -50,6 +50,8 @@ remove_devices() {
 trap 'remove_devices; rm -rf "$work"' EXIT
 uuid=$(nvidia-smi --query-gpu=uuid --format=csv,noheader -i 0 | tr -d ' ')
 echo "gpu: GPU 0: $uuid, $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0)"
+# A GPU 0 already in MIG mode has no software slices: only mode mig's checks (tests/gpu/mig.sh).
+[ "$(nvidia-smi --query-gpu=mig.mode.current --format=csv,noheader -i 0 | tr -d ' ')" = Enabled ] && { . "$here/mig.sh"; summary; exit; }
 
 # The slice, as `gpuslice-cdi generate` makes it on a GPU box.
 cat >"$work/config.toml" <<EOF
@@ -250,4 +252,7 @@ fi
 # Graph memory and stream-ordered frees.
 # shellcheck source=tests/gpu/graphmem.sh
 . "$here/graphmem.sh"
+# Mode mps: the node daemon's MPS control daemon, its pinned limit and thread percentage.
+# shellcheck source=tests/gpu/mps.sh
+. "$here/mps.sh"
 summary

@@ -14,6 +14,8 @@
 //!   the thread percentage is the share of the SMs its kernels get, so each kernel runs
 //!   `100 / percentage` times as long on the shared timeline.
 //!
+//! `cuMemGetInfo` shows a client its pinned limit as `total` ([`mem_info`]).
+//!
 //! Not modelled: the MPS server process (NVML keeps listing the clients as compute processes
 //! of their own), and kernels of different clients running side by side (they still take
 //! turns on the timeline).
@@ -96,6 +98,22 @@ pub fn scaled_duration(nanos: u64) -> u64 {
     match client() {
         Some(c) if c.thread_percentage < 100.0 => (nanos as f64 * 100.0 / c.thread_percentage) as u64,
         _ => nanos,
+    }
+}
+
+/// `cuMemGetInfo` as an MPS client sees it: with a pinned memory limit, `total` is the limit
+/// (at most the device's memory) and `free` what the process may still allocate under it (at
+/// most what the device has free); without one, the device's `(free, total)` unchanged.
+/// `held` is what this process holds on the device. As the real driver does (NVIDIA's MPS
+/// documentation: the limit is what `cudaMemGetInfo` reports to the client; `cuDeviceTotalMem`
+/// keeps the device's size).
+pub fn mem_info(free: u64, total: u64, held: u64) -> (u64, u64) {
+    match client().and_then(|c| c.pinned_bytes) {
+        Some(limit) => {
+            let total = total.min(limit);
+            (free.min(total.saturating_sub(held)), total)
+        }
+        None => (free, total),
     }
 }
 

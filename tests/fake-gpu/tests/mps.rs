@@ -138,3 +138,27 @@ fn an_mps_client_is_held_to_the_daemons_limits_and_its_own_env_only_lowers_them(
     let (direct, _) = allocated(&fx, &pipe, &[]);
     assert!(direct > got, "{direct} vs {got}");
 }
+
+/// `cuMemGetInfo` shows an MPS client its pinned limit as the total (lowered by its own
+/// variable), and what it may still allocate under it as free; `cuDeviceTotalMem` keeps the
+/// device's size.
+#[test]
+fn an_mps_client_sees_its_pinned_limit_in_mem_get_info() {
+    let name = "an_mps_client_sees_its_pinned_limit_in_mem_get_info";
+    if !have_cc(name) {
+        return;
+    }
+    let fx = Fixture::new(&config_with(1, ""));
+    let pipe = fx.dir.path().join("pipe");
+    let log = fx.dir.path().join("log");
+    let _daemon = Daemon::start(&pipe, &log, "100", "1G");
+    for (env, limit) in [(vec![], 1u64 << 30), (vec![("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=512M")], 512 * MIB)] {
+        let out = probe(&fx, &pipe, &env, &["meminfo"]);
+        assert!(out.status.success(), "{out:?}");
+        let k = keys(&out.stdout);
+        let num = |key: &str| -> u64 { k.get(key).unwrap_or_else(|| panic!("{key}: {out:?}")).parse().unwrap() };
+        assert_eq!(num("total"), limit, "{out:?}");
+        assert!(num("free") > 0 && num("free") <= limit, "{out:?}");
+        assert!(num("device_total") > limit, "cuDeviceTotalMem keeps the device's size: {out:?}");
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::thread::ThreadId;
 
 use super::dark_api::LocalDestructor;
-use super::error::{CuResult, INVALID_CONTEXT, INVALID_HANDLE, INVALID_VALUE, OUT_OF_MEMORY};
+use super::error::{CuResult, INVALID_CONTEXT, INVALID_DEVICE, INVALID_HANDLE, INVALID_VALUE, OUT_OF_MEMORY};
 use super::launch::{self, QueueTime};
 use super::memory::Charge;
 use super::types::{CU_EXEC_AFFINITY_TYPE_SM_COUNT, CUdevice, CUexecAffinityParam, affinity_sm_count};
@@ -109,7 +109,9 @@ fn make(sim: &'static Simulator, device: CUdevice, primary: bool, flags: u32) ->
     let (gpu, state) = device::gpu(sim, device)?;
     let memory = Charge::uncounted(state, gpu.context_memory.0).map_err(|_| OUT_OF_MEMORY)?;
     Ok(Context {
-        device: state.index(),
+        // The CUDA ordinal (what cuCtxGetDevice returns and `Driver::device` takes), not the
+        // GPU's index: they differ for a MIG device or under CUDA_VISIBLE_DEVICES.
+        device: u32::try_from(device).map_err(|_| INVALID_DEVICE)?,
         primary,
         settings: super::context_info::Settings::new(flags),
         _memory: memory,

@@ -1065,14 +1065,15 @@ pub(crate) fn free(ptr: u64) -> CuResult {
     }
 }
 
-/// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted.
+/// `cuMemGetInfo`: (free, total) of the current context's device, all processes counted; an
+/// MPS client's pinned limit bounds both (`mps::mem_info`).
 pub(crate) fn info() -> CuResult<(u64, u64)> {
     let d = driver()?;
     let mut reg = d.lock();
     let (_, state) = current(&reg, d)?;
     reg.memory.settle_physical();
     let total = state.total();
-    Ok((total.saturating_sub(state.used()), total))
+    Ok(crate::mps::mem_info(total.saturating_sub(state.used()), total, state.held()))
 }
 
 pub(crate) fn default_pool(device: CUdevice) -> CuResult<Handle> {
